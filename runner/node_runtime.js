@@ -247,7 +247,14 @@ class OutputWriter {
         if (Buffer.isBuffer(item)) return item;
         if (item instanceof Uint8Array) return Buffer.from(item.buffer, item.byteOffset, item.length);
         if (typeof item === 'string' && !this.jsonItems) return item;
-        const json = safeJson(item);
+        // Fast path for the common case (numbers): same text as JSON.stringify, far cheaper.
+        if (typeof item === 'number' && Number.isFinite(item)) return item + '\n';
+        let json;
+        try {
+            json = item instanceof Error ? safeJson(item) : JSON.stringify(item);
+        } catch {
+            json = safeJson(item); // bigints, cycles
+        }
         return json === undefined ? null : json + '\n';
     }
 

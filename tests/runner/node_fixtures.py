@@ -92,6 +92,7 @@ class NodeChild:
         spec: dict[str, Any] | None = None,
         input_type: str | None = None,
     ) -> None:
+        self.package_dir = package_dir
         launch = {
             "instance_id": "00000000-0000-4000-8000-000000000001",
             "mode": "sequence",
