@@ -1,0 +1,137 @@
+"""Who may do what: roles, bearer tokens, the anonymous role, and the audit log."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser, Group
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect
+from django.utils import timezone
+
+from dashboard.models import ApiToken, AuditEntry, hash_token
+
+ROLES = ("viewer", "operator", "admin")
+RANK = {"none": 0, "viewer": 1, "operator": 2, "admin": 3}
+
+
+def ensure_groups() -> None:
+    for name in ROLES:
+        Group.objects.get_or_create(name=name)
+
+
+def user_role(user: Any) -> str:
+    """The highest role a user holds; an authenticated user with no group may read."""
+    if user is None or not user.is_authenticated:
+        return settings.HUB_ANONYMOUS_ROLE
+    if user.is_superuser:
+        return "admin"
+    cached = getattr(user, "_hub_role", None)
+    if cached:
+        return cached
+    names = set(user.groups.values_list("name", flat=True))
+    role = next((r for r in reversed(ROLES) if r in names), "viewer")
+    user._hub_role = role
+    return role
+
+
+def has_role(user: Any, needed: str) -> bool:
+    return RANK[user_role(user)] >= RANK[needed]
+
+
+def user_from_token(raw: str) -> Any | None:
+    token = (
+        ApiToken.objects.select_related("user")
+        .filter(token_hash=hash_token(raw), revoked__isnull=True, user__is_active=True)
+        .first()
+    )
+    if token is None:
+        return None
+    now = timezone.now()
+    if token.last_used is None or (now - token.last_used).total_seconds() > 60:
+        ApiToken.objects.filter(pk=token.pk).update(last_used=now)
+    return token.user
+
+
+def bearer(request: HttpRequest) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return None
+
+
+def request_user(request: HttpRequest) -> Any:
+    """The session user, or the bearer token's user; AnonymousUser when neither."""
+    raw = bearer(request)
+    if raw:
+        return user_from_token(raw) or AnonymousUser()
+    return getattr(request, "user", None) or AnonymousUser()
+
+
+def role_context(request: HttpRequest) -> dict[str, Any]:
+    role = user_role(getattr(request, "user", None))
+    return {
+        "hub_role": role,
+        "can_operate": RANK[role] >= RANK["operator"],
+        "can_admin": RANK[role] >= RANK["admin"],
+    }
+
+
+def role_required(needed: str) -> Callable:
+    """Page views: anonymous users go to login (unless the anonymous role suffices); others 403."""
+
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if has_role(request.user, needed):
+                return view(request, *args, **kwargs)
+            if not request.user.is_authenticated:
+                return redirect(f"{settings.LOGIN_URL and '/login/'}?next={request.path}")
+            return HttpResponse(
+                f"Your role ({user_role(request.user)}) may not do this: it needs {needed}.",
+                status=403,
+            )
+
+        return wrapper
+
+    return decorate
+
+
+def actor_name(user: Any) -> str:
+    return user.get_username() if user is not None and user.is_authenticated else "anonymous"
+
+
+def audit(
+    user: Any,
+    action: str,
+    target: str = "",
+    outcome: str = "ok",
+    via: str = "web",
+    **detail: Any,
+) -> None:
+    AuditEntry.objects.create(
+        user=user if user is not None and user.is_authenticated else None,
+        actor=actor_name(user),
+        action=action,
+        target=str(target)[:200],
+        outcome=outcome,
+        via=via,
+        detail=detail,
+    )
+
+
+def api_denied(user: Any, needed: str) -> JsonResponse:
+    if not user.is_authenticated and settings.HUB_ANONYMOUS_ROLE == "none":
+        return JsonResponse(
+            {"error": "Authentication required: send 'Authorization: Bearer <token>'",
+             "code": "NEED_AUTHENTICATION"},
+            status=401,
+        )
+    return JsonResponse(
+        {"error": f"Role {user_role(user)} may not do this: it needs {needed}",
+         "code": "NOT_AUTHORIZED"},
+        status=403,
+    )

@@ -1,0 +1,5 @@
+"""WebSocket routes: one consumer per kind of watched object."""
+
+from django.urls import path
+
+websocket_urlpatterns: list = []

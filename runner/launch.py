@@ -1,0 +1,75 @@
+"""From an Instance row to a launch spec (runner/PROTOCOL.md) and a running child."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from runner.packagecache import ensure_unpacked
+from sequences.models import Instance
+
+RUNTIME_DIR = Path(__file__).resolve().parent
+
+
+def workdir_for(iid: str) -> Path:
+    return settings.HUB_DATA_DIR / "run" / iid
+
+
+def child_env(iid: str, package_dir: Path, workdir: Path) -> dict[str, str]:
+    """A clean environment: nothing of the hub's settings or secrets reaches user code."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": str(workdir),
+        "TMPDIR": str(workdir),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONIOENCODING": "utf-8",
+        "HUB_INSTANCE_ID": iid,
+        "SEQUENCE_PATH": str(package_dir),
+        "INSTANCE_ID": iid,
+    }
+
+
+def build_spec(instance: Instance, mode: str = "sequence", extra: dict | None = None) -> dict:
+    seq = instance.sequence
+    if seq is None:
+        raise ValueError("the instance's sequence was deleted")
+    package_dir = ensure_unpacked(seq)
+    workdir = workdir_for(instance.id)
+    limits = dict(instance.limits or {})
+    limits.setdefault("nofile", 4096)
+    spec: dict[str, Any] = {
+        "instance_id": instance.id,
+        "mode": mode,
+        "package_dir": str(package_dir),
+        "main": seq.main,
+        "args": instance.args,
+        "app_config": instance.app_config,
+        "workdir": str(workdir),
+        "env": child_env(instance.id, package_dir, workdir),
+        "limits": limits,
+        "package": seq.config,
+        "language": seq.language,
+    }
+    spec.update(extra or {})
+    return spec
+
+
+def exec_argv(spec: dict) -> list[str] | None:
+    """Node packages exec the Node runtime; Python packages are forked from the zygote."""
+    if spec.get("language") != "node":
+        return None
+    node = shutil.which("node")
+    if node is None:
+        raise FileNotFoundError("node was not found on PATH: install Node.js to run JS sequences")
+    return [node, str(RUNTIME_DIR / "node_runtime.js")]
+
+
+def python_executable() -> str:
+    return sys.executable

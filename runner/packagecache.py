@@ -1,0 +1,50 @@
+"""Packages unpacked once per worker node, keyed by sha256, fetched through Django's storage.
+
+A worker on another machine with no shared disk works: it copies the archive from the storage
+backend the first time it needs it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+from django.conf import settings
+
+from sequences import catalog
+from sequences.models import Sequence
+from sequences.packages import extract_package, inspect_package
+
+_lock = threading.Lock()
+
+
+def cache_root() -> Path:
+    root = settings.HUB_DATA_DIR / "cache"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def ensure_unpacked(seq: Sequence) -> Path:
+    """The folder holding the unpacked package, unpacking it first if this node lacks it."""
+    dest = cache_root() / seq.sha256
+    if dest.is_dir():
+        return dest
+    with _lock:
+        if dest.is_dir():
+            return dest
+        with tempfile.TemporaryDirectory(dir=cache_root(), prefix=".fetch-") as tmp:
+            archive = Path(tmp) / "package.tar.gz"
+            catalog.copy_package_to(seq, archive)
+            info = inspect_package(
+                archive,
+                max_files=settings.HUB_PACKAGE_MAX_FILES,
+                max_bytes=settings.HUB_PACKAGE_MAX_BYTES,
+            )
+            extract_package(archive, dest, info)
+    return dest
+
+
+def forget(sha256: str) -> None:
+    shutil.rmtree(cache_root() / sha256, ignore_errors=True)

@@ -1,0 +1,639 @@
+"""The supervisor: one per worker process, an asyncio loop that owns every child it started.
+
+It forks children through the preloaded fork server, pumps their streams to Redis (live) and to
+the database (durable), answers control messages from the web (input, stop, kill, events, health)
+and records each outcome. One event loop serves hundreds of children: no thread or process is
+tied to a running instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import psutil
+from django.conf import settings
+from django.utils import timezone
+
+from runner.dbwriter import DbWriter
+from runner.forkserver import ForkServer
+from sequences import live
+from sequences.models import InstanceStatus
+
+log = logging.getLogger(__name__)
+
+READ_STREAMS = {1: "stdout", 2: "stderr", 4: "output", 6: "log"}
+REDIS_MAXLEN = 512  # chunks kept live per stream; older ones are read from the database
+PAUSE_BYTES = 32 << 20  # stop reading children while this much waits for Redis or the database
+INPUT_BUFFER_LIMIT = 64 << 20
+F_SETPIPE_SZ = 1031
+
+EXIT_REASONS = {
+    0: (InstanceStatus.COMPLETED, "Instance completed"),
+    137: (InstanceStatus.COMPLETED, "Instance killed"),
+    138: (InstanceStatus.COMPLETED, "Instance stopped"),
+    21: (InstanceStatus.ERRORED, "Bad main: the main file is missing or defines no entry point"),
+    22: (InstanceStatus.ERRORED, "Failed on start: the main module could not be loaded"),
+    23: (InstanceStatus.ERRORED, "Failed while running: the sequence raised an exception"),
+    24: (InstanceStatus.ERRORED, "Refused for resources"),
+}
+
+
+def outcome(code: int, killed: bool, stopped: bool) -> tuple[str, str]:
+    """Status and reason for an exit code, as STH reports them."""
+    if code == 137 and stopped and not killed:
+        return InstanceStatus.COMPLETED, "Instance stopped: killed after the stop timeout"
+    if code in EXIT_REASONS:
+        return EXIT_REASONS[code]
+    if code > 128 and not killed:
+        sig = code - 128
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        hint = " (out of memory?)" if sig == signal.SIGKILL else ""
+        return InstanceStatus.ERRORED, f"Killed by signal {name}{hint}"
+    return InstanceStatus.ERRORED, f"Runner failed with exit code {code}"
+
+
+class Refused(Exception):
+    """A start the worker cannot take (capacity, memory): the web answers 507."""
+
+
+@dataclass
+class Child:
+    iid: str
+    kind: str
+    pid: int = 0
+    seq: dict[str, int] = field(default_factory=lambda: dict.fromkeys(READ_STREAMS.values(), 0))
+    transports: list[asyncio.BaseTransport] = field(default_factory=list)
+    open_pumps: int = 0
+    pumps_done: asyncio.Event = field(default_factory=asyncio.Event)
+    ctl_writer: asyncio.StreamWriter | None = None
+    ctl_task: asyncio.Task | None = None
+    stdin: asyncio.WriteTransport | None = None
+    input: asyncio.WriteTransport | None = None
+    input_header_sent: bool = False
+    exit_code: int | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    killed: bool = False
+    stopped: bool = False
+    kept_alive: bool = False
+    stop_timer: asyncio.Task | None = None
+    remove_immediately: bool = False
+    health_waiters: list[asyncio.Future] = field(default_factory=list)
+    on_message: Callable[[int, Any], None] | None = None  # sequencer actors listen here
+    workdir: str = ""
+    psutil_proc: psutil.Process | None = None
+
+
+class Pump(asyncio.Protocol):
+    """Reads one child pipe; every read becomes one chunk (the child already coalesces)."""
+
+    def __init__(self, sup: Supervisor, child: Child, stream: str) -> None:
+        self.sup, self.child, self.stream = sup, child, stream
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.child.transports.append(transport)
+        if self.sup.paused:
+            transport.pause_reading()  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.sup.emit_chunk(self.child, self.stream, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.child.open_pumps -= 1
+        if self.child.open_pumps <= 0:
+            self.child.pumps_done.set()
+
+
+class Supervisor:
+    def __init__(self, name: str | None = None, capacity: int | None = None) -> None:
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.capacity = capacity or settings.HUB_WORKER_CAPACITY
+        self.children: dict[str, Child] = {}
+        self.by_pid: dict[int, Child] = {}
+        self.writer = DbWriter()
+        self.forkserver = ForkServer()
+        self.loop = asyncio.new_event_loop()
+        self.paused = False
+        self.ops: dict[str, Callable[[dict, bytes], Awaitable[None]]] = {
+            "input": self._op_input,
+            "stdin": self._op_stdin,
+            "stop": self._op_stop,
+            "kill": self._op_kill,
+            "event": self._op_event,
+            "health": self._op_health,
+        }
+        self._outbox: list[tuple[str, dict]] = []
+        self._flushing = False
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hub-supervisor", daemon=True)
+        self._stopping = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("supervisor did not start")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._boot())
+        self._ready.set()
+        self.loop.run_forever()
+
+    async def _boot(self) -> None:
+        # The fork server is started from this long-lived thread: its death signal follows it.
+        await self.forkserver.start()
+        self.forkserver.on_exit(self._on_exit)
+        self.redis = live.async_client()
+        self._register_worker()
+        self.loop.create_task(self._control_loop())
+        self.loop.create_task(self._heartbeat_loop())
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float | None = 30) -> Any:
+        """Run a coroutine on the supervisor's loop from another thread and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def shutdown(self) -> None:
+        """Worker shutdown: end every child, record why, stop the loop."""
+        if self._stopping:
+            return
+        self._stopping = True
+        with contextlib.suppress(Exception):
+            self.run(self._shutdown(), timeout=20)
+        self.writer.flush()
+
+    async def _shutdown(self) -> None:
+        for child in list(self.children.values()):
+            child.killed = True
+            self._kill_tree(child)
+        deadline = time.monotonic() + 10
+        while self.children and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self.forkserver.close()
+        await self.redis.delete(live.worker_key(self.name))
+
+    def _register_worker(self) -> None:
+        from sequences.models import Worker
+
+        now = timezone.now()
+        self.writer.call(
+            lambda: Worker.objects.update_or_create(
+                name=self.name,
+                defaults={
+                    "hostname": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "capacity": self.capacity,
+                    "last_seen": now,
+                    "running": 0,
+                },
+            )
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        from sequences.models import Worker
+
+        while True:
+            try:
+                await self.redis.set(
+                    live.worker_key(self.name), len(self.children), ex=int(settings.HUB_LOST_AFTER)
+                )
+                running, now = len(self.children), timezone.now()
+                self.writer.call(
+                    lambda r=running, n=now: Worker.objects.filter(name=self.name).update(
+                        last_seen=n, running=r
+                    )
+                )
+            except Exception:
+                log.exception("heartbeat failed")
+            await asyncio.sleep(max(1.0, settings.HUB_LOST_AFTER / 4))
+
+    # -- start ----------------------------------------------------------------------------
+    def check_capacity(self) -> None:
+        if len(self.children) >= self.capacity:
+            raise Refused(f"worker {self.name} is at its capacity of {self.capacity} instances")
+        if psutil.virtual_memory().available < 128 << 20:
+            raise Refused(f"worker {self.name} has less than 128 MiB of memory free")
+
+    async def spawn(self, iid: str, spec: dict[str, Any], kind: str = "sequence",
+                    argv: list[str] | None = None) -> Child:
+        """Fork the child with its seven descriptors and start pumping its streams."""
+        self.check_capacity()
+        child = Child(iid=iid, kind=kind, workdir=spec["workdir"])
+        parent, child_fds = _make_fds()
+        try:
+            if argv:
+                child.pid = await self.forkserver.spawn_exec(argv, spec, child_fds)
+            else:
+                child.pid = await self.forkserver.spawn(spec, child_fds)
+        except BaseException:
+            for fd in child_fds:
+                os.close(fd)
+            for obj in parent.values():
+                obj.close()
+            raise
+        for fd in child_fds:
+            os.close(fd)
+        self.children[iid] = child
+        self.by_pid[child.pid] = child
+        with contextlib.suppress(psutil.Error):
+            child.psutil_proc = psutil.Process(child.pid)
+        await self._attach(child, parent)
+        self.host_log(f"instance {iid} started, pid {child.pid}")
+        return child
+
+    async def _attach(self, child: Child, parent: dict[str, Any]) -> None:
+        child.open_pumps = len(READ_STREAMS)
+        for fd, stream in READ_STREAMS.items():
+            await self.loop.connect_read_pipe(
+                lambda s=stream: Pump(self, child, s), parent[stream]
+            )
+        child.stdin, _ = await self.loop.connect_write_pipe(asyncio.Protocol, parent["stdin"])
+        child.input, _ = await self.loop.connect_write_pipe(asyncio.Protocol, parent["input"])
+        reader, writer = await asyncio.open_unix_connection(sock=parent["ctl"], limit=1 << 24)
+        child.ctl_writer = writer
+        child.ctl_task = self.loop.create_task(self._control_from_child(child, reader))
+
+    # -- streams --------------------------------------------------------------------------
+    def emit_chunk(self, child: Child, stream: str, data: bytes) -> None:
+        seq = child.seq[stream]
+        child.seq[stream] = seq + 1
+        self.writer.chunk(child.iid, stream, seq, data)
+        self._outbox.append((live.stream_key(child.iid, stream), {"s": seq, "d": data}))
+        self._schedule_flush()
+        if not self.paused and self.writer.pending_bytes > PAUSE_BYTES:
+            self._pause(True)
+
+    def _schedule_flush(self) -> None:
+        if not self._flushing:
+            self._flushing = True
+            self.loop.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                pipe = self.redis.pipeline(transaction=False)
+                for key, fields in batch:
+                    pipe.xadd(key, fields, maxlen=REDIS_MAXLEN, approximate=True)
+                try:
+                    await pipe.execute()
+                except Exception:
+                    log.exception("could not write %d live chunks to Redis", len(batch))
+                if self.paused and self.writer.pending_bytes < PAUSE_BYTES // 2:
+                    self._pause(False)
+        finally:
+            self._flushing = False
+        if self.paused:
+            self.loop.call_later(0.05, self._check_resume)
+
+    def _check_resume(self) -> None:
+        if self.paused and self.writer.pending_bytes < PAUSE_BYTES // 2:
+            self._pause(False)
+        elif self.paused:
+            self.loop.call_later(0.05, self._check_resume)
+
+    def _pause(self, on: bool) -> None:
+        self.paused = on
+        for child in self.children.values():
+            for transport in child.transports:
+                with contextlib.suppress(Exception):
+                    if on:
+                        transport.pause_reading()  # type: ignore[attr-defined]
+                    else:
+                        transport.resume_reading()  # type: ignore[attr-defined]
+        if on:
+            self.loop.call_later(0.05, self._check_resume)
+
+    def host_log(self, msg: str, **data: Any) -> None:
+        line = json.dumps({"ts": int(time.time() * 1000), "level": "INFO", "from": self.name,
+                           "msg": msg, **data})
+        self._outbox.append((live.HOST_LOG, {"d": line + "\n"}))
+        self._schedule_flush()
+
+    # -- control from the child -----------------------------------------------------------
+    async def _control_from_child(self, child: Child, reader: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                line = await reader.readline()
+            except (ConnectionError, ValueError):
+                break
+            if not line:
+                break
+            try:
+                code, data = json.loads(line)
+            except ValueError:
+                continue
+            self._on_child_message(child, code, data)
+
+    def _on_child_message(self, child: Child, code: int, data: Any) -> None:
+        if code == 3000:
+            self.writer.update(child.iid, status=InstanceStatus.RUNNING)
+            self._notify(child.iid, status=InstanceStatus.RUNNING)
+        elif code == 3001:
+            for waiter in child.health_waiters:
+                if not waiter.done():
+                    waiter.set_result(data)
+            child.health_waiters.clear()
+        elif code == 3010:
+            child.kept_alive = True
+            if child.stop_timer:
+                child.stop_timer.cancel()
+            if child.stopped and child.exit_code is None:
+                child.stopped = False
+                self.writer.update(child.iid, status=InstanceStatus.RUNNING)
+                self._notify(child.iid, status=InstanceStatus.RUNNING)
+        elif code == 5001 and isinstance(data, dict):
+            self._on_event(child, data)
+        if child.on_message is not None:
+            child.on_message(code, data)
+
+    def _on_event(self, child: Child, data: dict) -> None:
+        name = str(data.get("eventName", ""))
+        message = json.dumps(data.get("message"))
+        self._outbox.append((live.events_key(child.iid), {"n": name, "m": message}))
+        self._schedule_flush()
+        self.loop.create_task(self.redis.hset(live.last_events_key(child.iid), name, message))
+        self.writer.event(child.iid, "out", name, data.get("message"))
+
+    def send(self, child: Child, code: int, data: Any) -> None:
+        if child.ctl_writer is not None and not child.ctl_writer.is_closing():
+            child.ctl_writer.write(json.dumps([code, data]).encode() + b"\n")
+
+    # -- control from the web -------------------------------------------------------------
+    async def _control_loop(self) -> None:
+        key = live.control_key(self.name)
+        client = live.async_client()
+        while True:
+            try:
+                item = await client.blpop([key], timeout=5)
+            except Exception:
+                log.exception("control channel failed; retrying")
+                await asyncio.sleep(1)
+                continue
+            if item is None:
+                continue
+            header, payload = live.decode_control(item[1])
+            handler = self.ops.get(header.get("op", ""))
+            if handler is None:
+                continue
+            self.loop.create_task(self._guard(handler(header, payload), header))
+
+    async def _guard(self, coro: Awaitable[None], header: dict) -> None:
+        try:
+            await coro
+        except Exception as exc:
+            log.exception("control %s failed", header.get("op"))
+            if header.get("reply"):
+                await self.reply(header["reply"], {"ok": False, "error": str(exc)})
+
+    async def reply(self, token: str, value: Any) -> None:
+        key = live.reply_key(token)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(key, json.dumps(value))
+        pipe.expire(key, 60)
+        await pipe.execute()
+
+    async def _op_input(self, header: dict, payload: bytes) -> None:
+        child = self.children.get(header["id"])
+        if child is None or child.input is None or child.input.is_closing():
+            return
+        if not child.input_header_sent:
+            ctype = header.get("contentType") or "text/plain"
+            child.input.write(f"Content-Type: {ctype}\r\n\r\n".encode())
+            child.input_header_sent = True
+        self._write_limited(child, child.input, payload)
+        if header.get("end"):
+            child.input.close()
+
+    async def _op_stdin(self, header: dict, payload: bytes) -> None:
+        child = self.children.get(header["id"])
+        if child is None or child.stdin is None or child.stdin.is_closing():
+            return
+        self._write_limited(child, child.stdin, payload)
+        if header.get("end"):
+            child.stdin.close()
+
+    def _write_limited(self, child: Child, transport: asyncio.WriteTransport, data: bytes) -> None:
+        # A sequence that never reads its input must not grow the worker without bound.
+        if transport.get_write_buffer_size() + len(data) > INPUT_BUFFER_LIMIT:
+            self.emit_chunk(child, "log", _log_line("WARN", "input dropped: the sequence is not "
+                                                    "reading it and 64 MiB wait already"))
+            return
+        if data:
+            transport.write(data)
+
+    async def _op_event(self, header: dict, payload: bytes) -> None:
+        child = self.children.get(header["id"])
+        if child is not None:
+            self.send(child, 5001, {"eventName": header["eventName"],
+                                    "message": header.get("message")})
+
+    async def _op_health(self, header: dict, payload: bytes) -> None:
+        child = self.children.get(header["id"])
+        result: dict[str, Any] = {"healthy": False, "reason": "not running on this worker"}
+        if child is not None:
+            waiter = self.loop.create_future()
+            child.health_waiters.append(waiter)
+            self.send(child, 4004, {})
+            try:
+                answer = await asyncio.wait_for(waiter, 2)
+                result = dict(answer) if isinstance(answer, dict) else {"healthy": bool(answer)}
+            except TimeoutError:
+                result = {"healthy": False, "reason": "the sequence did not answer in 2 s"}
+            result.update(self._usage(child))
+        await self.reply(header["reply"], result)
+
+    def _usage(self, child: Child) -> dict[str, Any]:
+        info: dict[str, Any] = {"processId": child.pid, "pid": child.pid}
+        proc = child.psutil_proc
+        if proc is None:
+            return info
+        with contextlib.suppress(psutil.Error):
+            mem = proc.memory_info()
+            info["memoryUsage"] = mem.rss
+            info["memory"] = mem.rss
+            info["cpuTotalUsage"] = sum(proc.cpu_times()[:2])
+            info["cpu"] = proc.cpu_percent(interval=None)
+            limit = None
+            info["limit"] = limit
+        return info
+
+    async def _op_stop(self, header: dict, payload: bytes) -> None:
+        child = self.children.get(header["id"])
+        if child is None or child.exit_code is not None:
+            return
+        timeout_ms = max(0, int(header.get("timeout", 7000)))
+        child.stopped, child.kept_alive = True, False
+        self.writer.update(child.iid, status=InstanceStatus.STOPPING)
+        self._notify(child.iid, status=InstanceStatus.STOPPING)
+        self.send(child, 4001, {"timeout": timeout_ms,
+                                "canCallKeepalive": bool(header.get("canCallKeepalive"))})
+        if child.stop_timer:
+            child.stop_timer.cancel()
+        child.stop_timer = self.loop.create_task(self._kill_after(child, timeout_ms / 1000))
+
+    async def _kill_after(self, child: Child, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(child.exited.wait(), seconds)
+        if child.exit_code is None and not child.kept_alive:
+            self._kill_tree(child)
+
+    async def _op_kill(self, header: dict, payload: bytes) -> None:
+        child = self.children.get(header["id"])
+        if child is None:
+            return
+        child.remove_immediately = child.remove_immediately or bool(header.get("removeImmediately"))
+        if child.exit_code is not None:
+            return
+        child.killed = True
+        self.writer.update(child.iid, status=InstanceStatus.KILLING)
+        self._notify(child.iid, status=InstanceStatus.KILLING)
+        self._kill_tree(child)
+
+    def _kill_tree(self, child: Child) -> None:
+        """SIGKILL the child's process group at once, then any descendant that left it."""
+        descendants: list[psutil.Process] = []
+        if child.psutil_proc is not None:
+            with contextlib.suppress(psutil.Error):
+                descendants = child.psutil_proc.children(recursive=True)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+        for proc in descendants:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+    # -- exit -----------------------------------------------------------------------------
+    def _on_exit(self, pid: int, code: int) -> None:
+        child = self.by_pid.pop(pid, None)
+        if child is None:
+            return
+        child.exit_code = code
+        child.exited.set()
+        self.loop.create_task(self._finish(child))
+
+    async def _finish(self, child: Child) -> None:
+        # Leftovers in the group would hold the pipes open; a sequence leaves nothing behind.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(child.pumps_done.wait(), 5)
+        for transport in child.transports + [child.stdin, child.input]:
+            if transport is not None:
+                transport.close()
+        if child.ctl_writer is not None:
+            child.ctl_writer.close()
+        if child.stop_timer:
+            child.stop_timer.cancel()
+        code = child.exit_code if child.exit_code is not None else -1
+        status, reason = outcome(code, child.killed, child.stopped)
+        self.children.pop(child.iid, None)
+        for stream in READ_STREAMS.values():
+            self._outbox.append((live.stream_key(child.iid, stream), {"eof": 1}))
+        self._schedule_flush()
+        self.host_log(f"instance {child.iid} ended: {reason}", exitcode=code)
+        now = timezone.now()
+        fields: dict[str, Any] = {
+            "status": status,
+            "exit_code": code,
+            "reason": reason,
+            "ended": now,
+            "remove_at": now + timedelta(seconds=settings.HUB_INSTANCE_RETENTION),
+        }
+        if child.remove_immediately:
+            fields["remove_at"] = now
+        self.writer.update(child.iid, **fields)
+        if child.remove_immediately:
+            self.writer.call(lambda: _delete_instance(child.iid))
+        self._notify(child.iid, status=status, exitcode=code, reason=reason)
+        with contextlib.suppress(Exception):
+            await self.redis.expire(live.events_key(child.iid), 600)
+            for stream in READ_STREAMS.values():
+                await self.redis.expire(live.stream_key(child.iid, stream), 600)
+        if child.workdir:
+            self.loop.run_in_executor(None, shutil.rmtree, child.workdir, True)
+
+    def _notify(self, iid: str, **change: Any) -> None:
+        """Tell watchers (console pages) that an instance changed; at-most-once by design."""
+        self.loop.create_task(_group_send(f"instance-{iid}", {"type": "instance.changed",
+                                                                "id": iid, **change}))
+
+
+async def _group_send(group: str, message: dict) -> None:
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    with contextlib.suppress(Exception):
+        await layer.group_send(group, message)
+        await layer.group_send("instances", message)
+
+
+def _delete_instance(iid: str) -> None:
+    from sequences.models import Instance
+
+    Instance.objects.filter(pk=iid).delete()
+    live.sync_client().delete(*live.instance_keys(iid))
+
+
+def _log_line(level: str, msg: str) -> bytes:
+    return (json.dumps({"ts": int(time.time() * 1000), "level": level, "msg": msg}) + "\n").encode()
+
+
+def _make_fds() -> tuple[dict[str, Any], list[int]]:
+    """The seven descriptors of runner/PROTOCOL.md: parent ends (as files) and child ends."""
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    stderr_r, stderr_w = os.pipe()
+    ctl_parent, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    out_r, out_w = os.pipe()
+    in_r, in_w = os.pipe()
+    log_r, log_w = os.pipe()
+    for fd in (stdout_w, out_w):
+        # Bigger pipes mean fewer wake-ups for chatty sequences.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)
+    child_fd = ctl_child.detach()
+    parent = {
+        "stdin": os.fdopen(stdin_w, "wb", buffering=0),
+        "stdout": os.fdopen(stdout_r, "rb", buffering=0),
+        "stderr": os.fdopen(stderr_r, "rb", buffering=0),
+        "ctl": ctl_parent,
+        "output": os.fdopen(out_r, "rb", buffering=0),
+        "input": os.fdopen(in_w, "wb", buffering=0),
+        "log": os.fdopen(log_r, "rb", buffering=0),
+    }
+    return parent, [stdin_r, stdout_w, stderr_w, child_fd, out_w, in_r, log_w]
+
+
+_supervisor: Supervisor | None = None
+_supervisor_lock = threading.Lock()
+
+
+def get_supervisor() -> Supervisor:
+    """The worker process's supervisor, started on first use."""
+    global _supervisor
+    with _supervisor_lock:
+        if _supervisor is None:
+            sup = Supervisor()
+            sup.start()
+            _supervisor = sup
+        return _supervisor
+
+
+def current_supervisor() -> Supervisor | None:
+    return _supervisor

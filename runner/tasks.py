@@ -1,0 +1,142 @@
+"""Celery tasks: start an instance on this worker, find lost instances, prune old ones."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from celery import shared_task
+from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
+from django.utils import timezone
+
+from runner import launch
+from runner.supervisor import Refused, current_supervisor, get_supervisor
+from sequences import live
+from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, Worker
+
+log = logging.getLogger(__name__)
+
+
+@worker_ready.connect
+def _start_supervisor(**_: object) -> None:
+    get_supervisor()
+    detect_lost()
+
+
+@worker_shutdown.connect
+def _stop_supervisor(**_: object) -> None:
+    sup = current_supervisor()
+    if sup is not None:
+        sup.shutdown()
+
+
+def _reply(token: str, value: dict) -> None:
+    import json
+
+    client = live.sync_client()
+    key = live.reply_key(token)
+    client.rpush(key, json.dumps(value))
+    client.expire(key, 60)
+
+
+@shared_task(name="runner.tasks.start_instance", ignore_result=True)
+def start_instance(iid: str, reply: str) -> None:
+    """Fork the instance's child on this worker and tell the waiting web request."""
+    sup = get_supervisor()
+    instance = Instance.objects.select_related("sequence").filter(pk=iid).first()
+    if instance is None:
+        _reply(reply, {"ok": False, "status": 404, "code": "NOT_FOUND",
+                       "error": f"Instance {iid} not found"})
+        return
+    try:
+        sup.check_capacity()
+        spec = launch.build_spec(instance)
+        argv = launch.exec_argv(spec)
+        Instance.objects.filter(pk=iid).update(
+            status=InstanceStatus.STARTING, worker=sup.name, started=timezone.now()
+        )
+        child = sup.run(sup.spawn(iid, spec, argv=argv))
+    except Refused as exc:
+        _fail(iid, 24, str(exc))
+        _reply(reply, {"ok": False, "status": 507, "code": "INSUFFICIENT_RESOURCES",
+                       "error": str(exc)})
+        return
+    except Exception as exc:
+        log.exception("could not start instance %s", iid)
+        _fail(iid, 20, f"Failed to start: {exc}")
+        _reply(reply, {"ok": False, "status": 400, "code": "START_FAILED",
+                       "error": f"Failed to start: {exc}"})
+        return
+    sup.writer.update(iid, pid=child.pid)
+    _reply(reply, {"ok": True, "worker": sup.name, "pid": child.pid})
+
+
+def _fail(iid: str, code: int, reason: str) -> None:
+    now = timezone.now()
+    Instance.objects.filter(pk=iid).update(
+        status=InstanceStatus.ERRORED, exit_code=code, reason=reason[:500], ended=now,
+        remove_at=now + timedelta(seconds=settings.HUB_INSTANCE_RETENTION),
+    )
+
+
+@shared_task(name="runner.tasks.detect_lost", ignore_result=True)
+def detect_lost() -> int:
+    """Instances whose worker stopped answering end `lost`, so no one waits on them forever."""
+    client = live.sync_client()
+    lost = 0
+    workers = set(
+        Instance.objects.filter(status__in=LIVE_STATUSES).exclude(worker="")
+        .values_list("worker", flat=True).distinct()
+    )
+    for name in workers:
+        if client.exists(live.worker_key(name)):
+            continue
+        lost += mark_lost(name, f"worker {name} stopped answering")
+    # Starts that never reached a worker.
+    cutoff = timezone.now() - timedelta(seconds=settings.HUB_START_TIMEOUT * 2)
+    stale = Instance.objects.filter(status=InstanceStatus.INITIALIZING, worker="",
+                                    created__lt=cutoff)
+    for iid in stale.values_list("id", flat=True):
+        _fail(iid, 20, "no worker took the start request")
+    return lost
+
+
+def mark_lost(worker: str, reason: str) -> int:
+    now = timezone.now()
+    ids = list(
+        Instance.objects.filter(status__in=LIVE_STATUSES, worker=worker).values_list("id", flat=True)
+    )
+    Instance.objects.filter(pk__in=ids).update(
+        status=InstanceStatus.LOST, reason=reason[:500], ended=now,
+        remove_at=now + timedelta(seconds=settings.HUB_INSTANCE_RETENTION),
+    )
+    client = live.sync_client()
+    pipe = client.pipeline(transaction=False)
+    for iid in ids:
+        for stream in live.STREAMS:
+            pipe.xadd(live.stream_key(iid, stream), {"eof": 1, "lost": 1})
+    pipe.execute()
+    Worker.objects.filter(name=worker, stopped__isnull=True).update(stopped=now)
+    if ids:
+        from sequences import sequencers_lost
+
+        sequencers_lost.on_instances_lost(ids, reason)
+    return len(ids)
+
+
+@shared_task(name="runner.tasks.prune_ended", ignore_result=True)
+def prune_ended() -> int:
+    """Ended instances past retention lose their info, streams and events."""
+    now = timezone.now()
+    ids = list(
+        Instance.objects.exclude(status__in=LIVE_STATUSES)
+        .filter(remove_at__lte=now).values_list("id", flat=True)[:1000]
+    )
+    if ids:
+        Instance.objects.filter(pk__in=ids).delete()
+        client = live.sync_client()
+        for iid in ids:
+            client.delete(*live.instance_keys(iid))
+    Worker.objects.filter(stopped__lt=now - timedelta(days=1)).delete()
+    return len(ids)

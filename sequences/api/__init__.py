@@ -1,0 +1,62 @@
+"""REST API v1: wire-compatible with Scramjet Transform Hub, plus sequencers and components."""
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from sequences.api.auth import HubAuth
+from sequences.errors import HubError
+
+api = NinjaAPI(
+    title="Sequence Hub API",
+    version="1",
+    description=(
+        "Upload sequences, run instances and steer sequencers. The sequence and instance routes "
+        "are wire-compatible with Scramjet Transform Hub. Authenticate with "
+        "`Authorization: Bearer <token>` (tokens are made on the Tokens page or with "
+        '`python manage.py hub_token USER`). Errors are `{"error": ..., "code": ...}`.'
+    ),
+    auth=HubAuth(),
+    urls_namespace="api",
+    docs_url="docs",
+    openapi_url="openapi.json",
+)
+
+
+@api.exception_handler(HubError)
+def on_hub_error(request: HttpRequest, exc: HubError) -> HttpResponse:
+    return JsonResponse(exc.as_json(), status=exc.status)
+
+
+@api.exception_handler(AuthenticationError)
+def on_auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return JsonResponse(
+        {
+            "error": "Authentication required: send 'Authorization: Bearer <token>'",
+            "code": "NEED_AUTHENTICATION",
+        },
+        status=401,
+    )
+
+
+@api.exception_handler(ValidationError)
+def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    parts = []
+    for err in exc.errors:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "payload"))
+        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return JsonResponse(
+        {"error": "; ".join(parts) or "invalid request", "code": "INVALID_REQUEST"}, status=400
+    )
+
+
+@api.exception_handler(HttpError)
+def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return JsonResponse({"error": str(exc), "code": "REQUEST_ERROR"}, status=exc.status_code)
+
+
+from sequences.api import hub, instances, sequences  # noqa: E402
+
+api.add_router("", hub.router)
+api.add_router("", sequences.router)
+api.add_router("", instances.router)

@@ -1,0 +1,39 @@
+"""API authentication: bearer tokens or the session; roles checked per route."""
+
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest
+from ninja.security.http import HttpBearer
+
+from dashboard.access import RANK, request_user, user_role
+from sequences.errors import HubError
+
+
+class HubAuth(HttpBearer):
+    """Lets a request through when it carries a valid token or session, or the hub admits
+    anonymous clients (HUB_ANONYMOUS_ROLE); the route then checks the role it needs."""
+
+    def __call__(self, request: HttpRequest) -> Any:
+        user = request_user(request)
+        if user.is_authenticated or settings.HUB_ANONYMOUS_ROLE != "none":
+            request.hub_user = user
+            request.hub_role = user_role(user)  # resolved here, in a thread, for async views
+            return user
+        return None
+
+    def authenticate(self, request: HttpRequest, token: str) -> Any:  # pragma: no cover
+        return None
+
+
+def need(request: HttpRequest, role: str) -> Any:
+    """The request's user, or a 403 naming the role it lacks."""
+    user = getattr(request, "hub_user", None)
+    if user is None:
+        user = request_user(request)
+        request.hub_role = user_role(user)
+    if RANK[request.hub_role] < RANK[role]:
+        raise HubError(
+            403, "NOT_AUTHORIZED", f"role {request.hub_role} may not do this: it needs {role}"
+        )
+    return user

@@ -1,0 +1,222 @@
+"""Instance routes, wire-compatible with Scramjet Transform Hub."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from ninja import Router
+
+from dashboard.access import audit
+from sequences import catalog, instances, streams
+from sequences.api.auth import need
+from sequences.errors import HubError
+from sequences.models import Instance
+
+router = Router(tags=["instances"])
+aaudit = sync_to_async(audit)
+
+JSON_BODY = {"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}}}
+START_BODY = {
+    "requestBody": {
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "appConfig": {"type": "object"},
+                        "args": {"type": "array", "items": {}},
+                        "instanceId": {"type": "string"},
+                        "limits": {"type": "object",
+                                   "properties": {"memory": {"type": "integer"}}},
+                    },
+                }
+            }
+        }
+    }
+}
+RAW_BODY = {
+    "requestBody": {
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    "text/plain": {"schema": {"type": "string"}}}
+    },
+    "parameters": [{"in": "header", "name": "x-end-stream", "schema": {"type": "string"},
+                    "description": "true (default) closes the stream after this body"}],
+}
+TEXT_STREAM = "text/plain; charset=utf-8"
+
+
+def _body(request: HttpRequest) -> bytes:
+    return request.body
+
+
+@router.post("/sequence/{seq_id}/start", summary="Start an instance", openapi_extra=START_BODY)
+async def start(request: HttpRequest, seq_id: str) -> HttpResponse:
+    user = need(request, "operator")
+    seq = await sync_to_async(catalog.get_sequence)(seq_id)
+    req = instances.parse_start(await sync_to_async(_body)(request))
+    try:
+        instance = await instances.start(seq, req, user)
+    except HubError as exc:
+        await aaudit(user, "instance.start", seq.id, outcome="refused", via="api", error=exc.message)
+        raise
+    await aaudit(user, "instance.start", instance.id, via="api", sequence=seq.id, args=req.args)
+    return JsonResponse({"id": instance.id, "message": f"Sequence {instance.id} starting"})
+
+
+@router.get("/instances", summary="List instances")
+def list_instances(request: HttpRequest) -> list[dict[str, Any]]:
+    need(request, "viewer")
+    rows = Instance.objects.select_related("sequence").filter(kind="sequence")[:1000]
+    return [instances.info(i) for i in rows]
+
+
+@router.get("/instance/{iid}", summary="Instance info")
+def get_instance(request: HttpRequest, iid: str) -> dict[str, Any]:
+    need(request, "viewer")
+    return instances.info(instances.get_instance(iid))
+
+
+def _stream_response(iid: str, stream: str) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(streams.follow(iid, stream), content_type=TEXT_STREAM)
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+for _name in ("stdout", "stderr", "output", "log"):
+
+    def _make(stream: str) -> Any:
+        async def read_stream(request: HttpRequest, iid: str) -> HttpResponse:
+            need(request, "viewer")
+            await instances.aget_instance(iid)
+            return _stream_response(iid, stream)
+
+        read_stream.__name__ = f"read_{stream}"
+        return read_stream
+
+    router.get(
+        f"/instance/{{iid}}/{_name}",
+        summary=f"Follow the {_name} stream (everything from the start, then live)",
+        operation_id=f"instance_{_name}",
+    )(_make(_name))
+
+
+@router.get("/instance/{iid}/health", summary="Health: healthy, pid, memory, cpu")
+async def health(request: HttpRequest, iid: str) -> dict[str, Any]:
+    need(request, "viewer")
+    return await instances.health(await instances.aget_instance(iid))
+
+
+def _truthy(value: str | None, default: bool) -> bool:
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+async def _downstream(request: HttpRequest, iid: str, stream: str) -> HttpResponse:
+    user = need(request, "operator")
+    instance = await instances.aget_instance(iid)
+    end = _truthy(request.headers.get("x-end-stream"), default=True)
+    raw = await sync_to_async(_body)(request)
+    chunks = [raw[i : i + 65536] for i in range(0, len(raw), 65536)]
+    ctype = (request.headers.get("Content-Type") or "text/plain").split(";")[0].strip()
+    await instances.send_input(instance, stream, chunks, ctype, end)
+    await aaudit(user, f"instance.{stream}", iid, via="api", bytes=len(raw), end=end)
+    return JsonResponse({"accepted": True, "bytes": len(raw), "end": end},
+                        status=200 if end else 202)
+
+
+@router.post("/instance/{iid}/input", summary="Send to the sequence's input", openapi_extra=RAW_BODY)
+async def send_input(request: HttpRequest, iid: str) -> HttpResponse:
+    return await _downstream(request, iid, "input")
+
+
+@router.post("/instance/{iid}/stdin", summary="Send to the process stdin", openapi_extra=RAW_BODY)
+async def send_stdin(request: HttpRequest, iid: str) -> HttpResponse:
+    return await _downstream(request, iid, "stdin")
+
+
+@router.post("/instance/{iid}/_event", summary="Send an event into the sequence",
+             openapi_extra=JSON_BODY)
+async def send_event(request: HttpRequest, iid: str) -> HttpResponse:
+    user = need(request, "operator")
+    instance = await instances.aget_instance(iid)
+    body = instances.parse_control_body(await sync_to_async(_body)(request), 5001)
+    name = body.get("eventName")
+    if not isinstance(name, str) or not name:
+        raise HubError(400, "INVALID_REQUEST", "eventName must be a non-empty string")
+    await instances.send_event(instance, name, body.get("message"))
+    await aaudit(user, "instance.event", iid, via="api", event=name)
+    return JsonResponse({"accepted": True}, status=202)
+
+
+@router.post("/instance/{iid}/_stop", summary="Stop: stop handlers, wait, then kill",
+             openapi_extra=JSON_BODY)
+async def stop(request: HttpRequest, iid: str) -> HttpResponse:
+    user = need(request, "operator")
+    instance = await instances.aget_instance(iid)
+    body = instances.parse_control_body(await sync_to_async(_body)(request), 4001)
+    timeout = body.get("timeout", 7000)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+        raise HubError(400, "INVALID_REQUEST", "timeout must be a number of milliseconds >= 0")
+    keep = body.get("canCallKeepalive", False)
+    if not isinstance(keep, bool):
+        raise HubError(400, "INVALID_REQUEST", "canCallKeepalive must be true or false")
+    instance = await instances.stop(instance, int(min(timeout, 3_600_000)), keep)
+    await aaudit(user, "instance.stop", iid, via="api", timeout=timeout)
+    return JsonResponse(instances.info(instance), status=202)
+
+
+@router.post("/instance/{iid}/_kill", summary="Kill the whole process tree at once",
+             openapi_extra=JSON_BODY)
+async def kill(request: HttpRequest, iid: str) -> HttpResponse:
+    user = need(request, "operator")
+    instance = await instances.aget_instance(iid)
+    body = instances.parse_control_body(await sync_to_async(_body)(request), 4002)
+    remove = bool(body.get("removeImmediately", False))
+    await instances.kill(instance, remove)
+    await aaudit(user, "instance.kill", iid, via="api", removeImmediately=remove)
+    return JsonResponse(instances.info(instance), status=202)
+
+
+@router.get("/instance/{iid}/event/{name}", summary="Last event of that name, or the next one")
+async def get_event(request: HttpRequest, iid: str, name: str) -> HttpResponse:
+    need(request, "viewer")
+    await instances.aget_instance(iid)
+    found, message = await streams.last_event(iid, name)
+    if not found:
+        found, message = await streams.next_event(iid, name)
+    if not found:
+        raise HubError(404, "NOT_FOUND", f"no event '{name}': the instance ended")
+    return JsonResponse(message, safe=False)
+
+
+@router.get("/instance/{iid}/once/{name}", summary="Wait for the next event of that name")
+async def once(request: HttpRequest, iid: str, name: str) -> HttpResponse:
+    need(request, "viewer")
+    await instances.aget_instance(iid)
+    found, message = await streams.next_event(iid, name)
+    if not found:
+        raise HubError(404, "NOT_FOUND", f"no event '{name}': the instance ended")
+    return JsonResponse(message, safe=False)
+
+
+@router.get("/instance/{iid}/events/{name}", summary="Events of that name as ndjson")
+async def event_stream(request: HttpRequest, iid: str, name: str) -> HttpResponse:
+    need(request, "viewer")
+    await instances.aget_instance(iid)
+
+    async def lines() -> Any:
+        async for message in streams.events(iid, name):
+            yield json.dumps(message) + "\n"
+
+    return StreamingHttpResponse(lines(), content_type="application/x-ndjson")
+
+
+@router.get("/log", summary="The hub's own log (endless)")
+async def host_log(request: HttpRequest) -> HttpResponse:
+    need(request, "viewer")
+    return StreamingHttpResponse(streams.host_log(), content_type=TEXT_STREAM)

@@ -1,0 +1,290 @@
+"""Instances, web side: start, stop, kill, input, events, health, info.
+
+The web never runs user code: it writes the row, asks a worker through Celery to start the
+child, and routes control messages to the worker that owns the instance through Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from sequences import live
+from sequences.errors import HubError, not_found
+from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, Sequence
+
+MAX_ARGS_BYTES = 1 << 20
+
+
+@dataclass
+class StartRequest:
+    args: list[Any]
+    app_config: dict[str, Any]
+    instance_id: str | None
+    limits: dict[str, Any]
+
+
+def invalid(message: str) -> HubError:
+    return HubError(422, "INVALID_CONFIG", message)
+
+
+def parse_start(raw: bytes) -> StartRequest:
+    """Validate a start body: `{appConfig?, args?, instanceId?, limits?}`."""
+    if len(raw) > MAX_ARGS_BYTES:
+        raise invalid(f"start body is over {MAX_ARGS_BYTES} bytes")
+    if raw.strip():
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise HubError(400, "INVALID_CONFIG", f"start body is not valid JSON: {exc}") from None
+    else:
+        body = {}
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise invalid("start body must be a JSON object like {\"args\": [...], \"appConfig\": {}}")
+    args = body.get("args", [])
+    if args is None:
+        args = []
+    if not isinstance(args, list):
+        raise invalid(f"args must be a JSON array, got {type(args).__name__}")
+    app_config = body.get("appConfig", {})
+    if app_config is None:
+        app_config = {}
+    if not isinstance(app_config, dict):
+        raise invalid(f"appConfig must be a JSON object, got {type(app_config).__name__}")
+    iid = body.get("instanceId")
+    if iid is not None and (not isinstance(iid, str) or not 1 <= len(iid) <= 64
+                            or not all(c.isalnum() or c in "-_" for c in iid)):
+        raise invalid("instanceId must be a string of up to 64 letters, digits, '-' or '_'")
+    limits = body.get("limits") or {}
+    if not isinstance(limits, dict):
+        raise invalid("limits must be a JSON object like {\"memory\": 256}")
+    clean_limits: dict[str, Any] = {}
+    if "memory" in limits:
+        memory = limits["memory"]
+        if isinstance(memory, bool) or not isinstance(memory, int | float) or memory < 16:
+            raise invalid("limits.memory must be a number of megabytes, at least 16")
+        clean_limits["memory"] = int(memory)
+    return StartRequest(args=args, app_config=app_config, instance_id=iid, limits=clean_limits)
+
+
+def _create(seq: Sequence, req: StartRequest, user: Any, kind: str = "sequence") -> Instance:
+    live_count = Instance.objects.filter(status__in=LIVE_STATUSES).count()
+    if live_count >= settings.HUB_MAX_INSTANCES:
+        raise HubError(
+            507,
+            "INSUFFICIENT_RESOURCES",
+            f"the hub runs {live_count} instances, its limit (HUB_MAX_INSTANCES) is "
+            f"{settings.HUB_MAX_INSTANCES}",
+        )
+    if req.instance_id and Instance.objects.filter(pk=req.instance_id).exists():
+        raise HubError(409, "INSTANCE_EXISTS", f"Instance {req.instance_id} already exists")
+    fields: dict[str, Any] = {}
+    if req.instance_id:
+        fields["id"] = req.instance_id
+    return Instance.objects.create(
+        sequence=seq,
+        sequence_name=seq.name,
+        kind=kind,
+        args=req.args,
+        app_config=req.app_config,
+        limits=req.limits,
+        created_by=user if getattr(user, "is_authenticated", False) else None,
+        **fields,
+    )
+
+
+def _enqueue(iid: str, token: str) -> None:
+    from runner.tasks import start_instance
+
+    start_instance.apply_async(args=[iid, token])
+
+
+async def start(seq: Sequence, req: StartRequest, user: Any, kind: str = "sequence") -> Instance:
+    """Create the instance and return once its worker holds its streams (input is safe)."""
+    instance = await sync_to_async(_create)(seq, req, user, kind)
+    token = live.new_token()
+    await sync_to_async(_enqueue)(instance.id, token)
+    answer = await wait_reply(token, settings.HUB_START_TIMEOUT)
+    if answer is None:
+        await sync_to_async(_fail_start)(instance.id, "no worker answered the start request")
+        raise HubError(
+            503, "NO_WORKER",
+            f"no worker answered within {settings.HUB_START_TIMEOUT:.0f} s: is a worker running?",
+        )
+    if not answer.get("ok"):
+        raise HubError(int(answer.get("status", 400)), answer.get("code", "START_FAILED"),
+                       answer.get("error", "start failed"))
+    instance.worker = answer.get("worker", "")
+    return instance
+
+
+def _fail_start(iid: str, reason: str) -> None:
+    from django.utils import timezone
+
+    Instance.objects.filter(pk=iid, status=InstanceStatus.INITIALIZING).update(
+        status=InstanceStatus.ERRORED, reason=reason, exit_code=20, ended=timezone.now()
+    )
+
+
+async def wait_reply(token: str, timeout: float) -> dict[str, Any] | None:
+    item = await live.async_client().blpop([live.reply_key(token)], timeout=timeout)
+    return None if item is None else json.loads(item[1])
+
+
+def get_instance(iid: str) -> Instance:
+    instance = Instance.objects.select_related("sequence").filter(pk=iid).first()
+    if instance is None:
+        raise not_found("Instance", iid)
+    return instance
+
+
+aget_instance = sync_to_async(get_instance)
+
+
+def info(instance: Instance) -> dict[str, Any]:
+    """STH's instance info, plus status and terminated."""
+    seq = instance.sequence
+    data: dict[str, Any] = {
+        "id": instance.id,
+        "appConfig": instance.app_config,
+        "args": instance.args,
+        "sequenceArgs": instance.args,
+        "limits": instance.limits,
+        "sequence": {
+            "id": seq.id if seq else None,
+            "config": seq.config if seq else {},
+            "name": seq.name if seq else instance.sequence_name,
+            "location": "hub",
+        },
+        "kind": instance.kind,
+        "status": instance.status,
+        "worker": instance.worker,
+        "pid": instance.pid,
+        "created": instance.created.isoformat(),
+        "started": instance.started.isoformat() if instance.started else None,
+        "ended": instance.ended.isoformat() if instance.ended else None,
+    }
+    if instance.exit_code is not None or instance.status == InstanceStatus.LOST:
+        data["terminated"] = {"exitcode": instance.exit_code, "reason": instance.reason}
+    return data
+
+
+async def send_control(instance: Instance, header: dict[str, Any], payload: bytes = b"") -> None:
+    if not instance.worker:
+        raise HubError(409, "NOT_RUNNING", f"Instance {instance.id} has no worker yet")
+    header = {"id": instance.id, **header}
+    await live.async_client().rpush(
+        live.control_key(instance.worker), live.encode_control(header, payload)
+    )
+
+
+def require_live(instance: Instance) -> None:
+    if not instance.is_live:
+        raise HubError(409, "NOT_RUNNING",
+                       f"Instance {instance.id} is not running (status {instance.status})")
+
+
+def parse_control_body(raw: bytes, code: int) -> dict[str, Any]:
+    """Stop/kill/event bodies come as `{...}` or as `[code, {...}]` (Scramjet 0.26 clients)."""
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise HubError(400, "INVALID_REQUEST", f"body is not valid JSON: {exc}") from None
+    if isinstance(body, list):
+        if len(body) != 2 or body[0] != code or not isinstance(body[1], dict | type(None)):
+            raise HubError(400, "INVALID_REQUEST", f"body must be {{...}} or [{code}, {{...}}]")
+        body = body[1] or {}
+    if not isinstance(body, dict):
+        raise HubError(400, "INVALID_REQUEST", "body must be a JSON object")
+    return body
+
+
+async def stop(instance: Instance, timeout_ms: int, can_keepalive: bool) -> Instance:
+    """Ask the sequence to stop; answer after it ended or `timeout` passed, as STH does."""
+    require_live(instance)
+    await send_control(instance, {"op": "stop", "timeout": timeout_ms,
+                                  "canCallKeepalive": can_keepalive})
+    return await wait_until_ended(instance.id, timeout_ms / 1000 + 1.0)
+
+
+async def kill(instance: Instance, remove_immediately: bool = False) -> None:
+    if not instance.is_live:
+        if remove_immediately:
+            await sync_to_async(_remove)(instance.id)
+            return
+        raise HubError(409, "NOT_RUNNING",
+                       f"Instance {instance.id} is not running (status {instance.status})")
+    await send_control(instance, {"op": "kill", "removeImmediately": remove_immediately})
+
+
+def _remove(iid: str) -> None:
+    Instance.objects.filter(pk=iid).delete()
+    live.sync_client().delete(*live.instance_keys(iid))
+
+
+async def wait_until_ended(iid: str, timeout: float) -> Instance:
+    deadline = time.monotonic() + timeout
+    while True:
+        instance = await aget_instance(iid)
+        if not instance.is_live or time.monotonic() >= deadline:
+            return instance
+        await asyncio.sleep(0.05)
+
+
+def kill_and_wait(instance_ids: list[str], timeout: float = 15.0) -> None:
+    """Used by a forced sequence delete: kill every instance and wait for their ends."""
+    from asgiref.sync import async_to_sync
+
+    async def run() -> None:
+        for iid in instance_ids:
+            instance = await aget_instance(iid)
+            if instance.is_live and instance.worker:
+                await send_control(instance, {"op": "kill"})
+        for iid in instance_ids:
+            await wait_until_ended(iid, timeout)
+
+    async_to_sync(run)()
+
+
+async def send_input(instance: Instance, stream: str, chunks: list[bytes], content_type: str,
+                     end: bool) -> None:
+    require_live(instance)
+    op = "input" if stream == "input" else "stdin"
+    if not chunks:
+        chunks = [b""]
+    for i, chunk in enumerate(chunks):
+        last = i == len(chunks) - 1
+        await send_control(instance, {"op": op, "contentType": content_type,
+                                       "end": end and last}, chunk)
+
+
+async def send_event(instance: Instance, name: str, message: Any) -> None:
+    require_live(instance)
+    await send_control(instance, {"op": "event", "eventName": name, "message": message})
+    from sequences.models import InstanceEvent
+
+    await sync_to_async(InstanceEvent.objects.create)(
+        instance_id=instance.id, direction="in", name=name, message=message
+    )
+
+
+async def health(instance: Instance) -> dict[str, Any]:
+    if not instance.is_live:
+        return {"healthy": False, "status": instance.status, "reason": instance.reason}
+    token = live.new_token()
+    await send_control(instance, {"op": "health", "reply": token})
+    answer = await wait_reply(token, 5)
+    if answer is None:
+        return {"healthy": False, "reason": "the worker did not answer in 5 s"}
+    answer.setdefault("status", instance.status)
+    return answer

@@ -1,0 +1,89 @@
+"""Redis: key names and clients shared by the web and the workers.
+
+Live data goes worker → Redis → web; the database holds the durable copy.
+- `hub:s:<iid>:<stream>`  Redis stream of chunks `{s: seq, d: bytes}`, then `{eof: 1}`
+- `hub:ev:<iid>`          Redis stream of events emitted by the sequence `{n: name, m: json}`
+- `hub:evlast:<iid>`      hash: last message per event name
+- `hub:ctl:<worker>`      list: control messages for one worker's supervisor
+- `hub:reply:<token>`     list: one reply to a request that waits for it
+- `hub:worker:<name>`     heartbeat key, expires when the worker stops answering
+- `hub:log`               Redis stream of host log lines
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from functools import cache
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+from django.conf import settings
+
+STREAMS = ("stdout", "stderr", "output", "log")
+HOST_LOG = "hub:log"
+
+
+def stream_key(iid: str, stream: str) -> str:
+    return f"hub:s:{iid}:{stream}"
+
+
+def events_key(iid: str) -> str:
+    return f"hub:ev:{iid}"
+
+
+def last_events_key(iid: str) -> str:
+    return f"hub:evlast:{iid}"
+
+
+def control_key(worker: str) -> str:
+    return f"hub:ctl:{worker}"
+
+
+def reply_key(token: str) -> str:
+    return f"hub:reply:{token}"
+
+
+def worker_key(name: str) -> str:
+    return f"hub:worker:{name}"
+
+
+def instance_keys(iid: str) -> list[str]:
+    return [stream_key(iid, s) for s in STREAMS] + [events_key(iid), last_events_key(iid)]
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+@cache
+def sync_client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, health_check_interval=30)
+
+
+_async_clients: dict[int, aredis.Redis] = {}
+
+
+def async_client() -> aredis.Redis:
+    """One pool per event loop: redis.asyncio connections belong to the loop that made them."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(id(loop))
+    if client is None:
+        client = aredis.Redis.from_url(
+            settings.REDIS_URL, max_connections=2000, health_check_interval=30
+        )
+        _async_clients[id(loop)] = client
+    return client
+
+
+def encode_control(header: dict[str, Any], payload: bytes = b"") -> bytes:
+    """A control message: one JSON line, then raw payload bytes (input data)."""
+    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
+
+
+def decode_control(raw: bytes) -> tuple[dict[str, Any], bytes]:
+    head, _, payload = raw.partition(b"\n")
+    return json.loads(head), payload

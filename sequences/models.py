@@ -1,0 +1,226 @@
+"""The hub's records: sequences, instances and their streams, workers, sequencers, components."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Sequence(models.Model):
+    """An uploaded package: immutable; an overwrite makes a new row with a new id."""
+
+    id = models.CharField(primary_key=True, max_length=64, default=new_id, editable=False)
+    name = models.CharField(max_length=200, blank=True)
+    version = models.CharField(max_length=100, blank=True)
+    description = models.TextField(blank=True)
+    config = models.JSONField(default=dict)
+    language = models.CharField(max_length=20)
+    main = models.CharField(max_length=500)
+    sha256 = models.CharField(max_length=64, db_index=True)
+    size = models.BigIntegerField()
+    unpacked_size = models.BigIntegerField(default=0)
+    files = models.JSONField(default=list)
+    root = models.CharField(max_length=200, blank=True)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"{self.name or self.id} {self.version}".strip()
+
+    @property
+    def storage_name(self) -> str:
+        return f"packages/{self.sha256}.tar.gz"
+
+
+class InstanceStatus(models.TextChoices):
+    INITIALIZING = "initializing"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    KILLING = "killing"
+    COMPLETED = "completed"
+    ERRORED = "errored"
+    LOST = "lost"
+
+
+LIVE_STATUSES = (
+    InstanceStatus.INITIALIZING,
+    InstanceStatus.STARTING,
+    InstanceStatus.RUNNING,
+    InstanceStatus.STOPPING,
+    InstanceStatus.KILLING,
+)
+ENDED_STATUSES = (InstanceStatus.COMPLETED, InstanceStatus.ERRORED, InstanceStatus.LOST)
+
+
+class Instance(models.Model):
+    """One run of a sequence (or of a sequencer's script) as a supervised child process."""
+
+    id = models.CharField(primary_key=True, max_length=64, default=new_id, editable=False)
+    sequence = models.ForeignKey(
+        Sequence, null=True, blank=True, on_delete=models.SET_NULL, related_name="instances"
+    )
+    sequence_name = models.CharField(max_length=200, blank=True)
+    kind = models.CharField(max_length=20, default="sequence")  # sequence | script
+    args = models.JSONField(default=list)
+    app_config = models.JSONField(default=dict)
+    limits = models.JSONField(default=dict)
+    status = models.CharField(
+        max_length=20, choices=InstanceStatus.choices, default=InstanceStatus.INITIALIZING
+    )
+    worker = models.CharField(max_length=200, blank=True)
+    pid = models.IntegerField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    reason = models.CharField(max_length=500, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+    started = models.DateTimeField(null=True, blank=True)
+    ended = models.DateTimeField(null=True, blank=True)
+    remove_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [models.Index(fields=["status"])]
+
+    def __str__(self) -> str:
+        return self.id
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in LIVE_STATUSES
+
+
+class StreamChunk(models.Model):
+    """A slice of an instance's stdout/stderr/output/log, numbered per stream from 0."""
+
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="chunks")
+    stream = models.CharField(max_length=10)
+    seq = models.IntegerField()
+    data = models.BinaryField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["instance", "stream", "seq"], name="chunk_unique_seq")
+        ]
+
+
+class InstanceEvent(models.Model):
+    """A named event, emitted by the sequence (`out`) or sent into it (`in`)."""
+
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="events")
+    direction = models.CharField(max_length=3)
+    name = models.CharField(max_length=200)
+    message = models.JSONField(null=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["instance", "direction", "name"])]
+
+
+class Worker(models.Model):
+    """A worker node's supervisor, as last seen through its heartbeat."""
+
+    name = models.CharField(max_length=200, unique=True)
+    hostname = models.CharField(max_length=200)
+    pid = models.IntegerField()
+    capacity = models.IntegerField()
+    running = models.IntegerField(default=0)
+    started = models.DateTimeField(auto_now_add=True)
+    last_seen = models.DateTimeField()
+    stopped = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SequenceComponent(models.Model):
+    """A named slot (`ESW.primary`) hosting at most one sequencer."""
+
+    name = models.CharField(max_length=200, unique=True)
+    state = models.CharField(max_length=20, default="Idle")  # Idle | Running
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Sequencer(models.Model):
+    """A long-lived controller running one script; its record stays after it is Killed."""
+
+    id = models.CharField(primary_key=True, max_length=64, default=new_id, editable=False)
+    prefix = models.CharField(max_length=200, db_index=True)
+    script = models.ForeignKey(Sequence, null=True, on_delete=models.SET_NULL)
+    instance = models.ForeignKey(Instance, null=True, blank=True, on_delete=models.SET_NULL)
+    component = models.ForeignKey(
+        SequenceComponent,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="sequencers",
+    )
+    state = models.CharField(max_length=20, default="Idle")
+    processing = models.CharField(max_length=40, blank=True)  # command whose handler runs
+    run_id = models.CharField(max_length=64, blank=True)
+    run_result = models.JSONField(null=True, blank=True)
+    has_step_list = models.BooleanField(default=False)
+    reason = models.CharField(max_length=500, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+    ended = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["prefix", "-created"]
+
+    def __str__(self) -> str:
+        return self.prefix
+
+    @property
+    def shown_state(self) -> str:
+        return "Processing" if self.processing else self.state
+
+
+class Step(models.Model):
+    sequencer = models.ForeignKey(Sequencer, on_delete=models.CASCADE, related_name="steps")
+    position = models.IntegerField()
+    step_id = models.CharField(max_length=64)
+    type = models.CharField(max_length=10)
+    command = models.CharField(max_length=200)
+    params = models.JSONField(default=dict)
+    status = models.CharField(max_length=10, default="Pending")
+    has_breakpoint = models.BooleanField(default=False)
+    message = models.TextField(blank=True)
+    started = models.DateTimeField(null=True, blank=True)
+    ended = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["position"]
+        indexes = [models.Index(fields=["sequencer", "position"])]
+
+
+class SequencerTransition(models.Model):
+    sequencer = models.ForeignKey(Sequencer, on_delete=models.CASCADE, related_name="transitions")
+    from_state = models.CharField(max_length=20)
+    to_state = models.CharField(max_length=20)
+    command = models.CharField(max_length=40)
+    response = models.JSONField(null=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created", "id"]

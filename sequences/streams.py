@@ -1,0 +1,198 @@
+"""Reading instance streams: everything from the start (database), then live (Redis).
+
+A reader attaching at any time gets every chunk in order exactly once, then follows until the
+instance ends. Chunks are numbered per stream; the database holds all of them (written in
+batches), Redis holds the newest few hundred. Where Redis has moved on past what the database
+has written yet, the reader waits for the database to catch up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+
+from sequences import live
+from sequences.models import LIVE_STATUSES, Instance, InstanceEvent, StreamChunk
+
+DB_BATCH = 256
+BLOCK_MS = 2000
+
+
+def _db_chunks(iid: str, stream: str, start: int, stop: int | None) -> list[tuple[int, bytes]]:
+    rows = StreamChunk.objects.filter(instance_id=iid, stream=stream, seq__gte=start)
+    if stop is not None:
+        rows = rows.filter(seq__lt=stop)
+    return [(s, bytes(d)) for s, d in rows.order_by("seq").values_list("seq", "data")[:DB_BATCH]]
+
+
+def _is_live(iid: str) -> bool:
+    return Instance.objects.filter(pk=iid, status__in=LIVE_STATUSES).exists()
+
+
+adb_chunks = sync_to_async(_db_chunks)
+ais_live = sync_to_async(_is_live)
+
+
+async def follow(iid: str, stream: str, cursor: int = 0,
+                 follow_live: bool = True) -> AsyncIterator[bytes]:
+    """Chunks of one stream from chunk number `cursor` on, following until the end."""
+    still_live = await ais_live(iid)
+    # What the database has: for an ended instance that is everything.
+    while True:
+        rows = await adb_chunks(iid, stream, cursor, None)
+        before = cursor
+        for seq, data in rows:
+            if seq != cursor:
+                break
+            yield data
+            cursor += 1
+        if len(rows) < DB_BATCH or cursor == before:
+            break
+    if not still_live or not follow_live:
+        return
+    async for data in _follow_redis(iid, stream, cursor):
+        yield data
+
+
+async def _follow_redis(iid: str, stream: str, cursor: int) -> AsyncIterator[bytes]:
+    client = live.async_client()
+    key = live.stream_key(iid, stream)
+    last_id = "0-0"
+    while True:
+        reply = await client.xread({key: last_id}, count=200, block=BLOCK_MS)
+        if not reply:
+            if not await ais_live(iid):
+                # Ended (or lost) while we waited: the database now has every chunk.
+                async for data in follow(iid, stream, cursor, follow_live=False):
+                    yield data
+                return
+            continue
+        for entry_id, fields in reply[0][1]:
+            last_id = entry_id
+            if b"eof" in fields:
+                async for data in follow(iid, stream, cursor, follow_live=False):
+                    yield data
+                return
+            seq = int(fields[b"s"])
+            if seq < cursor:
+                continue
+            if seq > cursor:
+                async for data in _fill_gap(iid, stream, cursor, seq):
+                    yield data
+                cursor = seq
+            yield fields[b"d"]
+            cursor = seq + 1
+
+
+async def _fill_gap(iid: str, stream: str, start: int, stop: int) -> AsyncIterator[bytes]:
+    """Chunks Redis no longer holds: the database writer has them or will shortly."""
+    cursor = start
+    waited = 0.0
+    while cursor < stop:
+        rows = await adb_chunks(iid, stream, cursor, stop)
+        progressed = False
+        for seq, data in rows:
+            if seq != cursor:
+                break
+            yield data
+            cursor += 1
+            progressed = True
+        if not progressed:
+            if waited > 30:
+                raise RuntimeError(f"chunks {cursor}..{stop} of {iid}/{stream} never arrived")
+            await asyncio.sleep(0.02)
+            waited += 0.02
+
+
+def search_lines(iid: str, stream: str, needle: str, limit: int = 500) -> list[tuple[int, str]]:
+    """Server-side search over a whole stream: (line number, line) pairs containing `needle`."""
+    needle_l = needle.lower()
+    found: list[tuple[int, str]] = []
+    number = 0
+    tail = b""
+    rows = StreamChunk.objects.filter(instance_id=iid, stream=stream).order_by("seq")
+    for data in rows.values_list("data", flat=True).iterator(chunk_size=64):
+        lines = (tail + bytes(data)).split(b"\n")
+        tail = lines.pop()
+        for raw in lines:
+            number += 1
+            text = raw.decode("utf-8", "replace")
+            if needle_l in text.lower():
+                found.append((number, text))
+                if len(found) >= limit:
+                    return found
+    if tail and needle_l in tail.decode("utf-8", "replace").lower():
+        found.append((number + 1, tail.decode("utf-8", "replace")))
+    return found
+
+
+# -- events -------------------------------------------------------------------------------
+
+def _last_event(iid: str, name: str) -> tuple[bool, Any]:
+    row = (
+        InstanceEvent.objects.filter(instance_id=iid, direction="out", name=name)
+        .order_by("-id").values_list("message", flat=True).first()
+    )
+    exists = InstanceEvent.objects.filter(instance_id=iid, direction="out", name=name).exists()
+    return exists, row
+
+
+alast_event = sync_to_async(_last_event)
+
+
+async def last_event(iid: str, name: str) -> tuple[bool, Any]:
+    raw = await live.async_client().hget(live.last_events_key(iid), name)
+    if raw is not None:
+        return True, json.loads(raw)
+    return await alast_event(iid, name)
+
+
+async def events(iid: str, name: str, since: str = "$") -> AsyncIterator[Any]:
+    """Messages of the named event emitted from now on, until the instance ends."""
+    client = live.async_client()
+    key = live.events_key(iid)
+    last_id = since
+    if since == "$":
+        info = await client.xinfo_stream(key) if await client.exists(key) else None
+        last_id = info["last-generated-id"].decode() if info else "0-0"
+    while True:
+        reply = await client.xread({key: last_id}, count=100, block=BLOCK_MS)
+        if not reply:
+            if not await ais_live(iid):
+                return
+            continue
+        for entry_id, fields in reply[0][1]:
+            last_id = entry_id
+            if fields.get(b"n", b"").decode() == name:
+                yield json.loads(fields[b"m"])
+
+
+async def next_event(iid: str, name: str) -> tuple[bool, Any]:
+    async for message in events(iid, name):
+        return True, message
+    return False, None
+
+
+async def host_log(backlog: int = 100) -> AsyncIterator[bytes]:
+    """The hub's own log: the last lines, then new ones as they come (endless)."""
+    client = live.async_client()
+    recent = await client.xrevrange(live.HOST_LOG, count=backlog)
+    last_id = recent[0][0] if recent else "$"
+    for _entry_id, fields in reversed(recent):
+        yield fields[b"d"]
+    if last_id == "$":
+        info = await client.xinfo_stream(live.HOST_LOG) if await client.exists(
+            live.HOST_LOG) else None
+        last_id = info["last-generated-id"] if info else "0-0"
+    while True:
+        reply = await client.xread({live.HOST_LOG: last_id}, count=200, block=15000)
+        if not reply:
+            yield b""
+            continue
+        for entry_id, fields in reply[0][1]:
+            last_id = entry_id
+            yield fields[b"d"]
