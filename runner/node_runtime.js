@@ -385,6 +385,7 @@ function createInputStream(openSource, forcedContentType, logger) {
     let source = null;
     let header = Buffer.alloc(0);
     let decoder = null;
+    let ended = false;
 
     const input = new Readable({
         objectMode: true,
@@ -398,6 +399,20 @@ function createInputStream(openSource, forcedContentType, logger) {
         let more = true;
         for (const item of items) more = input.push(item);
         return more;
+    }
+
+    function useContentType(contentType) {
+        input.contentType = forcedContentType || contentType;
+        decoder = makeDecoder(input.contentType, logger);
+    }
+
+    function finish() {
+        if (ended) return;
+        ended = true;
+        // Bytes without a complete header still are input: read them as text.
+        if (!decoder && header.length) deliver([header.toString('utf8')]);
+        if (decoder) deliver(decoder.end());
+        input.push(null);
     }
 
     function onHeaderBytes(chunk) {
@@ -415,28 +430,24 @@ function createInputStream(openSource, forcedContentType, logger) {
             contentType = parseContentType(header.subarray(0, end).toString('latin1'));
         }
         header = null;
-        decoder = makeDecoder(forcedContentType || contentType, logger);
-        input.contentType = forcedContentType || contentType;
+        useContentType(contentType);
         return body.length ? deliver(decoder.write(body)) : true;
     }
 
     function start() {
         source = openSource();
         if (!source) {
-            input.push(null);
+            finish();
             return;
         }
         source.on('data', (chunk) => {
             const more = decoder ? deliver(decoder.write(chunk)) : onHeaderBytes(chunk);
             if (!more) source.pause();
         });
-        source.on('end', () => {
-            if (decoder) deliver(decoder.end());
-            input.push(null);
-        });
+        source.on('end', finish);
         source.on('error', (err) => {
             logger.error('Input stream failed', err);
-            input.push(null);
+            finish();
         });
     }
 
@@ -455,7 +466,7 @@ class Context {
         // sequence sets (in milliseconds) for sequences that finish work after returning.
         this.exitTimeout = 0;
         this.initialState = undefined;
-        this.keepAliveRequested = false;
+        this._keepAliveRequested = false;
         this._control = control;
         this._finish = finish;
         this._events = new EventEmitter();
@@ -500,7 +511,7 @@ class Context {
     }
 
     keepAlive(milliseconds) {
-        this.keepAliveRequested = true;
+        this._keepAliveRequested = true;
         this._control.send(MSG.alive, { keepAlive: milliseconds || 0 });
         return this;
     }
@@ -580,6 +591,8 @@ class ExitError extends Error {
 
 function readSpec() {
     const raw = process.env.HUB_LAUNCH;
+    // The spec is ours, not the sequence's: keep it out of the env its own children inherit.
+    delete process.env.HUB_LAUNCH;
     if (!raw) throw new ExitError(EXIT.badSpec, 'HUB_LAUNCH is not set');
     let spec;
     try {
@@ -796,8 +809,11 @@ class Runtime {
     listenToControl() {
         this.control.on('message', (code, data) => this.onControl(code, data));
         this.control.on('invalid', (line) => this.logger.warn('Invalid control message', line));
-        // The supervisor is gone: nobody could stop or kill this instance any more.
-        this.control.on('closed', () => this.kill());
+        // The supervisor is gone: nobody could stop or kill this instance any more. (During an
+        // exit already under way it may just have read our last message: let that exit finish.)
+        this.control.on('closed', () => {
+            if (!this.exiting) this.kill();
+        });
     }
 
     onControl(code, data) {
@@ -833,9 +849,9 @@ class Runtime {
         this.stopping = true;
         if (this.context) {
             // Only a keepAlive called by the stop handlers themselves counts (as in STH).
-            this.context.keepAliveRequested = false;
+            this.context._keepAliveRequested = false;
             await this.context.runStopHandlers(timeout, canCallKeepalive);
-            if (canCallKeepalive && this.context.keepAliveRequested) {
+            if (canCallKeepalive && this.context._keepAliveRequested) {
                 this.stopping = false;
                 return;
             }

@@ -67,6 +67,15 @@ def outcome(code: int, killed: bool, stopped: bool) -> tuple[str, str]:
     return InstanceStatus.ERRORED, f"Runner failed with exit code {code}"
 
 
+# Extra control operations other modules add (e.g. sequencer commands): name -> handler.
+OpHandler = Callable[["Supervisor", dict, bytes], Awaitable[None]]
+EXTRA_OPS: dict[str, OpHandler] = {}
+
+
+def register_op(name: str, handler: OpHandler) -> None:
+    EXTRA_OPS[name] = handler
+
+
 class Refused(Exception):
     """A start the worker cannot take (capacity, memory): the web answers 507."""
 
@@ -94,6 +103,7 @@ class Child:
     remove_immediately: bool = False
     health_waiters: list[asyncio.Future] = field(default_factory=list)
     on_message: Callable[[int, Any], None] | None = None  # sequencer actors listen here
+    on_exit: Callable[[int, str, str], None] | None = None  # (exit code, status, reason)
     workdir: str = ""
     psutil_proc: psutil.Process | None = None
 
@@ -387,10 +397,14 @@ class Supervisor:
             if item is None:
                 continue
             header, payload = live.decode_control(item[1])
-            handler = self.ops.get(header.get("op", ""))
-            if handler is None:
+            op = header.get("op", "")
+            if op in self.ops:
+                coro = self.ops[op](header, payload)
+            elif op in EXTRA_OPS:
+                coro = EXTRA_OPS[op](self, header, payload)
+            else:
                 continue
-            self.loop.create_task(self._guard(handler(header, payload), header))
+            self.loop.create_task(self._guard(coro, header))
 
     async def _guard(self, coro: Awaitable[None], header: dict) -> None:
         try:
@@ -559,6 +573,11 @@ class Supervisor:
         if child.remove_immediately:
             self.writer.call(lambda: _delete_instance(child.iid))
         self._notify(child.iid, status=status, exitcode=code, reason=reason)
+        if child.on_exit is not None:
+            try:
+                child.on_exit(code, status, reason)
+            except Exception:
+                log.exception("exit callback of %s failed", child.iid)
         with contextlib.suppress(Exception):
             await self.redis.expire(live.events_key(child.iid), 600)
             for stream in READ_STREAMS.values():

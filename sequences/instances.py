@@ -104,7 +104,7 @@ def _create(seq: Sequence, req: StartRequest, user: Any, kind: str = "sequence")
 def _enqueue(iid: str, token: str) -> None:
     from runner.tasks import start_instance
 
-    start_instance.apply_async(args=[iid, token])
+    start_instance.apply_async(args=[iid, token], queue=settings.CELERY_TASK_DEFAULT_QUEUE)
 
 
 async def start(seq: Sequence, req: StartRequest, user: Any, kind: str = "sequence") -> Instance:
