@@ -152,6 +152,13 @@ class NodeChild:
     def send(self, code: int, data: dict[str, Any] | None = None) -> None:
         self.control.sendall(json.dumps([code, data or {}]).encode() + b"\n")
 
+    def close_control(self) -> None:
+        """Hangs up the control socket, as a dying supervisor would."""
+        # shutdown, not just close: the reader thread blocked in recv() keeps the socket open
+        # until it returns, so a bare close() would send nothing to the child.
+        self.control.shutdown(socket.SHUT_RDWR)
+        self.control.close()
+
     def next_message(self, timeout: float = 10) -> list[Any]:
         return self.messages.get(timeout=timeout)
 

@@ -507,7 +507,7 @@ def test_kill_runs_kill_handlers_and_exits_137_at_once(start: Start) -> None:
 def test_closing_the_control_socket_kills_the_instance(start: Start) -> None:
     child = start("module.exports = () => new Promise(() => {});")
     child.wait_for(PING)
-    child.control.close()
+    child.close_control()
     assert child.wait() == 137
 
 
