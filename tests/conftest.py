@@ -1,0 +1,196 @@
+"""Shared fixtures: a real hub (daphne + Celery worker subprocesses) on the test database,
+users for each role with API tokens, and package builders."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+QUEUE = f"test-{uuid.uuid4().hex[:8]}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A worker left over from `make run` must not take the tests' start requests.
+    settings.CELERY_TASK_DEFAULT_QUEUE = QUEUE
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def database_url() -> str:
+    """The test database as a URL, for the hub's subprocesses."""
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or "postgres"
+    auth = f"{user}:{db['PASSWORD']}" if db.get("PASSWORD") else user
+    return f"postgres://{auth}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+def hub_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        HUB_DATA_DIR=str(settings.HUB_DATA_DIR),
+        HUB_QUEUE=QUEUE,
+        HUB_ANONYMOUS_ROLE=settings.HUB_ANONYMOUS_ROLE,
+        HUB_LOST_AFTER="6",
+        SECRET_KEY=settings.SECRET_KEY,
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@dataclass
+class ProcessHandle:
+    proc: subprocess.Popen
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def start_worker(tmp: Path, name: str = "worker", **extra: str) -> ProcessHandle:
+    log = tmp / f"{name}.log"
+    proc = subprocess.Popen(
+        [str(BIN / "celery"), "-A", "dashboard", "worker", "-P", "threads", "-c", "8",
+         "-Q", QUEUE, "--without-gossip", "--without-mingle", "-l", "INFO",
+         "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h"],
+        cwd=ROOT, env=hub_env(**extra), stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return ProcessHandle(proc, log)
+
+
+def start_web(tmp: Path, port: int, **extra: str) -> ProcessHandle:
+    log = tmp / "web.log"
+    proc = subprocess.Popen(
+        [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
+        cwd=ROOT, env=hub_env(**extra), stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"daphne exited: {log.read_text(errors='replace')[-3000:]}")
+        try:
+            return httpx.get(url + "/login/", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, timeout=30, what="daphne to answer")
+    return ProcessHandle(proc, log)
+
+
+@dataclass
+class Hub:
+    url: str
+    web: ProcessHandle
+    worker: ProcessHandle
+
+    @property
+    def api(self) -> str:
+        return self.url + "/api/v1"
+
+
+@pytest.fixture(scope="session")
+def hub(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Hub]:
+    """A running hub: daphne and a Celery worker on the test database and the real Redis."""
+    tmp = tmp_path_factory.mktemp("hub")
+    with django_db_blocker.unblock():
+        worker = start_worker(tmp)
+        web = start_web(tmp, free_port())
+    try:
+        yield Hub(url=web_url(web), web=web, worker=worker)
+    finally:
+        stop_process(web.proc)
+        stop_process(worker.proc)
+
+
+def web_url(handle: ProcessHandle) -> str:
+    argv = handle.proc.args
+    return f"http://127.0.0.1:{argv[argv.index('-p') + 1]}"
+
+
+@dataclass
+class Person:
+    username: str
+    role: str
+    token: str
+    password: str = "pw-for-tests-1"
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def people(transactional_db) -> dict[str, Person]:
+    """One user per role, each with an API token."""
+    from django.contrib.auth.models import Group, User
+
+    from dashboard.access import ensure_groups
+    from dashboard.models import ApiToken
+
+    ensure_groups()
+    result = {}
+    for role in ("viewer", "operator", "admin"):
+        user = User.objects.create_user(username=f"{role}-user", password="pw-for-tests-1")
+        user.groups.add(Group.objects.get(name=role))
+        _, raw = ApiToken.issue(user, "tests")
+        result[role] = Person(user.username, role, raw)
+    return result
+
+
+@pytest.fixture
+def admin_api(hub: Hub, people: dict[str, Person]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=hub.api, headers=people["admin"].headers(), timeout=60) as c:
+        yield c
+
+
+@pytest.fixture
+def operator_api(hub: Hub, people: dict[str, Person]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=hub.api, headers=people["operator"].headers(), timeout=60) as c:
+        yield c
