@@ -1,0 +1,1144 @@
+"""The child runtime: runs one Python sequence or script in a process the fork server prepared.
+
+It speaks runner/PROTOCOL.md over descriptors 0..6. Only the standard library is imported here,
+because the fork server preloads this module and every child inherits what it imports.
+
+Threads, and why: user code runs on the event loop of the main thread, and may block it (a sync
+generator that sleeps, `while True: pass`). Two small helper threads keep the child responsive
+anyway: one reads the control socket, so a kill (4002) always lands, and one flushes the coalesced
+writers a few milliseconds after data arrives, so output stays live while the loop is busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import collections
+import contextlib
+import datetime
+import importlib.util
+import inspect
+import io
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from types import ModuleType, TracebackType
+from typing import Any
+
+STDIN_FD, STDOUT_FD, STDERR_FD, CONTROL_FD, OUTPUT_FD, INPUT_FD, LOG_FD = range(7)
+
+EXIT_OK = 0
+EXIT_BAD_MAIN = 21
+EXIT_START_FAILED = 22
+EXIT_RUN_FAILED = 23
+EXIT_KILLED = 137
+EXIT_STOPPED = 138
+
+# Child -> supervisor
+PING = 3000
+HEALTH = 3001
+STOPPED = 3006
+ALIVE = 3010
+COMPLETED = 3011
+CALL_DONE = 3020
+SCRIPT_LOADED = 3021
+EVENT = 5001
+# Supervisor -> child
+STOP = 4001
+KILL = 4002
+HEALTH_CHECK = 4004
+CALL = 6001
+
+FLUSH_BYTES = 64 * 1024
+# How long the flusher thread lets data sit before writing it itself. Short enough to look
+# instant to a reader, long enough that a busy producer fills a whole batch first.
+LATE_FLUSH_SECONDS = 0.003
+# A producer that never awaits gets the loop back to other work (control messages) this often.
+LOOP_SLICE_SECONDS = 0.005
+HELPER_THREAD_STACK = 256 * 1024
+
+HOOKS = (
+    "new_sequence",
+    "go_online",
+    "go_offline",
+    "abort_sequence",
+    "stop",
+    "shutdown",
+    "diagnostic_mode",
+    "operations_mode",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Coalescing writers
+# --------------------------------------------------------------------------------------------
+
+
+class FdWriter:
+    """Coalesces writes to one blocking descriptor; any thread may write.
+
+    Appends go to a bytearray that is never replaced, and only a flush removes bytes from its
+    front, under a lock. Under the GIL each of those is one atomic C call, so producers need no
+    lock: the hot path stays a few hundred nanoseconds per item and a syscall per 64 KiB.
+    """
+
+    def __init__(self, fd: int, flusher: Flusher) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+        self.broken = False
+        self._lock = threading.Lock()
+        self._flusher = flusher
+        flusher.add(self)
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        buf = self.buf
+        buf += data
+        size = len(buf)
+        if size >= FLUSH_BYTES:
+            self.flush()
+        elif size == len(data):
+            # The buffer was empty before this append: nobody is due to flush it yet.
+            self._flusher.pending()
+
+    def flush(self) -> None:
+        """Write everything buffered; raises OSError (BrokenPipeError) if the reader is gone."""
+        with self._lock:
+            buf = self.buf
+            while buf:
+                # A copy: handing the bytearray itself to os.write would lock its size while the
+                # GIL is released, and a concurrent append would raise BufferError.
+                chunk = bytes(buf)
+                try:
+                    written = os.write(self.fd, chunk)
+                except OSError:
+                    self.broken = True
+                    buf.clear()
+                    raise
+                del buf[:written]
+
+    def flush_quietly(self) -> None:
+        with contextlib.suppress(OSError):
+            self.flush()
+
+
+class Flusher:
+    """Flushes writers soon after they get data: from the loop when it is idle, else a thread.
+
+    The loop flush (call_soon) covers the common case of an async producer that awaits. The
+    thread covers a loop that user code blocks: it wakes when a writer goes from empty to
+    non-empty, waits LATE_FLUSH_SECONDS, and writes whatever the loop did not.
+    """
+
+    def __init__(self) -> None:
+        self._writers: list[FdWriter] = []
+        self._wake = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._scheduled = False
+
+    def add(self, writer: FdWriter) -> None:
+        self._writers.append(writer)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        _start_helper_thread(self._run, "hub-flusher")
+
+    def pending(self) -> None:
+        self._wake.set()
+        if (
+            not self._scheduled
+            and self._loop is not None
+            and threading.get_ident() == self._loop_thread
+        ):
+            self._scheduled = True
+            self._loop.call_soon(self._flush_from_loop)
+
+    def flush_all(self) -> None:
+        for writer in self._writers:
+            writer.flush_quietly()
+
+    def _flush_from_loop(self) -> None:
+        self._scheduled = False
+        for writer in self._writers:
+            if writer.buf:
+                writer.flush_quietly()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(LATE_FLUSH_SECONDS)
+            # Cleared before looking at the buffers: a write after this point sets it again.
+            self._wake.clear()
+            for writer in self._writers:
+                if writer.buf:
+                    writer.flush_quietly()
+
+
+class TextStream(io.TextIOBase):
+    """What sys.stdout and sys.stderr become: UTF-8 text into a coalescing FdWriter.
+
+    Buffered, not line-buffered: a sequence printing a million lines makes a syscall per 64 KiB,
+    and the Flusher still puts a lone print() on the pipe within a few milliseconds, even when
+    the loop is blocked. Everything is flushed again before the child exits.
+    """
+
+    def __init__(self, writer: FdWriter, name: str) -> None:
+        super().__init__()
+        self._writer = writer
+        self._name = name
+        self.buffer = BinaryStream(writer, name)
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:
+        return "surrogateescape"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def line_buffering(self) -> bool:
+        return False
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        self._writer.write(encode_text(s))
+        return len(s)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def fileno(self) -> int:
+        return self._writer.fd
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        # Closing sys.stdout must not close descriptor 1 under the runtime's feet.
+        self.flush()
+
+
+class BinaryStream(io.RawIOBase):
+    """sys.stdout.buffer: raw bytes into the same writer as the text stream."""
+
+    def __init__(self, writer: FdWriter, name: str) -> None:
+        super().__init__()
+        self._writer = writer
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+        self._writer.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def fileno(self) -> int:
+        return self._writer.fd
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.flush()
+
+
+def encode_text(s: str) -> bytes:
+    try:
+        return s.encode()
+    except UnicodeEncodeError:
+        # Lone surrogates: bytes smuggled through surrogateescape go back out as the original
+        # bytes; any other surrogate becomes a visible escape rather than an exception.
+        try:
+            return s.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return s.encode("utf-8", "backslashreplace")
+
+
+def encode_item(item: Any) -> bytes:
+    """Output encoding of PROTOCOL.md for one item (None is filtered out by the caller)."""
+    if isinstance(item, str):
+        return encode_text(item)
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    return (json.dumps(item, default=str, ensure_ascii=False) + "\n").encode(
+        "utf-8", "backslashreplace"
+    )
+
+
+def _start_helper_thread(target: Callable[[], None], name: str) -> threading.Thread:
+    # Small stacks: the child may run under RLIMIT_AS, and the default 8 MiB each would count.
+    # The user's own threads get the default size back.
+    previous = threading.stack_size(HELPER_THREAD_STACK)
+    try:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+    finally:
+        threading.stack_size(previous)
+    return thread
+
+
+# --------------------------------------------------------------------------------------------
+# Control channel
+# --------------------------------------------------------------------------------------------
+
+
+class Control:
+    """Newline-delimited JSON `[code, data]` over the control socket (fd 3).
+
+    The socket stays blocking: sends are small and must be on the wire before the child exits,
+    and the reader thread simply blocks in recv.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._sock = socket.socket(fileno=fd)
+        self._lock = threading.Lock()
+
+    def send(self, code: int, data: Any) -> None:
+        line = json.dumps([code, data], default=str, ensure_ascii=False) + "\n"
+        payload = line.encode("utf-8", "backslashreplace")
+        # OSError: the supervisor is gone, and the exit code is all it could still learn.
+        with self._lock, contextlib.suppress(OSError):
+            self._sock.sendall(payload)
+
+    def start_reader(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        dispatch: Callable[[int, Any], None],
+        on_eof: Callable[[], None],
+    ) -> None:
+        def run() -> None:
+            self._read_forever(loop, dispatch)
+            on_eof()
+
+        _start_helper_thread(run, "hub-control")
+
+    def _read_forever(
+        self, loop: asyncio.AbstractEventLoop, dispatch: Callable[[int, Any], None]
+    ) -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = self._sock.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                message = _parse_control(line)
+                if message is None:
+                    continue
+                code, data = message
+                if code == KILL:
+                    # Right here, in this thread: user code may be blocking the loop.
+                    os._exit(EXIT_KILLED)
+                try:
+                    loop.call_soon_threadsafe(dispatch, code, data)
+                except RuntimeError:
+                    return  # loop closed: the child is exiting
+
+
+def _parse_control(line: bytes) -> tuple[int, Any] | None:
+    if not line.strip():
+        return None
+    try:
+        code, data = json.loads(line)
+        return int(code), data
+    except (ValueError, TypeError):
+        sys.stderr.write(f"runtime: ignored a malformed control message: {line[:200]!r}\n")
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Log stream
+# --------------------------------------------------------------------------------------------
+
+
+class JsonLineHandler(logging.Handler):
+    """Writes each record as `{"ts", "level", "msg", "data"?, "exc"?}` on the log stream."""
+
+    def __init__(self, writer: FdWriter) -> None:
+        super().__init__(logging.DEBUG)
+        self._writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            entry: dict[str, Any] = {
+                "ts": int(record.created * 1000),
+                "level": record.levelname,
+                "msg": record.getMessage(),
+            }
+            data = getattr(record, "data", None)
+            if data is not None:
+                entry["data"] = data
+            if record.exc_info:
+                entry["exc"] = "".join(traceback.format_exception(*record.exc_info))
+            line = json.dumps(entry, default=str, ensure_ascii=False) + "\n"
+            self._writer.write(line.encode("utf-8", "backslashreplace"))
+        except Exception:
+            self.handleError(record)
+
+
+def make_logger(name: str, writer: FdWriter) -> logging.Logger:
+    logger = logging.getLogger(name)
+    logger.handlers[:] = [JsonLineHandler(writer)]
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    return logger
+
+
+# --------------------------------------------------------------------------------------------
+# Input stream
+# --------------------------------------------------------------------------------------------
+
+
+class InputStream:
+    """The `input` of a sequence: an async iterable over fd 5, decoded by its Content-Type.
+
+    Reading starts on first use and pauses while too many items wait, so an unread input
+    back-pressures the supervisor instead of filling this process's memory.
+    """
+
+    MAX_HEADER = 4096
+    HIGH_WATER_ITEMS = 4096
+    HIGH_WATER_CHUNKS = 16
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._items: collections.deque[Any] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._reading = False
+        self._eof = False
+        self._header = bytearray()
+        self.content_type: str | None = None
+        self._decode: Callable[[bytes], None] = self._decode_header
+        self._finish_decoding: Callable[[], None] = self._finish_header
+        self._text_decoder: codecs.IncrementalDecoder | None = None
+        self._partial_text = ""
+        self._partial_bytes = b""
+        self._high_water = self.HIGH_WATER_ITEMS
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        while not self._items:
+            if self._eof:
+                raise StopAsyncIteration
+            self._resume()
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._items.popleft()
+        if not self._reading and not self._eof and len(self._items) < self._high_water // 2:
+            self._resume()
+        return item
+
+    def _resume(self) -> None:
+        if not self._reading and not self._eof:
+            self._reading = True
+            self._loop.add_reader(self._fd, self._on_readable)
+
+    def _pause(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._decode(data)
+            if len(self._items) >= self._high_water:
+                self._pause()
+        else:
+            self._pause()
+            self._eof = True
+            self._finish_decoding()
+        if self._waiter is not None and not self._waiter.done() and (self._items or self._eof):
+            self._waiter.set_result(None)
+
+    # -- header ----------------------------------------------------------------------------
+    def _decode_header(self, data: bytes) -> None:
+        self._header += data
+        end = self._header.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._header) > self.MAX_HEADER:
+                self._start_body("text/plain", bytes(self._header))
+            return
+        header, body = bytes(self._header[:end]), bytes(self._header[end + 4 :])
+        self._start_body(_content_type_of(header), body)
+
+    def _finish_header(self) -> None:
+        # Input closed before a complete header: what came is body text, not a header.
+        if self._header:
+            self._start_body("text/plain", bytes(self._header))
+            self._finish_decoding()
+
+    def _start_body(self, content_type: str, body: bytes) -> None:
+        self.content_type = content_type
+        self._header = bytearray()
+        if content_type == "text/plain":
+            self._text_decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+            self._decode, self._finish_decoding = self._decode_text, self._finish_text
+        elif content_type in ("application/x-ndjson", "application/json"):
+            self._decode, self._finish_decoding = self._decode_json, self._finish_json
+        else:
+            # application/octet-stream, and any type we do not know: raw chunks.
+            self._high_water = self.HIGH_WATER_CHUNKS
+            self._decode, self._finish_decoding = self._decode_bytes, _nothing
+        if body:
+            self._decode(body)
+
+    # -- bodies ----------------------------------------------------------------------------
+    def _decode_bytes(self, data: bytes) -> None:
+        self._items.append(data)
+
+    def _decode_text(self, data: bytes) -> None:
+        assert self._text_decoder is not None
+        text = self._partial_text + self._text_decoder.decode(data)
+        lines = text.split("\n")
+        self._partial_text = lines.pop()
+        self._items.extend([line + "\n" for line in lines])
+
+    def _finish_text(self) -> None:
+        assert self._text_decoder is not None
+        rest = self._partial_text + self._text_decoder.decode(b"", final=True)
+        self._partial_text = ""
+        if rest:
+            self._items.append(rest)
+
+    def _decode_json(self, data: bytes) -> None:
+        lines = (self._partial_bytes + data).split(b"\n")
+        self._partial_bytes = lines.pop()
+        for line in lines:
+            self._append_json(line)
+
+    def _finish_json(self) -> None:
+        rest, self._partial_bytes = self._partial_bytes, b""
+        self._append_json(rest)
+
+    def _append_json(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            self._items.append(json.loads(line))
+        except ValueError as exc:
+            # One bad line from a client should not end the sequence's input.
+            sys.stderr.write(f"runtime: skipped an input line that is not JSON ({exc}): ")
+            sys.stderr.write(f"{line[:200]!r}\n")
+
+
+def _content_type_of(header: bytes) -> str:
+    for line in header.decode("latin-1").split("\r\n"):
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-type":
+            return value.split(";")[0].strip().lower() or "text/plain"
+    return "text/plain"
+
+
+def _nothing() -> None:
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# What user code sees
+# --------------------------------------------------------------------------------------------
+
+
+class AppContext:
+    """The `context` argument of `run(context, input, *args)` (STH's AppContext)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self.config: Any = runtime.spec.get("app_config") or {}
+        self.logger: logging.Logger = runtime.logger
+        self.instance_id: str = str(runtime.spec.get("instance_id", ""))
+        self._event_handlers: dict[str, list[Callable[..., Any]]] = {}
+        self._stop_handlers: list[Callable[..., Any]] = []
+        self._health_check: Callable[[], Any] | None = None
+
+    def emit(self, event_name: str, message: Any = "") -> None:
+        """Send an event out; clients read it with event/once/events."""
+        self._runtime.control.send(EVENT, {"eventName": event_name, "message": message})
+
+    def on(self, event_name: str, callback: Callable[[Any], Any]) -> None:
+        """Call `callback(message)` (sync or async) for each event `event_name` sent in."""
+        self._event_handlers.setdefault(event_name, []).append(callback)
+
+    def set_stop_handler(self, handler: Callable[[float, bool], Any]) -> None:
+        """Add `handler(timeout_seconds, can_keep_alive)` (sync or async) to run on stop."""
+        self._stop_handlers.append(handler)
+
+    def set_health_check(self, check: Callable[[], Any]) -> None:
+        """`check()` returns `{"healthy": bool, ...}` or a bool, or an awaitable of either."""
+        self._health_check = check
+
+    async def keep_alive(self, seconds: float = 0) -> None:
+        """Tell the supervisor the sequence is alive; during a stop, cancel the exit."""
+        self._runtime.keep_alive_requested()
+        self._runtime.control.send(ALIVE, {"keepAlive": int(seconds * 1000)})
+
+
+class Step:
+    """One step of a step list, as script handlers see it."""
+
+    __slots__ = ("command", "id", "params", "type")
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.id: str = str(data.get("id", ""))
+        self.type: str = str(data.get("type", ""))
+        self.command: str = str(data.get("command", ""))
+        self.params: Any = data.get("params") or {}
+
+    def __repr__(self) -> str:
+        return f"Step(id={self.id!r}, type={self.type!r}, command={self.command!r})"
+
+
+class Sequencer:
+    """The `sequencer` argument of `script(sequencer)`: registers step handlers and hooks."""
+
+    def __init__(self, logger: logging.Logger, config: Any, prefix: str) -> None:
+        self.logger = logger
+        self.config = config
+        self.prefix = prefix
+        self.setup_handlers: dict[str, Callable[..., Any]] = {}
+        self.observe_handlers: dict[str, Callable[..., Any]] = {}
+        self.hooks: dict[str, Callable[..., Any]] = {}
+
+    def on_setup(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return self._command_decorator(self.setup_handlers, "on_setup", name)
+
+    def on_observe(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return self._command_decorator(self.observe_handlers, "on_observe", name)
+
+    def on_new_sequence(self, handler: Callable[..., Any] | None = None) -> Any:
+        return self._hook("new_sequence", handler)
+
+    def on_go_online(self, handler: Callable[..., Any] | None = None) -> Any:
+        return self._hook("go_online", handler)
+
+    def on_go_offline(self, handler: Callable[..., Any] | None = None) -> Any:
+        return self._hook("go_offline", handler)
+
+    def on_abort_sequence(self, handler: Callable[..., Any] | None = None) -> Any:
+        return self._hook("abort_sequence", handler)
+
+    def on_stop(self, handler: Callable[..., Any] | None = None) -> Any:
+        return self._hook("stop", handler)
+
+    def on_shutdown(self, handler: Callable[..., Any] | None = None) -> Any:
+        return self._hook("shutdown", handler)
+
+    def on_diagnostic_mode(self, handler: Callable[..., Any] | None = None) -> Any:
+        """The handler gets `(start_time, hint)`: a datetime (or the raw string) and a str."""
+        return self._hook("diagnostic_mode", handler)
+
+    def on_operations_mode(self, handler: Callable[..., Any] | None = None) -> Any:
+        return self._hook("operations_mode", handler)
+
+    def registered(self) -> dict[str, list[str]]:
+        return {
+            "setup": sorted(self.setup_handlers),
+            "observe": sorted(self.observe_handlers),
+            "hooks": [name for name in HOOKS if name in self.hooks],
+        }
+
+    @staticmethod
+    def _command_decorator(
+        table: dict[str, Callable[..., Any]], method: str, name: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        if not isinstance(name, str):
+            raise TypeError(f"{method} needs a command name: @sequencer.{method}('command')")
+
+        def register(handler: Callable[..., Any]) -> Callable[..., Any]:
+            table[name] = handler
+            return handler
+
+        return register
+
+    def _hook(self, name: str, handler: Callable[..., Any] | None) -> Any:
+        # Both `@sequencer.on_go_online` and `@sequencer.on_go_online()` work.
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.hooks[name] = fn
+            return fn
+
+        return register if handler is None else register(handler)
+
+
+# --------------------------------------------------------------------------------------------
+# The runtime
+# --------------------------------------------------------------------------------------------
+
+
+class LoadFailed(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class Runtime:
+    """One child: its streams, control channel, event loop and the user module."""
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        self.spec = spec
+        self.mode = spec.get("mode", "sequence")
+        for fd in (CONTROL_FD, OUTPUT_FD, INPUT_FD, LOG_FD):
+            # The sequence's own subprocesses get stdio, not the runtime's channels: a
+            # grandchild holding fd 4 open would keep the output from ever ending.
+            _set_cloexec(fd)
+        self.flusher = Flusher()
+        self.stdout = FdWriter(STDOUT_FD, self.flusher)
+        self.stderr = FdWriter(STDERR_FD, self.flusher)
+        self.output = FdWriter(OUTPUT_FD, self.flusher)
+        self.log = FdWriter(LOG_FD, self.flusher)
+        self.control = Control(CONTROL_FD)
+        self.logger = make_logger(f"hub.{spec.get('instance_id', 'instance')}", self.log)
+        self.loop = asyncio.new_event_loop()
+        self.context: AppContext | None = None
+        self.sequencer: Sequencer | None = None
+        self._exit: asyncio.Future[int] = self.loop.create_future()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self._kept_alive = False
+        self._exiting = False
+        self._calls: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    # -- top level ---------------------------------------------------------------------------
+    def run(self) -> int:
+        self._install_stdio()
+        asyncio.set_event_loop(self.loop)
+        self.flusher.start(self.loop)
+        self.control.start_reader(self.loop, self._dispatch, self._on_control_eof)
+        try:
+            code = self.loop.run_until_complete(self._main())
+        except BaseException:
+            self._print_traceback(*sys.exc_info())
+            code = EXIT_RUN_FAILED
+        # From here on a closed control socket is the supervisor reacting to the end, not a loss.
+        self._exiting = True
+        self.flusher.flush_all()
+        if code == EXIT_OK and self.mode != "script":
+            self.control.send(COMPLETED, {})
+        elif code == EXIT_STOPPED:
+            self.control.send(STOPPED, {})
+        return code
+
+    async def _main(self) -> int:
+        try:
+            module = self._load_module()
+            if self.mode == "script":
+                await self._start_script(module)
+            else:
+                run = self._find_run(module)
+                self.context = AppContext(self)
+                self.control.send(PING, {"pid": os.getpid()})
+                self._track(self._run_sequence(run))
+        except LoadFailed as failed:
+            return failed.code
+        return await self._exit
+
+    def finish(self, code: int) -> None:
+        if not self._exit.done():
+            self._exit.set_result(code)
+
+    def _install_stdio(self) -> None:
+        sys.stdout = TextStream(self.stdout, "<stdout>")
+        sys.stderr = TextStream(self.stderr, "<stderr>")
+        # The fork server's own stdin object may hold state; a fresh one reads the child's fd 0.
+        sys.stdin = open(  # noqa: SIM115 - lives as long as the process
+            STDIN_FD, encoding="utf-8", errors="surrogateescape", closefd=False
+        )
+
+    def _track(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = self.loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- loading ---------------------------------------------------------------------------
+    def _load_module(self) -> ModuleType:
+        package_dir = os.path.abspath(str(self.spec.get("package_dir") or "."))
+        main = str(self.spec.get("main") or "main.py")
+        path = os.path.normpath(os.path.join(package_dir, main))
+        if not path.startswith(package_dir + os.sep) or not os.path.isfile(path):
+            sys.stderr.write(f"Bad main: {main!r} is not a file inside the package\n")
+            raise LoadFailed(EXIT_BAD_MAIN)
+        _prepend_sys_path(package_dir, os.path.dirname(path))
+        sys.argv = [path]
+        name = _module_name(path)
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            sys.stderr.write(f"Bad main: {main!r} cannot be imported as a Python module\n")
+            raise LoadFailed(EXIT_BAD_MAIN)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            self._print_traceback(*sys.exc_info())
+            raise LoadFailed(EXIT_START_FAILED) from None
+        return module
+
+    @staticmethod
+    def _find_run(module: ModuleType) -> Callable[..., Any]:
+        run = getattr(module, "run", None)
+        if not callable(run):
+            sys.stderr.write("Bad main: the main module defines no run(context, input, *args)\n")
+            raise LoadFailed(EXIT_BAD_MAIN)
+        return run
+
+    # -- sequence mode ---------------------------------------------------------------------
+    async def _run_sequence(self, run: Callable[..., Any]) -> None:
+        args = self.spec.get("args") or []
+        if not isinstance(args, list):
+            args = [args]
+        try:
+            result = run(self.context, self._make_input(), *args)
+            await self._pump(result)
+            self.output.flush()
+        except SystemExit as exc:
+            self.finish(_system_exit_code(exc))
+            return
+        except BaseException:
+            self._print_traceback(*sys.exc_info())
+            self.finish(EXIT_RUN_FAILED)
+            return
+        self.finish(EXIT_OK)
+
+    def _make_input(self) -> Any:
+        stream = InputStream(self.loop, INPUT_FD)
+        try:
+            from scramjet.streams import Stream  # shipped in the package's __pypackages__
+        except Exception:
+            return stream
+        # STH-style sequences call input.map(...), input.each(...): give them the real thing.
+        return Stream.read_from(stream)
+
+    async def _pump(self, value: Any) -> None:
+        """Writes what `run` returned to the output stream, whatever its shape."""
+        while True:
+            if value is None:
+                return
+            if isinstance(value, (str, bytes, bytearray, memoryview, Mapping)):
+                self.output.write(encode_item(value))
+                return
+            # Before the awaitable check: a scramjet Stream defines __await__ only to refuse it.
+            if hasattr(type(value), "__aiter__"):
+                await self._pump_async(value)
+                return
+            if inspect.isawaitable(value):
+                value = await value
+                continue
+            if isinstance(value, Iterable):
+                await self._pump_sync(value)
+                return
+            self.output.write(encode_item(value))
+            return
+
+    async def _pump_sync(self, items: Iterable[Any]) -> None:
+        # The hot loop: inlined appends to the writer's buffer, one flush per 64 KiB.
+        output = self.output
+        buf = output.buf
+        pending = self.flusher.pending
+        clock = time.monotonic
+        deadline = clock() + LOOP_SLICE_SECONDS
+        count = 0
+        for item in items:
+            if type(item) is str:
+                try:
+                    data = item.encode()
+                except UnicodeEncodeError:
+                    data = encode_text(item)
+            elif type(item) is bytes:
+                data = item
+            elif item is None:
+                continue
+            else:
+                data = encode_item(item)
+            if not data:
+                continue
+            buf += data
+            size = len(buf)
+            if size >= FLUSH_BYTES:
+                output.flush()
+            elif size == len(data):
+                pending()
+            count += 1
+            if not count & 255 and clock() >= deadline:
+                # Let the loop answer control messages during a long synchronous producer.
+                await asyncio.sleep(0)
+                deadline = clock() + LOOP_SLICE_SECONDS
+
+    async def _pump_async(self, items: Any) -> None:
+        output = self.output
+        clock = time.monotonic
+        deadline = clock() + LOOP_SLICE_SECONDS
+        count = 0
+        async for item in items:
+            if item is None:
+                continue
+            output.write(encode_item(item))
+            count += 1
+            if not count & 255 and clock() >= deadline:
+                await asyncio.sleep(0)
+                deadline = clock() + LOOP_SLICE_SECONDS
+
+    # -- script mode -----------------------------------------------------------------------
+    async def _start_script(self, module: ModuleType) -> None:
+        script = getattr(module, "script", None)
+        if not callable(script):
+            sys.stderr.write("Failed on start: the main module defines no script(sequencer)\n")
+            raise LoadFailed(EXIT_START_FAILED)
+        config = self.spec.get("app_config") or {}
+        self.sequencer = Sequencer(self.logger, config, str(self.spec.get("prefix") or ""))
+        try:
+            result = script(self.sequencer)
+            if inspect.isawaitable(result):
+                await result
+        except BaseException:
+            self._print_traceback(*sys.exc_info())
+            raise LoadFailed(EXIT_START_FAILED) from None
+        self.control.send(SCRIPT_LOADED, self.sequencer.registered())
+        self.control.send(PING, {"pid": os.getpid()})
+        self._track(self._serve_calls())
+
+    async def _serve_calls(self) -> None:
+        while True:
+            call = await self._calls.get()
+            ok, error = await self._call_handler(call)
+            self.flusher.flush_all()
+            self.control.send(CALL_DONE, {"call": call.get("call"), "ok": ok, "error": error})
+
+    async def _call_handler(self, call: Mapping[str, Any]) -> tuple[bool, str | None]:
+        assert self.sequencer is not None
+        name = str(call.get("handler", ""))
+        try:
+            handler, args = self._resolve_handler(name, call)
+        except LookupError as missing:
+            return False, str(missing.args[0])
+        if handler is None:
+            return True, None  # a hook the script did not register succeeds
+        try:
+            result = handler(*args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            self._print_traceback(type(exc), exc, exc.__traceback__)
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, None
+
+    def _resolve_handler(
+        self, name: str, call: Mapping[str, Any]
+    ) -> tuple[Callable[..., Any] | None, tuple[Any, ...]]:
+        assert self.sequencer is not None
+        if name in ("setup", "observe"):
+            step = Step(call.get("step") or {})
+            table = (
+                self.sequencer.setup_handlers
+                if name == "setup"
+                else self.sequencer.observe_handlers
+            )
+            handler = table.get(step.command)
+            if handler is None:
+                kind = step.type or name.capitalize()
+                raise LookupError(f"no handler for {kind} '{step.command}'")
+            return handler, (step,)
+        if name not in HOOKS:
+            raise LookupError(f"unknown handler '{name}'")
+        handler = self.sequencer.hooks.get(name)
+        if name == "diagnostic_mode":
+            args = call.get("args") or {}
+            return handler, (_parse_time(args.get("startTime")), str(args.get("hint", "")))
+        return handler, ()
+
+    # -- control ---------------------------------------------------------------------------
+    def _dispatch(self, code: int, data: Any) -> None:
+        if code == STOP:
+            self._track(self._stop(data if isinstance(data, dict) else {}))
+        elif code == HEALTH_CHECK:
+            self._track(self._health())
+        elif code == EVENT:
+            self._event(data if isinstance(data, dict) else {})
+        elif code == CALL:
+            self._calls.put_nowait(data if isinstance(data, dict) else {})
+
+    def _on_control_eof(self) -> None:
+        if self._exiting:
+            return
+        if self.mode == "script":
+            # The supervisor let go of the sequencer: an orderly end.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self.finish, EXIT_OK)
+            return
+        # Nobody supervises this instance any more; nobody could stop it or read its output.
+        self.flusher.flush_all()
+        os._exit(EXIT_KILLED)
+
+    async def _stop(self, data: Mapping[str, Any]) -> None:
+        if self._stopping:
+            return
+        self._stopping, self._kept_alive = True, False
+        timeout = float(data.get("timeout") or 0) / 1000
+        can_keep_alive = bool(data.get("canCallKeepalive"))
+        handlers = list(self.context._stop_handlers) if self.context else []
+        for handler in handlers:
+            try:
+                result = handler(timeout, can_keep_alive)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                self._print_traceback(*sys.exc_info())
+        self._stopping = False
+        if can_keep_alive and self._kept_alive:
+            return
+        self.finish(EXIT_STOPPED)
+
+    def keep_alive_requested(self) -> None:
+        if self._stopping:
+            self._kept_alive = True
+
+    async def _health(self) -> None:
+        check = self.context._health_check if self.context else None
+        report: dict[str, Any]
+        try:
+            result = check() if check is not None else True
+            if inspect.isawaitable(result):
+                result = await result
+            if isinstance(result, Mapping):
+                report = dict(result)
+                report["healthy"] = bool(report.get("healthy", True))
+            else:
+                report = {"healthy": bool(result)}
+        except Exception as exc:
+            report = {"healthy": False, "error": f"{type(exc).__name__}: {exc}"}
+        self.control.send(HEALTH, report)
+
+    def _event(self, data: Mapping[str, Any]) -> None:
+        if self.context is None:
+            return
+        message = data.get("message")
+        for callback in list(self.context._event_handlers.get(str(data.get("eventName")), [])):
+            try:
+                result = callback(message)
+                if inspect.isawaitable(result):
+                    self._track(self._await_quietly(result))
+            except Exception:
+                self._print_traceback(*sys.exc_info())
+
+    async def _await_quietly(self, awaitable: Awaitable[Any]) -> None:
+        try:
+            await awaitable
+        except Exception:
+            self._print_traceback(*sys.exc_info())
+
+    # -- errors ----------------------------------------------------------------------------
+    def _print_traceback(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            return
+        lines = traceback.format_exception(exc_type, exc, _user_frames(tb))
+        try:
+            sys.stderr.write("".join(lines))
+            self.stderr.flush()
+        except OSError:
+            pass
+
+
+_RUNTIME_FILES = {
+    __file__,
+    "<frozen importlib._bootstrap>",
+    "<frozen importlib._bootstrap_external>",
+}
+
+
+def _user_frames(tb: TracebackType | None) -> TracebackType | None:
+    """Drops the runtime's own frames (and importlib's) from the top of a traceback."""
+    while tb is not None and tb.tb_frame.f_code.co_filename in _RUNTIME_FILES:
+        tb = tb.tb_next
+    return tb
+
+
+def _system_exit_code(exc: SystemExit) -> int:
+    # sys.exit() inside run ends the instance with that code, as it would a plain program.
+    if exc.code is None:
+        return EXIT_OK
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    sys.stderr.write(f"{exc.code}\n")
+    return 1
+
+
+def _module_name(path: str) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if stem.isidentifier() and stem not in sys.modules:
+        return stem
+    return "__sequence_main__"
+
+
+def _prepend_sys_path(package_dir: str, main_dir: str) -> None:
+    entries = [package_dir]
+    if main_dir != package_dir:
+        entries.append(main_dir)
+    entries.append(os.path.join(package_dir, "__pypackages__"))
+    sys.path[:0] = [entry for entry in entries if entry not in sys.path]
+    importlib.invalidate_caches()
+
+
+def _parse_time(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+
+
+def _set_cloexec(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.set_inheritable(fd, False)
+
+
+def main(spec: dict[str, Any]) -> int:
+    """Runs the sequence or script of `spec`; returns the exit code (the caller os._exit()s)."""
+    return Runtime(spec).run()
+
+
+if __name__ == "__main__":
+    os._exit(main(json.loads(os.environ["HUB_LAUNCH"])))
