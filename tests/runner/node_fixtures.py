@@ -91,6 +91,7 @@ class NodeChild:
         main: str | None = "index.js",
         spec: dict[str, Any] | None = None,
         input_type: str | None = None,
+        read_output: bool = True,
     ) -> None:
         self.package_dir = package_dir
         launch = {
@@ -125,7 +126,9 @@ class NodeChild:
         child_control.close()
         self.stdout = _Collector(stdout_r)
         self.stderr = _Collector(stderr_r)
-        self.output = _Collector(output_r)
+        # read_output=False leaves the output unread (a slow client) until start_output().
+        self._output_r = output_r
+        self.output = _Collector(output_r) if read_output else None
         self.log = _Collector(log_r)
         self.messages: queue.Queue[list[Any]] = queue.Queue()
         threading.Thread(target=self._read_control, daemon=True).start()
@@ -183,6 +186,10 @@ class NodeChild:
             items.append(self.messages.get_nowait())
         return items
 
+    def start_output(self) -> None:
+        if self.output is None:
+            self.output = _Collector(self._output_r)
+
     # -- input ---------------------------------------------------------------------------
 
     def write_input(self, data: bytes) -> None:
@@ -196,6 +203,7 @@ class NodeChild:
 
     def wait(self, timeout: float = 20) -> int:
         """Exit code of the child; the collectors then hold everything it wrote."""
+        self.start_output()
         code = self.proc.wait(timeout=timeout)
         for collector in (self.stdout, self.stderr, self.output, self.log):
             collector.join(timeout=5)
@@ -205,6 +213,7 @@ class NodeChild:
         return [json.loads(line) for line in self.log.data().splitlines() if line.strip()]
 
     def close(self) -> None:
+        self.start_output()
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()

@@ -616,6 +616,19 @@ def test_destroy_fails_the_instance_with_23(start: Start) -> None:
     assert b"given up" in child.stderr.data()
 
 
+def test_the_launch_spec_is_not_left_in_the_sequence_environment(start: Start) -> None:
+    child = start("module.exports = () => String(process.env.HUB_LAUNCH);")
+    assert run_to_end(child) == (0, b"undefined")
+
+
+def test_input_that_ends_inside_the_header_is_read_as_text(start: Start) -> None:
+    child = start(ECHO_INPUT)
+    child.write_input(b"no header here")
+    code, output = run_to_end(child)
+    assert code == 0
+    assert [json.loads(line) for line in output.splitlines()] == [["string", "no header here"]]
+
+
 def test_missing_launch_spec_exits_20() -> None:
     env = {k: v for k, v in os.environ.items() if k != "HUB_LAUNCH"}
     done = subprocess.run([NODE, str(RUNTIME)], env=env, capture_output=True, timeout=20)
@@ -642,6 +655,25 @@ def test_million_items_stream_fast_and_complete(start: Start) -> None:
     assert lines[-1] == b"999999"
     # Measured at over 2 M items/s on a 2 vCPU box; 200 k/s leaves room for slow CI machines.
     assert 1_000_000 / elapsed > 200_000, f"{1_000_000 / elapsed:.0f} items/s"
+
+
+def test_a_slow_output_reader_pauses_the_sequence(start: Start) -> None:
+    child = start(
+        "const fs = require('fs');"
+        "module.exports = async function* () { const line = 'y'.repeat(1023) + '\\n';"
+        " for (let i = 1; i <= 20000; i++) {"
+        "   if (i % 10 === 0) fs.writeFileSync('produced', String(i));"
+        "   yield line; } };",
+        read_output=False,
+    )
+    child.wait_for(PING)
+    time.sleep(1)
+    produced = int((child.package_dir / "produced").read_text())
+    # the pipe (64 KiB) and one coalesced chunk (64 KiB) hold about 130 lines of 1 KiB
+    assert produced < 1000
+    child.start_output()
+    assert child.wait() == 0
+    assert len(child.output.data()) == 20000 * 1024
 
 
 def test_console_output_written_just_before_the_end_is_not_lost(start: Start) -> None:
