@@ -245,7 +245,9 @@ class OutputWriter {
     encode(item) {
         if (item === undefined || item === null) return null;
         if (Buffer.isBuffer(item)) return item;
-        if (item instanceof Uint8Array) return Buffer.from(item.buffer, item.byteOffset, item.length);
+        if (item instanceof Uint8Array) {
+            return Buffer.from(item.buffer, item.byteOffset, item.length);
+        }
         if (typeof item === 'string' && !this.jsonItems) return item;
         // Fast path for the common case (numbers): same text as JSON.stringify, far cheaper.
         if (typeof item === 'number' && Number.isFinite(item)) return item + '\n';
@@ -360,17 +362,22 @@ function makeDecoder(contentType, logger) {
             try {
                 return [JSON.parse(l)];
             } catch (err) {
-                // One bad line from one client should not take the instance down.
+                // One bad line from one client should not take the instance down; say so where
+                // the author looks (stderr, as the Python runtime does) and in the log.
+                const shown = JSON.stringify(l.slice(0, 200));
+                process.stderr.write(
+                    `runtime: skipped an input line that is not JSON (${err.message}): ${shown}\n`);
                 logger.error('Input line is not JSON, skipped', { line: l, error: err.message });
                 return [];
             }
         });
         return { write: (chunk) => parse(lines.write(chunk)), end: () => parse(lines.end()) };
     }
-    if (contentType.startsWith('text/')) {
+    if (contentType === 'text/plain') {
         const lines = new LineSplitter();
         return { write: (chunk) => lines.write(chunk), end: () => lines.end() };
     }
+    // Same rule as the Python runtime, so a package behaves alike in both languages.
     logger.warn(`Unknown input content type ${contentType}: reading it as raw bytes`);
     return { write: (chunk) => [chunk], end: () => [] };
 }
@@ -670,18 +677,25 @@ function toPipeline(exported) {
     if (!items.length) throw new ExitError(EXIT.badMain, 'module.exports has no function');
     items.forEach((fn, i) => {
         if (typeof fn !== 'function') {
-            throw new ExitError(EXIT.badMain, `module.exports[${i}] is ${typeof fn}, not a function`);
+            const what = `module.exports[${i}] is ${typeof fn}, not a function`;
+            throw new ExitError(EXIT.badMain, what);
         }
     });
     return { functions: items, contentType };
+}
+
+/** Index just past `marker` found from `i` (`skip` = its length to pass), or the end. */
+function endOf(source, marker, i, skip) {
+    const at = source.indexOf(marker, i);
+    return at < 0 ? source.length : at + skip;
 }
 
 /** Skips whitespace and comments in `source` from `i`. */
 function skipBlank(source, i) {
     for (;;) {
         while (i < source.length && /\s/.test(source[i])) i++;
-        if (source.startsWith('//', i)) i = source.indexOf('\n', i) < 0 ? source.length : source.indexOf('\n', i);
-        else if (source.startsWith('/*', i)) i = source.indexOf('*/', i) < 0 ? source.length : source.indexOf('*/', i) + 2;
+        if (source.startsWith('//', i)) i = endOf(source, '\n', i, 0);
+        else if (source.startsWith('/*', i)) i = endOf(source, '*/', i, 2);
         else return i;
     }
 }
@@ -742,7 +756,7 @@ function asIterable(value) {
 /** What one pipeline step returned, as the next step's input stream. */
 function toNextInput(value, index) {
     if (value === undefined || value === null) {
-        throw new Error(`Pipeline function #${index} returned nothing, so the next one has no input`);
+        throw new Error(`Pipeline function #${index} returned nothing: the next one has no input`);
     }
     if (value instanceof Readable) return value;
     const iterable = typeof value === 'string' ? null : asIterable(value);
@@ -755,7 +769,9 @@ async function runPipeline(functions, { context, input, args, inputless }) {
     let result;
     for (let i = 0; i < functions.length; i++) {
         const fn = functions[i];
-        result = i === 0 && inputless ? fn.call(context, ...args) : fn.call(context, current, ...args);
+        result = i === 0 && inputless
+            ? fn.call(context, ...args)
+            : fn.call(context, current, ...args);
         if (i < functions.length - 1) current = toNextInput(await result, i);
     }
     return result;
@@ -868,7 +884,9 @@ class Runtime {
 
     fail(err, code) {
         if (this.exiting) return;
-        const text = err instanceof Error ? err.stack || String(err) : `Error: ${util.inspect(err)}`;
+        const text = err instanceof Error
+            ? err.stack || String(err)
+            : `Error: ${util.inspect(err)}`;
         process.stderr.write(text + '\n');
         this.logger.error('Sequence failed', err instanceof Error ? err : { error: text });
         this.exit(code);
@@ -934,7 +952,8 @@ class Runtime {
             control: this.control,
             finish: (err) => (err ? this.fail(err, EXIT.failedWhileRunning) : this.complete()),
         });
-        const input = createInputStream(() => openReadable(FD.input), sequence.contentType, this.logger);
+        const input = createInputStream(
+            () => openReadable(FD.input), sequence.contentType, this.logger);
         this.control.send(MSG.ping, { pid: process.pid });
         this.phase = 'running';
         try {

@@ -359,6 +359,15 @@ def test_ndjson_input_arrives_parsed_and_bad_lines_are_logged(start: Start) -> N
     ]
     errors = [e for e in child.log_entries() if e["level"] == "ERROR"]
     assert errors[0]["data"]["line"] == "not json\n"
+    assert b"skipped an input line that is not JSON" in child.stderr.data()
+
+
+def test_unknown_input_content_type_arrives_as_buffers(start: Start) -> None:
+    child = start(ECHO_INPUT, input_type="text/csv")
+    child.write_input(b"a,b\n")
+    code, output = run_to_end(child)
+    assert code == 0
+    assert [json.loads(line) for line in output.splitlines()] == [["object", "612c620a"]]
 
 
 def test_input_without_header_bytes_yet_waits_and_empty_input_ends(start: Start) -> None:
