@@ -1,0 +1,1132 @@
+"""Decide whether an uploaded sequence package is acceptable, and unpack accepted ones safely.
+
+A package is a gzip-compressed tar archive holding ``package.json`` and code, either at the
+archive root or inside one top folder. This module is the only place that judges packages: the
+upload API, the web form and the workers all call it, so they all refuse the same things with
+the same error codes.
+
+Pure standard library on purpose: the web process validates uploads without touching user code,
+and the workers use the very same parser to extract, so the two can never disagree about what an
+archive contains.
+
+Design notes (the "why"):
+
+* The archive is read once, as a stream, through a gzip decoder that counts every decompressed
+  byte and stops as soon as the count passes the limit. A gzip bomb is refused after reading at
+  most ``max_bytes`` (plus a small allowance for tar headers), never decompressed whole, and
+  memory stays bounded by a few buffers whatever the input.
+* ``tarfile`` does the tar parsing, so inspection and extraction share one parser. A small
+  ``TarInfo`` subclass closes the holes ``tarfile`` leaves for hostile input: unbounded GNU
+  long names and pax headers, pax parsing regexes that backtrack quadratically on Python
+  3.11 < 3.11.10 (CVE-2024-6232), sparse files, and corrupt headers mid-archive, which
+  ``tarfile`` would silently treat as the end of the archive.
+* Links are accepted only when they provably stay inside the package (see ``_Scanner``), and
+  extraction adds ``tarfile``'s ``data`` filter as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+__all__ = [
+    "DEFAULT_MAX_JSON_BYTES",
+    "MAX_PATH_BYTES",
+    "PackageError",
+    "PackageInfo",
+    "extract_package",
+    "inspect_package",
+]
+
+KIB = 1024
+MIB = 1024 * KIB
+
+DEFAULT_MAX_JSON_BYTES = 1 * MIB
+# Longest accepted member path (after removing "./"), in UTF-8 bytes. Far above what real
+# packages use, low enough that file lists stay small and every file system can hold them.
+MAX_PATH_BYTES = 1024
+# Longest path component: NAME_MAX on Linux and most file systems.
+MAX_NAME_BYTES = 255
+# Deepest accepted path; bounds the per-member work and the folder bookkeeping.
+MAX_DEPTH = 64
+# pax and GNU long-name headers are read into memory whole; legitimate ones are tiny.
+MAX_EXTENDED_HEADER_BYTES = 1 * MIB
+# A member may be preceded by a few extended headers (GNU long name + long link + pax ...).
+MAX_EXTENDED_HEADER_CHAIN = 8
+# Decompressed bytes allowed beyond max_bytes: tar headers, padding and the end-of-archive
+# marker are not file content, so they get a fixed allowance plus a little per member.
+STREAM_ALLOWANCE = 1 * MIB
+STREAM_ALLOWANCE_PER_MEMBER = 4 * KIB
+
+_READ_CHUNK = 64 * KIB
+_TAR_BUFSIZE = 64 * KIB
+_GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip wrapper only: zlib checks the header, CRC and length
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_EXTENDED_TYPES = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
+_PAX_TYPES = (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE)
+_NODE_SUFFIXES = (".js", ".mjs", ".cjs")
+
+# The guards below override TarInfo hooks that CPython documents as override points in its
+# source ("_proc_member() ... can be overridden in a subclass"). Fail loudly at import, rather
+# than silently losing the guards, if a future Python renames them.
+for _hook in ("fromtarfile", "_proc_member", "_proc_builtin", "_apply_pax_info", "_block"):
+    if not hasattr(tarfile.TarInfo, _hook):  # pragma: no cover - depends on the Python version
+        raise ImportError(f"tarfile.TarInfo.{_hook} is missing; sequences.packages needs it")
+
+
+class PackageError(Exception):
+    """A package was refused. ``code`` is stable for clients; ``message`` is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[type[PackageError], tuple[str, str]]:
+        # Exceptions travel between processes (Celery results); keep both fields.
+        return (type(self), (self.code, self.message))
+
+    def as_dict(self) -> dict[str, str]:
+        """The body of the HTTP 422 answer."""
+        return {"error": self.message, "code": self.code}
+
+
+@dataclass
+class PackageInfo:
+    """What the hub records about an accepted package."""
+
+    sha256: str
+    size: int
+    unpacked_size: int
+    config: dict[str, Any]
+    files: list[dict[str, Any]] = field(default_factory=list)
+    root: str = ""
+    language: str = ""
+    main: str = ""
+
+    @property
+    def name(self) -> str:
+        return _optional_str(self.config, "name")
+
+    @property
+    def version(self) -> str:
+        return _optional_str(self.config, "version")
+
+    @property
+    def description(self) -> str:
+        return _optional_str(self.config, "description")
+
+
+def _optional_str(config: dict[str, Any], key: str) -> str:
+    value = config.get(key)
+    return value if isinstance(value, str) else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def inspect_package(
+    path: str | os.PathLike[str] | BinaryIO,
+    *,
+    max_files: int,
+    max_bytes: int,
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+) -> PackageInfo:
+    """Validate a package without extracting it and describe it, or raise ``PackageError``.
+
+    ``path`` may also be a binary file object, read from its current position.
+    ``max_files`` bounds the number of tar members (files, folders and links), ``max_bytes``
+    the total size of the files and, with a small allowance for tar headers, the number of
+    decompressed bytes read. ``max_json_bytes`` bounds ``package.json``.
+    """
+    if max_files < 1 or max_bytes < 0 or max_json_bytes < 2:
+        raise ValueError("limits must be positive")
+    scanner = _Scanner(max_files=max_files, max_bytes=max_bytes, max_json_bytes=max_json_bytes)
+    with _open_archive(path, max_bytes) as (tar, reader):
+        for member in _members(tar, reader):
+            scanner.add(member, tar)
+        reader.drain()
+    root = scanner.resolve_root()
+    scanner.check_links(root)
+    where = f"{root}/package.json" if root else "package.json"
+    config = _parse_config(scanner.config_bytes(root), where)
+    _check_fields(config, where)
+    main = _check_main(config, where, root, scanner)
+    return PackageInfo(
+        sha256=reader.sha256,
+        size=reader.compressed_size,
+        unpacked_size=scanner.unpacked,
+        config=config,
+        files=scanner.file_list(root),
+        root=root,
+        language=_language(config, main, where),
+        main=main,
+    )
+
+
+def extract_package(
+    path: str | os.PathLike[str], dest: str | os.PathLike[str], info: PackageInfo
+) -> None:
+    """Unpack an inspected package into ``dest``, which must not exist yet.
+
+    The top folder ``info.root`` is stripped, so ``dest`` holds ``package.json`` directly. The
+    archive is unpacked into a temporary sibling folder that is renamed to ``dest`` only once
+    complete, so nobody ever sees a half-extracted package. If ``dest`` already exists (another
+    worker won the race, or a cached copy), nothing is done. The archive is checked against
+    ``info.sha256`` and validated again member by member while extracting; ``tarfile``'s
+    ``data`` filter is a second line of defence.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        return
+    # Cheap up-front check, so a swapped or corrupted file is refused before anything is
+    # written; the streaming pass below checks the hash again for the bytes it actually read.
+    if _sha256_of(path) != info.sha256:
+        raise PackageError("CHECKSUM_MISMATCH", "the package file does not match its sha256")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    try:
+        os.chmod(staging, 0o755)  # mkdtemp makes 0700; the package folder is an ordinary one
+        _extract_into(path, staging, info)
+        _publish(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# Reading: a counting gzip decoder feeding tarfile
+
+
+class _GzipReader(io.RawIOBase):
+    """Decompress a gzip file incrementally, hashing its bytes and counting the output.
+
+    ``tarfile``'s own gzip support cannot stop at a byte limit, so we decompress ourselves:
+    each ``readinto`` produces at most the requested number of bytes (``max_length``), and the
+    running total is checked against the limit before the bytes are handed on.
+    """
+
+    def __init__(self, raw: BinaryIO, max_bytes: int) -> None:
+        super().__init__()
+        self._raw = raw
+        self._hash = hashlib.sha256()
+        self.compressed_size = 0
+        self.decompressed_size = 0
+        self.max_bytes = max_bytes
+        self.allowance = STREAM_ALLOWANCE
+        self.head = b""  # the first decompressed bytes, to explain "not a tar archive"
+        self._decoder = zlib.decompressobj(_GZIP_WBITS)
+        self._pending = self._first_chunk()
+        self._finished = False
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        while not self._finished:
+            if self._decoder.eof:
+                self._next_gzip_member()
+                continue
+            if not self._pending:
+                self._pending = self._read_raw()
+                if not self._pending:
+                    raise PackageError(
+                        "TRUNCATED", "the gzip stream ends early: the file is truncated"
+                    )
+            out = self._decompress(len(view))
+            if out:
+                view[: len(out)] = out
+                return len(out)
+        return 0
+
+    def drain(self) -> None:
+        """Read to the end, so the whole file is hashed and its gzip CRC checked.
+
+        Bytes after the tar end-of-archive marker are ignored by tar tools, but they still count
+        against the limit, so a bomb cannot hide there.
+        """
+        sink = bytearray(_READ_CHUNK)
+        while self.readinto(sink):
+            pass
+
+    def _first_chunk(self) -> bytes:
+        chunk = self._read_raw()
+        if not chunk.startswith(_GZIP_MAGIC):
+            raise PackageError("NOT_GZIP", _describe_not_gzip(chunk))
+        return chunk
+
+    def _read_raw(self) -> bytes:
+        chunk = self._raw.read(_READ_CHUNK)
+        self._hash.update(chunk)
+        self.compressed_size += len(chunk)
+        # gzip never makes data much bigger, so a file far larger than its unpacked limit is
+        # refused without reading it all (e.g. endless padding after the gzip stream).
+        if self.compressed_size > self.max_bytes + self.allowance + STREAM_ALLOWANCE:
+            raise PackageError("TOO_LARGE", f"the package is larger than {_human(self.max_bytes)}")
+        return chunk
+
+    def _decompress(self, size: int) -> bytes:
+        try:
+            out = self._decoder.decompress(self._pending, size)
+        except zlib.error as exc:
+            raise PackageError(
+                "CORRUPT", f"the gzip data is corrupt ({_zlib_reason(exc)})"
+            ) from None
+        self._pending = (
+            self._decoder.unused_data if self._decoder.eof else self._decoder.unconsumed_tail
+        )
+        self.decompressed_size += len(out)
+        if self.decompressed_size > self.max_bytes + self.allowance:
+            raise PackageError(
+                "TOO_LARGE", f"the package unpacks to more than {_human(self.max_bytes)}"
+            )
+        if len(self.head) < 512:
+            self.head += out[: 512 - len(self.head)]
+        return out
+
+    def _next_gzip_member(self) -> None:
+        # A gzip file may hold several concatenated members (gzip -c a b); zero padding after
+        # the last one is tolerated as gzip(1) does, anything else is refused.
+        while len(self._pending) < len(_GZIP_MAGIC):
+            more = self._read_raw()
+            if not more:
+                break
+            self._pending += more
+        if self._pending.startswith(_GZIP_MAGIC):
+            self._decoder = zlib.decompressobj(_GZIP_WBITS)
+            return
+        while self._pending:
+            if self._pending.strip(b"\0"):
+                raise PackageError("CORRUPT", "unexpected data after the end of the gzip stream")
+            self._pending = self._read_raw()
+        self._finished = True
+
+
+def _describe_not_gzip(head: bytes) -> str:
+    if not head:
+        return "the file is empty, not a gzip-compressed tar archive"
+    if head[257:262] == b"ustar":
+        return "the file is a tar archive but is not gzip-compressed; send a .tar.gz"
+    for magic, kind in (
+        (b"PK\x03\x04", "a zip archive"),
+        (b"BZh", "bzip2-compressed"),
+        (b"\xfd7zXZ\x00", "xz-compressed"),
+        (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
+    ):
+        if head.startswith(magic):
+            return f"the file is {kind}, not a gzip-compressed tar archive"
+    return "the file is not gzip-compressed (it does not start with the gzip signature)"
+
+
+def _describe_not_tar(head: bytes) -> str:
+    if not head:
+        return "the gzip data is empty, not a tar archive"
+    if head.startswith(_GZIP_MAGIC):
+        return "the gzip data is not a tar archive (it is gzip-compressed twice)"
+    return "the gzip data is not a tar archive"
+
+
+def _zlib_reason(exc: zlib.error) -> str:
+    # "Error -3 while decompressing data: invalid block type" -> "invalid block type"
+    return str(exc).rpartition(": ")[2] or "invalid data"
+
+
+class _GuardedTarInfo(tarfile.TarInfo):
+    """``TarInfo`` that refuses hostile headers before ``tarfile`` acts on them.
+
+    The ``archive`` parameters are the ``TarFile`` being read (CPython names them "tarfile").
+    """
+
+    @classmethod
+    def fromtarfile(cls, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        position = archive.fileobj.tell()
+        try:
+            return super().fromtarfile(archive)
+        except tarfile.TruncatedHeaderError:
+            if position == 0:
+                raise  # tarfile reports "not a tar archive"
+            raise PackageError(
+                "TRUNCATED", "the tar data ends in the middle of a member header"
+            ) from None
+        except tarfile.InvalidHeaderError as exc:
+            if position == 0:
+                raise
+            # tarfile would treat a bad header mid-archive as the end and drop the rest.
+            raise PackageError(
+                "CORRUPT", f"the tar data is corrupt at byte {position} ({exc})"
+            ) from None
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _sparse_error(self.name)
+        if self.type not in _EXTENDED_TYPES:
+            return super()._proc_member(archive)
+        if not 0 <= self.size <= MAX_EXTENDED_HEADER_BYTES:
+            raise PackageError(
+                "UNSAFE_MEMBER",
+                f"an extended tar header of {_human(self.size)} is larger than "
+                f"{_human(MAX_EXTENDED_HEADER_BYTES)}",
+            )
+        depth = getattr(archive, "_sh_header_depth", 0)
+        if depth >= MAX_EXTENDED_HEADER_CHAIN:
+            raise PackageError(
+                "UNSAFE_MEMBER",
+                f"more than {MAX_EXTENDED_HEADER_CHAIN} extended tar headers in a row",
+            )
+        archive._sh_header_depth = depth + 1  # type: ignore[attr-defined]
+        try:
+            return super()._proc_member(archive)
+        finally:
+            archive._sh_header_depth = depth  # type: ignore[attr-defined]
+
+    def _proc_pax(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        """Linear-time replacement for ``TarInfo._proc_pax``, whose regexes backtrack."""
+        position = archive.fileobj.tell()
+        buf = archive.fileobj.read(self._block(self.size))
+        if len(buf) < self.size:
+            raise PackageError("TRUNCATED", "the tar data ends in the middle of a pax header")
+        records = _parse_pax_records(buf[: self.size], position)
+        del buf
+        is_global = self.type == tarfile.XGLTYPE
+        pax_headers = archive.pax_headers if is_global else archive.pax_headers.copy()
+        for raw_key, raw_value in records:
+            key = raw_key.decode("utf-8", "surrogateescape")
+            if key.startswith("GNU.sparse."):
+                raise _sparse_error(None)
+            if is_global and key in ("path", "linkpath", "size"):
+                # A global header renaming or resizing every later member is a trick, not a
+                # package; tar tools do not even agree on what it means.
+                raise PackageError(
+                    "UNSAFE_MEMBER", f"a global pax header sets '{key}' for every member"
+                )
+            # Same decoding as tarfile with encoding utf-8 / errors surrogateescape: invalid
+            # UTF-8 survives as surrogates, which the name checks then refuse clearly.
+            pax_headers[key] = raw_value.decode("utf-8", "surrogateescape")
+        try:
+            following = self.fromtarfile(archive)
+        except tarfile.HeaderError as exc:
+            raise tarfile.SubsequentHeaderError(str(exc)) from None
+        if self.type in _PAX_TYPES:
+            following._apply_pax_info(pax_headers, archive.encoding, archive.errors)
+            following.offset = self.offset
+            if "size" in pax_headers:
+                # The size decides where the next header starts (as in tarfile).
+                offset = following.offset_data
+                if following.isreg() or following.type not in tarfile.SUPPORTED_TYPES:
+                    offset += following._block(following.size)
+                archive.offset = offset
+        return following
+
+
+def _sparse_error(name: str | None) -> PackageError:
+    what = f"member {_show(name)} is" if name else "a member is"
+    return PackageError("UNSAFE_MEMBER", f"{what} a sparse file, which packages may not contain")
+
+
+def _parse_pax_records(buf: bytes, position: int) -> list[tuple[bytes, bytes]]:
+    """Split a pax header into (keyword, value) records: "<length> <keyword>=<value>\\n"."""
+    records: list[tuple[bytes, bytes]] = []
+    pos = 0
+    while pos < len(buf) and buf[pos] != 0:
+        space = buf.find(b" ", pos, pos + 21)
+        digits = buf[pos:space] if space > pos else b""
+        length = int(digits) if digits.isdigit() else 0
+        end = pos + length - 1  # index of the record's newline
+        if length < 5 or end >= len(buf) or buf[end] != 0x0A:
+            raise PackageError("CORRUPT", f"the pax header at byte {position} is malformed")
+        keyword, equals, value = buf[space + 1 : end].partition(b"=")
+        if not keyword or not equals:
+            raise PackageError("CORRUPT", f"the pax header at byte {position} is malformed")
+        records.append((keyword, value))
+        pos += length
+    return records
+
+
+@contextmanager
+def _open_archive(
+    source: str | os.PathLike[str] | BinaryIO, max_bytes: int
+) -> Iterator[tuple[tarfile.TarFile, _GzipReader]]:
+    with _open_source(source) as raw:
+        reader = _GzipReader(raw, max_bytes)
+        try:
+            # Not a `with`: only opening may mean "not a tar"; the `with tar` below closes it.
+            tar = tarfile.open(  # noqa: SIM115
+                fileobj=reader,  # type: ignore[arg-type]
+                mode="r|",
+                tarinfo=_GuardedTarInfo,
+                encoding="utf-8",
+                errors="surrogateescape",
+                bufsize=_TAR_BUFSIZE,
+            )
+        except tarfile.TarError:
+            raise PackageError("NOT_TAR", _describe_not_tar(reader.head)) from None
+        tar.errorlevel = 2  # raise on every extraction problem, never just log it
+        with tar:
+            yield tar, reader
+
+
+@contextmanager
+def _open_source(source: str | os.PathLike[str] | BinaryIO) -> Iterator[BinaryIO]:
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as handle:
+            yield handle
+    else:
+        yield source
+
+
+def _members(tar: tarfile.TarFile, reader: _GzipReader) -> Iterator[tarfile.TarInfo]:
+    """Yield the members in order, turning tarfile's errors into package errors."""
+    previous: str | None = None
+    while True:
+        try:
+            member = tar.next()
+        except tarfile.ReadError as exc:
+            raise _tar_read_error(exc, previous) from None
+        except tarfile.TarError as exc:
+            raise PackageError("CORRUPT", f"the tar data is corrupt ({exc})") from None
+        if member is None:
+            return
+        # Stream mode keeps every TarInfo in tar.members; we never look back, so drop them and
+        # keep memory flat however many members there are.
+        tar.members.clear()
+        reader.allowance += STREAM_ALLOWANCE_PER_MEMBER
+        yield member
+        previous = member.name
+
+
+def _tar_read_error(exc: tarfile.ReadError, previous: str | None) -> PackageError:
+    if "unexpected end of data" in str(exc):
+        if previous is None:
+            return PackageError("TRUNCATED", "the tar data ends early")
+        return PackageError(
+            "TRUNCATED", f"member {_show(previous)} is truncated: the archive ends inside its data"
+        )
+    return PackageError("CORRUPT", f"the tar data is corrupt ({exc})")
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    handle = tar.extractfile(member)
+    if handle is None:  # pragma: no cover - only regular files are read
+        return b""
+    try:
+        return handle.read()
+    except tarfile.ReadError:
+        raise PackageError(
+            "TRUNCATED",
+            f"member {_show(member.name)} is truncated: the archive ends inside its data",
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Member checks
+
+
+_FILE = "file"
+_FOLDER = "folder"
+_SYMLINK = "symlink"
+_HARDLINK = "hardlink"
+
+
+class _Scanner:
+    """Check members one by one as they stream past, remembering only what later checks need.
+
+    Link policy: symlinks and hardlinks are accepted when they provably stay inside the package
+    (node_modules/.bin is full of symlinks), refused otherwise. A symlink target must be
+    relative, and ``..`` may only appear as leading components, no more of them than the link's
+    folder depth below the package root; no member may live under a symlink. Together these
+    make every link resolve inside the package without looking at the file system: a path can
+    only climb with leading ``..`` from a real folder, never through another link. A hardlink
+    must point to a regular file that appears earlier in the archive (as tar writes them).
+    """
+
+    def __init__(
+        self, *, max_files: int, max_bytes: int, max_json_bytes: int, read_json: bool = True
+    ) -> None:
+        self.max_files = max_files
+        self.max_bytes = max_bytes
+        self.max_json_bytes = max_json_bytes
+        self.read_json = read_json
+        self.count = 0
+        self.unpacked = 0
+        self.kinds: dict[str, str] = {}  # normalised path -> kind, for every explicit member
+        self.sizes: dict[str, int] = {}  # regular files only
+        # Every folder implied by a member path. Digests rather than strings: a hostile archive
+        # of deep unique paths would otherwise store depth x length bytes per member.
+        self.folders: set[bytes] = set()
+        self.symlinks: list[tuple[str, str, int]] = []  # (path, target, leading '..' count)
+        self.tops: list[str] = []  # the first two distinct top-level names
+        self.json_texts: dict[str, bytes] = {}  # package.json candidates that were read
+        self.json_sizes: dict[str, int] = {}
+        self.json_folders: list[str] = []  # top folders holding a package.json
+        self.deeper_json: str | None = None
+
+    def add(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> str:
+        """Check one member; return its normalised path ("" for the archive root "./")."""
+        self.count += 1
+        if self.count > self.max_files:
+            raise PackageError(
+                "TOO_MANY_FILES", f"the package has more than {self.max_files} files and folders"
+            )
+        path = _member_path(member.name)
+        kind = _member_kind(member, path)
+        if not path:
+            if kind != _FOLDER:
+                raise PackageError("UNSAFE_PATH", "a member has an empty name")
+            return path
+        self._check_place(path, kind)
+        self._note_top(path)
+        if kind == _FILE:
+            self._add_file(member, path, tar)
+        elif kind == _SYMLINK:
+            self.symlinks.append((path, *_symlink_target(path, member.linkname)))
+        elif kind == _HARDLINK:
+            self._check_hardlink(path, member.linkname)
+        self.kinds[path] = kind
+        return path
+
+    def _check_place(self, path: str, kind: str) -> None:
+        if path in self.kinds:
+            raise PackageError(
+                "DUPLICATE_MEMBER", f"member {_show(path)} appears twice in the archive"
+            )
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            above = self.kinds.get(folder)
+            if above == _SYMLINK:
+                raise PackageError(
+                    "UNSAFE_LINK", f"member {_show(path)} goes through the symlink {_show(folder)}"
+                )
+            if above in (_FILE, _HARDLINK):
+                raise PackageError(
+                    "PATH_CONFLICT",
+                    f"member {_show(path)} is inside {_show(folder)}, which is a file",
+                )
+            self.folders.add(_digest(folder))
+        if kind != _FOLDER and _digest(path) in self.folders:
+            error = "UNSAFE_LINK" if kind == _SYMLINK else "PATH_CONFLICT"
+            raise PackageError(
+                error, f"member {_show(path)} is a {kind} but other members are inside it"
+            )
+
+    def _note_top(self, path: str) -> None:
+        top = path.split("/", 1)[0]
+        if top not in self.tops and len(self.tops) < 2:
+            self.tops.append(top)
+            if len(self.tops) == 2:
+                # No single top folder any more: only a root package.json can count.
+                for name in [name for name in self.json_texts if name != "package.json"]:
+                    del self.json_texts[name]
+
+    def _add_file(self, member: tarfile.TarInfo, path: str, tar: tarfile.TarFile) -> None:
+        size = member.size
+        if size > self.max_bytes:
+            raise PackageError(
+                "TOO_LARGE",
+                f"member {_show(path)} is {_human(size)}, over the {_human(self.max_bytes)} limit",
+            )
+        self.unpacked += size
+        if self.unpacked > self.max_bytes:
+            raise PackageError(
+                "TOO_LARGE", f"the files add up to more than {_human(self.max_bytes)}"
+            )
+        self.sizes[path] = size
+        if path.rsplit("/", 1)[-1] == "package.json":
+            self._add_json_candidate(member, path, tar)
+
+    def _add_json_candidate(self, member: tarfile.TarInfo, path: str, tar: tarfile.TarFile) -> None:
+        depth = path.count("/")
+        if depth > 1:
+            self.deeper_json = self.deeper_json or path
+            return
+        if depth == 1:
+            self.json_folders.append(path.split("/", 1)[0])
+            if len(self.tops) > 1:
+                return  # cannot be the package's root any more
+        self.json_sizes[path] = member.size
+        if member.size > self.max_json_bytes:
+            if depth == 0:  # surely the package's own: refuse now rather than read on
+                raise _json_too_large(path, member.size, self.max_json_bytes)
+            return
+        if self.read_json:
+            self.json_texts[path] = _read_member(tar, member)
+
+    def _check_hardlink(self, path: str, linkname: str) -> None:
+        try:
+            target = _member_path(linkname)
+        except PackageError:
+            raise PackageError(
+                "UNSAFE_LINK",
+                f"hardlink {_show(path)} points to {_show(linkname)}, outside the package",
+            ) from None
+        if self.kinds.get(target) != _FILE:
+            raise PackageError(
+                "UNSAFE_LINK",
+                f"hardlink {_show(path)} points to {_show(linkname)}, "
+                "which is not an earlier file in the package",
+            )
+
+    # -- end of archive ---------------------------------------------------------------------
+
+    def resolve_root(self) -> str:
+        """The top folder to strip ("" if package.json is at the archive root)."""
+        if "package.json" in self.kinds:
+            self._require_file("package.json")
+            return ""
+        if len(self.tops) == 1 and f"{self.tops[0]}/package.json" in self.kinds:
+            self._require_file(f"{self.tops[0]}/package.json")
+            return self.tops[0]
+        raise PackageError("NO_PACKAGE_JSON", self._missing_json_message())
+
+    def _require_file(self, path: str) -> None:
+        kind = self.kinds[path]
+        if kind != _FILE:
+            raise PackageError("NO_PACKAGE_JSON", f"{path} is a {kind}, not a regular file")
+
+    def _missing_json_message(self) -> str:
+        if not self.kinds:
+            return "the archive is empty: there is no package.json"
+        if len(self.json_folders) > 1:
+            found = ", ".join(_show(folder + "/") for folder in self.json_folders[:3])
+            return (
+                "package.json must be at the root or in a single top folder; "
+                f"found several top folders with one ({found})"
+            )
+        if self.json_folders:
+            return (
+                f"{_show(self.json_folders[0] + '/package.json')} is not the package root: "
+                "other files are outside that folder"
+            )
+        if self.deeper_json:
+            return (
+                "no package.json at the root or in a single top folder "
+                f"(found {_show(self.deeper_json)}, which is nested too deep)"
+            )
+        return "no package.json at the root or in a single top folder"
+
+    def check_links(self, root: str) -> None:
+        for path, target, ups in self.symlinks:
+            folder_depth = path.count("/") - (1 if root else 0)
+            if ups > folder_depth:
+                raise PackageError(
+                    "UNSAFE_LINK",
+                    f"symlink {_show(path)} points to {_show(target)}, outside the package",
+                )
+
+    def config_bytes(self, root: str) -> bytes:
+        path = f"{root}/package.json" if root else "package.json"
+        size = self.json_sizes[path]
+        if size > self.max_json_bytes:
+            raise _json_too_large(path, size, self.max_json_bytes)
+        return self.json_texts.get(path, b"")
+
+    def file_list(self, root: str) -> list[dict[str, Any]]:
+        cut = len(root) + 1 if root else 0
+        return [{"path": path[cut:], "size": size} for path, size in sorted(self.sizes.items())]
+
+    def kind_of(self, path: str) -> str | None:
+        if path in self.kinds:
+            return self.kinds[path]
+        return _FOLDER if _digest(path) in self.folders else None
+
+
+def _json_too_large(path: str, size: int, limit: int) -> PackageError:
+    return PackageError(
+        "PACKAGE_JSON_TOO_LARGE", f"{path} is {_human(size)}, over the {_human(limit)} limit"
+    )
+
+
+def _digest(path: str) -> bytes:
+    return hashlib.blake2b(path.encode("utf-8"), digest_size=8).digest()
+
+
+def _member_path(name: str) -> str:
+    """Normalise a member name ("./a//b/" -> "a/b") or refuse it as unsafe."""
+    shown = _show(name)
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PackageError(
+            "UNSAFE_PATH", f"member {shown} has a name that is not valid UTF-8"
+        ) from None
+    if _CONTROL_CHARS.search(name):
+        raise PackageError("UNSAFE_PATH", f"member {shown} has a control character in its name")
+    if "\\" in name:
+        # A separator on Windows: refuse rather than guess what the author meant.
+        raise PackageError("UNSAFE_PATH", f"member {shown} has a backslash in its name")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if name.startswith("/") or (parts and _is_drive(parts[0])):
+        raise PackageError("UNSAFE_PATH", f"member {shown} has an absolute path")
+    if ".." in parts:
+        if _climbs_out(parts):
+            raise PackageError("UNSAFE_PATH", f"member {shown} escapes the package")
+        raise PackageError("UNSAFE_PATH", f"member {shown} has a '..' component")
+    if len(encoded) > MAX_PATH_BYTES:
+        raise PackageError(
+            "UNSAFE_PATH", f"member {shown} has a name longer than {MAX_PATH_BYTES} bytes"
+        )
+    if len(parts) > MAX_DEPTH:
+        raise PackageError(
+            "UNSAFE_PATH", f"member {shown} is nested more than {MAX_DEPTH} folders deep"
+        )
+    if any(len(part.encode("utf-8")) > MAX_NAME_BYTES for part in parts):
+        raise PackageError(
+            "UNSAFE_PATH", f"member {shown} has a path component longer than {MAX_NAME_BYTES} bytes"
+        )
+    return "/".join(parts)
+
+
+def _is_drive(part: str) -> bool:
+    return len(part) == 2 and part[1] == ":" and part[0].isascii() and part[0].isalpha()
+
+
+def _climbs_out(parts: list[str]) -> bool:
+    depth = 0
+    for part in parts:
+        depth += -1 if part == ".." else 1
+        if depth < 0:
+            return True
+    return False
+
+
+def _member_kind(member: tarfile.TarInfo, path: str) -> str:
+    shown = _show(path or member.name)
+    if member.size < 0:
+        raise PackageError("CORRUPT", f"member {shown} has a negative size")
+    if member.isreg():
+        return _FILE
+    if member.isdir():
+        return _FOLDER
+    if member.issym():
+        return _SYMLINK
+    if member.islnk():
+        return _HARDLINK
+    if member.ischr():
+        what = "a character device"
+    elif member.isblk():
+        what = "a block device"
+    elif member.isfifo():
+        what = "a FIFO (named pipe)"
+    else:
+        what = f"of an unsupported type ({member.type!r})"
+    raise PackageError("UNSAFE_MEMBER", f"member {shown} is {what}")
+
+
+def _symlink_target(path: str, linkname: str) -> tuple[str, int]:
+    """Check a symlink target's form; return it normalised, with its leading '..' count."""
+    shown = _show(path)
+    try:
+        size = len(linkname.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise PackageError(
+            "UNSAFE_LINK", f"symlink {shown} has a target that is not valid UTF-8"
+        ) from None
+    problem = None
+    if not linkname:
+        problem = "has an empty target"
+    elif _CONTROL_CHARS.search(linkname) or "\\" in linkname:
+        problem = f"has an unsafe target {_show(linkname)}"
+    elif size > MAX_PATH_BYTES:
+        problem = f"has a target longer than {MAX_PATH_BYTES} bytes"
+    if problem:
+        raise PackageError("UNSAFE_LINK", f"symlink {shown} {problem}")
+    parts = [part for part in linkname.split("/") if part not in ("", ".")]
+    if linkname.startswith("/") or (parts and _is_drive(parts[0])):
+        raise PackageError(
+            "UNSAFE_LINK", f"symlink {shown} points to {_show(linkname)}, outside the package"
+        )
+    ups = 0
+    while ups < len(parts) and parts[ups] == "..":
+        ups += 1
+    if ".." in parts[ups:]:
+        # "a/../.." resolves "a" first; if "a" is itself a link, ".." leaves from wherever it
+        # points. Only leading ".." can be checked without the file system.
+        raise PackageError(
+            "UNSAFE_LINK",
+            f"symlink {shown} has the target {_show(linkname)}; '..' may only lead the target",
+        )
+    if not parts:
+        raise PackageError("UNSAFE_LINK", f"symlink {shown} points to its own folder")
+    return "/".join(parts), ups
+
+
+# --------------------------------------------------------------------------------------------
+# package.json
+
+
+def _parse_config(raw: bytes, where: str) -> dict[str, Any]:
+    try:
+        text = raw.decode("utf-8-sig")  # a BOM is tolerated, as npm does
+    except UnicodeDecodeError as exc:
+        raise PackageError(
+            "INVALID_JSON",
+            f"{where} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+        ) from None
+    try:
+        config = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise PackageError(
+            "INVALID_JSON",
+            f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+        ) from None
+    except RecursionError:
+        raise PackageError("INVALID_JSON", f"{where} is nested too deeply") from None
+    except ValueError as exc:  # NaN/Infinity, or an integer with thousands of digits
+        raise PackageError("INVALID_JSON", f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise PackageError(
+            "INVALID_JSON", f"{where} must be a JSON object, not {_json_type(config)}"
+        )
+    _check_strings(config, where)
+    return config
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _check_strings(config: dict[str, Any], where: str) -> None:
+    # The config is stored in the database as JSON: PostgreSQL refuses NUL in jsonb, and lone
+    # surrogates ("\ud800") cannot be encoded at all, so refuse them here with a 422, not a 500.
+    stack: list[Any] = [config]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str) and not _clean_text(value):
+            raise PackageError(
+                "INVALID_JSON",
+                f"{where} has a string with a NUL character or an unpaired surrogate",
+            )
+
+
+def _clean_text(text: str) -> bool:
+    if "\0" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "null"
+
+
+def _check_fields(config: dict[str, Any], where: str) -> None:
+    for key in ("name", "version", "description"):
+        if key in config and not isinstance(config[key], str):
+            raise _field_error(where, key, "a string", config[key])
+    engines = config.get("engines", {})
+    if not isinstance(engines, dict):
+        raise _field_error(where, "engines", "an object", engines)
+    for engine, version in engines.items():
+        if not isinstance(version, str):
+            raise _field_error(where, f"engines.{engine}", "a version string", version)
+    if "args" in config and not isinstance(config["args"], list):
+        raise _field_error(where, "args", "an array", config["args"])
+
+
+def _field_error(where: str, key: str, wanted: str, value: Any) -> PackageError:
+    return PackageError(
+        "INVALID_FIELD", f"'{key}' in {where} must be {wanted}, not {_json_type(value)}"
+    )
+
+
+def _check_main(config: dict[str, Any], where: str, root: str, scanner: _Scanner) -> str:
+    """Return ``main`` normalised relative to the package root, or refuse it."""
+    if "main" not in config:
+        raise PackageError("INVALID_MAIN", f"{where} has no 'main' (the file to run)")
+    main = config["main"]
+    if not isinstance(main, str):
+        raise PackageError(
+            "INVALID_MAIN", f"'main' in {where} must be a string, not {_json_type(main)}"
+        )
+    shown = _show(main)
+    if not main.strip():
+        raise PackageError("INVALID_MAIN", f"'main' in {where} is empty")
+    if _CONTROL_CHARS.search(main) or "\\" in main:
+        raise PackageError("INVALID_MAIN", f"main {shown} has a control character or a backslash")
+    parts = [part for part in main.split("/") if part not in ("", ".")]
+    if main.startswith("/") or (parts and _is_drive(parts[0])):
+        raise PackageError(
+            "INVALID_MAIN", f"main {shown} is an absolute path; use a path inside the package"
+        )
+    if ".." in parts:
+        raise PackageError(
+            "INVALID_MAIN", f"main {shown} escapes the package ('..' is not allowed)"
+        )
+    if not parts or main.endswith("/"):
+        raise PackageError("INVALID_MAIN", f"main {shown} is a folder, not a file")
+    relative = "/".join(parts)
+    kind = scanner.kind_of(f"{root}/{relative}" if root else relative)
+    if kind is None:
+        raise PackageError("MAIN_NOT_FOUND", f"main {shown} is not in the package")
+    if kind != _FILE:
+        raise PackageError("INVALID_MAIN", f"main {shown} is a {kind}, not a regular file")
+    return relative
+
+
+def _language(config: dict[str, Any], main: str, where: str) -> str:
+    engines = config.get("engines") or {}
+    if "python3" in engines:
+        return "python"
+    if "node" in engines:
+        return "node"
+    if main.endswith(".py"):
+        return "python"
+    if main.endswith(_NODE_SUFFIXES):
+        return "node"
+    raise PackageError(
+        "UNKNOWN_LANGUAGE",
+        f"cannot tell how to run main {_show(main)}: add engines.python3 or engines.node to "
+        f"{where}, or use a .py or .js main",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Extraction
+
+
+def _sha256_of(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(MIB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _extract_into(path: str | os.PathLike[str], staging: Path, info: PackageInfo) -> None:
+    # Validate again while writing: the archive is the inspected one (hash checked), but
+    # extraction must never depend on that alone.
+    scanner = _Scanner(
+        max_files=2**62,  # the member count was checked on upload; memory stays flat here
+        max_bytes=info.unpacked_size,
+        max_json_bytes=2**62,
+        read_json=False,
+    )
+    with _open_archive(path, info.unpacked_size) as (tar, reader):
+        for member in _members(tar, reader):
+            member_path = scanner.add(member, tar)
+            relative = _strip_root(member_path, info.root)
+            if relative:
+                tar.extract(member, staging, filter=_data_filter(relative, member, info.root))
+        reader.drain()
+    if reader.sha256 != info.sha256:
+        raise PackageError("CHECKSUM_MISMATCH", "the package file changed while it was extracted")
+    scanner.check_links(info.root)
+    if scanner.resolve_root() != info.root:  # pragma: no cover - impossible with a matching hash
+        raise PackageError("CHECKSUM_MISMATCH", "the package root changed since inspection")
+
+
+def _strip_root(path: str, root: str) -> str:
+    if not root:
+        return path
+    if path == root:
+        return ""
+    if not path.startswith(root + "/"):  # pragma: no cover - impossible with a matching hash
+        raise PackageError(
+            "UNSAFE_PATH", f"member {_show(path)} is outside the folder {_show(root)}"
+        )
+    return path[len(root) + 1 :]
+
+
+def _data_filter(relative: str, member: tarfile.TarInfo, root: str) -> Any:
+    """Write the member under its checked, normalised name, then apply tarfile's data filter."""
+    changes: dict[str, Any] = {"name": relative}
+    if member.islnk():
+        changes["linkname"] = _strip_root(_member_path(member.linkname), root)
+    elif member.issym():
+        changes["linkname"] = _symlink_target(relative, member.linkname)[0]
+
+    def apply(tarinfo: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+        return tarfile.data_filter(tarinfo.replace(**changes, deep=False), dest)
+
+    return apply
+
+
+def _publish(staging: Path, dest: Path) -> None:
+    """Atomically move the finished folder into place, unless someone else got there first."""
+    try:
+        os.rename(staging, dest)
+    except OSError:
+        if not dest.exists():
+            raise
+        shutil.rmtree(staging, ignore_errors=True)  # another worker extracted it meanwhile
+
+
+# --------------------------------------------------------------------------------------------
+# Messages
+
+
+def _show(text: str, limit: int = 120) -> str:
+    """Quote a name for a message: control characters and undecodable bytes escaped, shortened."""
+    out = []
+    for char in text:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not valid UTF-8 (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        elif code < 0x20 or 0x7F <= code <= 0x9F:
+            out.append(f"\\x{code:02x}")
+        elif char in "\\'":
+            out.append("\\" + char)
+        else:
+            out.append(char)
+    shown = "".join(out)
+    if len(shown) > limit:
+        shown = shown[: limit - 3] + "..."
+    return f"'{shown}'"
+
+
+def _human(size: int) -> str:
+    if size < KIB:
+        return f"{size} bytes"
+    for unit, scale in (("GiB", 1024 * MIB), ("MiB", MIB), ("KiB", KIB)):
+        if size >= scale:
+            value = size / scale
+            return f"{value:.0f} {unit}" if value.is_integer() else f"{value:.1f} {unit}"
+    return f"{size} bytes"  # pragma: no cover
