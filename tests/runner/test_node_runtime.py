@@ -503,6 +503,19 @@ def test_keep_alive_is_ignored_when_the_stop_does_not_allow_it(start: Start) -> 
     assert child.wait() == 138
 
 
+def test_a_failing_stop_handler_is_logged_and_the_stop_goes_on(start: Start) -> None:
+    child = start(
+        "module.exports = function () {"
+        " this.addStopHandler(() => { throw new Error('handler broke'); });"
+        " return new Promise(() => {}); };"
+    )
+    child.wait_for(PING)
+    child.send(STOP, {"timeout": 1000, "canCallKeepalive": True})
+    child.wait_for(STOPPED)
+    assert child.wait() == 138
+    assert any(e["msg"] == "Stop handler failed" for e in child.log_entries())
+
+
 def test_kill_runs_kill_handlers_and_exits_137_at_once(start: Start) -> None:
     child = start(STOPPABLE)
     child.wait_for(PING)
@@ -636,6 +649,26 @@ def test_input_that_ends_inside_the_header_is_read_as_text(start: Start) -> None
     code, output = run_to_end(child)
     assert code == 0
     assert [json.loads(line) for line in output.splitlines()] == [["string", "no header here"]]
+
+
+def test_an_event_callback_that_throws_exits_23(start: Start) -> None:
+    child = start(
+        "module.exports = function () {"
+        " this.on('bad', () => { throw new Error('callback broke'); });"
+        " return new Promise(() => {}); };"
+    )
+    child.wait_for(PING)
+    child.send(EVENT, {"eventName": "bad", "message": None})
+    assert child.wait() == 23
+    assert b"callback broke" in child.stderr.data()
+
+
+def test_exit_timeout_set_by_the_sequence_delays_the_completion(start: Start) -> None:
+    child = start("module.exports = function () { this.exitTimeout = 400; return 'x'; };")
+    child.wait_for(PING)
+    began = time.monotonic()
+    assert run_to_end(child) == (0, b"x")
+    assert time.monotonic() - began >= 0.4
 
 
 def test_missing_launch_spec_exits_20() -> None:
