@@ -274,7 +274,7 @@ def _first_line(api: httpx.Client, iid: str) -> str:
 @pytest.mark.parametrize(
     ("files", "code", "needle"),
     [
-        ({"other.py": "x = 1\n"}, 21, ""),
+        ({"main.py": "x = 1  # defines no run\n"}, 21, ""),
         ({"main.py": "import no_such_module_here\n"}, 22, "ModuleNotFoundError"),
         ({"main.py": "def run(context, input):\n    raise ValueError('boom')\n"}, 23,
          "ValueError: boom"),
