@@ -1,0 +1,213 @@
+"""HTTP under the clients: one described request (`Call`), run sync or async over httpx.
+
+Every client method builds a `Call`; the sync and async clients only differ in which transport
+runs it, so the wire format is written once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from client.errors import CANNOT_CONNECT, CONNECTION_LOST, HubClientError, error_from_answer
+
+DEFAULT_URL = "http://127.0.0.1:8000/api/v1"
+DEFAULT_TIMEOUT = 120.0
+CONNECT_TIMEOUT = 10.0
+# A marker for "this call may wait as long as it takes" (streams, next event, queryFinal).
+WAIT = -1.0
+
+Body = bytes | str | Iterable[bytes] | AsyncIterable[bytes]
+
+
+@dataclass
+class Call:
+    """One request: method, path under the API base, body, headers and how to read the answer.
+
+    `timeout` is the read timeout in seconds (`WAIT` for none, None for the client's default);
+    `answer` says whether the answer is JSON or ignored.
+    """
+
+    method: str
+    path: str
+    json: Any = None
+    content: Body | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    answer: Literal["json", "none"] = "json"
+
+    def body_kwargs(self) -> dict[str, Any]:
+        if self.content is not None:
+            return {"content": self.content}
+        if self.json is not None:
+            # Sent as bytes with an explicit type: STH requires it on every JSON operation.
+            self.headers.setdefault("Content-Type", "application/json")
+            return {"content": json.dumps(self.json).encode()}
+        return {}
+
+
+def seg(value: str) -> str:
+    """One path segment, escaped (ids are safe; prefixes and event names may not be)."""
+    return quote(str(value), safe="")
+
+
+def api_base(url: str) -> str:
+    """The API base for a hub address: `http://host:8000` becomes `http://host:8000/api/v1`;
+    an address with a path (as Scramjet's `apiUrl`) is used as given."""
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    if urlsplit(url).path in ("", "/"):
+        url += "/api/v1"
+    return url
+
+
+def _timeout(call: Call, default: float) -> httpx.Timeout:
+    read: float | None = default if call.timeout is None else call.timeout
+    if read is not None and read < 0:
+        read = None
+    return httpx.Timeout(read, connect=CONNECT_TIMEOUT)
+
+
+def _no_answer(exc: httpx.HTTPError, base: str) -> HubClientError:
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return HubClientError(0, CANNOT_CONNECT, f"cannot connect to {base}: {exc}")
+    if isinstance(exc, httpx.TimeoutException):
+        return HubClientError(0, CONNECTION_LOST, f"the hub did not answer in time: {exc!r}")
+    return HubClientError(0, CONNECTION_LOST, f"the connection to {base} failed: {exc!r}")
+
+
+def _decode(call: Call, response: httpx.Response) -> Any:
+    if call.answer == "none" or not response.content.strip():
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    headers = {"User-Agent": "sequence-hub-client/0.1", "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+class Transport:
+    """Runs calls against one hub with httpx, synchronously."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.base = api_base(url)
+        self.token = token
+        self.timeout = timeout
+        self.http = http or httpx.Client(headers=_headers(token))
+
+    def call(self, call: Call) -> Any:
+        """Run a call and return its decoded answer, or raise HubClientError."""
+        try:
+            response = self.http.request(
+                call.method,
+                self.base + call.path,
+                params=call.params or None,
+                headers=call.headers,
+                timeout=_timeout(call, self.timeout),
+                **call.body_kwargs(),
+            )
+        except httpx.HTTPError as exc:
+            raise _no_answer(exc, self.base) from None
+        if response.status_code >= 400:
+            raise error_from_answer(response.status_code, response.content, response.reason_phrase)
+        return _decode(call, response)
+
+    def stream(self, call: Call) -> Iterator[bytes]:
+        """Run a GET whose answer is a stream; yield its chunks as they arrive."""
+        try:
+            with self.http.stream(
+                call.method,
+                self.base + call.path,
+                params=call.params or None,
+                headers=call.headers,
+                timeout=_timeout(call, self.timeout),
+                **call.body_kwargs(),
+            ) as response:
+                if response.status_code >= 400:
+                    raise error_from_answer(
+                        response.status_code, response.read(), response.reason_phrase
+                    )
+                for chunk in response.iter_bytes():
+                    if chunk:
+                        yield chunk
+        except httpx.HTTPError as exc:
+            raise _no_answer(exc, self.base) from None
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class AsyncTransport:
+    """Runs calls against one hub with httpx, asynchronously."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.base = api_base(url)
+        self.token = token
+        self.timeout = timeout
+        self.http = http or httpx.AsyncClient(headers=_headers(token))
+
+    async def call(self, call: Call) -> Any:
+        """Run a call and return its decoded answer, or raise HubClientError."""
+        try:
+            response = await self.http.request(
+                call.method,
+                self.base + call.path,
+                params=call.params or None,
+                headers=call.headers,
+                timeout=_timeout(call, self.timeout),
+                **call.body_kwargs(),
+            )
+        except httpx.HTTPError as exc:
+            raise _no_answer(exc, self.base) from None
+        if response.status_code >= 400:
+            raise error_from_answer(response.status_code, response.content, response.reason_phrase)
+        return _decode(call, response)
+
+    async def stream(self, call: Call) -> AsyncIterator[bytes]:
+        """Run a GET whose answer is a stream; yield its chunks as they arrive."""
+        try:
+            async with self.http.stream(
+                call.method,
+                self.base + call.path,
+                params=call.params or None,
+                headers=call.headers,
+                timeout=_timeout(call, self.timeout),
+                **call.body_kwargs(),
+            ) as response:
+                if response.status_code >= 400:
+                    raise error_from_answer(
+                        response.status_code, await response.aread(), response.reason_phrase
+                    )
+                async for chunk in response.aiter_bytes():
+                    if chunk:
+                        yield chunk
+        except httpx.HTTPError as exc:
+            raise _no_answer(exc, self.base) from None
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
