@@ -178,6 +178,19 @@ class Sequencer(models.Model):
     run_result = models.JSONField(null=True, blank=True)
     has_step_list = models.BooleanField(default=False)
     reason = models.CharField(max_length=500, blank=True)
+    # The handler call in progress (statemachine.PendingCall as JSON): survives a restart.
+    pending = models.JSONField(null=True, blank=True)
+    # Bumped on every persisted change: event streams and pages tell old news from new.
+    version = models.IntegerField(default=0)
+    # What `script(sequencer)` registered (child message 3021): setup, observe, hooks.
+    handlers = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
     ended = models.DateTimeField(null=True, blank=True)

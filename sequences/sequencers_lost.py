@@ -4,10 +4,15 @@ from collections.abc import Iterable
 
 
 def on_instances_lost(instance_ids: Iterable[str], reason: str) -> None:
-    from django.utils import timezone
-
+    """Mark Killed (with the reason, a transition row and a change notice) every sequencer
+    that ran in one of these instances."""
+    from sequences import sequencer_store as store
     from sequences.models import Sequencer
 
-    Sequencer.objects.filter(instance_id__in=list(instance_ids)).exclude(state="Killed").update(
-        state="Killed", processing="", reason=f"process lost: {reason}"[:500], ended=timezone.now()
+    ids = list(
+        Sequencer.objects.filter(instance_id__in=list(instance_ids))
+        .exclude(state="Killed")
+        .values_list("id", flat=True)
     )
+    for sequencer_id in ids:
+        store.mark_killed(sequencer_id, f"process lost: {reason}", "processLost")

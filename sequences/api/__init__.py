@@ -55,8 +55,9 @@ def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return JsonResponse({"error": str(exc), "code": "REQUEST_ERROR"}, status=exc.status_code)
 
 
-from sequences.api import hub, instances, sequences  # noqa: E402
+from sequences.api import hub, instances, sequencers, sequences  # noqa: E402
 
 api.add_router("", hub.router)
 api.add_router("", sequences.router)
 api.add_router("", instances.router)
+api.add_router("", sequencers.router)

@@ -1,0 +1,420 @@
+"""Sequencer actors: one per sequencer, living in the worker's supervisor loop.
+
+An actor owns its sequencer's child process (a script-mode instance, runner/PROTOCOL.md) and
+is the only place where that sequencer's commands, handler results, step results and process
+exit are applied. They all go through one asyncio queue, handled one at a time, and each change
+is decided and persisted by `sequencer_store.apply` under the sequencer's row lock. So commands
+never interleave, whatever arrives at the same time.
+
+Handler calls do not block the queue: a command whose hook runs is persisted as Processing,
+its 6001 goes to the child, and its 3020 comes back later through the queue. Meanwhile other
+commands are answered from the table (Unhandled, except shutdown) and step results are applied.
+
+Database work runs in a small thread pool, never on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from django.db import close_old_connections
+
+from runner.supervisor import Child, Supervisor, register_op
+from sequences import sequencer_store as store
+from sequences.statemachine import (
+    CommandName,
+    Decision,
+    Done,
+    Request,
+    Response,
+    RunHandler,
+    Snapshot,
+    State,
+    complete_handler,
+    decide,
+    http_status,
+    next_step,
+    step_finished,
+)
+from sequences.steplist import Step, StepType
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A shutdown proceeds (→ Killed) even when its hook hangs or waits behind a long step.
+SHUTDOWN_HOOK_TIMEOUT = 5.0
+ON_SCRIPT_LOADED = 3021
+ON_PING = 3000
+ON_CALL_DONE = 3020
+CALL = 6001
+
+# Database threads shared by every actor of this worker. Each actor awaits its own jobs one by
+# one, so its changes stay in order; different sequencers may write side by side.
+_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hub-seqdb")
+
+ACTORS: dict[str, SequencerActor] = {}
+
+
+class ScriptExited(Exception):
+    """The child ended before its script was loaded."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+# -- queue items ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Command:
+    name: str
+    body: Any
+    user_id: int | None
+    reply: str | None = None
+
+
+@dataclass
+class _CallDone:
+    call_id: str
+    ok: bool
+    error: str
+
+
+@dataclass
+class _Exited:
+    code: int
+    status: str
+    reason: str
+
+
+@dataclass
+class _HookCall:
+    """A command waiting for its hook in the child."""
+
+    decision: RunHandler
+    command: _Command
+
+
+@dataclass
+class _StepCall:
+    step_id: str
+
+
+class SequencerActor:
+    def __init__(self, sup: Supervisor, sequencer_id: str, instance_id: str, child: Child) -> None:
+        self.sup = sup
+        self.id = sequencer_id
+        self.instance_id = instance_id
+        self.child = child
+        self.loop = sup.loop
+        self.queue: asyncio.Queue[_Command | _CallDone | _Exited] = asyncio.Queue()
+        self.calls: dict[str, _HookCall | _StepCall] = {}
+        self.step_call: str | None = None
+        self.snapshot: Snapshot | None = None  # last persisted, to skip needless engine checks
+        self.handlers: dict[str, Any] = {}
+        self.loaded: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        self.exited = False
+        child.on_message = self._on_message
+        child.on_exit = self._on_exit
+        self.task = self.loop.create_task(self._run())
+
+    # -- from the child (called in the loop by the supervisor) ---------------------------
+    def _on_message(self, code: int, data: Any) -> None:
+        if code == ON_SCRIPT_LOADED:
+            self.handlers = data if isinstance(data, dict) else {}
+        elif code == ON_PING:
+            if not self.loaded.done():
+                self.loaded.set_result(self.handlers)
+        elif code == ON_CALL_DONE and isinstance(data, dict):
+            error = data.get("error")
+            self.queue.put_nowait(
+                _CallDone(str(data.get("call")), bool(data.get("ok")), str(error or ""))
+            )
+
+    def _on_exit(self, code: int, status: str, reason: str) -> None:
+        if not self.loaded.done():
+            self.loaded.set_exception(ScriptExited(code, reason))
+        self.queue.put_nowait(_Exited(code, status, reason))
+
+    # -- from the web ----------------------------------------------------------------------
+    def submit(self, name: str, body: Any, user_id: int | None, reply: str | None) -> None:
+        self.queue.put_nowait(_Command(name, body, user_id, reply))
+
+    # -- the loop --------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            item = await self.queue.get()
+            try:
+                if isinstance(item, _Command):
+                    await self._command(item)
+                elif isinstance(item, _CallDone):
+                    await self._call_done(item)
+                else:
+                    await self._exit(item)
+                    return
+                await self._engine()
+            except Exception as exc:
+                log.exception("sequencer %s: %s failed", self.id, type(item).__name__)
+                if isinstance(item, _Command) and item.reply:
+                    await self.sup.reply(
+                        item.reply,
+                        {
+                            "ok": False,
+                            "status": 500,
+                            "code": "SEQUENCER_ERROR",
+                            "error": f"{type(exc).__name__}: {exc}",
+                        },
+                    )
+
+    async def _db(self, fn: Callable[[], T]) -> T:
+        def job() -> T:
+            close_old_connections()
+            return fn()
+
+        return await self.loop.run_in_executor(_executor, job)
+
+    async def _apply(
+        self,
+        change: Callable[[Snapshot], tuple[Snapshot, T]],
+        command: str,
+        user_id: int | None = None,
+        response: Callable[[T], dict[str, Any] | None] | None = None,
+        reason: str | None = None,
+    ) -> store.Applied[T]:
+        applied = await self._db(
+            lambda: store.apply(self.id, change, command, user_id, response, reason)
+        )
+        self.snapshot = applied.after
+        if applied.view is not None:
+            await store.afan_out(applied.view)
+        return applied
+
+    async def _answer(self, command: _Command, response: Response) -> None:
+        if command.reply:
+            await self.sup.reply(
+                command.reply,
+                {"ok": True, "response": response.to_json(), "status": http_status(response)},
+            )
+
+    # -- commands --------------------------------------------------------------------------
+    async def _command(self, item: _Command) -> None:
+        try:
+            request = Request.parse(item.name, item.body)
+        except ValueError as exc:
+            if item.reply:
+                await self.sup.reply(
+                    item.reply,
+                    {"ok": False, "status": 400, "code": "INVALID_REQUEST", "error": str(exc)},
+                )
+            return
+
+        def change(snapshot: Snapshot) -> tuple[Snapshot, Decision]:
+            decision = decide(snapshot, request)
+            return decision.snapshot, decision
+
+        applied = await self._apply(change, item.name, item.user_id, _decision_json)
+        decision = applied.result
+        if isinstance(decision, Done):
+            await self._answer(item, decision.response)
+            return
+        call = decision.call
+        self.calls[call.call_id] = _HookCall(decision, item)
+        self.sup.send(
+            self.child,
+            CALL,
+            {
+                "call": call.call_id,
+                "handler": str(call.handler),
+                "step": None,
+                "args": dict(call.args),
+            },
+        )
+        if call.command is CommandName.SHUTDOWN:
+            self.loop.call_later(
+                SHUTDOWN_HOOK_TIMEOUT,
+                self.queue.put_nowait,
+                _CallDone(call.call_id, False, "the shutdown handler did not finish in time"),
+            )
+
+    async def _call_done(self, item: _CallDone) -> None:
+        entry = self.calls.pop(item.call_id, None)
+        if isinstance(entry, _StepCall):
+            self.step_call = None
+            await self._apply(
+                lambda s: (step_finished(s, entry.step_id, item.ok, item.error), None),
+                "stepFinished",
+            )
+        elif isinstance(entry, _HookCall):
+            await self._hook_done(entry, item.ok, item.error)
+
+    async def _hook_done(self, entry: _HookCall, ok: bool, error: str) -> None:
+        decision = entry.decision
+
+        reason = None
+        if decision.call.command is CommandName.SHUTDOWN:
+            reason = "shut down by command"
+
+        def change(snapshot: Snapshot) -> tuple[Snapshot, Done]:
+            done = decision.on_success(snapshot) if ok else decision.on_failure(error, snapshot)
+            after = done.snapshot
+            if after.state is State.KILLED:
+                # A step still in flight will never report: its process is about to go.
+                after = store.killed(after, reason or "shut down")
+            return after, done
+
+        applied = await self._apply(
+            change, entry.command.name, entry.command.user_id, _done_json, reason
+        )
+        await self._answer(entry.command, applied.result.response)
+        if applied.after.state is State.KILLED:
+            await self._kill_process()
+
+    async def _kill_process(self) -> None:
+        if not self.exited:
+            await self.sup.ops["kill"]({"id": self.instance_id}, b"")
+
+    # -- the step engine -------------------------------------------------------------------
+    async def _engine(self) -> None:
+        """Start the next executable step when nothing is in flight."""
+        snap = self.snapshot
+        if self.exited or self.step_call is not None:
+            return
+        if snap is not None and (snap.state is not State.RUNNING or snap.pending is not None):
+            return
+
+        def change(snapshot: Snapshot) -> tuple[Snapshot, Step | None]:
+            found = next_step(snapshot)
+            return (snapshot, None) if found is None else found
+
+        applied = await self._apply(change, "stepStarted")
+        step = applied.result
+        if step is None:
+            return
+        call_id = str(uuid.uuid4())
+        self.calls[call_id] = _StepCall(step.id)
+        self.step_call = call_id
+        handler = "setup" if step.type is StepType.SETUP else "observe"
+        self.sup.send(
+            self.child,
+            CALL,
+            {
+                "call": call_id,
+                "handler": handler,
+                "args": {},
+                "step": {
+                    "id": step.id,
+                    "type": str(step.type),
+                    "command": step.command,
+                    "params": step.params,
+                },
+            },
+        )
+
+    # -- the end ---------------------------------------------------------------------------
+    async def _exit(self, item: _Exited) -> None:
+        self.exited = True
+        ACTORS.pop(self.id, None)
+        if not self.loaded.done():
+            why = f"the script failed to load: {item.reason} (exit code {item.code})"
+        elif getattr(self.sup, "_stopping", False):
+            why = f"its worker {self.sup.name} shut down"
+        else:
+            why = f"its process ended: {item.reason} (exit code {item.code})"
+        applied = await self._apply(
+            lambda s: (store.killed(s, why), None), "processExit", reason=why
+        )
+        # Commands still waiting for a hook get their answer in the final state.
+        for entry in list(self.calls.values()):
+            if isinstance(entry, _HookCall):
+                done = complete_handler(applied.after, entry.decision.call, ok=False)
+                await self._answer(entry.command, done.response)
+        self.calls.clear()
+
+    async def record_loaded(self, handlers: dict[str, Any]) -> None:
+        from sequences.models import Sequencer
+
+        await self._db(lambda: Sequencer.objects.filter(pk=self.id).update(handlers=handlers))
+
+
+def _decision_json(decision: Decision) -> dict[str, Any] | None:
+    return decision.response.to_json() if isinstance(decision, Done) else None
+
+
+def _done_json(done: Done) -> dict[str, Any]:
+    return done.response.to_json()
+
+
+# -- entry points ------------------------------------------------------------------------
+
+
+async def launch(
+    sup: Supervisor,
+    sequencer_id: str,
+    instance_id: str,
+    spec: dict[str, Any],
+    argv: list[str] | None,
+    timeout: float,
+) -> dict[str, Any]:
+    """Fork the sequencer's child, attach its actor, and wait until the script is loaded
+    (3021, then 3000) or the child ends. Returns the reply for the web."""
+    child = await sup.spawn(instance_id, spec, kind="script", argv=argv)
+    actor = SequencerActor(sup, sequencer_id, instance_id, child)
+    ACTORS[sequencer_id] = actor
+    try:
+        handlers = await asyncio.wait_for(asyncio.shield(actor.loaded), timeout)
+    except ScriptExited as exc:
+        await _drained(actor)
+        return {"ok": False, "exitCode": exc.code, "reason": exc.reason, "pid": child.pid}
+    except TimeoutError:
+        await actor._kill_process()
+        await _drained(actor)
+        return {
+            "ok": False,
+            "reason": f"the script did not load within {timeout:.0f} s",
+            "pid": child.pid,
+        }
+    await actor.record_loaded(handlers)
+    return {"ok": True, "worker": sup.name, "pid": child.pid, "handlers": handlers}
+
+
+async def _drained(actor: SequencerActor) -> None:
+    # The web reads the sequencer right after our answer: let the actor record the end first.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(actor.task), 10)
+
+
+async def _op_seqcmd(sup: Supervisor, header: dict, payload: bytes) -> None:
+    """Control op `seqcmd`: `{id, command, body, user, reply}` → the actor's queue."""
+    actor = ACTORS.get(str(header.get("id")))
+    if actor is None:
+        if header.get("reply"):
+            await sup.reply(
+                header["reply"],
+                {
+                    "ok": False,
+                    "status": 409,
+                    "code": "NOT_RUNNING",
+                    "error": f"sequencer {header.get('id')} has no process on worker {sup.name}",
+                },
+            )
+        return
+    user = header.get("user")
+    actor.submit(
+        str(header.get("command", "")),
+        header.get("body"),
+        user if isinstance(user, int) else None,
+        header.get("reply"),
+    )
+
+
+register_op("seqcmd", _op_seqcmd)

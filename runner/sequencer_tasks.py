@@ -1,0 +1,102 @@
+"""Celery tasks for sequencers: start a sequencer's process on this worker.
+
+Like `runner.tasks.start_instance`, the start goes through the Celery queue (any worker may
+take it) and the waiting web request gets its answer on a Redis reply list. From then on the
+sequencer's commands go straight to this worker's supervisor (control op `seqcmd`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from datetime import timedelta
+
+from celery import shared_task
+from celery.signals import worker_shutdown
+from django.conf import settings
+from django.utils import timezone
+
+from runner import launch, sequencer_actor
+from runner.supervisor import Refused, current_supervisor, get_supervisor
+from sequences import live
+from sequences.models import Instance, InstanceStatus, Sequencer
+
+log = logging.getLogger(__name__)
+
+
+def _reply(token: str, value: dict) -> None:
+    client = live.sync_client()
+    key = live.reply_key(token)
+    client.rpush(key, json.dumps(value))
+    client.expire(key, 60)
+
+
+def _fail_instance(iid: str, code: int, reason: str) -> None:
+    now = timezone.now()
+    Instance.objects.filter(pk=iid).update(
+        status=InstanceStatus.ERRORED,
+        exit_code=code,
+        reason=reason[:500],
+        ended=now,
+        remove_at=now + timedelta(seconds=settings.HUB_INSTANCE_RETENTION),
+    )
+
+
+@shared_task(name="runner.sequencer_tasks.start_sequencer", ignore_result=True)
+def start_sequencer(sequencer_id: str, reply: str) -> None:
+    """Fork the sequencer's script child here, wait until the script is loaded, answer.
+
+    The answer is `{"ok": true, "worker", "pid", "handlers"}`, or `{"ok": false, ...}` with
+    `exitCode` / `reason` (the web then reads the child's stderr for the message) or `error`.
+    """
+    sup = get_supervisor()
+    row = Sequencer.objects.select_related("instance__sequence").filter(pk=sequencer_id).first()
+    if row is None or row.instance is None:
+        _reply(reply, {"ok": False, "error": f"sequencer {sequencer_id} not found"})
+        return
+    instance = row.instance
+    timeout = float(settings.HUB_START_TIMEOUT)
+    try:
+        sup.check_capacity()
+        spec = launch.build_spec(instance, mode="script", extra={"prefix": row.prefix})
+        argv = launch.exec_argv(spec)
+        Instance.objects.filter(pk=instance.id).update(
+            status=InstanceStatus.STARTING, worker=sup.name, started=timezone.now()
+        )
+        answer = sup.run(
+            sequencer_actor.launch(sup, row.id, instance.id, spec, argv, timeout),
+            timeout=timeout + 20,
+        )
+    except Refused as exc:
+        _fail_instance(instance.id, 24, str(exc))
+        _reply(reply, {"ok": False, "error": str(exc), "code": "INSUFFICIENT_RESOURCES"})
+        return
+    except Exception as exc:
+        log.exception("could not start sequencer %s", sequencer_id)
+        _fail_instance(instance.id, 20, f"Failed to start: {exc}")
+        _reply(reply, {"ok": False, "error": f"Failed to start: {exc}"})
+        return
+    if answer.get("pid"):
+        sup.writer.update(instance.id, pid=answer["pid"])
+    _reply(reply, answer)
+
+
+@worker_shutdown.connect
+def _record_sequencer_ends(**_: object) -> None:
+    """On a worker's orderly stop, let every actor record its sequencer as Killed before the
+    process exits (the supervisor's shutdown kills the children; idempotent if already done)."""
+    sup = current_supervisor()
+    if sup is None:
+        return
+    sup.shutdown()
+
+    async def drained() -> None:
+        deadline = time.monotonic() + 10
+        while sequencer_actor.ACTORS and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    with contextlib.suppress(Exception):
+        sup.run(drained(), timeout=12)
