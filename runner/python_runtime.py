@@ -11,6 +11,7 @@ writers a few milliseconds after data arrives, so output stays live while the lo
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import codecs
 import collections
@@ -150,7 +151,7 @@ class Flusher:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._loop_thread = threading.get_ident()
-        _start_helper_thread(self._run, "hub-flusher")
+        _start_helper_thread(self._run)
 
     def pending(self) -> None:
         self._wake.set()
@@ -289,16 +290,15 @@ def encode_item(item: Any) -> bytes:
     )
 
 
-def _start_helper_thread(target: Callable[[], None], name: str) -> threading.Thread:
+def _start_helper_thread(target: Callable[[], None]) -> None:
     # Small stacks: the child may run under RLIMIT_AS, and the default 8 MiB each would count.
-    # The user's own threads get the default size back.
-    previous = threading.stack_size(HELPER_THREAD_STACK)
+    # The user's own threads get the default size back. _thread rather than threading: start()
+    # would wait for the new thread to be scheduled, a millisecond or two of every launch.
+    previous = _thread.stack_size(HELPER_THREAD_STACK)
     try:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
+        _thread.start_new_thread(target, ())
     finally:
-        threading.stack_size(previous)
-    return thread
+        _thread.stack_size(previous)
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,7 +334,7 @@ class Control:
             self._read_forever(loop, dispatch)
             on_eof()
 
-        _start_helper_thread(run, "hub-control")
+        _start_helper_thread(run)
 
     def _read_forever(
         self, loop: asyncio.AbstractEventLoop, dispatch: Callable[[int, Any], None]

@@ -179,13 +179,17 @@ class Child:
     async def wait_until(
         self, predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition"
     ) -> T:
-        """Waits until predicate() is truthy, checking after every change; returns its value."""
+        """Waits until predicate() is truthy; returns its value.
+
+        Checked after every change the child makes, and every 50 ms for conditions outside it
+        (a process gone).
+        """
         try:
             async with asyncio.timeout(timeout):
                 while not (value := predicate()):
                     future: asyncio.Future[None] = self._loop.create_future()
                     self._waiters.append(future)
-                    await future
+                    await asyncio.wait([future], timeout=0.05)
         except TimeoutError:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}") from None
         return value
