@@ -57,9 +57,18 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
+# Blocking reads (BLPOP, XREAD BLOCK) wait longer than any fixed socket timeout would allow.
+CLIENT_OPTIONS: dict[str, Any] = {
+    "socket_timeout": None,
+    "socket_connect_timeout": 5,
+    "health_check_interval": 30,
+    "socket_keepalive": True,
+}
+
+
 @cache
 def sync_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, health_check_interval=30)
+    return redis.Redis.from_url(settings.REDIS_URL, **CLIENT_OPTIONS)
 
 
 _async_clients: dict[int, aredis.Redis] = {}
@@ -72,9 +81,7 @@ def async_client() -> aredis.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(id(loop))
     if client is None:
-        client = aredis.Redis.from_url(
-            settings.REDIS_URL, max_connections=2000, health_check_interval=30
-        )
+        client = aredis.Redis.from_url(settings.REDIS_URL, max_connections=2000, **CLIENT_OPTIONS)
         _async_clients[id(loop)] = client
     return client
 

@@ -96,7 +96,7 @@ def start_worker(tmp: Path, name: str = "worker", **extra: str) -> ProcessHandle
     log = tmp / f"{name}.log"
     proc = subprocess.Popen(
         [str(BIN / "celery"), "-A", "dashboard", "worker", "-P", "threads", "-c", "8",
-         "-Q", QUEUE, "--without-gossip", "--without-mingle", "-l", "INFO",
+         "-Q", extra.get("HUB_QUEUE", QUEUE), "--without-gossip", "--without-mingle", "-l", "INFO",
          "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h"],
         cwd=ROOT, env=hub_env(**extra), stdout=log.open("wb"), stderr=subprocess.STDOUT,
         start_new_session=True,

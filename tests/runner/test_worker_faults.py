@@ -1,0 +1,196 @@
+"""Workers that die, limits, retention, and output larger than memory: each with its own hub."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import (
+    BIN,
+    ROOT,
+    ProcessHandle,
+    Person,
+    free_port,
+    hub_env,
+    start_web,
+    start_worker,
+    stop_process,
+    wait_for,
+)
+from tests.packaging import python_package, upload
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@dataclass
+class PrivateHub:
+    api: httpx.Client
+    web: ProcessHandle
+    workers: list[ProcessHandle]
+    queue: str
+
+
+@pytest.fixture
+def private_hub(tmp_path, people: dict[str, Person], request) -> Iterator:
+    """A web process and workers on a queue of their own, so killing them harms no one else."""
+    started: list[PrivateHub] = []
+
+    def make(web_env: dict | None = None, worker_env: dict | None = None) -> PrivateHub:
+        queue = f"private-{uuid.uuid4().hex[:6]}"
+        worker = start_worker(tmp_path, "worker", HUB_QUEUE=queue, **(worker_env or {}))
+        web = start_web(tmp_path, free_port(), HUB_QUEUE=queue, **(web_env or {}))
+        port = web.proc.args[web.proc.args.index("-p") + 1]
+        api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1",
+                           headers=people["admin"].headers(), timeout=60)
+        hub = PrivateHub(api, web, [worker], queue)
+        started.append(hub)
+        return hub
+
+    yield make
+    for hub in started:
+        hub.api.close()
+        stop_process(hub.web.proc)
+        for worker in hub.workers:
+            stop_process(worker.proc)
+
+
+FOREVER = """
+import asyncio
+async def run(context, input):
+    while True:
+        print("alive", flush=True)
+        await asyncio.sleep(0.2)
+"""
+
+
+def _start(api: httpx.Client, seq: str) -> str:
+    response = api.post(f"/sequence/{seq}/start", json={})
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def _status(api: httpx.Client, iid: str) -> dict:
+    return api.get(f"/instance/{iid}").json()
+
+
+def test_a_worker_killed_with_sigkill_leaves_its_instances_lost_and_no_orphans(private_hub,
+                                                                                tmp_path):
+    from runner.tasks import detect_lost
+
+    hub = private_hub()
+    seq = upload(hub.api, python_package(FOREVER))
+    ids = [_start(hub.api, seq) for _ in range(5)]
+    wait_for(lambda: all(_status(hub.api, i)["status"] == "running" for i in ids), what="running")
+    worker_proc = psutil.Process(hub.workers[0].proc.pid)
+    children = worker_proc.children(recursive=True)
+    assert len(children) >= 6  # the fork server and five instances
+    os.kill(worker_proc.pid, signal.SIGKILL)
+    wait_for(lambda: not any(_alive(p) for p in children), timeout=10, what="no orphans")
+    # Beat runs this every few seconds; the worker's heartbeat expires after HUB_LOST_AFTER.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(
+        _status(hub.api, i)["status"] != "lost" for i in ids
+    ):
+        detect_lost()
+        time.sleep(0.5)
+    for iid in ids:
+        data = _status(hub.api, iid)
+        assert data["status"] == "lost"
+        assert "stopped answering" in data["terminated"]["reason"]
+        # A reader of a lost instance gets what was written, then the stream ends.
+        assert b"alive" in hub.api.get(f"/instance/{iid}/stdout").content
+    # A new worker takes new starts.
+    hub.workers.append(start_worker(tmp_path, "worker2", HUB_QUEUE=hub.queue))
+    iid = _start(hub.api, seq)
+    wait_for(lambda: _status(hub.api, iid)["status"] == "running", what="new worker runs it")
+    hub.api.post(f"/instance/{iid}/_kill", json={})
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_over_the_instance_limit_start_answers_507(private_hub):
+    hub = private_hub(web_env={"HUB_MAX_INSTANCES": "2"})
+    seq = upload(hub.api, python_package(FOREVER))
+    ids = [_start(hub.api, seq) for _ in range(2)]
+    response = hub.api.post(f"/sequence/{seq}/start", json={})
+    assert response.status_code == 507
+    assert response.json()["code"] == "INSUFFICIENT_RESOURCES"
+    assert "HUB_MAX_INSTANCES" in response.json()["error"]
+    for iid in ids:
+        hub.api.post(f"/instance/{iid}/_kill", json={})
+
+
+def test_over_the_worker_capacity_start_answers_507(private_hub):
+    hub = private_hub(worker_env={"HUB_WORKER_CAPACITY": "1"})
+    seq = upload(hub.api, python_package(FOREVER))
+    first = _start(hub.api, seq)
+    response = hub.api.post(f"/sequence/{seq}/start", json={})
+    assert response.status_code == 507
+    assert response.json()["code"] == "INSUFFICIENT_RESOURCES"
+    assert "capacity" in response.json()["error"]
+    hub.api.post(f"/instance/{first}/_kill", json={})
+
+
+def test_ended_instances_are_pruned_after_retention(private_hub):
+    from django.utils import timezone
+
+    from runner.tasks import prune_ended
+    from sequences.models import Instance, StreamChunk
+
+    hub = private_hub(worker_env={"HUB_INSTANCE_RETENTION": "1s"})
+    seq = upload(hub.api, python_package("def run(context, input):\n    return 'kept'\n"))
+    iid = _start(hub.api, seq)
+    assert hub.api.get(f"/instance/{iid}/output").content == b"kept"
+    wait_for(lambda: _status(hub.api, iid)["status"] == "completed", what="completed")
+    assert StreamChunk.objects.filter(instance_id=iid).exists()
+    wait_for(lambda: Instance.objects.get(pk=iid).remove_at <= timezone.now(), what="expiry")
+    assert prune_ended() >= 1
+    assert hub.api.get(f"/instance/{iid}").status_code == 404
+    assert not StreamChunk.objects.filter(instance_id=iid).exists()
+
+
+BIG = """
+import sys
+def run(context, input, megabytes=200):
+    line = ("y" * 1023 + "\\n").encode()
+    block = line * 1024
+    out = sys.stdout.buffer
+    for _ in range(megabytes):
+        out.write(block)
+    out.flush()
+"""
+
+
+def test_200_mb_of_stdout_streams_through_with_the_worker_memory_bounded(private_hub):
+    hub = private_hub()
+    seq = upload(hub.api, python_package(BIG))
+    response = hub.api.post(f"/sequence/{seq}/start", json={"args": [200]})
+    iid = response.json()["id"]
+    worker = psutil.Process(hub.workers[0].proc.pid)
+    peak = 0
+    total = 0
+    with hub.api.stream("GET", f"/instance/{iid}/stdout") as stream:
+        for chunk in stream.iter_raw():
+            total += len(chunk)
+            peak = max(peak, worker.memory_info().rss)
+    assert total == 200 * 1024 * 1024
+    assert peak < 400 * 1024 * 1024, f"worker peaked at {peak >> 20} MiB"
+
+
+def test_commands_for_the_test_suite_exist():
+    assert (BIN / "celery").exists() and (BIN / "daphne").exists()
+    assert (ROOT / "manage.py").exists()
+    assert hub_env()["HUB_LOST_AFTER"] == "6"
