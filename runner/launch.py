@@ -44,6 +44,8 @@ def build_spec(instance: Instance, mode: str = "sequence", extra: dict | None = 
     workdir = workdir_for(instance.id)
     limits = dict(instance.limits or {})
     limits.setdefault("nofile", 4096)
+    if seq.language == "node":
+        limits = node_limits(limits)
     spec: dict[str, Any] = {
         "instance_id": instance.id,
         "mode": mode,
@@ -61,6 +63,23 @@ def build_spec(instance: Instance, mode: str = "sequence", extra: dict | None = 
     return spec
 
 
+def node_limits(limits: dict[str, Any]) -> dict[str, Any]:
+    """V8 reserves ~700 MB of address space before running any JavaScript, so an RLIMIT_AS
+    memory cap kills Node at start: Node's memory limit is its heap size flag instead."""
+    limits = dict(limits)
+    memory = limits.pop("memory", None)
+    if memory:
+        limits["node_heap_mb"] = int(memory)
+    return limits
+
+
+def node_argv(node: str, limits: dict[str, Any]) -> list[str]:
+    argv = [node]
+    if limits.get("node_heap_mb"):
+        argv.append(f"--max-old-space-size={limits['node_heap_mb']}")
+    return [*argv, str(RUNTIME_DIR / "node_runtime.js")]
+
+
 def exec_argv(spec: dict) -> list[str] | None:
     """Node packages exec the Node runtime; Python packages are forked from the zygote."""
     if spec.get("language") != "node":
@@ -68,7 +87,7 @@ def exec_argv(spec: dict) -> list[str] | None:
     node = shutil.which("node")
     if node is None:
         raise FileNotFoundError("node was not found on PATH: install Node.js to run JS sequences")
-    return [node, str(RUNTIME_DIR / "node_runtime.js")]
+    return node_argv(node, spec.get("limits", {}))
 
 
 def python_executable() -> str:
