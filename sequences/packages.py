@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -568,12 +569,21 @@ class _Scanner:
     """
 
     def __init__(
-        self, *, max_files: int, max_bytes: int, max_json_bytes: int, read_json: bool = True
+        self,
+        *,
+        max_files: int,
+        max_bytes: int,
+        max_json_bytes: int,
+        read_json: bool = True,
+        root: str | None = None,
     ) -> None:
         self.max_files = max_files
         self.max_bytes = max_bytes
         self.max_json_bytes = max_json_bytes
         self.read_json = read_json
+        # Known when extracting: links are then checked before they are written. On upload the
+        # root is only known at the end of the archive, so they are checked then.
+        self.root = root
         self.count = 0
         self.unpacked = 0
         self.kinds: dict[str, str] = {}  # normalised path -> kind, for every explicit member
@@ -606,7 +616,11 @@ class _Scanner:
         if kind == _FILE:
             self._add_file(member, path, tar)
         elif kind == _SYMLINK:
-            self.symlinks.append((path, *_symlink_target(path, member.linkname)))
+            target, ups = _symlink_target(path, member.linkname)
+            if self.root is None:
+                self.symlinks.append((path, target, ups))
+            else:
+                _check_symlink_depth(path, target, ups, self.root)
         elif kind == _HARDLINK:
             self._check_hardlink(path, member.linkname)
         self.kinds[path] = kind
@@ -734,12 +748,7 @@ class _Scanner:
 
     def check_links(self, root: str) -> None:
         for path, target, ups in self.symlinks:
-            folder_depth = path.count("/") - (1 if root else 0)
-            if ups > folder_depth:
-                raise PackageError(
-                    "UNSAFE_LINK",
-                    f"symlink {_show(path)} points to {_show(target)}, outside the package",
-                )
+            _check_symlink_depth(path, target, ups, root)
 
     def config_bytes(self, root: str) -> bytes:
         path = f"{root}/package.json" if root else "package.json"
@@ -756,6 +765,15 @@ class _Scanner:
         if path in self.kinds:
             return self.kinds[path]
         return _FOLDER if _digest(path) in self.folders else None
+
+
+def _check_symlink_depth(path: str, target: str, ups: int, root: str) -> None:
+    """Refuse a symlink whose leading '..' climb above the package root."""
+    folder_depth = path.count("/") - (1 if root else 0)
+    if ups > folder_depth:
+        raise PackageError(
+            "UNSAFE_LINK", f"symlink {_show(path)} points to {_show(target)}, outside the package"
+        )
 
 
 def _json_too_large(path: str, size: int, limit: int) -> PackageError:
@@ -873,9 +891,7 @@ def _symlink_target(path: str, linkname: str) -> tuple[str, int]:
             "UNSAFE_LINK",
             f"symlink {shown} has the target {_show(linkname)}; '..' may only lead the target",
         )
-    if not parts:
-        raise PackageError("UNSAFE_LINK", f"symlink {shown} points to its own folder")
-    return "/".join(parts), ups
+    return "/".join(parts) or ".", ups
 
 
 # --------------------------------------------------------------------------------------------
@@ -905,7 +921,7 @@ def _parse_config(raw: bytes, where: str) -> dict[str, Any]:
         raise PackageError(
             "INVALID_JSON", f"{where} must be a JSON object, not {_json_type(config)}"
         )
-    _check_strings(config, where)
+    _check_storable(config, where)
     return config
 
 
@@ -913,9 +929,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-def _check_strings(config: dict[str, Any], where: str) -> None:
-    # The config is stored in the database as JSON: PostgreSQL refuses NUL in jsonb, and lone
-    # surrogates ("\ud800") cannot be encoded at all, so refuse them here with a 422, not a 500.
+def _check_storable(config: dict[str, Any], where: str) -> None:
+    # The config is stored in the database as JSON: PostgreSQL refuses NUL in jsonb, lone
+    # surrogates ("\ud800") cannot be encoded at all, and 1e999 parses as infinity, which is
+    # not JSON. Refuse them here with a 422 rather than fail later with a 500.
     stack: list[Any] = [config]
     while stack:
         value = stack.pop()
@@ -929,6 +946,8 @@ def _check_strings(config: dict[str, Any], where: str) -> None:
                 "INVALID_JSON",
                 f"{where} has a string with a NUL character or an unpaired surrogate",
             )
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise PackageError("INVALID_JSON", f"{where} has a number too large to store")
 
 
 def _clean_text(text: str) -> bool:
@@ -1046,17 +1065,23 @@ def _extract_into(path: str | os.PathLike[str], staging: Path, info: PackageInfo
         max_bytes=info.unpacked_size,
         max_json_bytes=2**62,
         read_json=False,
+        root=info.root,
     )
     with _open_archive(path, info.unpacked_size) as (tar, reader):
         for member in _members(tar, reader):
             member_path = scanner.add(member, tar)
             relative = _strip_root(member_path, info.root)
-            if relative:
+            if not relative:
+                continue
+            try:
                 tar.extract(member, staging, filter=_data_filter(relative, member, info.root))
+            except tarfile.FilterError as exc:  # pragma: no cover - the scanner refuses first
+                raise PackageError(
+                    "UNSAFE_MEMBER", f"member {_show(member_path)} was refused: {exc}"
+                ) from None
         reader.drain()
     if reader.sha256 != info.sha256:
         raise PackageError("CHECKSUM_MISMATCH", "the package file changed while it was extracted")
-    scanner.check_links(info.root)
     if scanner.resolve_root() != info.root:  # pragma: no cover - impossible with a matching hash
         raise PackageError("CHECKSUM_MISMATCH", "the package root changed since inspection")
 
@@ -1123,6 +1148,8 @@ def _show(text: str, limit: int = 120) -> str:
 
 
 def _human(size: int) -> str:
+    if size >= 1 << 50:  # pax sizes can have hundreds of digits; say it plainly
+        return "more than 1 PiB"
     if size < KIB:
         return f"{size} bytes"
     for unit, scale in (("GiB", 1024 * MIB), ("MiB", MIB), ("KiB", KIB)):
