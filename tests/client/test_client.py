@@ -1,0 +1,323 @@
+"""Every HostClient, SequenceClient and InstanceClient method (and the async twins) against a
+live hub: daphne, a Celery worker, real child processes."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client import (
+    AsyncHostClient,
+    HostClient,
+    HubClientError,
+    InstanceClient,
+    SequenceClient,
+)
+from client.pack import pack
+from tests.client.conftest import ECHO, EVENTS, FOREVER, LIFECYCLE_DIR, package
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+NUMBERS = [str(n) for n in range(3000, 3010)]
+
+
+def ended(inst: InstanceClient, timeout: float = 30) -> dict[str, Any]:
+    return wait_for(
+        lambda: (d := inst.get_info())["status"] in ("completed", "errored", "lost") and d,
+        timeout=timeout,
+        what=f"instance {inst.id} to end",
+    )
+
+
+def running(inst: InstanceClient) -> None:
+    wait_for(lambda: inst.get_info()["status"] == "running", what=f"{inst.id} running")
+
+
+def in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
+    """Run `fn` in a thread (for calls that block until the sequence does something)."""
+    box: list[Any] = []
+
+    def target() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:  # handed to the test to re-raise
+            box.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def test_hub_version_and_load(host: HostClient) -> None:
+    assert host.url.endswith("/api/v1")
+    version = host.get_version()
+    assert version["apiVersion"] == "v1" and version["version"]
+    load = host.get_load_check()
+    assert load["memFree"] > 0 and load["fsSize"][0]["size"] > 0
+
+
+def test_log_stream_yields_the_hubs_log(host: HostClient) -> None:
+    # Starting an instance writes to the hub's log; the log never ends: read until that line.
+    inst = host.send_sequence(LIFECYCLE_DIR).start(args=[0, 1])
+    stream = host.get_log_stream()
+    seen = b""
+    for chunk in stream:
+        seen += chunk
+        if inst.id.encode() in seen:
+            break
+    stream.close()
+    assert f"instance {inst.id} started".encode() in seen
+
+
+def test_send_sequence_from_bytes_file_path_and_directory(host: HostClient, tmp_path: Path) -> None:
+    from_bytes = host.send_sequence(package(ECHO))
+    from_file = host.send_sequence(io.BytesIO(package(ECHO)))
+    archive = pack(LIFECYCLE_DIR, tmp_path / "lifecycle.tar.gz").path
+    from_path = host.send_sequence(archive)
+    from_str_path = host.send_sequence(str(archive))
+    from_dir = host.send_sequence(LIFECYCLE_DIR)
+    ids = {s.id for s in (from_bytes, from_file, from_path, from_str_path, from_dir)}
+    assert len(ids) == 5
+    assert all(isinstance(s, SequenceClient) for s in (from_bytes, from_dir))
+    listed = {s["id"]: s for s in host.list_sequences()}
+    assert ids <= set(listed)
+    assert listed[from_dir.id]["name"] == "lifecycle"
+    info = from_dir.get_info()
+    assert info["config"]["main"] == "main.py"
+    assert "main.py" in str(info["files"])
+    assert host.get_sequence(from_dir.id)["id"] == from_dir.id
+    assert host.get_sequence("lifecycle")["name"] == "lifecycle"  # by name, as STH HEAD
+
+
+def test_overwrite_and_delete(host: HostClient) -> None:
+    seq = host.send_sequence(package(ECHO))
+    newer = seq.overwrite(package(FOREVER))
+    assert newer.id != seq.id
+    assert host.delete_sequence(seq.id) == {"id": seq.id}
+    with pytest.raises(HubClientError) as info:
+        seq.get_info()
+    assert (info.value.status, info.value.code) == (404, "NOT_FOUND")
+    assert seq.id in info.value.message
+    SequenceClient.from_id(newer.id, host).get_info()
+
+
+def test_start_follow_output_and_info(host: HostClient) -> None:
+    seq = host.send_sequence(LIFECYCLE_DIR)
+    inst = seq.start(args=[3000, 10], app_config={"who": "tests"})
+    assert isinstance(inst, InstanceClient)
+    # get_lines follows until the instance ends, then stops by itself.
+    assert list(inst.get_lines("output")) == NUMBERS
+    info = ended(inst)
+    assert info["status"] == "completed"
+    assert info["terminated"] == {"exitcode": 0, "reason": "Instance completed"}
+    assert info["args"] == [3000, 10] and info["appConfig"] == {"who": "tests"}
+    assert seq.list_instances() == [inst.id]
+    assert inst.id in {i["id"] for i in host.list_instances()}
+    assert host.get_instance_info(inst.id)["sequence"]["id"] == seq.id
+    assert seq.get_instance(inst.id).get_info()["id"] == inst.id
+    assert host.get_instance_client(inst.id).id == inst.id
+    assert InstanceClient.from_id(inst.id, host).get_info()["status"] == "completed"
+    # A stream read after the end replays everything.
+    assert b"".join(inst.get_stream("output")).decode().split() == NUMBERS
+
+
+def test_start_with_instance_id_limits_and_defaults(host: HostClient) -> None:
+    seq = host.send_sequence(LIFECYCLE_DIR)
+    inst = seq.start(args=[1, 3], limits={"memory": 256}, instance_id="client-test-inst-1")
+    assert inst.id == "client-test-inst-1"
+    assert list(inst.get_lines("output")) == ["1", "2", "3"]
+    assert inst.get_info()["limits"] == {"memory": 256}
+    defaults = seq.start()  # no args: run()'s defaults, 0..999
+    lines = list(defaults.get_lines("output"))
+    assert lines[0] == "0" and lines[-1] == "999" and len(lines) == 1000
+
+
+def test_stdout_stderr_and_log_streams(host: HostClient) -> None:
+    seq = host.send_sequence(
+        package("""
+        import sys
+        def run(context, input):
+            print("to stdout")
+            print("to stderr", file=sys.stderr)
+            context.logger.info("to log")
+            return "to output"
+    """)
+    )
+    inst = seq.start()
+    assert b"".join(inst.get_stream("output")) == b"to output"
+    assert list(inst.get_lines("stdout")) == ["to stdout"]
+    assert list(inst.get_lines("stderr")) == ["to stderr"]
+    assert any("to log" in line for line in inst.get_lines("log"))
+    with pytest.raises(ValueError, match="no stream"):
+        inst.get_stream("nonsense")
+
+
+def test_send_input_in_parts_and_from_a_file(host: HostClient, tmp_path: Path) -> None:
+    seq = host.send_sequence(package(ECHO))
+    inst = seq.start()
+    inst.send_input("a\n", end=False)
+    inst.send_input(b"b\n", content_type="text/plain", end=False)
+    inst.send_input(iter([b"c\n", b"d\n"]), end=True)
+    assert list(inst.get_lines("output")) == ["echo:a", "echo:b", "echo:c", "echo:d"]
+
+    other = seq.start()
+    source = tmp_path / "in.txt"
+    source.write_text("x\ny\n")
+    with source.open("rb") as fh:
+        other.send_input(fh)  # the hub's default closes input after this body
+    assert list(other.get_lines("output")) == ["echo:x", "echo:y"]
+
+
+def test_send_stdin(host: HostClient) -> None:
+    seq = host.send_sequence(
+        package("""
+        import sys
+        def run(context, input):
+            return "got:" + sys.stdin.read()
+    """)
+    )
+    inst = seq.start()
+    inst.send_stdin(b"hello")
+    assert b"".join(inst.get_stream("output")) == b"got:hello"
+
+
+def test_events_both_ways(host: HostClient) -> None:
+    inst = host.send_sequence(package(EVENTS)).start()
+    assert inst.get_event("ready") == "yes"
+    inst.send_event("ping", {"n": 7})
+    assert inst.get_event("pong") == {"got": {"n": 7}}
+    assert b"".join(inst.get_stream("output")) == b"bye"
+
+
+def test_next_event_and_event_stream(host: HostClient) -> None:
+    inst = host.send_sequence(
+        package("""
+        import asyncio
+        async def run(context, input):
+            go = asyncio.Event()
+            context.on("go", lambda message: go.set())
+            await asyncio.wait_for(go.wait(), 30)
+            for n in range(3):
+                context.emit("tick", n)
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
+    """)
+    ).start()
+    nxt, first = in_thread(lambda: inst.get_next_event("tick"))
+    streamed, all_ticks = in_thread(lambda: list(inst.get_event_stream("tick")))
+    time.sleep(1.0)  # both readers are waiting before anything is emitted
+    inst.send_event("go")
+    nxt.join(30)
+    streamed.join(30)
+    assert first == [0]
+    assert all_ticks == [[0, 1, 2]]  # the stream ends with the instance
+
+
+def test_health_stop_and_kill(host: HostClient) -> None:
+    seq = host.send_sequence(package(FOREVER))
+    inst = seq.start()
+    running(inst)
+    health = inst.get_health()
+    assert health["healthy"] is True
+    started = time.monotonic()
+    info = inst.stop(timeout=1000)
+    assert time.monotonic() - started < 10
+    assert info["id"] == inst.id
+    done = ended(inst)
+    assert (done["status"], done["terminated"]["exitcode"]) == ("completed", 138)
+    assert b"stop handler 1.0 False" in b"".join(inst.get_stream("stdout"))
+
+    victim = seq.start()
+    running(victim)
+    assert victim.kill()["id"] == victim.id
+    assert ended(victim)["terminated"]["exitcode"] == 137
+    with pytest.raises(HubClientError) as info_err:
+        victim.kill()  # not running any more
+    assert info_err.value.status == 409
+
+    gone = seq.start()
+    running(gone)
+    gone.kill()
+    ended(gone)
+    gone.kill(remove_immediately=True)
+    with pytest.raises(HubClientError) as missing:
+        gone.get_info()
+    assert missing.value.code == "NOT_FOUND"
+
+
+def test_delete_in_use_conflicts_unless_forced(host: HostClient) -> None:
+    seq = host.send_sequence(package(FOREVER))
+    inst = seq.start()
+    running(inst)
+    with pytest.raises(HubClientError) as info:
+        host.delete_sequence(seq.id)
+    assert (info.value.status, info.value.code) == (409, "SEQUENCE_IN_USE")
+    assert host.delete_sequence(seq.id, force=True) == {"id": seq.id}
+    assert seq.id not in {s["id"] for s in host.list_sequences()}
+
+
+def test_refusals_carry_status_code_and_message(host: HostClient, hub, people) -> None:
+    with pytest.raises(HubClientError) as info:
+        host.get_sequence_client("no-such-sequence").start()
+    assert (info.value.status, info.value.code) == (404, "NOT_FOUND")
+
+    seq = host.send_sequence(package(ECHO))
+    with pytest.raises(HubClientError) as info:
+        seq.start(limits={"memory": 1})
+    assert (info.value.status, info.value.code) == (422, "INVALID_CONFIG")
+    assert "limits.memory" in info.value.message
+
+    with pytest.raises(HubClientError) as info:
+        host.send_sequence(b"not a tarball")
+    assert info.value.status == 422 and info.value.message
+
+    with HostClient(hub.url) as anonymous, pytest.raises(HubClientError) as info:
+        anonymous.list_sequences()
+    assert (info.value.status, info.value.code) == (401, "NEED_AUTHENTICATION")
+
+    with HostClient(hub.api, token=people["viewer"].token) as viewer:
+        assert isinstance(viewer.list_sequences(), list)
+        with pytest.raises(HubClientError) as info:
+            viewer.send_sequence(package(ECHO))
+    assert (info.value.status, info.value.code) == (403, "NOT_AUTHORIZED")
+    assert "admin" in info.value.message
+
+
+async def test_async_twins(hub, people) -> None:
+    async with AsyncHostClient(hub.api, token=people["admin"].token) as host:
+        assert (await host.get_version())["apiVersion"] == "v1"
+        assert (await host.get_load_check())["memFree"] > 0
+        seq = await host.send_sequence(LIFECYCLE_DIR)
+        assert (await seq.get_info())["name"] == "lifecycle"
+        inst = await seq.start(args=[3000, 10])
+        assert [line async for line in inst.get_lines("output")] == NUMBERS
+        assert await seq.list_instances() == [inst.id]
+        assert inst.id in {i["id"] for i in await host.list_instances()}
+
+        echo = await (await host.send_sequence(package(ECHO))).start()
+        await echo.send_input("one\n", end=False)
+        await echo.send_input(b"two\n")
+        chunks = [c async for c in echo.get_stream("output")]
+        assert b"".join(chunks) == b"echo:one\necho:two\n"
+
+        events = await (await host.send_sequence(package(EVENTS))).start()
+        assert await events.get_event("ready") == "yes"
+        await events.send_event("ping", 1)
+        assert await events.get_event("pong") == {"got": 1}
+
+        forever_seq = await host.send_sequence(package(FOREVER))
+        forever = await forever_seq.start()
+        await forever.get_info()
+        assert (await forever.get_health())["healthy"] in (True, False)
+        await forever.kill()
+        newer = await forever_seq.overwrite(package(ECHO))
+        assert (await host.delete_sequence(newer.id)) == {"id": newer.id}
+        with pytest.raises(HubClientError) as info:
+            await host.get_sequence(newer.id)
+        assert info.value.code == "NOT_FOUND"
