@@ -186,7 +186,16 @@ class Zygote:
                 break
             body = bytes(self._buf[HEADER.size : HEADER.size + size])
             del self._buf[: HEADER.size + size]
-            self._handle(json.loads(body))
+            try:
+                request = json.loads(body)
+            except ValueError:
+                # Which descriptors belonged to it is unknown: drop them all rather than hand
+                # them to the next child.
+                while self._fds:
+                    os.close(self._fds.popleft())
+                self._send({"id": None, "error": "malformed request"})
+                continue
+            self._handle(request)
         return True
 
     def _handle(self, request: dict[str, Any]) -> None:
@@ -212,8 +221,9 @@ class Zygote:
             return pid
         code = EXIT_LAUNCH_FAILED
         try:
-            self._become_child(spec, fds)
-            if request.get("kind") == "exec":
+            execs = request.get("kind") == "exec"
+            self._become_child(spec, fds, execs)
+            if execs:
                 _exec(list(request.get("argv") or []), spec)
             code = python_runtime.main(spec)
         except BaseException:
@@ -222,7 +232,7 @@ class Zygote:
         finally:
             os._exit(code)
 
-    def _become_child(self, spec: dict[str, Any], fds: list[int]) -> None:
+    def _become_child(self, spec: dict[str, Any], fds: list[int], execs: bool) -> None:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.setsid()  # its own session and process group: killpg(pid) reaches all it spawns
@@ -239,7 +249,7 @@ class Zygote:
         # The zygote found `runner` through the hub's checkout; user code should not see it.
         sys.path[:] = [entry for entry in sys.path if entry not in ("", REPO_ROOT)]
         # Last: a small RLIMIT_NOFILE or RLIMIT_AS must not break the setup steps above.
-        apply_limits(spec.get("limits") or {})
+        apply_limits(spec.get("limits") or {}, address_space=not execs)
 
 
 def install_fds(fds: Sequence[int]) -> None:
@@ -259,11 +269,17 @@ def _max_fd() -> int:
     return hard if hard != resource.RLIM_INFINITY else 1 << 20
 
 
-def apply_limits(limits: dict[str, Any]) -> None:
-    """`memory` (MB) becomes RLIMIT_AS, `nofile` RLIMIT_NOFILE; both soft and hard."""
+def apply_limits(limits: dict[str, Any], *, address_space: bool = True) -> None:
+    """`memory` (MB) becomes RLIMIT_AS, `nofile` RLIMIT_NOFILE; both soft and hard.
+
+    With address_space=False (exec'd runtimes) memory becomes RLIMIT_DATA instead: V8 reserves
+    gigabytes of address space up front and dies at start under any useful RLIMIT_AS, while
+    RLIMIT_DATA counts only writable private memory, what a heap really uses.
+    """
     memory = limits.get("memory")
     if memory:
-        _set_limit(resource.RLIMIT_AS, int(float(memory) * (1 << 20)))
+        which = resource.RLIMIT_AS if address_space else resource.RLIMIT_DATA
+        _set_limit(which, int(float(memory) * (1 << 20)))
     nofile = limits.get("nofile")
     if nofile:
         _set_limit(resource.RLIMIT_NOFILE, max(int(nofile), CHILD_FDS + 3))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -105,15 +107,29 @@ async def test_exec_child_gets_the_seven_descriptors_the_spec_and_a_clean_env(
     assert child.output == b"on output" and child.log == b"on log"
 
 
-async def test_limits_become_rlimits(harness: Harness, tmp_path: Path) -> None:
+async def test_limits_become_rlimits_with_data_not_address_space_for_exec(
+    harness: Harness, tmp_path: Path
+) -> None:
     probe = (
-        "import resource; print(resource.getrlimit(resource.RLIMIT_AS)[0],"
-        " resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+        "import resource as r; print(*(r.getrlimit(getattr(r, 'RLIMIT_' + name))[0]"
+        " for name in ('AS', 'DATA', 'NOFILE')))"
     )
     child = await run_exec(
         harness, tmp_path, [PYTHON, "-S", "-c", probe], limits={"memory": 300, "nofile": 50}
     )
-    assert child.stdout.split() == [str(300 << 20).encode(), b"50"]
+    address_space, data, nofile = (int(word) for word in child.stdout.split())
+    assert (data, nofile) == (300 << 20, 50)
+    assert address_space == resource.getrlimit(resource.RLIMIT_AS)[0]  # left alone
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="node is not installed")
+async def test_node_starts_under_a_memory_limit(harness: Harness, tmp_path: Path) -> None:
+    node = shutil.which("node")
+    assert node is not None
+    child = await run_exec(
+        harness, tmp_path, [node, "-e", "console.log('node ok')"], limits={"memory": 128}
+    )
+    assert (child.exit_code, child.stdout) == (0, b"node ok\n"), child.stderr
 
 
 async def test_exec_of_a_missing_program_exits_127(harness: Harness, tmp_path: Path) -> None:
