@@ -64,6 +64,8 @@ LATE_FLUSH_SECONDS = 0.003
 LOOP_SLICE_SECONDS = 0.005
 HELPER_THREAD_STACK = 256 * 1024
 
+NDJSON_TYPES = frozenset({"application/x-ndjson", "text/x-ndjson", "application/json"})
+
 HOOKS = (
     "new_sequence",
     "go_online",
@@ -513,7 +515,7 @@ class InputStream:
         if content_type == "text/plain":
             self._text_decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
             self._decode, self._finish_decoding = self._decode_text, self._finish_text
-        elif content_type in ("application/x-ndjson", "application/json"):
+        elif content_type in NDJSON_TYPES:
             self._decode, self._finish_decoding = self._decode_json, self._finish_json
         else:
             # application/octet-stream, and any type we do not know: raw chunks.
