@@ -35,6 +35,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import unicodedata
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,6 +67,8 @@ MAX_DEPTH = 64
 MAX_EXTENDED_HEADER_BYTES = 1 * MIB
 # A member may be preceded by a few extended headers (GNU long name + long link + pax ...).
 MAX_EXTENDED_HEADER_CHAIN = 8
+# Legitimate pax headers hold a handful of records (path, times, a few xattrs).
+MAX_PAX_RECORDS = 1024
 # Decompressed bytes allowed beyond max_bytes: tar headers, padding and the end-of-archive
 # marker are not file content, so they get a fixed allowance plus a little per member.
 STREAM_ALLOWANCE = 1 * MIB
@@ -417,6 +420,15 @@ class _GuardedTarInfo(tarfile.TarInfo):
         records = _parse_pax_records(buf[: self.size], position)
         del buf
         is_global = self.type == tarfile.XGLTYPE
+        if is_global:
+            # Global headers accumulate for the whole archive: bound their total too.
+            total = getattr(archive, "_sh_global_bytes", 0) + self.size
+            if total > MAX_EXTENDED_HEADER_BYTES:
+                raise PackageError(
+                    "UNSAFE_MEMBER",
+                    f"global pax headers add up to more than {_human(MAX_EXTENDED_HEADER_BYTES)}",
+                )
+            archive._sh_global_bytes = total  # type: ignore[attr-defined]
         pax_headers = archive.pax_headers if is_global else archive.pax_headers.copy()
         for raw_key, raw_value in records:
             key = raw_key.decode("utf-8", "surrogateescape")
@@ -467,6 +479,11 @@ def _parse_pax_records(buf: bytes, position: int) -> list[tuple[bytes, bytes]]:
         if not keyword or not equals:
             raise PackageError("CORRUPT", f"the pax header at byte {position} is malformed")
         records.append((keyword, value))
+        if len(records) > MAX_PAX_RECORDS:
+            raise PackageError(
+                "UNSAFE_MEMBER",
+                f"the pax header at byte {position} has over {MAX_PAX_RECORDS} records",
+            )
         pos += length
     return records
 
@@ -591,6 +608,11 @@ class _Scanner:
         # Every folder implied by a member path. Digests rather than strings: a hostile archive
         # of deep unique paths would otherwise store depth x length bytes per member.
         self.folders: set[bytes] = set()
+        # The same, and the symlinks, folded for case and Unicode normalisation: on a
+        # case-insensitive file system (a worker on macOS or Windows) "lib/x" goes through a
+        # symlink named "LIB".
+        self.folded_folders: set[bytes] = set()
+        self.folded_links: set[str] = set()
         self.symlinks: list[tuple[str, str, int]] = []  # (path, target, leading '..' count)
         self.tops: list[str] = []  # the first two distinct top-level names
         self.json_texts: dict[str, bytes] = {}  # package.json candidates that were read
@@ -632,10 +654,12 @@ class _Scanner:
                 "DUPLICATE_MEMBER", f"member {_show(path)} appears twice in the archive"
             )
         parts = path.split("/")
+        folded = _fold(path).split("/")
         for depth in range(1, len(parts)):
             folder = "/".join(parts[:depth])
+            folded_folder = "/".join(folded[:depth])
             above = self.kinds.get(folder)
-            if above == _SYMLINK:
+            if above == _SYMLINK or folded_folder in self.folded_links:
                 raise PackageError(
                     "UNSAFE_LINK", f"member {_show(path)} goes through the symlink {_show(folder)}"
                 )
@@ -645,11 +669,14 @@ class _Scanner:
                     f"member {_show(path)} is inside {_show(folder)}, which is a file",
                 )
             self.folders.add(_digest(folder))
-        if kind != _FOLDER and _digest(path) in self.folders:
-            error = "UNSAFE_LINK" if kind == _SYMLINK else "PATH_CONFLICT"
-            raise PackageError(
-                error, f"member {_show(path)} is a {kind} but other members are inside it"
-            )
+            self.folded_folders.add(_digest(folded_folder))
+        inside = f"member {_show(path)} is a {kind} but other members are inside it"
+        if kind == _SYMLINK:
+            if _digest("/".join(folded)) in self.folded_folders:
+                raise PackageError("UNSAFE_LINK", inside)
+            self.folded_links.add("/".join(folded))
+        elif kind != _FOLDER and _digest(path) in self.folders:
+            raise PackageError("PATH_CONFLICT", inside)
 
     def _note_top(self, path: str) -> None:
         top = path.split("/", 1)[0]
@@ -780,6 +807,10 @@ def _json_too_large(path: str, size: int, limit: int) -> PackageError:
     return PackageError(
         "PACKAGE_JSON_TOO_LARGE", f"{path} is {_human(size)}, over the {_human(limit)} limit"
     )
+
+
+def _fold(path: str) -> str:
+    return unicodedata.normalize("NFC", path).casefold()
 
 
 def _digest(path: str) -> bytes:

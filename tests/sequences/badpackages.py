@@ -572,6 +572,21 @@ def _type_family() -> list[BadPackage]:
             _file("lib/evil.py", "x"),
         ),
         with_members(
+            "member_through_symlink_other_case",
+            "UNSAFE_LINK",
+            "goes through the symlink 'lib'",
+            _dir("sub"),
+            _symlink("LIB", "sub"),
+            _file("lib/evil.py", "x"),
+        ),
+        with_members(
+            "symlink_over_folder_other_case",
+            "UNSAFE_LINK",
+            "is a symlink but other members are inside it",
+            _file("Lib/x.py", "x"),
+            _symlink("lIB", "sub"),
+        ),
+        with_members(
             "symlink_over_folder",
             "UNSAFE_LINK",
             "is a symlink but other members are inside it",
@@ -676,6 +691,31 @@ def _type_family() -> list[BadPackage]:
             ),
             "UNSAFE_MEMBER",
             "extended tar headers in a row",
+        ),
+        BadPackage(
+            "pax_header_with_many_records",
+            _raw(
+                "pax_header_with_many_records",
+                lambda: _pax([(b"comment", b"x")] * 5000) + _raw_base() + END,
+            ),
+            "UNSAFE_MEMBER",
+            "records",
+        ),
+        BadPackage(
+            "global_pax_headers_add_up",
+            _raw(
+                "global_pax_headers_add_up",
+                lambda: (
+                    b"".join(
+                        _pax([(b"comment", b"x" * 500_000)], kind=b"g") + _raw_file(b"f%d" % i, b"")
+                        for i in range(3)
+                    )
+                    + _raw_base()
+                    + END
+                ),
+            ),
+            "UNSAFE_MEMBER",
+            "global pax headers add up",
         ),
         BadPackage(
             "global_pax_path",
