@@ -45,6 +45,7 @@ from typing import Any, BinaryIO
 
 __all__ = [
     "DEFAULT_MAX_JSON_BYTES",
+    "ERROR_CODES",
     "MAX_PATH_BYTES",
     "PackageError",
     "PackageInfo",
@@ -95,6 +96,32 @@ _NODE_SUFFIXES = (".js", ".mjs", ".cjs")
 for _hook in ("fromtarfile", "_proc_member", "_proc_builtin", "_apply_pax_info", "_block"):
     if not hasattr(tarfile.TarInfo, _hook):  # pragma: no cover - depends on the Python version
         raise ImportError(f"tarfile.TarInfo.{_hook} is missing; sequences.packages needs it")
+
+
+# Every PackageError.code, with what it means (for API documentation).
+ERROR_CODES: dict[str, str] = {
+    "NOT_GZIP": "the file is not gzip-compressed (empty, plain tar, zip, other data)",
+    "NOT_TAR": "the gzip data is not a tar archive",
+    "TRUNCATED": "the gzip stream or the tar data ends early",
+    "CORRUPT": "bad gzip data or CRC, bad tar header, data after the gzip stream",
+    "NO_PACKAGE_JSON": "no package.json at the root or in a single top folder",
+    "PACKAGE_JSON_TOO_LARGE": "package.json is larger than the limit",
+    "INVALID_JSON": "package.json is not UTF-8, not JSON, not an object, or not storable",
+    "INVALID_FIELD": "name, version, description, engines or args has the wrong type",
+    "INVALID_MAIN": "main is missing, not a string, empty, absolute, uses '..', or not a file",
+    "MAIN_NOT_FOUND": "main names a file that is not in the package",
+    "UNKNOWN_LANGUAGE": "neither engines nor main's extension says python or node",
+    "UNSAFE_PATH": "a member name is absolute, uses '..', has control characters or a "
+    "backslash, is not UTF-8, or is too long or too deep",
+    "UNSAFE_LINK": "a symlink or hardlink could point outside the package, or a member "
+    "goes through a symlink",
+    "UNSAFE_MEMBER": "a device, FIFO, sparse file, unknown member type, or hostile tar headers",
+    "DUPLICATE_MEMBER": "the same path appears twice",
+    "PATH_CONFLICT": "a path is used both as a file and as a folder",
+    "TOO_MANY_FILES": "more members than max_files",
+    "TOO_LARGE": "the files, or the decompressed stream, exceed max_bytes",
+    "CHECKSUM_MISMATCH": "extraction: the file is not the one that was inspected",
+}
 
 
 class PackageError(Exception):
@@ -255,6 +282,8 @@ class _GzipReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
+        if not view:
+            return 0  # zlib reads max_length=0 as "no limit": never ask it for that
         while not self._finished:
             if self._decoder.eof:
                 self._next_gzip_member()
@@ -709,7 +738,8 @@ class _Scanner:
             self.deeper_json = self.deeper_json or path
             return
         if depth == 1:
-            self.json_folders.append(path.split("/", 1)[0])
+            if len(self.json_folders) < 3:  # enough to name them in a message
+                self.json_folders.append(path.split("/", 1)[0])
             if len(self.tops) > 1:
                 return  # cannot be the package's root any more
         self.json_sizes[path] = member.size
@@ -1021,7 +1051,7 @@ def _check_fields(config: dict[str, Any], where: str) -> None:
 
 def _field_error(where: str, key: str, wanted: str, value: Any) -> PackageError:
     return PackageError(
-        "INVALID_FIELD", f"'{key}' in {where} must be {wanted}, not {_json_type(value)}"
+        "INVALID_FIELD", f"{_show(key)} in {where} must be {wanted}, not {_json_type(value)}"
     )
 
 
@@ -1045,9 +1075,8 @@ def _check_main(config: dict[str, Any], where: str, root: str, scanner: _Scanner
             "INVALID_MAIN", f"main {shown} is an absolute path; use a path inside the package"
         )
     if ".." in parts:
-        raise PackageError(
-            "INVALID_MAIN", f"main {shown} escapes the package ('..' is not allowed)"
-        )
+        problem = "escapes the package" if _climbs_out(parts) else "has a '..' component"
+        raise PackageError("INVALID_MAIN", f"main {shown} {problem} ('..' is not allowed)")
     if not parts or main.endswith("/"):
         raise PackageError("INVALID_MAIN", f"main {shown} is a folder, not a file")
     relative = "/".join(parts)

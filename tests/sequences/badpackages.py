@@ -1029,6 +1029,12 @@ def _field_family() -> list[BadPackage]:
             "INVALID_MAIN",
             "main '../x.py' escapes the package",
         ),
+        field(
+            "main_dotdot_inside",
+            {"main": "lib/../main.py"},
+            "INVALID_MAIN",
+            "has a '..' component",
+        ),
         field("main_control_character", {"main": "main.py\n"}, "INVALID_MAIN", "control character"),
         field(
             "main_is_folder",

@@ -75,6 +75,11 @@ def test_corpus_has_at_least_45_uniquely_named_entries() -> None:
     assert all(entry.code.isupper() and entry.message_contains for entry in CORPUS)
 
 
+def test_corpus_covers_every_upload_error_code() -> None:
+    upload_codes = set(packages.ERROR_CODES) - {"CHECKSUM_MISMATCH"}
+    assert {entry.code for entry in CORPUS} == upload_codes
+
+
 @pytest.mark.parametrize("bad", CORPUS, ids=str)
 def test_bad_package_is_refused_with_its_code_and_message(bad: BadPackage, tmp_path: Path) -> None:
     error = refusal(bad.write(tmp_path))
@@ -160,6 +165,14 @@ def test_pax_header_of_digits_is_parsed_in_linear_time(tmp_path: Path) -> None:
     started = time.monotonic()
     assert refusal(path).code == "CORRUPT"
     assert time.monotonic() - started < 0.5
+
+
+def test_empty_read_does_not_decompress_everything(tmp_path: Path) -> None:
+    # zlib treats max_length=0 as "no limit"; a zero-length read must not reach it.
+    with gzip_bomb(tmp_path, 64 * MIB).open("rb") as raw:
+        reader = packages._GzipReader(raw, max_bytes=1 * MIB)
+        assert reader.readinto(bytearray(0)) == 0
+        assert reader.decompressed_size == 0
 
 
 # --------------------------------------------------------------------------------------------
