@@ -57,9 +57,12 @@ HEALTH_CHECK = 4004
 CALL = 6001
 
 FLUSH_BYTES = 64 * 1024
-# How long the flusher thread lets data sit before writing it itself. Short enough to look
-# instant to a reader, long enough that a busy producer fills a whole batch first.
-LATE_FLUSH_SECONDS = 0.003
+# The flusher thread writes a buffer that did not grow for WATCH_SECONDS (a producer that
+# stopped, or blocks the loop), and any data that waited MAX_DELAY_SECONDS (a producer that
+# keeps the loop busy). Short enough to look instant to a reader, long enough that a fast
+# producer fills whole batches.
+WATCH_SECONDS = 0.003
+MAX_DELAY_SECONDS = 0.02
 # A producer that never awaits gets the loop back to other work (control messages) this often.
 LOOP_SLICE_SECONDS = 0.005
 HELPER_THREAD_STACK = 256 * 1024
@@ -135,9 +138,11 @@ class FdWriter:
 class Flusher:
     """Flushes writers soon after they get data: from the loop when it is idle, else a thread.
 
-    The loop flush (call_soon) covers the common case of an async producer that awaits. The
-    thread covers a loop that user code blocks: it wakes when a writer goes from empty to
-    non-empty, waits LATE_FLUSH_SECONDS, and writes whatever the loop did not.
+    The loop flush covers a producer that waits for something (the usual async case): it runs
+    once no other callback is ready, so a producer that keeps the loop busy still fills whole
+    batches. The thread covers a loop that user code blocks or keeps busy: it looks at the
+    buffers every WATCH_SECONDS while any holds data, and writes one that stopped growing, or
+    whose data has waited MAX_DELAY_SECONDS.
     """
 
     def __init__(self) -> None:
@@ -156,6 +161,7 @@ class Flusher:
         _start_helper_thread(self._run)
 
     def pending(self) -> None:
+        """A writer went from empty to non-empty."""
         self._wake.set()
         if (
             not self._scheduled
@@ -163,13 +169,19 @@ class Flusher:
             and threading.get_ident() == self._loop_thread
         ):
             self._scheduled = True
-            self._loop.call_soon(self._flush_from_loop)
+            self._loop.call_soon(self._flush_when_idle)
 
     def flush_all(self) -> None:
         for writer in self._writers:
             writer.flush_quietly()
 
-    def _flush_from_loop(self) -> None:
+    def _flush_when_idle(self) -> None:
+        assert self._loop is not None
+        # _ready is the loop's queue of runnable callbacks (private, hence getattr): while it
+        # holds anything the producer is still going, and a flush now would cut the batch short.
+        if getattr(self._loop, "_ready", None):
+            self._loop.call_soon(self._flush_when_idle)
+            return
         self._scheduled = False
         for writer in self._writers:
             if writer.buf:
@@ -178,12 +190,26 @@ class Flusher:
     def _run(self) -> None:
         while True:
             self._wake.wait()
-            time.sleep(LATE_FLUSH_SECONDS)
             # Cleared before looking at the buffers: a write after this point sets it again.
             self._wake.clear()
+            self._watch()
+
+    def _watch(self) -> None:
+        started = time.monotonic()
+        seen = {id(writer): (len(writer.buf), started) for writer in self._writers}
+        while seen:
+            time.sleep(WATCH_SECONDS)
+            now = time.monotonic()
             for writer in self._writers:
-                if writer.buf:
+                size = len(writer.buf)
+                last_size, since = seen.get(id(writer), (0, now))
+                if not size:
+                    seen.pop(id(writer), None)
+                elif size == last_size or now - since >= MAX_DELAY_SECONDS:
                     writer.flush_quietly()
+                    seen.pop(id(writer), None)
+                else:
+                    seen[id(writer)] = (size, since)
 
 
 class TextStream(io.TextIOBase):
