@@ -611,7 +611,8 @@ class _Scanner:
     folder depth below the package root; no member may live under a symlink. Together these
     make every link resolve inside the package without looking at the file system: a path can
     only climb with leading ``..`` from a real folder, never through another link. A hardlink
-    must point to a regular file that appears earlier in the archive (as tar writes them).
+    must point to a file that appears earlier in the archive (as tar writes them); it then
+    counts as a file (listed, sized, and may be ``main``).
     """
 
     def __init__(
@@ -717,7 +718,11 @@ class _Scanner:
                     del self.json_texts[name]
 
     def _add_file(self, member: tarfile.TarInfo, path: str, tar: tarfile.TarFile) -> None:
-        size = member.size
+        self._count_size(path, member.size)
+        if path.rsplit("/", 1)[-1] == "package.json":
+            self._add_json_candidate(member, path, tar)
+
+    def _count_size(self, path: str, size: int) -> None:
         if size > self.max_bytes:
             raise PackageError(
                 "TOO_LARGE",
@@ -729,8 +734,6 @@ class _Scanner:
                 "TOO_LARGE", f"the files add up to more than {_human(self.max_bytes)}"
             )
         self.sizes[path] = size
-        if path.rsplit("/", 1)[-1] == "package.json":
-            self._add_json_candidate(member, path, tar)
 
     def _add_json_candidate(self, member: tarfile.TarInfo, path: str, tar: tarfile.TarFile) -> None:
         depth = path.count("/")
@@ -758,12 +761,16 @@ class _Scanner:
                 "UNSAFE_LINK",
                 f"hardlink {_show(path)} points to {_show(linkname)}, outside the package",
             ) from None
-        if self.kinds.get(target) != _FILE:
+        if self.kinds.get(target) not in (_FILE, _HARDLINK):
             raise PackageError(
                 "UNSAFE_LINK",
                 f"hardlink {_show(path)} points to {_show(linkname)}, "
                 "which is not an earlier file in the package",
             )
+        # Which name of a hard-linked file tar stores as the file and which as the link depends
+        # on directory order, so a hardlink counts as a file: listed, and its size counted (a
+        # copy of the tree would take that room, so links cannot multiply a package's size).
+        self._count_size(path, self.sizes[target])
 
     # -- end of archive ---------------------------------------------------------------------
 
@@ -1083,7 +1090,7 @@ def _check_main(config: dict[str, Any], where: str, root: str, scanner: _Scanner
     kind = scanner.kind_of(f"{root}/{relative}" if root else relative)
     if kind is None:
         raise PackageError("MAIN_NOT_FOUND", f"main {shown} is not in the package")
-    if kind != _FILE:
+    if kind not in (_FILE, _HARDLINK):
         raise PackageError("INVALID_MAIN", f"main {shown} is a {kind}, not a regular file")
     return relative
 

@@ -1052,13 +1052,6 @@ def _field_family() -> list[BadPackage]:
             _symlink("link.py", "main.py"),
         ),
         field(
-            "main_is_hardlink",
-            {"main": "link.py"},
-            "INVALID_MAIN",
-            "is a hardlink",
-            _hardlink("link.py", "main.py"),
-        ),
-        field(
             "main_not_found",
             {"main": "src/app.py"},
             "MAIN_NOT_FOUND",

@@ -61,6 +61,10 @@ def write_tar_gz(tmp_path: Path, members: list[Any], name: str = "pkg.tar.gz") -
     return path
 
 
+def _base_members() -> list[Any]:
+    return [_file("package.json", json.dumps({"main": "main.py"})), _file("main.py", MAIN_PY)]
+
+
 def tree(folder: Path) -> set[str]:
     return {str(path.relative_to(folder)) for path in folder.rglob("*")}
 
@@ -262,7 +266,9 @@ def test_pypackages_folder_is_accepted_and_listed(tmp_path: Path) -> None:
     assert {"path": "__pypackages__/pyee/__init__.py", "size": 6} in info.files
 
 
-def test_file_list_holds_regular_files_only_sorted(tmp_path: Path) -> None:
+def test_file_list_holds_files_and_hardlinks_sorted_but_no_folders_or_symlinks(
+    tmp_path: Path,
+) -> None:
     members = [
         _file("package.json", json.dumps({"main": "main.py"})),
         _file("main.py", "x"),
@@ -272,7 +278,32 @@ def test_file_list_holds_regular_files_only_sorted(tmp_path: Path) -> None:
         _hardlink("c-hard", "b.txt"),
     ]
     info = inspect(write_tar_gz(tmp_path, members))
-    assert [entry["path"] for entry in info.files] == ["b.txt", "main.py", "package.json"]
+    assert [entry["path"] for entry in info.files] == [
+        "b.txt",
+        "c-hard",
+        "main.py",
+        "package.json",
+    ]
+    assert {"path": "c-hard", "size": 3} in info.files
+    assert info.unpacked_size == sum(entry["size"] for entry in info.files)
+
+
+def test_main_may_be_a_hardlink(tmp_path: Path) -> None:
+    # GNU tar stores whichever name of a hard-linked file it meets first as the file.
+    members = [
+        _file("package.json", json.dumps({"main": "index.js"})),
+        _file("copy.js", "x"),
+        _hardlink("index.js", "copy.js"),
+    ]
+    info = inspect(write_tar_gz(tmp_path, members))
+    assert (info.main, info.language) == ("index.js", "node")
+
+
+def test_hardlinks_cannot_multiply_the_unpacked_size(tmp_path: Path) -> None:
+    links = [_hardlink(f"copy{i}.bin", "big.bin") for i in range(10)]
+    members = [*_base_members(), _file("big.bin", bytes(200_000)), *links]
+    error = refusal(write_tar_gz(tmp_path, members), max_bytes=1 * MIB)
+    assert (error.code, error.message) == ("TOO_LARGE", "the files add up to more than 1 MiB")
 
 
 def test_links_that_stay_inside_are_accepted(tmp_path: Path) -> None:
