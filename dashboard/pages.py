@@ -1,12 +1,67 @@
-"""Page routes of the console."""
+"""Page routes of the console (the API lives under /api/v1, WebSockets under /ws/)."""
 
-from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard import views
+from dashboard.views import (
+    access_pages,
+    auth,
+    components,
+    instances,
+    overview,
+    sequencers,
+    sequences,
+)
 
 urlpatterns = [
-    path("login/", views.login_view, name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("", views.overview, name="overview"),
+    path("login/", auth.login_view, name="login"),
+    path("logout/", auth.logout_view, name="logout"),
+    path("", overview.overview, name="overview"),
+    # sequences
+    path("sequences/", sequences.sequence_list, name="sequences"),
+    path("sequences/upload/", sequences.sequence_upload, name="sequence-upload"),
+    path("sequences/<str:seq_id>/", sequences.sequence_detail, name="sequence"),
+    path("sequences/<str:seq_id>/start/", sequences.sequence_start, name="sequence-start"),
+    path("sequences/<str:seq_id>/delete/", sequences.sequence_delete, name="sequence-delete"),
+    # instances
+    path("instances/", instances.instance_list, name="instances"),
+    path("instances/<str:iid>/", instances.instance_detail, name="instance"),
+    path("instances/<str:iid>/search/", instances.log_search, name="instance-search"),
+    path(
+        "instances/<str:iid>/log/<str:stream>/earlier/",
+        instances.log_earlier,
+        name="instance-log-earlier",
+    ),
+    path(
+        "instances/<str:iid>/log/<str:stream>/download/",
+        instances.log_download,
+        name="instance-log-download",
+    ),
+    path("instances/<str:iid>/input/", instances.instance_input, name="instance-input"),
+    path("instances/<str:iid>/event/", instances.instance_event, name="instance-event"),
+    path("instances/<str:iid>/stop/", instances.instance_stop, name="instance-stop"),
+    path("instances/<str:iid>/kill/", instances.instance_kill, name="instance-kill"),
+    # access
+    path("audit/", access_pages.audit_log, name="audit"),
+    path("tokens/", access_pages.tokens, name="tokens"),
+    path("tokens/new/", access_pages.token_create, name="token-create"),
+    path("tokens/<int:token_id>/revoke/", access_pages.token_revoke, name="token-revoke"),
+]
+
+urlpatterns += [
+    # sequencers
+    path("sequencers/", sequencers.sequencer_list, name="sequencers"),
+    path("sequencers/<str:ident>/", sequencers.sequencer_detail, name="sequencer"),
+    path(
+        "sequencers/<str:ident>/command/<str:name>/",
+        sequencers.sequencer_command,
+        name="sequencer-command",
+    ),
+    # sequence components
+    path("components/", components.component_list, name="components"),
+    path("components/new/", components.component_create, name="component-create"),
+    path(
+        "components/<str:name>/<str:action>/",
+        components.component_action,
+        name="component-action",
+    ),
 ]

@@ -1,0 +1,377 @@
+"""WebSocket consumers of the console: each sends HTML fragments that htmx swaps by id.
+
+One group per watched object (`instance-<id>`, `sequencer-<id>`) or list (`instances`,
+`sequencers`). Right after `accept()` every consumer sends a snapshot of what its page shows,
+so a page that reconnects (htmx's ws extension retries on its own) heals itself. The channel
+layer is at-most-once: events only say "look again", the fragments come from the database.
+
+The instance consumer follows the streams itself (`sequences.streams.follow`, from the cursor
+its snapshot ended at) and coalesces lines: every FLUSH_SECONDS it sends at most
+MAX_LINES_PER_FLUSH lines per stream, the newest, and says how many it left out, so a sequence
+printing 100 000 lines a second cannot flood the socket or the browser. When a stream ends,
+its last lines are always sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.template.loader import render_to_string
+
+from dashboard.access import RANK, user_role
+from dashboard.views import logs
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 0.05
+MAX_LINES_PER_FLUSH = 200
+DEBOUNCE_SECONDS = 0.25
+REFUSED = 4003  # close code for "not allowed"; htmx's ws extension does not retry on it
+
+
+def render_fragments(parts: list[tuple[str, dict[str, Any]]]) -> str:
+    return "".join(render_to_string(name, context) for name, context in parts)
+
+
+class LiveConsumer(AsyncWebsocketConsumer):
+    """Checks the role as the pages do, joins its groups, sends a snapshot, re-renders on events."""
+
+    needed_role = "viewer"
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        self.role = await database_sync_to_async(user_role)(user)
+        if RANK[self.role] < RANK[self.needed_role]:
+            await self.close(code=REFUSED)
+            return
+        self.groups_joined: list[str] = []
+        self._pending: asyncio.TimerHandle | None = None
+        self._render_lock = asyncio.Lock()
+        try:
+            await self.setup()
+        except LookupError:
+            await self.close(code=4004)
+            return
+        for group in self.watch_groups():
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.groups_joined.append(group)
+        await self.accept()
+        await self.send_snapshot()
+
+    async def disconnect(self, code: int) -> None:
+        for group in getattr(self, "groups_joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+        if getattr(self, "_pending", None) is not None:
+            self._pending.cancel()
+        await self.teardown()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        # Pages only listen; actions go through the same POST views as without JavaScript.
+        return
+
+    # -- for subclasses ---------------------------------------------------------------------
+    async def setup(self) -> None:
+        """Read the URL; raise LookupError for an unknown object."""
+
+    async def teardown(self) -> None:
+        pass
+
+    def watch_groups(self) -> list[str]:
+        return []
+
+    def fragments(self) -> str:
+        """The HTML of every region this page keeps live (runs in a thread: ORM allowed)."""
+        return ""
+
+    async def send_snapshot(self) -> None:
+        async with self._render_lock:
+            html = await database_sync_to_async(self.fragments)()
+        if html:
+            await self.send(text_data=html)
+
+    def base_context(self) -> dict[str, Any]:
+        cookies = self.scope.get("cookies") or {}
+        return {
+            "can_operate": RANK[self.role] >= RANK["operator"],
+            "can_admin": RANK[self.role] >= RANK["admin"],
+            "hub_role": self.role,
+            # Lets re-rendered forms keep working as plain POSTs too.
+            "csrf_token": cookies.get("csrftoken", ""),
+        }
+
+    debounce = DEBOUNCE_SECONDS
+
+    def refresh_soon(self) -> None:
+        """Coalesce bursts of events into one re-render."""
+        if self._pending is None:
+            loop = asyncio.get_running_loop()
+            self._pending = loop.call_later(self.debounce, self._fire)
+
+    def _fire(self) -> None:
+        self._pending = None
+        self._refresh_task = asyncio.ensure_future(self.send_snapshot())
+
+    # Channel-layer events: any change means "look again".
+    async def instance_changed(self, event: dict[str, Any]) -> None:
+        self.refresh_soon()
+
+    async def sequencer_changed(self, event: dict[str, Any]) -> None:
+        self.refresh_soon()
+
+
+class OverviewConsumer(LiveConsumer):
+    def watch_groups(self) -> list[str]:
+        return ["instances", "sequencers"]
+
+    def fragments(self) -> str:
+        from dashboard.views.overview import overview_context
+
+        context = {**overview_context(), **self.base_context()}
+        names = ("counts", "running", "sequencers", "workers", "recent")
+        return render_fragments([(f"overview.html#{n}", context) for n in names])
+
+
+class InstanceListConsumer(LiveConsumer):
+    async def setup(self) -> None:
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        self.status = (query.get("status") or [""])[0]
+        self.sequence = (query.get("sequence") or [""])[0]
+
+    def watch_groups(self) -> list[str]:
+        return ["instances"]
+
+    def fragments(self) -> str:
+        from dashboard.views.instances import list_context
+
+        context = {**list_context(self.status, self.sequence), **self.base_context()}
+        return render_to_string("instances/_rows_table.html", context)
+
+
+class StreamFollower:
+    """One stream of one instance: the lines read but not sent yet, and how many were left out."""
+
+    def __init__(self, name: str, splitter: logs.LineSplitter) -> None:
+        self.name = name
+        self.splitter = splitter
+        self.lines: deque[tuple[logs.Place, bytes]] = deque(maxlen=MAX_LINES_PER_FLUSH)
+        self.skipped = 0
+        self.partial_sent: bytes = splitter.current
+        self.done = False
+
+    def add(self, lines: list[tuple[logs.Place, bytes]]) -> None:
+        overflow = len(self.lines) + len(lines) - MAX_LINES_PER_FLUSH
+        if overflow > 0:
+            self.skipped += overflow
+        self.lines.extend(lines)
+
+    def take(self) -> str:
+        """The fragment for the lines gathered since the last flush ('' when nothing changed)."""
+        parts = []
+        if self.lines or self.skipped:
+            rendered = logs.render_lines(list(self.lines))
+            body = render_to_string("instances/_lines.html", {"lines": rendered})
+            if self.skipped:
+                body = (
+                    f'<div class="l skipped">… {self.skipped} lines not shown live: search the '
+                    f"log or download it for every line</div>" + body
+                )
+            parts.append(f'<div hx-swap-oob="beforeend:#log-{self.name}-lines">{body}</div>')
+            self.lines.clear()
+            self.skipped = 0
+        current = self.splitter.current
+        if current != self.partial_sent:
+            # The unfinished last line (a prompt, a progress bar) shows too, replaced in place.
+            inner = ""
+            if current:
+                line = logs.render_lines([(self.splitter.start, current)])[0]
+                inner = f'<div class="l" data-at="{line.at}">{line.html}</div>'
+            target = f"log-{self.name}-partial"
+            parts.append(f'<div id="{target}" class="partial" hx-swap-oob="true">{inner}</div>')
+            self.partial_sent = current
+        return "".join(parts)
+
+
+class InstanceConsumer(LiveConsumer):
+    async def setup(self) -> None:
+        from sequences.models import Instance
+
+        self.iid = self.scope["url_route"]["kwargs"]["iid"]
+        # `?logs=1`: only the streams (the sequencer page shows its script's log this way).
+        self.logs_only = b"logs=1" in self.scope.get("query_string", b"")
+        exists = await database_sync_to_async(Instance.objects.filter(pk=self.iid).exists)()
+        if not exists:
+            raise LookupError(self.iid)
+        self.followers: dict[str, StreamFollower] = {}
+        self.tasks: list[asyncio.Task] = []
+        self.overlay: dict[str, Any] = {}
+
+    def watch_groups(self) -> list[str]:
+        return [f"instance-{self.iid}"]
+
+    def status_fragments(self) -> str:
+        from dashboard.views.instances import status_context
+        from sequences.instances import get_instance
+
+        instance = get_instance(self.iid)
+        if instance.is_live and self.overlay:
+            # The worker tells us before its batched database write lands.
+            instance.status = self.overlay.get("status", instance.status)
+            if "exitcode" in self.overlay:
+                instance.exit_code = self.overlay["exitcode"]
+            instance.reason = self.overlay.get("reason", instance.reason)
+        context = {**status_context(instance), **self.base_context()}
+        return render_fragments(
+            [("instances/detail.html#status", context), ("instances/detail.html#events", context)]
+        )
+
+    def fragments(self) -> str:
+        return "" if self.logs_only else self.status_fragments()
+
+    def log_snapshot(self) -> tuple[str, dict[str, logs.Window]]:
+        from sequences.instances import get_instance
+
+        instance = get_instance(self.iid)
+        parts = []
+        windows = {}
+        for stream in logs.STREAMS:
+            window = logs.tail(self.iid, stream)
+            windows[stream] = window
+            lines = render_to_string(
+                "instances/_lines.html", {"lines": logs.render_lines(window.lines)}
+            )
+            parts.append(f'<div id="log-{stream}-lines" hx-swap-oob="true">{lines}</div>')
+            parts.append(
+                render_to_string(
+                    "instances/_earlier_button.html",
+                    {
+                        "instance": instance,
+                        "stream": stream,
+                        "earlier": logs.place_text(window.earlier) if window.earlier else "",
+                        "oob": True,
+                    },
+                )
+            )
+        return "".join(parts), windows
+
+    async def send_snapshot(self) -> None:
+        await super().send_snapshot()
+        if self.followers:
+            return
+        # First connect: the last lines of each stream, then follow each from where they end.
+        html, windows = await database_sync_to_async(self.log_snapshot)()
+        for stream, window in windows.items():
+            follower = StreamFollower(stream, logs.LineSplitter(window.next_seq, window.pending))
+            follower.partial_sent = b""  # the snapshot did not draw it: the first flush does
+            self.followers[stream] = follower
+        await self.send(text_data=html)
+        for stream, window in windows.items():
+            self.tasks.append(asyncio.ensure_future(self.follow(stream, window.next_seq)))
+        self.tasks.append(asyncio.ensure_future(self.flush_loop()))
+
+    async def follow(self, stream: str, cursor: int) -> None:
+        from sequences.streams import follow
+
+        follower = self.followers[stream]
+        try:
+            async for chunk in follow(self.iid, stream, cursor):
+                follower.add(follower.splitter.feed(chunk))
+            follower.add(follower.splitter.finish())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("following %s of %s failed", stream, self.iid)
+        finally:
+            follower.done = True
+
+    async def flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            html = "".join(f.take() for f in self.followers.values())
+            if html:
+                await self.send(text_data=html)
+            if all(f.done for f in self.followers.values()):
+                html = "".join(f.take() for f in self.followers.values())
+                if html:
+                    await self.send(text_data=html)
+                # The database has the final status by now (or very soon).
+                await asyncio.sleep(0.3)
+                self.overlay = {}
+                await LiveConsumer.send_snapshot(self)
+                return
+
+    async def teardown(self) -> None:
+        for task in getattr(self, "tasks", []):
+            task.cancel()
+        for task in getattr(self, "tasks", []):
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def instance_changed(self, event: dict[str, Any]) -> None:
+        self.overlay.update(
+            {k: v for k, v in event.items() if k in ("status", "exitcode", "reason")}
+        )
+        if self.logs_only:
+            return
+        await LiveConsumer.send_snapshot(self)
+        # Timestamps come with the worker's next database write.
+        self.refresh_soon()
+
+
+class SequencerListConsumer(LiveConsumer):
+    def watch_groups(self) -> list[str]:
+        return ["sequencers"]
+
+    def fragments(self) -> str:
+        from dashboard.views.sequencers import list_context
+
+        context = {**list_context(), **self.base_context()}
+        return render_to_string("sequencers/list.html#table", context)
+
+
+class SequencerConsumer(LiveConsumer):
+    """State, command buttons, step list and transitions of one sequencer."""
+
+    debounce = 0.05  # step colours should follow the engine closely
+
+    async def setup(self) -> None:
+        from sequences import sequencers
+        from sequences.errors import HubError
+
+        ident = self.scope["url_route"]["kwargs"]["ident"]
+        try:
+            row = await sequencers.aget_sequencer(ident)
+        except HubError:
+            raise LookupError(ident) from None
+        self.sid = row.id
+
+    def watch_groups(self) -> list[str]:
+        return [f"sequencer-{self.sid}"]
+
+    def fragments(self) -> str:
+        from dashboard.views.sequencers import detail_context
+        from sequences import sequencers
+
+        row = sequencers.get_sequencer(self.sid)
+        context = {**detail_context(row), **self.base_context(), "oob": True}
+        names = ("state", "steps", "history", "step-select")
+        return render_fragments([(f"sequencers/detail.html#{n}", context) for n in names])
+
+
+class ComponentListConsumer(LiveConsumer):
+    """Components change state when their sequencers do, so this page listens to those."""
+
+    def watch_groups(self) -> list[str]:
+        return ["sequencers"]
+
+    def fragments(self) -> str:
+        from dashboard.views.components import list_context
+
+        context = {**list_context(), **self.base_context()}
+        return render_to_string("components/list.html#table", context)

@@ -1,0 +1,138 @@
+"""Console forms: they turn what people type into the bodies the domain functions take."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+
+from sequences.errors import HubError
+from sequences.instances import StartRequest, parse_start
+
+
+def _field_value(text: str) -> Any:
+    """One argument field: JSON when it parses (42, true, null, "quoted", [1]), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class UploadForm(forms.Form):
+    package = forms.FileField(label="Package (.tar.gz)")
+
+
+class StartForm(forms.Form):
+    """Args as a JSON array or one value per field, appConfig as a JSON object."""
+
+    args_mode = forms.ChoiceField(
+        choices=[("fields", "one value per field"), ("json", "a JSON array")],
+        initial="fields",
+        widget=forms.RadioSelect,
+        required=False,
+    )
+    args_json = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
+    app_config = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 4}))
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.arg_values: list[str] = self.data.getlist("arg") if self.data else []
+        self.start_request: StartRequest | None = None
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        body: dict[str, Any] = {}
+        if data.get("args_mode") == "json":
+            text = (data.get("args_json") or "").strip()
+            if text:
+                try:
+                    body["args"] = json.loads(text)
+                except ValueError as exc:
+                    self.add_error("args_json", f"Args are not valid JSON: {exc}")
+        else:
+            values = list(self.arg_values)
+            while values and values[-1] == "":
+                values.pop()  # trailing empty fields are unused slots, not empty strings
+            body["args"] = [_field_value(v) for v in values]
+        text = (data.get("app_config") or "").strip()
+        if text:
+            try:
+                body["appConfig"] = json.loads(text)
+            except ValueError as exc:
+                self.add_error("app_config", f"appConfig is not valid JSON: {exc}")
+        if not self.errors:
+            try:
+                # The API's own validation, so the page and the API refuse the same things.
+                self.start_request = parse_start(json.dumps(body).encode())
+            except HubError as exc:
+                field = "app_config" if "appConfig" in exc.message else "args_json"
+                self.add_error(field, exc.message)
+        return data
+
+
+class InputForm(forms.Form):
+    stream = forms.ChoiceField(choices=[("input", "input"), ("stdin", "stdin")], initial="input")
+    text = forms.CharField(required=False, strip=False, widget=forms.Textarea(attrs={"rows": 2}))
+    newline = forms.BooleanField(required=False, initial=True)
+    end = forms.BooleanField(required=False)
+
+
+class EventForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    message = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+
+    def clean_message(self) -> Any:
+        text = (self.cleaned_data.get("message") or "").strip()
+        if not text:
+            return None
+        return _field_value(text)
+
+
+class StopForm(forms.Form):
+    timeout = forms.IntegerField(min_value=0, max_value=3_600_000, initial=7000, required=False)
+    keepalive = forms.BooleanField(required=False)
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(max_length=100)
+
+
+class StepsForm(forms.Form):
+    """Steps as JSON text or an uploaded .json file: a list of commands, or {"commands": [...]}."""
+
+    steps = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 6}))
+    steps_file = forms.FileField(required=False)
+    step_id = forms.CharField(required=False, max_length=64)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        upload = data.get("steps_file")
+        text = (data.get("steps") or "").strip()
+        if upload:
+            if upload.size > 4 << 20:
+                self.add_error("steps_file", "The step list file is over 4 MiB.")
+                return data
+            text = upload.read().decode("utf-8", "replace").strip()
+        if not text:
+            data["commands"] = None
+            return data
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            self.add_error("steps", f"The steps are not valid JSON: {exc}")
+            return data
+        if isinstance(value, dict) and "commands" in value:
+            value = value["commands"]
+        if isinstance(value, dict):
+            value = [value]
+        data["commands"] = value
+        return data
+
+
+def first_error(form: forms.Form) -> str:
+    """One readable sentence for a refused form."""
+    for field, errors in form.errors.items():
+        label = "" if field == "__all__" else f"{field.replace('_', ' ')}: "
+        return f"{label}{errors[0]}"
+    return "The form is not valid."

@@ -1,0 +1,100 @@
+"""What every console view shares: the role guard (sync and async), feedback, typed requests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect
+from django.template.loader import render_to_string
+from django.utils.http import url_has_allowed_host_and_scheme
+from django_htmx.middleware import HtmxDetails
+
+from dashboard.access import has_role, user_role
+
+
+class HtmxRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
+def _refusal(request: HttpRequest, user: Any, needed: str) -> HttpResponse | None:
+    """None when `user` may; otherwise the answer: login for strangers, 403 for others."""
+    if has_role(user, needed):
+        return None
+    if not user.is_authenticated:
+        return redirect(f"/login/?next={request.get_full_path()}")
+    text = f"Your role ({user_role(user)}) may not do this: it needs {needed}."
+    if request.headers.get("HX-Request"):
+        html = render_to_string("_feedback.html", {"level": "error", "text": text})
+        return HttpResponse(html, status=403)
+    return HttpResponse(text, status=403, content_type="text/plain; charset=utf-8")
+
+
+def role_page(needed: str) -> Callable:
+    """Like `access.role_required`, for sync and async views alike.
+
+    Async views matter here: start and stop wait for a worker, and sync views under ASGI all
+    share one thread, so a waiting sync view would stall every other page.
+    """
+
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        if iscoroutinefunction(view):
+
+            @wraps(view)
+            async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+                user = await request.auser()
+                refused = await sync_to_async(_refusal)(request, user, needed)
+                if refused is not None:
+                    return refused
+                return await view(request, *args, **kwargs)
+
+            markcoroutinefunction(async_wrapper)
+            return async_wrapper
+
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            refused = _refusal(request, request.user, needed)
+            return refused if refused is not None else view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def back_to(request: HttpRequest, fallback: str) -> str:
+    """Where a plain POST returns: the `next` field when it is ours, else `fallback`."""
+    target = request.POST.get("next") or ""
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return fallback
+
+
+def feedback(
+    request: HttpRequest, level: str, text: str, fallback: str, status: int = 200
+) -> HttpResponse:
+    """Answer an action: an inline message for htmx, a flash message and a redirect without JS.
+
+    Refusals keep their HTTP status for htmx (the page's htmx config swaps 4xx answers too),
+    so tests and scripts see what happened.
+    """
+    if getattr(request, "htmx", False):
+        html = render_to_string("_feedback.html", {"level": level, "text": text})
+        return HttpResponse(html, status=status)
+    getattr(messages, "success" if level == "ok" else level)(request, text)
+    return HttpResponseRedirect(back_to(request, fallback))
+
+
+def client_ip(request: HttpRequest) -> str:
+    # Behind a proxy, HUB's operators set the real address in REMOTE_ADDR (daphne --proxy-headers).
+    return request.META.get("REMOTE_ADDR", "") or "unknown"
+
+
+def page_size() -> int:
+    return getattr(settings, "HUB_PAGE_SIZE", 100)

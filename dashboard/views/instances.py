@@ -1,0 +1,269 @@
+"""Instance pages: the filterable list, and the live console of one instance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db.models import Q
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    StreamingHttpResponse,
+)
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from dashboard.access import audit
+from dashboard.forms import EventForm, InputForm, StopForm, first_error
+from dashboard.views import logs
+from dashboard.views.common import feedback, role_page
+from sequences import instances, streams
+from sequences.errors import HubError
+from sequences.models import LIVE_STATUSES, Instance, InstanceEvent, InstanceStatus, Sequence
+
+LIST_LIMIT = 200
+
+
+def list_context(status: str, sequence: str) -> dict[str, Any]:
+    rows = Instance.objects.select_related("sequence").order_by("-created")
+    if status == "live":
+        rows = rows.filter(status__in=LIVE_STATUSES)
+    elif status:
+        rows = rows.filter(status=status)
+    if sequence:
+        rows = rows.filter(Q(sequence_id=sequence) | Q(sequence_name=sequence))
+    return {
+        "instances": list(rows[:LIST_LIMIT]),
+        "limit": LIST_LIMIT,
+        "status": status,
+        "sequence": sequence,
+        "statuses": ["live", *InstanceStatus.values],
+        "sequences": list(Sequence.objects.values_list("id", "name")[:200]),
+    }
+
+
+@require_GET
+@role_page("viewer")
+def instance_list(request: HttpRequest) -> HttpResponse:
+    status = request.GET.get("status", "")
+    sequence = request.GET.get("sequence", "")
+    context = list_context(status, sequence)
+    # The filter form asks htmx for the rows only: the same template's partial.
+    template = "instances/list.html"
+    if getattr(request, "htmx", False) and request.GET.get("partial") == "rows":
+        template += "#rows"
+    return render(request, template, context)
+
+
+def _get(iid: str) -> Instance | None:
+    try:
+        return instances.get_instance(iid)
+    except HubError:
+        return None
+
+
+def stream_windows(iid: str) -> list[dict[str, Any]]:
+    """The last lines of every stream, as the page (and a reconnecting socket) shows them."""
+    panes = []
+    for stream in logs.STREAMS:
+        window = logs.tail(iid, stream)
+        pending = logs.render_lines([window.pending]) if window.pending[1] else []
+        panes.append(
+            {
+                "name": stream,
+                "lines": logs.render_lines(window.lines),
+                "earlier": logs.place_text(window.earlier) if window.earlier else "",
+                "partial": pending[0] if pending else None,
+                "window": window,
+            }
+        )
+    return panes
+
+
+def status_context(instance: Instance) -> dict[str, Any]:
+    return {
+        "instance": instance,
+        "events": list(InstanceEvent.objects.filter(instance_id=instance.id).order_by("-id")[:20]),
+    }
+
+
+@require_GET
+@role_page("viewer")
+def instance_detail(request: HttpRequest, iid: str) -> HttpResponse:
+    instance = _get(iid)
+    if instance is None:
+        return render(request, "404.html", {"what": f"Instance {iid}"}, status=404)
+    context = status_context(instance)
+    context.update(
+        panes=stream_windows(iid),
+        input_form=InputForm(),
+        event_form=EventForm(),
+        stop_form=StopForm(),
+        search_streams=logs.STREAMS,
+    )
+    return render(request, "instances/detail.html", context)
+
+
+@require_GET
+@role_page("viewer")
+def log_earlier(request: HttpRequest, iid: str, stream: str) -> HttpResponse:
+    """The lines before a place: htmx prepends them; without JS it is a page of its own."""
+    if stream not in logs.STREAMS:
+        return HttpResponseBadRequest("unknown stream")
+    place = logs.parse_place(request.GET.get("at", ""))
+    instance = _get(iid)
+    if instance is None or place is None:
+        return HttpResponseBadRequest("unknown instance or place (at=SEQ:OFFSET)")
+    window = logs.earlier(iid, stream, place)
+    context = {
+        "instance": instance,
+        "stream": stream,
+        "lines": logs.render_lines(window.lines),
+        "earlier": logs.place_text(window.earlier) if window.earlier else "",
+    }
+    if getattr(request, "htmx", False):
+        return render(request, "instances/_earlier.html", context)
+    return render(request, "instances/earlier_page.html", context)
+
+
+@require_GET
+@role_page("viewer")
+def log_download(request: HttpRequest, iid: str, stream: str) -> HttpResponse:
+    """The whole stream, raw bytes (ANSI codes kept), as stored."""
+    if stream not in logs.STREAMS or _get(iid) is None:
+        return HttpResponseBadRequest("unknown instance or stream")
+    response = StreamingHttpResponse(logs.raw_chunks(iid, stream), content_type="text/plain")
+    response["Content-Disposition"] = f'attachment; filename="{iid}-{stream}.log"'
+    return response
+
+
+@require_GET
+@role_page("viewer")
+def log_search(request: HttpRequest, iid: str) -> HttpResponse:
+    """Server-side search over the whole stream, not only the lines on screen."""
+    stream = request.GET.get("stream", "stdout")
+    needle = request.GET.get("q", "")
+    instance = _get(iid)
+    if stream not in logs.STREAMS or instance is None:
+        return HttpResponseBadRequest("unknown instance or stream")
+    found = streams.search_lines(iid, stream, needle, limit=500) if needle else []
+    results = [
+        {"number": number, "html": line.html}
+        for (number, _), line in zip(
+            found, logs.render_lines(((0, 0), text.encode()) for _, text in found), strict=True
+        )
+    ]
+    context = {"instance": instance, "stream": stream, "q": needle, "results": results}
+    template = "instances/search.html"
+    if getattr(request, "htmx", False):
+        template += "#results"
+    return render(request, template, context)
+
+
+# -- actions: each answers inline for htmx, or with a message and a redirect without JS ------
+
+_aget = sync_to_async(_get)
+_aaudit = sync_to_async(audit)
+
+
+async def _afeedback(
+    request: HttpRequest, iid: str, level: str, text: str, status: int = 200
+) -> HttpResponse:
+    return await sync_to_async(feedback)(
+        request, level, text, reverse("instance", args=[iid]), status
+    )
+
+
+async def _instance_or_404(request: HttpRequest, iid: str) -> Instance | HttpResponse:
+    instance = await _aget(iid)
+    if instance is None:
+        return await _afeedback(request, iid, "error", f"Instance {iid} not found.", 404)
+    return instance
+
+
+@require_POST
+@role_page("operator")
+async def instance_input(request: HttpRequest, iid: str) -> HttpResponse:
+    found = await _instance_or_404(request, iid)
+    if isinstance(found, HttpResponse):
+        return found
+    form = InputForm(request.POST)
+    if not form.is_valid():
+        return await _afeedback(request, iid, "error", first_error(form), 400)
+    stream = form.cleaned_data["stream"]
+    text = form.cleaned_data["text"] or ""
+    if form.cleaned_data["newline"] and text and not text.endswith("\n"):
+        text += "\n"
+    end = bool(form.cleaned_data["end"])
+    user = await request.auser()
+    try:
+        await instances.send_input(found, stream, [text.encode()], "text/plain", end)
+    except HubError as exc:
+        return await _afeedback(request, iid, "error", exc.message, exc.status)
+    await _aaudit(user, f"instance.{stream}", iid, bytes=len(text.encode()), end=end)
+    closed = " and closed it" if end else ""
+    return await _afeedback(
+        request, iid, "ok", f"Sent {len(text.encode())} bytes to {stream}{closed}."
+    )
+
+
+@require_POST
+@role_page("operator")
+async def instance_event(request: HttpRequest, iid: str) -> HttpResponse:
+    found = await _instance_or_404(request, iid)
+    if isinstance(found, HttpResponse):
+        return found
+    form = EventForm(request.POST)
+    if not form.is_valid():
+        return await _afeedback(request, iid, "error", first_error(form), 400)
+    name = form.cleaned_data["name"]
+    user = await request.auser()
+    try:
+        await instances.send_event(found, name, form.cleaned_data["message"])
+    except HubError as exc:
+        return await _afeedback(request, iid, "error", exc.message, exc.status)
+    await _aaudit(user, "instance.event", iid, event=name)
+    return await _afeedback(request, iid, "ok", f"Sent event '{name}'.")
+
+
+@require_POST
+@role_page("operator")
+async def instance_stop(request: HttpRequest, iid: str) -> HttpResponse:
+    """Waits (async) until the instance ended or the timeout passed, then says which."""
+    found = await _instance_or_404(request, iid)
+    if isinstance(found, HttpResponse):
+        return found
+    form = StopForm(request.POST)
+    if not form.is_valid():
+        return await _afeedback(request, iid, "error", first_error(form), 400)
+    timeout = form.cleaned_data["timeout"]
+    timeout = 7000 if timeout is None else timeout
+    user = await request.auser()
+    try:
+        after = await instances.stop(found, timeout, bool(form.cleaned_data["keepalive"]))
+    except HubError as exc:
+        return await _afeedback(request, iid, "error", exc.message, exc.status)
+    await _aaudit(user, "instance.stop", iid, timeout=timeout)
+    if after.is_live:
+        text = f"Asked it to stop; after {timeout} ms it is {after.status}."
+    else:
+        text = f"Stopped: {after.status} ({after.reason or 'no reason given'})."
+    return await _afeedback(request, iid, "ok", text)
+
+
+@require_POST
+@role_page("operator")
+async def instance_kill(request: HttpRequest, iid: str) -> HttpResponse:
+    found = await _instance_or_404(request, iid)
+    if isinstance(found, HttpResponse):
+        return found
+    user = await request.auser()
+    try:
+        await instances.kill(found)
+    except HubError as exc:
+        return await _afeedback(request, iid, "error", exc.message, exc.status)
+    await _aaudit(user, "instance.kill", iid)
+    return await _afeedback(request, iid, "ok", "Killed: SIGKILL sent to its whole process group.")

@@ -1,0 +1,197 @@
+"""Bounded windows over an instance's streams: the last N lines, earlier pages, rendering.
+
+A stream is stored as numbered chunks of arbitrary bytes (a line may span chunks), so a place
+in it is `(chunk seq, byte offset)`: "at" strings `"S:O"`. Every line the console shows carries
+the place where it starts, so "load earlier" asks for the lines before the first one shown,
+however the browser trimmed its window. Colours are rendered here (ansi2html); the raw bytes
+stay untouched in storage, in downloads and in the API.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from ansi2html import Ansi2HTMLConverter
+from django.conf import settings
+
+from sequences.models import StreamChunk
+
+STREAMS = ("stdout", "stderr", "output", "log")
+MAX_LINE_CHARS = 4000
+MAX_WINDOW_BYTES = 16 << 20  # a window never reads more than this, whatever the line lengths
+
+Place = tuple[int, int]
+
+
+def window_lines() -> int:
+    return int(getattr(settings, "HUB_LOG_WINDOW", 500))
+
+
+def place_text(place: Place) -> str:
+    return f"{place[0]}:{place[1]}"
+
+
+def parse_place(text: str) -> Place | None:
+    seq, _, off = (text or "").partition(":")
+    if not (seq.isdigit() and off.isdigit()):
+        return None
+    return int(seq), int(off)
+
+
+@dataclass
+class Line:
+    at: str
+    html: str
+
+
+def render_lines(raw_lines: Iterable[tuple[Place, bytes]]) -> list[Line]:
+    """HTML for each line: escaped, ANSI colours as classes, very long lines cut."""
+    converter: Ansi2HTMLConverter | None = None
+    out = []
+    for place, raw in raw_lines:
+        text = raw.decode("utf-8", "replace").rstrip("\r")
+        if len(text) > MAX_LINE_CHARS:
+            text = text[:MAX_LINE_CHARS] + f" … ({len(text) - MAX_LINE_CHARS} more characters)"
+        if "\x1b" in text:
+            # One converter per batch: ansi2html keeps state between calls of one converter.
+            converter = converter or Ansi2HTMLConverter(inline=False, escaped=True)
+            body = converter.convert(text, full=False)
+        else:
+            body = html.escape(text)
+        out.append(Line(place_text(place), body))
+    return out
+
+
+def split_pieces(
+    pieces: list[tuple[int, int, bytes]], at_start: bool
+) -> tuple[list[tuple[Place, bytes]], tuple[Place, bytes]]:
+    """Complete lines with their places, and the unfinished last line, from ascending pieces.
+
+    A piece is `(seq, offset of its first byte in that chunk, bytes)`. Unless the pieces begin
+    at the stream's start, the first line may have begun earlier, so it is left out.
+    """
+    lines: list[tuple[Place, bytes]] = []
+    if not pieces:
+        return lines, ((0, 0), b"")
+    start: Place = (pieces[0][0], pieces[0][1])
+    current = b""
+    complete_first = at_start
+    for seq, base, data in pieces:
+        last = 0
+        while (idx := data.find(b"\n", last)) >= 0:
+            if complete_first:
+                lines.append((start, current + data[last:idx]))
+            complete_first = True
+            current = b""
+            start = (seq, base + idx + 1)
+            last = idx + 1
+        current += data[last:]
+    return lines, (start, current if complete_first else b"")
+
+
+def _collect_backwards(
+    chunks: Iterator[tuple[int, bytes]], first: tuple[int, int, bytes] | None, n: int
+) -> tuple[list[tuple[int, int, bytes]], bool]:
+    """Read chunks newest first until n+1 line ends (or the start): ascending pieces, at_start."""
+    pieces: list[tuple[int, int, bytes]] = [first] if first is not None else []
+    newlines = first[2].count(b"\n") if first is not None else 0
+    size = len(first[2]) if first is not None else 0
+    for seq, data in chunks:
+        if newlines > n or size > MAX_WINDOW_BYTES:
+            break
+        pieces.append((seq, 0, data))
+        newlines += data.count(b"\n")
+        size += len(data)
+    pieces.reverse()
+    at_start = bool(pieces) and pieces[0][0] == 0 and pieces[0][1] == 0
+    return pieces, at_start
+
+
+def _chunks_desc(iid: str, stream: str, before: int | None) -> Iterator[tuple[int, bytes]]:
+    rows = StreamChunk.objects.filter(instance_id=iid, stream=stream)
+    if before is not None:
+        rows = rows.filter(seq__lt=before)
+    for seq, data in rows.order_by("-seq").values_list("seq", "data").iterator(chunk_size=64):
+        yield seq, bytes(data)
+
+
+@dataclass
+class Window:
+    lines: list[tuple[Place, bytes]]
+    earlier: Place | None  # where "load earlier" starts; None at the stream's start
+    next_seq: int  # the first chunk not read yet (to follow from)
+    pending: tuple[Place, bytes]  # the unfinished last line
+
+
+def tail(iid: str, stream: str, n: int | None = None) -> Window:
+    """The last n complete lines of a stream as the database holds it now."""
+    n = n or window_lines()
+    chunks = _chunks_desc(iid, stream, None)
+    pieces, at_start = _collect_backwards(chunks, None, n)
+    if not pieces:
+        return Window([], None, 0, ((0, 0), b""))
+    lines, pending = split_pieces(pieces, at_start)
+    shown = lines[-n:]
+    earlier = None
+    if shown and not (at_start and len(lines) <= n):
+        earlier = shown[0][0]
+    return Window(shown, earlier, pieces[-1][0] + 1, pending)
+
+
+def earlier(iid: str, stream: str, before: Place, n: int | None = None) -> Window:
+    """The n lines that end where the line at `before` starts."""
+    n = n or window_lines()
+    seq, off = before
+    first = None
+    if off > 0:
+        row = StreamChunk.objects.filter(instance_id=iid, stream=stream, seq=seq).first()
+        if row is not None:
+            first = (seq, 0, bytes(row.data)[:off])
+    pieces, at_start = _collect_backwards(_chunks_desc(iid, stream, seq), first, n)
+    lines, _ = split_pieces(pieces, at_start)
+    shown = lines[-n:]
+    more = shown[0][0] if shown and not (at_start and len(lines) <= n) else None
+    return Window(shown, more, seq, ((0, 0), b""))
+
+
+def raw_chunks(iid: str, stream: str) -> Iterator[bytes]:
+    """Every stored chunk in order, for downloads."""
+    rows = StreamChunk.objects.filter(instance_id=iid, stream=stream).order_by("seq")
+    for data in rows.values_list("data", flat=True).iterator(chunk_size=64):
+        yield bytes(data)
+
+
+class LineSplitter:
+    """Turns followed chunks into complete lines with places, remembering the unfinished one."""
+
+    def __init__(self, next_seq: int, pending: tuple[Place, bytes]) -> None:
+        self.seq = next_seq
+        self.start, self.current = pending
+        if not self.current and self.start == (0, 0) and next_seq > 0:
+            self.start = (next_seq, 0)
+
+    def feed(self, data: bytes) -> list[tuple[Place, bytes]]:
+        seq = self.seq
+        self.seq += 1
+        out = []
+        last = 0
+        while (idx := data.find(b"\n", last)) >= 0:
+            out.append((self.start, self.current + data[last:idx]))
+            self.current = b""
+            self.start = (seq, idx + 1)
+            last = idx + 1
+        self.current += data[last:]
+        if len(self.current) > 1 << 20:
+            # A "line" that never ends: show it in pieces rather than hold it forever.
+            out.append((self.start, self.current))
+            self.current = b""
+            self.start = (seq, len(data))
+        return out
+
+    def finish(self) -> list[tuple[Place, bytes]]:
+        if not self.current:
+            return []
+        line, self.current = (self.start, self.current), b""
+        return [line]

@@ -1,0 +1,55 @@
+"""The overview: counts, running instances, sequencers by state, workers, recent activity."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from dashboard.models import AuditEntry
+from dashboard.views.common import role_page
+from sequences.models import LIVE_STATUSES, Instance, Sequence, Sequencer, Worker
+
+SEQUENCER_STATES = ("Idle", "Loaded", "Running", "Processing", "Offline", "Killed")
+
+
+def overview_context() -> dict[str, Any]:
+    """Everything the overview shows; the live consumer renders the same partials from it."""
+    by_status = dict(
+        Instance.objects.values_list("status").annotate(n=Count("id")).values_list("status", "n")
+    )
+    sequencer_states = dict.fromkeys(SEQUENCER_STATES, 0)
+    for state, processing in Sequencer.objects.values_list("state", "processing"):
+        shown = "Processing" if processing else state
+        sequencer_states[shown] = sequencer_states.get(shown, 0) + 1
+    fresh = timezone.now() - timedelta(seconds=settings.HUB_LOST_AFTER * 2)
+    workers = list(Worker.objects.filter(stopped__isnull=True).order_by("name"))
+    for worker in workers:
+        worker.alive = worker.last_seen >= fresh
+    return {
+        "counts": {
+            "sequences": Sequence.objects.count(),
+            "instances": sum(by_status.values()),
+            "running": sum(by_status.get(s, 0) for s in LIVE_STATUSES),
+            "errored": by_status.get("errored", 0),
+            "sequencers": sum(v for k, v in sequencer_states.items() if k != "Killed"),
+        },
+        "running": list(
+            Instance.objects.filter(status__in=LIVE_STATUSES).order_by("-created")[:20]
+        ),
+        "sequencer_states": sequencer_states,
+        "workers": workers,
+        "recent": list(AuditEntry.objects.all()[:12]),
+    }
+
+
+@require_GET
+@role_page("viewer")
+def overview(request: HttpRequest) -> HttpResponse:
+    return render(request, "overview.html", overview_context())

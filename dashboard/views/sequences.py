@@ -1,0 +1,158 @@
+"""Sequence pages: list, upload (form and drag and drop), detail, delete, start."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db.models import Count, Q
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from dashboard.access import audit
+from dashboard.forms import StartForm, UploadForm
+from dashboard.views.common import feedback, role_page
+from sequences import catalog, instances
+from sequences.errors import HubError
+from sequences.models import LIVE_STATUSES, Sequence
+
+
+def _sequences() -> list[Sequence]:
+    return list(
+        Sequence.objects.annotate(
+            n_instances=Count("instances"),
+            n_live=Count("instances", filter=Q(instances__status__in=LIVE_STATUSES)),
+        ).select_related("uploaded_by")
+    )
+
+
+@require_GET
+@role_page("viewer")
+def sequence_list(request: HttpRequest) -> HttpResponse:
+    return render(request, "sequences/list.html", {"sequences": _sequences(), "form": UploadForm()})
+
+
+@require_POST
+@role_page("admin")
+def sequence_upload(request: HttpRequest) -> HttpResponse:
+    """The same `catalog` calls as `POST /api/v1/sequence`, with the 422 reasons shown as text."""
+    form = UploadForm(request.POST, request.FILES)
+    fallback = reverse("sequences")
+    if not form.is_valid():
+        return feedback(request, "error", "Choose a .tar.gz package to upload.", fallback, 400)
+    upload = form.cleaned_data["package"]
+    try:
+        path = catalog.spool_upload(upload.chunks(), upload.size)
+        seq = catalog.add_sequence(path, request.user)
+    except HubError as exc:
+        audit(request.user, "sequence.upload", upload.name, outcome="refused", error=exc.message)
+        return feedback(
+            request, "error", f"{upload.name} was refused: {exc.message}", fallback, exc.status
+        )
+    audit(request.user, "sequence.upload", seq.id, name=seq.name, sha256=seq.sha256)
+    text = f"Uploaded {seq.name or upload.name} {seq.version} as {seq.id}."
+    return _redirect_with(request, text, reverse("sequence", args=[seq.id]))
+
+
+def _redirect_with(request: HttpRequest, text: str, url: str) -> HttpResponse:
+    from django.contrib import messages
+
+    messages.success(request, text)
+    return HttpResponseRedirect(url)
+
+
+def _detail_context(seq: Sequence, form: StartForm | None = None) -> dict[str, Any]:
+    declared = seq.config.get("args") if isinstance(seq.config.get("args"), list) else []
+    slots = [str(v) if not isinstance(v, str) else v for v in declared]
+    slots += [""] * max(1, 4 - len(slots))
+    return {
+        "seq": seq,
+        "files": seq.files,
+        "instances": list(seq.instances.order_by("-created")[:50]),
+        "live": catalog.live_instance_ids(seq),
+        "form": form or StartForm(),
+        "arg_slots": [*form.arg_values, ""] if form is not None else slots,
+    }
+
+
+@require_GET
+@role_page("viewer")
+def sequence_detail(request: HttpRequest, seq_id: str) -> HttpResponse:
+    seq = _get(seq_id)
+    if seq is None:
+        return render(request, "404.html", {"what": f"Sequence {seq_id}"}, status=404)
+    return render(request, "sequences/detail.html", _detail_context(seq))
+
+
+def _get(seq_id: str) -> Sequence | None:
+    try:
+        return catalog.get_sequence(seq_id)
+    except HubError:
+        return None
+
+
+@require_POST
+@role_page("admin")
+def sequence_delete(request: HttpRequest, seq_id: str) -> HttpResponse:
+    seq = _get(seq_id)
+    if seq is None:
+        return feedback(
+            request, "error", f"Sequence {seq_id} not found.", reverse("sequences"), 404
+        )
+    force = request.POST.get("force") in {"1", "on", "true"}
+    try:
+        catalog.delete_sequence(seq, force, stop_instances=instances.kill_and_wait)
+    except HubError as exc:
+        audit(request.user, "sequence.delete", seq_id, outcome="refused", error=exc.message)
+        fallback = reverse("sequence", args=[seq_id])
+        return feedback(request, "error", exc.message, fallback, exc.status)
+    audit(request.user, "sequence.delete", seq_id, force=force)
+    text = f"Deleted sequence {seq.name or seq_id}."
+    return _redirect_with(request, text, reverse("sequences"))
+
+
+def _flash(request: HttpRequest, text: str) -> None:
+    from django.contrib import messages
+
+    messages.success(request, text)
+
+
+_aget = sync_to_async(_get)
+_arender_detail = sync_to_async(
+    lambda request, seq, form, status: render(
+        request, "sequences/detail.html", _detail_context(seq, form), status=status
+    )
+)
+_aaudit = sync_to_async(audit)
+
+
+@require_POST
+@role_page("operator")
+async def sequence_start(request: HttpRequest, seq_id: str) -> HttpResponse:
+    """Validate args and appConfig as the API does, start, then go to the instance page.
+
+    Async because the start waits for a worker to take the instance (up to HUB_START_TIMEOUT).
+    """
+    seq = await _aget(seq_id)
+    if seq is None:
+        return await sync_to_async(feedback)(
+            request, "error", f"Sequence {seq_id} not found.", reverse("sequences"), 404
+        )
+    form = StartForm(request.POST)
+    valid = await sync_to_async(form.is_valid)()
+    user = await request.auser()
+    if not valid or form.start_request is None:
+        return await _arender_detail(request, seq, form, 422)
+    try:
+        instance = await instances.start(seq, form.start_request, user)
+    except HubError as exc:
+        await _aaudit(user, "instance.start", seq.id, outcome="refused", error=exc.message)
+        form.add_error(None, f"The hub refused to start it: {exc.message}")
+        return await _arender_detail(request, seq, form, exc.status)
+    await _aaudit(
+        user, "instance.start", instance.id, sequence=seq.id, args=form.start_request.args
+    )
+    await sync_to_async(_flash)(request, f"Started instance {instance.id}.")
+    return HttpResponseRedirect(reverse("instance", args=[instance.id]))

@@ -1,0 +1,214 @@
+/* Sequence Hub console: small behaviours on top of htmx. Every page works without this file;
+   it adds tabs, following logs, bounded log windows, drag and drop, and confirmations.
+   No inline script or handler attributes anywhere: the CSP allows only files like this one. */
+(function () {
+  "use strict";
+
+  document.documentElement.classList.add("js");
+
+  var WINDOW_FOLLOWING = 2000; // lines kept per log while following
+  var WINDOW_READING = 20000; // ...and while the reader scrolls back
+
+  function $all(sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); }
+
+  // -- tabs of the instance logs ------------------------------------------------------------
+  function showPane(name) {
+    $all("[data-tab]").forEach(function (tab) {
+      var on = tab.getAttribute("data-tab") === name;
+      tab.classList.toggle("on", on);
+      if (on) tab.classList.remove("unread");
+      tab.setAttribute("aria-selected", on ? "true" : "false");
+    });
+    $all("[data-pane]").forEach(function (pane) {
+      pane.classList.toggle("on", pane.getAttribute("data-pane") === name);
+    });
+    var select = document.querySelector("[data-search-stream]");
+    if (select) select.value = name;
+    scrollLogs(true);
+  }
+
+  document.addEventListener("click", function (e) {
+    var tab = e.target.closest("[data-tab]");
+    if (tab) {
+      e.preventDefault();
+      showPane(tab.getAttribute("data-tab"));
+      return;
+    }
+    var earlier = e.target.closest("a[data-earlier]");
+    if (earlier && window.htmx) {
+      e.preventDefault();
+      loadEarlier(earlier);
+      return;
+    }
+    var add = e.target.closest("[data-add-arg]");
+    if (add) {
+      var input = document.createElement("input");
+      input.name = "arg";
+      input.placeholder = "argument";
+      input.setAttribute("aria-label", "argument");
+      add.parentNode.insertBefore(input, add);
+      input.focus();
+    }
+  });
+
+  // -- following: auto-scroll that stops when the reader scrolls up --------------------------
+  function followBox() { return document.querySelector("[data-follow]"); }
+  function following() { var box = followBox(); return !box || box.checked; }
+
+  function scrollLogs(force) {
+    if (!force && !following()) return;
+    $all(".pane.on .log, .log[data-sequencer-log]").forEach(function (log) {
+      log.scrollTop = log.scrollHeight;
+    });
+  }
+
+  document.addEventListener("scroll", function (e) {
+    var log = e.target;
+    if (!(log instanceof Element) || !log.classList.contains("log") || log.classList.contains("static")) return;
+    var box = followBox();
+    if (!box) return;
+    var atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 24;
+    if (log._programmatic) { log._programmatic = false; return; }
+    box.checked = atBottom;
+  }, true);
+
+  document.addEventListener("change", function (e) {
+    if (e.target.matches("[data-follow]") && e.target.checked) scrollLogs(true);
+  });
+
+  // -- bounded windows: keep the newest lines, let "load earlier" fetch the rest ----------------
+  function trim(pane) {
+    var lines = pane.querySelector("[id$='-lines']");
+    if (!lines) return;
+    var limit = following() ? WINDOW_FOLLOWING : WINDOW_READING;
+    var extra = lines.children.length - limit;
+    if (extra <= 0) return;
+    for (var i = 0; i < extra; i++) lines.removeChild(lines.firstElementChild);
+    var stream = pane.getAttribute("data-pane");
+    var holder = document.getElementById("log-" + stream + "-earlier");
+    var base = pane.getAttribute("data-earlier-base");
+    if (holder && base && !holder.querySelector("a[data-earlier]")) {
+      holder.textContent = "";
+      var a = document.createElement("a");
+      a.href = base;
+      a.setAttribute("data-earlier", base);
+      a.textContent = "▲ load earlier lines";
+      holder.appendChild(a);
+    }
+  }
+
+  function loadEarlier(link) {
+    var pane = link.closest("[data-pane]");
+    var stream = pane.getAttribute("data-pane");
+    var lines = document.getElementById("log-" + stream + "-lines");
+    var log = document.getElementById("log-" + stream);
+    var first = lines.querySelector(".l[data-at]");
+    if (!first) return;
+    var before = log.scrollHeight;
+    var box = followBox();
+    if (box) box.checked = false; // reading back: stop jumping to the end
+    htmx.ajax("GET", link.getAttribute("data-earlier") + "?at=" + encodeURIComponent(first.getAttribute("data-at")),
+      { target: lines, swap: "afterbegin" }).then(function () {
+        log.scrollTop += log.scrollHeight - before; // keep the line the reader was looking at
+      });
+  }
+
+  // -- after each pushed message: trim, follow, mark unread tabs, follow the in-flight step ----
+  document.addEventListener("htmx:wsAfterMessage", function (e) {
+    $all("[data-pane]").forEach(function (pane) {
+      trim(pane);
+      if (!pane.classList.contains("on")) {
+        var name = pane.getAttribute("data-pane");
+        if (e.detail && typeof e.detail.message === "string" && e.detail.message.indexOf("#log-" + name + "-lines") >= 0) {
+          var tab = document.querySelector('[data-tab="' + name + '"]');
+          if (tab) tab.classList.add("unread");
+        }
+      }
+    });
+    $all(".log").forEach(function (log) { if (following()) log._programmatic = true; });
+    scrollLogs(false);
+    var followStep = document.querySelector("[data-follow-step]");
+    if (!followStep || followStep.checked) {
+      var step = document.querySelector("ol.steps li.st-inflight");
+      if (step && step.scrollIntoView) step.scrollIntoView({ block: "nearest" });
+    }
+  });
+
+  // -- connection state shown as a dot: green live, red reconnecting ---------------------------
+  function setLive(e, state) {
+    var holder = e.target.closest("[data-live]") || e.target;
+    holder.classList.remove("ws-open", "ws-closed");
+    holder.classList.add(state);
+  }
+  document.addEventListener("htmx:wsOpen", function (e) { setLive(e, "ws-open"); });
+  document.addEventListener("htmx:wsClose", function (e) { setLive(e, "ws-closed"); });
+  document.addEventListener("htmx:wsError", function (e) { setLive(e, "ws-closed"); });
+
+  // -- confirmations for destructive forms (plain and htmx alike) -------------------------------
+  document.addEventListener("submit", function (e) {
+    var form = e.target;
+    var question = form.getAttribute && form.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) {
+      e.preventDefault();
+      e.stopImmediatePropagation();
+    }
+  }, true);
+
+  // Clear the input box after a successful send, so the next line can be typed at once.
+  document.addEventListener("htmx:afterRequest", function (e) {
+    var form = e.detail && e.detail.elt;
+    if (form && form.matches && form.matches("[data-clear-on-send]") && e.detail.successful) {
+      var text = form.querySelector("[name=text]");
+      if (text) { text.value = ""; text.focus(); }
+    }
+  });
+
+  // -- drag and drop upload: fill the form's own file input, then submit it -------------------
+  function initDropzones() {
+    $all("[data-dropzone]").forEach(function (form) {
+      var zone = form.querySelector(".drop");
+      var input = form.querySelector("input[type=file]");
+      if (!zone || !input || zone._ready) return;
+      zone._ready = true;
+      ["dragenter", "dragover"].forEach(function (name) {
+        zone.addEventListener(name, function (e) { e.preventDefault(); zone.classList.add("over"); });
+      });
+      ["dragleave", "drop"].forEach(function (name) {
+        zone.addEventListener(name, function () { zone.classList.remove("over"); });
+      });
+      zone.addEventListener("drop", function (e) {
+        e.preventDefault();
+        if (!e.dataTransfer || !e.dataTransfer.files.length) return;
+        input.files = e.dataTransfer.files;
+        zone.querySelector("span").textContent = "Uploading " + e.dataTransfer.files[0].name + "…";
+        if (form.requestSubmit) form.requestSubmit(); else form.submit();
+      });
+    });
+  }
+
+  // -- step lists from a JSON file: read it into the textarea so it can be checked first -------
+  document.addEventListener("change", function (e) {
+    var input = e.target;
+    if (!input.matches || !input.matches("input[type=file][data-json-into]")) return;
+    var target = document.querySelector(input.getAttribute("data-json-into"));
+    if (!target || !input.files.length) return;
+    var reader = new FileReader();
+    reader.onload = function () { target.value = String(reader.result); };
+    reader.readAsText(input.files[0]);
+  });
+
+  function init() {
+    initDropzones();
+    $all("[data-add-arg]").forEach(function (b) { b.hidden = false; });
+    $all("[data-pane]").forEach(function (pane) {
+      var link = pane.querySelector("a[data-earlier]");
+      if (link) pane.setAttribute("data-earlier-base", link.getAttribute("data-earlier"));
+    });
+    var hash = (location.hash || "").replace("#pane-", "");
+    if (hash && document.querySelector('[data-tab="' + hash + '"]')) showPane(hash);
+    scrollLogs(true);
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+})();

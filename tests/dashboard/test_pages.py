@@ -1,0 +1,445 @@
+"""Console pages: who may see and do what, and that forms do what they say."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+import pytest
+from django.core.cache import cache
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client, override_settings
+
+from tests.dashboard.conftest import PASSWORD
+from tests.packaging import package_bytes, python_package
+
+pytestmark = pytest.mark.django_db
+
+
+def read_pages(sequence, instance) -> list[str]:
+    return [
+        "/",
+        "/sequences/",
+        f"/sequences/{sequence.id}/",
+        "/instances/",
+        "/instances/?status=completed",
+        f"/instances/{instance.id}/",
+        f"/instances/{instance.id}/search/?stream=stdout&q=line",
+        f"/instances/{instance.id}/log/stdout/earlier/?at=2:0",
+        f"/instances/{instance.id}/log/stdout/download/",
+        "/sequencers/",
+        "/components/",
+        "/audit/",
+        "/tokens/",
+    ]
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def test_anonymous_visitors_are_sent_to_login(clients, sequence, ended_instance):
+    for url in read_pages(sequence, ended_instance):
+        response = clients["anonymous"].get(url)
+        assert response.status_code == 302, url
+        assert response["Location"].startswith("/login/?next=/"), url
+
+
+@pytest.mark.parametrize("role", ["viewer", "operator", "admin"])
+def test_every_role_reads_every_page(clients, role, sequence, ended_instance):
+    for url in read_pages(sequence, ended_instance):
+        response = clients[role].get(url)
+        assert response.status_code == 200, (url, response.content[:300])
+
+
+@override_settings(HUB_ANONYMOUS_ROLE="viewer")
+def test_the_anonymous_role_lets_strangers_read(clients, sequence, ended_instance):
+    assert clients["anonymous"].get("/instances/").status_code == 200
+    # Acting needs more than the anonymous role: log in first.
+    response = clients["anonymous"].post(f"/instances/{ended_instance.id}/kill/")
+    assert response.status_code == 302 and response["Location"].startswith("/login/")
+
+
+def test_pages_carry_no_inline_script_or_style(clients, sequence, ended_instance):
+    """The CSP forbids them: they would silently not work in a browser."""
+    for url in read_pages(sequence, ended_instance):
+        if "download" in url:
+            continue
+        html = clients["admin"].get(url).content.decode()
+        assert " style=" not in html, url
+        assert not re.search(r"<script(?![^>]*\ssrc=)", html), url
+        assert not re.search(r"\son[a-z]+=", html), url
+
+
+def test_the_csp_header_is_strict(clients):
+    csp = clients["viewer"].get("/")["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+
+
+def test_unknown_objects_answer_404(clients):
+    assert clients["viewer"].get("/sequences/nope/").status_code == 404
+    assert clients["viewer"].get("/instances/nope/").status_code == 404
+    assert clients["viewer"].get("/sequencers/nope/").status_code == 404
+
+
+def test_the_instance_page_renders_colours_and_escapes_html(clients, ended_instance):
+    html = clients["viewer"].get(f"/instances/{ended_instance.id}/").content.decode()
+    assert '<span class="ansi31">red line</span>' in html
+    assert "&lt;b&gt;not bold&lt;/b&gt;" in html
+    assert "line 2" in html  # a line split across chunks is whole
+    assert f'ws-connect="/ws/instances/{ended_instance.id}/"' in html
+
+
+def test_download_returns_the_raw_bytes(clients, ended_instance):
+    response = clients["viewer"].get(f"/instances/{ended_instance.id}/log/stdout/download/")
+    body = b"".join(response.streaming_content)
+    assert body == b"line 1\nline 2\n\x1b[31mred line\x1b[0m\n<b>not bold</b>\nlast"
+    assert "attachment" in response["Content-Disposition"]
+
+
+def test_search_looks_through_the_whole_stream(clients, ended_instance):
+    response = clients["viewer"].get(
+        f"/instances/{ended_instance.id}/search/?stream=stdout&q=LINE", HTTP_HX_REQUEST="true"
+    )
+    html = response.content.decode()
+    assert "3 lines of stdout" in html
+    assert '<span class="ln">3</span>' in html
+
+
+def test_load_earlier_returns_the_lines_before_a_place(clients, ended_instance):
+    response = clients["viewer"].get(
+        f"/instances/{ended_instance.id}/log/stdout/earlier/?at=1:2", HTTP_HX_REQUEST="true"
+    )
+    html = response.content.decode()
+    assert 'data-at="0:0">line 1<' in html
+    assert 'data-at="0:7">line 2<' in html
+    assert "red line" not in html
+    assert "start of stdout" in html  # nothing earlier: the button says so
+
+
+def test_the_rows_partial_is_only_the_rows(clients, ended_instance):
+    response = clients["viewer"].get(
+        "/instances/?partial=rows&status=completed", HTTP_HX_REQUEST="true"
+    )
+    html = response.content.decode()
+    assert html.lstrip().startswith('<div id="rows"')
+    assert ended_instance.id in html
+    assert "<html" not in html
+    empty = clients["viewer"].get("/instances/?partial=rows&status=running", HTTP_HX_REQUEST="true")
+    assert ended_instance.id not in empty.content.decode()
+
+
+# -- logging in ------------------------------------------------------------------------------
+
+
+def test_login_and_logout(users):
+    client = Client()
+    name = users["viewer"].username
+    response = client.post("/login/", {"username": name, "password": PASSWORD, "next": "/audit/"})
+    assert response.status_code == 302 and response["Location"] == "/audit/"
+    assert client.get("/").status_code == 200
+    assert client.post("/logout/").status_code == 302
+    assert client.get("/").status_code == 302
+
+
+def test_login_refuses_foreign_next_urls(users):
+    client = Client()
+    response = client.post(
+        "/login/",
+        {"username": users["viewer"].username, "password": PASSWORD, "next": "https://evil.test/"},
+    )
+    assert response["Location"] == "/"
+
+
+@override_settings(HUB_LOGIN_ATTEMPTS=3)
+def test_login_is_refused_after_too_many_failures(db):
+    from django.contrib.auth.models import User
+
+    name = f"victim-{uuid.uuid4().hex[:6]}"
+    User.objects.create_user(name, password=PASSWORD)
+    client = Client()
+    try:
+        for _ in range(3):
+            response = client.post("/login/", {"username": name, "password": "wrong"})
+            assert response.status_code == 401
+        response = client.post("/login/", {"username": name, "password": PASSWORD})
+        assert response.status_code == 429
+        assert "Too many failed log-ins" in response.content.decode()
+        assert client.get("/").status_code == 302  # still not logged in
+    finally:
+        from dashboard.views.auth import _attempts_key
+
+        cache.delete(_attempts_key(name, "127.0.0.1"))
+
+
+def test_logout_needs_post(clients):
+    assert clients["viewer"].get("/logout/").status_code == 405
+
+
+# -- CSRF ------------------------------------------------------------------------------------
+
+
+def test_forms_need_the_csrf_token(users, ended_instance):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(users["admin"])
+    for url in [
+        f"/instances/{ended_instance.id}/kill/",
+        "/tokens/new/",
+        "/components/new/",
+        "/sequences/upload/",
+        "/logout/",
+    ]:
+        assert client.post(url, {"name": "x"}).status_code == 403, url
+    page = client.get("/tokens/").content.decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    assert (
+        client.post("/tokens/new/", {"name": "x", "csrfmiddlewaretoken": token}).status_code == 302
+    )
+
+
+# -- sequences -------------------------------------------------------------------------------
+
+
+def upload(client: Client, data: bytes, name: str = "pkg.tar.gz"):
+    return client.post("/sequences/upload/", {"package": SimpleUploadedFile(name, data)})
+
+
+def test_admins_upload_packages_through_the_form(clients):
+    from sequences.models import Sequence
+
+    response = upload(clients["admin"], python_package("def run(c, i):\n    return 1\n"))
+    assert response.status_code == 302
+    seq = Sequence.objects.get()
+    assert response["Location"] == f"/sequences/{seq.id}/"
+    page = clients["admin"].get(response["Location"]).content.decode()
+    assert "Uploaded test-seq" in page
+    assert "main.py" in page and "&quot;engines&quot;" in page
+
+
+def test_a_bad_package_is_refused_with_the_reason(clients):
+    from dashboard.models import AuditEntry
+    from sequences.models import Sequence
+
+    data = package_bytes({"other.py": "x = 1"})
+    response = upload(clients["admin"], data)
+    assert response.status_code == 302
+    page = clients["admin"].get(response["Location"]).content.decode()
+    assert "was refused" in page and "main.py" in page
+    assert Sequence.objects.count() == 0
+    assert AuditEntry.objects.filter(action="sequence.upload", outcome="refused").exists()
+    response = upload(clients["admin"], b"not a tarball at all")
+    page = clients["admin"].get(response["Location"]).content.decode()
+    assert "gzip" in page
+
+
+@pytest.mark.parametrize("role", ["viewer", "operator"])
+def test_only_admins_upload_and_delete(clients, role, sequence):
+    assert upload(clients[role], python_package("x = 1\n")).status_code == 403
+    assert clients[role].post(f"/sequences/{sequence.id}/delete/").status_code == 403
+
+
+def test_delete_refuses_while_instances_run_unless_forced(clients, sequence):
+    from sequences.models import Instance, Sequence
+
+    Instance.objects.create(sequence=sequence, status="completed")
+    response = clients["admin"].post(f"/sequences/{sequence.id}/delete/")
+    assert response.status_code == 302 and response["Location"] == "/sequences/"
+    assert not Sequence.objects.filter(pk=sequence.id).exists()
+
+
+def test_delete_with_a_live_instance_needs_force(clients, sequence):
+    from sequences.models import Instance, Sequence
+
+    Instance.objects.create(sequence=sequence, status="running")
+    response = clients["admin"].post(f"/sequences/{sequence.id}/delete/", follow=True)
+    assert "Can&#x27;t remove sequence in use" in response.content.decode()
+    assert Sequence.objects.filter(pk=sequence.id).exists()
+
+
+def test_the_start_form_explains_bad_input(clients, sequence):
+    url = f"/sequences/{sequence.id}/start/"
+    response = clients["operator"].post(url, {"args_mode": "json", "args_json": "[1, 2"})
+    assert response.status_code == 422
+    assert "Args are not valid JSON" in response.content.decode()
+    response = clients["operator"].post(url, {"args_mode": "json", "args_json": '{"a": 1}'})
+    assert "args must be a JSON array" in response.content.decode()
+    response = clients["operator"].post(url, {"arg": ["x"], "app_config": "[1]"})
+    assert "appConfig must be a JSON object" in response.content.decode()
+    assert clients["viewer"].post(url, {"arg": ["x"]}).status_code == 403
+
+
+def test_argument_fields_keep_json_types():
+    from django.http import QueryDict
+
+    from dashboard.forms import StartForm
+
+    data = QueryDict(mutable=True)
+    data.setlist("arg", ["42", "hello", '"42"', "true", ""])
+    data["app_config"] = '{"k": [1]}'
+    form = StartForm(data)
+    assert form.is_valid(), form.errors
+    assert form.start_request.args == [42, "hello", "42", True]
+    assert form.start_request.app_config == {"k": [1]}
+
+
+# -- instance actions ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["input", "event", "stop", "kill"])
+def test_instance_actions_need_an_operator(clients, ended_instance, action):
+    url = f"/instances/{ended_instance.id}/{action}/"
+    assert clients["viewer"].post(url, {"text": "x", "name": "e"}).status_code == 403
+    assert clients["anonymous"].post(url).status_code == 302
+
+
+@pytest.mark.parametrize("action", ["input", "event", "stop", "kill"])
+def test_actions_on_an_ended_instance_say_it_is_not_running(clients, ended_instance, action):
+    url = f"/instances/{ended_instance.id}/{action}/"
+    data = {"text": "x", "name": "e", "stream": "input", "timeout": "100"}
+    response = clients["operator"].post(url, data, HTTP_HX_REQUEST="true")
+    assert response.status_code == 409
+    assert "is not running" in response.content.decode()
+    # Without JavaScript: a message on the instance page.
+    response = clients["operator"].post(url, data, follow=True)
+    assert "is not running" in response.content.decode()
+
+
+def test_an_event_needs_a_name(clients, ended_instance):
+    response = clients["operator"].post(
+        f"/instances/{ended_instance.id}/event/", {"name": ""}, HTTP_HX_REQUEST="true"
+    )
+    assert response.status_code == 400 and "name" in response.content.decode()
+
+
+# -- tokens and audit ------------------------------------------------------------------------
+
+
+def test_a_token_is_shown_once_and_works_until_revoked(clients, users):
+    from dashboard.models import ApiToken
+
+    response = clients["viewer"].post("/tokens/new/", {"name": "laptop"}, follow=True)
+    html = response.content.decode()
+    raw = re.search(r"(hub_[A-Za-z0-9_\-]+)", html).group(1)
+    assert "copy it now" in html
+    again = clients["viewer"].get("/tokens/").content.decode()
+    assert raw not in again and "laptop" in again
+    api = Client()
+    assert api.get("/api/v1/sequences", HTTP_AUTHORIZATION=f"Bearer {raw}").status_code == 200
+    token = ApiToken.objects.get(name="laptop")
+    assert (
+        "never" not in clients["viewer"].get("/tokens/").content.decode().split("laptop")[1][:400]
+    )
+    clients["viewer"].post(f"/tokens/{token.id}/revoke/")
+    assert api.get("/api/v1/sequences", HTTP_AUTHORIZATION=f"Bearer {raw}").status_code == 401
+
+
+def test_people_see_only_their_own_tokens_but_admins_see_all(clients, users):
+    from dashboard.models import ApiToken
+
+    mine, _ = ApiToken.issue(users["operator"], "operator-token")
+    assert "operator-token" not in clients["viewer"].get("/tokens/").content.decode()
+    assert "operator-token" in clients["admin"].get("/tokens/").content.decode()
+    clients["viewer"].post(f"/tokens/{mine.id}/revoke/")
+    mine.refresh_from_db()
+    assert mine.revoked is None
+    clients["admin"].post(f"/tokens/{mine.id}/revoke/")
+    mine.refresh_from_db()
+    assert mine.revoked is not None
+
+
+def test_the_audit_log_filters(clients, users):
+    from dashboard.access import audit
+
+    audit(users["admin"], "sequence.upload", "s1")
+    audit(users["operator"], "instance.kill", "i1", outcome="refused")
+    html = clients["viewer"].get("/audit/?action=instance.").content.decode()
+    assert "instance.kill" in html and "sequence.upload</td>" not in html
+    html = clients["viewer"].get("/audit/?outcome=refused&partial=rows", HTTP_HX_REQUEST="true")
+    assert "i1" in html.content.decode() and "s1" not in html.content.decode()
+    html = clients["viewer"].get(f"/audit/?actor={users['admin'].username}").content.decode()
+    assert "s1" in html and "i1" not in html
+
+
+# -- components and sequencers ---------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)  # the refused duplicate rolls back an insert
+def test_admins_create_components_and_bad_names_are_explained(clients):
+    from sequences.models import SequenceComponent
+
+    response = clients["admin"].post("/components/new/", {"name": "ESW.primary"}, follow=True)
+    assert "Created sequence component ESW.primary" in response.content.decode()
+    assert SequenceComponent.objects.filter(name="ESW.primary").exists()
+    response = clients["admin"].post(
+        "/components/new/", {"name": "no dots"}, HTTP_HX_REQUEST="true"
+    )
+    assert response.status_code == 400 and "must look like" in response.content.decode()
+    response = clients["admin"].post(
+        "/components/new/", {"name": "ESW.primary"}, HTTP_HX_REQUEST="true"
+    )
+    assert response.status_code == 409
+    assert clients["operator"].post("/components/new/", {"name": "ESW.x"}).status_code == 403
+
+
+def test_unloading_an_idle_component_is_ok(clients):
+    from sequences.models import SequenceComponent
+
+    SequenceComponent.objects.create(name="ESW.spare")
+    response = clients["admin"].post("/components/ESW.spare/unload-script/", HTTP_HX_REQUEST="true")
+    assert response.status_code == 200 and "Ok." in response.content.decode()
+    response = clients["admin"].post("/components/ESW.spare/restart/", HTTP_HX_REQUEST="true")
+    assert "Refused" in response.content.decode()
+
+
+@pytest.fixture
+def killed_sequencer(db, sequence):
+    from sequences.models import Sequencer, Step
+
+    row = Sequencer.objects.create(prefix="ESW.test", script=sequence, state="Killed")
+    Step.objects.create(
+        sequencer=row, position=0, step_id="s1", type="Setup", command="move", status="Success"
+    )
+    return row
+
+
+def test_the_sequencer_page_shows_steps_and_disables_refused_buttons(clients, killed_sequencer):
+    html = clients["operator"].get(f"/sequencers/{killed_sequencer.id}/").content.decode()
+    assert "ESW.test" in html and "move" in html
+    assert re.search(r'data-command="startSequence"[^>]*disabled', html)
+    # By prefix as well as by id.
+    assert clients["viewer"].get("/sequencers/ESW.test/").status_code == 200
+
+
+def test_a_refused_sequencer_command_is_explained(clients, killed_sequencer):
+    url = f"/sequencers/{killed_sequencer.id}/command/goOnline/"
+    response = clients["operator"].post(url, HTTP_HX_REQUEST="true")
+    text = response.content.decode()
+    assert response.status_code == 409
+    assert "Sequencer can not accept &#x27;GoOnline&#x27; message in &#x27;Killed&#x27;" in text
+    assert clients["viewer"].post(url).status_code == 403
+
+
+def test_step_commands_check_their_input(clients, killed_sequencer):
+    base = f"/sequencers/{killed_sequencer.id}/command/"
+    response = clients["operator"].post(base + "add/", {"steps": "[{"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 400 and "not valid JSON" in response.content.decode()
+    response = clients["operator"].post(base + "add/", {}, HTTP_HX_REQUEST="true")
+    assert "give the steps" in response.content.decode()
+    response = clients["operator"].post(
+        base + "insertAfter/",
+        {"steps": json.dumps([{"type": "Setup", "command": "x"}])},
+        HTTP_HX_REQUEST="true",
+    )
+    assert "choose the step" in response.content.decode()
+    assert clients["operator"].post(base + "explode/", HTTP_HX_REQUEST="true").status_code == 404
+
+
+def test_a_step_list_file_is_read(clients, killed_sequencer):
+    steps = json.dumps({"commands": [{"type": "Observe", "command": "expose"}]}).encode()
+    response = clients["operator"].post(
+        f"/sequencers/{killed_sequencer.id}/command/loadSequence/",
+        {"steps_file": SimpleUploadedFile("steps.json", steps)},
+        HTTP_HX_REQUEST="true",
+    )
+    # Read and sent: the Killed sequencer refuses it by the table, not for the file.
+    assert "LoadSequence" in response.content.decode()
