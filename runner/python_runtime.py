@@ -114,6 +114,9 @@ class FdWriter:
             # The buffer was empty before this append: nobody is due to flush it yet.
             self._flusher.pending()
 
+    def pending(self) -> None:
+        self._flusher.pending()
+
     def flush(self) -> None:
         """Write everything buffered; raises OSError (BrokenPipeError) if the reader is gone."""
         with self._lock:
@@ -243,9 +246,23 @@ class TextStream(io.TextIOBase):
         return False
 
     def write(self, s: str) -> int:
-        if not isinstance(s, str):
+        # print() calls this twice per line: FdWriter.write is inlined to halve the calls.
+        if type(s) is not str and not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        self._writer.write(encode_text(s))
+        if not s:
+            return 0
+        try:
+            data = s.encode()
+        except UnicodeEncodeError:
+            data = encode_text(s)
+        writer = self._writer
+        buf = writer.buf
+        buf += data
+        size = len(buf)
+        if size >= FLUSH_BYTES:
+            writer.flush()
+        elif size == len(data):
+            writer.pending()
         return len(s)
 
     def flush(self) -> None:
