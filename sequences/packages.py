@@ -856,38 +856,36 @@ def _digest(path: str) -> bytes:
 
 def _member_path(name: str) -> str:
     """Normalise a member name ("./a//b/" -> "a/b") or refuse it as unsafe."""
-    shown = _show(name)
+    problem, path = _check_name(name)
+    if problem:
+        # Quoting is done only here: it is the slow part, and most names are fine.
+        raise PackageError("UNSAFE_PATH", f"member {_show(name)} {problem}")
+    return path
+
+
+def _check_name(name: str) -> tuple[str | None, str]:
+    """Return (what is wrong with the name or None, the normalised name)."""
     try:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError:
-        raise PackageError(
-            "UNSAFE_PATH", f"member {shown} has a name that is not valid UTF-8"
-        ) from None
+        return "has a name that is not valid UTF-8", ""
     if _CONTROL_CHARS.search(name):
-        raise PackageError("UNSAFE_PATH", f"member {shown} has a control character in its name")
+        return "has a control character in its name", ""
     if "\\" in name:
         # A separator on Windows: refuse rather than guess what the author meant.
-        raise PackageError("UNSAFE_PATH", f"member {shown} has a backslash in its name")
+        return "has a backslash in its name", ""
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if name.startswith("/") or (parts and _is_drive(parts[0])):
-        raise PackageError("UNSAFE_PATH", f"member {shown} has an absolute path")
+        return "has an absolute path", ""
     if ".." in parts:
-        if _climbs_out(parts):
-            raise PackageError("UNSAFE_PATH", f"member {shown} escapes the package")
-        raise PackageError("UNSAFE_PATH", f"member {shown} has a '..' component")
+        return ("escapes the package" if _climbs_out(parts) else "has a '..' component"), ""
     if len(encoded) > MAX_PATH_BYTES:
-        raise PackageError(
-            "UNSAFE_PATH", f"member {shown} has a name longer than {MAX_PATH_BYTES} bytes"
-        )
+        return f"has a name longer than {MAX_PATH_BYTES} bytes", ""
     if len(parts) > MAX_DEPTH:
-        raise PackageError(
-            "UNSAFE_PATH", f"member {shown} is nested more than {MAX_DEPTH} folders deep"
-        )
+        return f"is nested more than {MAX_DEPTH} folders deep", ""
     if any(len(part.encode("utf-8")) > MAX_NAME_BYTES for part in parts):
-        raise PackageError(
-            "UNSAFE_PATH", f"member {shown} has a path component longer than {MAX_NAME_BYTES} bytes"
-        )
-    return "/".join(parts)
+        return f"has a path component longer than {MAX_NAME_BYTES} bytes", ""
+    return None, "/".join(parts)
 
 
 def _is_drive(part: str) -> bool:
@@ -904,9 +902,8 @@ def _climbs_out(parts: list[str]) -> bool:
 
 
 def _member_kind(member: tarfile.TarInfo, path: str) -> str:
-    shown = _show(path or member.name)
     if member.size < 0:
-        raise PackageError("CORRUPT", f"member {shown} has a negative size")
+        raise PackageError("CORRUPT", f"member {_show(path or member.name)} has a negative size")
     if member.isreg():
         return _FILE
     if member.isdir():
@@ -923,17 +920,16 @@ def _member_kind(member: tarfile.TarInfo, path: str) -> str:
         what = "a FIFO (named pipe)"
     else:
         what = f"of an unsupported type ({member.type!r})"
-    raise PackageError("UNSAFE_MEMBER", f"member {shown} is {what}")
+    raise PackageError("UNSAFE_MEMBER", f"member {_show(path or member.name)} is {what}")
 
 
 def _symlink_target(path: str, linkname: str) -> tuple[str, int]:
     """Check a symlink target's form; return it normalised, with its leading '..' count."""
-    shown = _show(path)
     try:
         size = len(linkname.encode("utf-8"))
     except UnicodeEncodeError:
         raise PackageError(
-            "UNSAFE_LINK", f"symlink {shown} has a target that is not valid UTF-8"
+            "UNSAFE_LINK", f"symlink {_show(path)} has a target that is not valid UTF-8"
         ) from None
     problem = None
     if not linkname:
@@ -943,11 +939,11 @@ def _symlink_target(path: str, linkname: str) -> tuple[str, int]:
     elif size > MAX_PATH_BYTES:
         problem = f"has a target longer than {MAX_PATH_BYTES} bytes"
     if problem:
-        raise PackageError("UNSAFE_LINK", f"symlink {shown} {problem}")
+        raise PackageError("UNSAFE_LINK", f"symlink {_show(path)} {problem}")
     parts = [part for part in linkname.split("/") if part not in ("", ".")]
     if linkname.startswith("/") or (parts and _is_drive(parts[0])):
         raise PackageError(
-            "UNSAFE_LINK", f"symlink {shown} points to {_show(linkname)}, outside the package"
+            "UNSAFE_LINK", f"symlink {_show(path)} points to {_show(linkname)}, outside the package"
         )
     ups = 0
     while ups < len(parts) and parts[ups] == "..":
@@ -957,7 +953,8 @@ def _symlink_target(path: str, linkname: str) -> tuple[str, int]:
         # points. Only leading ".." can be checked without the file system.
         raise PackageError(
             "UNSAFE_LINK",
-            f"symlink {shown} has the target {_show(linkname)}; '..' may only lead the target",
+            f"symlink {_show(path)} has the target {_show(linkname)}; "
+            "'..' may only lead the target",
         )
     return "/".join(parts) or ".", ups
 

@@ -796,13 +796,13 @@ def _size_family() -> list[BadPackage]:
         ]
 
     def add_up() -> list[bytes | _Fill]:
-        half = 300 * MIB
-        return [
-            _raw_base() + _header(b"a.bin", size=half),
-            _Fill(0, half),
-            _header(b"b.bin", size=half),
-            _Fill(0, half + len(END)),
-        ]
+        # Each part is under the smallest supported max_bytes, together they are over the
+        # largest: the sum must be what is refused.
+        part = 60 * MIB
+        segments: list[bytes | _Fill] = [_raw_base()]
+        for index in range(10):
+            segments += [_header(b"part%d.bin" % index, size=part), _Fill(0, part)]
+        return [*segments, END]
 
     def folder_json_too_large() -> bytes:
         big = json.dumps({"main": "main.py", "pad": "x" * (2 * MIB)}).encode()
@@ -947,7 +947,7 @@ def _package_json_family() -> list[BadPackage]:
             "nested too deeply",
             lambda: [
                 _package_json(
-                    raw=b'{"main": "main.py", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+                    raw=b'{"main": "main.py", "x": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"
                 ),
                 main,
             ],
