@@ -4,6 +4,7 @@ users for each role with API tokens, and package builders."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -43,7 +44,9 @@ def database_url() -> str:
         return f"sqlite:///{db['NAME']}"
     user = db.get("USER") or "postgres"
     auth = f"{user}:{db['PASSWORD']}" if db.get("PASSWORD") else user
-    return f"postgres://{auth}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+    return (
+        f"postgres://{auth}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+    )
 
 
 def hub_env(**extra: str) -> dict[str, str]:
@@ -95,10 +98,28 @@ class ProcessHandle:
 def start_worker(tmp: Path, name: str = "worker", **extra: str) -> ProcessHandle:
     log = tmp / f"{name}.log"
     proc = subprocess.Popen(
-        [str(BIN / "celery"), "-A", "dashboard", "worker", "-P", "threads", "-c", "8",
-         "-Q", extra.get("HUB_QUEUE", QUEUE), "--without-gossip", "--without-mingle", "-l", "INFO",
-         "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h"],
-        cwd=ROOT, env=hub_env(**extra), stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        [
+            str(BIN / "celery"),
+            "-A",
+            "dashboard",
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            "8",
+            "-Q",
+            extra.get("HUB_QUEUE", QUEUE),
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "INFO",
+            "-n",
+            f"{name}-{uuid.uuid4().hex[:6]}@%h",
+        ],
+        cwd=ROOT,
+        env=hub_env(**extra),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     return ProcessHandle(proc, log)
@@ -108,7 +129,10 @@ def start_web(tmp: Path, port: int, **extra: str) -> ProcessHandle:
     log = tmp / "web.log"
     proc = subprocess.Popen(
         [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
-        cwd=ROOT, env=hub_env(**extra), stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=hub_env(**extra),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -166,6 +190,14 @@ class Person:
         return {"Authorization": f"Bearer {self.token}"}
 
 
+@functools.cache
+def password_hash() -> str:
+    """Hashing is slow on purpose; the tests' users share one hash of their password."""
+    from django.contrib.auth.hashers import make_password
+
+    return make_password("pw-for-tests-1")
+
+
 @pytest.fixture
 def people(transactional_db) -> dict[str, Person]:
     """One user per role, each with an API token."""
@@ -177,7 +209,7 @@ def people(transactional_db) -> dict[str, Person]:
     ensure_groups()
     result = {}
     for role in ("viewer", "operator", "admin"):
-        user = User.objects.create_user(username=f"{role}-user", password="pw-for-tests-1")
+        user = User.objects.create(username=f"{role}-user", password=password_hash())
         user.groups.add(Group.objects.get(name=role))
         _, raw = ApiToken.issue(user, "tests")
         result[role] = Person(user.username, role, raw)
@@ -194,3 +226,38 @@ def admin_api(hub: Hub, people: dict[str, Person]) -> Iterator[httpx.Client]:
 def operator_api(hub: Hub, people: dict[str, Person]) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=hub.api, headers=people["operator"].headers(), timeout=60) as c:
         yield c
+
+
+@dataclass
+class PrivateHub:
+    api: httpx.Client
+    web: ProcessHandle
+    workers: list[ProcessHandle]
+    queue: str
+
+
+@pytest.fixture
+def private_hub(tmp_path, people: dict[str, Person], request) -> Iterator:
+    """A web process and workers on a queue of their own, so killing them harms no one else."""
+    started: list[PrivateHub] = []
+
+    def make(web_env: dict | None = None, worker_env: dict | None = None) -> PrivateHub:
+        queue = f"private-{uuid.uuid4().hex[:6]}"
+        worker = start_worker(tmp_path, "worker", HUB_QUEUE=queue, **(worker_env or {}))
+        web = start_web(tmp_path, free_port(), HUB_QUEUE=queue, **(web_env or {}))
+        port = web.proc.args[web.proc.args.index("-p") + 1]
+        api = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}/api/v1",
+            headers=people["admin"].headers(),
+            timeout=60,
+        )
+        hub = PrivateHub(api, web, [worker], queue)
+        started.append(hub)
+        return hub
+
+    yield make
+    for hub in started:
+        hub.api.close()
+        stop_process(hub.web.proc)
+        for worker in hub.workers:
+            stop_process(worker.proc)

@@ -5,61 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import psutil
 import pytest
 
-from tests.conftest import (
-    BIN,
-    ROOT,
-    ProcessHandle,
-    Person,
-    free_port,
-    hub_env,
-    start_web,
-    start_worker,
-    stop_process,
-    wait_for,
-)
+from tests.conftest import BIN, ROOT, hub_env, start_worker, wait_for
 from tests.packaging import python_package, upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@dataclass
-class PrivateHub:
-    api: httpx.Client
-    web: ProcessHandle
-    workers: list[ProcessHandle]
-    queue: str
-
-
-@pytest.fixture
-def private_hub(tmp_path, people: dict[str, Person], request) -> Iterator:
-    """A web process and workers on a queue of their own, so killing them harms no one else."""
-    started: list[PrivateHub] = []
-
-    def make(web_env: dict | None = None, worker_env: dict | None = None) -> PrivateHub:
-        queue = f"private-{uuid.uuid4().hex[:6]}"
-        worker = start_worker(tmp_path, "worker", HUB_QUEUE=queue, **(worker_env or {}))
-        web = start_web(tmp_path, free_port(), HUB_QUEUE=queue, **(web_env or {}))
-        port = web.proc.args[web.proc.args.index("-p") + 1]
-        api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1",
-                           headers=people["admin"].headers(), timeout=60)
-        hub = PrivateHub(api, web, [worker], queue)
-        started.append(hub)
-        return hub
-
-    yield make
-    for hub in started:
-        hub.api.close()
-        stop_process(hub.web.proc)
-        for worker in hub.workers:
-            stop_process(worker.proc)
 
 
 FOREVER = """
@@ -81,8 +35,9 @@ def _status(api: httpx.Client, iid: str) -> dict:
     return api.get(f"/instance/{iid}").json()
 
 
-def test_a_worker_killed_with_sigkill_leaves_its_instances_lost_and_no_orphans(private_hub,
-                                                                                tmp_path):
+def test_a_worker_killed_with_sigkill_leaves_its_instances_lost_and_no_orphans(
+    private_hub, tmp_path
+):
     from runner.tasks import detect_lost
 
     hub = private_hub()
@@ -96,9 +51,7 @@ def test_a_worker_killed_with_sigkill_leaves_its_instances_lost_and_no_orphans(p
     wait_for(lambda: not any(_alive(p) for p in children), timeout=10, what="no orphans")
     # Beat runs this every few seconds; the worker's heartbeat expires after HUB_LOST_AFTER.
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(
-        _status(hub.api, i)["status"] != "lost" for i in ids
-    ):
+    while time.monotonic() < deadline and any(_status(hub.api, i)["status"] != "lost" for i in ids):
         detect_lost()
         time.sleep(0.5)
     for iid in ids:
