@@ -9,11 +9,16 @@ import textwrap
 from typing import Any
 
 
-def package_bytes(files: dict[str, str | bytes], package_json: dict[str, Any] | None = None,
-                  main: str = "main.py") -> bytes:
+def package_bytes(
+    files: dict[str, str | bytes], package_json: dict[str, Any] | None = None, main: str = "main.py"
+) -> bytes:
     """A tar.gz with package.json (default: Python, `main`) and the given files."""
-    meta = package_json or {"name": "test-seq", "version": "1.0.0", "main": main,
-                            "engines": {"python3": "3.11"}}
+    meta = package_json or {
+        "name": "test-seq",
+        "version": "1.0.0",
+        "main": main,
+        "engines": {"python3": "3.11"},
+    }
     members = {"package.json": json.dumps(meta), **files}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -32,7 +37,8 @@ def python_package(code: str, **files: str | bytes) -> bytes:
 
 
 def upload(api: Any, data: bytes) -> str:
-    response = api.post("/sequence", content=data,
-                        headers={"Content-Type": "application/octet-stream"})
+    response = api.post(
+        "/sequence", content=data, headers={"Content-Type": "application/octet-stream"}
+    )
     assert response.status_code == 200, response.text
     return response.json()["id"]

@@ -46,8 +46,11 @@ def info(api: httpx.Client, iid: str) -> dict:
 
 
 def wait_ended(api: httpx.Client, iid: str, timeout: float = 20) -> dict:
-    return wait_for(lambda: (d := info(api, iid))["status"] in ("completed", "errored", "lost")
-                    and d, timeout=timeout, what=f"instance {iid} to end")
+    return wait_for(
+        lambda: (d := info(api, iid))["status"] in ("completed", "errored", "lost") and d,
+        timeout=timeout,
+        what=f"instance {iid} to end",
+    )
 
 
 def test_lifecycle_example_outputs_exactly_3000_to_3009(admin_api):
@@ -111,8 +114,9 @@ async def run(context, input):
 
 def test_input_sent_right_after_start_is_not_lost(admin_api):
     iid = run_sequence(admin_api, ECHO)
-    response = admin_api.post(f"/instance/{iid}/input", content=b"first\nsecond\n",
-                              headers={"Content-Type": "text/plain"})
+    response = admin_api.post(
+        f"/instance/{iid}/input", content=b"first\nsecond\n", headers={"Content-Type": "text/plain"}
+    )
     assert response.status_code == 200
     assert read(admin_api, iid, "output") == b"echo:first\necho:second\n"
 
@@ -120,8 +124,11 @@ def test_input_sent_right_after_start_is_not_lost(admin_api):
 def test_input_in_several_requests_with_x_end_stream(admin_api):
     iid = run_sequence(admin_api, ECHO)
     for text, end in (("a\n", "false"), ("b\n", "false"), ("c\n", "true")):
-        response = admin_api.post(f"/instance/{iid}/input", content=text.encode(),
-                                  headers={"Content-Type": "text/plain", "x-end-stream": end})
+        response = admin_api.post(
+            f"/instance/{iid}/input",
+            content=text.encode(),
+            headers={"Content-Type": "text/plain", "x-end-stream": end},
+        )
         assert response.status_code == (200 if end == "true" else 202)
         time.sleep(0.05)
     assert read(admin_api, iid, "output") == b"echo:a\necho:b\necho:c\n"
@@ -191,8 +198,9 @@ async def run(context, input):
 def test_events_flow_both_ways(admin_api):
     iid = run_sequence(admin_api, EVENTS)
     assert admin_api.get(f"/instance/{iid}/event/ready").json() == "yes"
-    response = admin_api.post(f"/instance/{iid}/_event",
-                              json=[5001, {"eventName": "ping", "message": {"n": 7}}])
+    response = admin_api.post(
+        f"/instance/{iid}/_event", json=[5001, {"eventName": "ping", "message": {"n": 7}}]
+    )
     assert response.status_code == 202
     assert admin_api.get(f"/instance/{iid}/event/pong").json() == {"got": {"n": 7}}
     assert read(admin_api, iid, "output") == b"bye"
@@ -215,8 +223,9 @@ async def run(context, input, keep=False):
 def test_stop_calls_the_stop_handler_and_ends_the_instance(admin_api):
     iid = run_sequence(admin_api, FOREVER)
     wait_for(lambda: info(admin_api, iid)["status"] == "running", what="running")
-    response = admin_api.post(f"/instance/{iid}/_stop",
-                              json=[4001, {"timeout": 1000, "canCallKeepalive": False}])
+    response = admin_api.post(
+        f"/instance/{iid}/_stop", json=[4001, {"timeout": 1000, "canCallKeepalive": False}]
+    )
     assert response.status_code == 202
     done = wait_ended(admin_api, iid)
     assert done["status"] == "completed"
@@ -227,8 +236,9 @@ def test_stop_calls_the_stop_handler_and_ends_the_instance(admin_api):
 def test_stop_with_keep_alive_keeps_the_instance_running(admin_api):
     iid = run_sequence(admin_api, FOREVER, [True])
     wait_for(lambda: info(admin_api, iid)["status"] == "running", what="running")
-    response = admin_api.post(f"/instance/{iid}/_stop",
-                              json={"timeout": 500, "canCallKeepalive": True})
+    response = admin_api.post(
+        f"/instance/{iid}/_stop", json={"timeout": 500, "canCallKeepalive": True}
+    )
     assert response.status_code == 202
     time.sleep(1.0)
     assert info(admin_api, iid)["status"] == "running"
@@ -276,8 +286,11 @@ def _first_line(api: httpx.Client, iid: str) -> str:
     [
         ({"main.py": "x = 1  # defines no run\n"}, 21, ""),
         ({"main.py": "import no_such_module_here\n"}, 22, "ModuleNotFoundError"),
-        ({"main.py": "def run(context, input):\n    raise ValueError('boom')\n"}, 23,
-         "ValueError: boom"),
+        (
+            {"main.py": "def run(context, input):\n    raise ValueError('boom')\n"},
+            23,
+            "ValueError: boom",
+        ),
     ],
     ids=["bad-main-21", "import-error-22", "raised-23"],
 )
@@ -313,8 +326,9 @@ def test_malformed_start_bodies_answer_invalid_config(admin_api, body, status, f
 
 def test_unparseable_start_body_answers_400(admin_api):
     seq = upload(admin_api, python_package("def run(context, input):\n    return 'x'\n"))
-    response = admin_api.post(f"/sequence/{seq}/start", content=b"{nope",
-                              headers={"Content-Type": "application/json"})
+    response = admin_api.post(
+        f"/sequence/{seq}/start", content=b"{nope", headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400
     assert response.json()["code"] == "INVALID_CONFIG"
 
