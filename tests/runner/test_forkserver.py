@@ -15,6 +15,7 @@ import textwrap
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -41,12 +42,9 @@ async def harness(server: ForkServer) -> AsyncIterator[Harness]:
     test_harness.close()
 
 
-def exec_spec(tmp_path: Path, **extra: object) -> dict:
-    return make_spec(tmp_path, **extra)  # type: ignore[arg-type]
-
-
-async def run_exec(harness: Harness, tmp_path: Path, argv: list[str], **spec: object) -> Child:
-    child = await harness.start_exec(argv, exec_spec(tmp_path, **spec))
+async def run_exec(harness: Harness, tmp_path: Path, argv: list[str], **spec: Any) -> Child:
+    """Execs argv with no input and waits for the end."""
+    child = await harness.start_exec(argv, make_spec(tmp_path, **spec))
     await child.end_input()
     await child.end_stdin()
     await child.wait_exit()

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from runner.forkserver import ForkServer
+from runner.forkserver import REPO_ROOT, ForkServer
 from tests.runner.harness import Child, Harness, make_spec, started_fork_server, write_package
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -233,6 +234,28 @@ async def test_stdout_output_log_and_stderr_stay_separate(start: Start) -> None:
     [entry] = child.log_entries()
     assert entry["level"] == "WARNING" and entry["msg"] == "to log"
     assert entry["data"] == {"k": 1} and isinstance(entry["ts"], int)
+
+
+async def test_stdin_reaches_sys_stdin_and_log_records_carry_exceptions(start: Start) -> None:
+    child = await start(
+        """
+        import sys
+
+        def run(context, input):
+            try:
+                1 / 0
+            except ZeroDivisionError:
+                context.logger.exception("division failed")
+            return sys.stdin.read().upper()
+        """
+    )
+    await child.write_stdin("from stdin\n")
+    await child.end_stdin()
+    assert await finished(child) == 0
+    assert child.output == b"FROM STDIN\n"
+    [entry] = child.log_entries()
+    assert entry["level"] == "ERROR" and entry["msg"] == "division failed"
+    assert "ZeroDivisionError" in entry["exc"]
 
 
 async def test_print_appears_promptly_while_the_loop_is_blocked(start: Start) -> None:
@@ -608,6 +631,15 @@ async def test_pypackages_and_main_in_a_subfolder_are_importable(start: Start) -
     )
     assert await finished(child) == 0
     assert child.output == b"vendored helper"
+
+
+async def test_runtime_also_runs_as_an_execd_module(harness: Harness, tmp_path: Path) -> None:
+    package_dir = write_package(tmp_path, "def run(context, input, n):\n    return [n, n + 1]\n")
+    spec = make_spec(package_dir, args=[41], env={"PYTHONPATH": REPO_ROOT, "PATH": os.defpath})
+    child = await harness.start_exec([sys.executable, "-m", "runner.python_runtime"], spec)
+    assert await finished(child) == 0, child.stderr
+    assert child.output == b"41\n42\n"
+    assert child.codes() == [PING, COMPLETED]
 
 
 async def test_hub_packages_are_not_importable_by_sequences(start: Start) -> None:
