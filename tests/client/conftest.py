@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,37 +76,38 @@ def si_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "client.cli"]
 
 
-SiRunner = Callable[..., subprocess.CompletedProcess]
+class Si:
+    """Runs `si` as a subprocess with its own config dir and settings in the environment."""
 
+    def __init__(self, config_dir: Path, api_url: str, token: str | None) -> None:
+        self.config_dir = config_dir
+        self.env = dict(os.environ)
+        self.env.pop("SI_API_URL", None)
+        self.env.pop("SI_TOKEN", None)
+        self.env.update(
+            SI_CONFIG_PATH=str(config_dir / "hub.json"),
+            SI_API_URL=api_url,
+            PYTHONPATH=str(ROOT),
+            PYTHONUNBUFFERED="1",
+        )
+        if token:
+            self.env["SI_TOKEN"] = token
 
-def make_si(config_dir: Path, api_url: str, token: str | None) -> SiRunner:
-    env = dict(os.environ)
-    env.pop("SI_API_URL", None)
-    env.pop("SI_TOKEN", None)
-    env.update(
-        SI_CONFIG_PATH=str(config_dir / "hub.json"),
-        SI_API_URL=api_url,
-        PYTHONPATH=str(ROOT),
-        PYTHONUNBUFFERED="1",
-    )
-    if token:
-        env["SI_TOKEN"] = token
-
-    def si(
+    def __call__(
+        self,
         *args: str,
         input: bytes | None = None,
         timeout: float = 90,
-        cwd: Path | None = None,
         check: bool = True,
-        extra_env: dict | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
         result = subprocess.run(
             [*si_command(), *args],
             input=input,
             capture_output=True,
             timeout=timeout,
-            cwd=cwd or config_dir,
-            env={**env, **(extra_env or {})},
+            cwd=self.config_dir,
+            env={**self.env, **(extra_env or {})},
         )
         if check and result.returncode != 0:
             raise AssertionError(
@@ -115,11 +116,24 @@ def make_si(config_dir: Path, api_url: str, token: str | None) -> SiRunner:
             )
         return result
 
-    return si
+    def popen(self, *args: str) -> subprocess.Popen:
+        """Start `si` without waiting (for commands that follow a stream)."""
+        return subprocess.Popen(
+            [*si_command(), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=self.config_dir,
+            env=self.env,
+        )
+
+
+def make_si(config_dir: Path, api_url: str, token: str | None) -> Si:
+    config_dir.mkdir(parents=True, exist_ok=True)
+    return Si(config_dir, api_url, token)
 
 
 @pytest.fixture
-def si(tmp_path: Path, hub: Hub, people: dict[str, Person]) -> SiRunner:
+def si(tmp_path: Path, hub: Hub, people: dict[str, Person]) -> Si:
     """`si` as a subprocess with its own config dir, pointed at the hub as an admin."""
     return make_si(tmp_path, hub.api, people["admin"].token)
 
