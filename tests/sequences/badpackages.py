@@ -9,8 +9,9 @@ The codes are stable under ``CORPUS_LIMITS`` (the hub's defaults) and under any 
 ``100 <= max_files <= 100_000``, ``64 MiB <= max_bytes <= 512 MiB`` and
 ``64 KiB <= max_json_bytes <= 1 MiB``.
 
-Builders are cheap: no entry takes more than about half a second. Big ones (the 100,000-file
-archive, the bombs, the 50 MB package.json) are streamed to disk, never held whole in memory.
+Builders are cheap: each takes a fraction of a second, and the biggest file is about 1 MB. Big
+contents (the 100,000-file archive, the 600 MiB bombs, the 50 MB package.json) are streamed to
+disk, never held whole in memory.
 
 ``good_package()`` builds valid packages for other tests.
 """

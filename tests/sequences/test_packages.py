@@ -93,6 +93,20 @@ def test_bad_package_is_refused_with_its_code_and_message(bad: BadPackage, tmp_p
     assert error.as_dict() == {"error": error.message, "code": bad.code}
 
 
+def test_corpus_codes_hold_at_the_low_end_of_the_supported_limits(tmp_path: Path) -> None:
+    low = {"max_files": 100, "max_bytes": 64 * MIB, "max_json_bytes": 64 * 1024}
+    wrong = []
+    for entry in CORPUS:
+        try:
+            inspect(entry.write(tmp_path), **low)
+        except PackageError as error:
+            if error.code != entry.code or entry.message_contains not in error.message:
+                wrong.append((entry.name, error.code, error.message))
+        else:
+            wrong.append((entry.name, "accepted", ""))
+    assert wrong == []
+
+
 def test_hundred_thousand_files_entry_builds_in_seconds(tmp_path: Path) -> None:
     started = time.monotonic()
     path = BY_NAME["too_many_files"].write(tmp_path)
@@ -145,12 +159,11 @@ def test_hidden_bomb_stops_reading_as_soon_as_the_count_passes_the_limit(tmp_pat
     assert CountingFile.consumed <= 2 * packages._READ_CHUNK
 
 
-def test_hidden_bomb_at_default_limits_keeps_memory_bounded(tmp_path: Path) -> None:
-    entry = BY_NAME["zeros_after_end_marker"]
-    path = entry.write(tmp_path)
+def test_hidden_bomb_keeps_memory_flat_while_it_streams_64_mib(tmp_path: Path) -> None:
+    path = BY_NAME["zeros_after_end_marker"].write(tmp_path)
     tracemalloc.start()
     try:
-        error = refusal(path)
+        error = refusal(path, max_bytes=64 * MIB)
     finally:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
