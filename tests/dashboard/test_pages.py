@@ -395,7 +395,9 @@ def test_unloading_an_idle_component_is_ok(clients):
 def killed_sequencer(db, sequence):
     from sequences.models import Sequencer, Step
 
-    row = Sequencer.objects.create(prefix="ESW.test", script=sequence, state="Killed")
+    row = Sequencer.objects.create(
+        prefix="ESW.test", script=sequence, state="Killed", has_step_list=True
+    )
     Step.objects.create(
         sequencer=row, position=0, step_id="s1", type="Setup", command="move", status="Success"
     )
@@ -404,7 +406,7 @@ def killed_sequencer(db, sequence):
 
 def test_the_sequencer_page_shows_steps_and_disables_refused_buttons(clients, killed_sequencer):
     html = clients["operator"].get(f"/sequencers/{killed_sequencer.id}/").content.decode()
-    assert "ESW.test" in html and "move" in html
+    assert "ESW.test" in html and "<b>Setup</b> move" in html
     assert re.search(r'data-command="startSequence"[^>]*disabled', html)
     # By prefix as well as by id.
     assert clients["viewer"].get("/sequencers/ESW.test/").status_code == 200

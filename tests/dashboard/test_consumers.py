@@ -1,0 +1,209 @@
+"""Console WebSockets through the real ASGI application and the real Redis channel layer."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from dashboard.asgi import application
+from sequences import live
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def cookies(users) -> dict[str, str]:
+    """A session cookie header per role (anonymous: none)."""
+    result = {"anonymous": ""}
+    for role, user in users.items():
+        client = Client()
+        client.force_login(user)
+        result[role] = f"sessionid={client.cookies['sessionid'].value}"
+    return result
+
+
+def communicator(path: str, cookie: str) -> WebsocketCommunicator:
+    headers = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
+    if cookie:
+        headers.append((b"cookie", cookie.encode()))
+    return WebsocketCommunicator(application, path, headers=headers)
+
+
+async def receive_until(comm: WebsocketCommunicator, needle: str, timeout: float = 10) -> str:
+    """Messages until one contains `needle`; all of them joined."""
+    seen = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise AssertionError(f"no message with {needle!r} in: {''.join(seen)[-2000:]}")
+        message = await comm.receive_from(timeout=left)
+        seen.append(message)
+        if needle in message:
+            return "".join(seen)
+
+
+@pytest.fixture
+def live_instance(ended_instance):
+    """The stored instance, now running on a (pretend) worker."""
+    ended_instance.status = "running"
+    ended_instance.exit_code = None
+    ended_instance.ended = None
+    ended_instance.save()
+    yield ended_instance
+    live.sync_client().delete(*live.instance_keys(ended_instance.id))
+
+
+async def test_anonymous_sockets_are_refused(cookies, ended_instance):
+    for path in ["/ws/overview/", f"/ws/instances/{ended_instance.id}/", "/ws/sequencers/"]:
+        comm = communicator(path, cookies["anonymous"])
+        connected, code = await comm.connect()
+        assert not connected and code == 4003, path
+
+
+async def test_unknown_objects_are_refused(cookies):
+    comm = communicator("/ws/instances/no-such-instance/", cookies["viewer"])
+    connected, code = await comm.connect()
+    assert not connected and code == 4004
+
+
+async def test_the_instance_socket_sends_a_snapshot_then_updates(cookies, live_instance):
+    comm = communicator(f"/ws/instances/{live_instance.id}/", cookies["viewer"])
+    connected, _ = await comm.connect()
+    assert connected
+    snapshot = await receive_until(comm, 'id="log-stdout-lines"')
+    assert 'id="inst-status"' in snapshot and "running" in snapshot
+    assert '<span class="ansi31">red line</span>' in snapshot
+    # A viewer's snapshot has no stop button; the partial line "last" comes with the first flush.
+    assert "Kill</button>" not in snapshot
+    await receive_until(comm, "last")
+    await get_channel_layer().group_send(
+        f"instance-{live_instance.id}",
+        {"type": "instance.changed", "id": live_instance.id, "status": "stopping"},
+    )
+    update = await receive_until(comm, 'data-status="stopping"')
+    assert 'id="inst-status"' in update
+    await comm.disconnect()
+
+
+async def test_new_lines_are_followed_and_the_end_is_shown(cookies, live_instance):
+    iid = live_instance.id
+    comm = communicator(f"/ws/instances/{iid}/", cookies["operator"])
+    assert (await comm.connect())[0]
+    snapshot = await receive_until(comm, 'id="log-stdout-lines"')
+    assert "Kill</button>" in snapshot  # operators get the controls
+    client = live.async_client()
+    key = live.stream_key(iid, "stdout")
+    await client.xadd(key, {"s": 3, "d": b" line\nfresh \x1b[32mgreen\x1b[0m\n"})
+    pushed = await receive_until(comm, "green")
+    assert 'hx-swap-oob="beforeend:#log-stdout-lines"' in pushed
+    assert 'data-at="2:16">last line</div>' in pushed  # the partial line completed
+    await client.xadd(key, {"s": 4, "d": b"the very last words"})
+    await sync_to_async(_end)(iid)
+    for stream in live.STREAMS:
+        await client.xadd(live.stream_key(iid, stream), {"eof": 1})
+    final = await receive_until(comm, 'data-status="completed"')
+    # The unfinished last line is flushed as a line before the final status.
+    assert re.search(r'beforeend:#log-stdout-lines"><div class="l"[^>]*>the very last words', final)
+    await comm.disconnect()
+
+
+def _end(iid: str) -> None:
+    from sequences.models import Instance, StreamChunk
+
+    StreamChunk.objects.create(instance_id=iid, stream="stdout", seq=3, data=b"x")
+    StreamChunk.objects.create(instance_id=iid, stream="stdout", seq=4, data=b"y")
+    Instance.objects.filter(pk=iid).update(status="completed", exit_code=0)
+
+
+async def test_a_flood_of_lines_is_coalesced(cookies, live_instance):
+    """100 000 lines at once reach the browser as a few bounded messages."""
+    from dashboard.consumers import MAX_LINES_PER_FLUSH
+
+    iid = live_instance.id
+    comm = communicator(f"/ws/instances/{iid}/?logs=1", cookies["viewer"])
+    assert (await comm.connect())[0]
+    await receive_until(comm, 'id="log-stdout-lines"')
+    await receive_until(comm, "last")
+    client = live.async_client()
+    pipe = client.pipeline(transaction=False)
+    lines = 0
+    for seq in range(3, 103):
+        pipe.xadd(
+            live.stream_key(iid, "stdout"),
+            {"s": seq, "d": b"".join(b"flood line %d\n" % (lines + i) for i in range(1000))},
+        )
+        lines += 1000
+    await pipe.execute()
+    messages = []
+    while True:
+        message = await comm.receive_from(timeout=10)
+        messages.append(message)
+        if "flood line 99999" in message:
+            break
+    assert len(messages) < 60
+    for message in messages:
+        assert message.count('<div class="l" data-at') <= MAX_LINES_PER_FLUSH + 1
+    assert any("lines not shown live" in m for m in messages)
+    await comm.disconnect()
+
+
+async def test_list_pages_refresh_when_something_changes(cookies, live_instance):
+    comm = communicator("/ws/instances/?status=running", cookies["viewer"])
+    assert (await comm.connect())[0]
+    first = await comm.receive_from(timeout=10)
+    assert 'id="rows-table"' in first and live_instance.id in first
+    await sync_to_async(_end)(live_instance.id)
+    await get_channel_layer().group_send(
+        "instances", {"type": "instance.changed", "id": live_instance.id, "status": "completed"}
+    )
+    again = await comm.receive_from(timeout=10)
+    assert live_instance.id not in again  # no longer running: filtered out
+    await comm.disconnect()
+
+
+async def test_the_overview_socket_sends_its_regions(cookies, live_instance):
+    comm = communicator("/ws/overview/", cookies["viewer"])
+    assert (await comm.connect())[0]
+    snapshot = await comm.receive_from(timeout=10)
+    for region in ("ov-counts", "ov-running", "ov-sequencers", "ov-workers", "ov-recent"):
+        assert f'id="{region}"' in snapshot
+    assert live_instance.id[:10] in snapshot
+    await comm.disconnect()
+
+
+async def test_the_sequencer_socket_follows_its_changes(cookies, sequence):
+    from sequences.models import Sequencer, Step
+
+    row = await sync_to_async(Sequencer.objects.create)(
+        prefix="ESW.sock", script=sequence, state="Killed", has_step_list=True
+    )
+    await sync_to_async(Step.objects.create)(
+        sequencer=row, position=0, step_id="a", type="Setup", command="move", status="Pending"
+    )
+    comm = communicator(f"/ws/sequencers/{row.id}/", cookies["operator"])
+    assert (await comm.connect())[0]
+    snapshot = await comm.receive_from(timeout=10)
+    assert 'id="sq-state"' in snapshot and 'id="sq-steps"' in snapshot
+    assert re.search(r'data-command="shutdown"[^>]*disabled', snapshot)
+    await sync_to_async(Step.objects.filter(sequencer=row).update)(status="InFlight")
+    await get_channel_layer().group_send(
+        f"sequencer-{row.id}", {"type": "sequencer.changed", "id": row.id, "snapshot": {}}
+    )
+    update = await comm.receive_from(timeout=10)
+    assert 'class="st-inflight' in update
+    await comm.disconnect()
+    listing = communicator("/ws/sequencers/", cookies["viewer"])
+    assert (await listing.connect())[0]
+    assert "ESW.sock" in await listing.receive_from(timeout=10)
+    await listing.disconnect()
+    components = communicator("/ws/components/", cookies["viewer"])
+    assert (await components.connect())[0]
+    assert 'id="components-table"' in await components.receive_from(timeout=10)
+    await components.disconnect()
