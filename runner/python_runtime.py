@@ -376,22 +376,23 @@ class Control:
         on_eof: Callable[[], None],
     ) -> None:
         def run() -> None:
-            self._read_forever(loop, dispatch)
-            on_eof()
+            if self._read_forever(loop, dispatch):
+                on_eof()
 
         _start_helper_thread(run)
 
     def _read_forever(
         self, loop: asyncio.AbstractEventLoop, dispatch: Callable[[int, Any], None]
-    ) -> None:
+    ) -> bool:
+        """Dispatches messages until the supervisor hangs up (True) or the loop is gone."""
         pending = b""
         while True:
             try:
                 chunk = self._sock.recv(65536)
             except OSError:
-                return
+                return True
             if not chunk:
-                return
+                return True
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
@@ -405,7 +406,7 @@ class Control:
                 try:
                     loop.call_soon_threadsafe(dispatch, code, data)
                 except RuntimeError:
-                    return  # loop closed: the child is exiting
+                    return False  # loop closed: the child is exiting anyway
 
 
 def _parse_control(line: bytes) -> tuple[int, Any] | None:
@@ -822,6 +823,8 @@ class Runtime:
     def _install_stdio(self) -> None:
         sys.stdout = TextStream(self.stdout, "<stdout>")
         sys.stderr = TextStream(self.stderr, "<stderr>")
+        # The originals are the fork server's objects, with buffers an os._exit never flushes.
+        sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr
         # The fork server's own stdin object may hold state; a fresh one reads the child's fd 0.
         sys.stdin = open(  # noqa: SIM115 - lives as long as the process
             STDIN_FD, encoding="utf-8", errors="surrogateescape", closefd=False
