@@ -29,7 +29,7 @@ import struct
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -122,7 +122,9 @@ def good_package(
 Member = tuple[tarfile.TarInfo, bytes | None]
 
 
-def _info(name: str, kind: bytes, *, size: int = 0, linkname: str = "", mode: int = 0o644):
+def _info(
+    name: str, kind: bytes, *, size: int = 0, linkname: str = "", mode: int = 0o644
+) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.size = size
@@ -325,25 +327,30 @@ def zeros_after_end(tmp_dir: Path, trailing: int = BOMB_BYTES, name: str = "hidd
     return _streamed(name, lambda: segments)(Path(tmp_dir))
 
 
-def _many_files(count: int) -> bytes:
-    """A tar of package.json, main.py and ``count`` empty files, built from a header template."""
+def _many_files(count: int) -> Iterator[bytes]:
+    """A tar of package.json, main.py and ``count`` empty files, built from a header template,
+    in pieces of 1,000 headers."""
     template = bytearray(_header(b"f/000000"))
     template[148:156] = b" " * 8
     base_sum = sum(template) - sum(b"000000")
-    parts = [_raw_base()]
+    yield _raw_base()
+    batch = []
     for index in range(count):
         digits = b"%06d" % index
         template[2:8] = digits
         template[148:156] = b"%06o\0 " % (base_sum + sum(digits))
-        parts.append(bytes(template))
-    parts.append(END)
-    return b"".join(parts)
+        batch.append(bytes(template))
+        if len(batch) == 1000:
+            yield b"".join(batch)
+            batch.clear()
+    yield b"".join(batch) + END
 
 
 def _write_many_files(tmp_dir: Path) -> Path:
     path = tmp_dir / "too_many_files.tar.gz"
     with gzip.GzipFile(path, "wb", compresslevel=1, mtime=0) as out:
-        out.write(_many_files(MANY_FILES))
+        for piece in _many_files(MANY_FILES):
+            out.write(piece)
     return path
 
 
@@ -351,7 +358,9 @@ def _write_many_files(tmp_dir: Path) -> Path:
 # The corpus
 
 
-def _members(name: str, members: Callable[[], list[Member]], fmt: int = tarfile.PAX_FORMAT):
+def _members(
+    name: str, members: Callable[[], list[Member]], fmt: int = tarfile.PAX_FORMAT
+) -> Builder:
     return _bytes(name, lambda: _gz(_tar(members(), fmt=fmt)))
 
 
@@ -477,7 +486,9 @@ def _pax_garbage() -> bytes:
 
 
 def _name_family() -> list[BadPackage]:
-    def bad(name: str, member_name: str, contains: str, fmt: int = tarfile.PAX_FORMAT):
+    def bad(
+        name: str, member_name: str, contains: str, fmt: int = tarfile.PAX_FORMAT
+    ) -> BadPackage:
         return BadPackage(
             name,
             _members(name, lambda: [*_base(), _file(member_name, "x")], fmt),
@@ -525,7 +536,9 @@ def _name_family() -> list[BadPackage]:
 
 
 def _type_family() -> list[BadPackage]:
-    def with_members(name: str, code: str, contains: str, *extra: Member, fmt=tarfile.PAX_FORMAT):
+    def with_members(
+        name: str, code: str, contains: str, *extra: Member, fmt: int = tarfile.PAX_FORMAT
+    ) -> BadPackage:
         return BadPackage(name, _members(name, lambda: [*_base(), *extra], fmt), code, contains)
 
     return [
@@ -865,7 +878,9 @@ def _size_family() -> list[BadPackage]:
 
 
 def _package_json_family() -> list[BadPackage]:
-    def members(name: str, code: str, contains: str, make: Callable[[], list[Member]]):
+    def members(
+        name: str, code: str, contains: str, make: Callable[[], list[Member]]
+    ) -> BadPackage:
         return BadPackage(name, _members(name, make), code, contains)
 
     main = _file("main.py", MAIN_PY)
@@ -981,7 +996,9 @@ def _package_json_family() -> list[BadPackage]:
 
 
 def _field_family() -> list[BadPackage]:
-    def field(name: str, config: dict[str, Any], code: str, contains: str, *extra: Member):
+    def field(
+        name: str, config: dict[str, Any], code: str, contains: str, *extra: Member
+    ) -> BadPackage:
         return BadPackage(name, _with_config(name, config, *extra), code, contains)
 
     py = {"main": "main.py"}
