@@ -5,9 +5,12 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest
 from ninja.security.http import HttpBearer
+from ninja.utils import check_csrf
 
-from dashboard.access import RANK, request_user, user_role
+from dashboard.access import RANK, bearer, request_user, user_role
 from sequences.errors import HubError
+
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
 
 
 class HubAuth(HttpBearer):
@@ -16,6 +19,14 @@ class HubAuth(HttpBearer):
 
     def __call__(self, request: HttpRequest) -> Any:
         user = request_user(request)
+        if (
+            user.is_authenticated
+            and bearer(request) is None
+            and request.method not in SAFE_METHODS
+            and check_csrf(request) is not None
+        ):
+            # A browser session may call the API, but only from the hub's own pages.
+            raise HubError(403, "CSRF_FAILED", "CSRF check failed: send the X-CSRFToken header")
         if user.is_authenticated or settings.HUB_ANONYMOUS_ROLE != "none":
             request.hub_user = user
             request.hub_role = user_role(user)  # resolved here, in a thread, for async views

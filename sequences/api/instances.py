@@ -29,8 +29,7 @@ START_BODY = {
                         "appConfig": {"type": "object"},
                         "args": {"type": "array", "items": {}},
                         "instanceId": {"type": "string"},
-                        "limits": {"type": "object",
-                                   "properties": {"memory": {"type": "integer"}}},
+                        "limits": {"type": "object", "properties": {"memory": {"type": "integer"}}},
                     },
                 }
             }
@@ -39,11 +38,19 @@ START_BODY = {
 }
 RAW_BODY = {
     "requestBody": {
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                    "text/plain": {"schema": {"type": "string"}}}
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "text/plain": {"schema": {"type": "string"}},
+        }
     },
-    "parameters": [{"in": "header", "name": "x-end-stream", "schema": {"type": "string"},
-                    "description": "true (default) closes the stream after this body"}],
+    "parameters": [
+        {
+            "in": "header",
+            "name": "x-end-stream",
+            "schema": {"type": "string"},
+            "description": "true (default) closes the stream after this body",
+        }
+    ],
 }
 TEXT_STREAM = "text/plain; charset=utf-8"
 
@@ -60,7 +67,9 @@ async def start(request: HttpRequest, seq_id: str) -> HttpResponse:
     try:
         instance = await instances.start(seq, req, user)
     except HubError as exc:
-        await aaudit(user, "instance.start", seq.id, outcome="refused", via="api", error=exc.message)
+        await aaudit(
+            user, "instance.start", seq.id, outcome="refused", via="api", error=exc.message
+        )
         raise
     await aaudit(user, "instance.start", instance.id, via="api", sequence=seq.id, args=req.args)
     return JsonResponse({"id": instance.id, "message": f"Sequence {instance.id} starting"})
@@ -125,11 +134,14 @@ async def _downstream(request: HttpRequest, iid: str, stream: str) -> HttpRespon
     ctype = (request.headers.get("Content-Type") or "text/plain").split(";")[0].strip()
     await instances.send_input(instance, stream, chunks, ctype, end)
     await aaudit(user, f"instance.{stream}", iid, via="api", bytes=len(raw), end=end)
-    return JsonResponse({"accepted": True, "bytes": len(raw), "end": end},
-                        status=200 if end else 202)
+    return JsonResponse(
+        {"accepted": True, "bytes": len(raw), "end": end}, status=200 if end else 202
+    )
 
 
-@router.post("/instance/{iid}/input", summary="Send to the sequence's input", openapi_extra=RAW_BODY)
+@router.post(
+    "/instance/{iid}/input", summary="Send to the sequence's input", openapi_extra=RAW_BODY
+)
 async def send_input(request: HttpRequest, iid: str) -> HttpResponse:
     return await _downstream(request, iid, "input")
 
@@ -139,8 +151,9 @@ async def send_stdin(request: HttpRequest, iid: str) -> HttpResponse:
     return await _downstream(request, iid, "stdin")
 
 
-@router.post("/instance/{iid}/_event", summary="Send an event into the sequence",
-             openapi_extra=JSON_BODY)
+@router.post(
+    "/instance/{iid}/_event", summary="Send an event into the sequence", openapi_extra=JSON_BODY
+)
 async def send_event(request: HttpRequest, iid: str) -> HttpResponse:
     user = need(request, "operator")
     instance = await instances.aget_instance(iid)
@@ -153,8 +166,9 @@ async def send_event(request: HttpRequest, iid: str) -> HttpResponse:
     return JsonResponse({"accepted": True}, status=202)
 
 
-@router.post("/instance/{iid}/_stop", summary="Stop: stop handlers, wait, then kill",
-             openapi_extra=JSON_BODY)
+@router.post(
+    "/instance/{iid}/_stop", summary="Stop: stop handlers, wait, then kill", openapi_extra=JSON_BODY
+)
 async def stop(request: HttpRequest, iid: str) -> HttpResponse:
     user = need(request, "operator")
     instance = await instances.aget_instance(iid)
@@ -170,8 +184,9 @@ async def stop(request: HttpRequest, iid: str) -> HttpResponse:
     return JsonResponse(instances.info(instance), status=202)
 
 
-@router.post("/instance/{iid}/_kill", summary="Kill the whole process tree at once",
-             openapi_extra=JSON_BODY)
+@router.post(
+    "/instance/{iid}/_kill", summary="Kill the whole process tree at once", openapi_extra=JSON_BODY
+)
 async def kill(request: HttpRequest, iid: str) -> HttpResponse:
     user = need(request, "operator")
     instance = await instances.aget_instance(iid)

@@ -74,6 +74,7 @@ def sequence_instances(request: HttpRequest, seq_id: str) -> list[str]:
     "/sequence/{seq_id}", summary="Overwrite: upload a new version", openapi_extra=TARBALL_BODY
 )
 def overwrite(request: HttpRequest, seq_id: str) -> dict[str, Any]:
+    need(request, "admin")
     old = catalog.get_sequence(seq_id)
     return _upload(request, replaces=old)
 
