@@ -1125,7 +1125,7 @@ def _extract_into(path: str | os.PathLike[str], staging: Path, info: PackageInfo
     # Validate again while writing: the archive is the inspected one (hash checked), but
     # extraction must never depend on that alone.
     scanner = _Scanner(
-        max_files=2**62,  # the member count was checked on upload; memory stays flat here
+        max_files=2**62,  # counted on upload; the hash ties this file to that inspection
         max_bytes=info.unpacked_size,
         max_json_bytes=2**62,
         read_json=False,
