@@ -105,9 +105,10 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
-def _local_redis_answers(host: str = "127.0.0.1", port: int = 6379) -> bool:
+def _local_redis_answers(address: str) -> bool:
+    host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host, port), timeout=0.2) as conn:
+        with socket.create_connection((host, int(port)), timeout=0.2) as conn:
             conn.sendall(b"PING\r\n")
             return conn.recv(16).startswith(b"+PONG")
     except OSError:
@@ -115,11 +116,13 @@ def _local_redis_answers(host: str = "127.0.0.1", port: int = 6379) -> bool:
 
 
 EMBEDDED_REDIS_SOCKET = HUB_DATA_DIR / "redis.sock"
+# Where to look for a Redis before starting an embedded one.
+HUB_LOCAL_REDIS = env.str("HUB_LOCAL_REDIS", default="127.0.0.1:6379")
 REDIS_URL = env.str("REDIS_URL", default="")
 if not REDIS_URL:
     REDIS_URL = (
-        "redis://127.0.0.1:6379/0"
-        if _local_redis_answers()
+        f"redis://{HUB_LOCAL_REDIS}/0"
+        if _local_redis_answers(HUB_LOCAL_REDIS)
         else f"unix://{EMBEDDED_REDIS_SOCKET}?db=0"
     )
 HUB_EMBEDDED_REDIS = REDIS_URL.startswith("unix://") and str(EMBEDDED_REDIS_SOCKET) in REDIS_URL
@@ -131,7 +134,14 @@ CHANNEL_LAYERS = {
     }
 }
 
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+def _celery_url(url: str) -> str:
+    # Kombu spells a Redis Unix socket `redis+socket://`; redis-py spells it `unix://`.
+    if url.startswith("unix://"):
+        return "redis+socket://" + url.removeprefix("unix://").replace("?db=", "?virtual_host=")
+    return url
+
+
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=_celery_url(REDIS_URL))
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 4

@@ -62,7 +62,6 @@ CLIENT_OPTIONS: dict[str, Any] = {
     "socket_timeout": None,
     "socket_connect_timeout": 5,
     "health_check_interval": 30,
-    "socket_keepalive": True,
 }
 
 

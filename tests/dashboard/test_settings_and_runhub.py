@@ -1,0 +1,186 @@
+"""Settings come from the environment; `manage.py runhub` (what `make run` starts) works whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, free_port, wait_for
+from tests.packaging import python_package
+
+SHOW = (
+    "import json, django; django.setup(); from django.conf import settings as s; "
+    "print(json.dumps({'db': s.DATABASES['default']['ENGINE'], 'name': str(s.DATABASES"
+    "['default']['NAME']), 'redis': s.REDIS_URL, 'embedded': s.HUB_EMBEDDED_REDIS, "
+    "'anon': s.HUB_ANONYMOUS_ROLE, 'retention': s.HUB_INSTANCE_RETENTION, "
+    "'port': s.HUB_PORT, 'key': s.SECRET_KEY, 'max': s.HUB_MAX_INSTANCES}))"
+)
+
+
+def clean_env(data_dir, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HUB_", "DATABASE_URL", "REDIS_URL", "SECRET_KEY"))
+    }
+    env.update(DJANGO_SETTINGS_MODULE="dashboard.settings", HUB_DATA_DIR=str(data_dir), **extra)
+    return env
+
+
+def settings_in(data_dir, **extra: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", SHOW],
+        cwd=ROOT,
+        env=clean_env(data_dir, **extra),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_defaults_are_sqlite_under_the_data_dir_and_an_embedded_redis(tmp_path):
+    found = settings_in(tmp_path, HUB_LOCAL_REDIS=f"127.0.0.1:{free_port()}")
+    assert found["db"] == "django.db.backends.sqlite3"
+    assert found["name"] == str(tmp_path / "hub.sqlite3")
+    assert found["embedded"] is True
+    assert found["redis"] == f"unix://{tmp_path / 'redis.sock'}?db=0"
+    assert found["anon"] == "none"
+    assert found["retention"] == 86400
+    assert found["port"] == 8000
+
+
+def test_a_local_redis_that_answers_is_used(tmp_path):
+    found = settings_in(tmp_path)
+    assert found["redis"] == "redis://127.0.0.1:6379/0"
+    assert found["embedded"] is False
+
+
+def test_the_secret_key_is_generated_once_and_kept(tmp_path):
+    first = settings_in(tmp_path)["key"]
+    assert len(first) > 40
+    assert settings_in(tmp_path)["key"] == first
+    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+
+
+def test_environment_overrides_every_default(tmp_path):
+    found = settings_in(
+        tmp_path,
+        DATABASE_URL="postgres://u:p@db.example:5433/hub",
+        REDIS_URL="redis://cache.example:6380/2",
+        HUB_ANONYMOUS_ROLE="operator",
+        HUB_INSTANCE_RETENTION="15m",
+        HUB_PORT="9001",
+        SECRET_KEY="k" * 50,
+        HUB_MAX_INSTANCES="7",
+    )
+    assert found["db"] == "django.db.backends.postgresql"
+    assert found["name"] == "hub"
+    assert found["redis"] == "redis://cache.example:6380/2"
+    assert found["anon"] == "operator"
+    assert found["retention"] == 900
+    assert found["port"] == 9001
+    assert found["key"] == "k" * 50
+    assert found["max"] == 7
+
+
+def test_a_bad_anonymous_role_stops_the_hub_with_a_clear_error(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", SHOW],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=clean_env(tmp_path, HUB_ANONYMOUS_ROLE="root"),
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "HUB_ANONYMOUS_ROLE must be one of" in out.stderr
+
+
+def test_runhub_starts_everything_with_an_embedded_redis_and_runs_an_upload(tmp_path):
+    """What `make run` does on a machine with no Redis: one command, then upload and run."""
+    port = free_port()
+    env = clean_env(
+        tmp_path,
+        HUB_LOCAL_REDIS=f"127.0.0.1:{free_port()}",
+        HUB_ADMIN_PASSWORD="smoke-pass-1",
+        HUB_PORT=str(port),
+    )
+    manage = [sys.executable, "manage.py"]
+    subprocess.run(
+        [*manage, "migrate", "--noinput"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    log = tmp_path / "runhub.log"
+    proc = subprocess.Popen(
+        [*manage, "runhub"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://localhost:{port}"
+        wait_for(lambda: f"running at {url}/" in log.read_text(), timeout=60, what="the URL")
+        text = log.read_text()
+        assert "Created the admin account: user admin" in text
+        assert "embedded" in text
+        wait_for(lambda: _answers(url), timeout=30, what="daphne")
+        token = subprocess.run(
+            [*manage, "hub_token", "admin"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.strip()
+        api = httpx.Client(
+            base_url=url + "/api/v1", timeout=60, headers={"Authorization": f"Bearer {token}"}
+        )
+        code = "def run(context, input, n):\n    return f'smoke {n}'\n"
+        seq = api.post("/sequence", content=python_package(code)).json()["id"]
+        iid = api.post(f"/sequence/{seq}/start", json={"args": [42]}).json()["id"]
+        assert api.get(f"/instance/{iid}/output").content == b"smoke 42"
+        api.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("runhub did not stop on Ctrl-C")
+    assert "Sequence Hub stopped." in log.read_text()
+    time.sleep(0.2)
+    assert not (tmp_path / "redis.sock").exists() or _no_redis(tmp_path / "redis.sock")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/login/", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _no_redis(sock) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(sock))
+        except OSError:
+            return True
+    return False
