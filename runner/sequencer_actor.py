@@ -18,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 from runner.supervisor import Child, Supervisor, register_op
 from sequences import sequencer_store as store
@@ -61,6 +63,26 @@ CALL = 6001
 _executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hub-seqdb")
 
 ACTORS: dict[str, SequencerActor] = {}
+
+# Connections of the database threads are checked (and renewed if broken or too old) at most
+# this often: reopening one for every change would cost more than the change itself.
+CONNECTION_CHECK_SECONDS = 30.0
+_thread_state = threading.local()
+
+
+def _db_job(fn: Callable[[], T]) -> T:
+    now = time.monotonic()
+    if now - getattr(_thread_state, "checked", 0.0) > CONNECTION_CHECK_SECONDS:
+        close_old_connections()
+        _thread_state.checked = now
+    try:
+        return fn()
+    except (InterfaceError, OperationalError):
+        # A dropped connection, or a database busy for too long: one more try on a fresh
+        # connection (each job is one transaction, so nothing half-done remains).
+        log.warning("sequencer database job failed; retrying once", exc_info=True)
+        connection.close()
+        return fn()
 
 
 class ScriptExited(Exception):
@@ -177,11 +199,7 @@ class SequencerActor:
                     )
 
     async def _db(self, fn: Callable[[], T]) -> T:
-        def job() -> T:
-            close_old_connections()
-            return fn()
-
-        return await self.loop.run_in_executor(_executor, job)
+        return await self.loop.run_in_executor(_executor, _db_job, fn)
 
     async def _apply(
         self,

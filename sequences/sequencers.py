@@ -255,15 +255,21 @@ def parse_command(name: str, body: Any) -> Request:
 
 
 async def command(
-    row: Sequencer, name: str, body: Any, user: Any, timeout: float = COMMAND_TIMEOUT
+    sequencer: Sequencer | str,
+    name: str,
+    body: Any,
+    user: Any,
+    timeout: float = COMMAND_TIMEOUT,
 ) -> tuple[dict[str, Any], int]:
-    """Send one command to the sequencer; returns its typed answer and HTTP status.
+    """Send one command to a sequencer (a row read just now, or an id or prefix); returns its
+    typed answer (DESIGN.md §6) and HTTP status. 400/404 HubError for a bad command or body,
+    504 when the sequencer does not answer within `timeout`.
 
     Answers come from the sequencer's actor, which serialises commands. A sequencer with no
     process (Killed, or lost just now) answers from the table: Unhandled in Killed.
     """
     request = parse_command(name, body)
-    row = await aget_sequencer(row.id)
+    row = sequencer if isinstance(sequencer, Sequencer) else await aget_sequencer(sequencer)
     instance = row.instance
     if row.state == State.KILLED or instance is None or not instance.worker:
         return await _answer_without_process(row, request)
