@@ -1,0 +1,253 @@
+"""Many running instances on one worker node, each printing a line a second.
+
+Starts N instances (default 500), follows every one's /stdout at once, and checks that each
+is running and healthy (/health) and that each printed line reaches its reader within 0.1 s
+(the line carries the time it was printed). Baseline, same run: N bare `python -c`
+subprocesses printing the same lines into pipes that this process reads itself (no hub).
+Target: ≥ 500 instances, all healthy, every line live within 0.1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import psutil
+
+from bench.common import (
+    astart_instance,
+    median,
+    ms,
+    percentile,
+    print_table,
+    running_hub,
+    write_result,
+)
+
+TARGET_INSTANCES = 500
+TARGET_LATENCY_S = 0.1
+MAX_LINES = 600  # an instance the bench forgets still ends by itself
+TICKER = """
+import asyncio
+import time
+
+
+async def run(context, input, lines=600, period=1.0):
+    for i in range(lines):
+        print(f"tick {i} {time.time():.6f}")
+        await asyncio.sleep(period)
+"""
+BARE = """
+import time
+for i in range({lines}):
+    print(f"tick {i} {time.time():.6f}", flush=True)
+    time.sleep({period})
+"""
+
+
+def line_latencies(data: bytes, now: float, since: float) -> list[float]:
+    """Latency of each line printed after `since` (earlier ones are replayed, not live)."""
+    out = []
+    for line in data.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == b"tick":
+            printed = float(parts[2])
+            if printed >= since:
+                out.append(now - printed)
+    return out
+
+
+async def follow(api: httpx.AsyncClient, iid: str, sink: list[float], window: dict) -> None:
+    """Reads one instance's stdout; counts the lines printed once the window opened."""
+    async with api.stream("GET", f"/instance/{iid}/stdout") as response:
+        tail = b""
+        async for chunk in response.aiter_raw():
+            now = time.time()
+            data = tail + chunk
+            cut = data.rfind(b"\n") + 1
+            tail = data[cut:]
+            sink.extend(line_latencies(data[:cut], now, window["since"]))
+
+
+def hub_run(n: int, window: float, concurrency: int) -> dict[str, Any]:
+    # The hub is booted outside the event loop: its setup uses the ORM, which refuses async code.
+    with running_hub("concurrency") as hub:
+        seq = hub.upload(TICKER)
+        return asyncio.run(_hub_run(hub, seq, n, window, concurrency))
+
+
+async def _hub_run(hub: Any, seq: str, n: int, window: float, concurrency: int) -> dict[str, Any]:
+    latencies: list[float] = []
+    ids: list[str] = []
+    readers: list[asyncio.Future] = []
+    clock = {"since": float("inf")}
+    async with hub.async_client(timeout=MAX_LINES + 120, connections=n + 50) as api:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with sem:
+                iid = await astart_instance(api, seq, [MAX_LINES, 1.0])
+            ids.append(iid)
+            readers.append(asyncio.ensure_future(follow(api, iid, latencies, clock)))
+
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+        start_s = time.perf_counter() - t0
+        errors = [repr(r) for r in results if isinstance(r, BaseException)]
+        # Only lines printed after every start count: all N are running then.
+        clock["since"] = time.time()
+        await asyncio.sleep(window / 2)
+        health = await asyncio.gather(
+            *(api.get(f"/instance/{iid}/health") for iid in ids), return_exceptions=True
+        )
+        healthy = sum(
+            1
+            for h in health
+            if isinstance(h, httpx.Response) and h.status_code == 200 and h.json().get("healthy")
+        )
+        usage = _worker_usage(hub.worker_pid)
+        await asyncio.sleep(window / 2)
+        window_latencies = list(latencies)
+        kills = await asyncio.gather(
+            *(api.post(f"/instance/{iid}/_kill", json={}) for iid in ids), return_exceptions=True
+        )
+        killed = sum(1 for k in kills if isinstance(k, httpx.Response) and k.status_code == 202)
+        done, pending = await asyncio.wait(readers, timeout=60)
+        for task in pending:
+            task.cancel()
+        reader_errors = [repr(t.exception()) for t in done if t.exception()]
+    return {
+        "started": len(ids),
+        "start_errors": errors[:5],
+        "start_seconds": start_s,
+        "healthy": healthy,
+        "killed": killed,
+        "readers_ended": len(done),
+        "reader_errors": reader_errors[:5],
+        "window_s": window,
+        "lines_in_window": len(window_latencies),
+        "lines_expected_in_window": int(len(ids) * window),
+        "latency": _summary(window_latencies),
+        "worker": usage,
+    }
+
+
+def _worker_usage(pid: int) -> dict[str, Any]:
+    with contextlib.suppress(psutil.Error):
+        proc = psutil.Process(pid)
+        children = proc.children(recursive=True)
+        return {
+            "worker_rss_mib": proc.memory_info().rss / 2**20,
+            "worker_threads": proc.num_threads(),
+            "worker_fds": proc.num_fds(),
+            "descendants": len(children),
+        }
+    return {}
+
+
+def _summary(latencies: list[float]) -> dict[str, float]:
+    return {
+        "count": len(latencies),
+        "p50_s": median(latencies),
+        "p99_s": percentile(latencies, 99),
+        "max_s": max(latencies) if latencies else float("nan"),
+        "within_target": sum(1 for x in latencies if x <= TARGET_LATENCY_S)
+        / max(1, len(latencies)),
+    }
+
+
+async def bare_run(n: int, window: float) -> dict[str, Any]:
+    """N bare interpreters printing into pipes, read by this loop: the floor without a hub."""
+    code = BARE.replace("{lines}", str(int(window) + 30)).replace("{period}", "1.0")
+    latencies: list[float] = []
+    procs = []
+
+    async def read(proc: asyncio.subprocess.Process, since: float) -> None:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            latencies.extend(line_latencies(line, time.time(), since))
+
+    for _ in range(n):
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-c", code, stdout=subprocess.PIPE, env={**os.environ}
+            )
+        )
+    readers = [asyncio.ensure_future(read(p, time.time())) for p in procs]
+    await asyncio.sleep(window)
+    result = {"latency": _summary(list(latencies)), "lines_in_window": len(latencies)}
+    for proc in procs:
+        proc.kill()
+    await asyncio.gather(*readers, return_exceptions=True)
+    await asyncio.gather(*(p.wait() for p in procs))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--instances", type=int, default=TARGET_INSTANCES)
+    parser.add_argument("--window", type=float, default=10.0, help="seconds measured")
+    parser.add_argument("--start-concurrency", type=int, default=16)
+    parser.add_argument(
+        "--baseline-instances",
+        type=int,
+        default=100,
+        help="bare interpreters for the baseline (they are not forked)",
+    )
+    args = parser.parse_args(argv)
+    bare = asyncio.run(bare_run(args.baseline_instances, args.window))
+    hub = hub_run(args.instances, args.window, args.start_concurrency)
+    lat, worker = hub["latency"], hub["worker"]
+    met = (
+        hub["started"] >= TARGET_INSTANCES
+        and hub["healthy"] == hub["started"]
+        and hub["lines_in_window"] >= hub["lines_expected_in_window"] * 0.95
+        and lat["max_s"] <= TARGET_LATENCY_S
+    )
+    result = {
+        "target_instances": TARGET_INSTANCES,
+        "target_latency_s": TARGET_LATENCY_S,
+        **hub,
+        "baseline": bare,
+        "met": met,
+    }
+    print_table(
+        f"{args.instances} instances printing a line a second, {args.window:.0f} s measured",
+        [
+            ("started", f"{hub['started']} in {hub['start_seconds']:.1f} s"),
+            ("healthy (mid-run)", f"{hub['healthy']}/{hub['started']}"),
+            ("killed at the end", f"{hub['killed']}, readers ended {hub['readers_ended']}"),
+            ("lines in window", f"{hub['lines_in_window']} (~{hub['lines_expected_in_window']})"),
+            (
+                "line latency p50 / p99 / max",
+                f"{ms(lat['p50_s'])} / {ms(lat['p99_s'])} / {ms(lat['max_s'])}",
+            ),
+            ("lines within 0.1 s", f"{lat['within_target'] * 100:.2f} %"),
+            (
+                "worker RSS / fds / threads",
+                f"{worker.get('worker_rss_mib', 0):.0f} MiB / {worker.get('worker_fds')}"
+                f" / {worker.get('worker_threads')}",
+            ),
+            (
+                f"baseline: {args.baseline_instances} bare pipes p50 / p99",
+                f"{ms(bare['latency']['p50_s'])} / {ms(bare['latency']['p99_s'])}",
+            ),
+            (
+                "target",
+                f"≥ {TARGET_INSTANCES}, all healthy, ≤ 0.1 s: {'met' if met else 'NOT met'}",
+            ),
+        ],
+    )
+    write_result("concurrency", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

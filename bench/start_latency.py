@@ -1,0 +1,104 @@
+"""POST start → first output byte at a client reading /output, for a trivial Python sequence.
+
+Baseline, same run: a bare `python -c` started as a subprocess, until its first stdout byte.
+Target: median ≤ 30 ms (below a bare interpreter start: only a preloaded, forking runtime can).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import time
+from typing import Any
+
+from bench.common import (
+    bare_python_argv,
+    median,
+    ms,
+    percentile,
+    print_table,
+    running_hub,
+    write_result,
+)
+
+TARGET_SECONDS = 0.030
+TRIVIAL = """
+def run(context, input):
+    return "hello\\n"
+"""
+
+
+def bare_python_start(runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(bare_python_argv("print('hello')"), stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        proc.stdout.read(1)
+        times.append(time.perf_counter() - t0)
+        proc.stdout.read()
+        proc.wait()
+    return times
+
+
+def hub_start(runs: int, warmup: int = 3) -> dict[str, Any]:
+    with running_hub("start_latency") as hub:
+        seq = hub.upload(TRIVIAL)
+        totals, posts = [], []
+        with hub.client() as api:
+            for i in range(warmup + runs):
+                t0 = time.perf_counter()
+                response = api.post(f"/sequence/{seq}/start", json={})
+                t_post = time.perf_counter()
+                response.raise_for_status()
+                iid = response.json()["id"]
+                with api.stream("GET", f"/instance/{iid}/output") as out:
+                    chunks = out.iter_raw()
+                    first = next(chunks)
+                    t1 = time.perf_counter()
+                    rest = first + b"".join(chunks)
+                if rest != b"hello\n":
+                    raise RuntimeError(f"unexpected output {rest!r}")
+                if i >= warmup:
+                    totals.append(t1 - t0)
+                    posts.append(t_post - t0)
+        return {"totals": totals, "posts": posts}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=30)
+    args = parser.parse_args(argv)
+    bare = bare_python_start(max(10, args.runs // 2))
+    hub = hub_start(args.runs)
+    result = {
+        "target_s": TARGET_SECONDS,
+        "median_s": median(hub["totals"]),
+        "p90_s": percentile(hub["totals"], 90),
+        "post_start_median_s": median(hub["posts"]),
+        "baseline_bare_python_median_s": median(bare),
+        "runs": args.runs,
+        "samples_s": hub["totals"],
+    }
+    result["ratio_to_baseline"] = result["median_s"] / result["baseline_bare_python_median_s"]
+    result["met"] = result["median_s"] <= TARGET_SECONDS
+    print_table(
+        "start → first output byte (trivial Python sequence)",
+        [
+            ("hub median", ms(result["median_s"])),
+            ("hub p90", ms(result["p90_s"])),
+            ("  of which POST start (median)", ms(result["post_start_median_s"])),
+            (
+                "bare `python -c` to first byte (median)",
+                ms(result["baseline_bare_python_median_s"]),
+            ),
+            ("ratio hub / bare python", f"{result['ratio_to_baseline']:.2f}"),
+            ("target", f"≤ {ms(TARGET_SECONDS)}: {'met' if result['met'] else 'NOT met'}"),
+        ],
+    )
+    write_result("start_latency", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Start requests per second, sustained, for short instances.
+
+`--clients` concurrent API clients start a sequence that prints one line and ends, for
+`--seconds` (at most `--max-starts` starts); the rate counts only answered starts (200). Then
+every started instance must end `completed`. Baseline, same run: bare `python -c` interpreters
+started and waited for, as many in parallel as there are cores, for the same time.
+Target: ≥ 200 starts/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import time
+from typing import Any
+
+from bench.common import (
+    bare_python_argv,
+    median,
+    ms,
+    percentile,
+    print_table,
+    running_hub,
+    wait_all_ended,
+    write_result,
+)
+
+TARGET_PER_SECOND = 200
+SHORT = """
+def run(context, input):
+    return "ok\\n"
+"""
+
+
+async def _drive(
+    hub: Any, seq: str, clients: int, seconds: float, max_starts: int
+) -> dict[str, Any]:
+    ids: list[str] = []
+    latencies: list[float] = []
+    failures: list[str] = []
+    deadline = time.perf_counter() + seconds
+
+    async def client(api: Any) -> None:
+        while time.perf_counter() < deadline and len(ids) + len(failures) < max_starts:
+            t0 = time.perf_counter()
+            response = await api.post(f"/sequence/{seq}/start", json={})
+            if response.status_code == 200:
+                ids.append(response.json()["id"])
+                latencies.append(time.perf_counter() - t0)
+            else:
+                failures.append(f"{response.status_code} {response.text[:200]}")
+
+    async with hub.async_client(connections=clients) as api:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(api) for _ in range(clients)))
+        elapsed = time.perf_counter() - t0
+    return {"ids": ids, "latencies": latencies, "failures": failures, "elapsed": elapsed}
+
+
+def bare_rate(seconds: float) -> float:
+    """Bare interpreters started and reaped per second, one per core at a time."""
+    procs: list[subprocess.Popen] = []
+    done = 0
+    argv = bare_python_argv("print('ok')")
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        while len(procs) < (os.cpu_count() or 1):
+            procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL))
+        procs.pop(0).wait()
+        done += 1
+    for proc in procs:
+        proc.wait()
+    return done / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--max-starts", type=int, default=5000)
+    args = parser.parse_args(argv)
+    baseline = bare_rate(min(args.seconds, 5.0))
+    with running_hub("start_rate") as hub:
+        seq = hub.upload(SHORT)
+        asyncio.run(_drive(hub, seq, 4, 1.0, 50))  # warm-up: package unpacked, connections open
+        run = asyncio.run(_drive(hub, seq, args.clients, args.seconds, args.max_starts))
+        with hub.client() as api:
+            statuses = wait_all_ended(api, run["ids"], timeout=120)
+    rate = len(run["ids"]) / run["elapsed"]
+    completed = sum(1 for s in statuses.values() if s == "completed")
+    met = rate >= TARGET_PER_SECOND and completed == len(run["ids"]) and not run["failures"]
+    result = {
+        "target_per_s": TARGET_PER_SECOND,
+        "clients": args.clients,
+        "seconds": run["elapsed"],
+        "started": len(run["ids"]),
+        "failures": len(run["failures"]),
+        "failure_samples": run["failures"][:5],
+        "completed": completed,
+        "starts_per_s": rate,
+        "start_latency_median_s": median(run["latencies"]),
+        "start_latency_p99_s": percentile(run["latencies"], 99),
+        "baseline_bare_python_per_s": baseline,
+        "ratio_to_baseline": rate / baseline,
+        "met": met,
+    }
+    print_table(
+        f"starts per second, {args.clients} clients for {args.seconds:.0f} s",
+        [
+            (
+                "hub starts/s",
+                f"{rate:.1f} ({len(run['ids'])} starts, {len(run['failures'])} refused/failed)",
+            ),
+            ("ended completed", f"{completed}/{len(run['ids'])}"),
+            (
+                "start request median / p99",
+                f"{ms(result['start_latency_median_s'])} / {ms(result['start_latency_p99_s'])}",
+            ),
+            ("bare `python -c` starts/s (one per core)", f"{baseline:.1f}"),
+            ("ratio hub / bare", f"{result['ratio_to_baseline']:.2f}"),
+            ("target", f"≥ {TARGET_PER_SECOND}/s: {'met' if met else 'NOT met'}"),
+        ],
+    )
+    write_result("start_rate", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
