@@ -360,7 +360,9 @@ class SequencerConsumer(LiveConsumer):
 
         row = sequencers.get_sequencer(self.sid)
         context = {**detail_context(row), **self.base_context(), "oob": True}
-        names = ("state", "steps", "history", "step-select")
+        names = ["state", "steps", "history"]
+        if context["can_operate"]:
+            names.append("step-select")  # only operators have the editor it lives in
         return render_fragments([(f"sequencers/detail.html#{n}", context) for n in names])
 
 

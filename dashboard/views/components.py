@@ -7,6 +7,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
@@ -46,6 +47,18 @@ def component_create(request: HttpRequest) -> HttpResponse:
     return feedback(request, "ok", f"Created sequence component {comp.name} (Idle).", fallback)
 
 
+def _answer(
+    request: HttpRequest, level: str, text: str, fallback: str, status: int
+) -> HttpResponse:
+    """The feedback, and for htmx the fresh table too: a load or unload changes the row."""
+    response = feedback(request, level, text, fallback, status)
+    if getattr(request, "htmx", False):
+        context = {**list_context(), "oob": True}
+        table = render_to_string("components/list.html#table", context, request=request)
+        response.content = response.content + table.encode()
+    return response
+
+
 def _explain(answer: dict[str, Any]) -> tuple[str, str]:
     kind = answer.get("type", "")
     if kind == "SequencerLocation":
@@ -70,7 +83,7 @@ async def component_action(request: HttpRequest, name: str, action: str) -> Http
     fallback = reverse("components")
 
     async def answer(level: str, text: str, status: int = 200) -> HttpResponse:
-        return await sync_to_async(feedback)(request, level, text, fallback, status)
+        return await sync_to_async(_answer)(request, level, text, fallback, status)
 
     try:
         comp = await sequencers.aget_component(name)

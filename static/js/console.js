@@ -134,6 +134,67 @@
     }
   });
 
+  // -- pushed regions keep what the user is typing -------------------------------------------
+  // A region swapped in over the socket (a snapshot on connect, a state change) would otherwise
+  // wipe a half-filled form inside it. Carry changed values and the focus over to the new copy;
+  // a field is found again by its form's action, its name and its position.
+  function fieldKey(field) {
+    var form = field.closest("form");
+    var scope = form || field.parentNode;
+    var same = Array.prototype.slice.call(scope.querySelectorAll('[name="' + field.name + '"]'));
+    return { action: form ? form.getAttribute("action") : null, name: field.name, index: same.indexOf(field) };
+  }
+
+  function findTwin(root, key) {
+    var scope = root;
+    if (key.action !== null) {
+      scope = root.querySelector('form[action="' + key.action + '"]');
+      if (!scope) return null;
+    }
+    return scope.querySelectorAll('[name="' + key.name + '"]')[key.index] || null;
+  }
+
+  function changed(field) {
+    if (field.type === "checkbox" || field.type === "radio") return field.checked !== field.defaultChecked;
+    if (field.tagName === "SELECT") {
+      return Array.prototype.some.call(field.options, function (o) { return o.selected !== o.defaultSelected; });
+    }
+    return field.value !== field.defaultValue;
+  }
+
+  document.addEventListener("htmx:oobBeforeSwap", function (e) {
+    var target = e.detail && e.detail.target;
+    var fragment = e.detail && e.detail.fragment;
+    if (!target || !fragment || !fragment.querySelectorAll) return;
+    var active = document.activeElement;
+    var refocus = null;
+    $all("input, select, textarea", target).forEach(function (field) {
+      if (!field.name || field.type === "hidden" || field.type === "file") return;
+      var focused = field === active;
+      if (!focused && !changed(field)) return;
+      var twin = findTwin(fragment, fieldKey(field));
+      if (!twin) return;
+      if (field.type === "checkbox" || field.type === "radio") {
+        if (field.checked) twin.setAttribute("checked", ""); else twin.removeAttribute("checked");
+      } else if (field.tagName === "SELECT") {
+        Array.prototype.forEach.call(twin.options, function (o) {
+          if (o.value === field.value) o.setAttribute("selected", ""); else o.removeAttribute("selected");
+        });
+      } else if (field.tagName === "TEXTAREA") {
+        twin.textContent = field.value;
+      } else {
+        twin.setAttribute("value", field.value);
+      }
+      if (focused) refocus = { twin: twin, start: field.selectionStart, end: field.selectionEnd };
+    });
+    if (refocus) {
+      setTimeout(function () {
+        refocus.twin.focus();
+        try { refocus.twin.setSelectionRange(refocus.start, refocus.end); } catch (err) { /* not a text field */ }
+      }, 0);
+    }
+  });
+
   // -- connection state shown as a dot: green live, red reconnecting ---------------------------
   function setLive(e, state) {
     var holder = e.target.closest("[data-live]") || e.target;

@@ -1,0 +1,265 @@
+"""The console in a real headless Chromium (Debian's), against a live hub (daphne + worker).
+
+Saves screenshots of the main pages at desktop and phone widths under tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.packaging import python_package
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+pytestmark = [
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="apt-get install chromium"),
+    pytest.mark.timeout(300),
+]
+
+# Playwright's sync API runs an event loop in this thread; the test's own ORM calls are safe.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+ECHO = r"""
+import asyncio
+
+
+async def run(context, input, *args):
+    print("args:", *args, flush=True)
+    for i in range(3):
+        print(f"\x1b[32mtick {i}\x1b[0m", flush=True)
+    async for line in input:
+        text = line.decode() if isinstance(line, bytes) else str(line)
+        print("echo:", text.strip(), flush=True)
+"""
+
+STEPS = [
+    {"type": "Setup", "command": "slew", "params": {"ra": "10:00:00", "sleep": 0.8}},
+    {"type": "Setup", "command": "configure", "params": {"filter": "H", "sleep": 0.8}},
+    {"type": "Observe", "command": "expose", "params": {"exposure": 1.0}},
+    {"type": "Observe", "command": "readout", "params": {"sleep": 0.5}},
+]
+
+
+def pack_dir(path: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for item in sorted(path.iterdir()):
+            if item.is_file():
+                tar.add(item, arcname=item.name)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def browser() -> Iterator:
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--headless",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class Console:
+    """A logged-in page plus the habits of these tests (screenshots, CSP errors)."""
+
+    def __init__(self, browser, url: str, username: str, password: str) -> None:
+        self.url = url
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(20_000)
+        self.errors: list[str] = []
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        self.page.on("dialog", lambda dialog: dialog.accept())
+        self.page.on("response", self._response)
+        self.page.goto(url + "/login/")
+        self.page.fill("input[name=username]", username)
+        self.page.fill("input[name=password]", password)
+        self.page.click("button.primary")
+        self.page.wait_for_url(url + "/")
+
+    def _console(self, message) -> None:
+        if "Failed to load resource" in message.text:
+            return  # reported with its URL by _response
+        if message.type == "error" or "Content Security Policy" in message.text:
+            self.errors.append(message.text)
+
+    def _response(self, response) -> None:
+        # Refusals the test provokes on purpose come back as 409 to htmx; anything else is a bug.
+        if response.status >= 400 and response.status != 409:
+            self.errors.append(f"{response.status} {response.url}")
+
+    def go(self, path: str) -> None:
+        self.page.goto(self.url + path)
+
+    def shoot(self, name: str) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.page.set_viewport_size({"width": 1280, "height": 900})
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}-desktop.png"), full_page=True)
+        self.page.set_viewport_size({"width": 390, "height": 844})
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}-phone.png"), full_page=True)
+        width = self.page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 392, f"{name} scrolls sideways on a phone ({width} px)"
+        self.page.set_viewport_size({"width": 1280, "height": 900})
+
+    def feedback(self, selector: str, text: str) -> None:
+        self.page.wait_for_selector(f"{selector} >> text={text}")
+
+
+def test_run_a_sequence_from_the_console(hub, people, browser):
+    admin = people["admin"]
+    console = Console(browser, hub.url, admin.username, admin.password)
+    page = console.page
+    expect = playwright_api.expect
+
+    # Upload through the form.
+    package = ARTIFACTS.parent / "artifacts" / "echo.tar.gz"
+    ARTIFACTS.mkdir(exist_ok=True)
+    package.write_bytes(python_package(ECHO))
+    console.go("/sequences/")
+    page.set_input_files("input[name=package]", str(package))
+    page.click("form.upload button.primary")
+    expect(page.locator(".flash")).to_contain_text("Uploaded test-seq")
+    console.shoot("sequence")
+
+    # Start it with two arguments: a string and a number.
+    fields = page.locator("input[name=arg]")
+    fields.nth(0).fill("hello")
+    fields.nth(1).fill("42")
+    page.click("#start button.primary")
+    page.wait_for_url(re.compile(r".*/instances/[^/]+/$"))
+    iid = page.url.rstrip("/").rsplit("/", 1)[1]
+
+    # Its output appears live, colours rendered.
+    log = page.locator("#log-stdout-lines")
+    expect(log).to_contain_text("args: hello 42")
+    expect(log.locator("span.ansi32").first).to_have_text("tick 0")
+    expect(page.locator("[data-live]").first).to_have_class(re.compile("ws-open"))
+
+    # Input comes back as an echo.
+    page.fill("#inst-actions input[name=text]", "ping")
+    page.click("#inst-actions form.send button:text('Send')")
+    console.feedback("#inst-feedback", "Sent 5 bytes to input")
+    expect(log).to_contain_text("echo: ping")
+    console.shoot("instance")
+
+    # Search on the server finds the echo among the lines.
+    page.fill("input[name=q]", "echo")
+    page.click(".search-form button")
+    expect(page.locator("#search-results")).to_contain_text("1 line of stdout")
+
+    # Stop it, with a timeout; the status changes without a reload.
+    page.fill("#inst-status input[name=timeout]", "2000")
+    page.click("#inst-status button:text('Stop')")
+    console.feedback("#inst-feedback", "Stopped")
+    expect(page.locator("#inst-status [data-status]")).to_have_attribute("data-status", "completed")
+    expect(page.locator("#inst-status .exit")).to_contain_text("138")
+    expect(page.locator("#inst-status button:text('Kill')")).to_be_disabled()
+
+    for name, path in [
+        ("overview", "/"),
+        ("sequences", "/sequences/"),
+        ("instances", "/instances/"),
+        ("audit", "/audit/"),
+        ("tokens", "/tokens/"),
+    ]:
+        console.go(path)
+        console.shoot(name)
+    console.go(f"/instances/{iid}/")
+    expect(page.locator("#log-stdout-lines")).to_contain_text("echo: ping")
+    assert not console.errors, console.errors
+
+
+def test_drive_a_sequencer_from_the_console(hub, people, browser):
+    admin = people["admin"]
+    console = Console(browser, hub.url, admin.username, admin.password)
+    page = console.page
+    expect = playwright_api.expect
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    package = ARTIFACTS / "darknight.tar.gz"
+    package.write_bytes(pack_dir(ROOT / "examples" / "darknight"))
+    console.go("/sequences/")
+    page.set_input_files("input[name=package]", str(package))
+    page.click("form.upload button.primary")
+    expect(page.locator(".flash")).to_contain_text("Uploaded darknight")
+
+    # A component, and the script loaded into it.
+    console.go("/components/")
+    page.fill("input[name=name]", "ESW.e2e")
+    page.click("form.row button.primary")
+    expect(page.locator(".flash")).to_contain_text("Created sequence component ESW.e2e")
+    row = page.locator("#components-table tr:has-text('ESW.e2e') + tr.actions-row")
+    row.locator("input[name=prefix]").fill("ESW.darknight")
+    row.locator("button:text('Load script')").click()
+    expect(page.locator("#comp-feedback")).to_contain_text("Loaded", timeout=60_000)
+    console.shoot("components")
+    page.click("#components-table a:text('ESW.darknight')")
+    page.wait_for_url(re.compile(r".*/sequencers/[^/]+/$"))
+    state = page.locator("#sq-state [data-state]")
+    expect(state).to_have_attribute("data-state", "Idle")
+    expect(page.locator("button[data-command=startSequence]")).to_be_disabled()
+
+    # A step list from a JSON file, loaded, then started.
+    steps = ARTIFACTS / "steps.json"
+    steps.write_text(json.dumps({"commands": STEPS}))
+    page.set_input_files("input[name=steps_file]", str(steps))
+    expect(page.locator("#steps-json")).to_have_value(re.compile("slew"))
+    page.click("#sq-editor button:text('Load')")
+    expect(state).to_have_attribute("data-state", "Loaded")
+    expect(page.locator("ol.steps li")).to_have_count(4)
+    start = page.locator("button[data-command=startSequence]")
+    expect(start).to_be_enabled()
+    start.click()
+    expect(page.locator("#sq-feedback")).to_contain_text("Started run")
+
+    # The step colours follow the engine: in flight, then success, one by one.
+    expect(page.locator("ol.steps li.st-inflight")).to_have_count(1)
+    expect(state).to_have_attribute("data-state", "Running")
+    console.shoot("sequencer")
+    expect(page.locator("ol.steps li.st-success")).to_have_count(4, timeout=30_000)
+    expect(state).to_have_attribute("data-state", "Idle")
+    expect(page.locator("#log-stdout-lines")).to_contain_text("reading out exposure 1")
+
+    # Offline and back; a command the state refuses is explained.
+    page.click("button[data-command=goOffline]")
+    expect(state).to_have_attribute("data-state", "Offline")
+    expect(page.locator("button[data-command=goOffline]")).to_be_disabled()
+    page.fill("#steps-json", json.dumps([{"type": "Setup", "command": "move"}]))
+    page.click("#sq-editor button:text('Add at end')")
+    expect(page.locator("#sq-feedback")).to_contain_text(
+        "Sequencer can not accept 'Add' message in 'Offline' state"
+    )
+    page.click("button[data-command=goOnline]")
+    expect(state).to_have_attribute("data-state", "Idle")
+    expect(page.locator("#sq-history")).to_contain_text("goOnline")
+    console.shoot("sequencer-idle")
+
+    page.click("button[data-command=shutdown]")
+    expect(state).to_have_attribute("data-state", "Killed")
+    expect(page.locator("button[data-command=goOffline]")).to_be_disabled()
+    console.go("/sequencers/")
+    console.shoot("sequencers")
+    assert not console.errors, console.errors
