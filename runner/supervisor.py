@@ -101,6 +101,7 @@ class Child:
     kept_alive: bool = False
     stop_timer: asyncio.Task | None = None
     remove_immediately: bool = False
+    finished: bool = False  # the outcome is recorded: no later message may change the status
     health_waiters: list[asyncio.Future] = field(default_factory=list)
     on_message: Callable[[int, Any], None] | None = None  # sequencer actors listen here
     on_exit: Callable[[int, str, str], None] | None = None  # (exit code, status, reason)
@@ -350,7 +351,7 @@ class Supervisor:
             self._on_child_message(child, code, data)
 
     def _on_child_message(self, child: Child, code: int, data: Any) -> None:
-        if code == 3000:
+        if code == 3000 and not child.finished:
             self.writer.update(child.iid, status=InstanceStatus.RUNNING)
             self._notify(child.iid, status=InstanceStatus.RUNNING)
         elif code == 3001:
@@ -362,7 +363,7 @@ class Supervisor:
             child.kept_alive = True
             if child.stop_timer:
                 child.stop_timer.cancel()
-            if child.stopped and child.exit_code is None:
+            if child.stopped and child.exit_code is None and not child.finished:
                 child.stopped = False
                 self.writer.update(child.iid, status=InstanceStatus.RUNNING)
                 self._notify(child.iid, status=InstanceStatus.RUNNING)
@@ -545,6 +546,7 @@ class Supervisor:
             os.killpg(child.pid, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(child.pumps_done.wait(), 5)
+        await self._drain_control(child)
         for transport in child.transports + [child.stdin, child.input]:
             if transport is not None:
                 transport.close()
@@ -555,6 +557,7 @@ class Supervisor:
         code = child.exit_code if child.exit_code is not None else -1
         status, reason = outcome(code, child.killed, child.stopped)
         self.children.pop(child.iid, None)
+        child.finished = True
         for stream in READ_STREAMS.values():
             self._outbox.append((live.stream_key(child.iid, stream), {"eof": 1}))
         self._schedule_flush()
@@ -584,6 +587,19 @@ class Supervisor:
                 await self.redis.expire(live.stream_key(child.iid, stream), 600)
         if child.workdir:
             self.loop.run_in_executor(None, shutil.rmtree, child.workdir, True)
+
+    @staticmethod
+    async def _drain_control(child: Child) -> None:
+        """Let the control reader apply what the child sent before it exited.
+
+        The fork server's exit report can overtake the child's last control messages (its PING
+        among them): applied after the outcome, a late "running" would overwrite "completed".
+        """
+        task = child.ctl_task
+        if task is None or task.done():
+            return
+        with contextlib.suppress(TimeoutError, Exception):
+            await asyncio.wait_for(asyncio.shield(task), 1)
 
     def _notify(self, iid: str, **change: Any) -> None:
         """Tell watchers (console pages) that an instance changed; at-most-once by design."""
