@@ -171,6 +171,9 @@ def _hub_env(data_dir: Path, queue: str, extra: dict[str, str]) -> dict[str, str
         ALLOWED_HOSTS="127.0.0.1,localhost",
         LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
+        # The hub's code comes from this checkout (a worktree too), not from where the
+        # editable install points.
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
     )
     env.update(extra)
     return env
