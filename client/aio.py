@@ -362,6 +362,11 @@ class AsyncSequencerClient(SequencerCalls):
         """Wait (up to `timeout` seconds, if given) for the run to finish."""
         return await self.host.transport.call(self._query_final(run_id, timeout))
 
+    async def get_transitions(self, limit: int = 200) -> list[dict[str, Any]]:
+        """The newest `limit` state transitions, oldest first: `{from, to, command, user,
+        response, time}`."""
+        return await self.host.transport.call(self._transitions(limit))
+
     def get_events(self) -> AsyncIterator[dict[str, Any]]:
         """`{state, stepList}` now, then one value per change."""
         return aiter_json(self.host.transport.stream(self._events()))

@@ -245,6 +245,9 @@ class SequencerCalls:
     def _events(self) -> Call:
         return Call("GET", self._path("/events"), timeout=WAIT, headers={"Accept": "*/*"})
 
+    def _transitions(self, limit: int) -> Call:
+        return Call("GET", self._path("/transitions"), params={"limit": str(limit)})
+
 
 class ComponentCalls:
     """Routes of one sequence component (named like `ESW.primary`)."""

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from client.cli_output import key_values, table
+from client.cli_output import key_values, short_time, table
 
 if TYPE_CHECKING:
     from client.cli import Commands, Context
@@ -146,6 +146,28 @@ def sequencer_query_final(ctx: Context) -> None:
     ctx.out.show(_seqr(ctx).query_final(ctx.args.run_id, ctx.args.timeout), answer_line)
 
 
+def _answer_type(value: Any) -> str:
+    return str(value.get("type", "")) if isinstance(value, dict) else str(value or "")
+
+
+def sequencer_transitions(ctx: Context) -> None:
+    def human(items: list[dict[str, Any]]) -> str:
+        rows = [
+            [
+                short_time(t.get("time")),
+                t.get("command"),
+                t.get("from"),
+                t.get("to"),
+                _answer_type(t.get("response")),
+                t.get("user") or "",
+            ]
+            for t in items
+        ]
+        return table(rows, ["TIME", "COMMAND", "FROM", "TO", "ANSWER", "USER"])
+
+    ctx.out.show(_seqr(ctx).get_transitions(ctx.args.limit), human)
+
+
 def sequencer_events(ctx: Context) -> None:
     for change in _seqr(ctx).get_events():
         if ctx.out.as_json:
@@ -258,6 +280,9 @@ def register(root: Commands) -> None:
     p.add_argument("id", metavar="ID|PREFIX")
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--timeout", type=float, help="seconds to wait at most")
+    p = sq.add("transitions", sequencer_transitions, "the state transition history")
+    p.add_argument("id", metavar="ID|PREFIX")
+    p.add_argument("--limit", type=int, default=200, help="how many, newest (default 200)")
     p = sq.add("events", sequencer_events, "follow state and step changes (Ctrl-C to stop)")
     p.add_argument("id", metavar="ID|PREFIX")
 

@@ -356,6 +356,11 @@ class SequencerClient(SequencerCalls):
         """Wait (up to `timeout` seconds, if given) for the run to finish."""
         return self.host.transport.call(self._query_final(run_id, timeout))
 
+    def get_transitions(self, limit: int = 200) -> list[dict[str, Any]]:
+        """The newest `limit` state transitions, oldest first: `{from, to, command, user,
+        response, time}`."""
+        return self.host.transport.call(self._transitions(limit))
+
     def get_events(self) -> Iterator[dict[str, Any]]:
         """`{state, stepList}` now, then one value per change."""
         return iter_json(self.host.transport.stream(self._events()))

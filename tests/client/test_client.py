@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,16 @@ import pytest
 
 from client import (
     AsyncHostClient,
+    ComponentClient,
     HostClient,
     HubClientError,
     InstanceClient,
     SequenceClient,
+    SequencerClient,
 )
 from client.pack import pack
 from tests.client.conftest import ECHO, EVENTS, FOREVER, LIFECYCLE_DIR, package
-from tests.conftest import wait_for
+from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -321,3 +324,169 @@ async def test_async_twins(hub, people) -> None:
         with pytest.raises(HubClientError) as info:
             await host.get_sequence(newer.id)
         assert info.value.code == "NOT_FOUND"
+
+
+# sequencers and sequence components
+
+DARKNIGHT = ROOT / "examples" / "darknight"
+
+
+def setup_step(command: str, **params: Any) -> dict[str, Any]:
+    return {"type": "Setup", "command": command, "params": params}
+
+
+def observe_step(command: str, **params: Any) -> dict[str, Any]:
+    return {"type": "Observe", "command": command, "params": params}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def state(seqr: SequencerClient, wanted: str) -> dict[str, Any]:
+    return wait_for(
+        lambda: (d := seqr.get_info())["state"] == wanted and d,
+        timeout=30,
+        what=f"sequencer {seqr.id} to be {wanted}",
+    )
+
+
+def loaded_sequencer(host: HostClient) -> tuple[ComponentClient, SequencerClient]:
+    script = host.send_sequence(DARKNIGHT)
+    comp = host.create_component(unique("TST.comp"))
+    answer = comp.load_script(script.id, unique("TST.seq"))
+    assert answer["type"] == "SequencerLocation"
+    return comp, host.get_sequencer_client(answer["sequencer"]["prefix"])
+
+
+def test_components_and_their_sequencer(host: HostClient) -> None:
+    script = host.send_sequence(DARKNIGHT)
+    name = unique("TST.comp")
+    comp = host.create_component(name)
+    assert isinstance(comp, ComponentClient) and comp.name == name
+    assert comp.get_status() == {"name": name, "state": "Idle", "sequencer": None}
+    assert name in {c["name"] for c in host.list_components()}
+    prefix = unique("TST.seq")
+    located = comp.load_script(script.id, prefix)
+    assert located["sequencer"]["prefix"] == prefix
+    assert located["sequencer"]["script"]["name"] == "darknight"
+    assert comp.get_status()["state"] == "Running"
+    assert prefix in {s["prefix"] for s in host.list_sequencers()}
+    first_id = located["sequencer"]["id"]
+    assert host.get_component_client(name).get_status()["sequencer"]["id"] == first_id
+    with pytest.raises(HubClientError) as info:
+        comp.load_script(script.id, unique("TST.seq"))  # Running: ignored, Unhandled
+    assert info.value.status == 409 and info.value.body["type"] == "Unhandled"
+    fresh = comp.restart()
+    assert fresh["type"] == "SequencerLocation" and fresh["sequencer"]["id"] != first_id
+    assert comp.unload_script() == {"type": "Ok"}
+    assert comp.get_status()["state"] == "Idle"
+    with pytest.raises(HubClientError) as info:
+        comp.restart()  # nothing to restart in Idle
+    assert info.value.status == 409
+    with pytest.raises(HubClientError) as info:
+        host.get_component_client(unique("TST.none")).get_status()
+    assert info.value.code == "NOT_FOUND"
+
+
+def test_sequencer_editor_commands(host: HostClient) -> None:
+    _, seqr = loaded_sequencer(host)
+    info = seqr.get_info()
+    assert info["state"] == "Idle" and info["stepList"] is None
+    assert SequencerClient.from_id(info["id"], host).get_info()["prefix"] == seqr.id
+    assert seqr.load_sequence([setup_step("move"), observe_step("expose")]) == {"type": "Ok"}
+    assert seqr.add({"commands": [observe_step("readout")]}) == {"type": "Ok"}
+    assert seqr.prepend([setup_step("configure", filter="H")]) == {"type": "Ok"}
+    steps = seqr.get_info()["stepList"]
+    assert [s["command"] for s in steps] == ["configure", "move", "expose", "readout"]
+    configure, move, expose, readout = (s["id"] for s in steps)
+    assert seqr.replace(move, [setup_step("slew", ra="1")]) == {"type": "Ok"}
+    assert seqr.insert_after(configure, [setup_step("wait", sleep=0)]) == {"type": "Ok"}
+    assert seqr.delete(readout) == {"type": "Ok"}
+    assert seqr.add_breakpoint(expose) == {"type": "Ok"}
+    steps = seqr.get_info()["stepList"]
+    assert [s["command"] for s in steps] == ["configure", "wait", "slew", "expose"]
+    assert [s["hasBreakpoint"] for s in steps] == [False, False, False, True]
+    assert seqr.remove_breakpoint(expose) == {"type": "Ok"}
+    with pytest.raises(HubClientError) as info:
+        seqr.delete("no-such-step")
+    assert (info.value.status, info.value.body) == (
+        404,
+        {"type": "IdDoesNotExist", "id": "no-such-step"},
+    )
+    assert seqr.reset() == {"type": "Ok"}
+    assert seqr.get_info()["state"] == "Idle"
+    with pytest.raises(HubClientError) as info:
+        seqr.pause()
+    assert info.value.status == 409
+    assert info.value.message == "Sequencer can not accept 'Pause' message in 'Idle' state"
+    commands = [t["command"] for t in seqr.get_transitions()]
+    # State changes only: Idle → Loaded → Idle.
+    assert commands[:2] == ["LoadScript", "loadSequence"] and commands[-1] == "reset"
+
+
+def test_sequencer_runs_and_lifecycle(host: HostClient) -> None:
+    _, seqr = loaded_sequencer(host)
+    assert seqr.go_offline() == {"type": "Ok"}
+    assert seqr.get_info()["state"] == "Offline"
+    assert seqr.go_online() == {"type": "Ok"}
+    assert seqr.diagnostic_mode("2026-01-01T00:00:00Z", "check") == {"type": "Ok"}
+    assert seqr.operations_mode() == {"type": "Ok"}
+
+    assert seqr.load_sequence([setup_step("move", sleep=0), observe_step("expose", exposure=0)])
+    started = seqr.start_sequence()
+    assert started["type"] == "Started"
+    final = seqr.query_final(started["runId"], timeout=30)
+    assert final == {"type": "Completed", "runId": started["runId"]}
+    assert seqr.query(started["runId"])["type"] == "Completed"
+    assert [s["status"] for s in seqr.get_info()["stepList"]] == ["Success", "Success"]
+
+    run = seqr.submit(
+        [
+            setup_step("wait", sleep=1.5),
+            setup_step("wait", sleep=1.5),
+            observe_step("expose", exposure=0),
+        ]
+    )
+    assert run["type"] == "Started"
+    state(seqr, "Running")
+    assert seqr.query(run["runId"])["type"] == "Started"
+    assert seqr.pause() == {"type": "Ok"}
+    assert seqr.resume() == {"type": "Ok"}
+    assert seqr.abort_sequence() == {"type": "Ok"}
+    assert seqr.query_final(run["runId"], timeout=30)["type"] in ("Completed", "Error")
+    state(seqr, "Idle")
+
+    stopped = seqr.submit([setup_step("wait", sleep=1), setup_step("wait", sleep=1)])
+    state(seqr, "Running")
+    assert seqr.stop() == {"type": "Ok"}
+    seqr.query_final(stopped["runId"], timeout=30)
+
+    events = seqr.get_events()
+    now = next(events)
+    assert now["state"] == "Idle" and now["stepList"][0]["status"] == "Success"  # rest dropped
+    assert seqr.shutdown() == {"type": "Ok"}
+    later = [e["state"] for e in events]  # the stream ends once the sequencer is Killed
+    assert later[-1] == "Killed"
+
+
+async def test_async_sequencer_and_component(host: HostClient, hub, people) -> None:
+    script = host.send_sequence(DARKNIGHT)
+    async with AsyncHostClient(hub.api, token=people["admin"].token) as ahost:
+        comp = await ahost.create_component(unique("TST.comp"))
+        located = await comp.load_script(script.id, unique("TST.seq"))
+        seqr = ahost.get_sequencer_client(located["sequencer"]["id"])
+        run = await seqr.submit([setup_step("move", sleep=0)])
+        assert (await seqr.query_final(run["runId"], timeout=30))["type"] == "Completed"
+        assert (await seqr.get_info())["state"] == "Idle"
+        states = []
+        async for event in seqr.get_events():
+            states.append(event["state"])
+            if len(states) == 1:
+                await seqr.shutdown()
+        assert states[0] == "Idle" and states[-1] == "Killed"
+        assert (await comp.get_status())["name"] == comp.name
+        assert located["sequencer"]["prefix"] not in {
+            s["prefix"] for s in await ahost.list_sequencers() if s["state"] != "Killed"
+        }
+        assert await ahost.list_components()
