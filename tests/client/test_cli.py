@@ -7,12 +7,13 @@ import json
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.client.conftest import ECHO, EVENTS, FOREVER, LIFECYCLE_DIR, make_si
-from tests.conftest import wait_for
+from tests.conftest import ROOT, wait_for
 from tests.packaging import python_package
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -270,3 +271,98 @@ def test_config_file_alone_points_si_at_the_hub(hub, people, tmp_path: Path) -> 
     assert isinstance(json.loads(out(listing)), list)
     si("config", "reset", "all", extra_env={"SI_API_URL": ""})
     assert "default" in out(si("config", "print", extra_env={"SI_API_URL": ""}))
+
+
+def test_component_and_sequencer_commands(si, tmp_path: Path) -> None:
+    comp = f"TST.cli{uuid.uuid4().hex[:6]}"
+    prefix = f"TST.clq{uuid.uuid4().hex[:6]}"
+    assert out(si("component", "create", comp)).strip() == f"created {comp}"
+    assert f"{comp}  Idle  sequencer: none" in out(si("component", "status", comp))
+    si("seq", "send", str(ROOT / "examples" / "darknight"))
+    loaded = out(si("component", "load-script", comp, "-", prefix))
+    assert loaded.startswith(f"sequencer {prefix} (") and loaded.strip().endswith("Idle")
+    assert comp in out(si("component", "ls"))
+    assert prefix in out(si("sequencer", "ls"))
+
+    steps = tmp_path / "steps.json"
+    steps.write_text(
+        json.dumps(
+            [
+                {"type": "Setup", "command": "move", "params": {"sleep": 0}},
+                {"type": "Observe", "command": "expose", "params": {"exposure": 0}},
+            ]
+        )
+    )
+    assert out(si("sequencer", "load", prefix, str(steps))).strip() == "Ok"
+    one = '[{"type": "Observe", "command": "readout"}]'
+    assert out(si("sequencer", "add", prefix, one)).strip() == "Ok"
+    si(
+        "sequencer",
+        "prepend",
+        prefix,
+        "-",
+        input=b'{"commands": [{"type": "Setup", "command": "configure"}]}',
+    )
+    info = json.loads(out(si("sequencer", "info", prefix, "--json")))
+    ids = [s["id"] for s in info["stepList"]]
+    assert [s["command"] for s in info["stepList"]] == ["configure", "move", "expose", "readout"]
+    si("sequencer", "replace", prefix, ids[1], '[{"type": "Setup", "command": "slew"}]')
+    si(
+        "sequencer",
+        "insert-after",
+        prefix,
+        ids[0],
+        '[{"type": "Setup", "command": "wait", "params": {"sleep": 0}}]',
+    )
+    si("sequencer", "delete", prefix, ids[3])
+    si("sequencer", "add-breakpoint", prefix, ids[2])
+    table = out(si("sequencer", "info", prefix))
+    assert "STEP" in table and "configure" in table and "*" in table
+    si("sequencer", "remove-breakpoint", prefix, ids[2])
+    assert out(si("sequencer", "reset", prefix)).strip() == "Ok"
+
+    refused = si("sequencer", "pause", prefix, check=False)
+    assert refused.returncode == 1
+    assert err(refused).strip() == (
+        "error: Sequencer can not accept 'Pause' message in 'Idle' state (CONFLICT, HTTP 409)"
+    )
+    missing = si("sequencer", "delete", prefix, "nope", check=False)
+    assert missing.returncode == 1  # Idle: Unhandled before the id is even looked at
+
+    assert out(si("sequencer", "go-offline", prefix)).strip() == "Ok"
+    assert out(si("sequencer", "go-online", prefix)).strip() == "Ok"
+    assert out(si("sequencer", "diagnostic-mode", prefix, "--hint", "h")).strip() == "Ok"
+    assert out(si("sequencer", "operations-mode", prefix)).strip() == "Ok"
+    si("sequencer", "load", prefix, str(steps))
+    started = out(si("sequencer", "start", prefix))
+    assert started.startswith("Started run ")
+    run_id = started.split()[-1]
+    final = json.loads(
+        out(si("sequencer", "query-final", prefix, run_id, "--timeout", "30", "--json"))
+    )
+    assert final == {"type": "Completed", "runId": run_id}
+    assert out(si("sequencer", "query", prefix, run_id)).strip() == f"Completed run {run_id}"
+
+    slow = (
+        '[{"type": "Setup", "command": "wait", "params": {"sleep": 1.5}}, '
+        '{"type": "Setup", "command": "wait", "params": {"sleep": 1.5}}]'
+    )
+    run = json.loads(out(si("sequencer", "submit", prefix, slow, "--json")))
+    assert run["type"] == "Started"
+    assert out(si("sequencer", "pause", prefix)).strip() == "Ok"
+    assert out(si("sequencer", "resume", prefix)).strip() == "Ok"
+    assert out(si("sequencer", "abort", prefix)).strip() == "Ok"
+    si("sequencer", "query-final", prefix, run["runId"], "--timeout", "30")
+    si("sequencer", "submit", prefix, slow)
+    assert out(si("sequencer", "stop", prefix)).strip() == "Ok"
+    history = out(si("sequencer", "transitions", prefix))
+    assert history.splitlines()[0].split()[:3] == ["TIME", "COMMAND", "FROM"]
+
+    follower = si.popen("sequencer", "events", prefix)
+    time.sleep(1.5)
+    fresh = out(si("component", "restart", comp))
+    assert fresh.startswith(f"sequencer {prefix} (")  # the old sequencer is shut down
+    lines = follower.communicate(timeout=60)[0].decode().splitlines()
+    assert lines[-1].startswith("Killed")
+    assert out(si("sequencer", "shutdown", prefix)).strip() == "Ok"
+    assert out(si("component", "unload-script", comp)).strip() == "Ok"
