@@ -230,8 +230,10 @@ def apply(
     state moves, a transition row records `command`, `user_id` and `response(result)`.
     """
     with transaction.atomic():
+        # Lock the sequencer row only: the joined rows are nullable (PostgreSQL refuses FOR
+        # UPDATE on the nullable side of an outer join) and others write them.
         row = (
-            Sequencer.objects.select_for_update()
+            Sequencer.objects.select_for_update(of=("self",))
             .select_related("script", "component", "instance")
             .get(pk=sequencer_id)
         )

@@ -273,6 +273,9 @@ async def command(
     instance = row.instance
     if row.state == State.KILLED or instance is None or not instance.worker:
         return await _answer_without_process(row, request)
+    if not row.handlers:
+        # Its script is still loading: the worker has no actor for it yet.
+        raise HubError(409, "NOT_READY", f"sequencer {row.prefix} is still loading its script")
     token = live.new_token()
     header = {
         "op": "seqcmd",
@@ -418,6 +421,18 @@ async def load_script(
     _check_name(prefix, "prefix", "ESW.darknight")
     if not isinstance(sequence_id, str) or not sequence_id:
         raise HubError(400, "INVALID_REQUEST", "sequence: expected a sequence id")
+    return await _shielded(_load_script(comp, sequence_id, prefix, user))
+
+
+async def _shielded(coro: Any) -> tuple[dict[str, Any], int]:
+    """Run a component operation to its end even if the caller goes away (a dropped HTTP
+    request must not leave a sequencer started but attached to no component)."""
+    return await asyncio.shield(asyncio.ensure_future(coro))
+
+
+async def _load_script(
+    comp: SequenceComponent, sequence_id: str, prefix: str, user: Any
+) -> tuple[dict[str, Any], int]:
     async with _ComponentLock(comp.name):
         comp = await aget_component(comp.name)
         decision = decide_component(ComponentState(comp.state), ComponentCommand.LOAD_SCRIPT)
@@ -432,6 +447,10 @@ async def load_script(
 
 async def unload_script(comp: SequenceComponent, user: Any) -> tuple[dict[str, Any], int]:
     """UnloadScript: shut the hosted sequencer down (→ Killed), component → Idle; Ok in Idle."""
+    return await _shielded(_unload_script(comp, user))
+
+
+async def _unload_script(comp: SequenceComponent, user: Any) -> tuple[dict[str, Any], int]:
     async with _ComponentLock(comp.name):
         comp = await aget_component(comp.name)
         decision = decide_component(ComponentState(comp.state), ComponentCommand.UNLOAD_SCRIPT)
@@ -441,7 +460,12 @@ async def unload_script(comp: SequenceComponent, user: Any) -> tuple[dict[str, A
 
 
 async def restart(comp: SequenceComponent, user: Any) -> tuple[dict[str, Any], int]:
-    """RestartScript: unload, then load the same script and prefix: a fresh sequencer."""
+    """RestartScript: unload, then load the same script and prefix: a fresh sequencer.
+    409 Unhandled in Idle; 422 LoadingScriptFailed (the component is then Idle)."""
+    return await _shielded(_restart(comp, user))
+
+
+async def _restart(comp: SequenceComponent, user: Any) -> tuple[dict[str, Any], int]:
     async with _ComponentLock(comp.name):
         comp = await aget_component(comp.name)
         decision = decide_component(ComponentState(comp.state), ComponentCommand.RESTART)

@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from tests.conftest import (
     wait_for,
     web_url,
 )
+from tests.packaging import python_package, upload
 from tests.sequences import sequencer_kit
 from tests.sequences.sequencer_kit import Kit, setup, unique
 
@@ -273,11 +275,53 @@ def test_a_command_for_a_sequencer_its_worker_does_not_run_answers_killed(kit):
     live_sid = kit.load()["id"]
     worker = Instance.objects.get(pk=kit.get(live_sid)["instance"]).worker
     orphan = Instance.objects.create(kind="script", worker=worker, status="running")
-    ghost = Sequencer.objects.create(prefix=unique("TST.ghost"), instance=orphan)
+    ghost = Sequencer.objects.create(
+        prefix=unique("TST.ghost"), instance=orphan, handlers={"setup": [], "hooks": []}
+    )
     answer = kit.send(ghost.id, "goOffline", expect=409)
     assert answer["type"] == "Unhandled" and answer["state"] == KILLED
     assert "has no process on worker" in kit.get(ghost.id)["reason"]
     assert kit.get(live_sid)["state"] == IDLE
+
+
+SLOW_SCRIPT = """
+import time
+
+
+def script(sequencer):
+    time.sleep(1.5)
+
+    @sequencer.on_setup("go")
+    async def go(step):
+        pass
+"""
+
+
+def test_commands_while_the_script_loads_are_refused_and_do_no_harm(kit):
+    comp = kit.component()
+    seq_id = upload(kit.admin, python_package(SLOW_SCRIPT))
+    prefix = unique("TST.slow")
+    result: dict[str, Any] = {}
+
+    def load() -> None:
+        result["response"] = kit.admin.post(
+            f"/component/{comp}/load-script", json={"sequence": seq_id, "prefix": prefix}
+        )
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    loading = wait_for(
+        lambda: (
+            kit.operator.get(f"/sequencer/{prefix}").status_code == 200
+            and kit.operator.get(f"/sequencer/{prefix}").json()
+        ),
+        what="the sequencer row",
+    )
+    early = kit.operator.post(f"/sequencer/{loading['id']}/goOffline")
+    loader.join(30)
+    assert early.status_code == 409 and early.json()["code"] == "NOT_READY"
+    assert result["response"].status_code == 200, result["response"].text
+    assert kit.send(loading["id"], "goOffline") == {"type": "Ok"}
 
 
 # -- a hub restart -------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import pytest
 from tests.conftest import wait_for
 from tests.packaging import upload
 
+ENDED = ("completed", "errored", "lost")
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 
 
@@ -49,6 +51,7 @@ class Kit:
     operator: httpx.Client
     packages: dict[str, str] = field(default_factory=dict)
     components: list[str] = field(default_factory=list)
+    instances: list[str] = field(default_factory=list)
 
     def package(self, name: str) -> str:
         """Upload `examples/<name>` once per test; its sequence id."""
@@ -75,6 +78,7 @@ class Kit:
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["type"] == "SequencerLocation"
+        self.instances.append(body["sequencer"]["instance"])
         return body["sequencer"]
 
     def send(
@@ -109,8 +113,20 @@ class Kit:
         return response.json()
 
     def cleanup(self) -> None:
+        """Unload every component, then wait until their processes have ended and been
+        recorded, so no worker writes while the test database is emptied."""
         for comp in self.components:
+            hosted = self.admin.get(f"/component/{comp}/status").json().get("sequencer")
+            if hosted and hosted["instance"] not in self.instances:
+                self.instances.append(hosted["instance"])
             self.admin.post(f"/component/{comp}/unload-script")
+        deadline = time.monotonic() + 10
+        for iid in self.instances:
+            while time.monotonic() < deadline:
+                info = self.admin.get(f"/instance/{iid}")
+                if info.status_code != 200 or info.json()["status"] in ENDED:
+                    break
+                time.sleep(0.02)
 
 
 @pytest.fixture
