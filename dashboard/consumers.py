@@ -367,10 +367,13 @@ class SequencerConsumer(LiveConsumer):
 
 
 class ComponentListConsumer(LiveConsumer):
-    """Components change state when their sequencers do, so this page listens to those."""
+    """Components change with their sequencers and with component commands (`components`)."""
 
     def watch_groups(self) -> list[str]:
-        return ["sequencers"]
+        return ["sequencers", "components"]
+
+    async def components_changed(self, event: dict[str, Any]) -> None:
+        self.refresh_soon()
 
     def fragments(self) -> str:
         from dashboard.views.components import list_context

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
@@ -44,19 +44,19 @@ def component_create(request: HttpRequest) -> HttpResponse:
         audit(request.user, "component.create", name, outcome="refused", error=exc.message)
         return feedback(request, "error", exc.message, fallback, exc.status)
     audit(request.user, "component.create", comp.name)
+    async_to_sync(_announce)()
     return feedback(request, "ok", f"Created sequence component {comp.name} (Idle).", fallback)
 
 
-def _answer(
-    request: HttpRequest, level: str, text: str, fallback: str, status: int
-) -> HttpResponse:
-    """The feedback, and for htmx the fresh table too: a load or unload changes the row."""
-    response = feedback(request, level, text, fallback, status)
-    if getattr(request, "htmx", False):
-        context = {**list_context(), "oob": True}
-        table = render_to_string("components/list.html#table", context, request=request)
-        response.content = response.content + table.encode()
-    return response
+async def _announce() -> None:
+    """Tell every open components page to look again: component states are not fanned out
+    by the domain (only sequencer changes are)."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    if layer is not None:
+        with contextlib.suppress(Exception):
+            await layer.group_send("components", {"type": "components.changed"})
 
 
 def _explain(answer: dict[str, Any]) -> tuple[str, str]:
@@ -83,7 +83,8 @@ async def component_action(request: HttpRequest, name: str, action: str) -> Http
     fallback = reverse("components")
 
     async def answer(level: str, text: str, status: int = 200) -> HttpResponse:
-        return await sync_to_async(_answer)(request, level, text, fallback, status)
+        await _announce()
+        return await sync_to_async(feedback)(request, level, text, fallback, status)
 
     try:
         comp = await sequencers.aget_component(name)
