@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from client import HostClient
@@ -22,6 +24,7 @@ from tests.conftest import (
     start_web,
     start_worker,
     stop_process,
+    wait_for,
     web_url,
 )
 from tests.packaging import python_package
@@ -125,6 +128,27 @@ class Si:
             cwd=self.config_dir,
             env=self.env,
         )
+
+
+def wait_connected(pid: int, url: str, count: int = 1, timeout: float = 30) -> None:
+    """Wait until process `pid` holds `count` connections to the hub at `url`, plus a moment
+    for the hub to register the readers: events emitted after that reach them."""
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+
+    def connected() -> bool:
+        try:
+            conns = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            raise AssertionError(f"process {pid} ended before connecting") from None
+        live = [
+            c
+            for c in conns
+            if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+        ]
+        return len(live) >= count
+
+    wait_for(connected, timeout=timeout, what=f"{count} connection(s) to {url}")
+    time.sleep(0.5)
 
 
 def make_si(config_dir: Path, api_url: str, token: str | None) -> Si:

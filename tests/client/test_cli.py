@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.conftest import ECHO, EVENTS, FOREVER, LIFECYCLE_DIR, make_si
+from tests.client.conftest import (
+    ECHO,
+    EVENTS,
+    FOREVER,
+    LIFECYCLE_DIR,
+    make_si,
+    wait_connected,
+)
 from tests.conftest import ROOT, wait_for
 from tests.packaging import python_package
 
@@ -188,7 +195,8 @@ async def run(context, input):
     si("seq", "start", "-")
     nxt = si.popen("inst", "event", "on", "-", "tick", "--next")
     stream = si.popen("inst", "event", "on", "-", "tick", "--stream")
-    time.sleep(1.5)
+    wait_connected(nxt.pid, si.env["SI_API_URL"])
+    wait_connected(stream.pid, si.env["SI_API_URL"])
     si("inst", "event", "emit", "-", "go")
     assert json.loads(nxt.communicate(timeout=30)[0]) == {"n": 0}
     lines = stream.communicate(timeout=30)[0].decode().splitlines()
@@ -359,7 +367,7 @@ def test_component_and_sequencer_commands(si, tmp_path: Path) -> None:
     assert history.splitlines()[0].split()[:3] == ["TIME", "COMMAND", "FROM"]
 
     follower = si.popen("sequencer", "events", prefix)
-    time.sleep(1.5)
+    wait_connected(follower.pid, si.env["SI_API_URL"])
     fresh = out(si("component", "restart", comp))
     assert fresh.startswith(f"sequencer {prefix} (")  # the old sequencer is shut down
     lines = follower.communicate(timeout=60)[0].decode().splitlines()

@@ -4,6 +4,7 @@ live hub: daphne, a Celery worker, real child processes."""
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 import uuid
@@ -22,7 +23,14 @@ from client import (
     SequencerClient,
 )
 from client.pack import pack
-from tests.client.conftest import ECHO, EVENTS, FOREVER, LIFECYCLE_DIR, package
+from tests.client.conftest import (
+    ECHO,
+    EVENTS,
+    FOREVER,
+    LIFECYCLE_DIR,
+    package,
+    wait_connected,
+)
 from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -214,7 +222,8 @@ def test_next_event_and_event_stream(host: HostClient) -> None:
     ).start()
     nxt, first = in_thread(lambda: inst.get_next_event("tick"))
     streamed, all_ticks = in_thread(lambda: list(inst.get_event_stream("tick")))
-    time.sleep(1.0)  # both readers are waiting before anything is emitted
+    # Both readers must be waiting before anything is emitted: two connections of ours.
+    wait_connected(os.getpid(), host.url, count=2)
     inst.send_event("go")
     nxt.join(30)
     streamed.join(30)
