@@ -29,15 +29,18 @@ import psutil
 from django.conf import settings
 from django.utils import timezone
 
+from runner import launch
 from runner.dbwriter import DbWriter
 from runner.forkserver import ForkServer
+from runner.packagecache import cache_root
 from sequences import live
-from sequences.models import InstanceStatus
+from sequences.models import Instance, InstanceStatus, Sequence
 
 log = logging.getLogger(__name__)
 
 READ_STREAMS = {1: "stdout", 2: "stderr", 4: "output", 6: "log"}
 REDIS_MAXLEN = 512  # chunks kept live per stream; older ones are read from the database
+ENDED_STREAM_TTL = 600  # seconds an ended instance's live streams stay for late readers
 PAUSE_BYTES = 32 << 20  # stop reading children while this much waits for Redis or the database
 INPUT_BUFFER_LIMIT = 64 << 20
 F_SETPIPE_SZ = 1031
@@ -130,9 +133,13 @@ class Pump(asyncio.Protocol):
 
 
 class Supervisor:
-    def __init__(self, name: str | None = None, capacity: int | None = None) -> None:
+    def __init__(
+        self, name: str | None = None, capacity: int | None = None, queues: list[str] | None = None
+    ) -> None:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.capacity = capacity or settings.HUB_WORKER_CAPACITY
+        # The Celery queues this worker serves: it takes their direct start requests too.
+        self.queues = queues or [settings.CELERY_TASK_DEFAULT_QUEUE]
         self.children: dict[str, Child] = {}
         self.by_pid: dict[int, Child] = {}
         self.writer = DbWriter()
@@ -147,7 +154,8 @@ class Supervisor:
             "event": self._op_event,
             "health": self._op_health,
         }
-        self._outbox: list[tuple[str, dict]] = []
+        # Redis writes, sent in one pipeline per flush: XADD (key, fields) or EXPIRE (key, None).
+        self._outbox: list[tuple[str, dict | None]] = []
         self._flushing = False
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub-supervisor", daemon=True)
@@ -172,6 +180,7 @@ class Supervisor:
         self.redis = live.async_client()
         self._register_worker()
         self.loop.create_task(self._control_loop())
+        self.loop.create_task(self._start_loop())
         self.loop.create_task(self._heartbeat_loop())
 
     def run(self, coro: Coroutine[Any, Any, Any], timeout: float | None = 30) -> Any:
@@ -239,9 +248,19 @@ class Supervisor:
         if psutil.virtual_memory().available < 128 << 20:
             raise Refused(f"worker {self.name} has less than 128 MiB of memory free")
 
-    async def spawn(self, iid: str, spec: dict[str, Any], kind: str = "sequence",
-                    argv: list[str] | None = None) -> Child:
-        """Fork the child with its seven descriptors and start pumping its streams."""
+    async def spawn(
+        self,
+        iid: str,
+        spec: dict[str, Any],
+        kind: str = "sequence",
+        argv: list[str] | None = None,
+        record_start: bool = False,
+    ) -> Child:
+        """Fork the child with its seven descriptors and start pumping its streams.
+
+        `record_start` queues the row's "starting" update (worker, pid, time) right after the
+        fork, ahead of anything the child can say, so the writer applies them in order.
+        """
         self.check_capacity()
         child = Child(iid=iid, kind=kind, workdir=spec["workdir"])
         parent, child_fds = _make_fds()
@@ -260,6 +279,14 @@ class Supervisor:
             os.close(fd)
         self.children[iid] = child
         self.by_pid[child.pid] = child
+        if record_start:
+            self.writer.update(
+                iid,
+                status=InstanceStatus.STARTING,
+                worker=self.name,
+                started=timezone.now(),
+                pid=child.pid,
+            )
         with contextlib.suppress(psutil.Error):
             child.psutil_proc = psutil.Process(child.pid)
         await self._attach(child, parent)
@@ -268,10 +295,8 @@ class Supervisor:
 
     async def _attach(self, child: Child, parent: dict[str, Any]) -> None:
         child.open_pumps = len(READ_STREAMS)
-        for fd, stream in READ_STREAMS.items():
-            await self.loop.connect_read_pipe(
-                lambda s=stream: Pump(self, child, s), parent[stream]
-            )
+        for stream in READ_STREAMS.values():
+            await self.loop.connect_read_pipe(lambda s=stream: Pump(self, child, s), parent[stream])
         child.stdin, _ = await self.loop.connect_write_pipe(asyncio.Protocol, parent["stdin"])
         child.input, _ = await self.loop.connect_write_pipe(asyncio.Protocol, parent["input"])
         reader, writer = await asyncio.open_unix_connection(sock=parent["ctl"], limit=1 << 24)
@@ -299,7 +324,10 @@ class Supervisor:
                 batch, self._outbox = self._outbox, []
                 pipe = self.redis.pipeline(transaction=False)
                 for key, fields in batch:
-                    pipe.xadd(key, fields, maxlen=REDIS_MAXLEN, approximate=True)
+                    if fields is None:
+                        pipe.expire(key, ENDED_STREAM_TTL)
+                    else:
+                        pipe.xadd(key, fields, maxlen=REDIS_MAXLEN, approximate=True)
                 try:
                     await pipe.execute()
                 except Exception:
@@ -330,8 +358,9 @@ class Supervisor:
             self.loop.call_later(0.05, self._check_resume)
 
     def host_log(self, msg: str, **data: Any) -> None:
-        line = json.dumps({"ts": int(time.time() * 1000), "level": "INFO", "from": self.name,
-                           "msg": msg, **data})
+        line = json.dumps(
+            {"ts": int(time.time() * 1000), "level": "INFO", "from": self.name, "msg": msg, **data}
+        )
         self._outbox.append((live.HOST_LOG, {"d": line + "\n"}))
         self._schedule_flush()
 
@@ -407,6 +436,93 @@ class Supervisor:
                 continue
             self.loop.create_task(self._guard(coro, header))
 
+    # -- direct starts from the web --------------------------------------------------------
+    async def _start_loop(self) -> None:
+        """Start requests the web pushes on its queue's list: no Celery dispatch, no database
+        read, and the reply goes out as soon as the child is forked (the row is updated by the
+        writer, in order with the child's own messages)."""
+        keys = [live.start_key(queue) for queue in self.queues]
+        client = live.async_client()
+        while not self._stopping:
+            try:
+                item = await client.blpop(keys, timeout=5)
+            except Exception:
+                log.exception("start channel failed; retrying")
+                await asyncio.sleep(1)
+                continue
+            if item is not None:
+                header, _ = live.decode_control(item[1])
+                self.loop.create_task(self._guard(self._start_requested(header), header))
+
+    async def _start_requested(self, req: dict[str, Any]) -> None:
+        iid, token = str(req["id"]), str(req["reply"])
+        if float(req.get("expires", 0)) < time.time():
+            return  # the web stopped waiting and recorded the failure itself
+        try:
+            self.check_capacity()
+            spec = await self._spec_for(req)
+            child = await self.spawn(
+                iid,
+                spec,
+                kind=str(req.get("kind", "sequence")),
+                argv=launch.exec_argv(spec),
+                record_start=True,
+            )
+        except Refused as exc:
+            self._record_failure(iid, 24, str(exc))
+            await self.reply(
+                token,
+                {"ok": False, "status": 507, "code": "INSUFFICIENT_RESOURCES", "error": str(exc)},
+            )
+            return
+        except Exception as exc:
+            log.exception("could not start instance %s", iid)
+            self._record_failure(iid, 20, f"Failed to start: {exc}")
+            await self.reply(
+                token,
+                {
+                    "ok": False,
+                    "status": 400,
+                    "code": "START_FAILED",
+                    "error": f"Failed to start: {exc}",
+                },
+            )
+            return
+        await self.reply(token, {"ok": True, "worker": self.name, "pid": child.pid})
+
+    async def _spec_for(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The launch spec from what the web sent; the database only when the package is not
+        unpacked on this node yet (that fetch and unpack run in a thread)."""
+        seq_fields = req["sequence"]
+        if (cache_root() / str(seq_fields["sha256"])).is_dir():
+            seq = Sequence(
+                id=seq_fields["id"],
+                sha256=seq_fields["sha256"],
+                main=seq_fields["main"],
+                language=seq_fields["language"],
+                config=seq_fields.get("config") or {},
+            )
+            instance = Instance(
+                id=req["id"],
+                sequence=seq,
+                args=req.get("args") or [],
+                app_config=req.get("appConfig") or {},
+                limits=req.get("limits") or {},
+            )
+            return launch.build_spec(instance)
+        return await self.loop.run_in_executor(None, _spec_from_database, str(req["id"]))
+
+    def _record_failure(self, iid: str, code: int, reason: str) -> None:
+        now = timezone.now()
+        self.writer.update(
+            iid,
+            status=InstanceStatus.ERRORED,
+            exit_code=code,
+            reason=reason[:500],
+            ended=now,
+            remove_at=now + timedelta(seconds=settings.HUB_INSTANCE_RETENTION),
+        )
+
     async def _guard(self, coro: Awaitable[None], header: dict) -> None:
         try:
             await coro
@@ -445,8 +561,13 @@ class Supervisor:
     def _write_limited(self, child: Child, transport: asyncio.WriteTransport, data: bytes) -> None:
         # A sequence that never reads its input must not grow the worker without bound.
         if transport.get_write_buffer_size() + len(data) > INPUT_BUFFER_LIMIT:
-            self.emit_chunk(child, "log", _log_line("WARN", "input dropped: the sequence is not "
-                                                    "reading it and 64 MiB wait already"))
+            self.emit_chunk(
+                child,
+                "log",
+                _log_line(
+                    "WARN", "input dropped: the sequence is not reading it and 64 MiB wait already"
+                ),
+            )
             return
         if data:
             transport.write(data)
@@ -454,8 +575,9 @@ class Supervisor:
     async def _op_event(self, header: dict, payload: bytes) -> None:
         child = self.children.get(header["id"])
         if child is not None:
-            self.send(child, 5001, {"eventName": header["eventName"],
-                                    "message": header.get("message")})
+            self.send(
+                child, 5001, {"eventName": header["eventName"], "message": header.get("message")}
+            )
 
     async def _op_health(self, header: dict, payload: bytes) -> None:
         child = self.children.get(header["id"])
@@ -495,8 +617,11 @@ class Supervisor:
         child.stopped, child.kept_alive = True, False
         self.writer.update(child.iid, status=InstanceStatus.STOPPING)
         self._notify(child.iid, status=InstanceStatus.STOPPING)
-        self.send(child, 4001, {"timeout": timeout_ms,
-                                "canCallKeepalive": bool(header.get("canCallKeepalive"))})
+        self.send(
+            child,
+            4001,
+            {"timeout": timeout_ms, "canCallKeepalive": bool(header.get("canCallKeepalive"))},
+        )
         if child.stop_timer:
             child.stop_timer.cancel()
         child.stop_timer = self.loop.create_task(self._kill_after(child, timeout_ms / 1000))
@@ -547,7 +672,7 @@ class Supervisor:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(child.pumps_done.wait(), 5)
         await self._drain_control(child)
-        for transport in child.transports + [child.stdin, child.input]:
+        for transport in [*child.transports, child.stdin, child.input]:
             if transport is not None:
                 transport.close()
         if child.ctl_writer is not None:
@@ -559,7 +684,16 @@ class Supervisor:
         self.children.pop(child.iid, None)
         child.finished = True
         for stream in READ_STREAMS.values():
-            self._outbox.append((live.stream_key(child.iid, stream), {"eof": 1}))
+            # The chunk count lets a reader that fell behind wait for the database to have all.
+            self._outbox.append(
+                (live.stream_key(child.iid, stream), {"eof": 1, "n": child.seq[stream]})
+            )
+        # Expiry rides in the same pipeline, after the eof entries that may create the keys.
+        for key in [
+            *(live.stream_key(child.iid, s) for s in READ_STREAMS.values()),
+            live.events_key(child.iid),
+        ]:
+            self._outbox.append((key, None))
         self._schedule_flush()
         self.host_log(f"instance {child.iid} ended: {reason}", exitcode=code)
         now = timezone.now()
@@ -581,10 +715,6 @@ class Supervisor:
                 child.on_exit(code, status, reason)
             except Exception:
                 log.exception("exit callback of %s failed", child.iid)
-        with contextlib.suppress(Exception):
-            await self.redis.expire(live.events_key(child.iid), 600)
-            for stream in READ_STREAMS.values():
-                await self.redis.expire(live.stream_key(child.iid, stream), 600)
         if child.workdir:
             self.loop.run_in_executor(None, shutil.rmtree, child.workdir, True)
 
@@ -603,8 +733,9 @@ class Supervisor:
 
     def _notify(self, iid: str, **change: Any) -> None:
         """Tell watchers (console pages) that an instance changed; at-most-once by design."""
-        self.loop.create_task(_group_send(f"instance-{iid}", {"type": "instance.changed",
-                                                                "id": iid, **change}))
+        self.loop.create_task(
+            _group_send(f"instance-{iid}", {"type": "instance.changed", "id": iid, **change})
+        )
 
 
 async def _group_send(group: str, message: dict) -> None:
@@ -616,6 +747,14 @@ async def _group_send(group: str, message: dict) -> None:
     with contextlib.suppress(Exception):
         await layer.group_send(group, message)
         await layer.group_send("instances", message)
+
+
+def _spec_from_database(iid: str) -> dict[str, Any]:
+    from django.db import close_old_connections
+
+    close_old_connections()
+    instance = Instance.objects.select_related("sequence").get(pk=iid)
+    return launch.build_spec(instance)
 
 
 def _delete_instance(iid: str) -> None:
@@ -659,12 +798,13 @@ _supervisor: Supervisor | None = None
 _supervisor_lock = threading.Lock()
 
 
-def get_supervisor() -> Supervisor:
-    """The worker process's supervisor, started on first use."""
+def get_supervisor(queues: list[str] | None = None) -> Supervisor:
+    """The worker process's supervisor, started on first use (taking direct start requests
+    for `queues`, by default the default queue)."""
     global _supervisor
     with _supervisor_lock:
         if _supervisor is None:
-            sup = Supervisor()
+            sup = Supervisor(queues=queues)
             sup.start()
             _supervisor = sup
         return _supervisor

@@ -19,9 +19,17 @@ log = logging.getLogger(__name__)
 
 
 @worker_ready.connect
-def _start_supervisor(**_: object) -> None:
-    get_supervisor()
+def _start_supervisor(sender: object = None, **_: object) -> None:
+    get_supervisor(_queue_names(sender))
     detect_lost()
+
+
+def _queue_names(consumer: object) -> list[str] | None:
+    """The queues this worker consumes (`-Q`): it takes their direct start requests too."""
+    try:
+        return sorted(q.name for q in consumer.task_consumer.queues)  # type: ignore[attr-defined]
+    except Exception:
+        return None
 
 
 @worker_shutdown.connect
@@ -46,8 +54,10 @@ def start_instance(iid: str, reply: str) -> None:
     sup = get_supervisor()
     instance = Instance.objects.select_related("sequence").filter(pk=iid).first()
     if instance is None:
-        _reply(reply, {"ok": False, "status": 404, "code": "NOT_FOUND",
-                       "error": f"Instance {iid} not found"})
+        _reply(
+            reply,
+            {"ok": False, "status": 404, "code": "NOT_FOUND", "error": f"Instance {iid} not found"},
+        )
         return
     try:
         sup.check_capacity()
@@ -59,14 +69,22 @@ def start_instance(iid: str, reply: str) -> None:
         child = sup.run(sup.spawn(iid, spec, argv=argv))
     except Refused as exc:
         _fail(iid, 24, str(exc))
-        _reply(reply, {"ok": False, "status": 507, "code": "INSUFFICIENT_RESOURCES",
-                       "error": str(exc)})
+        _reply(
+            reply, {"ok": False, "status": 507, "code": "INSUFFICIENT_RESOURCES", "error": str(exc)}
+        )
         return
     except Exception as exc:
         log.exception("could not start instance %s", iid)
         _fail(iid, 20, f"Failed to start: {exc}")
-        _reply(reply, {"ok": False, "status": 400, "code": "START_FAILED",
-                       "error": f"Failed to start: {exc}"})
+        _reply(
+            reply,
+            {
+                "ok": False,
+                "status": 400,
+                "code": "START_FAILED",
+                "error": f"Failed to start: {exc}",
+            },
+        )
         return
     sup.writer.update(iid, pid=child.pid)
     _reply(reply, {"ok": True, "worker": sup.name, "pid": child.pid})
@@ -75,7 +93,10 @@ def start_instance(iid: str, reply: str) -> None:
 def _fail(iid: str, code: int, reason: str) -> None:
     now = timezone.now()
     Instance.objects.filter(pk=iid).update(
-        status=InstanceStatus.ERRORED, exit_code=code, reason=reason[:500], ended=now,
+        status=InstanceStatus.ERRORED,
+        exit_code=code,
+        reason=reason[:500],
+        ended=now,
         remove_at=now + timedelta(seconds=settings.HUB_INSTANCE_RETENTION),
     )
 
@@ -86,8 +107,10 @@ def detect_lost() -> int:
     client = live.sync_client()
     lost = 0
     workers = set(
-        Instance.objects.filter(status__in=LIVE_STATUSES).exclude(worker="")
-        .values_list("worker", flat=True).distinct()
+        Instance.objects.filter(status__in=LIVE_STATUSES)
+        .exclude(worker="")
+        .values_list("worker", flat=True)
+        .distinct()
     )
     for name in workers:
         if client.exists(live.worker_key(name)):
@@ -95,8 +118,9 @@ def detect_lost() -> int:
         lost += mark_lost(name, f"worker {name} stopped answering")
     # Starts that never reached a worker.
     cutoff = timezone.now() - timedelta(seconds=settings.HUB_START_TIMEOUT * 2)
-    stale = Instance.objects.filter(status=InstanceStatus.INITIALIZING, worker="",
-                                    created__lt=cutoff)
+    stale = Instance.objects.filter(
+        status=InstanceStatus.INITIALIZING, worker="", created__lt=cutoff
+    )
     for iid in stale.values_list("id", flat=True):
         _fail(iid, 20, "no worker took the start request")
     return lost
@@ -105,10 +129,14 @@ def detect_lost() -> int:
 def mark_lost(worker: str, reason: str) -> int:
     now = timezone.now()
     ids = list(
-        Instance.objects.filter(status__in=LIVE_STATUSES, worker=worker).values_list("id", flat=True)
+        Instance.objects.filter(status__in=LIVE_STATUSES, worker=worker).values_list(
+            "id", flat=True
+        )
     )
     Instance.objects.filter(pk__in=ids).update(
-        status=InstanceStatus.LOST, reason=reason[:500], ended=now,
+        status=InstanceStatus.LOST,
+        reason=reason[:500],
+        ended=now,
         remove_at=now + timedelta(seconds=settings.HUB_INSTANCE_RETENTION),
     )
     client = live.sync_client()
@@ -131,7 +159,8 @@ def prune_ended() -> int:
     now = timezone.now()
     ids = list(
         Instance.objects.exclude(status__in=LIVE_STATUSES)
-        .filter(remove_at__lte=now).values_list("id", flat=True)[:1000]
+        .filter(remove_at__lte=now)
+        .values_list("id", flat=True)[:1000]
     )
     if ids:
         Instance.objects.filter(pk__in=ids).delete()

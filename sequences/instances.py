@@ -7,19 +7,43 @@ child, and routes control messages to the worker that owns the instance through 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import DatabaseError, connection
 
 from sequences import live
 from sequences.errors import HubError, not_found
 from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, Sequence
 
 MAX_ARGS_BYTES = 1 << 20
+T = TypeVar("T")
+
+# Database work of the hot paths (start, stream readers) runs on a few long-lived threads that
+# keep their connections: sync_to_async's per-request thread would open (and close) a new
+# connection for every request, which costs more than the queries themselves.
+_db_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hub-db")
+
+
+def _run_db(call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except DatabaseError:
+        connection.close()  # a broken connection must not serve the next call
+        raise
+
+
+async def db_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` on a database thread, awaited."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_db_threads, _run_db, functools.partial(fn, *args, **kwargs))
 
 
 @dataclass
@@ -48,7 +72,7 @@ def parse_start(raw: bytes) -> StartRequest:
     if body is None:
         body = {}
     if not isinstance(body, dict):
-        raise invalid("start body must be a JSON object like {\"args\": [...], \"appConfig\": {}}")
+        raise invalid('start body must be a JSON object like {"args": [...], "appConfig": {}}')
     args = body.get("args", [])
     if args is None:
         args = []
@@ -60,12 +84,15 @@ def parse_start(raw: bytes) -> StartRequest:
     if not isinstance(app_config, dict):
         raise invalid(f"appConfig must be a JSON object, got {type(app_config).__name__}")
     iid = body.get("instanceId")
-    if iid is not None and (not isinstance(iid, str) or not 1 <= len(iid) <= 64
-                            or not all(c.isalnum() or c in "-_" for c in iid)):
+    if iid is not None and (
+        not isinstance(iid, str)
+        or not 1 <= len(iid) <= 64
+        or not all(c.isalnum() or c in "-_" for c in iid)
+    ):
         raise invalid("instanceId must be a string of up to 64 letters, digits, '-' or '_'")
     limits = body.get("limits") or {}
     if not isinstance(limits, dict):
-        raise invalid("limits must be a JSON object like {\"memory\": 256}")
+        raise invalid('limits must be a JSON object like {"memory": 256}')
     clean_limits: dict[str, Any] = {}
     if "memory" in limits:
         memory = limits["memory"]
@@ -101,27 +128,56 @@ def _create(seq: Sequence, req: StartRequest, user: Any, kind: str = "sequence")
     )
 
 
-def _enqueue(iid: str, token: str) -> None:
-    from runner.tasks import start_instance
-
-    start_instance.apply_async(args=[iid, token], queue=settings.CELERY_TASK_DEFAULT_QUEUE)
+def start_request(instance: Instance, seq: Sequence, token: str, timeout: float) -> bytes:
+    """What a worker needs to start the instance without reading the database (it does read
+    it when it has not unpacked the package yet). Past `expires` the web stopped waiting."""
+    header = {
+        "op": "start",
+        "id": instance.id,
+        "reply": token,
+        "expires": time.time() + timeout,
+        "kind": instance.kind,
+        "args": instance.args,
+        "appConfig": instance.app_config,
+        "limits": instance.limits,
+        "sequence": {
+            "id": seq.id,
+            "sha256": seq.sha256,
+            "main": seq.main,
+            "language": seq.language,
+            "config": seq.config,
+        },
+    }
+    return live.encode_control(header)
 
 
 async def start(seq: Sequence, req: StartRequest, user: Any, kind: str = "sequence") -> Instance:
-    """Create the instance and return once its worker holds its streams (input is safe)."""
-    instance = await sync_to_async(_create)(seq, req, user, kind)
+    """Create the instance and return once its worker holds its streams (input is safe).
+
+    The request goes straight to the workers' start list in Redis (a worker's supervisor
+    pops it), not through a Celery task: one push, one blocking pop for the answer.
+    """
+    instance = await db_call(_create, seq, req, user, kind)
     token = live.new_token()
-    await sync_to_async(_enqueue)(instance.id, token)
-    answer = await wait_reply(token, settings.HUB_START_TIMEOUT)
+    timeout = settings.HUB_START_TIMEOUT
+    await live.async_client().rpush(
+        live.start_key(settings.CELERY_TASK_DEFAULT_QUEUE),
+        start_request(instance, seq, token, timeout),
+    )
+    answer = await wait_reply(token, timeout)
     if answer is None:
-        await sync_to_async(_fail_start)(instance.id, "no worker answered the start request")
+        await db_call(_fail_start, instance.id, "no worker answered the start request")
         raise HubError(
-            503, "NO_WORKER",
+            503,
+            "NO_WORKER",
             f"no worker answered within {settings.HUB_START_TIMEOUT:.0f} s: is a worker running?",
         )
     if not answer.get("ok"):
-        raise HubError(int(answer.get("status", 400)), answer.get("code", "START_FAILED"),
-                       answer.get("error", "start failed"))
+        raise HubError(
+            int(answer.get("status", 400)),
+            answer.get("code", "START_FAILED"),
+            answer.get("error", "start failed"),
+        )
     instance.worker = answer.get("worker", "")
     return instance
 
@@ -146,7 +202,8 @@ def get_instance(iid: str) -> Instance:
     return instance
 
 
-aget_instance = sync_to_async(get_instance)
+async def aget_instance(iid: str) -> Instance:
+    return await db_call(get_instance, iid)
 
 
 def info(instance: Instance) -> dict[str, Any]:
@@ -188,8 +245,9 @@ async def send_control(instance: Instance, header: dict[str, Any], payload: byte
 
 def require_live(instance: Instance) -> None:
     if not instance.is_live:
-        raise HubError(409, "NOT_RUNNING",
-                       f"Instance {instance.id} is not running (status {instance.status})")
+        raise HubError(
+            409, "NOT_RUNNING", f"Instance {instance.id} is not running (status {instance.status})"
+        )
 
 
 def parse_control_body(raw: bytes, code: int) -> dict[str, Any]:
@@ -212,8 +270,9 @@ def parse_control_body(raw: bytes, code: int) -> dict[str, Any]:
 async def stop(instance: Instance, timeout_ms: int, can_keepalive: bool) -> Instance:
     """Ask the sequence to stop; answer after it ended or `timeout` passed, as STH does."""
     require_live(instance)
-    await send_control(instance, {"op": "stop", "timeout": timeout_ms,
-                                  "canCallKeepalive": can_keepalive})
+    await send_control(
+        instance, {"op": "stop", "timeout": timeout_ms, "canCallKeepalive": can_keepalive}
+    )
     return await wait_until_ended(instance.id, timeout_ms / 1000 + 1.0)
 
 
@@ -222,8 +281,9 @@ async def kill(instance: Instance, remove_immediately: bool = False) -> None:
         if remove_immediately:
             await sync_to_async(_remove)(instance.id)
             return
-        raise HubError(409, "NOT_RUNNING",
-                       f"Instance {instance.id} is not running (status {instance.status})")
+        raise HubError(
+            409, "NOT_RUNNING", f"Instance {instance.id} is not running (status {instance.status})"
+        )
     await send_control(instance, {"op": "kill", "removeImmediately": remove_immediately})
 
 
@@ -256,16 +316,18 @@ def kill_and_wait(instance_ids: list[str], timeout: float = 15.0) -> None:
     async_to_sync(run)()
 
 
-async def send_input(instance: Instance, stream: str, chunks: list[bytes], content_type: str,
-                     end: bool) -> None:
+async def send_input(
+    instance: Instance, stream: str, chunks: list[bytes], content_type: str, end: bool
+) -> None:
     require_live(instance)
     op = "input" if stream == "input" else "stdin"
     if not chunks:
         chunks = [b""]
     for i, chunk in enumerate(chunks):
         last = i == len(chunks) - 1
-        await send_control(instance, {"op": op, "contentType": content_type,
-                                       "end": end and last}, chunk)
+        await send_control(
+            instance, {"op": op, "contentType": content_type, "end": end and last}, chunk
+        )
 
 
 async def send_event(instance: Instance, name: str, message: Any) -> None:

@@ -5,6 +5,7 @@ Live data goes worker → Redis → web; the database holds the durable copy.
 - `hub:ev:<iid>`          Redis stream of events emitted by the sequence `{n: name, m: json}`
 - `hub:evlast:<iid>`      hash: last message per event name
 - `hub:ctl:<worker>`      list: control messages for one worker's supervisor
+- `hub:start:<queue>`     list: start requests any supervisor serving that queue takes
 - `hub:reply:<token>`     list: one reply to a request that waits for it
 - `hub:worker:<name>`     heartbeat key, expires when the worker stops answering
 - `hub:log`               Redis stream of host log lines
@@ -39,6 +40,10 @@ def last_events_key(iid: str) -> str:
 
 def control_key(worker: str) -> str:
     return f"hub:ctl:{worker}"
+
+
+def start_key(queue: str) -> str:
+    return f"hub:start:{queue}"
 
 
 def reply_key(token: str) -> str:

@@ -16,10 +16,15 @@ from typing import Any
 from asgiref.sync import sync_to_async
 
 from sequences import live
+from sequences.instances import db_call
 from sequences.models import LIVE_STATUSES, Instance, InstanceEvent, StreamChunk
 
 DB_BATCH = 256
 BLOCK_MS = 2000
+# A live stream's reader asks the database whether the instance still runs only after this
+# much silence: the end normally arrives as an eof entry in the stream itself.
+FOLLOW_BLOCK_MS = 10_000
+REDIS_BATCH = 200
 
 
 def _db_chunks(iid: str, stream: str, start: int, stop: int | None) -> list[tuple[int, bytes]]:
@@ -33,15 +38,36 @@ def _is_live(iid: str) -> bool:
     return Instance.objects.filter(pk=iid, status__in=LIVE_STATUSES).exists()
 
 
-adb_chunks = sync_to_async(_db_chunks)
-ais_live = sync_to_async(_is_live)
+async def adb_chunks(
+    iid: str, stream: str, start: int, stop: int | None
+) -> list[tuple[int, bytes]]:
+    return await db_call(_db_chunks, iid, stream, start, stop)
 
 
-async def follow(iid: str, stream: str, cursor: int = 0,
-                 follow_live: bool = True) -> AsyncIterator[bytes]:
-    """Chunks of one stream from chunk number `cursor` on, following until the end."""
-    still_live = await ais_live(iid)
-    # What the database has: for an ended instance that is everything.
+async def ais_live(iid: str) -> bool:
+    return await db_call(_is_live, iid)
+
+
+async def follow(
+    iid: str,
+    stream: str,
+    cursor: int = 0,
+    follow_live: bool = True,
+    live_hint: bool | None = None,
+) -> AsyncIterator[bytes]:
+    """Chunks of one stream from chunk number `cursor` on, following until the end.
+
+    `live_hint`: whether the caller just saw the instance live (saves a query). A live
+    instance is read from Redis first: its stream holds the newest chunks in order, and any
+    older ones it no longer holds come from the database as a gap (`_fill_gap`), so a reader
+    of a fresh instance never waits for the database writer.
+    """
+    still_live = live_hint if live_hint is not None else await ais_live(iid)
+    if still_live and follow_live:
+        async for data in _follow_redis(iid, stream, cursor):
+            yield data
+        return
+    # Ended: the database has everything.
     while True:
         rows = await adb_chunks(iid, stream, cursor, None)
         before = cursor
@@ -52,10 +78,6 @@ async def follow(iid: str, stream: str, cursor: int = 0,
             cursor += 1
         if len(rows) < DB_BATCH or cursor == before:
             break
-    if not still_live or not follow_live:
-        return
-    async for data in _follow_redis(iid, stream, cursor):
-        yield data
 
 
 async def _follow_redis(iid: str, stream: str, cursor: int) -> AsyncIterator[bytes]:
@@ -63,18 +85,20 @@ async def _follow_redis(iid: str, stream: str, cursor: int) -> AsyncIterator[byt
     key = live.stream_key(iid, stream)
     last_id = "0-0"
     while True:
-        reply = await client.xread({key: last_id}, count=200, block=BLOCK_MS)
+        reply = await client.xread({key: last_id}, count=REDIS_BATCH, block=FOLLOW_BLOCK_MS)
         if not reply:
+            # Silence: the end always comes as an eof entry (the worker's, or detect_lost's
+            # for a dead worker), so the database is asked only now and then.
             if not await ais_live(iid):
-                # Ended (or lost) while we waited: the database now has every chunk.
-                async for data in follow(iid, stream, cursor, follow_live=False):
+                async for data in _rest_from_database(iid, stream, cursor, None):
                     yield data
                 return
             continue
         for entry_id, fields in reply[0][1]:
             last_id = entry_id
             if b"eof" in fields:
-                async for data in follow(iid, stream, cursor, follow_live=False):
+                total = int(fields[b"n"]) if b"n" in fields else None
+                async for data in _rest_from_database(iid, stream, cursor, total):
                     yield data
                 return
             seq = int(fields[b"s"])
@@ -86,6 +110,19 @@ async def _follow_redis(iid: str, stream: str, cursor: int) -> AsyncIterator[byt
                 cursor = seq
             yield fields[b"d"]
             cursor = seq + 1
+
+
+async def _rest_from_database(
+    iid: str, stream: str, cursor: int, total: int | None
+) -> AsyncIterator[bytes]:
+    """After the end: the chunks from `cursor` on. With the count the worker wrote in its eof
+    entry, wait for the database writer to store them all; without it, read what is there."""
+    if total is not None:
+        async for data in _fill_gap(iid, stream, cursor, total):
+            yield data
+        return
+    async for data in follow(iid, stream, cursor, follow_live=False, live_hint=False):
+        yield data
 
 
 async def _fill_gap(iid: str, stream: str, start: int, stop: int) -> AsyncIterator[bytes]:
@@ -132,10 +169,13 @@ def search_lines(iid: str, stream: str, needle: str, limit: int = 500) -> list[t
 
 # -- events -------------------------------------------------------------------------------
 
+
 def _last_event(iid: str, name: str) -> tuple[bool, Any]:
     row = (
         InstanceEvent.objects.filter(instance_id=iid, direction="out", name=name)
-        .order_by("-id").values_list("message", flat=True).first()
+        .order_by("-id")
+        .values_list("message", flat=True)
+        .first()
     )
     exists = InstanceEvent.objects.filter(instance_id=iid, direction="out", name=name).exists()
     return exists, row
@@ -185,8 +225,9 @@ async def host_log(backlog: int = 100) -> AsyncIterator[bytes]:
     for _entry_id, fields in reversed(recent):
         yield fields[b"d"]
     if last_id == "$":
-        info = await client.xinfo_stream(live.HOST_LOG) if await client.exists(
-            live.HOST_LOG) else None
+        info = (
+            await client.xinfo_stream(live.HOST_LOG) if await client.exists(live.HOST_LOG) else None
+        )
         last_id = info["last-generated-id"] if info else "0-0"
     while True:
         reply = await client.xread({live.HOST_LOG: last_id}, count=200, block=15000)

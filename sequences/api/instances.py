@@ -62,16 +62,20 @@ def _body(request: HttpRequest) -> bytes:
 @router.post("/sequence/{seq_id}/start", summary="Start an instance", openapi_extra=START_BODY)
 async def start(request: HttpRequest, seq_id: str) -> HttpResponse:
     user = need(request, "operator")
-    seq = await sync_to_async(catalog.get_sequence)(seq_id)
-    req = instances.parse_start(await sync_to_async(_body)(request))
+    # db_call, not sync_to_async: its threads keep their database connections (the hot path).
+    seq = await instances.db_call(catalog.get_sequence, seq_id)
+    # The ASGI handler has read the body already (into memory for a body this small).
+    req = instances.parse_start(request.body)
     try:
         instance = await instances.start(seq, req, user)
     except HubError as exc:
-        await aaudit(
-            user, "instance.start", seq.id, outcome="refused", via="api", error=exc.message
+        await instances.db_call(
+            audit, user, "instance.start", seq.id, outcome="refused", via="api", error=exc.message
         )
         raise
-    await aaudit(user, "instance.start", instance.id, via="api", sequence=seq.id, args=req.args)
+    await instances.db_call(
+        audit, user, "instance.start", instance.id, via="api", sequence=seq.id, args=req.args
+    )
     return JsonResponse({"id": instance.id, "message": f"Sequence {instance.id} starting"})
 
 
@@ -88,8 +92,10 @@ def get_instance(request: HttpRequest, iid: str) -> dict[str, Any]:
     return instances.info(instances.get_instance(iid))
 
 
-def _stream_response(iid: str, stream: str) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(streams.follow(iid, stream), content_type=TEXT_STREAM)
+def _stream_response(iid: str, stream: str, is_live: bool | None = None) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(
+        streams.follow(iid, stream, live_hint=is_live), content_type=TEXT_STREAM
+    )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
@@ -100,8 +106,8 @@ for _name in ("stdout", "stderr", "output", "log"):
     def _make(stream: str) -> Any:
         async def read_stream(request: HttpRequest, iid: str) -> HttpResponse:
             need(request, "viewer")
-            await instances.aget_instance(iid)
-            return _stream_response(iid, stream)
+            instance = await instances.aget_instance(iid)
+            return _stream_response(iid, stream, instance.is_live)
 
         read_stream.__name__ = f"read_{stream}"
         return read_stream
