@@ -234,9 +234,26 @@ def info(instance: Instance) -> dict[str, Any]:
     return data
 
 
+def _worker_of(iid: str) -> str:
+    return Instance.objects.filter(pk=iid).values_list("worker", flat=True).first() or ""
+
+
+async def _await_worker(instance: Instance, timeout: float = 3.0) -> str:
+    """The worker records itself through its batched writer, a moment after start answered;
+    a request that follows the start at once waits for that instead of failing."""
+    deadline = time.monotonic() + timeout
+    while instance.is_live and time.monotonic() < deadline:
+        worker = await db_call(_worker_of, instance.id)
+        if worker:
+            instance.worker = worker
+            return worker
+        await asyncio.sleep(0.01)
+    raise HubError(409, "NOT_RUNNING", f"Instance {instance.id} has no worker yet")
+
+
 async def send_control(instance: Instance, header: dict[str, Any], payload: bytes = b"") -> None:
     if not instance.worker:
-        raise HubError(409, "NOT_RUNNING", f"Instance {instance.id} has no worker yet")
+        await _await_worker(instance)
     header = {"id": instance.id, **header}
     await live.async_client().rpush(
         live.control_key(instance.worker), live.encode_control(header, payload)
