@@ -145,6 +145,29 @@ class Hub:
     def worker_pid(self) -> int:
         return self.procs["worker"].pid
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by the web, the worker, and the worker's descendants (the fork
+        server and the instances it forked and reaped): a load-independent cost measure."""
+        import psutil
+
+        def own(proc: psutil.Process) -> float:
+            times = proc.cpu_times()
+            return times.user + times.system
+
+        result = {"web": own(psutil.Process(self.procs["web"].pid))}
+        worker = psutil.Process(self.worker_pid)
+        result["worker"] = own(worker)
+        children = 0.0
+        for child in worker.children(recursive=True):
+            try:
+                times = child.cpu_times()
+                children += times.user + times.system + times.children_user
+                children += times.children_system
+            except psutil.Error:
+                pass
+        result["instances"] = children
+        return result
+
     def log_tail(self, which: str, size: int = 3000) -> str:
         path = self.data_dir / f"{which}.log"
         return path.read_text(errors="replace")[-size:] if path.exists() else ""

@@ -64,16 +64,42 @@ def line_latencies(data: bytes, now: float, since: float) -> list[float]:
     return out
 
 
-async def follow(api: httpx.AsyncClient, iid: str, sink: list[float], window: dict) -> None:
-    """Reads one instance's stdout; counts the lines printed once the window opened."""
-    async with api.stream("GET", f"/instance/{iid}/stdout") as response:
+async def follow(hub: Any, iid: str, sink: list[float], window: dict) -> None:
+    """Reads one instance's stdout over a raw HTTP/1.1 connection (httpx's pool goes quadratic
+    with hundreds of open streams); counts the lines printed once the window opened."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    try:
+        writer.write(
+            f"GET /api/v1/instance/{iid}/stdout HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {hub.token}\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b" 200 " not in head.split(b"\r\n", 1)[0]:
+            raise RuntimeError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+        chunked = b"chunked" in head.lower()
         tail = b""
-        async for chunk in response.aiter_raw():
+        while True:
+            if chunked:
+                size = int((await reader.readuntil(b"\r\n")).strip() or b"0", 16)
+                if size == 0:
+                    return
+                chunk = (await reader.readexactly(size + 2))[:-2]
+            else:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return
             now = time.time()
             data = tail + chunk
             cut = data.rfind(b"\n") + 1
             tail = data[cut:]
             sink.extend(line_latencies(data[:cut], now, window["since"]))
+    finally:
+        writer.close()
+
+
+async def _bounded(sem: asyncio.Semaphore, coro: Any) -> Any:
+    async with sem:
+        return await coro
 
 
 def hub_run(n: int, window: float, concurrency: int) -> dict[str, Any]:
@@ -88,14 +114,14 @@ async def _hub_run(hub: Any, seq: str, n: int, window: float, concurrency: int) 
     ids: list[str] = []
     readers: list[asyncio.Future] = []
     clock = {"since": float("inf")}
-    async with hub.async_client(timeout=MAX_LINES + 120, connections=n + 50) as api:
+    async with hub.async_client(timeout=120, connections=concurrency) as api:
         sem = asyncio.Semaphore(concurrency)
 
         async def one() -> None:
             async with sem:
                 iid = await astart_instance(api, seq, [MAX_LINES, 1.0])
             ids.append(iid)
-            readers.append(asyncio.ensure_future(follow(api, iid, latencies, clock)))
+            readers.append(asyncio.ensure_future(follow(hub, iid, latencies, clock)))
 
         t0 = time.perf_counter()
         results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
@@ -105,7 +131,8 @@ async def _hub_run(hub: Any, seq: str, n: int, window: float, concurrency: int) 
         clock["since"] = time.time()
         await asyncio.sleep(window / 2)
         health = await asyncio.gather(
-            *(api.get(f"/instance/{iid}/health") for iid in ids), return_exceptions=True
+            *(_bounded(sem, api.get(f"/instance/{iid}/health")) for iid in ids),
+            return_exceptions=True,
         )
         healthy = sum(
             1
@@ -116,7 +143,8 @@ async def _hub_run(hub: Any, seq: str, n: int, window: float, concurrency: int) 
         await asyncio.sleep(window / 2)
         window_latencies = list(latencies)
         kills = await asyncio.gather(
-            *(api.post(f"/instance/{iid}/_kill", json={}) for iid in ids), return_exceptions=True
+            *(_bounded(sem, api.post(f"/instance/{iid}/_kill", json={})) for iid in ids),
+            return_exceptions=True,
         )
         killed = sum(1 for k in kills if isinstance(k, httpx.Response) and k.status_code == 202)
         done, pending = await asyncio.wait(readers, timeout=60)

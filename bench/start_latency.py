@@ -45,6 +45,7 @@ def hub_start(runs: int, warmup: int = 3) -> dict[str, Any]:
     with running_hub("start_latency") as hub:
         seq = hub.upload(TRIVIAL)
         totals, posts = [], []
+        cpu_before = hub.cpu_seconds()
         with hub.client() as api:
             for i in range(warmup + runs):
                 t0 = time.perf_counter()
@@ -62,7 +63,9 @@ def hub_start(runs: int, warmup: int = 3) -> dict[str, Any]:
                 if i >= warmup:
                     totals.append(t1 - t0)
                     posts.append(t_post - t0)
-        return {"totals": totals, "posts": posts}
+        cpu_after = hub.cpu_seconds()
+        cpu_ms = {k: (cpu_after[k] - cpu_before[k]) * 1000 / (warmup + runs) for k in cpu_after}
+        return {"totals": totals, "posts": posts, "cpu_ms": cpu_ms}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "post_start_median_s": median(hub["posts"]),
         "baseline_bare_python_median_s": median(bare),
         "runs": args.runs,
+        "cpu_ms_per_start_and_read": hub["cpu_ms"],
         "samples_s": hub["totals"],
     }
     result["ratio_to_baseline"] = result["median_s"] / result["baseline_bare_python_median_s"]
@@ -93,6 +97,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 ms(result["baseline_bare_python_median_s"]),
             ),
             ("ratio hub / bare python", f"{result['ratio_to_baseline']:.2f}"),
+            (
+                "CPU per start + read: web / worker / instance",
+                " / ".join(f"{hub['cpu_ms'][k]:.1f}" for k in ("web", "worker", "instances"))
+                + " ms",
+            ),
             ("target", f"≤ {ms(TARGET_SECONDS)}: {'met' if result['met'] else 'NOT met'}"),
         ],
     )

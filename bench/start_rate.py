@@ -85,10 +85,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with running_hub("start_rate") as hub:
         seq = hub.upload(SHORT)
         asyncio.run(_drive(hub, seq, 4, 1.0, 50))  # warm-up: package unpacked, connections open
+        cpu_before = hub.cpu_seconds()
         run = asyncio.run(_drive(hub, seq, args.clients, args.seconds, args.max_starts))
         with hub.client() as api:
             statuses = wait_all_ended(api, run["ids"], timeout=120)
+        cpu_after = hub.cpu_seconds()
     rate = len(run["ids"]) / run["elapsed"]
+    starts = max(1, len(run["ids"]))
+    cpu_ms = {k: (cpu_after[k] - cpu_before[k]) * 1000 / starts for k in cpu_before}
     completed = sum(1 for s in statuses.values() if s == "completed")
     met = rate >= TARGET_PER_SECOND and completed == len(run["ids"]) and not run["failures"]
     result = {
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "starts_per_s": rate,
         "start_latency_median_s": median(run["latencies"]),
         "start_latency_p99_s": percentile(run["latencies"], 99),
+        "cpu_ms_per_start": cpu_ms,
         "baseline_bare_python_per_s": baseline,
         "ratio_to_baseline": rate / baseline,
         "met": met,
@@ -117,6 +122,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             (
                 "start request median / p99",
                 f"{ms(result['start_latency_median_s'])} / {ms(result['start_latency_p99_s'])}",
+            ),
+            (
+                "CPU per start: web / worker / instance",
+                f"{cpu_ms['web']:.1f} / {cpu_ms['worker']:.1f} / {cpu_ms['instances']:.1f} ms",
             ),
             ("bare `python -c` starts/s (one per core)", f"{baseline:.1f}"),
             ("ratio hub / bare", f"{result['ratio_to_baseline']:.2f}"),
