@@ -109,12 +109,16 @@
     if (box) box.checked = false; // reading back: stop jumping to the end
     htmx.ajax("GET", link.getAttribute("data-earlier") + "?at=" + encodeURIComponent(first.getAttribute("data-at")),
       { target: lines, swap: "afterbegin" }).then(function () {
+        log._programmatic = true; // this scroll is ours: it must not turn following back on
         log.scrollTop += log.scrollHeight - before; // keep the line the reader was looking at
       });
   }
 
   // -- after each pushed message: trim, follow, mark unread tabs, follow the in-flight step ----
   document.addEventListener("htmx:wsAfterMessage", function (e) {
+    // Counted for tests and curious readers: how many pushes this page has taken.
+    var socket = e.target.closest("[ws-connect]");
+    if (socket) socket.setAttribute("data-ws-messages", String(Number(socket.getAttribute("data-ws-messages") || 0) + 1));
     $all("[data-pane]").forEach(function (pane) {
       trim(pane);
       if (!pane.classList.contains("on")) {

@@ -263,3 +263,42 @@ def test_drive_a_sequencer_from_the_console(hub, people, browser):
     console.go("/sequencers/")
     console.shoot("sequencers")
     assert not console.errors, console.errors
+
+
+LONG = """
+def run(context, input, *args):
+    for i in range(1200):
+        print(f"line {i:04d}")
+"""
+
+
+def test_a_long_log_is_windowed_and_earlier_lines_load(hub, people, browser, admin_api):
+    from tests.packaging import upload
+
+    sid = upload(admin_api, python_package(LONG))
+    started = admin_api.post(f"/sequence/{sid}/start", json={})
+    assert started.status_code == 200, started.text
+    iid = started.json()["id"]
+    admin = people["admin"]
+    console = Console(browser, hub.url, admin.username, admin.password)
+    page = console.page
+    expect = playwright_api.expect
+    console.go(f"/instances/{iid}/")
+    expect(page.locator("#inst-status [data-status]")).to_have_attribute("data-status", "completed")
+    lines = page.locator("#log-stdout-lines")
+    expect(lines).to_contain_text("line 1199")
+    expect(lines.locator(".l")).to_have_count(500)
+    # The socket's snapshot (status, then the streams) replaces the window: let it land first.
+    page.wait_for_function(
+        "Number(document.querySelector('[ws-connect]').getAttribute('data-ws-messages')) >= 2"
+    )
+    earlier = page.locator("#log-stdout-earlier a")
+    earlier.click()
+    expect(lines.locator(".l")).to_have_count(1000)
+    expect(lines.locator(".l").first).to_have_text("line 0200")
+    page.locator("#log-stdout-earlier a").click()
+    expect(lines.locator(".l").first).to_have_text("line 0000")
+    expect(page.locator("#log-stdout-earlier")).to_contain_text("start of stdout")
+    # Reading back turned following off, so the page does not jump to the end.
+    expect(page.locator("[data-follow]")).not_to_be_checked()
+    assert not console.errors, console.errors
