@@ -24,6 +24,7 @@ from sequences.errors import HubError, not_found
 from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, Sequence
 
 MAX_ARGS_BYTES = 1 << 20
+MAX_MEMORY_MB = 1 << 20  # a terabyte: anything larger is a typo, and past int() for inf
 T = TypeVar("T")
 
 # Database work of the hot paths (start, stream readers) runs on a few long-lived threads that
@@ -96,8 +97,13 @@ def parse_start(raw: bytes) -> StartRequest:
     clean_limits: dict[str, Any] = {}
     if "memory" in limits:
         memory = limits["memory"]
-        if isinstance(memory, bool) or not isinstance(memory, int | float) or memory < 16:
-            raise invalid("limits.memory must be a number of megabytes, at least 16")
+        # `not 16 <= memory <= MAX_MEMORY_MB` also refuses NaN and the infinity of `1e999`.
+        if (
+            isinstance(memory, bool)
+            or not isinstance(memory, int | float)
+            or not (16 <= memory <= MAX_MEMORY_MB)
+        ):
+            raise invalid(f"limits.memory must be a number of megabytes from 16 to {MAX_MEMORY_MB}")
         clean_limits["memory"] = int(memory)
     return StartRequest(args=args, app_config=app_config, instance_id=iid, limits=clean_limits)
 
