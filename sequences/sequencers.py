@@ -134,7 +134,8 @@ def accepted_commands(row: Sequencer) -> list[str]:
 def transitions(row: Sequencer, limit: int = 200) -> list[dict[str, Any]]:
     """The newest `limit` transitions, oldest first: `{from, to, command, user, response, time}`."""
     qs = SequencerTransition.objects.filter(sequencer=row).select_related("user")
-    rows = list(qs.order_by("-created", "-id")[:limit])
+    # Ids follow commit order: each sequencer's changes are made one at a time under its lock.
+    rows = list(qs.order_by("-id")[:limit])
     rows.reverse()
     return [
         {

@@ -267,6 +267,43 @@ def test_shutdown_during_a_long_step_still_kills_within_the_hook_timeout(kit):
     )
 
 
+def test_processing_refuses_everything_but_shutdown_which_supersedes_the_hook(kit):
+    """The runtime runs one handler at a time, so a hook sent during a long step waits behind
+    it: the sequencer shows Processing meanwhile, and only shutdown gets through."""
+    sid = kit.load()["id"]
+    kit.send(sid, "submit", {"commands": [setup("wait", sleep=60), setup("move")]})
+    kit.wait(sid, lambda s: s["stepList"][0]["status"] == "InFlight")
+    held: dict[str, Any] = {}
+
+    def diagnostic() -> None:
+        held["response"] = kit.operator.post(
+            f"/sequencer/{sid}/diagnosticMode", json={"startTime": "2026-01-01T00:00:00Z"}
+        )
+
+    waiter = threading.Thread(target=diagnostic)
+    waiter.start()
+    kit.wait_state(sid, PROC)
+    for command, body in [
+        ("pause", None),
+        ("stop", None),
+        ("operationsMode", None),
+        ("add", {"commands": [setup("move")]}),
+    ]:
+        answer = kit.send(sid, command, body, expect=409)
+        assert answer["type"] == "Unhandled" and answer["state"] == PROC, answer
+    assert kit.send(sid, "shutdown") == {"type": "Ok"}
+    waiter.join(15)
+    assert held["response"].status_code == 409
+    assert held["response"].json()["state"] == KILLED
+    gone = kit.get(sid)
+    assert gone["state"] == KILLED
+    assert [s["status"] for s in gone["stepList"]] == ["Failure", "Pending"]
+    commands = [(t["from"], t["to"], t["command"]) for t in kit.transitions(sid)]
+    assert (RUNNING, PROC, "diagnosticMode") in commands
+    assert (PROC, KILLED, "shutdown") in commands
+    check_history(kit.transitions(sid))
+
+
 def test_a_command_for_a_sequencer_its_worker_does_not_run_answers_killed(kit):
     """A worker with no actor for the sequencer (its process is gone) answers NOT_RUNNING;
     the web marks the sequencer Killed and answers from the table."""

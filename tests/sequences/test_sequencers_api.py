@@ -304,7 +304,7 @@ def test_editor_refuses_in_flight_and_finished_steps_while_running(kit):
     kit.send(
         sid,
         "submit",
-        {"commands": [setup("move", sleep=0), setup("wait", sleep=1.5), setup("move", sleep=0)]},
+        {"commands": [setup("move", sleep=0), setup("wait", sleep=4), setup("move", sleep=0)]},
     )
     steps = kit.wait(sid, lambda s: s["stepList"][1]["status"] == "InFlight")["stepList"]
     done, flying, pending = steps
