@@ -4,7 +4,7 @@ from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -43,3 +43,60 @@ class SecurityHeadersMiddleware:
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
         return _add_headers(request, await self.get_response(request))
+
+
+def _json_error(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    """An API client always gets `{"error", "code"}`, even from Django's own 4xx/5xx pages."""
+    if not request.path.startswith("/api/") or response.status_code < 400:
+        return response
+    if response.get("Content-Type", "").startswith("application/json"):
+        return response
+    status = response.status_code
+    method, path = request.method, request.path
+    if status == 405:
+        allowed = response.get("Allow", "")
+        message = f"{method} is not allowed on {path}; allowed: {allowed or 'none'}"
+    elif status == 404:
+        message = f"no API route {method} {path}: see /api/v1/docs"
+    elif status == 413:
+        message = "the request body is too large"
+    elif status >= 500:
+        message = "the hub failed to answer this request; its log says why"
+    else:
+        message = f"bad request: {response.reason_phrase}"
+    replacement = JsonResponse(
+        {"error": message, "code": ERROR_CODES.get(status, "BAD_REQUEST")}, status=status
+    )
+    for header in ("Allow", "Content-Security-Policy", "Cross-Origin-Opener-Policy"):
+        if header in response:
+            replacement[header] = response[header]
+    return replacement
+
+
+ERROR_CODES = {
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "TOO_LARGE",
+    500: "INTERNAL_ERROR",
+}
+
+
+class ApiJsonErrorsMiddleware:
+    """Unknown routes and wrong methods under /api/ answer JSON, as every API error does."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self._acall(request)
+        return _json_error(request, self.get_response(request))
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        return _json_error(request, await self.get_response(request))

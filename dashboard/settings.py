@@ -65,6 +65,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "dashboard.middleware.SecurityHeadersMiddleware",
+    "dashboard.middleware.ApiJsonErrorsMiddleware",
 ]
 
 ROOT_URLCONF = "dashboard.urls"

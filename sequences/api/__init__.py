@@ -50,6 +50,14 @@ def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpRespo
     )
 
 
+@api.exception_handler(RecursionError)
+def on_recursion_error(request: HttpRequest, exc: RecursionError) -> HttpResponse:
+    # json.loads raises RecursionError, not ValueError, on a body nested thousands deep.
+    return JsonResponse(
+        {"error": "the request body is nested too deeply", "code": "INVALID_REQUEST"}, status=400
+    )
+
+
 @api.exception_handler(HttpError)
 def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return JsonResponse({"error": str(exc), "code": "REQUEST_ERROR"}, status=exc.status_code)
