@@ -209,6 +209,35 @@
   document.addEventListener("htmx:wsClose", function (e) { setLive(e, "ws-closed"); });
   document.addEventListener("htmx:wsError", function (e) { setLive(e, "ws-closed"); });
 
+  // -- a hidden tab stops listening after a minute; coming back reconnects and heals ----------
+  // (A tab left open in the background should not keep drawing a busy log for nobody.)
+  var HIDDEN_PAUSE_MS = 60000;
+  var pauseTimer = null;
+  document.addEventListener("htmx:wsOpen", function (e) {
+    e.target._hubSocket = e.detail && e.detail.socketWrapper;
+  });
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden) {
+      pauseTimer = setTimeout(function () {
+        $all("[ws-connect]").forEach(function (elt) {
+          var data = elt["htmx-internal-data"];
+          if (data && data.webSocket && data.webSocket.socket) {
+            elt._hubPaused = true;
+            data.webSocket.socket.close(1000, "tab hidden"); // 1000: the extension does not retry
+          }
+        });
+      }, HIDDEN_PAUSE_MS);
+    } else {
+      clearTimeout(pauseTimer);
+      $all("[ws-connect]").forEach(function (elt) {
+        if (elt._hubPaused && elt._hubSocket) {
+          elt._hubPaused = false;
+          elt._hubSocket.reconnect(); // the server's snapshot brings the page up to date
+        }
+      });
+    }
+  });
+
   // -- confirmations for destructive forms (plain and htmx alike) -------------------------------
   document.addEventListener("submit", function (e) {
     var form = e.target;
