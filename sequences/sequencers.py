@@ -32,6 +32,7 @@ from sequences.component_states import (
     ComponentOk,
     ComponentResponse,
     ComponentState,
+    ComponentUnhandled,
     component_http_status,
     decide_component,
 )
@@ -363,9 +364,28 @@ def create_component(name: str) -> SequenceComponent:
     """A new Idle component; 400 for a bad name, 409 when the name is taken."""
     _check_name(name, "name", "ESW.primary")
     try:
-        return SequenceComponent.objects.create(name=name)
+        comp = SequenceComponent.objects.create(name=name)
     except IntegrityError:
         raise HubError(409, "COMPONENT_EXISTS", f"Sequence component {name} exists") from None
+    announce_component(comp.name)
+    return comp
+
+
+COMPONENTS_GROUP = "components"
+
+
+def announce_component(name: str) -> None:
+    """Tell component pages to look again (channel group `components`, message type
+    `components.changed`; at-most-once, like every channel layer notice)."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    with contextlib.suppress(Exception):
+        async_to_sync(layer.group_send)(
+            COMPONENTS_GROUP, {"type": "components.changed", "name": name}
+        )
 
 
 def hosted_sequencer(comp: SequenceComponent) -> Sequencer | None:
@@ -489,6 +509,8 @@ def _finish(
     if comp.state != state:
         SequenceComponent.objects.filter(pk=comp.pk).update(state=str(state))
         comp.state = str(state)
+    if not isinstance(response, ComponentUnhandled):
+        announce_component(comp.name)  # its state or its sequencer changed
     answer = response if response is not None else ComponentOk()
     return answer.to_json(), component_http_status(answer)
 
