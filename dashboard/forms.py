@@ -43,7 +43,10 @@ class StartForm(forms.Form):
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         body: dict[str, Any] = {}
-        if data.get("args_mode") == "json":
+        mode = data.get("args_mode")
+        if mode != "json" and not any(self.arg_values) and (data.get("args_json") or "").strip():
+            mode = "json"  # only the JSON box was filled in: that is what was meant
+        if mode == "json":
             text = (data.get("args_json") or "").strip()
             if text:
                 try:

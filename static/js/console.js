@@ -280,6 +280,15 @@
     });
   }
 
+  // -- start form: typing in one way of giving args selects that way -----------------------
+  document.addEventListener("input", function (e) {
+    var field = e.target;
+    if (!field.form || !field.form.classList.contains("start")) return;
+    var mode = field.name === "args_json" ? "json" : field.name === "arg" ? "fields" : null;
+    var radio = mode && field.form.querySelector('input[name=args_mode][value="' + mode + '"]');
+    if (radio) radio.checked = true;
+  });
+
   // -- step lists from a JSON file: read it into the textarea so it can be checked first -------
   document.addEventListener("change", function (e) {
     var input = e.target;

@@ -445,3 +445,17 @@ def test_a_step_list_file_is_read(clients, killed_sequencer):
     )
     # Read and sent: the Killed sequencer refuses it by the table, not for the file.
     assert "LoadSequence" in response.content.decode()
+
+
+def test_args_typed_only_as_json_are_taken_as_json():
+    from django.http import QueryDict
+
+    from dashboard.forms import StartForm
+
+    data = QueryDict(mutable=True)
+    data.setlist("arg", ["", ""])
+    data["args_mode"] = "fields"
+    data["args_json"] = '["a", 2]'
+    form = StartForm(data)
+    assert form.is_valid(), form.errors
+    assert form.start_request.args == ["a", 2]
