@@ -24,11 +24,13 @@ def _add_headers(request: HttpRequest, response: HttpResponse) -> HttpResponse:
     return response
 
 
-class SecurityHeadersMiddleware:
-    """Works in sync and async chains, so streaming API views stay on the event loop."""
+class ResponseMiddleware:
+    """Runs `process(request, response)` on every response, in sync and async chains alike,
+    so streaming API views stay on the event loop."""
 
     sync_capable = True
     async_capable = True
+    process: Callable[[HttpRequest, HttpResponse], HttpResponse]
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
@@ -39,10 +41,14 @@ class SecurityHeadersMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self._acall(request)
-        return _add_headers(request, self.get_response(request))
+        return self.process(request, self.get_response(request))
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
-        return _add_headers(request, await self.get_response(request))
+        return self.process(request, await self.get_response(request))
+
+
+class SecurityHeadersMiddleware(ResponseMiddleware):
+    process = staticmethod(_add_headers)
 
 
 def _json_error(request: HttpRequest, response: HttpResponse) -> HttpResponse:
@@ -81,22 +87,7 @@ ERROR_CODES = {
 }
 
 
-class ApiJsonErrorsMiddleware:
+class ApiJsonErrorsMiddleware(ResponseMiddleware):
     """Unknown routes and wrong methods under /api/ answer JSON, as every API error does."""
 
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest) -> Any:
-        if self.is_async:
-            return self._acall(request)
-        return _json_error(request, self.get_response(request))
-
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
-        return _json_error(request, await self.get_response(request))
+    process = staticmethod(_json_error)
