@@ -1,0 +1,158 @@
+"""The hub's own processes fail: a worker killed with fifty instances, the web restarted,
+Redis restarted mid-run. Each drill has a private hub; the Redis drill a private redis-server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import start_web, start_worker, stop_process, wait_for
+from tests.faults.conftest import (
+    FOREVER,
+    PLAIN,
+    PrivateRedis,
+    alive,
+    assert_hub_runs_a_normal_instance,
+    info,
+    start,
+    status,
+    wait_ended,
+)
+from tests.packaging import python_package, upload
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BEAT_EVERY = 5.0  # how often celery beat runs detect_lost (dashboard/settings.py)
+
+
+def counters(text: str) -> list[int]:
+    """The numbers of FOREVER's `alive N` lines."""
+    return [int(line.split()[1]) for line in text.splitlines() if line.startswith("alive ")]
+
+
+def read_until(api: httpx.Client, iid: str, at_least: int) -> list[int]:
+    """stdout's counters, read live until the count reaches `at_least`."""
+    text = ""
+    with api.stream("GET", f"/instance/{iid}/stdout", timeout=60) as stream:
+        for piece in stream.iter_text():
+            text += piece
+            seen = counters(text[: text.rfind("\n") + 1])
+            if seen and seen[-1] >= at_least:
+                return seen
+    return counters(text)
+
+
+def assert_contiguous(seen: list[int], iid: str) -> None:
+    assert seen == list(range(1, len(seen) + 1)), f"{iid}: lines lost or repeated"
+
+
+def test_sigkill_of_a_worker_with_fifty_instances(private_hub, tmp_path):
+    from runner.tasks import detect_lost
+
+    hub = private_hub()
+    seq = upload(hub.api, python_package(FOREVER))
+    ids = [start(hub.api, seq) for _ in range(50)]
+    wait_for(
+        lambda: all(status(hub.api, i) == "running" for i in ids), timeout=60, what="all running"
+    )
+    worker = psutil.Process(hub.workers[0].proc.pid)
+    children = worker.children(recursive=True)
+    assert len(children) >= 51  # the fork server and fifty instances
+    os.kill(worker.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(lambda: not any(alive(p) for p in children), timeout=10, what="no orphans")
+    # What beat does every few seconds; the worker's heartbeat expires after HUB_LOST_AFTER.
+    while time.monotonic() - killed_at < 30:
+        detect_lost()
+        if all(status(hub.api, i) == "lost" for i in ids):
+            break
+        time.sleep(BEAT_EVERY)
+    assert time.monotonic() - killed_at < 30
+    for iid in ids:
+        data = info(hub.api, iid)
+        assert data["status"] == "lost", data
+        assert "stopped answering" in data["terminated"]["reason"]
+        assert data["ended"]
+        # A reader of a lost instance gets what was written, then its stream ends.
+        assert counters(hub.api.get(f"/instance/{iid}/stdout").text)[:1] == [1]
+    orphans = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "runner.forkserver" in str(p.info["cmdline"]) and p.ppid() == 1
+    ]
+    assert not orphans, orphans
+    # A new worker takes new starts.
+    hub.workers.append(start_worker(tmp_path, "worker2", HUB_QUEUE=hub.queue))
+    assert_hub_runs_a_normal_instance(hub.api, upload(hub.api, python_package(PLAIN)))
+
+
+def test_a_web_restart_leaves_running_instances_alone(private_hub, tmp_path):
+    hub = private_hub()
+    seq = upload(hub.api, python_package(FOREVER))
+    ids = [start(hub.api, seq) for _ in range(5)]
+    pids = {iid: wait_for(lambda i=iid: info(hub.api, i)["pid"], what="pid") for iid in ids}
+    before = {iid: read_until(hub.api, iid, 3)[-1] for iid in ids}
+    port = hub.web.proc.args[hub.web.proc.args.index("-p") + 1]
+    os.killpg(hub.web.proc.pid, signal.SIGKILL)  # no goodbye: the harshest restart
+    hub.web.proc.wait()
+    time.sleep(2)
+    hub.web = start_web(tmp_path, int(port), HUB_QUEUE=hub.queue)
+    for iid in ids:
+        data = info(hub.api, iid)
+        assert data["status"] == "running" and data["pid"] == pids[iid], data
+        assert psutil.pid_exists(pids[iid])
+        # Every line, those printed while the web was down included, in order.
+        seen = read_until(hub.api, iid, before[iid] + 15)
+        assert_contiguous(seen, iid)
+        assert hub.api.post(f"/instance/{iid}/_kill", json={}).status_code == 202
+    for iid in ids:
+        assert wait_ended(hub.api, iid)["terminated"]["reason"] == "Instance killed"
+    assert_hub_runs_a_normal_instance(hub.api, upload(hub.api, python_package(PLAIN)))
+
+
+def test_a_redis_restart_mid_run(private_hub, private_redis: PrivateRedis):
+    env = {"REDIS_URL": private_redis.url}
+    hub = private_hub(web_env=env, worker_env=env)
+    seq = upload(hub.api, python_package(FOREVER))
+    plain = upload(hub.api, python_package(PLAIN))
+    ended = start(hub.api, plain, {"args": ["before"]})
+    assert wait_ended(hub.api, ended)["status"] == "completed"
+    ids = [start(hub.api, seq) for _ in range(3)]
+    before = {iid: read_until(hub.api, iid, 5)[-1] for iid in ids}
+
+    private_redis.stop()  # everything Redis held is gone: no snapshot, no append-only file
+    time.sleep(3)
+    private_redis.start()
+
+    # Streams written before are intact: the database holds them.
+    assert hub.api.get(f"/instance/{ended}/output").text == "ok before"
+    # Workers reconnect: their heartbeat comes back, they take starts and control messages.
+    wait_for(lambda: private_redis_has_worker(private_redis), timeout=15, what="heartbeat back")
+    assert_hub_runs_a_normal_instance(hub.api, plain)
+    for iid in ids:
+        data = info(hub.api, iid)
+        assert data["status"] == "running", data  # it went on: the outage did not touch it
+        seen = read_until(hub.api, iid, before[iid] + 15)
+        assert_contiguous(seen, iid)
+        assert hub.api.post(f"/instance/{iid}/_kill", json={}).status_code == 202
+        assert wait_ended(hub.api, iid)["terminated"]["reason"] == "Instance killed"
+
+
+def private_redis_has_worker(server: PrivateRedis) -> bool:
+    import redis
+
+    return bool(redis.Redis(port=server.port).keys("hub:worker:*"))
+
+
+def test_stop_process_helper_is_gentle_first(tmp_path):
+    """The drills rely on stop_process ending a process group it did not SIGKILL itself."""
+    import subprocess
+
+    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    stop_process(proc, timeout=5)
+    assert proc.returncode == -signal.SIGTERM
