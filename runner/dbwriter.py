@@ -1,7 +1,9 @@
 """One thread per worker that writes stream chunks and status changes to the database in order.
 
-Chunks from every instance are batched into few `bulk_create` calls; a status change is applied
-only after the chunks queued before it, so "ended" in the database means "all output stored".
+Chunks from every instance are batched into few `bulk_create` calls, and everything queued
+between two `call`s is written in one transaction (status changes of one instance merged into
+one UPDATE); a status change is never visible before the chunks queued before it, so "ended" in
+the database means "all output stored".
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from django.db import close_old_connections, transaction
+from django.db import connection, transaction
 
 from sequences.models import Instance, InstanceEvent, StreamChunk
 
@@ -59,44 +61,73 @@ class DbWriter:
                 except queue.Empty:
                     break
             try:
-                close_old_connections()
                 self._apply(batch)
             except Exception:
-                log.exception("database writer failed; retrying the batch once")
-                time.sleep(0.5)
-                try:
-                    close_old_connections()
-                    self._apply(batch)
-                except Exception:
-                    log.exception("database writer dropped a batch")
+                log.exception("database writer failed on a batch")
+            size = sum(len(item[3]) for kind, item in batch if kind == "chunk")
+            with self._lock:
+                self.pending_bytes -= size
 
     def _apply(self, batch: list[tuple[str, Any]]) -> None:
-        chunks: list[StreamChunk] = []
-        size = 0
+        """Everything between two calls is one transaction; a call runs after it committed."""
+        segment: list[tuple[str, Any]] = []
         for kind, item in batch:
+            if kind == "call":
+                self._write_segment(segment)
+                segment = []
+                try:
+                    item()
+                except Exception:
+                    log.exception("database writer call failed")
+                    connection.close()
+            else:
+                segment.append((kind, item))
+        self._write_segment(segment)
+
+    def _write_segment(self, items: list[tuple[str, Any]]) -> None:
+        # One transaction for the lot: under SQLite every write transaction takes the database
+        # lock that the web's writes wait for, and a start alone used to cost four of them.
+        # The connection is kept from batch to batch (close_old_connections would close it
+        # every time under CONN_MAX_AGE=0, and a reconnect costs more than a batch).
+        if not items:
+            return
+        try:
+            with transaction.atomic():
+                self._write_merged(items)
+        except Exception:
+            log.exception("database writer failed on %d rows; writing them one by one", len(items))
+            connection.close()
+            time.sleep(0.2)
+            for item in items:
+                try:
+                    with transaction.atomic():
+                        self._write_merged([item])
+                except Exception:
+                    log.exception("database writer dropped a %s", item[0])
+                    connection.close()
+
+    @staticmethod
+    def _write_merged(items: list[tuple[str, Any]]) -> None:
+        """Chunks, then events, then one UPDATE per instance with its queued changes merged in
+        order (the last value of a field wins, as if each had been applied in turn)."""
+        chunks: list[StreamChunk] = []
+        events: list[InstanceEvent] = []
+        updates: dict[str, dict[str, Any]] = {}
+        for kind, item in items:
             if kind == "chunk":
                 iid, stream, seq, data = item
                 chunks.append(StreamChunk(instance_id=iid, stream=stream, seq=seq, data=data))
-                size += len(data)
-                continue
-            self._write_chunks(chunks)
-            chunks = []
-            if kind == "update":
+            elif kind == "update":
                 iid, fields = item
-                Instance.objects.filter(pk=iid).update(**fields)
+                updates.setdefault(iid, {}).update(fields)
             elif kind == "event":
                 iid, direction, name, message = item
-                InstanceEvent.objects.create(
-                    instance_id=iid, direction=direction, name=name, message=message
+                events.append(
+                    InstanceEvent(instance_id=iid, direction=direction, name=name, message=message)
                 )
-            elif kind == "call":
-                item()
-        self._write_chunks(chunks)
-        with self._lock:
-            self.pending_bytes -= size
-
-    @staticmethod
-    def _write_chunks(chunks: list[StreamChunk]) -> None:
         if chunks:
-            with transaction.atomic():
-                StreamChunk.objects.bulk_create(chunks, ignore_conflicts=True)
+            StreamChunk.objects.bulk_create(chunks, ignore_conflicts=True)
+        if events:
+            InstanceEvent.objects.bulk_create(events)
+        for iid, fields in updates.items():
+            Instance.objects.filter(pk=iid).update(**fields)
