@@ -41,3 +41,15 @@ def duration(start: datetime | None, end: datetime | None = None) -> str:
         return f"{minutes} min {sec:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+@register.filter
+def breakable(value: Any) -> str:
+    """Escaped text that may wrap after `.`, `-`, `_` or `/` (narrow tables on phones)."""
+    from django.utils.html import escape
+    from django.utils.safestring import mark_safe
+
+    text = str(escape(value))
+    for mark in ".-_/":
+        text = text.replace(mark, mark + "<wbr>")
+    return mark_safe(text)
