@@ -185,6 +185,7 @@ import asyncio
 async def run(context, input):
     go = asyncio.Event()
     context.on("go", lambda message: go.set())
+    context.emit("ready", True)
     await asyncio.wait_for(go.wait(), 30)
     for n in range(3):
         context.emit("tick", {"n": n})
@@ -197,6 +198,7 @@ async def run(context, input):
     stream = si.popen("inst", "event", "on", "-", "tick", "--stream")
     wait_connected(nxt.pid, si.env["SI_API_URL"])
     wait_connected(stream.pid, si.env["SI_API_URL"])
+    assert json.loads(out(si("inst", "event", "on", "-", "ready"))) is True
     si("inst", "event", "emit", "-", "go")
     assert json.loads(nxt.communicate(timeout=30)[0]) == {"n": 0}
     lines = stream.communicate(timeout=30)[0].decode().splitlines()

@@ -213,6 +213,7 @@ def test_next_event_and_event_stream(host: HostClient) -> None:
         async def run(context, input):
             go = asyncio.Event()
             context.on("go", lambda message: go.set())
+            context.emit("ready", True)
             await asyncio.wait_for(go.wait(), 30)
             for n in range(3):
                 context.emit("tick", n)
@@ -224,6 +225,7 @@ def test_next_event_and_event_stream(host: HostClient) -> None:
     streamed, all_ticks = in_thread(lambda: list(inst.get_event_stream("tick")))
     # Both readers must be waiting before anything is emitted: two connections of ours.
     wait_connected(os.getpid(), host.url, count=2)
+    assert inst.get_event("ready") is True  # its handler for "go" is in place
     inst.send_event("go")
     nxt.join(30)
     streamed.join(30)

@@ -321,6 +321,7 @@ def _check_pypi(seen: dict) -> None:
     assert seen["info"]["status"] == "completed" and seen["info"]["args"] == []
     assert seen["instanceInfo"]["id"] == seen["instanceId"] in seen["instances"]
     assert seen["sequenceInstances"] == [seen["instanceId"]]
+    assert seen["ready"] == "yes"
     assert seen["eventAnswer"] == {"accepted": True}
     # 1.1.1 misspells the event's message field ("messagee"): the sequence gets None.
     assert seen["pong"] == {"got": None}
