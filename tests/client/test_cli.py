@@ -46,9 +46,9 @@ def run(context, input):
 SLOW = """
 import asyncio
 async def run(context, input):
-    for n in range(5):
+    for n in range(10):
         yield f"{n}\\n"
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(0.5)
 """
 
 
