@@ -1,5 +1,7 @@
 """Settings, read only from the environment (and `.env` when present); `.env.example` lists them."""
 
+import contextlib
+import os
 import secrets
 import socket
 from pathlib import Path
@@ -23,6 +25,19 @@ def parse_duration(value: str | int) -> int:
 
 HUB_DATA_DIR = Path(env.str("HUB_DATA_DIR", default=str(BASE_DIR / "var"))).resolve()
 HUB_DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _close(path: Path, mode: int) -> None:
+    # Sequence code runs as another user (HUB_RUN_AS): the hub's own files are closed to it.
+    # Folders the children must pass through (run/, cache/) stay 0711: no listing.
+    with contextlib.suppress(OSError):
+        if path.exists() and path.stat().st_uid == os.geteuid():
+            path.chmod(mode)
+
+
+_close(HUB_DATA_DIR, 0o711)
+for _name, _mode in (("storage", 0o700), ("tmp", 0o700), ("cache", 0o711)):
+    _close(HUB_DATA_DIR / _name, _mode)
 
 
 def _secret_key() -> str:
@@ -87,12 +102,15 @@ TEMPLATES = [
     }
 ]
 
-DATABASES = {
-    "default": env.db(
-        "DATABASE_URL", default=f"sqlite:///{HUB_DATA_DIR / 'hub.sqlite3'}"
-    )
-}
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{HUB_DATA_DIR / 'hub.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # SQLite gives its -wal and -shm files the database file's mode: 0600 for all three.
+    _db_file = Path(DATABASES["default"]["NAME"])
+    if not _db_file.exists() and _db_file.parent.is_dir():
+        with contextlib.suppress(OSError):
+            _db_file.touch(mode=0o600)
+    for _suffix in ("", "-wal", "-shm"):
+        _close(Path(f"{_db_file}{_suffix}"), 0o600)
     # WAL and IMMEDIATE transactions let the web, worker and beat processes write side by side.
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 30,
@@ -134,6 +152,7 @@ CHANNEL_LAYERS = {
         "CONFIG": {"hosts": [REDIS_URL], "prefix": env.str("HUB_REDIS_PREFIX", default="hub")},
     }
 }
+
 
 def _celery_url(url: str) -> str:
     # Kombu spells a Redis Unix socket `redis+socket://`; redis-py spells it `unix://`.
@@ -201,6 +220,17 @@ HUB_UPLOAD_MAX_BYTES = env.int("HUB_UPLOAD_MAX_BYTES", default=256 * 1024 * 1024
 HUB_START_TIMEOUT = env.float("HUB_START_TIMEOUT", default=30.0)
 HUB_LOST_AFTER = env.float("HUB_LOST_AFTER", default=15.0)
 HUB_LOGIN_ATTEMPTS = env.int("HUB_LOGIN_ATTEMPTS", default=10)
+# Isolation of sequence code (runner/isolation.py, docs/operations.md): "auto" runs each child
+# as a user id of its own when the worker is root; "none" keeps the worker's user; a user name
+# runs every child as that user.
+HUB_RUN_AS = env.str("HUB_RUN_AS", default="auto")
+HUB_RUN_UID_BASE = env.int("HUB_RUN_UID_BASE", default=1_900_000_000)
+HUB_RUN_UID_COUNT = env.int("HUB_RUN_UID_COUNT", default=1 << 24)
+# An empty network namespace per child (root only): no network at all, Redis included.
+HUB_SANDBOX_NETWORK = env.bool("HUB_SANDBOX_NETWORK", default=False)
+# Uploaded packages are the hub's, not the children's.
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
 CACHES = {

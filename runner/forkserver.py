@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner import python_runtime
+from runner import isolation, python_runtime
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 CHILD_FDS = 7
@@ -240,14 +240,25 @@ class Zygote:
         if os.getppid() != self.pid:
             os._exit(python_runtime.EXIT_KILLED)  # the zygote died before the signal was armed
         install_fds(fds)
+        run_as = spec.get("run_as")
         workdir = spec.get("workdir")
         if workdir:
             os.makedirs(workdir, exist_ok=True)
+            if run_as:
+                isolation.own_workdir(workdir, run_as)
             os.chdir(workdir)
         os.environ.clear()
         os.environ.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
         # The zygote found `runner` through the hub's checkout; user code should not see it.
         sys.path[:] = [entry for entry in sys.path if entry not in ("", REPO_ROOT)]
+        if spec.get("isolate_network"):
+            isolation.isolate_network()
+        if run_as:
+            isolation.drop_privileges(run_as)
+            # A change of credentials clears the death signal: arm it again, and check again.
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != self.pid:
+                os._exit(python_runtime.EXIT_KILLED)
         # Last: a small RLIMIT_NOFILE or RLIMIT_AS must not break the setup steps above.
         apply_limits(spec.get("limits") or {}, address_space=not execs)
 
@@ -407,7 +418,8 @@ class ForkServer:
     """
 
     def __init__(self, python: str | None = None, *, site_packages: bool = False) -> None:
-        self.python = python or sys.executable
+        # A system interpreter when children change user and this one's stdlib is closed to them.
+        self.python = python or isolation.runtime_python()
         self.site_packages = site_packages
         self.pid: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None

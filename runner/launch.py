@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shutil
 import sys
@@ -10,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 
+from runner import isolation
 from runner.packagecache import ensure_unpacked
 from sequences.models import Instance
 
@@ -17,7 +20,23 @@ RUNTIME_DIR = Path(__file__).resolve().parent
 
 
 def workdir_for(iid: str) -> Path:
-    return settings.HUB_DATA_DIR / "run" / iid
+    return run_root() / iid
+
+
+@functools.cache
+def run_root() -> Path:
+    """Instances' folders live here; others may pass through (to their own) but not list it."""
+    root = settings.HUB_DATA_DIR / "run"
+    root.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        root.chmod(0o711)
+    return root
+
+
+def run_as(iid: str) -> dict[str, int] | None:
+    return isolation.run_as_for(
+        iid, settings.HUB_RUN_AS, settings.HUB_RUN_UID_BASE, settings.HUB_RUN_UID_COUNT
+    )
 
 
 def child_env(iid: str, package_dir: Path, workdir: Path) -> dict[str, str]:
@@ -58,6 +77,8 @@ def build_spec(instance: Instance, mode: str = "sequence", extra: dict | None = 
         "limits": limits,
         "package": seq.config,
         "language": seq.language,
+        "run_as": run_as(instance.id),
+        "isolate_network": settings.HUB_SANDBOX_NETWORK,
     }
     spec.update(extra or {})
     return spec

@@ -33,6 +33,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import unicodedata
@@ -242,6 +243,7 @@ def extract_package(
     try:
         os.chmod(staging, 0o755)  # mkdtemp makes 0700; the package folder is an ordinary one
         _extract_into(path, staging, info)
+        _readable_by_all(staging)
         _publish(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -1148,6 +1150,18 @@ def _extract_into(path: str | os.PathLike[str], staging: Path, info: PackageInfo
         raise PackageError("CHECKSUM_MISMATCH", "the package file changed while it was extracted")
     if scanner.resolve_root() != info.root:  # pragma: no cover - impossible with a matching hash
         raise PackageError("CHECKSUM_MISMATCH", "the package root changed since inspection")
+
+
+def _readable_by_all(folder: Path) -> None:
+    """Children may run as other users (HUB_RUN_AS): they read the package, never write it."""
+    for parent, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(parent, name)
+            mode = os.lstat(path).st_mode  # links are left alone: they point inside the package
+            if stat.S_ISDIR(mode):
+                os.chmod(path, 0o755)
+            elif stat.S_ISREG(mode):
+                os.chmod(path, 0o755 if mode & 0o100 else 0o644)
 
 
 def _strip_root(path: str, root: str) -> str:

@@ -1,0 +1,169 @@
+"""Sequence code cannot read the hub's secrets, database, package storage or another instance's
+folder, and its environment carries none of the hub's variables.
+
+The file-permission half needs a worker running as root (children then run as a user id of their
+own: runner/isolation.py); as an ordinary user the worker cannot change user, and those checks
+are skipped. The environment check holds either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from tests.conftest import wait_for
+from tests.faults.conftest import FOREVER, start, wait_ended
+from tests.packaging import python_package, upload
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="children change user only as root")
+
+PROBE = """
+import json, os, socket
+def attempt(action):
+    try:
+        action()
+        return "ok"
+    except FileNotFoundError:
+        return "absent"
+    except PermissionError:
+        return "denied"
+    except OSError as exc:
+        return type(exc).__name__
+def read(path):
+    with open(path, "rb") as f:
+        f.read(1)
+def write(path):
+    with open(path, "ab") as f:
+        f.write(b"x")
+def connect(port):
+    socket.create_connection(("127.0.0.1", port), timeout=2).close()
+def run(context, input, reads, lists, writes, ports):
+    import sqlite3, xml.dom.minidom  # the standard library stays importable
+    with open("mine.txt", "w") as f:
+        f.write("own folder")
+    result = {
+        "read": {p: attempt(lambda p=p: read(p)) for p in reads},
+        "list": {p: attempt(lambda p=p: os.listdir(p)) for p in lists},
+        "write": {p: attempt(lambda p=p: write(p)) for p in writes},
+        "connect": {str(p): attempt(lambda p=p: connect(p)) for p in ports},
+        "own": open("mine.txt").read(),
+        "env": dict(os.environ),
+        "uid": os.getuid(),
+        "cwd": os.getcwd(),
+    }
+    return json.dumps(result)
+"""
+
+KEEPER = """
+import asyncio
+async def run(context, input):
+    with open("secret.txt", "w") as f:
+        f.write("only mine")
+    print("kept", flush=True)
+    while True:
+        await asyncio.sleep(1)
+"""
+
+HUB_VARIABLES = ("SECRET_KEY", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "HUB_QUEUE")
+
+
+def probe(api, seq: str, **targets: list) -> dict:
+    body = {
+        "args": [
+            targets.get("reads", []),
+            targets.get("lists", []),
+            targets.get("writes", []),
+            targets.get("ports", []),
+        ]
+    }
+    iid = start(api, seq, body)
+    raw = api.get(f"/instance/{iid}/output", timeout=60).text
+    data = wait_ended(api, iid)
+    assert data["status"] == "completed", (data, api.get(f"/instance/{iid}/stderr").text)
+    return json.loads(raw)
+
+
+def test_the_environment_carries_no_hub_variable(private_hub):
+    hub = private_hub()
+    result = probe(hub.api, upload(hub.api, python_package(PROBE)))
+    env = result["env"]
+    for name in HUB_VARIABLES:
+        assert name not in env, name
+    assert {k for k in env if k.startswith(("HUB_", "DJANGO", "CELERY"))} == {"HUB_INSTANCE_ID"}
+    assert result["own"] == "own folder"
+
+
+@needs_root
+def test_sequence_code_cannot_read_the_hubs_files_or_another_instance(private_hub):
+    hub = private_hub()
+    data_dir = Path(settings.HUB_DATA_DIR)
+    keeper = start(hub.api, upload(hub.api, python_package(KEEPER)))
+    wait_for(lambda: b"kept" in _peek(hub.api, keeper), what="the keeper's file")
+    neighbour = data_dir / "run" / keeper / "secret.txt"
+    assert neighbour.read_text() == "only mine"  # it is there: the refusal below is permissions
+    seq = upload(hub.api, python_package(PROBE))
+    package = next((data_dir / "storage" / "packages").glob("*.tar.gz"))
+    database = Path(settings.DATABASES["default"]["NAME"])
+    secret = data_dir / "secret_key"
+    secret.exists() or secret.write_text("test secret")  # what a hub without SECRET_KEY keeps
+    worker_environ = f"/proc/{hub.workers[0].proc.pid}/environ"
+    unpacked = next(p for p in (data_dir / "cache").iterdir() if (p / "main.py").exists())
+    result = probe(
+        hub.api,
+        seq,
+        reads=[str(secret), str(database), str(package), str(neighbour), worker_environ],
+        lists=[str(data_dir), str(data_dir / "run"), str(data_dir / "storage")],
+        writes=[str(unpacked / "main.py"), str(database), str(neighbour)],
+    )
+    for kind in ("read", "list", "write"):
+        for path, outcome in result[kind].items():
+            assert outcome in {"denied", "absent"}, (kind, path, outcome)
+    assert result["uid"] != 0
+    folder = (data_dir / "run" / keeper).stat()
+    assert folder.st_mode & 0o777 == 0o700 and folder.st_uid not in (0, result["uid"])
+    hub.api.post(f"/instance/{keeper}/_kill", json={})
+    wait_ended(hub.api, keeper)
+
+
+def _peek(api, iid: str) -> bytes:
+    """What stdout holds so far, without following it."""
+    with api.stream("GET", f"/instance/{iid}/stdout", timeout=10) as stream:
+        for piece in stream.iter_raw():
+            return piece
+    return b""
+
+
+@needs_root
+def test_hub_files_are_closed_to_other_users(private_hub):
+    hub = private_hub()
+    start(hub.api, upload(hub.api, python_package(FOREVER)))  # makes run/ and cache/
+    data_dir = Path(settings.HUB_DATA_DIR)
+    database = Path(settings.DATABASES["default"]["NAME"])
+    assert data_dir.stat().st_mode & 0o777 == 0o711
+    assert (data_dir / "run").stat().st_mode & 0o777 == 0o711
+    assert (data_dir / "storage").stat().st_mode & 0o077 == 0
+    assert database.stat().st_mode & 0o077 == 0
+    assert (data_dir / "secret_key").stat().st_mode & 0o077 == 0
+    # Unpacked packages: anyone may read them (children run as other users), nobody else write.
+    for unpacked in (data_dir / "cache").iterdir():
+        if unpacked.is_dir() and not unpacked.name.startswith("."):
+            for path in [unpacked, *unpacked.rglob("*")]:
+                assert path.stat().st_mode & 0o022 == 0, path
+
+
+@needs_root
+def test_the_network_sandbox_takes_the_network_away(private_hub):
+    redis_port = int(settings.REDIS_URL.rsplit(":", 1)[1].split("/")[0])
+    plain = private_hub()
+    sandboxed = private_hub(worker_env={"HUB_SANDBOX_NETWORK": "true"})
+    seq_plain = upload(plain.api, python_package(PROBE))
+    seq_boxed = upload(sandboxed.api, python_package(PROBE))
+    assert probe(plain.api, seq_plain, ports=[redis_port])["connect"] == {str(redis_port): "ok"}
+    boxed = probe(sandboxed.api, seq_boxed, ports=[redis_port])["connect"][str(redis_port)]
+    assert boxed != "ok"
