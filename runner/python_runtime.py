@@ -984,11 +984,16 @@ class Runtime:
         self._track(self._serve_calls())
 
     async def _serve_calls(self) -> None:
+        # Each call runs as its own task: an abort, stop or diagnostic hook must not wait
+        # behind a long step (in ESW these hooks run while the step is in flight).
         while True:
             call = await self._calls.get()
-            ok, error = await self._call_handler(call)
-            self.flusher.flush_all()
-            self.control.send(CALL_DONE, {"call": call.get("call"), "ok": ok, "error": error})
+            self._track(self._answer(call))
+
+    async def _answer(self, call: Mapping[str, Any]) -> None:
+        ok, error = await self._call_handler(call)
+        self.flusher.flush_all()
+        self.control.send(CALL_DONE, {"call": call.get("call"), "ok": ok, "error": error})
 
     async def _call_handler(self, call: Mapping[str, Any]) -> tuple[bool, str | None]:
         assert self.sequencer is not None

@@ -92,6 +92,8 @@ def script(sequencer):
     async def diagnostic(start_time, hint):
         night["mode"] = "diagnostic"
         print(f"diagnostic mode from {start_time}: {hint}")
+        if hint.startswith("sleep:"):  # a slow hook, for demos and tests of Processing
+            await asyncio.sleep(float(hint.removeprefix("sleep:")))
 
     @sequencer.on_operations_mode
     async def operations():

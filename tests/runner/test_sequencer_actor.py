@@ -268,8 +268,7 @@ def test_shutdown_during_a_long_step_still_kills_within_the_hook_timeout(kit):
 
 
 def test_processing_refuses_everything_but_shutdown_which_supersedes_the_hook(kit):
-    """The runtime runs one handler at a time, so a hook sent during a long step waits behind
-    it: the sequencer shows Processing meanwhile, and only shutdown gets through."""
+    """While a slow hook runs the sequencer shows Processing, and only shutdown gets through."""
     sid = kit.load()["id"]
     kit.send(sid, "submit", {"commands": [setup("wait", sleep=60), setup("move")]})
     kit.wait(sid, lambda s: s["stepList"][0]["status"] == "InFlight")
@@ -277,7 +276,8 @@ def test_processing_refuses_everything_but_shutdown_which_supersedes_the_hook(ki
 
     def diagnostic() -> None:
         held["response"] = kit.operator.post(
-            f"/sequencer/{sid}/diagnosticMode", json={"startTime": "2026-01-01T00:00:00Z"}
+            f"/sequencer/{sid}/diagnosticMode",
+            json={"startTime": "2026-01-01T00:00:00Z", "hint": "sleep:60"},
         )
 
     waiter = threading.Thread(target=diagnostic)

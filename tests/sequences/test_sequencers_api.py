@@ -432,6 +432,23 @@ def test_abort_and_stop_drop_pending_steps_and_let_the_in_flight_step_finish(kit
 
 
 @pytest.mark.parametrize("command", ["abortSequence", "stop"])
+def test_abort_and_stop_answer_while_a_long_step_is_still_in_flight(kit, command):
+    """The hook runs beside the step, as in ESW: the answer does not wait for the step."""
+    import time
+
+    sid = kit.load()["id"]
+    kit.send(sid, "submit", {"commands": [setup("wait", sleep=5), setup("move")]})
+    kit.wait(sid, lambda s: s["stepList"][0]["status"] == "InFlight")
+    began = time.monotonic()
+    assert kit.send(sid, command) == {"type": "Ok"}
+    assert time.monotonic() - began < 3
+    now = kit.get(sid)
+    assert now["state"] == "Running"
+    assert [s["status"] for s in now["stepList"]] == ["InFlight"]
+    kit.send(sid, "shutdown")
+
+
+@pytest.mark.parametrize("command", ["abortSequence", "stop"])
 def test_a_failing_abort_or_stop_handler_still_answers_ok_and_drops_pending(kit, command):
     sid, _ = paused_running(kit, "failing-script")
     assert kit.send(sid, command) == {"type": "Ok"}
