@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from datetime import timedelta
 
 from celery import shared_task
 from celery.signals import worker_shutdown
@@ -21,28 +19,10 @@ from django.utils import timezone
 
 from runner import launch, sequencer_actor
 from runner.supervisor import Refused, current_supervisor, get_supervisor
-from sequences import live
+from runner.tasks import fail_instance, send_reply
 from sequences.models import Instance, InstanceStatus, Sequencer
 
 log = logging.getLogger(__name__)
-
-
-def _reply(token: str, value: dict) -> None:
-    client = live.sync_client()
-    key = live.reply_key(token)
-    client.rpush(key, json.dumps(value))
-    client.expire(key, 60)
-
-
-def _fail_instance(iid: str, code: int, reason: str) -> None:
-    now = timezone.now()
-    Instance.objects.filter(pk=iid).update(
-        status=InstanceStatus.ERRORED,
-        exit_code=code,
-        reason=reason[:500],
-        ended=now,
-        remove_at=now + timedelta(seconds=settings.HUB_INSTANCE_RETENTION),
-    )
 
 
 @shared_task(name="runner.sequencer_tasks.start_sequencer", ignore_result=True)
@@ -55,7 +35,7 @@ def start_sequencer(sequencer_id: str, reply: str) -> None:
     sup = get_supervisor()
     row = Sequencer.objects.select_related("instance__sequence").filter(pk=sequencer_id).first()
     if row is None or row.instance is None:
-        _reply(reply, {"ok": False, "error": f"sequencer {sequencer_id} not found"})
+        send_reply(reply, {"ok": False, "error": f"sequencer {sequencer_id} not found"})
         return
     instance = row.instance
     timeout = float(settings.HUB_START_TIMEOUT)
@@ -71,17 +51,17 @@ def start_sequencer(sequencer_id: str, reply: str) -> None:
             timeout=timeout + 20,
         )
     except Refused as exc:
-        _fail_instance(instance.id, 24, str(exc))
-        _reply(reply, {"ok": False, "error": str(exc), "code": "INSUFFICIENT_RESOURCES"})
+        fail_instance(instance.id, 24, str(exc))
+        send_reply(reply, {"ok": False, "error": str(exc), "code": "INSUFFICIENT_RESOURCES"})
         return
     except Exception as exc:
         log.exception("could not start sequencer %s", sequencer_id)
-        _fail_instance(instance.id, 20, f"Failed to start: {exc}")
-        _reply(reply, {"ok": False, "error": f"Failed to start: {exc}"})
+        fail_instance(instance.id, 20, f"Failed to start: {exc}")
+        send_reply(reply, {"ok": False, "error": f"Failed to start: {exc}"})
         return
     if answer.get("pid"):
         sup.writer.update(instance.id, pid=answer["pid"])
-    _reply(reply, answer)
+    send_reply(reply, answer)
 
 
 @worker_shutdown.connect

@@ -39,7 +39,8 @@ def _stop_supervisor(**_: object) -> None:
         sup.shutdown()
 
 
-def _reply(token: str, value: dict) -> None:
+def send_reply(token: str, value: dict) -> None:
+    """Answer a web request waiting on `hub:reply:<token>`."""
     import json
 
     client = live.sync_client()
@@ -54,7 +55,7 @@ def start_instance(iid: str, reply: str) -> None:
     sup = get_supervisor()
     instance = Instance.objects.select_related("sequence").filter(pk=iid).first()
     if instance is None:
-        _reply(
+        send_reply(
             reply,
             {"ok": False, "status": 404, "code": "NOT_FOUND", "error": f"Instance {iid} not found"},
         )
@@ -68,15 +69,15 @@ def start_instance(iid: str, reply: str) -> None:
         )
         child = sup.run(sup.spawn(iid, spec, argv=argv))
     except Refused as exc:
-        _fail(iid, 24, str(exc))
-        _reply(
+        fail_instance(iid, 24, str(exc))
+        send_reply(
             reply, {"ok": False, "status": 507, "code": "INSUFFICIENT_RESOURCES", "error": str(exc)}
         )
         return
     except Exception as exc:
         log.exception("could not start instance %s", iid)
-        _fail(iid, 20, f"Failed to start: {exc}")
-        _reply(
+        fail_instance(iid, 20, f"Failed to start: {exc}")
+        send_reply(
             reply,
             {
                 "ok": False,
@@ -87,10 +88,11 @@ def start_instance(iid: str, reply: str) -> None:
         )
         return
     sup.writer.update(iid, pid=child.pid)
-    _reply(reply, {"ok": True, "worker": sup.name, "pid": child.pid})
+    send_reply(reply, {"ok": True, "worker": sup.name, "pid": child.pid})
 
 
-def _fail(iid: str, code: int, reason: str) -> None:
+def fail_instance(iid: str, code: int, reason: str) -> None:
+    """Record an instance that could not start as errored, with its code and reason."""
     now = timezone.now()
     Instance.objects.filter(pk=iid).update(
         status=InstanceStatus.ERRORED,
@@ -122,7 +124,7 @@ def detect_lost() -> int:
         status=InstanceStatus.INITIALIZING, worker="", created__lt=cutoff
     )
     for iid in stale.values_list("id", flat=True):
-        _fail(iid, 20, "no worker took the start request")
+        fail_instance(iid, 20, "no worker took the start request")
     return lost
 
 
