@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 READ_STREAMS = {1: "stdout", 2: "stderr", 4: "output", 6: "log"}
 REDIS_MAXLEN = 512  # chunks kept live per stream; older ones are read from the database
 ENDED_STREAM_TTL = 600  # seconds an ended instance's live streams stay for late readers
+LIST_NOTIFY_SECONDS = 0.1  # at most this often a "look again" to the instance list pages
 PAUSE_BYTES = 32 << 20  # stop reading children while this much waits for Redis or the database
 INPUT_BUFFER_LIMIT = 64 << 20
 F_SETPIPE_SZ = 1031
@@ -157,6 +159,8 @@ class Supervisor:
         # Redis writes, sent in one pipeline per flush: XADD (key, fields) or EXPIRE (key, None).
         self._outbox: list[tuple[str, dict | None]] = []
         self._flushing = False
+        self._list_change: dict[str, Any] | None = None
+        self._list_notify_due = False
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub-supervisor", daemon=True)
         self._stopping = False
@@ -177,6 +181,10 @@ class Supervisor:
         # The fork server is started from this long-lived thread: its death signal follows it.
         await self.forkserver.start()
         self.forkserver.on_exit(self._on_exit)
+        # What the worker loaded at boot (Django, Celery, this module) lives as long as it
+        # does: out of the collector's sight, a full collection with hundreds of children's
+        # objects around stays short instead of stalling the loop that pumps their streams.
+        gc.freeze()
         self.redis = live.async_client()
         self._register_worker()
         self.loop.create_task(self._control_loop())
@@ -732,10 +740,24 @@ class Supervisor:
             await asyncio.wait_for(asyncio.shield(task), 1)
 
     def _notify(self, iid: str, **change: Any) -> None:
-        """Tell watchers (console pages) that an instance changed; at-most-once by design."""
-        self.loop.create_task(
-            _group_send(f"instance-{iid}", {"type": "instance.changed", "id": iid, **change})
-        )
+        """Tell watchers (console pages) that an instance changed; at-most-once by design.
+
+        The instance's own group hears every change at once. The list pages' group only
+        means "look again" (they re-read the database), so its sends are coalesced to one per
+        LIST_NOTIFY_SECONDS: a burst of starts costs one send there, not one per change.
+        """
+        message = {"type": "instance.changed", "id": iid, **change}
+        self.loop.create_task(_group_send(f"instance-{iid}", message))
+        self._list_change = message
+        if not self._list_notify_due:
+            self._list_notify_due = True
+            self.loop.call_later(LIST_NOTIFY_SECONDS, self._notify_lists)
+
+    def _notify_lists(self) -> None:
+        self._list_notify_due = False
+        message, self._list_change = self._list_change, None
+        if message is not None:
+            self.loop.create_task(_group_send("instances", message))
 
 
 async def _group_send(group: str, message: dict) -> None:
@@ -746,7 +768,6 @@ async def _group_send(group: str, message: dict) -> None:
         return
     with contextlib.suppress(Exception):
         await layer.group_send(group, message)
-        await layer.group_send("instances", message)
 
 
 def _spec_from_database(iid: str) -> dict[str, Any]:
