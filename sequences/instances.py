@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,6 +23,8 @@ from django.db import DatabaseError, connection
 from sequences import live
 from sequences.errors import HubError, not_found
 from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, Sequence
+
+log = logging.getLogger(__name__)
 
 MAX_ARGS_BYTES = 1 << 20
 MAX_MEMORY_MB = 1 << 20  # a terabyte: anything larger is a typo, and past int() for inf
@@ -39,6 +42,22 @@ def _run_db(call: Callable[[], T]) -> T:
     except DatabaseError:
         connection.close()  # a broken connection must not serve the next call
         raise
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def in_background(coro: Coroutine[Any, Any, Any]) -> None:
+    """Run `coro` after the current request answers; its failure is logged, not raised."""
+    task = asyncio.ensure_future(coro)
+    _background.add(task)  # a task nobody references may be collected before it finishes
+    task.add_done_callback(_background_done)
+
+
+def _background_done(task: asyncio.Task[Any]) -> None:
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background database write failed", exc_info=task.exception())
 
 
 async def db_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -73,8 +73,12 @@ async def start(request: HttpRequest, seq_id: str) -> HttpResponse:
             audit, user, "instance.start", seq.id, outcome="refused", via="api", error=exc.message
         )
         raise
-    await instances.db_call(
-        audit, user, "instance.start", instance.id, via="api", sequence=seq.id, args=req.args
+    # Written right after the answer, not before it: this insert would otherwise wait for the
+    # database lock just when the worker records the start, on every start's critical path.
+    instances.in_background(
+        instances.db_call(
+            audit, user, "instance.start", instance.id, via="api", sequence=seq.id, args=req.args
+        )
     )
     return JsonResponse({"id": instance.id, "message": f"Sequence {instance.id} starting"})
 
