@@ -149,7 +149,20 @@ HUB_EMBEDDED_REDIS = REDIS_URL.startswith("unix://") and str(EMBEDDED_REDIS_SOCK
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": env.str("HUB_REDIS_PREFIX", default="hub")},
+        "CONFIG": {
+            # redis-py 8 reads with a 5 s timeout by default, exactly the time channels_redis
+            # blocks in BZPOPMIN waiting for a message: a consumer whose groups stayed quiet
+            # for 5 s died of "Timeout reading" (a console log page stopped after ~5 s).
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "socket_timeout": None,
+                    "socket_connect_timeout": 5,
+                    "health_check_interval": 30,
+                }
+            ],
+            "prefix": env.str("HUB_REDIS_PREFIX", default="hub"),
+        },
     }
 }
 
