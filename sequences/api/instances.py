@@ -213,10 +213,20 @@ async def get_event(request: HttpRequest, iid: str, name: str) -> HttpResponse:
     await instances.aget_instance(iid)
     found, message = await streams.last_event(iid, name)
     if not found:
-        found, message = await streams.next_event(iid, name)
+        found, message = await _first_in_live_stream(iid, name)
     if not found:
         raise HubError(404, "NOT_FOUND", f"no event '{name}': the instance ended")
     return JsonResponse(message, safe=False)
+
+
+async def _first_in_live_stream(iid: str, name: str) -> tuple[bool, Any]:
+    """After a miss on the last-event lookup, the first such event in the live stream. Read
+    from the stream's start, not from "now": an event emitted while the lookup ran (the
+    answer to an event just sent, say) is in the stream but was not in the lookup, and a
+    reader starting from "now" would wait for another one forever."""
+    async for message in streams.events(iid, name, since="0-0"):
+        return True, message
+    return False, None
 
 
 @router.get("/instance/{iid}/once/{name}", summary="Wait for the next event of that name")
