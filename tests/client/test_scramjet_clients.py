@@ -106,6 +106,22 @@ def scramjet_pypi() -> Path:
     return PYPI_DIR
 
 
+def run_flow(
+    args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run a flow script; on a hang, fail with the steps it printed on stderr."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        raise AssertionError(
+            f"{args[1]} hung; its last words: {stderr.decode(errors='replace')[-2000:]}"
+        ) from None
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
 @dataclass
 class Packages:
     lifecycle: Path
