@@ -23,7 +23,8 @@ from tests.client.conftest import (
 from tests.conftest import ROOT, wait_for
 from tests.packaging import python_package
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Live tests: a hub under load (CI runs the whole suite on one machine) can be slow.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
 ARGS = """
 import json

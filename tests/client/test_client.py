@@ -33,7 +33,8 @@ from tests.client.conftest import (
 )
 from tests.conftest import ROOT, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Live tests: a hub under load (CI runs the whole suite on one machine) can be slow.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
 NUMBERS = [str(n) for n in range(3000, 3010)]
 

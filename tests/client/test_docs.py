@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Live tests: a hub under load (CI runs the whole suite on one machine) can be slow.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
 
 def examples() -> list[str]:
