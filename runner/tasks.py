@@ -114,8 +114,13 @@ def detect_lost() -> int:
         .values_list("worker", flat=True)
         .distinct()
     )
+    beating = timezone.now() - timedelta(seconds=settings.HUB_LOST_AFTER)
     for name in workers:
         if client.exists(live.worker_key(name)):
+            continue
+        # A restarted Redis has lost every heartbeat key until the next beat: the database's
+        # copy of the heartbeat says whether the worker is really silent.
+        if Worker.objects.filter(name=name, last_seen__gte=beating).exists():
             continue
         lost += mark_lost(name, f"worker {name} stopped answering")
     # Starts that never reached a worker.

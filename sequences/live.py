@@ -21,6 +21,9 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 from django.conf import settings
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 STREAMS = ("stdout", "stderr", "output", "log")
 HOST_LOG = "hub:log"
@@ -70,9 +73,18 @@ CLIENT_OPTIONS: dict[str, Any] = {
 }
 
 
+def _retrying(retry_class: type) -> dict[str, Any]:
+    """A client made by from_url retries nothing: after a Redis restart, the first command on
+    each pooled connection (stale, from before) failed. A few quick retries reconnect."""
+    return {
+        "retry": retry_class(ExponentialBackoff(cap=0.5, base=0.02), 5),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+    }
+
+
 @cache
 def sync_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, **CLIENT_OPTIONS)
+    return redis.Redis.from_url(settings.REDIS_URL, **CLIENT_OPTIONS, **_retrying(Retry))
 
 
 _async_clients: dict[int, aredis.Redis] = {}
@@ -85,7 +97,9 @@ def async_client() -> aredis.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(id(loop))
     if client is None:
-        client = aredis.Redis.from_url(settings.REDIS_URL, max_connections=2000, **CLIENT_OPTIONS)
+        client = aredis.Redis.from_url(
+            settings.REDIS_URL, max_connections=2000, **CLIENT_OPTIONS, **_retrying(AsyncRetry)
+        )
         _async_clients[id(loop)] = client
     return client
 

@@ -7,7 +7,8 @@ Every drill runs against real processes (daphne, Celery workers, forked children
 from __future__ import annotations
 
 import contextlib
-import shutil
+import random
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -136,13 +137,31 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         pytest.skip(f"{REDIS_SERVER} is not installed (apt-get install redis-server)")
     folder = tmp_path / "redis"
     folder.mkdir()
-    server = PrivateRedis(free_port(), folder)
+    server = PrivateRedis(port_outside_the_ephemeral_range(), folder)
     server.start()
     try:
         yield server
     finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+        server.stop()  # its log stays in tmp_path, for a failed drill
+
+
+def port_outside_the_ephemeral_range() -> int:
+    """A free port the kernel never picks as a client's source port.
+
+    While the server is down, clients retry connecting; with a port in the ephemeral range one
+    retry can pick that very port as its source and connect to itself, and then it "talks to
+    Redis" through a socket that echoes its own commands. Real Redis ports (6379) are safe.
+    """
+    low, _high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 def rss_tree(pid: int) -> int:

@@ -115,7 +115,14 @@ def test_a_web_restart_leaves_running_instances_alone(private_hub, tmp_path):
     assert_hub_runs_a_normal_instance(hub.api, upload(hub.api, python_package(PLAIN)))
 
 
-def test_a_redis_restart_mid_run(private_hub, private_redis: PrivateRedis):
+def test_a_redis_restart_mid_run(private_hub, private_redis: PrivateRedis, monkeypatch):
+    import redis
+
+    from runner.tasks import detect_lost
+    from sequences import live
+
+    # detect_lost, as beat runs it, against the private Redis.
+    monkeypatch.setattr(live, "sync_client", lambda: redis.Redis.from_url(private_redis.url))
     env = {"REDIS_URL": private_redis.url}
     hub = private_hub(web_env=env, worker_env=env)
     seq = upload(hub.api, python_package(FOREVER))
@@ -128,6 +135,10 @@ def test_a_redis_restart_mid_run(private_hub, private_redis: PrivateRedis):
     private_redis.stop()  # everything Redis held is gone: no snapshot, no append-only file
     time.sleep(3)
     private_redis.start()
+    # Beat's check right after the restart, before the workers beat again, marks nothing lost:
+    # the heartbeat keys are gone, but the database's copy of the heartbeat is fresh.
+    assert not private_redis_has_worker(private_redis)
+    assert detect_lost() == 0
 
     # Streams written before are intact: the database holds them.
     assert hub.api.get(f"/instance/{ended}/output").text == "ok before"
