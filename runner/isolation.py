@@ -35,16 +35,18 @@ def uid_for(iid: str, base: int, count: int) -> int:
     return base + int.from_bytes(digest[:8], "big") % count
 
 
-def run_as_for(iid: str, mode: str, base: int, count: int) -> dict[str, int] | None:
+def run_as_for(iid: str, mode: str, base: int, count: int, data_dir: Path) -> dict[str, int] | None:
     """`{"uid", "gid"}` for the child, or None to leave it as the worker's user.
 
-    mode: "auto" (an id per instance when root), "none", or a user name for every child.
+    mode: "auto" (an id per instance when root, where that can work), "none", or a user name
+    for every child. "auto" keeps the worker's user when another user could not run the child:
+    the standard library or the data folder (under /root, a private /tmp folder) closed to it.
     """
     if mode == "none" or os.geteuid() != 0:
         return None
     if mode == "auto":
-        if not readable_by_others(stdlib_of(runtime_python())):
-            return None  # the child could not import the standard library: see runtime_python
+        if not (readable_by_others(stdlib_of(runtime_python())) and passable(data_dir)):
+            return None
         uid = uid_for(iid, base, count)
         return {"uid": uid, "gid": uid}
     user = pwd.getpwnam(mode)
@@ -59,6 +61,15 @@ def readable_by_others(path: Path) -> bool:
             if not os.stat(folder).st_mode & stat.S_IXOTH:
                 return False
         return bool(os.stat(path).st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
+def passable(folder: Path) -> bool:
+    """Whether a user with no special rights can pass through `folder` and all above it."""
+    folder = folder.resolve()
+    try:
+        return all(os.stat(f).st_mode & stat.S_IXOTH for f in [*folder.parents, folder])
     except OSError:
         return False
 

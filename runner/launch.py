@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import sys
@@ -17,6 +18,7 @@ from runner.packagecache import ensure_unpacked
 from sequences.models import Instance
 
 RUNTIME_DIR = Path(__file__).resolve().parent
+log = logging.getLogger(__name__)
 
 
 def workdir_for(iid: str) -> Path:
@@ -34,8 +36,24 @@ def run_root() -> Path:
 
 
 def run_as(iid: str) -> dict[str, int] | None:
-    return isolation.run_as_for(
-        iid, settings.HUB_RUN_AS, settings.HUB_RUN_UID_BASE, settings.HUB_RUN_UID_COUNT
+    user = isolation.run_as_for(
+        iid,
+        settings.HUB_RUN_AS,
+        settings.HUB_RUN_UID_BASE,
+        settings.HUB_RUN_UID_COUNT,
+        settings.HUB_DATA_DIR,
+    )
+    if user is None and settings.HUB_RUN_AS == "auto" and os.geteuid() == 0:
+        _warn_unisolated()
+    return user
+
+
+@functools.cache
+def _warn_unisolated() -> None:
+    log.warning(
+        "sequence code runs as root, not as a user of its own: HUB_DATA_DIR (%s) or the "
+        "runtime's standard library is closed to other users (docs/operations.md, Isolation)",
+        settings.HUB_DATA_DIR,
     )
 
 

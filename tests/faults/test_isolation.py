@@ -167,3 +167,25 @@ def test_the_network_sandbox_takes_the_network_away(private_hub):
     assert probe(plain.api, seq_plain, ports=[redis_port])["connect"] == {str(redis_port): "ok"}
     boxed = probe(sandboxed.api, seq_boxed, ports=[redis_port])["connect"][str(redis_port)]
     assert boxed != "ok"
+
+
+@needs_root
+def test_run_as_modes(tmp_path):
+    from runner import isolation
+
+    data_dir = Path(settings.HUB_DATA_DIR)
+    base, count = 1_900_000_000, 1 << 24
+    mine = isolation.run_as_for("a", "auto", base, count, data_dir)
+    assert mine is not None and base <= mine["uid"] < base + count and mine["gid"] == mine["uid"]
+    assert isolation.run_as_for("a", "auto", base, count, data_dir) == mine  # stable
+    assert isolation.run_as_for("b", "auto", base, count, data_dir) != mine
+    assert isolation.run_as_for("a", "none", base, count, data_dir) is None
+    assert isolation.run_as_for("a", "nobody", base, count, data_dir) == {
+        "uid": 65534,
+        "gid": 65534,
+    }
+    # A data folder other users cannot reach: the child keeps the worker's user (and works).
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    (closed / "data").mkdir()
+    assert isolation.run_as_for("a", "auto", base, count, closed / "data") is None
