@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,6 +73,26 @@ async def run(context, input):
         await asyncio.sleep(1)
 """
 
+
+@pytest.fixture
+def open_data_dir() -> Iterator[Path]:
+    """A data folder other users can pass through, wherever the suite's own lives (a clone
+    under /root, say, would make 'auto' keep the worker's user: nothing to test then)."""
+    folder = Path(tempfile.mkdtemp(prefix="hub-isolation-", dir="/tmp"))
+    folder.chmod(0o711)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def isolated_hub(private_hub, data_dir: Path, **worker_env: str):
+    # No SECRET_KEY: the hub makes and keeps its own in the data folder (API tokens are plain
+    # hashes, so the suite's tokens still work).
+    env = {"HUB_DATA_DIR": str(data_dir), "SECRET_KEY": ""}
+    return private_hub(web_env=env, worker_env={**env, **worker_env})
+
+
 HUB_VARIABLES = ("SECRET_KEY", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "HUB_QUEUE")
 
 
@@ -100,9 +123,11 @@ def test_the_environment_carries_no_hub_variable(private_hub):
 
 
 @needs_root
-def test_sequence_code_cannot_read_the_hubs_files_or_another_instance(private_hub):
-    hub = private_hub()
-    data_dir = Path(settings.HUB_DATA_DIR)
+def test_sequence_code_cannot_read_the_hubs_files_or_another_instance(
+    private_hub, open_data_dir: Path
+):
+    hub = isolated_hub(private_hub, open_data_dir)
+    data_dir = open_data_dir
     keeper = start(hub.api, upload(hub.api, python_package(KEEPER)))
     wait_for(lambda: b"kept" in _peek(hub.api, keeper), what="the keeper's file")
     neighbour = data_dir / "run" / keeper / "secret.txt"
@@ -111,7 +136,7 @@ def test_sequence_code_cannot_read_the_hubs_files_or_another_instance(private_hu
     package = next((data_dir / "storage" / "packages").glob("*.tar.gz"))
     database = Path(settings.DATABASES["default"]["NAME"])
     secret = data_dir / "secret_key"
-    secret.exists() or secret.write_text("test secret")  # what a hub without SECRET_KEY keeps
+    assert secret.is_file()  # the hub made it: there is something to refuse
     worker_environ = f"/proc/{hub.workers[0].proc.pid}/environ"
     unpacked = next(p for p in (data_dir / "cache").iterdir() if (p / "main.py").exists())
     result = probe(
@@ -140,21 +165,24 @@ def _peek(api, iid: str) -> bytes:
 
 
 @needs_root
-def test_hub_files_are_closed_to_other_users(private_hub):
-    hub = private_hub()
-    start(hub.api, upload(hub.api, python_package(FOREVER)))  # makes run/ and cache/
-    data_dir = Path(settings.HUB_DATA_DIR)
+def test_hub_files_are_closed_to_other_users(private_hub, open_data_dir: Path):
+    hub = isolated_hub(private_hub, open_data_dir)
+    iid = start(hub.api, upload(hub.api, python_package(FOREVER)))  # makes run/ and cache/
+    data_dir = open_data_dir
     database = Path(settings.DATABASES["default"]["NAME"])
     assert data_dir.stat().st_mode & 0o777 == 0o711
     assert (data_dir / "run").stat().st_mode & 0o777 == 0o711
     assert (data_dir / "storage").stat().st_mode & 0o077 == 0
-    assert database.stat().st_mode & 0o077 == 0
+    if database.is_file():  # SQLite; PostgreSQL keeps its files to itself
+        assert database.stat().st_mode & 0o077 == 0
     assert (data_dir / "secret_key").stat().st_mode & 0o077 == 0
     # Unpacked packages: anyone may read them (children run as other users), nobody else write.
     for unpacked in (data_dir / "cache").iterdir():
         if unpacked.is_dir() and not unpacked.name.startswith("."):
             for path in [unpacked, *unpacked.rglob("*")]:
                 assert path.stat().st_mode & 0o022 == 0, path
+    hub.api.post(f"/instance/{iid}/_kill", json={})
+    wait_ended(hub.api, iid)
 
 
 @needs_root
@@ -173,7 +201,7 @@ def test_the_network_sandbox_takes_the_network_away(private_hub):
 def test_run_as_modes(tmp_path):
     from runner import isolation
 
-    data_dir = Path(settings.HUB_DATA_DIR)
+    data_dir = Path(tempfile.gettempdir())
     base, count = 1_900_000_000, 1 << 24
     mine = isolation.run_as_for("a", "auto", base, count, data_dir)
     assert mine is not None and base <= mine["uid"] < base + count and mine["gid"] == mine["uid"]
