@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -308,10 +307,3 @@ def register(root: Commands) -> None:
     hub.add("version", hub_version, "the hub's version")
     hub.add("load", hub_load, "load, memory and disk of the hub host")
     hub.add("logs", hub_logs, "follow the hub's log (Ctrl-C to stop)", aliases=["log"])
-
-
-def stdin_chunks() -> Any:
-    """Standard input as it arrives (so `si inst input` streams a pipe)."""
-    read = getattr(sys.stdin.buffer, "read1", sys.stdin.buffer.read)
-    while chunk := read(65536):
-        yield chunk

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from client.cli_output import key_values, parse_value, short_time, table
+from client.cli_output import key_values, parse_value, short_time, stdin_chunks, table
 
 if TYPE_CHECKING:
     from client.cli import Commands, Context
@@ -75,8 +75,6 @@ def inst_stream(ctx: Context) -> None:
 def _data(ctx: Context) -> Any:
     if ctx.args.file and ctx.args.file != "-":
         return Path(ctx.args.file).open("rb")
-    from client.cli_hub import stdin_chunks
-
     return stdin_chunks()
 
 

@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from client.errors import HubClientError
+
+
+def stdin_chunks() -> Iterator[bytes]:
+    """Standard input as it arrives, so `si inst input` streams a pipe instead of waiting for
+    its end."""
+    read = getattr(sys.stdin.buffer, "read1", sys.stdin.buffer.read)
+    while chunk := read(65536):
+        yield chunk
 
 
 def parse_value(text: str) -> Any:
