@@ -496,7 +496,7 @@ class Supervisor:
                 },
             )
             return
-        await self.reply(token, {"ok": True, "worker": self.name, "pid": child.pid})
+        await self.reply(token, {"ok": True, "worker": self.name, "pid": child.pid}, owned=iid)
 
     async def _spec_for(self, req: dict[str, Any]) -> dict[str, Any]:
         """The launch spec from what the web sent; the database only when the package is not
@@ -539,9 +539,13 @@ class Supervisor:
             if header.get("reply"):
                 await self.reply(header["reply"], {"ok": False, "error": str(exc)})
 
-    async def reply(self, token: str, value: Any) -> None:
+    async def reply(self, token: str, value: Any, owned: str | None = None) -> None:
+        """Answer a waiting request; `owned`: an instance id this worker now runs, published
+        in the same round trip so the web can route control to it before the row says so."""
         key = live.reply_key(token)
         pipe = self.redis.pipeline(transaction=False)
+        if owned is not None:
+            pipe.set(live.owner_key(owned), self.name, ex=live.OWNER_TTL)
         pipe.rpush(key, json.dumps(value))
         pipe.expire(key, 60)
         await pipe.execute()

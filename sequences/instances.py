@@ -265,7 +265,12 @@ def _worker_of(iid: str) -> str:
 
 async def _await_worker(instance: Instance, timeout: float = 3.0) -> str:
     """The worker records itself through its batched writer, a moment after start answered;
-    a request that follows the start at once waits for that instead of failing."""
+    a request that follows the start at once finds it in Redis (the worker published it with
+    its answer), or else waits for the row instead of failing."""
+    owner = await live.async_client().get(live.owner_key(instance.id))
+    if owner:
+        instance.worker = owner.decode()
+        return instance.worker
     deadline = time.monotonic() + timeout
     while instance.is_live and time.monotonic() < deadline:
         worker = await db_call(_worker_of, instance.id)

@@ -6,6 +6,7 @@ Live data goes worker → Redis → web; the database holds the durable copy.
 - `hub:evlast:<iid>`      hash: last message per event name
 - `hub:ctl:<worker>`      list: control messages for one worker's supervisor
 - `hub:start:<queue>`     list: start requests any supervisor serving that queue takes
+- `hub:owner:<iid>`       the worker that just started an instance, until its row says so
 - `hub:reply:<token>`     list: one reply to a request that waits for it
 - `hub:worker:<name>`     heartbeat key, expires when the worker stops answering
 - `hub:log`               Redis stream of host log lines
@@ -47,6 +48,13 @@ def control_key(worker: str) -> str:
 
 def start_key(queue: str) -> str:
     return f"hub:start:{queue}"
+
+
+OWNER_TTL = 120  # seconds; the worker's batched database write lands long before
+
+
+def owner_key(iid: str) -> str:
+    return f"hub:owner:{iid}"
 
 
 def reply_key(token: str) -> str:
