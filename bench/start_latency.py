@@ -28,26 +28,27 @@ def run(context, input):
 """
 
 
-def bare_python_start(runs: int) -> list[float]:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(bare_python_argv("print('hello')"), stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        proc.stdout.read(1)
-        times.append(time.perf_counter() - t0)
-        proc.stdout.read()
-        proc.wait()
-    return times
+def bare_python_start() -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(bare_python_argv("print('hello')"), stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.read(1)
+    elapsed = time.perf_counter() - t0
+    proc.stdout.read()
+    proc.wait()
+    return elapsed
 
 
 def hub_start(runs: int, warmup: int = 3) -> dict[str, Any]:
+    """Hub samples, each right after a bare-interpreter sample: on a shared machine whose load
+    moves by the minute, both see the same conditions and their ratio means something."""
     with running_hub("start_latency") as hub:
         seq = hub.upload(TRIVIAL)
-        totals, posts = [], []
+        totals, posts, bare = [], [], []
         cpu_before = hub.cpu_seconds()
         with hub.client() as api:
             for i in range(warmup + runs):
+                bare_s = bare_python_start()
                 t0 = time.perf_counter()
                 response = api.post(f"/sequence/{seq}/start", json={})
                 t_post = time.perf_counter()
@@ -63,17 +64,18 @@ def hub_start(runs: int, warmup: int = 3) -> dict[str, Any]:
                 if i >= warmup:
                     totals.append(t1 - t0)
                     posts.append(t_post - t0)
+                    bare.append(bare_s)
         cpu_after = hub.cpu_seconds()
         cpu_ms = {k: (cpu_after[k] - cpu_before[k]) * 1000 / (warmup + runs) for k in cpu_after}
-        return {"totals": totals, "posts": posts, "cpu_ms": cpu_ms}
+        return {"totals": totals, "posts": posts, "bare": bare, "cpu_ms": cpu_ms}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args(argv)
-    bare = bare_python_start(max(10, args.runs // 2))
     hub = hub_start(args.runs)
+    bare = hub["bare"]
     result = {
         "target_s": TARGET_SECONDS,
         "median_s": median(hub["totals"]),
