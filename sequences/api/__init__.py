@@ -1,5 +1,6 @@
 """REST API v1: wire-compatible with Scramjet Transform Hub, plus sequencers and components."""
 
+from django.db import DataError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -55,6 +56,17 @@ def on_recursion_error(request: HttpRequest, exc: RecursionError) -> HttpRespons
     # json.loads raises RecursionError, not ValueError, on a body nested thousands deep.
     return JsonResponse(
         {"error": "the request body is nested too deeply", "code": "INVALID_REQUEST"}, status=400
+    )
+
+
+@api.exception_handler(DataError)
+def on_data_error(request: HttpRequest, exc: DataError) -> HttpResponse:
+    # PostgreSQL refuses NUL in text (`/sequencer/%00`, `{"name": "\u0000"}`): a bad request.
+    if "NUL" not in str(exc):
+        raise exc
+    return JsonResponse(
+        {"error": "text may not contain NUL (0x00) characters", "code": "INVALID_REQUEST"},
+        status=400,
     )
 
 

@@ -3,6 +3,7 @@
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.http import HttpRequest
 from ninja.security.http import HttpBearer
 from ninja.utils import check_csrf
@@ -30,11 +31,24 @@ class HubAuth(HttpBearer):
         if user.is_authenticated or settings.HUB_ANONYMOUS_ROLE != "none":
             request.hub_user = user
             request.hub_role = user_role(user)  # resolved here, in a thread, for async views
+            _release_connection()
             return user
+        _release_connection()
         return None
 
     def authenticate(self, request: HttpRequest, token: str) -> Any:  # pragma: no cover
         return None
+
+
+def _release_connection() -> None:
+    """Give the pooled database connection back now, not when the response ends.
+
+    Otherwise a streaming response (stdout followed for minutes) keeps the connection its
+    authentication borrowed, and a few hundred readers exhaust the pool. Without a pool
+    (SQLite) there is nothing to give back.
+    """
+    if connection.settings_dict.get("OPTIONS", {}).get("pool") and not connection.in_atomic_block:
+        connection.close()
 
 
 def need(request: HttpRequest, role: str) -> Any:

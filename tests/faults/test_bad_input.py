@@ -206,6 +206,24 @@ def test_bad_query_parameters_answer_4xx_or_are_clamped(admin_api, real_ids):
             assert_json_4xx(response, timeout)
 
 
+def test_nul_characters_are_refused_on_every_route(admin_api, routes, body_routes):
+    """PostgreSQL cannot store NUL in text: such ids and names are bad requests, not 500s."""
+    for template, allowed in routes:
+        if "{" not in template:
+            continue
+        path = template
+        for key in ("seq_id", "iid", "sid", "name", "run_id"):
+            path = path.replace("{" + key + "}", "%00")
+        for method in allowed:
+            response = admin_api.request(method, path, content=b"{}")
+            assert_json_4xx(response, (method, path))
+    for method, template in body_routes:
+        if "{" in template:
+            continue
+        body = b'{"name": "\\u0000", "sequence": "\\u0000", "prefix": "\\u0000"}'
+        assert_json_4xx(admin_api.request(method, template, content=body), (method, template))
+
+
 def test_odd_headers_are_refused_or_ignored(admin_api, real_ids):
     seq = real_ids["seq_id"]
     odd = [
