@@ -171,14 +171,14 @@ def search_lines(iid: str, stream: str, needle: str, limit: int = 500) -> list[t
 
 
 def _last_event(iid: str, name: str) -> tuple[bool, Any]:
-    row = (
+    # One query: with two (the row, then "exists"), a row written in between read as
+    # found with a None message.
+    rows = list(
         InstanceEvent.objects.filter(instance_id=iid, direction="out", name=name)
         .order_by("-id")
-        .values_list("message", flat=True)
-        .first()
+        .values_list("message", flat=True)[:1]
     )
-    exists = InstanceEvent.objects.filter(instance_id=iid, direction="out", name=name).exists()
-    return exists, row
+    return (True, rows[0]) if rows else (False, None)
 
 
 alast_event = sync_to_async(_last_event)
