@@ -134,7 +134,9 @@ def test_sequence_code_cannot_read_the_hubs_files_or_another_instance(
     assert neighbour.read_text() == "only mine"  # it is there: the refusal below is permissions
     seq = upload(hub.api, python_package(PROBE))
     package = next((data_dir / "storage" / "packages").glob("*.tar.gz"))
+    # SQLite's file; PostgreSQL's files are its own (and `NAME` is a database name there).
     database = Path(settings.DATABASES["default"]["NAME"])
+    db_files = [str(database)] if database.is_absolute() else []
     secret = data_dir / "secret_key"
     assert secret.is_file()  # the hub made it: there is something to refuse
     worker_environ = f"/proc/{hub.workers[0].proc.pid}/environ"
@@ -142,9 +144,9 @@ def test_sequence_code_cannot_read_the_hubs_files_or_another_instance(
     result = probe(
         hub.api,
         seq,
-        reads=[str(secret), str(database), str(package), str(neighbour), worker_environ],
+        reads=[str(secret), *db_files, str(package), str(neighbour), worker_environ],
         lists=[str(data_dir), str(data_dir / "run"), str(data_dir / "storage")],
-        writes=[str(unpacked / "main.py"), str(database), str(neighbour)],
+        writes=[str(unpacked / "main.py"), *db_files, str(neighbour)],
     )
     for kind in ("read", "list", "write"):
         for path, outcome in result[kind].items():
