@@ -6,7 +6,7 @@ so a page that reconnects (htmx's ws extension retries on its own) heals itself.
 layer is at-most-once: events only say "look again", the fragments come from the database.
 
 The instance consumer follows the streams itself (`sequences.streams.follow`, from the cursor
-its snapshot ended at) and coalesces lines: every FLUSH_SECONDS it sends at most
+its snapshot ended at) and coalesces lines: at most every FLUSH_SECONDS it sends at most
 MAX_LINES_PER_FLUSH lines per stream, the newest, and says how many it left out, so a sequence
 printing 100 000 lines a second cannot flood the socket or the browser. When a stream ends,
 its last lines are always sent.
@@ -271,6 +271,8 @@ class InstanceConsumer(LiveConsumer):
             follower.partial_sent = b""  # the snapshot did not draw it: the first flush does
             self.followers[stream] = follower
         await self.send(text_data=html)
+        self.lines_ready = asyncio.Event()
+        self.lines_ready.set()  # the first flush draws the partial line the snapshot left out
         for stream, window in windows.items():
             self.tasks.append(asyncio.ensure_future(self.follow(stream, window.next_seq)))
         self.tasks.append(asyncio.ensure_future(self.flush_loop()))
@@ -282,6 +284,7 @@ class InstanceConsumer(LiveConsumer):
         try:
             async for chunk in follow(self.iid, stream, cursor):
                 follower.add(follower.splitter.feed(chunk))
+                self.lines_ready.set()
             follower.add(follower.splitter.finish())
         except asyncio.CancelledError:
             raise
@@ -289,10 +292,14 @@ class InstanceConsumer(LiveConsumer):
             log.exception("following %s of %s failed", stream, self.iid)
         finally:
             follower.done = True
+            self.lines_ready.set()
 
     async def flush_loop(self) -> None:
+        # Leading edge: lines after a quiet spell go out at once; then at most one message per
+        # FLUSH_SECONDS, so a flood is still coalesced.
         while True:
-            await asyncio.sleep(FLUSH_SECONDS)
+            await self.lines_ready.wait()
+            self.lines_ready.clear()
             html = "".join(f.take() for f in self.followers.values())
             if html:
                 await self.send(text_data=html)
@@ -305,6 +312,7 @@ class InstanceConsumer(LiveConsumer):
                 self.overlay = {}
                 await LiveConsumer.send_snapshot(self)
                 return
+            await asyncio.sleep(FLUSH_SECONDS)
 
     async def teardown(self) -> None:
         for task in getattr(self, "tasks", []):
