@@ -30,7 +30,7 @@ from dashboard.views import logs
 
 log = logging.getLogger(__name__)
 
-FLUSH_SECONDS = 0.05
+FLUSH_SECONDS = 0.02
 MAX_LINES_PER_FLUSH = 200
 DEBOUNCE_SECONDS = 0.25
 REFUSED = 4003  # close code for "not allowed"; htmx's ws extension does not retry on it
