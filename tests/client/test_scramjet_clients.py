@@ -22,7 +22,7 @@ import pytest
 
 from client.pack import pack
 from tests.client.conftest import FOREVER, LIFECYCLE_DIR, package
-from tests.conftest import ROOT, Hub, wait_for
+from tests.conftest import IN_CI, ROOT, Hub, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
 
@@ -57,6 +57,8 @@ def scramjet_npm() -> Path:
     if not _npm_ready():
         npm = shutil.which("npm")
         if npm is None:
+            if IN_CI:
+                pytest.fail("npm is not installed: cannot test Scramjet's own npm clients")
             pytest.skip("npm is not installed: cannot test Scramjet's own npm clients")
         NPM_DIR.mkdir(parents=True, exist_ok=True)
         specs = [f"{name}@{version}" for name, version in NPM_PACKAGES.items()]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import IN_CI
 from tests.packaging import python_package
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -23,7 +24,9 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 pytestmark = [
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="apt-get install chromium"),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists() and not IN_CI, reason="apt-get install chromium"
+    ),
     pytest.mark.timeout(300),
 ]
 

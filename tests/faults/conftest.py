@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import free_port, wait_for
+from tests.conftest import IN_CI, free_port, wait_for
 
 REDIS_SERVER = "/usr/bin/redis-server"
 
@@ -134,6 +134,8 @@ class PrivateRedis:
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     if not Path(REDIS_SERVER).exists():
+        if IN_CI:
+            pytest.fail(f"{REDIS_SERVER} is not installed (apt-get install redis-server)")
         pytest.skip(f"{REDIS_SERVER} is not installed (apt-get install redis-server)")
     folder = tmp_path / "redis"
     folder.mkdir()

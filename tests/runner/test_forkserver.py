@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 
 from runner.forkserver import REPO_ROOT, ForkServer, SpawnError, make_child_fds
+from tests.conftest import IN_CI
 from tests.runner.harness import Child, Harness, make_spec, started_fork_server, write_package
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -120,7 +121,7 @@ async def test_limits_become_rlimits_with_data_not_address_space_for_exec(
     assert address_space == resource.getrlimit(resource.RLIMIT_AS)[0]  # left alone
 
 
-@pytest.mark.skipif(not shutil.which("node"), reason="node is not installed")
+@pytest.mark.skipif(not shutil.which("node") and not IN_CI, reason="node is not installed")
 async def test_node_starts_under_a_memory_limit(harness: Harness, tmp_path: Path) -> None:
     node = shutil.which("node")
     assert node is not None

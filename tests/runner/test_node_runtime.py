@@ -17,12 +17,16 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import IN_CI
+
 try:
     from tests.runner.node_fixtures import NODE, RUNTIME, NodeChild, make_package
 except ModuleNotFoundError:  # tests/ is not a package: pytest put this folder on sys.path
     from node_fixtures import NODE, RUNTIME, NodeChild, make_package  # type: ignore[no-redef]
 
-pytestmark = pytest.mark.skipif(not shutil.which(NODE), reason="node is not installed")
+pytestmark = pytest.mark.skipif(
+    not shutil.which(NODE) and not IN_CI, reason="node is not installed"
+)
 
 PING, HEALTH, STOPPED, ALIVE, COMPLETED, EVENT = 3000, 3001, 3006, 3010, 3011, 5001
 STOP, KILL, HEALTH_CHECK = 4001, 4002, 4004

@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 
 from runner.forkserver import REPO_ROOT, ForkServer
+from tests.conftest import IN_CI
 from tests.runner.harness import Child, Harness, make_spec, started_fork_server, write_package
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -655,7 +656,9 @@ async def test_hub_packages_are_not_importable_by_sequences(start: Start) -> Non
     assert json.loads(child.output) == {"django": False, "json": True}
 
 
-@pytest.mark.skipif(importlib.util.find_spec("scramjet") is None, reason="no scramjet-framework-py")
+@pytest.mark.skipif(
+    importlib.util.find_spec("scramjet") is None and not IN_CI, reason="no scramjet-framework-py"
+)
 async def test_scramjet_stream_wraps_input_when_the_package_ships_it(
     start: Start, tmp_path: Path
 ) -> None:
