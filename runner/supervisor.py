@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 READ_STREAMS = {1: "stdout", 2: "stderr", 4: "output", 6: "log"}
 REDIS_MAXLEN = 512  # chunks kept live per stream; older ones are read from the database
 ENDED_STREAM_TTL = 600  # seconds an ended instance's live streams stay for late readers
+EVENT_NOTIFY_SECONDS = 0.2
 LIST_NOTIFY_SECONDS = 0.1  # at most this often a "look again" to the instance list pages
 PAUSE_BYTES = 32 << 20  # stop reading children while this much waits for Redis or the database
 INPUT_BUFFER_LIMIT = 64 << 20
@@ -161,6 +162,7 @@ class Supervisor:
         self._flushing = False
         self._list_change: dict[str, Any] | None = None
         self._list_notify_due = False
+        self._event_notify_due: set[str] = set()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub-supervisor", daemon=True)
         self._stopping = False
@@ -416,6 +418,7 @@ class Supervisor:
         self._schedule_flush()
         self.loop.create_task(self.redis.hset(live.last_events_key(child.iid), name, message))
         self.writer.event(child.iid, "out", name, data.get("message"))
+        self._notify_event_soon(child.iid)
 
     def send(self, child: Child, code: int, data: Any) -> None:
         if child.ctl_writer is not None and not child.ctl_writer.is_closing():
@@ -756,6 +759,20 @@ class Supervisor:
         if not self._list_notify_due:
             self._list_notify_due = True
             self.loop.call_later(LIST_NOTIFY_SECONDS, self._notify_lists)
+
+    def _notify_event_soon(self, iid: str) -> None:
+        """The instance page lists emitted events: one "look again" per EVENT_NOTIFY_SECONDS,
+        however many events a sequence emits, and after the writer stored them."""
+        if iid in self._event_notify_due:
+            return
+        self._event_notify_due.add(iid)
+
+        def fire() -> None:
+            self._event_notify_due.discard(iid)
+            message = {"type": "instance.changed", "id": iid, "events": True}
+            self.loop.create_task(_group_send(f"instance-{iid}", message))
+
+        self.loop.call_later(EVENT_NOTIFY_SECONDS, fire)
 
     def _notify_lists(self) -> None:
         self._list_notify_due = False

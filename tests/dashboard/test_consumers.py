@@ -207,3 +207,29 @@ async def test_the_sequencer_socket_follows_its_changes(cookies, sequence):
     assert (await components.connect())[0]
     assert 'id="components-table"' in await components.receive_from(timeout=10)
     await components.disconnect()
+
+
+async def test_an_emitted_event_reaches_an_open_instance_page(hub, people, cookies):
+    """A real instance on the hub's worker emits an event; the page's socket shows it."""
+    import httpx
+
+    from tests.packaging import python_package
+
+    code = """
+import asyncio
+async def run(context, input):
+    await asyncio.sleep(1.5)
+    context.emit("calibrated", {"offset": 42})
+    await asyncio.sleep(30)
+"""
+    async with httpx.AsyncClient(
+        base_url=hub.api, headers=people["admin"].headers(), timeout=60
+    ) as api:
+        seq = (await api.post("/sequence", content=python_package(code))).json()["id"]
+        iid = (await api.post(f"/sequence/{seq}/start", json={})).json()["id"]
+        comm = communicator(f"/ws/instances/{iid}/", cookies["viewer"])
+        assert (await comm.connect())[0]
+        seen = await receive_until(comm, "calibrated", timeout=15)
+        assert "42" in seen.split("calibrated", 1)[1]
+        await comm.disconnect()
+        await api.post(f"/instance/{iid}/_kill", json={})
