@@ -159,6 +159,7 @@ class Supervisor:
         }
         # Redis writes, sent in one pipeline per flush: XADD (key, fields) or EXPIRE (key, None).
         self._outbox: list[tuple[str, dict | None]] = []
+        self._outbox_bytes = 0
         self._flushing = False
         self._list_change: dict[str, Any] | None = None
         self._list_notify_due = False
@@ -319,9 +320,15 @@ class Supervisor:
         child.seq[stream] = seq + 1
         self.writer.chunk(child.iid, stream, seq, data)
         self._outbox.append((live.stream_key(child.iid, stream), {"s": seq, "d": data}))
+        self._outbox_bytes += len(data)
         self._schedule_flush()
-        if not self.paused and self.writer.pending_bytes > PAUSE_BYTES:
+        if not self.paused and self._waiting_bytes() > PAUSE_BYTES:
             self._pause(True)
+
+    def _waiting_bytes(self) -> int:
+        """Output read from children and not yet in both Redis and the database: a slow
+        Redis must hold the children back as a slow database does."""
+        return self.writer.pending_bytes + self._outbox_bytes
 
     def _schedule_flush(self) -> None:
         if not self._flushing:
@@ -332,6 +339,7 @@ class Supervisor:
         try:
             while self._outbox:
                 batch, self._outbox = self._outbox, []
+                batch_bytes = self._outbox_bytes  # counted until Redis has them
                 pipe = self.redis.pipeline(transaction=False)
                 for key, fields in batch:
                     if fields is None:
@@ -342,7 +350,9 @@ class Supervisor:
                     await pipe.execute()
                 except Exception:
                     log.exception("could not write %d live chunks to Redis", len(batch))
-                if self.paused and self.writer.pending_bytes < PAUSE_BYTES // 2:
+                del batch, pipe
+                self._outbox_bytes -= batch_bytes
+                if self.paused and self._waiting_bytes() < PAUSE_BYTES // 2:
                     self._pause(False)
         finally:
             self._flushing = False
@@ -350,7 +360,7 @@ class Supervisor:
             self.loop.call_later(0.05, self._check_resume)
 
     def _check_resume(self) -> None:
-        if self.paused and self.writer.pending_bytes < PAUSE_BYTES // 2:
+        if self.paused and self._waiting_bytes() < PAUSE_BYTES // 2:
             self._pause(False)
         elif self.paused:
             self.loop.call_later(0.05, self._check_resume)
