@@ -31,6 +31,27 @@ IN_CI = bool(os.environ.get("CI"))
 def pytest_configure(config: pytest.Config) -> None:
     # A worker left over from `make run` must not take the tests' start requests.
     settings.CELERY_TASK_DEFAULT_QUEUE = QUEUE
+    _retry_flush_on_deadlock()
+
+
+def _retry_flush_on_deadlock() -> None:
+    """Emptying the database between tests races the hub's processes, which keep writing
+    (heartbeats, late output): on PostgreSQL the TRUNCATE can lose a deadlock; try it again."""
+    from django.db import OperationalError
+    from django.db.backends.base.operations import BaseDatabaseOperations
+
+    flush = BaseDatabaseOperations.execute_sql_flush
+
+    def retrying(self: BaseDatabaseOperations, sql_list: list[str]) -> None:
+        for attempt in range(5):
+            try:
+                return flush(self, sql_list)
+            except OperationalError as exc:
+                if "deadlock" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    BaseDatabaseOperations.execute_sql_flush = retrying
 
 
 def free_port() -> int:
