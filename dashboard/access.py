@@ -126,12 +126,16 @@ def audit(
 def api_denied(user: Any, needed: str) -> JsonResponse:
     if not user.is_authenticated and settings.HUB_ANONYMOUS_ROLE == "none":
         return JsonResponse(
-            {"error": "Authentication required: send 'Authorization: Bearer <token>'",
-             "code": "NEED_AUTHENTICATION"},
+            {
+                "error": "Authentication required: send 'Authorization: Bearer <token>'",
+                "code": "NEED_AUTHENTICATION",
+            },
             status=401,
         )
     return JsonResponse(
-        {"error": f"Role {user_role(user)} may not do this: it needs {needed}",
-         "code": "NOT_AUTHORIZED"},
+        {
+            "error": f"Role {user_role(user)} may not do this: it needs {needed}",
+            "code": "NOT_AUTHORIZED",
+        },
         status=403,
     )

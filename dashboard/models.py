@@ -14,7 +14,9 @@ def hash_token(raw: str) -> str:
 
 
 class ApiToken(models.Model):
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tokens")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tokens"
+    )
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=12)
     token_hash = models.CharField(max_length=64, unique=True)
@@ -32,9 +34,7 @@ class ApiToken(models.Model):
     def issue(cls, user: object, name: str) -> tuple["ApiToken", str]:
         """Create a token; the raw value is returned once and never stored."""
         raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        token = cls.objects.create(
-            user=user, name=name, prefix=raw[:8], token_hash=hash_token(raw)
-        )
+        token = cls.objects.create(user=user, name=name, prefix=raw[:8], token_hash=hash_token(raw))
         return token, raw
 
 

@@ -114,6 +114,9 @@ class StreamChunk(models.Model):
             models.UniqueConstraint(fields=["instance", "stream", "seq"], name="chunk_unique_seq")
         ]
 
+    def __str__(self) -> str:
+        return f"{self.instance_id}/{self.stream}#{self.seq}"
+
 
 class InstanceEvent(models.Model):
     """A named event, emitted by the sequence (`out`) or sent into it (`in`)."""
@@ -126,6 +129,9 @@ class InstanceEvent(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["instance", "direction", "name"])]
+
+    def __str__(self) -> str:
+        return f"{self.instance_id} {self.direction} {self.name}"
 
 
 class Worker(models.Model):
@@ -223,6 +229,9 @@ class Step(models.Model):
         ordering = ["position"]
         indexes = [models.Index(fields=["sequencer", "position"])]
 
+    def __str__(self) -> str:
+        return f"{self.type} {self.command} ({self.status})"
+
 
 class SequencerTransition(models.Model):
     sequencer = models.ForeignKey(Sequencer, on_delete=models.CASCADE, related_name="transitions")
@@ -237,3 +246,6 @@ class SequencerTransition(models.Model):
 
     class Meta:
         ordering = ["created", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.from_state} -> {self.to_state} on {self.command}"

