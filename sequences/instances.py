@@ -1,7 +1,8 @@
 """Instances, web side: start, stop, kill, input, events, health, info.
 
-The web never runs user code: it writes the row, asks a worker through Celery to start the
-child, and routes control messages to the worker that owns the instance through Redis.
+The web never runs user code: it writes the row, pushes the start on the Redis list that the
+supervisors inside the Celery workers read (`hub:start:<queue>`: no task dispatch on this hot
+path), and routes control messages to the worker that owns the instance, also through Redis.
 """
 
 from __future__ import annotations
