@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from dashboard.processes import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -345,20 +346,9 @@ def running_hub(
         for which in ("web", "worker"):
             proc = hub.procs.get(which)
             if proc is not None:
-                _stop(proc)
+                stop_process(proc)
         if not keep:
             shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 # -- instances ---------------------------------------------------------------------------------

