@@ -4,3 +4,20 @@ from django.apps import AppConfig
 class DashboardConfig(AppConfig):
     name = "dashboard"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.contrib.auth import get_user_model
+        from django.contrib.auth.models import Group
+        from django.db.models.signals import m2m_changed, post_delete, post_save
+
+        from dashboard.identity import on_change
+        from dashboard.models import ApiToken
+
+        user_model = get_user_model()
+        # Whatever could change who a token is or what they may do.
+        for model in (ApiToken, user_model, Group):
+            post_save.connect(on_change, sender=model, dispatch_uid=f"identity-save-{model}")
+            post_delete.connect(on_change, sender=model, dispatch_uid=f"identity-del-{model}")
+        m2m_changed.connect(
+            on_change, sender=user_model.groups.through, dispatch_uid="identity-groups"
+        )

@@ -4,6 +4,7 @@ from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 CSP = (
@@ -91,3 +92,19 @@ class ApiJsonErrorsMiddleware(ResponseMiddleware):
     """Unknown routes and wrong methods under /api/ answer JSON, as every API error does."""
 
     process = staticmethod(_json_error)
+
+
+def _api_headers(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    """What SecurityMiddleware and XFrameOptionsMiddleware add to a page, for the API handler
+    that runs without them."""
+    _add_headers(request, response)
+    if settings.SECURE_CONTENT_TYPE_NOSNIFF:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if settings.SECURE_REFERRER_POLICY:
+        response.headers.setdefault("Referrer-Policy", settings.SECURE_REFERRER_POLICY)
+    response.headers.setdefault("X-Frame-Options", settings.X_FRAME_OPTIONS)
+    return response
+
+
+class ApiHeadersMiddleware(ResponseMiddleware):
+    process = staticmethod(_api_headers)

@@ -15,8 +15,8 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
+from dashboard.db_threads import db_call
 from sequences import live
-from sequences.instances import db_call
 from sequences.models import LIVE_STATUSES, Instance, InstanceEvent, StreamChunk
 
 DB_BATCH = 256

@@ -1,14 +1,18 @@
 """API authentication: bearer tokens or the session; roles checked per route."""
 
+import asyncio
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
 from django.db import connection
 from django.http import HttpRequest
 from ninja.security.http import HttpBearer
 from ninja.utils import check_csrf
 
 from dashboard.access import RANK, bearer, request_user, user_role
+from dashboard.db_threads import db_call
+from dashboard.identity import identity_for_token
 from sequences.errors import HubError
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
@@ -16,10 +20,42 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
 
 class HubAuth(HttpBearer):
     """Lets a request through when it carries a valid token or session, or the hub admits
-    anonymous clients (HUB_ANONYMOUS_ROLE); the route then checks the role it needs."""
+    anonymous clients (HUB_ANONYMOUS_ROLE); the route then checks the role it needs.
+
+    Async routes get a coroutine (tokens come from the per-process cache, no thread hop);
+    sync routes, which Django runs in a thread with no event loop, get the answer itself.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.is_async = True  # ninja then calls it on async routes' loop, not in a thread
 
     def __call__(self, request: HttpRequest) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self._check_sync(request)
+        return self._check_async(request)
+
+    def _check_sync(self, request: HttpRequest) -> Any:
         user = request_user(request)
+        self._check_csrf(request, user)
+        result = self._admit(request, user, user_role(user))
+        _release_connection()
+        return result
+
+    async def _check_async(self, request: HttpRequest) -> Any:
+        raw = bearer(request)
+        if raw is not None:
+            identity = await identity_for_token(raw)
+            if identity is None:
+                return self._admit(request, AnonymousUser(), settings.HUB_ANONYMOUS_ROLE)
+            return self._admit(request, identity.user, identity.role)
+        if not hasattr(request, "user"):  # the API handler: no session middleware, no cookie
+            return self._admit(request, AnonymousUser(), settings.HUB_ANONYMOUS_ROLE)
+        return await db_call(self._check_sync, request)
+
+    def _check_csrf(self, request: HttpRequest, user: Any) -> None:
         if (
             user.is_authenticated
             and bearer(request) is None
@@ -28,12 +64,13 @@ class HubAuth(HttpBearer):
         ):
             # A browser session may call the API, but only from the hub's own pages.
             raise HubError(403, "CSRF_FAILED", "CSRF check failed: send the X-CSRFToken header")
+
+    @staticmethod
+    def _admit(request: HttpRequest, user: Any, role: str) -> Any:
         if user.is_authenticated or settings.HUB_ANONYMOUS_ROLE != "none":
             request.hub_user = user
-            request.hub_role = user_role(user)  # resolved here, in a thread, for async views
-            _release_connection()
+            request.hub_role = role
             return user
-        _release_connection()
         return None
 
     def authenticate(self, request: HttpRequest, token: str) -> Any:  # pragma: no cover

@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from ninja import Router
 
 from dashboard.access import audit
+from dashboard.db_threads import db_call, in_background
 from sequences import catalog, instances, streams
 from sequences.api.auth import need
 from sequences.errors import HubError
@@ -63,20 +64,20 @@ def _body(request: HttpRequest) -> bytes:
 async def start(request: HttpRequest, seq_id: str) -> HttpResponse:
     user = need(request, "operator")
     # db_call, not sync_to_async: its threads keep their database connections (the hot path).
-    seq = await instances.db_call(catalog.get_sequence, seq_id)
+    seq = await db_call(catalog.get_sequence, seq_id)
     # The ASGI handler has read the body already (into memory for a body this small).
     req = instances.parse_start(request.body)
     try:
         instance = await instances.start(seq, req, user)
     except HubError as exc:
-        await instances.db_call(
+        await db_call(
             audit, user, "instance.start", seq.id, outcome="refused", via="api", error=exc.message
         )
         raise
     # Written right after the answer, not before it: this insert would otherwise wait for the
     # database lock just when the worker records the start, on every start's critical path.
-    instances.in_background(
-        instances.db_call(
+    in_background(
+        db_call(
             audit, user, "instance.start", instance.id, via="api", sequence=seq.id, args=req.args
         )
     )

@@ -111,3 +111,13 @@ def test_log_in_attempts_are_limited_on_a_live_hub(private_hub, django_user_mode
         refused = attempt("right-password")  # the right password no longer helps
         assert refused.status_code == 429
         assert "Too many failed log-ins" in refused.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_api_answers_from_a_live_hub_carry_the_security_headers(hub, people):
+    # A token client's requests go through the API's own handler, without the pages' middleware.
+    headers = people["viewer"].headers()
+    for path in ("/version", "/sequences", "/instance/nope/output", "/no-such-route"):
+        response = httpx.get(hub.api + path, headers=headers)
+        assert_security_headers(response.headers, path)
+    assert_security_headers(httpx.get(hub.api + "/version").headers, "/version anonymous")

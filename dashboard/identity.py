@@ -1,0 +1,97 @@
+"""Who holds a bearer token, and their role, without two queries on every API request.
+
+Each web process remembers what it looked up. Anything that could change an answer (a token,
+a user or a group membership saved or deleted) bumps a counter in Redis once its transaction
+commits, and a process forgets everything it remembered when it sees the counter move. Reading
+the counter is one Redis GET per request, so a revoked token is refused at once by every
+process. Without Redis the cache is off and every request asks the database.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from redis.exceptions import RedisError
+
+from dashboard.access import user_from_token, user_role
+from dashboard.db_threads import db_call
+from dashboard.models import hash_token
+
+GENERATION_KEY = "hub:auth:generation"
+# A remembered token is looked up again after this long, which also keeps its last_used fresh.
+REMEMBER_SECONDS = 30.0
+MAX_REMEMBERED = 10_000
+
+
+@dataclass(frozen=True)
+class Identity:
+    user: Any
+    role: str
+    looked_up: float
+
+
+_remembered: dict[str, Identity] = {}
+_generation: bytes | None = None
+
+
+def _lookup(raw: str) -> Identity | None:
+    user = user_from_token(raw)
+    if user is None:
+        return None
+    return Identity(user=user, role=user_role(user), looked_up=time.monotonic())
+
+
+async def _current_generation() -> bytes | None:
+    from sequences import live
+
+    try:
+        return await live.async_client().get(GENERATION_KEY) or b"0"
+    except (RedisError, OSError):
+        return None
+
+
+async def identity_for_token(raw: str) -> Identity | None:
+    """The token's user and role, or None for an unknown, revoked or inactive user's token."""
+    global _generation
+    current = await _current_generation()
+    if current is None or current != _generation:
+        _remembered.clear()
+        _generation = current
+    digest = hash_token(raw)
+    known = _remembered.get(digest)
+    if known is not None and time.monotonic() - known.looked_up < REMEMBER_SECONDS:
+        return known
+    found = await db_call(_lookup, raw)
+    # Remember it only if nothing changed while the database was asked: a revocation that
+    # landed meanwhile moved the counter, and this answer may predate it.
+    if found is not None and current is not None and current == _generation:
+        if len(_remembered) >= MAX_REMEMBERED:
+            _remembered.clear()
+        _remembered[digest] = found
+    return found
+
+
+def bump_generation() -> None:
+    """Every web process forgets the tokens it remembered (after the current transaction)."""
+    transaction.on_commit(_bump_now)
+
+
+def _bump_now() -> None:
+    from sequences import live
+
+    try:
+        live.sync_client().incr(GENERATION_KEY)
+    except (RedisError, OSError):
+        # A cache that missed the change would keep serving it, so no cache at all until
+        # Redis answers again: identity_for_token finds no counter and asks the database.
+        _remembered.clear()
+
+
+def on_change(sender: Any, **kwargs: Any) -> None:
+    """Receiver for the model signals wired in DashboardConfig.ready."""
+    if kwargs.get("update_fields") == frozenset({"last_login"}):
+        return  # every login saves the user: nothing a token's answer depends on
+    bump_generation()
