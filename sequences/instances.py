@@ -89,7 +89,12 @@ def parse_start(raw: bytes) -> StartRequest:
     return StartRequest(args=args, app_config=app_config, instance_id=iid, limits=clean_limits)
 
 
-def _create(seq: Sequence, req: StartRequest, user: Any, kind: str = "sequence") -> Instance:
+def _create(seq: Sequence | str, req: StartRequest, user: Any, kind: str) -> Instance:
+    """The instance's row; `seq` may be an id or name still to look up (one database call)."""
+    if isinstance(seq, str):
+        from sequences.catalog import get_sequence
+
+        seq = get_sequence(seq)
     live_count = Instance.objects.filter(status__in=LIVE_STATUSES).count()
     if live_count >= settings.HUB_MAX_INSTANCES:
         raise HubError(
@@ -138,8 +143,12 @@ def start_request(instance: Instance, seq: Sequence, token: str, timeout: float)
     return live.encode_control(header)
 
 
-async def start(seq: Sequence, req: StartRequest, user: Any, kind: str = "sequence") -> Instance:
+async def start(
+    seq: Sequence | str, req: StartRequest, user: Any, kind: str = "sequence"
+) -> Instance:
     """Create the instance and return once its worker holds its streams (input is safe).
+
+    `seq` is a Sequence or its id (or name); `instance.sequence` is the one started.
 
     The request goes straight to the workers' start list in Redis (a worker's supervisor
     pops it), not through a Celery task: one push, one blocking pop for the answer.
@@ -149,7 +158,7 @@ async def start(seq: Sequence, req: StartRequest, user: Any, kind: str = "sequen
     timeout = settings.HUB_START_TIMEOUT
     await live.async_client().rpush(
         live.start_key(settings.CELERY_TASK_DEFAULT_QUEUE),
-        start_request(instance, seq, token, timeout),
+        start_request(instance, instance.sequence, token, timeout),
     )
     answer = await wait_reply(token, timeout)
     if answer is None:

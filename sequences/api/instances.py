@@ -9,9 +9,8 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from ninja import Router
 
-from dashboard.access import audit
-from dashboard.db_threads import db_call, in_background
-from sequences import catalog, instances, streams
+from dashboard.access import audit, audit_soon
+from sequences import instances, streams
 from sequences.api.auth import need
 from sequences.errors import HubError
 from sequences.models import Instance
@@ -63,23 +62,19 @@ def _body(request: HttpRequest) -> bytes:
 @router.post("/sequence/{seq_id}/start", summary="Start an instance", openapi_extra=START_BODY)
 async def start(request: HttpRequest, seq_id: str) -> HttpResponse:
     user = need(request, "operator")
-    # db_call, not sync_to_async: its threads keep their database connections (the hot path).
-    seq = await db_call(catalog.get_sequence, seq_id)
     # The ASGI handler has read the body already (into memory for a body this small).
     req = instances.parse_start(request.body)
     try:
-        instance = await instances.start(seq, req, user)
+        instance = await instances.start(seq_id, req, user)
     except HubError as exc:
-        await db_call(
-            audit, user, "instance.start", seq.id, outcome="refused", via="api", error=exc.message
-        )
+        if exc.code != "NOT_FOUND":
+            error = exc.message
+            audit_soon(user, "instance.start", seq_id, outcome="refused", via="api", error=error)
         raise
-    # Written right after the answer, not before it: this insert would otherwise wait for the
-    # database lock just when the worker records the start, on every start's critical path.
-    in_background(
-        db_call(
-            audit, user, "instance.start", instance.id, via="api", sequence=seq.id, args=req.args
-        )
+    # Batched with the other starts' entries, after the answer: one insert per start would
+    # wait for the database lock just when the worker records the start.
+    audit_soon(
+        user, "instance.start", instance.id, via="api", sequence=instance.sequence_id, args=req.args
     )
     return JsonResponse({"id": instance.id, "message": f"Sequence {instance.id} starting"})
 

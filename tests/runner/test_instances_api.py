@@ -339,6 +339,33 @@ def test_starting_an_unknown_sequence_answers_404(admin_api):
     assert response.json()["code"] == "NOT_FOUND"
 
 
+def test_starts_through_the_api_are_audited_ok_and_refused(admin_api):
+    from dashboard.models import AuditEntry
+
+    seq = upload(admin_api, python_package("def run(context, input):\n    return 'x'\n"))
+    iid = start(admin_api, seq, ["a", 1])
+    taken = admin_api.post(f"/sequence/{seq}/start", json={"instanceId": iid})
+    assert taken.status_code == 409
+    # The web writes its start entries in batches, a moment after answering.
+    entries = wait_for(
+        lambda: (
+            rows := list(
+                AuditEntry.objects.filter(action="instance.start").values(
+                    "target", "outcome", "via", "detail"
+                )
+            )
+        )
+        and len(rows) == 2
+        and rows,
+        what="both start entries",
+    )
+    by_outcome = {e["outcome"]: e for e in entries}
+    assert by_outcome["ok"]["target"] == iid and by_outcome["ok"]["via"] == "api"
+    assert by_outcome["ok"]["detail"] == {"sequence": seq, "args": ["a", 1]}
+    assert by_outcome["refused"]["target"] == seq
+    assert "already exists" in by_outcome["refused"]["detail"]["error"]
+
+
 def test_non_utf8_bytes_and_very_long_lines_pass_through_unchanged(admin_api):
     code = """
     import sys
