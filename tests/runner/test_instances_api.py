@@ -346,19 +346,14 @@ def test_starts_through_the_api_are_audited_ok_and_refused(admin_api):
     iid = start(admin_api, seq, ["a", 1])
     taken = admin_api.post(f"/sequence/{seq}/start", json={"instanceId": iid})
     assert taken.status_code == 409
+
+    def both_entries() -> list[dict]:
+        rows = AuditEntry.objects.filter(action="instance.start")
+        found = list(rows.values("target", "outcome", "via", "detail"))
+        return found if len(found) == 2 else []
+
     # The web writes its start entries in batches, a moment after answering.
-    entries = wait_for(
-        lambda: (
-            rows := list(
-                AuditEntry.objects.filter(action="instance.start").values(
-                    "target", "outcome", "via", "detail"
-                )
-            )
-        )
-        and len(rows) == 2
-        and rows,
-        what="both start entries",
-    )
+    entries = wait_for(both_entries, what="both start entries")
     by_outcome = {e["outcome"]: e for e in entries}
     assert by_outcome["ok"]["target"] == iid and by_outcome["ok"]["via"] == "api"
     assert by_outcome["ok"]["detail"] == {"sequence": seq, "args": ["a", 1]}
