@@ -45,11 +45,11 @@ def _collect(data: bytes, now: float, since: float, seen: set[int], sink: list[f
 
 async def follow_ws(hub: Any, iid: str, sink: list[float], lines: int) -> str:
     headers = {"Origin": hub.url, "Cookie": f"sessionid={hub.session_cookie}"}
+    since, seen = time.time(), set()
     try:
         ws = await WebSocket.connect("127.0.0.1", hub.port, f"/ws/instances/{iid}/", headers)
     except HandshakeFailed as exc:
         return f"no WebSocket: {exc}"
-    since, seen = time.time(), set()
     try:
         while len(seen) < lines:
             message = await ws.recv()
@@ -63,8 +63,8 @@ async def follow_ws(hub: Any, iid: str, sink: list[float], lines: int) -> str:
 
 
 async def follow_http(api: httpx.AsyncClient, iid: str, sink: list[float]) -> None:
+    since, seen, tail = time.time(), set(), b""
     async with api.stream("GET", f"/instance/{iid}/stdout") as response:
-        since, seen, tail = time.time(), set(), b""
         async for chunk in response.aiter_raw():
             data = tail + chunk
             cut = data.rfind(b"\n") + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -92,9 +93,17 @@ def get_instance(request: HttpRequest, iid: str) -> dict[str, Any]:
     return instances.info(instances.get_instance(iid))
 
 
+async def _headers_first(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    # An empty first chunk makes the server send the status and headers now: a client of a
+    # quiet instance learns at once that the stream is open instead of waiting for output.
+    yield b""
+    async for chunk in chunks:
+        yield chunk
+
+
 def _stream_response(iid: str, stream: str, is_live: bool | None = None) -> StreamingHttpResponse:
     response = StreamingHttpResponse(
-        streams.follow(iid, stream, live_hint=is_live), content_type=TEXT_STREAM
+        _headers_first(streams.follow(iid, stream, live_hint=is_live)), content_type=TEXT_STREAM
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"

@@ -165,6 +165,18 @@ def test_late_reader_gets_everything_from_the_start_while_running_and_after_the_
     assert read(admin_api, iid, "stdout") == "".join(f"line {i}\n" for i in range(40)).encode()
 
 
+def test_a_reader_of_a_quiet_instance_gets_the_headers_at_once(admin_api):
+    quiet = "import time\ndef run(context, input):\n    time.sleep(4)\n    return 'late'\n"
+    iid = run_sequence(admin_api, quiet)
+    started = time.monotonic()
+    # Headers within 2 s, though the first byte of output comes after 4 s.
+    with admin_api.stream("GET", f"/instance/{iid}/output", timeout=2) as response:
+        assert response.status_code == 200
+        assert time.monotonic() - started < 2
+        assert response.headers["content-type"].startswith("text/plain")
+    admin_api.post(f"/instance/{iid}/_kill")
+
+
 def test_two_concurrent_readers_each_get_the_whole_stream(admin_api):
     iid = run_sequence(admin_api, TICKER, [50, 0.01])
     results: list[bytes] = []
