@@ -8,6 +8,7 @@ class DashboardConfig(AppConfig):
     def ready(self) -> None:
         from django.contrib.auth import get_user_model
         from django.contrib.auth.models import Group
+        from django.contrib.auth.signals import user_logged_out
         from django.db.models.signals import m2m_changed, post_delete, post_save
 
         from dashboard.identity import on_change
@@ -21,3 +22,5 @@ class DashboardConfig(AppConfig):
         m2m_changed.connect(
             on_change, sender=user_model.groups.through, dispatch_uid="identity-groups"
         )
+        # Open console pages re-check their session when the counter moves.
+        user_logged_out.connect(on_change, dispatch_uid="identity-logout")

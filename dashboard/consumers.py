@@ -26,11 +26,18 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
 from dashboard.access import RANK, user_role
+from dashboard.identity import current_generation
 from dashboard.views import logs
 
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.02
+# An open page is checked against changes of who may see it: every ACCESS_POLL_SECONDS the
+# counter that token, user and group changes and logouts bump (one Redis GET); on a change, and
+# every ACCESS_RECHECK_SECONDS in any case (a session that simply expired), the session, the
+# user and the role are read again.
+ACCESS_POLL_SECONDS = 2.0
+ACCESS_RECHECK_SECONDS = 60.0
 MAX_LINES_PER_FLUSH = 200
 DEBOUNCE_SECONDS = 0.25
 REFUSED = 4003  # close code for "not allowed"; htmx's ws extension does not retry on it
@@ -46,6 +53,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
     needed_role = "viewer"
 
     async def connect(self) -> None:
+        self.generation = await current_generation()
         user = self.scope.get("user")
         self.role = await database_sync_to_async(user_role)(user)
         if RANK[self.role] < RANK[self.needed_role]:
@@ -63,6 +71,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_add(group, self.channel_name)
             self.groups_joined.append(group)
         await self.accept()
+        self._access_task = asyncio.ensure_future(self.watch_access())
         await self.send_snapshot()
 
     async def disconnect(self, code: int) -> None:
@@ -70,7 +79,55 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(group, self.channel_name)
         if getattr(self, "_pending", None) is not None:
             self._pending.cancel()
+        access = getattr(self, "_access_task", None)
+        if access is not None:
+            access.cancel()
         await self.teardown()
+
+    async def watch_access(self) -> None:
+        """Close the page's socket once its user may no longer see it; redraw on a new role."""
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
+        while True:
+            await asyncio.sleep(ACCESS_POLL_SECONDS)
+            generation = await current_generation()
+            due = loop.time() - checked >= ACCESS_RECHECK_SECONDS
+            if generation == self.generation and generation is not None and not due:
+                continue
+            self.generation, checked = generation, loop.time()
+            try:
+                role = await database_sync_to_async(self.current_role)()
+            except Exception:
+                log.exception("re-checking a console socket's access failed; checking again")
+                self.generation = None
+                continue
+            if RANK[role] < RANK[self.needed_role]:
+                await self.close(code=REFUSED)
+                return
+            if role != self.role:
+                self.role = role
+                await self.send_snapshot()  # buttons follow the new role
+
+    def current_role(self) -> str:
+        """The role the connection's session stands for now ('none' once it is gone)."""
+        from importlib import import_module
+
+        from django.conf import settings
+        from django.contrib.auth import get_user_model
+
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            return user_role(user)
+        session = self.scope.get("session")
+        if session is None or not session.session_key:
+            return "none"
+        # Read afresh: a logout deletes the row, an expired one no longer loads.
+        engine = import_module(settings.SESSION_ENGINE)
+        stored = engine.SessionStore(session.session_key).load()
+        if stored.get("_auth_user_id") != str(user.pk):
+            return "none"
+        fresh = get_user_model().objects.filter(pk=user.pk, is_active=True).first()
+        return user_role(fresh) if fresh is not None else "none"
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         # Pages only listen; actions go through the same POST views as without JavaScript.

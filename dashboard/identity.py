@@ -44,7 +44,8 @@ def _lookup(raw: str) -> Identity | None:
     return Identity(user=user, role=user_role(user), looked_up=time.monotonic())
 
 
-async def _current_generation() -> bytes | None:
+async def current_generation() -> bytes | None:
+    """The counter's value, or None when Redis does not answer."""
     from sequences import live
 
     try:
@@ -56,7 +57,7 @@ async def _current_generation() -> bytes | None:
 async def identity_for_token(raw: str) -> Identity | None:
     """The token's user and role, or None for an unknown, revoked or inactive user's token."""
     global _generation
-    current = await _current_generation()
+    current = await current_generation()
     if current is None or current != _generation:
         _remembered.clear()
         _generation = current

@@ -233,3 +233,61 @@ async def run(context, input):
         assert "42" in seen.split("calibrated", 1)[1]
         await comm.disconnect()
         await api.post(f"/instance/{iid}/_kill", json={})
+
+
+async def closed_with(comm: WebsocketCommunicator, timeout: float = 10) -> int:
+    """The close code the server sends, reading past the messages before it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        assert left > 0, "the socket stayed open"
+        output = await comm.receive_output(timeout=left)
+        if output["type"] == "websocket.close":
+            return output["code"]
+
+
+@pytest.fixture
+def quick_access_checks(monkeypatch):
+    from dashboard import consumers
+
+    monkeypatch.setattr(consumers, "ACCESS_POLL_SECONDS", 0.1)
+
+
+async def test_an_open_page_closes_once_its_user_is_deactivated(
+    cookies, users, ended_instance, quick_access_checks
+):
+    comm = communicator(f"/ws/instances/{ended_instance.id}/", cookies["viewer"])
+    assert (await comm.connect())[0]
+    await receive_until(comm, 'id="log-stdout-lines"')
+    user = users["viewer"]
+    user.is_active = False
+    await sync_to_async(user.save)()
+    assert await closed_with(comm) == 4003
+
+
+async def test_an_open_page_closes_once_its_session_logs_out(
+    users, ended_instance, quick_access_checks
+):
+    client = Client()
+    await sync_to_async(client.force_login)(users["operator"])
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    comm = communicator("/ws/overview/", cookie)
+    assert (await comm.connect())[0]
+    await comm.receive_from(timeout=10)
+    await sync_to_async(client.logout)()
+    assert await closed_with(comm) == 4003
+
+
+async def test_a_page_whose_user_loses_a_role_redraws_without_its_buttons(
+    cookies, users, live_instance, quick_access_checks
+):
+    from django.contrib.auth.models import Group
+
+    comm = communicator(f"/ws/instances/{live_instance.id}/", cookies["operator"])
+    assert (await comm.connect())[0]
+    assert "Kill</button>" in await receive_until(comm, 'id="log-stdout-lines"')
+    operator = await sync_to_async(Group.objects.get)(name="operator")
+    await sync_to_async(users["operator"].groups.remove)(operator)
+    redrawn = await receive_until(comm, 'id="inst-status"')
+    assert "Kill</button>" not in redrawn.rsplit('id="inst-status"', 1)[1]
+    await comm.disconnect()
