@@ -1,10 +1,11 @@
 """Who holds a bearer token, and their role, without two queries on every API request.
 
 Each web process remembers what it looked up. Anything that could change an answer (a token,
-a user or a group membership saved or deleted) bumps a counter in Redis once its transaction
-commits, and a process forgets everything it remembered when it sees the counter move. Reading
-the counter is one Redis GET per request, so a revoked token is refused at once by every
-process. Without Redis the cache is off and every request asks the database.
+a user or a group membership saved or deleted, a logout) bumps a counter in Redis, at once and
+again when its transaction commits, and a process forgets everything it remembered when it sees
+the counter move. Reading the counter is one Redis GET per request, so a revoked token is
+refused at once by every process. Without Redis the cache is off and every request asks the
+database.
 """
 
 from __future__ import annotations
@@ -54,30 +55,64 @@ async def current_generation() -> bytes | None:
         return None
 
 
-async def identity_for_token(raw: str) -> Identity | None:
-    """The token's user and role, or None for an unknown, revoked or inactive user's token."""
+def _current_generation_sync() -> bytes | None:
+    from sequences import live
+
+    try:
+        return live.sync_client().get(GENERATION_KEY) or b"0"
+    except (RedisError, OSError):
+        return None
+
+
+def _recall(digest: str, current: bytes | None) -> Identity | None:
+    """What this process remembers of a token, if the counter has not moved since."""
     global _generation
-    current = await current_generation()
     if current is None or current != _generation:
         _remembered.clear()
         _generation = current
-    digest = hash_token(raw)
     known = _remembered.get(digest)
     if known is not None and time.monotonic() - known.looked_up < REMEMBER_SECONDS:
         return known
-    found = await db_call(_lookup, raw)
-    # Remember it only if nothing changed while the database was asked: a revocation that
-    # landed meanwhile moved the counter, and this answer may predate it.
+    return None
+
+
+def _remember(digest: str, found: Identity | None, current: bytes | None) -> None:
+    # Only if nothing changed while the database was asked: a revocation that landed meanwhile
+    # moved the counter, and this answer may predate it.
     if found is not None and current is not None and current == _generation:
         if len(_remembered) >= MAX_REMEMBERED:
             _remembered.clear()
         _remembered[digest] = found
+
+
+async def identity_for_token(raw: str) -> Identity | None:
+    """The token's user and role, or None for an unknown, revoked or inactive user's token."""
+    current, digest = await current_generation(), hash_token(raw)
+    known = _recall(digest, current)
+    if known is not None:
+        return known
+    found = await db_call(_lookup, raw)
+    _remember(digest, found, current)
+    return found
+
+
+def identity_for_token_sync(raw: str) -> Identity | None:
+    """The same, for sync routes (which Django runs in a thread)."""
+    current, digest = _current_generation_sync(), hash_token(raw)
+    known = _recall(digest, current)
+    if known is not None:
+        return known
+    found = _lookup(raw)
+    _remember(digest, found, current)
     return found
 
 
 def bump_generation() -> None:
-    """Every web process forgets the tokens it remembered (after the current transaction)."""
-    transaction.on_commit(_bump_now)
+    """Every web process forgets the tokens it remembered: now, and again once the current
+    transaction commits (a process that looked the token up in between saw the old row)."""
+    _bump_now()
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(_bump_now)
 
 
 def _bump_now() -> None:

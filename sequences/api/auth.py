@@ -12,7 +12,7 @@ from ninja.utils import check_csrf
 
 from dashboard.access import RANK, bearer, request_user, user_role
 from dashboard.db_threads import db_call
-from dashboard.identity import identity_for_token
+from dashboard.identity import identity_for_token, identity_for_token_sync
 from sequences.errors import HubError
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
@@ -38,6 +38,13 @@ class HubAuth(HttpBearer):
         return self._check_async(request)
 
     def _check_sync(self, request: HttpRequest) -> Any:
+        raw = bearer(request)
+        if raw is not None:
+            identity = identity_for_token_sync(raw)
+            _release_connection()
+            if identity is None:
+                return self._admit(request, AnonymousUser(), settings.HUB_ANONYMOUS_ROLE)
+            return self._admit(request, identity.user, identity.role)
         user = request_user(request)
         self._check_csrf(request, user)
         result = self._admit(request, user, user_role(user))
