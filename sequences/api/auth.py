@@ -12,7 +12,7 @@ from ninja.utils import check_csrf
 
 from dashboard.access import RANK, bearer, request_user, user_role
 from dashboard.db_threads import db_call
-from dashboard.identity import identity_for_token, identity_for_token_sync
+from dashboard.identity import Identity, identity_for_token, identity_for_token_sync
 from sequences.errors import HubError
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
@@ -40,37 +40,32 @@ class HubAuth(HttpBearer):
     def _check_sync(self, request: HttpRequest) -> Any:
         raw = bearer(request)
         if raw is not None:
-            identity = identity_for_token_sync(raw)
-            _release_connection()
-            if identity is None:
-                return self._admit(request, AnonymousUser(), settings.HUB_ANONYMOUS_ROLE)
-            return self._admit(request, identity.user, identity.role)
-        user = request_user(request)
-        self._check_csrf(request, user)
-        result = self._admit(request, user, user_role(user))
+            result = self._admit_token(request, identity_for_token_sync(raw))
+        else:
+            user = request_user(request)
+            if (
+                user.is_authenticated
+                and request.method not in SAFE_METHODS
+                and check_csrf(request) is not None
+            ):
+                # A browser session may call the API, but only from the hub's own pages.
+                raise HubError(403, "CSRF_FAILED", "CSRF check failed: send the X-CSRFToken header")
+            result = self._admit(request, user, user_role(user))
         _release_connection()
         return result
 
     async def _check_async(self, request: HttpRequest) -> Any:
         raw = bearer(request)
         if raw is not None:
-            identity = await identity_for_token(raw)
-            if identity is None:
-                return self._admit(request, AnonymousUser(), settings.HUB_ANONYMOUS_ROLE)
-            return self._admit(request, identity.user, identity.role)
+            return self._admit_token(request, await identity_for_token(raw))
         if not hasattr(request, "user"):  # the API handler: no session middleware, no cookie
             return self._admit(request, AnonymousUser(), settings.HUB_ANONYMOUS_ROLE)
         return await db_call(self._check_sync, request)
 
-    def _check_csrf(self, request: HttpRequest, user: Any) -> None:
-        if (
-            user.is_authenticated
-            and bearer(request) is None
-            and request.method not in SAFE_METHODS
-            and check_csrf(request) is not None
-        ):
-            # A browser session may call the API, but only from the hub's own pages.
-            raise HubError(403, "CSRF_FAILED", "CSRF check failed: send the X-CSRFToken header")
+    def _admit_token(self, request: HttpRequest, identity: Identity | None) -> Any:
+        if identity is None:  # unknown, revoked, or its user deactivated: as if there were none
+            return self._admit(request, AnonymousUser(), settings.HUB_ANONYMOUS_ROLE)
+        return self._admit(request, identity.user, identity.role)
 
     @staticmethod
     def _admit(request: HttpRequest, user: Any, role: str) -> Any:
