@@ -45,22 +45,43 @@ def _lookup(raw: str) -> Identity | None:
     return Identity(user=user, role=user_role(user), looked_up=time.monotonic())
 
 
+# After a failed read, the counter is not asked for this long: while Redis is away, requests
+# go straight to the database instead of each waiting out the client's retries.
+REDIS_PAUSE_SECONDS = 1.0
+_redis_failed_at = -REDIS_PAUSE_SECONDS
+
+
+def _redis_paused() -> bool:
+    return time.monotonic() - _redis_failed_at < REDIS_PAUSE_SECONDS
+
+
+def _redis_failed() -> None:
+    global _redis_failed_at
+    _redis_failed_at = time.monotonic()
+
+
 async def current_generation() -> bytes | None:
     """The counter's value, or None when Redis does not answer."""
     from sequences import live
 
+    if _redis_paused():
+        return None
     try:
         return await live.async_client().get(GENERATION_KEY) or b"0"
     except (RedisError, OSError):
+        _redis_failed()
         return None
 
 
 def _current_generation_sync() -> bytes | None:
     from sequences import live
 
+    if _redis_paused():
+        return None
     try:
         return live.sync_client().get(GENERATION_KEY) or b"0"
     except (RedisError, OSError):
+        _redis_failed()
         return None
 
 

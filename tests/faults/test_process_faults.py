@@ -129,7 +129,13 @@ def test_a_redis_restart_mid_run(private_hub, private_redis: PrivateRedis, monke
     before = {iid: read_until(hub.api, iid, 5)[-1] for iid in ids}
 
     private_redis.stop()  # everything Redis held is gone: no snapshot, no append-only file
-    time.sleep(3)
+    # Meanwhile what the database holds still answers, tokens included, and promptly.
+    began = time.monotonic()
+    assert hub.api.get("/sequences").status_code == 200
+    assert hub.api.get(f"/instance/{ended}").json()["status"] == "completed"
+    assert hub.api.get(f"/instance/{ended}/output").text == "ok before"
+    assert time.monotonic() - began < 3
+    time.sleep(max(0.0, 3 - (time.monotonic() - began)))
     private_redis.start()
     # Beat's check right after the restart, before the workers beat again, marks nothing lost:
     # the heartbeat keys are gone, but the database's copy of the heartbeat is fresh.
