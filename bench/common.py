@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from dashboard.processes import stop_process
+from dashboard.processes import stop_process, web_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -330,14 +330,7 @@ def running_hub(
         _spawn(
             hub,
             "web",
-            [
-                str(BIN / "daphne"),
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(hub.port),
-                "dashboard.asgi:application",
-            ],
+            web_argv(BIN, "127.0.0.1", hub.port),
         )
         _wait("the worker's supervisor", _worker_ready, hub)
         _wait("daphne", lambda: _web_ready(hub.url), hub)

@@ -1,9 +1,30 @@
-"""Stopping the hub's own subprocesses (web, worker, beat, Redis) politely, then firmly."""
+"""The hub's own subprocesses (web, worker, beat, Redis): how the web is started, and stopping
+them politely, then firmly."""
 
 import contextlib
 import os
 import signal
 import subprocess
+from pathlib import Path
+
+from daphne.endpoints import build_endpoint_description_strings
+
+# Connections waiting to be accepted. Twisted's default, 50, overflowed when 200 clients
+# connected at once: the kernel answered the overflow with SYN cookies, and requests sent on
+# those connections were reset.
+LISTEN_BACKLOG = 1024
+
+
+def web_argv(bin_dir: Path, host: str, port: int, *options: str) -> list[str]:
+    """The daphne command line that serves the hub on host:port."""
+    endpoint = build_endpoint_description_strings(host=host, port=port)[0]
+    return [
+        str(bin_dir / "daphne"),
+        "-e",
+        f"{endpoint}:backlog={LISTEN_BACKLOG}",
+        *options,
+        "dashboard.asgi:application",
+    ]
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:

@@ -19,7 +19,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from dashboard.processes import stop_process
+from dashboard.processes import stop_process, web_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -102,6 +102,7 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str
 class ProcessHandle:
     proc: subprocess.Popen
     log: Path
+    port: int = 0  # the web's
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -140,7 +141,7 @@ def start_worker(tmp: Path, name: str = "worker", **extra: str) -> ProcessHandle
 def start_web(tmp: Path, port: int, **extra: str) -> ProcessHandle:
     log = tmp / "web.log"
     proc = subprocess.Popen(
-        [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
+        web_argv(BIN, "127.0.0.1", port),
         cwd=ROOT,
         env=hub_env(**extra),
         stdout=log.open("wb"),
@@ -158,7 +159,7 @@ def start_web(tmp: Path, port: int, **extra: str) -> ProcessHandle:
             return False
 
     wait_for(up, timeout=30, what="daphne to answer")
-    return ProcessHandle(proc, log)
+    return ProcessHandle(proc, log, port)
 
 
 @dataclass
@@ -187,8 +188,7 @@ def hub(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Hub]:
 
 
 def web_url(handle: ProcessHandle) -> str:
-    argv = handle.proc.args
-    return f"http://127.0.0.1:{argv[argv.index('-p') + 1]}"
+    return f"http://127.0.0.1:{handle.port}"
 
 
 @dataclass
@@ -257,7 +257,7 @@ def private_hub(tmp_path, people: dict[str, Person], request) -> Iterator:
         queue = f"private-{uuid.uuid4().hex[:6]}"
         worker = start_worker(tmp_path, "worker", HUB_QUEUE=queue, **(worker_env or {}))
         web = start_web(tmp_path, free_port(), HUB_QUEUE=queue, **(web_env or {}))
-        port = web.proc.args[web.proc.args.index("-p") + 1]
+        port = web.port
         api = httpx.Client(
             base_url=f"http://127.0.0.1:{port}/api/v1",
             headers=people["admin"].headers(),

@@ -93,7 +93,7 @@ def test_a_web_restart_leaves_running_instances_alone(private_hub, tmp_path):
     ids = [start(hub.api, seq) for _ in range(5)]
     pids = {iid: wait_for(lambda i=iid: info(hub.api, i)["pid"], what="pid") for iid in ids}
     before = {iid: read_until(hub.api, iid, 3)[-1] for iid in ids}
-    port = hub.web.proc.args[hub.web.proc.args.index("-p") + 1]
+    port = hub.web.port
     os.killpg(hub.web.proc.pid, signal.SIGKILL)  # no goodbye: the harshest restart
     hub.web.proc.wait()
     time.sleep(2)

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from dashboard.processes import stop_process
+from dashboard.processes import stop_process, web_argv
 
 
 def embedded_redis(data_dir: Path, sock: Path) -> subprocess.Popen:
@@ -78,15 +78,7 @@ class Command(BaseCommand):
             )
         bin_dir = Path(sys.executable).parent
         commands = {
-            "web": [
-                str(bin_dir / "daphne"),
-                "-b",
-                host,
-                "-p",
-                str(port),
-                "--proxy-headers",
-                "dashboard.asgi:application",
-            ],
+            "web": web_argv(bin_dir, host, port, "--proxy-headers"),
             "worker": [
                 str(bin_dir / "celery"),
                 "--quiet",
