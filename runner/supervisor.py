@@ -712,11 +712,14 @@ class Supervisor:
         status, reason = outcome(code, child.killed, child.stopped)
         self.children.pop(child.iid, None)
         child.finished = True
+        now = timezone.now()
+        # The chunk count lets a reader that fell behind wait for the database to have all; the
+        # outcome lets the web answer "how did it end" before the batched row update lands.
+        end = {"eof": 1, "status": status, "exitcode": code, "reason": reason}
+        end["ended"] = now.timestamp()
         for stream in READ_STREAMS.values():
-            # The chunk count lets a reader that fell behind wait for the database to have all.
-            self._outbox.append(
-                (live.stream_key(child.iid, stream), {"eof": 1, "n": child.seq[stream]})
-            )
+            key = live.stream_key(child.iid, stream)
+            self._outbox.append((key, {**end, "n": child.seq[stream]}))
         # Expiry rides in the same pipeline, after the eof entries that may create the keys.
         for key in [
             *(live.stream_key(child.iid, s) for s in READ_STREAMS.values()),
@@ -725,7 +728,6 @@ class Supervisor:
             self._outbox.append((key, None))
         self._schedule_flush()
         self.host_log(f"instance {child.iid} ended: {reason}", exitcode=code)
-        now = timezone.now()
         fields: dict[str, Any] = {
             "status": status,
             "exit_code": code,

@@ -12,10 +12,12 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from dashboard.db_threads import db_call
 from sequences import live
@@ -200,6 +202,28 @@ def get_instance(iid: str) -> Instance:
 
 async def aget_instance(iid: str) -> Instance:
     return await db_call(get_instance, iid)
+
+
+def with_reported_end(instance: Instance) -> Instance:
+    """The instance, with the outcome its worker already reported if the row still says live.
+
+    A reader sees a stream end as soon as the worker does, a moment before the worker's batched
+    database write records the outcome; the eof entries in Redis carry it meanwhile.
+    """
+    if not instance.is_live:
+        return instance
+    try:
+        newest = live.sync_client().xrevrange(live.stream_key(instance.id, "output"), count=1)
+    except RedisError:
+        return instance
+    fields = newest[0][1] if newest else {}
+    if b"eof" not in fields or b"status" not in fields:
+        return instance
+    instance.status = fields[b"status"].decode()
+    instance.exit_code = int(fields[b"exitcode"])
+    instance.reason = fields[b"reason"].decode()
+    instance.ended = datetime.fromtimestamp(float(fields[b"ended"]), tz=UTC)
+    return instance
 
 
 def info(instance: Instance) -> dict[str, Any]:

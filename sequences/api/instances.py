@@ -90,7 +90,7 @@ def list_instances(request: HttpRequest) -> list[dict[str, Any]]:
 @router.get("/instance/{iid}", summary="Instance info")
 def get_instance(request: HttpRequest, iid: str) -> dict[str, Any]:
     need(request, "viewer")
-    return instances.info(instances.get_instance(iid))
+    return instances.info(instances.with_reported_end(instances.get_instance(iid)))
 
 
 async def _headers_first(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
