@@ -1,7 +1,8 @@
 """Redis: key names and clients shared by the web and the workers.
 
 Live data goes worker → Redis → web; the database holds the durable copy.
-- `hub:s:<iid>:<stream>`  Redis stream of chunks `{s: seq, d: bytes}`, then `{eof: 1}`
+- `hub:s:<iid>:<stream>`  Redis stream of chunks `{s: seq, d: bytes}`, then `{eof: 1, n: chunks}`
+                          with the outcome when a worker ends it (status, exitcode, reason, ended)
 - `hub:ev:<iid>`          Redis stream of events emitted by the sequence `{n: name, m: json}`
 - `hub:evlast:<iid>`      hash: last message per event name
 - `hub:ctl:<worker>`      list: control messages for one worker's supervisor
@@ -10,6 +11,7 @@ Live data goes worker → Redis → web; the database holds the durable copy.
 - `hub:reply:<token>`     list: one reply to a request that waits for it
 - `hub:worker:<name>`     heartbeat key, expires when the worker stops answering
 - `hub:log`               Redis stream of host log lines
+- `hub:auth:generation`   counter that token, user and group changes bump (dashboard.identity)
 """
 
 from __future__ import annotations
