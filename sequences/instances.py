@@ -204,26 +204,31 @@ async def aget_instance(iid: str) -> Instance:
     return await db_call(get_instance, iid)
 
 
-def with_reported_end(instance: Instance) -> Instance:
-    """The instance, with the outcome its worker already reported if the row still says live.
+def with_reported_ends(rows: list[Instance]) -> list[Instance]:
+    """The instances, with the outcome their worker already reported where a row still says
+    live (one Redis round trip for them all).
 
     A reader sees a stream end as soon as the worker does, a moment before the worker's batched
     database write records the outcome; the eof entries in Redis carry it meanwhile.
     """
-    if not instance.is_live:
-        return instance
+    live_rows = [row for row in rows if row.is_live]
+    if not live_rows:
+        return rows
+    pipe = live.sync_client().pipeline(transaction=False)
+    for row in live_rows:
+        pipe.xrevrange(live.stream_key(row.id, "output"), count=1)
     try:
-        newest = live.sync_client().xrevrange(live.stream_key(instance.id, "output"), count=1)
+        newest = pipe.execute()
     except RedisError:
-        return instance
-    fields = newest[0][1] if newest else {}
-    if b"eof" not in fields or b"status" not in fields:
-        return instance
-    instance.status = fields[b"status"].decode()
-    instance.exit_code = int(fields[b"exitcode"])
-    instance.reason = fields[b"reason"].decode()
-    instance.ended = datetime.fromtimestamp(float(fields[b"ended"]), tz=UTC)
-    return instance
+        return rows
+    for row, entries in zip(live_rows, newest, strict=True):
+        fields = entries[0][1] if entries else {}
+        if b"eof" in fields and b"status" in fields:
+            row.status = fields[b"status"].decode()
+            row.exit_code = int(fields[b"exitcode"])
+            row.reason = fields[b"reason"].decode()
+            row.ended = datetime.fromtimestamp(float(fields[b"ended"]), tz=UTC)
+    return rows
 
 
 def info(instance: Instance) -> dict[str, Any]:

@@ -83,14 +83,15 @@ async def start(request: HttpRequest, seq_id: str) -> HttpResponse:
 @router.get("/instances", summary="List instances")
 def list_instances(request: HttpRequest) -> list[dict[str, Any]]:
     need(request, "viewer")
-    rows = Instance.objects.select_related("sequence").filter(kind="sequence")[:1000]
-    return [instances.info(i) for i in rows]
+    rows = list(Instance.objects.select_related("sequence").filter(kind="sequence")[:1000])
+    return [instances.info(i) for i in instances.with_reported_ends(rows)]
 
 
 @router.get("/instance/{iid}", summary="Instance info")
 def get_instance(request: HttpRequest, iid: str) -> dict[str, Any]:
     need(request, "viewer")
-    return instances.info(instances.with_reported_end(instances.get_instance(iid)))
+    (instance,) = instances.with_reported_ends([instances.get_instance(iid)])
+    return instances.info(instance)
 
 
 async def _headers_first(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

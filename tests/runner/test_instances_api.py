@@ -87,13 +87,15 @@ def test_args_keep_their_json_types(admin_api):
     assert read(admin_api, iid, "output") == b"(3000, '10', 1.5, None, {'a': [1]}, True)"
 
 
-def test_info_right_after_the_output_ends_says_how_it_ended(admin_api):
+def test_info_and_list_right_after_the_output_ends_say_how_it_ended(admin_api):
     # The docs' client example reads the output, then the info: the outcome must be there,
     # though the worker records it in the database a moment after the stream ends.
     seq = upload(admin_api, python_package("def run(context, input):\n    return 'x'\n"))
     for _ in range(10):
         iid = start(admin_api, seq)
         assert read(admin_api, iid, "output") == b"x"
+        listed = {i["id"]: i for i in admin_api.get("/instances").json()}
+        assert listed[iid]["status"] == "completed", listed[iid]
         data = info(admin_api, iid)
         assert data["status"] == "completed", data
         assert data["terminated"] == {"exitcode": 0, "reason": "Instance completed"}
