@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from dashboard.processes import stop_process, web_argv
+from dashboard.processes import stop_process, web_argv, worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -307,25 +307,16 @@ def running_hub(
         _spawn(
             hub,
             "worker",
-            [
-                str(BIN / "celery"),
-                "-A",
-                "dashboard",
-                "worker",
-                "-P",
-                "threads",
-                "-c",
-                str(worker_threads),
-                "-Q",
+            worker_argv(
+                BIN,
                 queue,
-                "--without-gossip",
-                "--without-mingle",
+                worker_threads,
                 "--without-heartbeat",
                 "-l",
                 "WARNING",
                 "-n",
                 f"{queue}@%h",
-            ],
+            ),
         )
         _spawn(
             hub,

@@ -27,6 +27,30 @@ def web_argv(bin_dir: Path, host: str, port: int, *options: str) -> list[str]:
     ]
 
 
+def worker_argv(
+    bin_dir: Path, queue: str, threads: int, *options: str, quiet: bool = False
+) -> list[str]:
+    """The Celery worker command line: one process, `threads` task threads, its queue; its
+    supervisor (runner) starts with it. Gossip and mingle only slow a start down here.
+    `quiet` drops Celery's banner (a global option: it goes before the command)."""
+    return [
+        str(bin_dir / "celery"),
+        *(["--quiet"] if quiet else []),
+        "-A",
+        "dashboard",
+        "worker",
+        "-P",
+        "threads",
+        "-c",
+        str(threads),
+        "-Q",
+        queue,
+        "--without-gossip",
+        "--without-mingle",
+        *options,
+    ]
+
+
 def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
     """SIGTERM, wait up to `timeout` seconds, then SIGKILL its whole process group.
 

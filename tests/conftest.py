@@ -19,7 +19,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from dashboard.processes import stop_process, web_argv
+from dashboard.processes import stop_process, web_argv, worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -111,24 +111,15 @@ class ProcessHandle:
 def start_worker(tmp: Path, name: str = "worker", **extra: str) -> ProcessHandle:
     log = tmp / f"{name}.log"
     proc = subprocess.Popen(
-        [
-            str(BIN / "celery"),
-            "-A",
-            "dashboard",
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            "8",
-            "-Q",
+        worker_argv(
+            BIN,
             extra.get("HUB_QUEUE", QUEUE),
-            "--without-gossip",
-            "--without-mingle",
+            8,
             "-l",
             "INFO",
             "-n",
             f"{name}-{uuid.uuid4().hex[:6]}@%h",
-        ],
+        ),
         cwd=ROOT,
         env=hub_env(**extra),
         stdout=log.open("wb"),

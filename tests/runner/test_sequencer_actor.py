@@ -20,6 +20,7 @@ import httpx
 import psutil
 import pytest
 
+from dashboard.processes import worker_argv
 from tests.conftest import (
     BIN,
     ROOT,
@@ -367,24 +368,7 @@ def test_commands_while_the_script_loads_are_refused_and_do_no_harm(kit):
 def start_private_worker(tmp: Path, queue: str, name: str) -> ProcessHandle:
     log = tmp / f"{name}.log"
     proc = subprocess.Popen(
-        [
-            str(BIN / "celery"),
-            "-A",
-            "dashboard",
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            "4",
-            "-Q",
-            queue,
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "INFO",
-            "-n",
-            f"{name}-{uuid.uuid4().hex[:6]}@%h",
-        ],
+        worker_argv(BIN, queue, 4, "-l", "INFO", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h"),
         cwd=ROOT,
         env=hub_env(HUB_QUEUE=queue),
         stdout=log.open("wb"),

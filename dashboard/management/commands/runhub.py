@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from dashboard.processes import stop_process, web_argv
+from dashboard.processes import stop_process, web_argv, worker_argv
 
 
 def embedded_redis(data_dir: Path, sock: Path) -> subprocess.Popen:
@@ -79,23 +79,14 @@ class Command(BaseCommand):
         bin_dir = Path(sys.executable).parent
         commands = {
             "web": web_argv(bin_dir, host, port, "--proxy-headers"),
-            "worker": [
-                str(bin_dir / "celery"),
-                "--quiet",
-                "-A",
-                "dashboard",
-                "worker",
-                "-P",
-                "threads",
-                "-c",
-                str(concurrency),
-                "-Q",
+            "worker": worker_argv(
+                bin_dir,
                 settings.CELERY_TASK_DEFAULT_QUEUE,
-                "--without-gossip",
-                "--without-mingle",
+                concurrency,
                 "-l",
                 "WARNING",
-            ],
+                quiet=True,
+            ),
             "beat": [
                 str(bin_dir / "celery"),
                 "--quiet",
