@@ -30,8 +30,10 @@ migrate: install
 run: migrate
 	$(PY) manage.py runhub
 
+# The suite runs on the machine's Redis unless REDIS_URL names another (settings alone would
+# pick the embedded one, which only `runhub` starts).
 test: install-test
-	$(PY) -m pytest $(PYTEST_ARGS)
+	REDIS_URL="$${REDIS_URL:-redis://127.0.0.1:6379/0}" $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install-test
 	$(VENV)/bin/ruff check .

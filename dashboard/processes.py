@@ -16,7 +16,12 @@ LISTEN_BACKLOG = 1024
 
 
 def web_argv(bin_dir: Path, host: str, port: int, *options: str) -> list[str]:
-    """The daphne command line that serves the hub on host:port."""
+    """The daphne command line that serves the hub on host:port.
+
+    Never with `--proxy-headers`: daphne would then take the client's address from
+    X-Forwarded-For whoever sent it. The hub believes that header only from the peers in
+    HUB_TRUSTED_PROXIES (dashboard/views/common.py:client_ip).
+    """
     endpoint = build_endpoint_description_strings(host=host, port=port)[0]
     return [
         str(bin_dir / "daphne"),

@@ -1,18 +1,42 @@
 """Settings, read only from the environment (and `.env` when present); `.env.example` lists them."""
 
 import contextlib
+import ipaddress
 import os
 import secrets
-import socket
 from pathlib import Path
 
 import environ
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# Problems with the configuration that `dashboard.exposure` reports (runhub, the web's log and
+# the overview); settings are read before logging is set up.
+HUB_SETTINGS_WARNINGS: list[str] = []
+
+
+def _read_env_file(path: Path) -> None:
+    """`.env` holds the hub's secrets (SECRET_KEY, database and Redis passwords): it is closed
+    to other users, sequence code running as one of them included, before it is read."""
+    try:
+        info = path.stat()
+    except OSError:
+        return
+    if info.st_mode & 0o077:
+        if info.st_uid == os.geteuid():
+            with contextlib.suppress(OSError):
+                path.chmod(0o600)
+                info = path.stat()
+        if info.st_mode & 0o077:
+            HUB_SETTINGS_WARNINGS.append(
+                f"{path} is readable by other users (mode {info.st_mode & 0o777:o}) and holds "
+                f"the hub's secrets: make it 0600 and owned by the hub's user."
+            )
+    environ.Env.read_env(path, overwrite=False)
+
+
 env = environ.Env()
-if (BASE_DIR / ".env").exists():
-    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+_read_env_file(BASE_DIR / ".env")
 
 
 def parse_duration(value: str | int) -> int:
@@ -41,16 +65,28 @@ for _name, _mode in (("storage", 0o700), ("tmp", 0o700), ("cache", 0o711)):
     _close(HUB_DATA_DIR / _name, _mode)
 
 
-def _secret_key() -> str:
-    # A hub started with no SECRET_KEY keeps a generated one, so sessions survive restarts.
-    path = HUB_DATA_DIR / "secret_key"
+def _generated(path: Path, value: str) -> str:
+    """The secret kept in `path` (0600), written with `value` if there is none yet.
+
+    Written whole under another name, then linked in place: processes starting together
+    (web, worker, beat) all read the one that won, never an empty file.
+    """
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
+        scratch = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(value)
+        with contextlib.suppress(FileExistsError):
+            os.link(scratch, path)
+        scratch.unlink()
+    _close(path, 0o600)
     return path.read_text().strip()
 
 
-SECRET_KEY = env.str("SECRET_KEY", default="") or _secret_key()
+# A hub started with no SECRET_KEY keeps a generated one, so sessions survive restarts.
+SECRET_KEY = env.str("SECRET_KEY", default="") or _generated(
+    HUB_DATA_DIR / "secret_key", secrets.token_urlsafe(50)
+)
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -132,27 +168,20 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
-def _local_redis_answers(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=0.2) as conn:
-            conn.sendall(b"PING\r\n")
-            return conn.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-EMBEDDED_REDIS_SOCKET = HUB_DATA_DIR / "redis.sock"
-# Where to look for a Redis before starting an embedded one.
-HUB_LOCAL_REDIS = env.str("HUB_LOCAL_REDIS", default="127.0.0.1:6379")
+# With no REDIS_URL the hub uses a Redis of its own (started by `runhub`): on a Unix socket in
+# a folder only the hub's user may enter, and with a generated password, so sequence code can
+# issue it no command (docs/operations.md, "The hub's Redis and database").
+EMBEDDED_REDIS_DIR = HUB_DATA_DIR / "redis"
+EMBEDDED_REDIS_SOCKET = EMBEDDED_REDIS_DIR / "redis.sock"
+EMBEDDED_REDIS_PASSWORD_FILE = EMBEDDED_REDIS_DIR / "password"
 REDIS_URL = env.str("REDIS_URL", default="")
-if not REDIS_URL:
-    REDIS_URL = (
-        f"redis://{HUB_LOCAL_REDIS}/0"
-        if _local_redis_answers(HUB_LOCAL_REDIS)
-        else f"unix://{EMBEDDED_REDIS_SOCKET}?db=0"
-    )
-HUB_EMBEDDED_REDIS = REDIS_URL.startswith("unix://") and str(EMBEDDED_REDIS_SOCKET) in REDIS_URL
+HUB_EMBEDDED_REDIS = not REDIS_URL
+if HUB_EMBEDDED_REDIS:
+    with contextlib.suppress(FileExistsError):
+        EMBEDDED_REDIS_DIR.mkdir(mode=0o700)
+    _close(EMBEDDED_REDIS_DIR, 0o700)
+    EMBEDDED_REDIS_PASSWORD = _generated(EMBEDDED_REDIS_PASSWORD_FILE, secrets.token_hex(32))
+    REDIS_URL = f"unix://:{EMBEDDED_REDIS_PASSWORD}@{EMBEDDED_REDIS_SOCKET}?db=0"
 
 CHANNEL_LAYERS = {
     "default": {
@@ -183,6 +212,10 @@ def _celery_url(url: str) -> str:
 
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=_celery_url(REDIS_URL))
+# Messages are JSON, never pickle: whoever can write to the broker must not run code by it.
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 4
@@ -241,6 +274,22 @@ HUB_UPLOAD_MAX_BYTES = env.int("HUB_UPLOAD_MAX_BYTES", default=256 * 1024 * 1024
 HUB_START_TIMEOUT = env.float("HUB_START_TIMEOUT", default=30.0)
 HUB_LOST_AFTER = env.float("HUB_LOST_AFTER", default=15.0)
 HUB_LOGIN_ATTEMPTS = env.int("HUB_LOGIN_ATTEMPTS", default=10)
+
+
+def _networks(entries: list[str]) -> list[str]:
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"HUB_TRUSTED_PROXIES: {entry!r} is not an address or network (CIDR)"
+            ) from None
+    return entries
+
+
+# Peers whose X-Forwarded-For is believed (dashboard/views/common.py:client_ip); anyone else's
+# is ignored, so a client cannot choose the address the login limit counts it under.
+HUB_TRUSTED_PROXIES = _networks(env.list("HUB_TRUSTED_PROXIES", default=[]))
 # Isolation of sequence code (runner/isolation.py, docs/operations.md): "auto" runs each child
 # as a user id of its own when the worker is root; "none" keeps the worker's user; a user name
 # runs every child as that user.
@@ -259,5 +308,7 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": env.str("HUB_REDIS_PREFIX", default="hub"),
+        # JSON, not Django's default pickle: a value planted in Redis must not run code here.
+        "OPTIONS": {"serializer": "dashboard.cache_json.JSONSerializer"},
     }
 }

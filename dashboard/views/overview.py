@@ -12,6 +12,8 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from dashboard.access import has_role
+from dashboard.exposure import exposure_warnings
 from dashboard.models import AuditEntry
 from dashboard.views.common import role_page
 from sequences.models import LIVE_STATUSES, Instance, Sequence, Sequencer, Worker
@@ -52,4 +54,7 @@ def overview_context() -> dict[str, Any]:
 @require_GET
 @role_page("viewer")
 def overview(request: HttpRequest) -> HttpResponse:
-    return render(request, "overview.html", overview_context())
+    context = overview_context()
+    # Admins can fix the configuration, so they are told where sequence code could get in.
+    context["exposure"] = exposure_warnings() if has_role(request.user, "admin") else []
+    return render(request, "overview.html", context)

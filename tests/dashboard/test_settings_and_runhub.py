@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -48,20 +49,42 @@ def settings_in(data_dir, **extra: str) -> dict:
 
 
 def test_defaults_are_sqlite_under_the_data_dir_and_an_embedded_redis(tmp_path):
-    found = settings_in(tmp_path, HUB_LOCAL_REDIS=f"127.0.0.1:{free_port()}")
+    found = settings_in(tmp_path)
     assert found["db"] == "django.db.backends.sqlite3"
     assert found["name"] == str(tmp_path / "hub.sqlite3")
     assert found["embedded"] is True
-    assert found["redis"] == f"unix://{tmp_path / 'redis.sock'}?db=0"
+    password = (tmp_path / "redis" / "password").read_text().strip()
+    assert len(password) == 64
+    assert found["redis"] == f"unix://:{password}@{tmp_path / 'redis' / 'redis.sock'}?db=0"
     assert found["anon"] == "none"
     assert found["retention"] == 86400
     assert found["port"] == 8000
 
 
-def test_a_local_redis_that_answers_is_used(tmp_path):
+def test_the_embedded_redis_password_and_socket_folder_are_the_hubs_alone(tmp_path):
+    first = settings_in(tmp_path)["redis"]
+    assert settings_in(tmp_path)["redis"] == first  # kept, like the secret key
+    assert (tmp_path / "redis").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "redis" / "password").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_unauthenticated_local_redis_is_not_used_unless_named(tmp_path):
+    # 127.0.0.1:6379 answers on this machine without a password: sequence code could too.
+    assert _answers_on_6379()
     found = settings_in(tmp_path)
-    assert found["redis"] == "redis://127.0.0.1:6379/0"
-    assert found["embedded"] is False
+    assert found["embedded"] is True
+    assert found["redis"].startswith("unix://:")
+    named = settings_in(tmp_path, REDIS_URL="redis://127.0.0.1:6379/0")
+    assert named["redis"] == "redis://127.0.0.1:6379/0"
+    assert named["embedded"] is False
+
+
+def _answers_on_6379() -> bool:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", 6379), timeout=1) as conn:
+        conn.sendall(b"PING\r\n")
+        return conn.recv(16).startswith(b"+PONG")
 
 
 def test_the_secret_key_is_generated_once_and_kept(tmp_path):
@@ -108,12 +131,7 @@ def test_a_bad_anonymous_role_stops_the_hub_with_a_clear_error(tmp_path):
 def test_runhub_starts_everything_with_an_embedded_redis_and_runs_an_upload(tmp_path):
     """What `make run` does on a machine with no Redis: one command, then upload and run."""
     port = free_port()
-    env = clean_env(
-        tmp_path,
-        HUB_LOCAL_REDIS=f"127.0.0.1:{free_port()}",
-        HUB_ADMIN_PASSWORD="smoke-pass-1",
-        HUB_PORT=str(port),
-    )
+    env = clean_env(tmp_path, HUB_ADMIN_PASSWORD="smoke-pass-1", HUB_PORT=str(port))
     manage = [sys.executable, "manage.py"]
     subprocess.run(
         [*manage, "migrate", "--noinput"],
@@ -137,8 +155,10 @@ def test_runhub_starts_everything_with_an_embedded_redis_and_runs_an_upload(tmp_
         wait_for(lambda: f"running at {url}/" in log.read_text(), timeout=60, what="the URL")
         text = log.read_text()
         assert "Created the admin account: user admin" in text
-        assert "embedded" in text
+        assert "embedded Redis" in text
+        assert "WARNING" not in text  # SQLite and the embedded Redis: nothing exposed
         wait_for(lambda: _answers(url), timeout=30, what="daphne")
+        _check_the_embedded_redis_is_closed(tmp_path)
         token = subprocess.run(
             [*manage, "hub_token", "admin"],
             cwd=ROOT,
@@ -165,7 +185,27 @@ def test_runhub_starts_everything_with_an_embedded_redis_and_runs_an_upload(tmp_
             pytest.fail("runhub did not stop on Ctrl-C")
     assert "Sequence Hub stopped." in log.read_text()
     time.sleep(0.2)
-    assert not (tmp_path / "redis.sock").exists() or _no_redis(tmp_path / "redis.sock")
+    sock = tmp_path / "redis" / "redis.sock"
+    assert not sock.exists() or _no_redis(sock)
+
+
+def _check_the_embedded_redis_is_closed(data_dir) -> None:
+    """A password, a socket only the hub's user may open, and the password on no command line."""
+    import redis
+
+    sock = data_dir / "redis" / "redis.sock"
+    password = (data_dir / "redis" / "password").read_text().strip()
+    assert (data_dir / "redis").stat().st_mode & 0o777 == 0o700
+    assert sock.stat().st_mode & 0o777 == 0o700
+    assert (data_dir / "redis" / "redis.conf").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(unix_socket_path=str(sock)).ping()
+    client = redis.Redis(unix_socket_path=str(sock), password=password)
+    assert client.ping()
+    pid = client.info("server")["process_id"]
+    client.close()
+    # Every process may read another's command line: the password is not on it.
+    assert password.encode() not in (Path("/proc") / str(pid) / "cmdline").read_bytes()
 
 
 def _answers(url: str) -> bool:

@@ -1,0 +1,93 @@
+"""Whether sequence code could reach the hub's Redis or database without credentials.
+
+Sequence code runs on the worker's machine, so anything the hub reaches over the network
+without a password, its children may reach too: Redis would let them forge starts and control
+messages, read every stream and flush it all; a database that trusts local connections would
+let them rewrite anything. `exposure_warnings()` names each such hole in the configuration and
+how to close it; `runhub` prints them, the web process logs them when it starts and the
+overview shows them to admins. It judges the configuration only: it does not connect.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+NETWORK_FIX = "HUB_SANDBOX_NETWORK=isolated (no network for sequence code)"
+
+
+def _network_closed() -> bool:
+    """Children get no network at all: TCP services are out of reach, though Unix sockets,
+    which are files, are not."""
+    return settings.HUB_SANDBOX_NETWORK in (True, "isolated")
+
+
+def _redis_warning(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.password:
+        return None
+    unix = parts.scheme == "unix" or parts.scheme.endswith("+socket")
+    if unix:
+        return (
+            f"Redis on the socket {parts.path} takes commands without a password: sequence "
+            "code that may open that socket can take the hub over. Set a password in "
+            "REDIS_URL (unix://:PASSWORD@/path/redis.sock?db=0), or leave REDIS_URL unset "
+            "so the hub runs its own Redis with a generated password."
+        )
+    if _network_closed():
+        return None
+    where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+    return (
+        f"Redis at {where} takes commands without a password: sequence code can connect to "
+        "it and take the hub over. Set a password in REDIS_URL "
+        f"(redis://:PASSWORD@{where}/0), leave REDIS_URL unset so the hub runs its own Redis "
+        f"with a generated password, or set {NETWORK_FIX}."
+    )
+
+
+def _has_password(db: dict) -> bool:
+    # In the URL, or where libpq finds one by itself.
+    options = db.get("OPTIONS") or {}
+    return bool(
+        db.get("PASSWORD")
+        or options.get("passfile")
+        or os.environ.get("PGPASSWORD")
+        or os.environ.get("PGPASSFILE")
+    )
+
+
+def _database_warning(db: dict) -> str | None:
+    engine = db["ENGINE"].rsplit(".", 1)[-1]
+    # SQLite is a file, closed to sequence code by its permissions.
+    if engine == "sqlite3" or _has_password(db):
+        return None
+    host = str(db.get("HOST") or "")
+    socket = not host or host.startswith("/")
+    if not socket and _network_closed():
+        return None
+    where = f"the socket in {host or 'the default folder'}" if socket else host
+    fix = "Set a password in DATABASE_URL (postgres://USER:PASSWORD@host:5432/hub) and make "
+    fix += "the server require it (pg_hba.conf: scram-sha-256, not trust or peer)"
+    fix += "." if socket else f", or set {NETWORK_FIX}."
+    return (
+        f"The database ({engine} at {where}) is configured without a password: if the server "
+        f"trusts local connections, sequence code can connect to it. {fix}"
+    )
+
+
+def exposure_warnings() -> list[str]:
+    """Plain sentences, one per problem, each saying how to fix it; empty when all is closed."""
+    found = list(getattr(settings, "HUB_SETTINGS_WARNINGS", []))
+    urls = dict.fromkeys([settings.REDIS_URL, getattr(settings, "CELERY_BROKER_URL", "")])
+    for url in urls:
+        if url and urlsplit(url).scheme.startswith(("redis", "unix")):
+            warning = _redis_warning(url)
+            if warning and warning not in found:
+                found.append(warning)
+    for db in settings.DATABASES.values():
+        warning = _database_warning(db)
+        if warning and warning not in found:
+            found.append(warning)
+    return found
