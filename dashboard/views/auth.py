@@ -1,4 +1,10 @@
-"""Log in and out, with a cache-backed limit on failed attempts per username and address."""
+"""Log in and out, with a cache-backed limit on failed attempts per username and address.
+
+The address is the peer's own (`client_ip`: X-Forwarded-For counts only from
+HUB_TRUSTED_PROXIES), so a client can neither spread its guesses over made-up addresses nor
+spend someone else's attempts: failures from one address never lock the same username out
+from another. The counters are plain integers in the cache (JSON, never pickle).
+"""
 
 from __future__ import annotations
 
@@ -41,19 +47,22 @@ def login_view(request: HttpRequest) -> HttpResponse:
     status = 200
     if request.method == "POST":
         username = request.POST.get("username", "")
-        key = _attempts_key(username, client_ip(request))
+        address = client_ip(request)
+        key = _attempts_key(username, address)
         failures = cache.get(key, 0)
+        if not isinstance(failures, int):
+            failures = settings.HUB_LOGIN_ATTEMPTS  # not ours: refuse rather than guess
         if failures >= settings.HUB_LOGIN_ATTEMPTS:
             refused = (
                 f"Too many failed log-ins for '{username}' from your address "
                 f"({failures}). Wait 15 minutes and try again, or ask an admin."
             )
-            audit(None, "login", username, outcome="refused", reason="rate limit")
+            audit(None, "login", username, outcome="refused", reason="rate limit", address=address)
             status = 429
         elif form.is_valid():
             cache.delete(key)
             login(request, form.get_user())
-            audit(form.get_user(), "login", username)
+            audit(form.get_user(), "login", username, address=address)
             return HttpResponseRedirect(_safe_next(request, next_url))
         else:
             # add() starts the 15-minute window; incr() keeps it.

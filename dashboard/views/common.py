@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -91,9 +93,54 @@ def feedback(
     return HttpResponseRedirect(back_to(request, fallback))
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@functools.cache
+def _networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
+def _address(text: str) -> Address | None:
+    text = text.strip()
+    if text.startswith("[") and "]" in text:  # [v6]:port
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:  # v4:port
+        text = text.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
 def client_ip(request: HttpRequest) -> str:
-    # Behind a proxy, HUB's operators set the real address in REMOTE_ADDR (daphne --proxy-headers).
-    return request.META.get("REMOTE_ADDR", "") or "unknown"
+    """The address a request came from, as far as the hub can tell.
+
+    The peer's own address (REMOTE_ADDR), unless that peer is one of HUB_TRUSTED_PROXIES:
+    then the right-most address in X-Forwarded-For that is not itself a trusted proxy, which
+    is the address the outermost trusted proxy saw. Anything left of it was written by the
+    client and is ignored. daphne runs without --proxy-headers, so nobody else's header counts.
+    """
+    peer = request.META.get("REMOTE_ADDR", "") or "unknown"
+    trusted = _networks(tuple(getattr(settings, "HUB_TRUSTED_PROXIES", ())))
+    peer_address = _address(peer)
+    if not trusted or peer_address is None or not any(peer_address in n for n in trusted):
+        return peer
+    hops = request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")
+    for hop in reversed([h for h in hops if h.strip()]):
+        address = _address(hop)
+        if address is None:
+            # Not an address: nothing further left can be told apart from the client's own
+            # words. Count the request under the last proxy that spoke.
+            return str(peer_address)
+        peer_address = address
+        if not any(address in n for n in trusted):
+            return str(address)
+    return str(peer_address)
 
 
 def page_size() -> int:
