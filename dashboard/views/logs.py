@@ -10,6 +10,7 @@ stay untouched in storage, in downloads and in the API.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -46,14 +47,24 @@ class Line:
     html: str
 
 
+# Operating system commands, ESC ] ... ended by BEL or ESC \ (or cut short by the next escape
+# or the line's end): OSC 8 hyperlinks, window titles. ansi2html would turn OSC 8 into a live
+# <a href> of the sequence's choosing; they are dropped, and a link's visible text stays as
+# plain text (docs/console.md).
+OSC = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\|(?=\x1b)|$)")
+
+
 def render_lines(raw_lines: Iterable[tuple[Place, bytes]]) -> list[Line]:
-    """HTML for each line: escaped, ANSI colours as classes, very long lines cut."""
+    """HTML for each line: escaped, ANSI colours as classes, OSC sequences (hyperlinks)
+    dropped, very long lines cut."""
     converter: Ansi2HTMLConverter | None = None
     out = []
     for place, raw in raw_lines:
         text = raw.decode("utf-8", "replace").rstrip("\r")
         if len(text) > MAX_LINE_CHARS:
             text = text[:MAX_LINE_CHARS] + f" … ({len(text) - MAX_LINE_CHARS} more characters)"
+        if "\x1b" in text:
+            text = OSC.sub("", text)
         if "\x1b" in text:
             # One converter per batch: ansi2html keeps state between calls of one converter.
             converter = converter or Ansi2HTMLConverter(inline=False, escaped=True)
