@@ -49,8 +49,11 @@ def login_view(request: HttpRequest) -> HttpResponse:
         username = request.POST.get("username", "")
         address = client_ip(request)
         key = _attempts_key(username, address)
-        failures = cache.get(key, 0)
-        if not isinstance(failures, int):
+        try:
+            failures = cache.get(key, 0)
+        except ValueError:  # not JSON: not written by the hub
+            failures = None
+        if type(failures) is not int:
             failures = settings.HUB_LOGIN_ATTEMPTS  # not ours: refuse rather than guess
         if failures >= settings.HUB_LOGIN_ATTEMPTS:
             refused = (

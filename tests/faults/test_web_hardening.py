@@ -1,0 +1,140 @@
+"""The web against a hostile client or a hostile value in Redis, on a real daphne.
+
+- X-Forwarded-For counts only from HUB_TRUSTED_PROXIES: rotating it does not buy password
+  guesses, and failures sent "from" a victim's address do not lock the victim out.
+- A pickle planted under the login limit's cache key is data, not code (the cache is JSON).
+- A web told to use a Redis or database reachable without credentials says so in its log.
+
+Clients choose their source address among 127.0.0.0/8 (every one of them is this machine), so
+"another machine" is 127.0.0.2 talking to a web on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+from django.conf import settings
+
+from dashboard.processes import stop_process
+from dashboard.views.auth import _attempts_key
+from tests.conftest import free_port, start_web
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PASSWORD = "right-password"
+
+
+@pytest.fixture
+def web(tmp_path) -> Iterator:
+    """Start a web process (no worker: logging in needs none) with extra settings."""
+    started = []
+
+    def make(**env: str) -> str:
+        folder = tmp_path / f"web-{len(started)}"
+        folder.mkdir()
+        handle = start_web(folder, free_port(), HUB_LOGIN_ATTEMPTS="3", **env)
+        started.append(handle)
+        return f"http://127.0.0.1:{handle.port}"
+
+    make.started = started
+    yield make
+    for handle in started:
+        stop_process(handle.proc)
+
+
+@pytest.fixture
+def user(django_user_model) -> str:
+    name = f"target-{uuid.uuid4().hex[:6]}"
+    django_user_model.objects.create_user(name, password=PASSWORD)
+    return name
+
+
+def browser(base: str, source: str = "127.0.0.1") -> httpx.Client:
+    transport = httpx.HTTPTransport(local_address=source)
+    return httpx.Client(base_url=base, timeout=30, transport=transport)
+
+
+def log_in(client: httpx.Client, name: str, password: str, forwarded: str = "") -> int:
+    page = client.get("/login/").text
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)[1]
+    headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+    response = client.post(
+        "/login/",
+        data={"username": name, "password": password, "csrfmiddlewaretoken": token},
+        headers=headers,
+    )
+    return response.status_code
+
+
+def test_rotating_x_forwarded_for_does_not_bypass_the_login_limit(web, user):
+    base = web()
+    with browser(base) as attacker:
+        guesses = [log_in(attacker, user, "wrong", f"203.0.113.{n}") for n in range(1, 6)]
+        assert guesses == [401, 401, 401, 429, 429]
+        # Even the right password, from yet another made-up address.
+        assert log_in(attacker, user, PASSWORD, "203.0.113.99") == 429
+
+
+def test_failures_forged_with_a_victims_address_do_not_lock_the_victim(web, user):
+    base = web()
+    with browser(base, "127.0.0.1") as attacker:
+        tries = [log_in(attacker, user, "wrong", "127.0.0.2") for _ in range(4)]
+        assert tries == [401, 401, 401, 429]  # the attacker locked itself out
+    with browser(base, "127.0.0.2") as victim:
+        assert log_in(victim, user, PASSWORD) == 302
+
+
+def test_a_trusted_proxy_forwarded_for_is_believed(web, user):
+    base = web(HUB_TRUSTED_PROXIES="127.0.0.1")
+    with browser(base, "127.0.0.1") as proxy:
+        # One client behind the proxy guesses; the proxy appends the address it saw.
+        tries = [log_in(proxy, user, "wrong", "10.9.9.9, 198.51.100.7") for _ in range(4)]
+        assert tries == [401, 401, 401, 429]
+        # The left part was written by the client: changing it changes nothing.
+        assert log_in(proxy, user, PASSWORD, "10.1.1.1, 198.51.100.7") == 429
+        # Another client behind the same proxy is not locked out.
+        assert log_in(proxy, user, PASSWORD, "198.51.100.8") == 302
+    with browser(base, "127.0.0.2") as direct:
+        # Not a trusted proxy: its header is ignored, and its own address is not locked.
+        assert log_in(direct, user, PASSWORD, "198.51.100.7") == 302
+
+
+class Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_planted_under_the_login_limit_key_is_not_run(web, user, tmp_path):
+    """Issue 13, attack 1: a sequence wrote a pickle where the web reads its login counter."""
+    from django.core.cache import cache
+
+    base = web()
+    marker = tmp_path / "pwned"
+    key = cache.make_key(_attempts_key(user, "127.0.0.1"))
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.set(key, pickle.dumps(Payload(str(marker))), ex=60)
+    try:
+        with browser(base) as attacker:
+            # Refused (the counter is not one the hub wrote), not run, not a server error.
+            assert log_in(attacker, user, PASSWORD) == 429
+        assert not marker.exists()
+    finally:
+        client.delete(key)
+        client.close()
+
+
+def test_the_web_logs_a_redis_reachable_without_a_password(web):
+    assert "@" not in settings.REDIS_URL  # the suite's Redis has no password
+    web()
+    text = web.started[0].output()
+    assert "takes commands without a password" in text
+    assert "Set a password in REDIS_URL" in text
