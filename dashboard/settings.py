@@ -296,8 +296,18 @@ HUB_TRUSTED_PROXIES = _networks(env.list("HUB_TRUSTED_PROXIES", default=[]))
 HUB_RUN_AS = env.str("HUB_RUN_AS", default="auto")
 HUB_RUN_UID_BASE = env.int("HUB_RUN_UID_BASE", default=1_900_000_000)
 HUB_RUN_UID_COUNT = env.int("HUB_RUN_UID_COUNT", default=1 << 24)
-# An empty network namespace per child (root only): no network at all, Redis included.
-HUB_SANDBOX_NETWORK = env.bool("HUB_SANDBOX_NETWORK", default=False)
+# Network of a child: "host" (the machine's, but no TCP connection to the ports of the hub's
+# own Redis and database: runner/landlock.py) or "isolated" (an empty network namespace).
+HUB_SANDBOX_NETWORK = {"true": "isolated", "false": "host"}.get(
+    env.str("HUB_SANDBOX_NETWORK", default="host").lower(),
+    env.str("HUB_SANDBOX_NETWORK", default="host").lower(),
+)
+if HUB_SANDBOX_NETWORK not in {"host", "isolated"}:
+    raise ValueError("HUB_SANDBOX_NETWORK must be host or isolated")
+# Landlock for every child (runner/landlock.py): off only to debug a sandbox problem.
+HUB_SANDBOX = env.bool("HUB_SANDBOX", default=True)
+# More TCP ports children may not connect to, beside those of REDIS_URL and DATABASE_URL.
+HUB_SANDBOX_CLOSED_PORTS = [int(p) for p in env.list("HUB_SANDBOX_CLOSED_PORTS", default=[])]
 # Uploaded packages are the hub's, not the children's.
 FILE_UPLOAD_PERMISSIONS = 0o600
 FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700

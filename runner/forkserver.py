@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner import isolation, python_runtime
+from runner import cgroups, isolation, landlock, python_runtime
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 CHILD_FDS = 7
@@ -107,15 +107,20 @@ def exit_code_of(status: int) -> int:
 class Zygote:
     """The server loop. Single-threaded on purpose: forking a threaded process is unsafe."""
 
-    def __init__(self, sock: socket.socket, parent_pid: int) -> None:
+    def __init__(
+        self, sock: socket.socket, parent_pid: int, sandbox: list[tuple[int, int]] | None = None
+    ) -> None:
         self.sock = sock
         self.parent_pid = parent_pid
+        # Landlock rules every child shares, as descriptors opened once here; None: no layer.
+        self.sandbox = sandbox
         self.pid = os.getpid()
         self.children: set[int] = set()
         self._buf = bytearray()
         self._fds: collections.deque[int] = collections.deque()
         self._wake_r = -1
         self._wake_w = -1
+        self._installed = False  # in a child: its seven descriptors are on 0..6
 
     def serve(self) -> None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -199,6 +204,9 @@ class Zygote:
         return True
 
     def _handle(self, request: dict[str, Any]) -> None:
+        if request.get("kind") == "sweep":
+            self._sweep(request)
+            return
         wanted = int(request.get("nfds", CHILD_FDS))
         fds = [self._fds.popleft() for _ in range(min(wanted, len(self._fds)))]
         try:
@@ -214,6 +222,28 @@ class Zygote:
             for fd in fds:
                 os.close(fd)
 
+    def _sweep(self, request: dict[str, Any]) -> None:
+        """Kill every process of a leased user id, in a child that becomes that user."""
+        try:
+            uid = int(request["uid"])
+            if uid <= 0:
+                raise ValueError("refusing to sweep root")
+            pid = os.fork()
+        except Exception as exc:
+            self._send({"id": request.get("id"), "error": f"{type(exc).__name__}: {exc}"})
+            return
+        if pid == 0:
+            code = 0
+            try:
+                signal.set_wakeup_fd(-1)
+                isolation.sweep_uid(uid)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        self.children.add(pid)
+        self._send({"id": request.get("id"), "pid": pid})
+
     def _fork(self, request: dict[str, Any], fds: list[int]) -> int:
         spec = request.get("spec") or {}
         pid = os.fork()
@@ -227,8 +257,11 @@ class Zygote:
                 _exec(list(request.get("argv") or []), spec)
             code = python_runtime.main(spec)
         except BaseException:
+            # Set-up fails before or after the child's descriptors are in place: its stderr
+            # is fds[2] until then, 2 after.
+            stderr = 2 if self._installed else fds[2]
             with contextlib.suppress(Exception):
-                os.write(2, traceback.format_exc().encode("utf-8", "replace"))
+                os.write(stderr, traceback.format_exc().encode("utf-8", "replace"))
         finally:
             os._exit(code)
 
@@ -239,18 +272,13 @@ class Zygote:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != self.pid:
             os._exit(python_runtime.EXIT_KILLED)  # the zygote died before the signal was armed
-        install_fds(fds)
         run_as = spec.get("run_as")
         workdir = spec.get("workdir")
         if workdir:
             os.makedirs(workdir, exist_ok=True)
             if run_as:
                 isolation.own_workdir(workdir, run_as)
-            os.chdir(workdir)
-        os.environ.clear()
-        os.environ.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
-        # The zygote found `runner` through the hub's checkout; user code should not see it.
-        sys.path[:] = [entry for entry in sys.path if entry not in ("", REPO_ROOT)]
+        cgroups.join(spec.get("cgroups") or [])
         if spec.get("isolate_network"):
             isolation.isolate_network()
         if run_as:
@@ -259,6 +287,25 @@ class Zygote:
             _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != self.pid:
                 os._exit(python_runtime.EXIT_KILLED)
+            if run_as.get("sweep"):
+                # A leased id is ours alone: whatever still runs under it was left behind by
+                # an instance of a worker that died. kill(-1) spares only ourselves.
+                with contextlib.suppress(OSError):
+                    os.kill(-1, signal.SIGKILL)
+        if self.sandbox is not None:
+            # Before install_fds, which closes the shared rules' descriptors.
+            own = [(str(spec["package_dir"]), landlock.READ)] if spec.get("package_dir") else []
+            if workdir:
+                own.append((workdir, landlock.fs_rights()))
+            landlock.confine(self.sandbox, own)
+        install_fds(fds)
+        self._installed = True
+        if workdir:
+            os.chdir(workdir)
+        os.environ.clear()
+        os.environ.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
+        # The zygote found `runner` through the hub's checkout; user code should not see it.
+        sys.path[:] = [entry for entry in sys.path if entry not in ("", REPO_ROOT)]
         # Last: a small RLIMIT_NOFILE or RLIMIT_AS must not break the setup steps above.
         apply_limits(spec.get("limits") or {}, address_space=not execs)
 
@@ -340,11 +387,19 @@ def zygote_main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m runner.forkserver")
     parser.add_argument("--fd", type=int, required=True, help="the inherited Unix socket")
     parser.add_argument("--parent", type=int, required=True, help="pid to die with")
+    parser.add_argument("--sandbox", default="", help="JSON: {rules: [[path, rights]], ports}")
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
     sock.setblocking(True)
     _preload()
-    Zygote(sock, args.parent).serve()
+    sandbox = None
+    if args.sandbox:
+        config = json.loads(args.sandbox)
+        # The zygote and everything it forks: no TCP connection to the hub's own services.
+        landlock.close_ports(config.get("ports") or [])
+        if landlock.abi():
+            sandbox = landlock.open_paths((str(p), int(r)) for p, r in config.get("rules") or [])
+    Zygote(sock, args.parent, sandbox).serve()
     os._exit(0)
 
 
@@ -417,10 +472,18 @@ class ForkServer:
     dependencies.
     """
 
-    def __init__(self, python: str | None = None, *, site_packages: bool = False) -> None:
+    def __init__(
+        self,
+        python: str | None = None,
+        *,
+        site_packages: bool = False,
+        sandbox: dict[str, Any] | None = None,
+    ) -> None:
         # A system interpreter when children change user and this one's stdlib is closed to them.
         self.python = python or isolation.runtime_python()
         self.site_packages = site_packages
+        self.sandbox = sandbox  # {"rules": [[path, rights]], "ports": [...]}: runner/landlock.py
+        self._exit_waiters: dict[int, asyncio.Future[int]] = {}
         self.pid: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
@@ -451,6 +514,8 @@ class ForkServer:
         argv = [self.python, "-s", *([] if self.site_packages else ["-S"])]
         argv += ["-m", "runner.forkserver", "--fd", str(theirs.fileno())]
         argv += ["--parent", str(os.getpid())]
+        if self.sandbox is not None:
+            argv += ["--sandbox", json.dumps(self.sandbox)]
         env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         try:
             self._proc = subprocess.Popen(
@@ -489,6 +554,18 @@ class ForkServer:
         """Forks a child that execs `argv` with the spec in env HUB_LAUNCH; returns its pid."""
         return await self._request({"kind": "exec", "argv": list(argv), "spec": spec}, fds)
 
+    async def sweep(self, uid: int) -> None:
+        """Kill every process of `uid` (a leased id; the zygote runs as root) and wait."""
+        if self._loop is None:
+            raise SpawnError("fork server is not running")
+        done: asyncio.Future[int] = self._loop.create_future()
+        pid = await self._request({"kind": "sweep", "uid": int(uid)}, [])
+        self._exit_waiters[pid] = done
+        if pid not in self._live:  # it ended before we got here
+            self._exit_waiters.pop(pid, None)
+            return
+        await asyncio.wait_for(done, 10)
+
     async def close(self) -> None:
         """Kills the zygote; its children die with it, and are reported as exit 137."""
         proc = self._proc
@@ -505,7 +582,7 @@ class ForkServer:
     async def _request(self, request: dict[str, Any], fds: Sequence[int]) -> int:
         if self._sock is None or self._loop is None:
             raise SpawnError("fork server is not running")
-        if len(fds) != CHILD_FDS:
+        if fds and len(fds) != CHILD_FDS:
             raise ValueError(f"a child needs {CHILD_FDS} descriptors, got {len(fds)}")
         self._next_id += 1
         request_id = self._next_id
@@ -567,6 +644,9 @@ class ForkServer:
         if "exit" in message:
             pid, code = int(message["exit"]), int(message["code"])
             self._live.discard(pid)
+            waiter = self._exit_waiters.pop(pid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(code)
             self._report_exit(pid, code)
         elif "id" in message:
             future = self._pending.get(message["id"])

@@ -1,21 +1,26 @@
 """Who sequence code runs as, so it cannot read the hub's files (docs/operations.md, Isolation).
 
-A worker running as root forks each child as a user id of its own, taken from a range no
-account uses: the hub's database, secret key, package storage and other instances' folders are
-closed to it by plain file permissions. A worker running as an ordinary user cannot change
-user; its children run as that user, isolated only by their clean environment.
+A worker running as root forks each child as a user id of its own, leased from a range no
+account uses for as long as the instance lives (never two live instances on one id, whatever id
+a client chose): the hub's database, secret key, package storage and other instances' folders
+are closed to it by plain file permissions, and when it ends every process left under that id
+is killed before the id is handed out again. In every mode, root or not, Landlock
+(runner/landlock.py) confines what a child may open, signal and trace.
 
 Standard library only: the fork server's children import this module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import functools
 import glob
-import hashlib
 import os
 import pwd
+import secrets
+import shutil
 import stat
 import subprocess
 import sys
@@ -26,29 +31,60 @@ PR_SET_DUMPABLE = 4
 CLONE_NEWNET = 0x40000000
 
 
-def uid_for(iid: str, base: int, count: int) -> int:
-    """A user id for one instance: stable, spread over `count` ids from `base`.
-
-    Two live instances share one only by a hash collision (about 1 in `count` per pair).
-    """
-    digest = hashlib.sha256(iid.encode()).digest()
-    return base + int.from_bytes(digest[:8], "big") % count
+# Machine-wide, root's: every hub and worker on the machine leases its children's ids here.
+LEASE_DIR = Path("/run/sequence-hub/uids")
 
 
-def run_as_for(iid: str, mode: str, base: int, count: int, data_dir: Path) -> dict[str, int] | None:
-    """`{"uid", "gid"}` for the child, or None to leave it as the worker's user.
+class UidLease:
+    """One user id held for one live instance: an flock on a file named after it, so that a
+    worker that dies (and its children with it) frees its ids without anyone cleaning up."""
 
-    mode: "auto" (an id per instance when root, where that can work), "none", or a user name
-    for every child. "auto" keeps the worker's user when another user could not run the child:
-    the standard library or the data folder (under /root, a private /tmp folder) closed to it.
+    def __init__(self, uid: int, fd: int, path: Path) -> None:
+        self.uid, self._fd, self._path = uid, fd, path
+
+    def release(self) -> None:
+        """Give the id back (after every process under it was killed)."""
+        if self._fd < 0:
+            return
+        # Unlinked while still locked: a worker that opened the old file re-checks the path.
+        with contextlib.suppress(OSError):
+            self._path.unlink()
+        os.close(self._fd)
+        self._fd = -1
+
+
+def lease_uid(base: int, count: int, folder: Path = LEASE_DIR) -> UidLease:
+    """A user id from [base, base + count) that no live instance on this machine holds."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for _ in range(256):
+        uid = base + secrets.randbelow(count)
+        path = folder / str(uid)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return UidLease(uid, fd, path)
+        except OSError:
+            pass  # held by a live instance, or released and unlinked meanwhile: another id
+        os.close(fd)
+    raise RuntimeError(f"no free user id for a child in {base}..{base + count - 1}")
+
+
+def run_as_for(mode: str, data_dir: Path) -> dict[str, Any] | None:
+    """How the child's user is chosen, or None to leave it as the worker's user.
+
+    `{"lease": True}`: a user id of its own, leased by the supervisor at spawn; `{"uid",
+    "gid"}`: a fixed user. mode: "auto" (an id per instance when root, where that can work),
+    "none", or a user name for every child. "auto" keeps the worker's user when another user
+    could not run the child: the standard library or the data folder (under /root, a private
+    /tmp folder) closed to it.
     """
     if mode == "none" or os.geteuid() != 0:
         return None
     if mode == "auto":
         if not (readable_by_others(stdlib_of(runtime_python())) and passable(data_dir)):
             return None
-        uid = uid_for(iid, base, count)
-        return {"uid": uid, "gid": uid}
+        return {"lease": True}
     user = pwd.getpwnam(mode)
     return {"uid": user.pw_uid, "gid": user.pw_gid}
 
@@ -116,6 +152,33 @@ def runtime_python() -> str:
     return mine
 
 
+SYSTEM_READ = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
+SYSTEM_READ += ("/proc", "/sys", "/run/systemd/resolve", "/run/resolvconf", "/dev/pts")
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
+
+
+def sandbox_rules(python: str, hidden: list[str], files: list[str]) -> list[tuple[str, int]]:
+    """The Landlock rules every child shares: read and run the system, the interpreter's
+    standard library and `files` (the runtimes); read and write the usual devices and
+    /dev/shm. Nothing under `hidden` (the checkout, the hub's virtual environment, the data
+    folder), and neither /tmp, /home nor /root: a child's TMPDIR and HOME are its own folder."""
+    from runner import landlock
+
+    roots = list(SYSTEM_READ)
+    stdlib = stdlib_of(python)
+    roots += [str(stdlib), str(Path(os.path.realpath(python)).parent.parent)]
+    node = shutil.which("node")
+    if node:
+        roots.append(str(Path(os.path.realpath(node)).parent.parent))
+    roots = [root for root in roots if os.path.realpath(root) != "/"]
+    rules = [(path, landlock.READ) for path in landlock.allowed_roots(roots, hidden)]
+    rules += [(path, landlock.READ) for path in files]
+    device = landlock.READ_FILE | landlock.WRITE_FILE | landlock.TRUNCATE
+    rules += [(path, device) for path in DEVICES]
+    rules.append(("/dev/shm", landlock.fs_rights()))
+    return rules
+
+
 def own_workdir(workdir: str, run_as: dict[str, Any]) -> None:
     """The instance's folder belongs to its user, and to nobody else."""
     os.chown(workdir, int(run_as["uid"]), int(run_as["gid"]))
@@ -130,6 +193,22 @@ def drop_privileges(run_as: dict[str, Any]) -> None:
     # Changing user made the process non-dumpable, which hands /proc/self/fd to root; the
     # runtime and subprocess read it. The new user owns nothing a dump could leak.
     _libc().prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+
+
+def sweep_uid(uid: int) -> None:
+    """In a throw-away child of a root process: kill every process of `uid`, daemons that left
+    their instance's process group included. kill(-1) as that user reaches exactly its
+    processes, and no process can fork while the signal pass holds the task list."""
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    for _ in range(100):
+        try:
+            os.kill(-1, 9)
+        except ProcessLookupError:
+            return  # nothing left
+        except PermissionError:
+            return
 
 
 def isolate_network() -> None:

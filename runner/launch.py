@@ -6,10 +6,12 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
@@ -21,7 +23,13 @@ RUNTIME_DIR = Path(__file__).resolve().parent
 log = logging.getLogger(__name__)
 
 
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def workdir_for(iid: str) -> Path:
+    """The instance's folder: always a direct child of run/, whatever the id says."""
+    if not ID_PATTERN.fullmatch(iid):
+        raise ValueError(f"instance id {iid!r} is not 1 to 64 letters, digits, '-' or '_'")
     return run_root() / iid
 
 
@@ -35,14 +43,8 @@ def run_root() -> Path:
     return root
 
 
-def run_as(iid: str) -> dict[str, int] | None:
-    user = isolation.run_as_for(
-        iid,
-        settings.HUB_RUN_AS,
-        settings.HUB_RUN_UID_BASE,
-        settings.HUB_RUN_UID_COUNT,
-        settings.HUB_DATA_DIR,
-    )
+def run_as() -> dict[str, Any] | None:
+    user = isolation.run_as_for(settings.HUB_RUN_AS, settings.HUB_DATA_DIR)
     if user is None and settings.HUB_RUN_AS == "auto" and os.geteuid() == 0:
         _warn_unisolated()
     return user
@@ -95,8 +97,8 @@ def build_spec(instance: Instance, mode: str = "sequence", extra: dict | None = 
         "limits": limits,
         "package": seq.config,
         "language": seq.language,
-        "run_as": run_as(instance.id),
-        "isolate_network": settings.HUB_SANDBOX_NETWORK,
+        "run_as": run_as(),
+        "isolate_network": settings.HUB_SANDBOX_NETWORK == "isolated",
     }
     spec.update(extra or {})
     return spec
@@ -127,6 +129,36 @@ def exec_argv(spec: dict) -> list[str] | None:
     if node is None:
         raise FileNotFoundError("node was not found on PATH: install Node.js to run JS sequences")
     return node_argv(node, spec.get("limits", {}))
+
+
+def service_ports() -> list[int]:
+    """TCP ports of the hub's own services (Redis, broker, database) and
+    HUB_SANDBOX_CLOSED_PORTS: children may not connect to them, on any address."""
+    ports = set(settings.HUB_SANDBOX_CLOSED_PORTS)
+    for url in (settings.REDIS_URL, getattr(settings, "CELERY_BROKER_URL", "")):
+        parts = urlsplit(url)
+        if parts.scheme in ("redis", "rediss", "amqp", "amqps") and parts.hostname:
+            ports.add(parts.port or {"redis": 6379, "rediss": 6379}.get(parts.scheme, 5672))
+    for db in settings.DATABASES.values():
+        engine = db.get("ENGINE", "")
+        if "sqlite" not in engine and db.get("HOST", "") and not db["HOST"].startswith("/"):
+            ports.add(
+                int(
+                    db.get("PORT")
+                    or {"postgresql": 5432, "mysql": 3306}.get(engine.rsplit(".", 1)[-1], 5432)
+                )
+            )
+    return sorted(ports)
+
+
+def sandbox_config() -> dict[str, Any] | None:
+    """What the fork server confines its children with (runner/landlock.py), or None."""
+    if not settings.HUB_SANDBOX:
+        return None
+    hidden = [str(settings.BASE_DIR), sys.prefix, str(settings.HUB_DATA_DIR)]
+    files = [str(RUNTIME_DIR / "node_runtime.js")]
+    rules = isolation.sandbox_rules(isolation.runtime_python(), hidden, files)
+    return {"rules": rules, "ports": service_ports()}
 
 
 def python_executable() -> str:

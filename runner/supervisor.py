@@ -15,6 +15,7 @@ import gc
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,17 +25,20 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psutil
 from django.conf import settings
 from django.utils import timezone
 
-from runner import launch
+from runner import cgroups, isolation, launch
 from runner.dbwriter import DbWriter
 from runner.forkserver import ForkServer
 from runner.packagecache import cache_root
 from sequences import live
+from sequences.errors import HubError
+from sequences.instances import clean_limits
 from sequences.models import Instance, InstanceStatus, Sequence
 
 log = logging.getLogger(__name__)
@@ -117,6 +121,8 @@ class Child:
     on_exit: Callable[[int, str, str], None] | None = None  # (exit code, status, reason)
     workdir: str = ""
     psutil_proc: psutil.Process | None = None
+    lease: isolation.UidLease | None = None  # the user id it runs as, while it lives
+    cgroups: list[str] = field(default_factory=list)  # its groups, for limits.cpu and .pids
 
 
 class Pump(asyncio.Protocol):
@@ -150,7 +156,7 @@ class Supervisor:
         self.children: dict[str, Child] = {}
         self.by_pid: dict[int, Child] = {}
         self.writer = DbWriter()
-        self.forkserver = ForkServer()
+        self.forkserver = ForkServer(sandbox=launch.sandbox_config())
         self.loop = asyncio.new_event_loop()
         self.paused = False
         self.ops: dict[str, Callable[[dict, bytes], Awaitable[None]]] = {
@@ -278,6 +284,18 @@ class Supervisor:
         """
         self.check_capacity()
         child = Child(iid=iid, kind=kind, workdir=spec["workdir"])
+        if (spec.get("run_as") or {}).get("lease"):
+            lease = isolation.lease_uid(settings.HUB_RUN_UID_BASE, settings.HUB_RUN_UID_COUNT)
+            child.lease = lease
+            # "sweep": the child first kills anything a dead worker's instance left on the id.
+            spec = {**spec, "run_as": {"uid": lease.uid, "gid": lease.uid, "sweep": True}}
+        try:
+            child.cgroups = cgroups.create(iid, spec.get("limits") or {})
+        except BaseException:
+            if child.lease is not None:
+                child.lease.release()
+            raise
+        spec = {**spec, "cgroups": child.cgroups}
         parent, child_fds = _make_fds()
         try:
             if argv:
@@ -289,6 +307,9 @@ class Supervisor:
                 os.close(fd)
             for obj in parent.values():
                 obj.close()
+            cgroups.remove(child.cgroups)
+            if child.lease is not None:
+                child.lease.release()
             raise
         for fd in child_fds:
             os.close(fd)
@@ -451,7 +472,11 @@ class Supervisor:
                 continue
             if item is None:
                 continue
-            header, payload = live.decode_control(item[1])
+            try:
+                header, payload = live.decode_control(key, item[1])
+            except (live.Forged, ValueError):
+                log.warning("dropped a control message on %s that the hub did not write", key)
+                continue
             op = header.get("op", "")
             if op in self.ops:
                 coro = self.ops[op](header, payload)
@@ -476,15 +501,35 @@ class Supervisor:
                 await asyncio.sleep(1)
                 continue
             if item is not None:
-                header, _ = live.decode_control(item[1])
+                try:
+                    header, _ = live.decode_control(item[0].decode(), item[1])
+                except (live.Forged, ValueError):
+                    log.warning("dropped a start request that the hub did not write")
+                    continue
                 self.loop.create_task(self._guard(self._start_requested(header), header))
 
     async def _start_requested(self, req: dict[str, Any]) -> None:
-        iid, token = str(req["id"]), str(req["reply"])
+        try:
+            iid, token = check_start(req)
+        except ValueError as exc:
+            log.warning("refused a malformed start request: %s", exc)
+            return
         if float(req.get("expires", 0)) < time.time():
             return  # the web stopped waiting and recorded the failure itself
         try:
             self.check_capacity()
+            if not await self.loop.run_in_executor(None, _row_waiting, iid):
+                log.warning("refused a start for %s: no instance row waits for it", iid)
+                await self.reply(
+                    token,
+                    {
+                        "ok": False,
+                        "status": 404,
+                        "code": "NOT_FOUND",
+                        "error": f"Instance {iid} is not waiting to start",
+                    },
+                )
+                return
             spec = await self._spec_for(req)
             child = await self.spawn(
                 iid,
@@ -493,6 +538,12 @@ class Supervisor:
                 argv=launch.exec_argv(spec),
                 record_start=True,
             )
+        except cgroups.CgroupError as exc:
+            self._record_failure(iid, 20, f"Failed to start: {exc}")
+            await self.reply(
+                token, {"ok": False, "status": 422, "code": "INVALID_CONFIG", "error": str(exc)}
+            )
+            return
         except Refused as exc:
             self._record_failure(iid, 24, str(exc))
             await self.reply(
@@ -563,7 +614,7 @@ class Supervisor:
         pipe = self.redis.pipeline(transaction=False)
         if owned is not None:
             pipe.set(live.owner_key(owned), self.name, ex=live.OWNER_TTL)
-        pipe.rpush(key, json.dumps(value))
+        pipe.rpush(key, live.encode_reply(token, value))
         pipe.expire(key, 60)
         await pipe.execute()
 
@@ -695,9 +746,11 @@ class Supervisor:
         self.loop.create_task(self._finish(child))
 
     async def _finish(self, child: Child) -> None:
-        # Leftovers in the group would hold the pipes open; a sequence leaves nothing behind.
+        # Leftovers in the group would hold the pipes open; a sequence leaves nothing behind,
+        # not even a daemon that left the group: every process of its user id goes too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
+        await self._sweep(child)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(child.pumps_done.wait(), 5)
         await self._drain_control(child)
@@ -719,7 +772,7 @@ class Supervisor:
         end["ended"] = now.timestamp()
         for stream in READ_STREAMS.values():
             key = live.stream_key(child.iid, stream)
-            self._outbox.append((key, {**end, "n": child.seq[stream]}))
+            self._outbox.append((key, live.sign_end(key, {**end, "n": child.seq[stream]})))
         # Expiry rides in the same pipeline, after the eof entries that may create the keys.
         for key in [
             *(live.stream_key(child.iid, s) for s in READ_STREAMS.values()),
@@ -748,6 +801,19 @@ class Supervisor:
                 log.exception("exit callback of %s failed", child.iid)
         if child.workdir:
             self.loop.run_in_executor(None, shutil.rmtree, child.workdir, True)
+
+    async def _sweep(self, child: Child) -> None:
+        """Kill what is left under the child's leased user id, then give the id back."""
+        lease, child.lease = child.lease, None
+        if lease is not None:
+            try:
+                await self.forkserver.sweep(lease.uid)
+            except Exception:
+                # The id stays leased (never reused) until this worker exits: safe, not tidy.
+                log.exception("could not sweep user id %d of %s", lease.uid, child.iid)
+                return
+            lease.release()
+        cgroups.remove(child.cgroups)
 
     @staticmethod
     async def _drain_control(child: Child) -> None:
@@ -805,6 +871,48 @@ async def _group_send(group: str, message: dict) -> None:
         return
     with contextlib.suppress(Exception):
         await layer.group_send(group, message)
+
+
+START_KINDS = ("sequence", "script")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+TOKEN = re.compile(r"[0-9a-f]{32}")
+
+
+def check_start(req: dict[str, Any]) -> tuple[str, str]:
+    """Every field of a start request checked as the API checks it: (id, reply token), or
+    ValueError naming the bad field. The request is signed; this is the second lock."""
+    iid, token = req.get("id"), req.get("reply")
+    if not isinstance(iid, str) or not launch.ID_PATTERN.fullmatch(iid):
+        raise ValueError(f"id {iid!r} is not 1 to 64 letters, digits, '-' or '_'")
+    if not isinstance(token, str) or not TOKEN.fullmatch(token):
+        raise ValueError("reply is not a reply token")
+    if req.get("kind", "sequence") not in START_KINDS:
+        raise ValueError(f"kind {req.get('kind')!r} is not one of {', '.join(START_KINDS)}")
+    seq = req.get("sequence")
+    if not isinstance(seq, dict) or not SHA256.fullmatch(str(seq.get("sha256", ""))):
+        raise ValueError("sequence.sha256 is not a SHA-256")
+    main = seq.get("main")
+    if not isinstance(main, str) or main.startswith("/") or ".." in Path(main).parts:
+        raise ValueError(f"sequence.main {main!r} is not a path inside the package")
+    if seq.get("language") not in ("python", "node"):
+        raise ValueError(f"sequence.language {seq.get('language')!r} is not python or node")
+    if not isinstance(req.get("args", []), list):
+        raise ValueError("args is not a list")
+    if not isinstance(req.get("appConfig", {}), dict):
+        raise ValueError("appConfig is not an object")
+    try:
+        clean_limits(req.get("limits") or {})
+    except HubError as exc:
+        raise ValueError(exc.message) from None
+    return iid, token
+
+
+def _row_waiting(iid: str) -> bool:
+    """A start is for a row the web made and that has not started yet."""
+    from django.db import close_old_connections
+
+    close_old_connections()
+    return Instance.objects.filter(pk=iid, status=InstanceStatus.INITIALIZING).exists()
 
 
 def _spec_from_database(iid: str) -> dict[str, Any]:

@@ -41,11 +41,9 @@ def _stop_supervisor(**_: object) -> None:
 
 def send_reply(token: str, value: dict) -> None:
     """Answer a web request waiting on `hub:reply:<token>`."""
-    import json
-
     client = live.sync_client()
     key = live.reply_key(token)
-    client.rpush(key, json.dumps(value))
+    client.rpush(key, live.encode_reply(token, value))
     client.expire(key, 60)
 
 
@@ -150,7 +148,8 @@ def mark_lost(worker: str, reason: str) -> int:
     pipe = client.pipeline(transaction=False)
     for iid in ids:
         for stream in live.STREAMS:
-            pipe.xadd(live.stream_key(iid, stream), {"eof": 1, "lost": 1})
+            key = live.stream_key(iid, stream)
+            pipe.xadd(key, live.sign_end(key, {"eof": 1, "lost": 1}))
     pipe.execute()
     Worker.objects.filter(name=worker, stopped__isnull=True).update(stopped=now)
     if ids:

@@ -74,21 +74,42 @@ def parse_start(raw: bytes) -> StartRequest:
         or not all(c.isalnum() or c in "-_" for c in iid)
     ):
         raise invalid("instanceId must be a string of up to 64 letters, digits, '-' or '_'")
-    limits = body.get("limits") or {}
+    limits = clean_limits(body.get("limits") or {})
+    return StartRequest(args=args, app_config=app_config, instance_id=iid, limits=limits)
+
+
+# name: (smallest, largest, unit for the error, a whole number)
+LIMITS: dict[str, tuple[float, float, str, bool]] = {
+    "memory": (16, MAX_MEMORY_MB, "a number of megabytes", True),
+    "cpu": (0.01, 1024, "a number of CPUs (0.5 is half of one)", False),
+    "pids": (1, 1 << 20, "a whole number of processes and threads", True),
+}
+
+
+def clean_limits(limits: Any) -> dict[str, Any]:
+    """`{"memory": MB, "cpu": CPUs, "pids": n}`, each optional; INVALID_CONFIG naming the
+    field otherwise. Memory and pids become whole numbers."""
     if not isinstance(limits, dict):
-        raise invalid('limits must be a JSON object like {"memory": 256}')
-    clean_limits: dict[str, Any] = {}
-    if "memory" in limits:
-        memory = limits["memory"]
-        # `not 16 <= memory <= MAX_MEMORY_MB` also refuses NaN and the infinity of `1e999`.
+        raise invalid('limits must be a JSON object like {"memory": 256, "cpu": 0.5, "pids": 64}')
+    if limits.get("gpu") not in (None, False):
+        raise invalid("limits.gpu: this hub has no GPUs to give; leave it out or false")
+    unknown = sorted(set(limits) - set(LIMITS) - {"gpu"})
+    if unknown:
+        raise invalid(f"limits.{unknown[0]} is not a limit: use {', '.join(LIMITS)}")
+    clean: dict[str, Any] = {}
+    for name, (low, high, unit, whole) in LIMITS.items():
+        if name not in limits:
+            continue
+        value = limits[name]
+        # `not low <= value <= high` also refuses NaN and the infinity of `1e999`.
         if (
-            isinstance(memory, bool)
-            or not isinstance(memory, int | float)
-            or not (16 <= memory <= MAX_MEMORY_MB)
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
         ):
-            raise invalid(f"limits.memory must be a number of megabytes from 16 to {MAX_MEMORY_MB}")
-        clean_limits["memory"] = int(memory)
-    return StartRequest(args=args, app_config=app_config, instance_id=iid, limits=clean_limits)
+            raise invalid(f"limits.{name} must be {unit} from {low:g} to {high:g}")
+        clean[name] = int(value) if whole else float(value)
+    return clean
 
 
 def _create(seq: Sequence | str, req: StartRequest, user: Any, kind: str) -> Instance:
@@ -122,7 +143,9 @@ def _create(seq: Sequence | str, req: StartRequest, user: Any, kind: str) -> Ins
     )
 
 
-def start_request(instance: Instance, seq: Sequence, token: str, timeout: float) -> bytes:
+def start_request(
+    instance: Instance, seq: Sequence, token: str, timeout: float, dest: str
+) -> bytes:
     """What a worker needs to start the instance without reading the database (it does read
     it when it has not unpacked the package yet). Past `expires` the web stopped waiting."""
     header = {
@@ -142,7 +165,7 @@ def start_request(instance: Instance, seq: Sequence, token: str, timeout: float)
             "config": seq.config,
         },
     }
-    return live.encode_control(header)
+    return live.encode_control(dest, header)
 
 
 async def start(
@@ -158,9 +181,9 @@ async def start(
     instance = await db_call(_create, seq, req, user, kind)
     token = live.new_token()
     timeout = settings.HUB_START_TIMEOUT
+    dest = live.start_key(settings.CELERY_TASK_DEFAULT_QUEUE)
     await live.async_client().rpush(
-        live.start_key(settings.CELERY_TASK_DEFAULT_QUEUE),
-        start_request(instance, instance.sequence, token, timeout),
+        dest, start_request(instance, instance.sequence, token, timeout, dest)
     )
     answer = await wait_reply(token, timeout)
     if answer is None:
@@ -190,7 +213,7 @@ def _fail_start(iid: str, reason: str) -> None:
 
 async def wait_reply(token: str, timeout: float) -> dict[str, Any] | None:
     item = await live.async_client().blpop([live.reply_key(token)], timeout=timeout)
-    return None if item is None else json.loads(item[1])
+    return None if item is None else live.decode_reply(token, item[1])
 
 
 def get_instance(iid: str) -> Instance:
@@ -223,7 +246,7 @@ def with_reported_ends(rows: list[Instance]) -> list[Instance]:
         return rows
     for row, entries in zip(live_rows, newest, strict=True):
         fields = entries[0][1] if entries else {}
-        if b"eof" in fields and b"status" in fields:
+        if b"status" in fields and live.is_end(live.stream_key(row.id, "output"), fields):
             row.status = fields[b"status"].decode()
             row.exit_code = int(fields[b"exitcode"])
             row.reason = fields[b"reason"].decode()
@@ -286,7 +309,8 @@ async def send_control(instance: Instance, header: dict[str, Any], payload: byte
         await _await_worker(instance)
     header = {"id": instance.id, **header}
     await live.async_client().rpush(
-        live.control_key(instance.worker), live.encode_control(header, payload)
+        live.control_key(instance.worker),
+        live.encode_control(live.control_key(instance.worker), header, payload),
     )
 
 

@@ -12,10 +12,17 @@ Live data goes worker → Redis → web; the database holds the durable copy.
 - `hub:worker:<name>`     heartbeat key, expires when the worker stops answering
 - `hub:log`               Redis stream of host log lines
 - `hub:auth:generation`   counter that token, user and group changes bump (dashboard.identity)
+
+Nothing read from Redis is trusted because it arrived: start requests, control messages,
+replies and the end entries of streams carry a MAC made with a key derived from SECRET_KEY
+(which sequence code cannot read), bound to the key they were written under, so a message
+cannot be forged, nor moved from one list or stream to another.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import uuid
 from functools import cache
@@ -114,11 +121,69 @@ def async_client() -> aredis.Redis:
     return client
 
 
-def encode_control(header: dict[str, Any], payload: bytes = b"") -> bytes:
-    """A control message: one JSON line, then raw payload bytes (input data)."""
-    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
+class Forged(ValueError):
+    """A message or stream entry whose MAC does not match: not written by the hub."""
 
 
-def decode_control(raw: bytes) -> tuple[dict[str, Any], bytes]:
-    head, _, payload = raw.partition(b"\n")
-    return json.loads(head), payload
+@cache
+def _wire_key() -> bytes:
+    return hashlib.sha256(b"sequence-hub wire v1\0" + settings.SECRET_KEY.encode()).digest()
+
+
+def _mac(where: str, *parts: bytes) -> bytes:
+    mac = hmac.new(_wire_key(), where.encode(), hashlib.sha256)
+    for part in parts:
+        mac.update(len(part).to_bytes(8, "big"))
+        mac.update(part)
+    return mac.hexdigest()[:32].encode()
+
+
+def encode_control(dest: str, header: dict[str, Any], payload: bytes = b"") -> bytes:
+    """A message for the list `dest`: a MAC line, one JSON line, then raw payload bytes."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return _mac(dest, head, payload) + b"\n" + head + b"\n" + payload
+
+
+def decode_control(dest: str, raw: bytes) -> tuple[dict[str, Any], bytes]:
+    """The header and payload of a message popped from `dest`; Forged if the hub did not
+    write it for `dest`."""
+    mac, _, rest = raw.partition(b"\n")
+    head, _, payload = rest.partition(b"\n")
+    if not hmac.compare_digest(mac, _mac(dest, head, payload)):
+        raise Forged(f"message on {dest} with a bad MAC")
+    header = json.loads(head)
+    if not isinstance(header, dict):
+        raise Forged(f"message on {dest} is not an object")
+    return header, payload
+
+
+def encode_reply(token: str, value: dict[str, Any]) -> bytes:
+    return encode_control(reply_key(token), value)
+
+
+def decode_reply(token: str, raw: bytes) -> dict[str, Any]:
+    return decode_control(reply_key(token), raw)[0]
+
+
+def _end_parts(fields: dict[Any, Any]) -> list[bytes]:
+    items = []
+    for name, value in fields.items():
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        if name == "mac":
+            continue
+        value = value if isinstance(value, bytes) else str(value).encode()
+        items.append(name.encode() + b"=" + value)
+    return sorted(items)
+
+
+def sign_end(key: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """An end entry for the stream `key` (`{"eof": 1, ...}`) with its MAC."""
+    return {**fields, "mac": _mac(key, *_end_parts(fields)).decode()}
+
+
+def is_end(key: str, fields: dict[bytes, bytes]) -> bool:
+    """Whether a stream entry is an end entry the hub wrote for `key`; forged ones are not."""
+    if b"eof" not in fields:
+        return False
+    mac = fields.get(b"mac", b"")
+    return hmac.compare_digest(mac, _mac(key, *_end_parts(fields)))

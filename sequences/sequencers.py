@@ -288,7 +288,8 @@ async def command(
         "reply": token,
     }
     client = live.async_client()
-    await client.rpush(live.control_key(instance.worker), live.encode_control(header))
+    dest = live.control_key(instance.worker)
+    await client.rpush(dest, live.encode_control(dest, header))
     answer = await _wait_answer(client, token, instance.worker, timeout)
     if answer is None:
         raise HubError(
@@ -326,7 +327,7 @@ async def _wait_answer(
             return None
         item = await client.blpop([live.reply_key(token)], timeout=max(1, min(2, int(remaining))))
         if item is not None:
-            return json.loads(item[1])
+            return live.decode_reply(token, item[1])
         if not await client.exists(live.worker_key(worker)):
             return {
                 "ok": False,
@@ -570,7 +571,7 @@ async def _start_process(row: Sequencer) -> tuple[bool, str]:
     await sync_to_async(_enqueue)(row.id, token)
     wait = settings.HUB_START_TIMEOUT + 25
     item = await live.async_client().blpop([live.reply_key(token)], timeout=wait)
-    answer = None if item is None else json.loads(item[1])
+    answer = None if item is None else live.decode_reply(token, item[1])
     if answer is not None and answer.get("ok"):
         return True, ""
     if answer is None:
@@ -599,7 +600,7 @@ async def _stderr_text(iid: str, wait: float = 5.0, limit: int = 20000) -> str:
     deadline = time.monotonic() + wait
     while True:
         entries = await client.xrange(key)
-        done = any(b"eof" in fields for _, fields in entries)
+        done = any(live.is_end(key, fields) for _, fields in entries)
         if done or time.monotonic() >= deadline:
             data = b"".join(fields.get(b"d", b"") for _, fields in entries)
             return data.decode("utf-8", "replace")[-limit:].strip()
@@ -627,7 +628,7 @@ async def _shutdown_hosted(comp: SequenceComponent, user: Any) -> None:
     await sync_to_async(store.mark_killed)(row.id, reason, "UnloadScript", _user_id(user))
     instance = row.instance
     if instance is not None and instance.worker:
+        dest = live.control_key(instance.worker)
         await live.async_client().rpush(
-            live.control_key(instance.worker),
-            live.encode_control({"op": "kill", "id": instance.id}),
+            dest, live.encode_control(dest, {"op": "kill", "id": instance.id})
         )

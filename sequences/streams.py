@@ -97,6 +97,8 @@ async def _follow_redis(iid: str, stream: str, cursor: int) -> AsyncIterator[byt
         for entry_id, fields in reply[0][1]:
             last_id = entry_id
             if b"eof" in fields:
+                if not live.is_end(key, fields):
+                    continue  # not the hub's: a forged end must not cut a reader off
                 total = int(fields[b"n"]) if b"n" in fields else None
                 async for data in _rest_from_database(iid, stream, cursor, total):
                     yield data

@@ -30,7 +30,15 @@ START_BODY = {
                         "appConfig": {"type": "object"},
                         "args": {"type": "array", "items": {}},
                         "instanceId": {"type": "string"},
-                        "limits": {"type": "object", "properties": {"memory": {"type": "integer"}}},
+                        "limits": {
+                            "type": "object",
+                            "properties": {
+                                "memory": {"type": "integer", "description": "MB"},
+                                "cpu": {"type": "number", "description": "CPUs"},
+                                "pids": {"type": "integer", "description": "processes"},
+                                "gpu": {"type": "boolean"},
+                            },
+                        },
                     },
                 }
             }

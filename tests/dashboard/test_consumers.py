@@ -107,7 +107,8 @@ async def test_new_lines_are_followed_and_the_end_is_shown(cookies, live_instanc
     await client.xadd(key, {"s": 4, "d": b"the very last words"})
     await sync_to_async(_end)(iid)
     for stream in live.STREAMS:
-        await client.xadd(live.stream_key(iid, stream), {"eof": 1})
+        key = live.stream_key(iid, stream)
+        await client.xadd(key, live.sign_end(key, {"eof": 1}))
     final = await receive_until(comm, 'data-status="completed"')
     # The unfinished last line is flushed as a line before the final status.
     assert re.search(r'beforeend:#log-stdout-lines"><div class="l"[^>]*>the very last words', final)

@@ -189,16 +189,22 @@ def test_hub_files_are_closed_to_other_users(private_hub, open_data_dir: Path):
     wait_ended(hub.api, iid)
 
 
-@needs_root
-def test_the_network_sandbox_takes_the_network_away(private_hub):
+def test_host_network_keeps_the_network_but_not_the_hubs_services(private_hub):
+    """In the default network mode a sequence reaches other services (here the hub's own web
+    port) but cannot open a TCP connection to the port of the hub's Redis: Landlock."""
     redis_port = int(settings.REDIS_URL.rsplit(":", 1)[1].split("/")[0])
-    plain = private_hub()
-    sandboxed = private_hub(worker_env={"HUB_SANDBOX_NETWORK": "true"})
-    seq_plain = upload(plain.api, python_package(PROBE))
-    seq_boxed = upload(sandboxed.api, python_package(PROBE))
-    assert probe(plain.api, seq_plain, ports=[redis_port])["connect"] == {str(redis_port): "ok"}
-    boxed = probe(sandboxed.api, seq_boxed, ports=[redis_port])["connect"][str(redis_port)]
-    assert boxed != "ok"
+    hub = private_hub()
+    seq = upload(hub.api, python_package(PROBE))
+    reached = probe(hub.api, seq, ports=[redis_port, hub.web.port])["connect"]
+    assert reached == {str(redis_port): "denied", str(hub.web.port): "ok"}
+
+
+@needs_root
+def test_the_isolated_network_takes_the_network_away(private_hub):
+    sandboxed = private_hub(worker_env={"HUB_SANDBOX_NETWORK": "isolated"})
+    seq = upload(sandboxed.api, python_package(PROBE))
+    port = sandboxed.web.port
+    assert probe(sandboxed.api, seq, ports=[port])["connect"][str(port)] != "ok"
 
 
 @needs_root
@@ -206,18 +212,26 @@ def test_run_as_modes(tmp_path):
     from runner import isolation
 
     data_dir = Path(tempfile.gettempdir())
-    base, count = 1_900_000_000, 1 << 24
-    mine = isolation.run_as_for("a", "auto", base, count, data_dir)
-    assert mine is not None and base <= mine["uid"] < base + count and mine["gid"] == mine["uid"]
-    assert isolation.run_as_for("a", "auto", base, count, data_dir) == mine  # stable
-    assert isolation.run_as_for("b", "auto", base, count, data_dir) != mine
-    assert isolation.run_as_for("a", "none", base, count, data_dir) is None
-    assert isolation.run_as_for("a", "nobody", base, count, data_dir) == {
-        "uid": 65534,
-        "gid": 65534,
-    }
+    assert isolation.run_as_for("auto", data_dir) == {"lease": True}
+    assert isolation.run_as_for("none", data_dir) is None
+    assert isolation.run_as_for("nobody", data_dir) == {"uid": 65534, "gid": 65534}
     # A data folder other users cannot reach: the child keeps the worker's user (and works).
     closed = tmp_path / "closed"
     closed.mkdir(mode=0o700)
     (closed / "data").mkdir()
-    assert isolation.run_as_for("a", "auto", base, count, closed / "data") is None
+    assert isolation.run_as_for("auto", closed / "data") is None
+
+
+@needs_root
+def test_a_leased_uid_is_never_held_twice(tmp_path):
+    """Whatever ids clients choose, two live instances never share a user id: ids are leased
+    from a registry (an flock per id), not derived from the instance id."""
+    from runner import isolation
+
+    leases = [isolation.lease_uid(5000, 4, tmp_path) for _ in range(4)]
+    assert sorted(lease.uid for lease in leases) == [5000, 5001, 5002, 5003]
+    with pytest.raises(RuntimeError, match="no free user id"):
+        isolation.lease_uid(5000, 4, tmp_path)
+    leases[2].release()
+    again = isolation.lease_uid(5000, 4, tmp_path)
+    assert again.uid == leases[2].uid
