@@ -41,6 +41,7 @@ async def run(context, input, *args):
     print("args:", *args, flush=True)
     for i in range(3):
         print(f"\x1b[32mtick {i}\x1b[0m", flush=True)
+    print("see \x1b]8;;https://evil.example/\x07the docs\x1b]8;;\x07 here", flush=True)
     async for line in input:
         text = line.decode() if isinstance(line, bytes) else str(line)
         print("echo:", text.strip(), flush=True)
@@ -159,6 +160,9 @@ def test_run_a_sequence_from_the_console(hub, people, browser):
     log = page.locator("#log-stdout-lines")
     expect(log).to_contain_text("args: hello 42")
     expect(log.locator("span.ansi32").first).to_have_text("tick 0")
+    # An OSC 8 hyperlink shows as its text, not as a link (docs/console.md).
+    expect(log).to_contain_text("see the docs here")
+    expect(log.locator("a")).to_have_count(0)
     expect(page.locator("[data-live]").first).to_have_class(re.compile("ws-open"))
 
     # Input comes back as an echo.
