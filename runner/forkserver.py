@@ -163,6 +163,22 @@ class Zygote:
             if pid in self.children:
                 self.children.discard(pid)
                 self._send({"exit": pid, "code": exit_code_of(status)})
+                self._kill_orphans()
+
+    def _kill_orphans(self) -> None:
+        """Kill every process that was reparented here: what an instance left running when it
+        ended (a daemon that double-forked out of its process group, say). Each instance is a
+        subreaper of its own tree while it lives, so orphans reach the zygote only once their
+        instance is gone. Their own children come here next, and are killed on the next reap."""
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:
+            return
+        for pid in pids:
+            if pid not in self.children:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _send(self, message: dict[str, Any]) -> None:
         try:
@@ -298,6 +314,8 @@ class Zygote:
             if workdir:
                 own.append((workdir, landlock.fs_rights()))
             landlock.confine(self.sandbox, own)
+        # Orphans of its tree stay in its tree while it lives (the zygote kills them after).
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
         install_fds(fds)
         self._installed = True
         if workdir:

@@ -176,7 +176,7 @@ def sandbox_rules(python: str, hidden: list[str], files: list[str]) -> list[tupl
     device = landlock.READ_FILE | landlock.WRITE_FILE | landlock.TRUNCATE
     rules += [(path, device) for path in DEVICES]
     rules.append(("/dev/shm", landlock.fs_rights()))
-    return rules
+    return list(dict.fromkeys(rules))
 
 
 def own_workdir(workdir: str, run_as: dict[str, Any]) -> None:

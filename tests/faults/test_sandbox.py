@@ -1,0 +1,411 @@
+"""The hub's threat model, played: each test is an attack a hostile sequence (or someone who
+got into the hub's Redis) tries against a real hub, and shows that it fails.
+
+Sequence code is hostile. It runs as a user id of its own when the worker is root (leased for
+the life of the instance, runner/isolation.py) and, root or not, under Landlock
+(runner/landlock.py): it reads the system and its own package, writes only its own folder,
+cannot open a TCP connection to the ports of the hub's Redis and database, and cannot signal or
+trace any process outside its own tree. Everything it starts dies with it. Whatever reaches the
+hub's Redis anyway is not believed: start requests, control messages, replies and stream ends
+carry a MAC (sequences/live.py) and a start is checked field by field against a waiting row.
+
+The non-root half of the model (a worker that cannot change user) is played at the fork-server
+level in test_sandbox_unprivileged.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from django.conf import settings
+
+from sequences import live
+from tests.conftest import IN_CI, wait_for
+from tests.faults.conftest import FOREVER, info, start, status, wait_ended
+from tests.packaging import python_package, upload
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 and not IN_CI, reason="children change user only as root"
+)
+
+ATTEMPT = """
+import json, os, signal, socket, sys
+def attempt(action):
+    try:
+        result = action()
+        return "ok" if result is None else result
+    except FileNotFoundError:
+        return "absent"
+    except PermissionError:
+        return "denied"
+    except OSError as exc:
+        return type(exc).__name__
+def read(path):
+    with open(path, "rb") as f:
+        return "ok: " + f.read(40).decode("latin-1")
+def redis_tcp(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(b"PING\\r\\n")
+        return "answered: " + s.recv(64).decode("latin-1")
+"""
+
+
+def run_attack(api, code: str, *args) -> dict:
+    """Run a hostile sequence to its end; what it reports (JSON on its output)."""
+    seq = upload(api, python_package(ATTEMPT + code))
+    iid = start(api, seq, {"args": list(args)})
+    raw = api.get(f"/instance/{iid}/output", timeout=60).text
+    ended = wait_ended(api, iid)
+    assert ended["status"] == "completed", (ended, api.get(f"/instance/{iid}/stderr").text)
+    return json.loads(raw)
+
+
+# -- 1. The hub's services ---------------------------------------------------------------
+
+
+def test_a_sequence_cannot_issue_a_command_to_the_hubs_redis(private_hub):
+    """The worker's fork server closed the Redis port to every child: connect() is refused
+    by the kernel before a byte leaves (and the data folder's sockets are not reachable)."""
+    hub = private_hub()
+    port = int(settings.REDIS_URL.rsplit(":", 1)[1].split("/")[0])
+    result = run_attack(
+        hub.api,
+        """
+def run(context, input, port):
+    return json.dumps({"tcp": attempt(lambda: redis_tcp(port))})
+""",
+        port,
+    )
+    assert result == {"tcp": "denied"}
+
+
+def test_a_sequence_cannot_reach_the_hubs_database(private_hub):
+    db = settings.DATABASES["default"]
+    hub = private_hub()
+    code = """
+def run(context, input, path, port):
+    out = {}
+    if path:
+        out["file"] = attempt(lambda: read(path))
+    if port:
+        out["tcp"] = attempt(lambda: socket.create_connection(("127.0.0.1", port), 2).close())
+    return json.dumps(out)
+"""
+    if db["ENGINE"].endswith("sqlite3"):
+        result = run_attack(hub.api, code, str(db["NAME"]), 0)
+        assert result == {"file": "denied"}
+    else:
+        result = run_attack(hub.api, code, "", int(db.get("PORT") or 5432))
+        assert result == {"tcp": "denied"}
+
+
+# -- 2. Forged start requests --------------------------------------------------------------
+
+
+def test_forged_and_replayed_start_requests_are_dropped(private_hub, tmp_path: Path):
+    """Someone with the hub's Redis pushes starts with an id that walks out of run/: unsigned,
+    signed with another key, or properly signed but for no waiting row. The worker runs none,
+    and the folder the id points at is neither taken over nor deleted."""
+    hub = private_hub()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    before = victim.stat()
+    queue_key = live.start_key(hub.queue)
+    seq = upload(hub.api, python_package(FOREVER))
+    sha = hub.api.get(f"/sequence/{seq}").json().get("sha256") or "0" * 64
+    header = {
+        "op": "start",
+        "id": f"../../../../{victim}".replace("//", "/"),
+        "reply": uuid.uuid4().hex,
+        "expires": time.time() + 30,
+        "kind": "sequence",
+        "args": [],
+        "appConfig": {},
+        "limits": {},
+        "sequence": {"id": seq, "sha256": sha, "main": "main.py", "language": "python"},
+    }
+    client = live.sync_client()
+    raw_json = json.dumps(header).encode()
+    client.rpush(queue_key, raw_json)  # no MAC at all
+    client.rpush(queue_key, b"0" * 32 + b"\n" + raw_json + b"\n")  # a made-up MAC
+    # Signed with the hub's key (as if replayed), but the id is not an instance's, nor a name.
+    signed = live.encode_control(queue_key, header)
+    client.rpush(queue_key, signed)
+    ghost = dict(header, id=f"ghost-{uuid.uuid4().hex[:8]}", reply=uuid.uuid4().hex)
+    client.rpush(queue_key, live.encode_control(queue_key, ghost))
+    answer = client.blpop([live.reply_key(ghost["reply"])], timeout=20)
+    assert answer is not None, "the worker did not answer the ghost start"
+    reply = live.decode_reply(ghost["reply"], answer[1])
+    assert reply["ok"] is False and reply["code"] == "NOT_FOUND", reply
+    wait_for(lambda: client.llen(queue_key) == 0, what="the worker to take every request")
+    after = victim.stat()
+    assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
+    assert (victim / "keep.txt").read_text() == "precious"
+    assert not (settings.HUB_DATA_DIR / "run" / ghost["id"]).exists()
+    log = hub.workers[0].output()
+    assert log.count("that the hub did not write") >= 2, log[-2000:]
+    assert "is not 1 to 64 letters" in log
+
+
+# -- 3. Forged ends and control messages ---------------------------------------------------
+
+
+def test_forged_ends_and_control_messages_change_nothing(private_hub):
+    hub = private_hub()
+    iid = start(hub.api, upload(hub.api, python_package(FOREVER)))
+    wait_for(lambda: status(hub.api, iid) == "running", what="running")
+    worker = info(hub.api, iid)["worker"]
+    client = live.sync_client()
+    for stream in live.STREAMS:
+        key = live.stream_key(iid, stream)
+        client.xadd(
+            key,
+            {
+                "eof": 1,
+                "status": "completed",
+                "exitcode": 0,
+                "reason": "forged",
+                "ended": time.time(),
+                "n": 0,
+            },
+        )
+    ctl = live.control_key(worker)
+    client.rpush(ctl, json.dumps({"op": "kill", "id": iid}).encode() + b"\n")
+    client.rpush(ctl, b"f" * 32 + b"\n" + json.dumps({"op": "kill", "id": iid}).encode() + b"\n")
+    other_worker = live.control_key("someone-else")
+    moved = live.encode_control(other_worker, {"op": "kill", "id": iid})
+    client.rpush(ctl, moved)  # signed for another list: moved here, not believed
+    time.sleep(1.5)
+    data = info(hub.api, iid)
+    assert data["status"] == "running", data
+    # A reader of the live output is not cut off by the forged end.
+    with hub.api.stream("GET", f"/instance/{iid}/stdout", timeout=10) as response:
+        seen = b""
+        for piece in response.iter_raw():
+            seen += piece
+            if seen.count(b"alive") >= 3:
+                break
+    assert seen.count(b"alive") >= 3
+    assert hub.api.post(f"/instance/{iid}/_kill", json={}).status_code == 202
+    assert wait_ended(hub.api, iid)["terminated"]["exitcode"] == 137
+
+
+# -- 4. Other instances ----------------------------------------------------------------------
+
+NEIGHBOUR = """
+import asyncio, json, os
+async def run(context, input):
+    with open("secret.txt", "w") as f:
+        f.write("only mine")
+    print(json.dumps({"uid": os.getuid(), "pid": os.getpid(), "cwd": os.getcwd()}), flush=True)
+    while True:
+        await asyncio.sleep(1)
+"""
+
+
+def _first_line(api, iid: str) -> dict:
+    with api.stream("GET", f"/instance/{iid}/stdout", timeout=20) as response:
+        buffer = b""
+        for piece in response.iter_raw():
+            buffer += piece
+            if b"\n" in buffer:
+                return json.loads(buffer.split(b"\n", 1)[0])
+    raise AssertionError("no first line")
+
+
+@needs_root
+def test_an_instance_cannot_read_signal_or_share_the_uid_of_another(private_hub):
+    """Ids chosen by the client used to pick the user id (a hash): now ids are leased, so no
+    chosen id makes two live instances share one; and a neighbour can neither read the
+    other's folder and environment nor signal it."""
+    hub = private_hub()
+    seq = upload(hub.api, python_package(NEIGHBOUR))
+    victim = start(hub.api, seq, {"instanceId": "victim-a"})
+    seen = _first_line(hub.api, victim)
+    attacker_code = """
+def run(context, input, pid, cwd):
+    return json.dumps({
+        "uid": os.getuid(),
+        "environ": attempt(lambda: read(f"/proc/{pid}/environ")),
+        "file": attempt(lambda: read(cwd + "/secret.txt")),
+        "signal": attempt(lambda: os.kill(pid, signal.SIGKILL)),
+    })
+"""
+    result = run_attack(hub.api, attacker_code, seen["pid"], seen["cwd"])
+    assert result["uid"] not in (0, seen["uid"])
+    assert result["environ"] in {"denied"}, result
+    assert result["file"] == "denied", result
+    assert result["signal"] == "denied", result
+    assert status(hub.api, victim) == "running"
+    # Many instances with chosen ids: never a shared uid while they live.
+    ids = [start(hub.api, seq, {"instanceId": f"pick-{n}"}) for n in range(8)]
+    uids = [_first_line(hub.api, iid)["uid"] for iid in ids]
+    assert len({*uids, seen["uid"]}) == 9
+    for iid in [victim, *ids]:
+        hub.api.post(f"/instance/{iid}/_kill", json={})
+    for iid in [victim, *ids]:
+        wait_ended(hub.api, iid)
+
+
+# -- 5. Processes that outlive their instance ---------------------------------------------
+
+DAEMON = """
+import json, os, time
+def run(context, input, then):
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.close(r)
+            os.write(w, str(os.getpid()).encode())
+            os.close(w)
+            for fd in range(0, 8):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            while True:
+                time.sleep(1)
+        os._exit(0)
+    os.close(w)
+    daemon = int(os.read(r, 32))
+    print(json.dumps({"daemon": daemon}), flush=True)
+    if then == "wait":
+        while True:
+            time.sleep(1)
+    time.sleep(2)  # the test sees the daemon alive meanwhile
+    return "left a daemon"
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("ending", ["completed", "stopped", "killed"])
+def test_a_double_forked_daemon_dies_with_its_instance(private_hub, ending: str):
+    hub = private_hub()
+    seq = upload(hub.api, python_package(DAEMON))
+    iid = start(hub.api, seq, {"args": ["return" if ending == "completed" else "wait"]})
+    daemon = _first_line(hub.api, iid)["daemon"]
+    assert not _gone(daemon)  # it is there: its end below is the hub's doing
+    if ending == "stopped":
+        hub.api.post(f"/instance/{iid}/_stop", json={"timeout": 500})
+    elif ending == "killed":
+        hub.api.post(f"/instance/{iid}/_kill", json={})
+    wait_ended(hub.api, iid)
+    wait_for(lambda: _gone(daemon), timeout=10, what=f"daemon {daemon} to die")
+
+
+# -- 6 and 7. The hub's files ---------------------------------------------------------------
+
+
+def test_a_sequence_reads_none_of_the_hubs_files_and_cannot_import_its_code(private_hub):
+    """Not the data folder (secret key, database, packages, Redis password), not the checkout
+    (.env, settings), not the hub's virtual environment (Django), not the worker's environment;
+    no listing of run/ or cache/; and no shared /tmp."""
+    import sys
+
+    import django
+
+    root = settings.BASE_DIR
+    targets = {
+        "secret_key": str(settings.HUB_DATA_DIR / "secret_key"),
+        "settings": str(root / "dashboard" / "settings.py"),
+        "env_file": str(root / ".env.example"),
+        "django": django.__file__,
+        "venv_cfg": str(Path(sys.prefix) / "pyvenv.cfg"),
+    }
+    hub = private_hub()
+    worker_pid = hub.workers[0].proc.pid
+    result = run_attack(
+        hub.api,
+        """
+def run(context, input, targets, data_dir, worker_pid, django_dir):
+    out = {name: attempt(lambda p=path: read(p)) for name, path in targets.items()}
+    out["list_run"] = attempt(lambda: os.listdir(data_dir + "/run") and None)
+    out["list_cache"] = attempt(lambda: os.listdir(data_dir + "/cache") and None)
+    out["list_tmp"] = attempt(lambda: os.listdir("/tmp") and None)
+    out["write_tmp"] = attempt(lambda: open("/tmp/planted-by-a-sequence", "w").close())
+    out["worker_environ"] = attempt(lambda: read(f"/proc/{worker_pid}/environ"))
+    out["signal_worker"] = attempt(lambda: os.kill(worker_pid, 0))
+    sys.path.insert(0, django_dir)
+    try:
+        import django
+        out["import_django"] = "ok"
+    except ImportError:
+        out["import_django"] = "refused"
+    return json.dumps(out)
+""",
+        targets,
+        str(settings.HUB_DATA_DIR),
+        worker_pid,
+        str(Path(django.__file__).parent.parent),
+    )
+    assert result.pop("import_django") == "refused"
+    for name, outcome in result.items():
+        assert outcome in {"denied", "absent"}, (name, outcome)
+    assert not Path("/tmp/planted-by-a-sequence").exists()
+
+
+# -- limits ------------------------------------------------------------------------------------
+
+PIDS = """
+import json, subprocess, sys
+def run(context, input, n):
+    started, refused = [], 0
+    for _ in range(n):
+        try:
+            started.append(subprocess.Popen(["sleep", "30"]))
+        except OSError:
+            refused += 1
+    for p in started:
+        p.kill()
+        p.wait()
+    return json.dumps({"started": len(started), "refused": refused})
+"""
+
+
+@needs_root
+def test_limits_pids_and_cpu_are_applied_and_shown(private_hub):
+    hub = private_hub()
+    seq = upload(hub.api, python_package(PIDS))
+    iid = start(hub.api, seq, {"args": [20], "limits": {"pids": 8, "cpu": 0.5, "memory": 256}})
+    result = json.loads(hub.api.get(f"/instance/{iid}/output", timeout=60).text)
+    assert result["started"] < 8 and result["refused"] > 0, result
+    data = wait_ended(hub.api, iid)
+    assert data["limits"] == {"pids": 8, "cpu": 0.5, "memory": 256}
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/sequence-hub/{iid}"))  # removed at the end
+
+
+@pytest.mark.parametrize(
+    "limits, field",
+    [
+        ({"cpu": 0}, "limits.cpu"),
+        ({"cpu": "half"}, "limits.cpu"),
+        ({"pids": 0}, "limits.pids"),
+        ({"pids": 1.5e9}, "limits.pids"),
+        ({"memory": True}, "limits.memory"),
+        ({"disk": 5}, "limits.disk"),
+        ({"gpu": True}, "limits.gpu"),
+    ],
+)
+def test_malformed_limits_are_invalid_config_naming_the_field(admin_api, limits, field):
+    seq = upload(admin_api, python_package(FOREVER))
+    response = admin_api.post(f"/sequence/{seq}/start", json={"limits": limits})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body.get("code") == "INVALID_CONFIG" or "INVALID_CONFIG" in response.text
+    assert field in response.text
