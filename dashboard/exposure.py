@@ -19,9 +19,64 @@ NETWORK_FIX = "HUB_SANDBOX_NETWORK=isolated (no network for sequence code)"
 
 
 def _network_closed() -> bool:
-    """Children get no network at all: TCP services are out of reach, though Unix sockets,
-    which are files, are not."""
-    return settings.HUB_SANDBOX_NETWORK in (True, "isolated")
+    """TCP services are out of reach of children: they get no network at all, or (the
+    default) the workers' Landlock layer closes the ports of the hub's services. Unix sockets,
+    which are files, are not closed either way. Whether each worker really has Landlock is
+    what it reports in its row: `worker_warnings()`."""
+    return settings.HUB_SANDBOX_NETWORK == "isolated" or settings.HUB_SANDBOX
+
+
+def _open_tcp_services() -> dict[int, str]:
+    """Port -> what listens there, for the hub's services reachable over TCP without a
+    password: the ports a worker must close to its children."""
+    found: dict[int, str] = {}
+    for url in dict.fromkeys([settings.REDIS_URL, getattr(settings, "CELERY_BROKER_URL", "")]):
+        parts = urlsplit(url or "")
+        if parts.scheme in ("redis", "rediss") and not parts.password:
+            found[parts.port or 6379] = f"Redis at {parts.hostname}:{parts.port or 6379}"
+    for db in settings.DATABASES.values():
+        host = str(db.get("HOST") or "")
+        engine = db["ENGINE"].rsplit(".", 1)[-1]
+        if engine != "sqlite3" and host and not host.startswith("/") and not _has_password(db):
+            port = int(db.get("PORT") or 5432)
+            found[port] = f"the database at {host}:{port}"
+    return found
+
+
+def worker_warnings() -> list[str]:
+    """Workers whose children are less confined than the configuration assumes: no Landlock
+    (then the hub's files are closed only by user ids, and only when the worker is root), or
+    the port of a password-less service of the hub left open."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from sequences.models import Worker
+
+    recent = timezone.now() - timedelta(seconds=max(60, 4 * settings.HUB_LOST_AFTER))
+    services = _open_tcp_services()
+    found = []
+    for worker in Worker.objects.filter(stopped__isnull=True, last_seen__gte=recent):
+        report = worker.sandbox or {}
+        if not report:
+            continue  # a worker from before sandbox reports
+        problems = []
+        if not report.get("landlock"):
+            problems.append("it has no Landlock, so its children are confined by user ids only")
+        if report.get("network") != "isolated":
+            closed = set(report.get("closed_ports") or [])
+            problems += [
+                f"its children can connect to {what}"
+                for port, what in services.items()
+                if port not in closed
+            ]
+        if problems:
+            found.append(
+                f"Worker {worker.name}: {'; '.join(problems)} ({report.get('summary', '')}). "
+                "Run workers on Linux 5.13+ with Landlock enabled, and give the hub's Redis "
+                "and database passwords."
+            )
+    return found
 
 
 def _redis_warning(url: str) -> str | None:

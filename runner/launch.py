@@ -161,5 +161,51 @@ def sandbox_config() -> dict[str, Any] | None:
     return {"rules": rules, "ports": service_ports()}
 
 
+def sandbox_report(config: dict[str, Any] | None) -> dict[str, Any]:
+    """What confines this worker's children, for its row (the overview warns from it)."""
+    from runner import cgroups, landlock
+
+    user = run_as()
+    return {
+        "summary": sandbox_summary(config),
+        "landlock": landlock.abi() if config is not None else 0,
+        "closed_ports": config["ports"] if config is not None and landlock.abi() >= 4 else [],
+        "user": "worker" if user is None else "lease" if user.get("lease") else user["uid"],
+        "network": settings.HUB_SANDBOX_NETWORK,
+        "cgroups": [c for c in ("cpu", "pids") if cgroups.base_for(c) is not None],
+    }
+
+
+def sandbox_summary(config: dict[str, Any] | None) -> str:
+    """One line for the worker's log: which layers of the sandbox this worker has."""
+    from runner import cgroups, landlock
+
+    parts = []
+    abi = landlock.abi()
+    if config is None:
+        parts.append("Landlock OFF (HUB_SANDBOX=false)")
+    elif not abi:
+        parts.append("Landlock MISSING (kernel without it): children can read the hub's files")
+    else:
+        ports = ", ".join(map(str, config["ports"])) or "none"
+        net = "closed ports " + ports if abi >= 4 else "ports NOT closed (Landlock < 4)"
+        parts.append(
+            f"Landlock ABI {abi} (files; {net}; signals {'scoped' if abi >= 6 else 'NOT scoped'})"
+        )
+    user = run_as()
+    if user is None:
+        parts.append("children run as the worker's user")
+    elif user.get("lease"):
+        parts.append("a user id per instance")
+    else:
+        parts.append(f"children run as uid {user['uid']}")
+    limits = [c for c in ("cpu", "pids") if cgroups.base_for(c) is not None]
+    parts.append(
+        f"cgroups for {', '.join(limits)}" if limits else "no cgroups (limits.cpu, .pids refused)"
+    )
+    parts.append(f"network {settings.HUB_SANDBOX_NETWORK}")
+    return "sandbox: " + "; ".join(parts)
+
+
 def python_executable() -> str:
     return sys.executable

@@ -156,7 +156,13 @@ class Supervisor:
         self.children: dict[str, Child] = {}
         self.by_pid: dict[int, Child] = {}
         self.writer = DbWriter()
-        self.forkserver = ForkServer(sandbox=launch.sandbox_config())
+        sandbox = launch.sandbox_config()
+        self.forkserver = ForkServer(sandbox=sandbox)
+        self.sandbox = launch.sandbox_report(sandbox)
+        summary = self.sandbox["summary"]
+        log.log(
+            logging.WARNING if "OFF" in summary or "MISSING" in summary else logging.INFO, summary
+        )
         self.loop = asyncio.new_event_loop()
         self.paused = False
         self.ops: dict[str, Callable[[dict, bytes], Awaitable[None]]] = {
@@ -240,6 +246,7 @@ class Supervisor:
                     "capacity": self.capacity,
                     "last_seen": now,
                     "running": 0,
+                    "sandbox": self.sandbox,
                 },
             )
         )

@@ -145,6 +145,9 @@ class Worker(models.Model):
     started = models.DateTimeField(auto_now_add=True)
     last_seen = models.DateTimeField()
     stopped = models.DateTimeField(null=True, blank=True)
+    # What confines its children, as the worker found it at start (runner/launch.py:
+    # sandbox_report): {"summary", "landlock", "closed_ports", "user", "network", "cgroups"}.
+    sandbox = models.JSONField(default=dict, blank=True)
 
     def __str__(self) -> str:
         return self.name

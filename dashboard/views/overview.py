@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from dashboard.access import has_role
-from dashboard.exposure import exposure_warnings
+from dashboard.exposure import exposure_warnings, worker_warnings
 from dashboard.models import AuditEntry
 from dashboard.views.common import role_page
 from sequences.models import LIVE_STATUSES, Instance, Sequence, Sequencer, Worker
@@ -56,5 +56,6 @@ def overview_context() -> dict[str, Any]:
 def overview(request: HttpRequest) -> HttpResponse:
     context = overview_context()
     # Admins can fix the configuration, so they are told where sequence code could get in.
-    context["exposure"] = exposure_warnings() if has_role(request.user, "admin") else []
+    admin = has_role(request.user, "admin")
+    context["exposure"] = exposure_warnings() + worker_warnings() if admin else []
     return render(request, "overview.html", context)

@@ -109,7 +109,9 @@ POSTGRES = {
 }
 
 
-def warnings_for(redis_url: str, databases=SQLITE, network="host", broker=None) -> list[str]:
+def warnings_for(
+    redis_url: str, databases=SQLITE, network="host", broker=None, sandbox=False
+) -> list[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Overriding setting DATABASES": nothing connects here
         with override_settings(
@@ -117,6 +119,7 @@ def warnings_for(redis_url: str, databases=SQLITE, network="host", broker=None) 
             CELERY_BROKER_URL=broker if broker is not None else redis_url,
             DATABASES=databases,
             HUB_SANDBOX_NETWORK=network,
+            HUB_SANDBOX=sandbox,
             HUB_SETTINGS_WARNINGS=[],
         ):
             return exposure_warnings()
@@ -162,9 +165,46 @@ def test_a_database_without_a_password_is_named_with_its_fix(monkeypatch):
     assert warnings_for(url, POSTGRES) == []
 
 
+def test_with_landlock_tcp_services_are_left_to_the_workers_reports(monkeypatch):
+    """With the sandbox on, the workers close the ports of password-less TCP services; the
+    configuration alone then warns only of what Landlock cannot close (Unix sockets)."""
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    assert warnings_for("redis://127.0.0.1:6379/0", POSTGRES, sandbox=True) == []
+    (warning,) = warnings_for("unix:///run/redis.sock?db=0", sandbox=True)
+    assert "socket /run/redis.sock" in warning
+
+
+@pytest.mark.django_db
+def test_a_worker_without_landlock_or_with_a_port_open_is_named():
+    from django.utils import timezone
+
+    from dashboard.exposure import worker_warnings
+    from sequences.models import Worker
+
+    def worker(name: str, **sandbox) -> None:
+        Worker.objects.create(
+            name=name, hostname="h", pid=1, capacity=1, last_seen=timezone.now(), sandbox=sandbox
+        )
+
+    worker("good", landlock=7, closed_ports=[6379, 5432], network="host", summary="ok")
+    worker("old-kernel", landlock=0, closed_ports=[], network="host", summary="no Landlock")
+    worker("boxed", landlock=0, closed_ports=[], network="isolated", summary="isolated")
+    plain, secret = "redis://127.0.0.1:6379/0", "redis://:pw@127.0.0.1:6379/0"
+    with override_settings(REDIS_URL=plain, CELERY_BROKER_URL=plain, DATABASES=SQLITE):
+        found = worker_warnings()
+    assert len(found) == 2, found
+    old = next(w for w in found if "old-kernel" in w)
+    assert "no Landlock" in old and "connect to Redis at 127.0.0.1:6379" in old
+    assert "connect to" not in next(w for w in found if "boxed" in w)
+    with override_settings(REDIS_URL=secret, CELERY_BROKER_URL=secret, DATABASES=SQLITE):
+        assert all("connect to" not in w for w in worker_warnings())
+
+
 @pytest.mark.django_db
 def test_admins_see_the_warnings_on_the_overview(clients):
-    with override_settings(REDIS_URL="redis://127.0.0.1:6379/0", HUB_SANDBOX_NETWORK="host"):
+    with override_settings(
+        REDIS_URL="redis://127.0.0.1:6379/0", HUB_SANDBOX_NETWORK="host", HUB_SANDBOX=False
+    ):
         page = clients["admin"].get("/").content.decode()
         assert 'id="ov-exposure"' in page
         assert "takes commands without a password" in page
