@@ -90,7 +90,11 @@ def _write_limit(folder: Path, controller: str, value: object) -> None:
 def join(folders: list[str]) -> None:
     """Move this process into the groups (the child, still root, before running any code)."""
     for folder in folders:
-        Path(folder, "cgroup.procs").write_text(str(os.getpid()))
+        fd = os.open(os.path.join(folder, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
 
 
 def remove(folders: list[str]) -> None:

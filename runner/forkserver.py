@@ -413,10 +413,13 @@ def zygote_main(argv: Sequence[str]) -> None:
     sandbox = None
     if args.sandbox:
         config = json.loads(args.sandbox)
-        # The zygote and everything it forks: no TCP connection to the hub's own services.
-        landlock.close_ports(config.get("ports") or [])
-        if landlock.abi():
-            sandbox = landlock.open_paths((str(p), int(r)) for p, r in config.get("rules") or [])
+        rules = [(str(p), int(r)) for p, r in config.get("rules") or []]
+        if config.get("shared"):
+            # Children with a user id each: one layer for the zygote and all it forks.
+            landlock.restrict_all(rules + [tuple(r) for r in config["shared"]], config["ports"])
+        elif landlock.abi():
+            # Children sharing a user id: each adds its own layer on these rules.
+            sandbox = landlock.open_paths(rules)
     Zygote(sock, args.parent, sandbox).serve()
     os._exit(0)
 

@@ -155,10 +155,24 @@ def sandbox_config() -> dict[str, Any] | None:
     """What the fork server confines its children with (runner/landlock.py), or None."""
     if not settings.HUB_SANDBOX:
         return None
+    from runner import cgroups, landlock
+    from runner.packagecache import cache_root
+
     hidden = [str(settings.BASE_DIR), sys.prefix, str(settings.HUB_DATA_DIR)]
     files = [str(RUNTIME_DIR / "node_runtime.js")]
     rules = isolation.sandbox_rules(isolation.runtime_python(), hidden, files)
-    return {"rules": rules, "ports": service_ports()}
+    config: dict[str, Any] = {"rules": rules, "ports": [], "shared": None}
+    if (run_as() or {}).get("lease"):
+        # One layer for all children (user ids keep them apart): the instances' folders, the
+        # unpacked packages, the cgroups they join, and the hub's service ports closed.
+        shared = [(str(run_root()), landlock.fs_rights()), (str(cache_root()), landlock.READ)]
+        for controller in ("cpu", "pids"):
+            base = cgroups.base_for(controller)
+            if base is not None:
+                rights = landlock.READ_FILE | landlock.WRITE_FILE | landlock.TRUNCATE
+                shared.append((str(base), rights))
+        config.update(shared=shared, ports=service_ports())
+    return config
 
 
 def sandbox_report(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -188,7 +202,10 @@ def sandbox_summary(config: dict[str, Any] | None) -> str:
         parts.append("Landlock MISSING (kernel without it): children can read the hub's files")
     else:
         ports = ", ".join(map(str, config["ports"])) or "none"
-        net = "closed ports " + ports if abi >= 4 else "ports NOT closed (Landlock < 4)"
+        if not config["shared"]:
+            net = "service ports NOT closed (children share a user id)"
+        else:
+            net = "closed ports " + ports if abi >= 4 else "ports NOT closed (Landlock < 4)"
         parts.append(
             f"Landlock ABI {abi} (files; {net}; signals {'scoped' if abi >= 6 else 'NOT scoped'})"
         )

@@ -182,9 +182,16 @@ async def start(
     token = live.new_token()
     timeout = settings.HUB_START_TIMEOUT
     dest = live.start_key(settings.CELERY_TASK_DEFAULT_QUEUE)
-    await live.async_client().rpush(
-        dest, start_request(instance, instance.sequence, token, timeout, dest)
-    )
+    request = start_request(instance, instance.sequence, token, timeout, dest)
+    if req.instance_id:
+        # A chosen id may have been used before: the live streams of that earlier instance
+        # (kept a while after its end) must not pass for this one's.
+        pipe = live.async_client().pipeline(transaction=False)
+        pipe.delete(*live.instance_keys(instance.id))
+        pipe.rpush(dest, request)
+        await pipe.execute()
+    else:
+        await live.async_client().rpush(dest, request)
     answer = await wait_reply(token, timeout)
     if answer is None:
         await db_call(_fail_start, instance.id, "no worker answered the start request")
@@ -246,7 +253,11 @@ def with_reported_ends(rows: list[Instance]) -> list[Instance]:
         return rows
     for row, entries in zip(live_rows, newest, strict=True):
         fields = entries[0][1] if entries else {}
-        if b"status" in fields and live.is_end(live.stream_key(row.id, "output"), fields):
+        if (
+            b"status" in fields
+            and live.is_end(live.stream_key(row.id, "output"), fields)
+            and float(fields[b"ended"]) >= row.created.timestamp()  # not an earlier one's
+        ):
             row.status = fields[b"status"].decode()
             row.exit_code = int(fields[b"exitcode"])
             row.reason = fields[b"reason"].decode()

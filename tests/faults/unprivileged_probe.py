@@ -33,7 +33,7 @@ def attempt(action):
 def read(path):
     with open(path, "rb") as f:
         f.read(1)
-def run(context, input, secret, checkout, parent, closed, open_port):
+def run(context, input, secret, checkout, parent, open_port):
     if os.fork() == 0:
         os.setsid()
         if os.fork() == 0:
@@ -52,7 +52,6 @@ def run(context, input, secret, checkout, parent, closed, open_port):
         "checkout": attempt(lambda: read(checkout)),
         "environ": attempt(lambda: read(f"/proc/{parent}/environ")),
         "signal": attempt(lambda: os.kill(parent, 0)),
-        "closed_port": attempt(lambda: socket.create_connection(("127.0.0.1", closed), 2).close()),
         "open_port": attempt(lambda: socket.create_connection(("127.0.0.1", open_port), 2).close()),
         "tmp": attempt(lambda: os.listdir("/tmp")),
     })
@@ -72,10 +71,11 @@ async def probe(work: Path) -> dict:
     secret = data / "secret_key"
     secret.write_text("s3cret")
     secret.chmod(0o600)
-    closed, opened = _listener(), _listener()
+    opened = _listener()
     python = sys.executable
     rules = isolation.sandbox_rules(python, [str(REPO), str(data)], [])
-    server = ForkServer(python=python, sandbox={"rules": rules, "ports": [closed.getsockname()[1]]})
+    # As launch.sandbox_config makes it for children that share a user id: a layer each.
+    server = ForkServer(python=python, sandbox={"rules": rules, "ports": [], "shared": None})
     await server.start()
     try:
         package = write_package(work / "packages", ATTACK)
@@ -83,7 +83,6 @@ async def probe(work: Path) -> dict:
             str(secret),
             str(REPO / "README.md"),
             os.getpid(),
-            closed.getsockname()[1],
             opened.getsockname()[1],
         ]
         spec = make_spec(package, args=args, workdir=work / "run" / "one")
