@@ -145,4 +145,29 @@ def exposure_warnings() -> list[str]:
         warning = _database_warning(db)
         if warning and warning not in found:
             found.append(warning)
+    warning = _proxy_warning()
+    if warning:
+        found.append(warning)
     return found
+
+
+def _proxy_warning() -> str | None:
+    """A trusted proxy on the workers' own machine: sequence code connects from there too,
+    and its X-Forwarded-For would be believed (a made-up address per login guess)."""
+    import ipaddress
+
+    if settings.HUB_SANDBOX_NETWORK == "isolated":
+        return None
+    local = [
+        entry
+        for entry in settings.HUB_TRUSTED_PROXIES
+        if ipaddress.ip_network(entry, strict=False).is_loopback
+    ]
+    if not local:
+        return None
+    return (
+        f"HUB_TRUSTED_PROXIES trusts {', '.join(local)}: sequence code on a worker's machine "
+        "connects from there too, and could choose the address the login limit counts it "
+        "under. Trust the proxy's own non-loopback address, run the workers on other "
+        f"machines, or set {NETWORK_FIX}."
+    )

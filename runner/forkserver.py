@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner import cgroups, isolation, landlock, python_runtime
+from runner import cgroups, isolation, landlock, python_runtime, seccomp
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 CHILD_FDS = 7
@@ -52,6 +52,7 @@ MAX_REQUEST = 64 << 20
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
+SANDBOX_ENV = "HUB_SANDBOX_CONFIG"
 EXIT_LAUNCH_FAILED = 20  # the child could not be set up (workdir, limits, descriptors)
 EXIT_EXEC_FAILED = 127
 
@@ -163,7 +164,9 @@ class Zygote:
             if pid in self.children:
                 self.children.discard(pid)
                 self._send({"exit": pid, "code": exit_code_of(status)})
-                self._kill_orphans()
+            # After every reap, an instance's or an orphan's: killing an orphan hands its own
+            # children to the zygote, and they are killed on the next pass.
+            self._kill_orphans()
 
     def _kill_orphans(self) -> None:
         """Kill every process that was reparented here: what an instance left running when it
@@ -359,6 +362,10 @@ def apply_limits(limits: dict[str, Any], *, address_space: bool = True) -> None:
     nofile = limits.get("nofile")
     if nofile:
         _set_limit(resource.RLIMIT_NOFILE, max(int(nofile), CHILD_FDS + 3))
+    nproc = limits.get("nproc")
+    if nproc:
+        # Counts the processes and threads of the user id: one instance's, when it is leased.
+        _set_limit(resource.RLIMIT_NPROC, int(nproc))
 
 
 def _set_limit(which: int, value: int) -> None:
@@ -405,14 +412,19 @@ def zygote_main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m runner.forkserver")
     parser.add_argument("--fd", type=int, required=True, help="the inherited Unix socket")
     parser.add_argument("--parent", type=int, required=True, help="pid to die with")
-    parser.add_argument("--sandbox", default="", help="JSON: {rules: [[path, rights]], ports}")
     args = parser.parse_args(argv)
+    # The sandbox's configuration comes in the environment, not on the command line, which
+    # any process may read in /proc/<pid>/cmdline: it names the hub's folders and ports.
+    raw_sandbox = os.environ.pop(SANDBOX_ENV, "")
     sock = socket.socket(fileno=args.fd)
     sock.setblocking(True)
     _preload()
     sandbox = None
-    if args.sandbox:
-        config = json.loads(args.sandbox)
+    if raw_sandbox:
+        config = json.loads(raw_sandbox)
+        # Sockets Landlock does not see (MPTCP, Unix sockets by path) and io_uring: for the
+        # zygote and all it forks, at no cost per child.
+        seccomp.install()
         rules = [(str(p), int(r)) for p, r in config.get("rules") or []]
         if config.get("shared"):
             # Children with a user id each: one layer for the zygote and all it forks.
@@ -535,9 +547,9 @@ class ForkServer:
         argv = [self.python, "-s", *([] if self.site_packages else ["-S"])]
         argv += ["-m", "runner.forkserver", "--fd", str(theirs.fileno())]
         argv += ["--parent", str(os.getpid())]
-        if self.sandbox is not None:
-            argv += ["--sandbox", json.dumps(self.sandbox)]
         env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        if self.sandbox is not None:
+            env[SANDBOX_ENV] = json.dumps(self.sandbox)
         try:
             self._proc = subprocess.Popen(
                 argv,

@@ -55,19 +55,60 @@ class UidLease:
 
 def lease_uid(base: int, count: int, folder: Path = LEASE_DIR) -> UidLease:
     """A user id from [base, base + count) that no live instance on this machine holds."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     for _ in range(256):
-        uid = base + secrets.randbelow(count)
-        path = folder / str(uid)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
-                return UidLease(uid, fd, path)
-        except OSError:
-            pass  # held by a live instance, or released and unlinked meanwhile: another id
-        os.close(fd)
+        lease = try_lease(base + secrets.randbelow(count), folder)
+        if lease is not None:
+            return lease
     raise RuntimeError(f"no free user id for a child in {base}..{base + count - 1}")
+
+
+def try_lease(uid: int, folder: Path = LEASE_DIR) -> UidLease | None:
+    """That user id, if no live instance holds it."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / str(uid)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            return UidLease(uid, fd, path)
+    except OSError:
+        pass  # held by a live instance, or released and unlinked meanwhile
+    os.close(fd)
+    return None
+
+
+SWEEP_CODE = (
+    "import os\nfor _ in range(100):\n    try:\n        os.kill(-1, 9)\n"
+    "    except OSError:\n        break\n"
+)
+
+
+def sweep_uid_outside(uid: int) -> None:
+    """Kill every process of `uid` from a fresh interpreter started as that user: for
+    processes of another fork server's Landlock domain (a worker that died), which the
+    children of this one may not signal."""
+    subprocess.run(
+        [runtime_python(), "-S", "-c", SWEEP_CODE],  # one that user may run
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        env={},
+        cwd="/",
+        timeout=30,
+        check=False,
+    )
+
+
+def stray_uids(base: int, count: int) -> set[int]:
+    """User ids of the children's range that some process runs as (from /proc)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                uid = os.stat(f"/proc/{entry}").st_uid
+                if base <= uid < base + count:
+                    found.add(uid)
+    return found
 
 
 def run_as_for(mode: str, data_dir: Path) -> dict[str, Any] | None:
@@ -153,15 +194,17 @@ def runtime_python() -> str:
 
 
 SYSTEM_READ = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
-SYSTEM_READ += ("/proc", "/sys", "/run/systemd/resolve", "/run/resolvconf", "/dev/pts")
-DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
+SYSTEM_READ += ("/proc", "/sys", "/run/systemd/resolve", "/run/resolvconf")
+# Not /dev/pts nor /dev/tty (an operator's terminal of the same user could be read), nor
+# /dev/shm (shared by every instance, never cleaned, and memory outside any limit).
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
 
 def sandbox_rules(python: str, hidden: list[str], files: list[str]) -> list[tuple[str, int]]:
     """The Landlock rules every child shares: read and run the system, the interpreter's
-    standard library and `files` (the runtimes); read and write the usual devices and
-    /dev/shm. Nothing under `hidden` (the checkout, the hub's virtual environment, the data
-    folder), and neither /tmp, /home nor /root: a child's TMPDIR and HOME are its own folder."""
+    standard library and `files` (the runtimes); read and write the usual devices. Nothing
+    under `hidden` (the checkout, the hub's virtual environment, the data folder), and neither
+    /tmp, /dev/shm, /home nor /root: a child's TMPDIR and HOME are its own folder."""
     from runner import landlock
 
     roots = list(SYSTEM_READ)
@@ -175,7 +218,6 @@ def sandbox_rules(python: str, hidden: list[str], files: list[str]) -> list[tupl
     rules += [(path, landlock.READ) for path in files]
     device = landlock.READ_FILE | landlock.WRITE_FILE | landlock.TRUNCATE
     rules += [(path, device) for path in DEVICES]
-    rules.append(("/dev/shm", landlock.fs_rights()))
     return list(dict.fromkeys(rules))
 
 

@@ -54,6 +54,7 @@ LIST_NOTIFY_SECONDS = 0.1  # at most this often a "look again" to the instance l
 # 1M short lines still went through at 1.6M lines/s (bench/README.md).
 PAUSE_BYTES = 4 << 20
 INPUT_BUFFER_LIMIT = 64 << 20
+DEFAULT_NPROC = 1024  # processes and threads of an instance running as a leased user id
 F_SETPIPE_SZ = 1031
 
 EXIT_REASONS = {
@@ -206,6 +207,8 @@ class Supervisor:
         gc.freeze()
         self.redis = live.async_client()
         self._register_worker()
+        if (launch.run_as() or {}).get("lease"):
+            self.loop.create_task(self._sweep_strays())
         self.loop.create_task(self._control_loop())
         self.loop.create_task(self._start_loop())
         self.loop.create_task(self._heartbeat_loop())
@@ -296,6 +299,11 @@ class Supervisor:
             child.lease = lease
             # "sweep": the child first kills anything a dead worker's instance left on the id.
             spec = {**spec, "run_as": {"uid": lease.uid, "gid": lease.uid, "sweep": True}}
+            # The id is this instance's alone, so RLIMIT_NPROC bounds its processes and
+            # threads: a fork bomb stops there even without limits.pids and cgroups.
+            limits = spec.get("limits") or {}
+            nproc = int(limits.get("pids") or DEFAULT_NPROC)
+            spec["limits"] = {**limits, "nproc": nproc}
         try:
             child.cgroups = cgroups.create(iid, spec.get("limits") or {})
         except BaseException:
@@ -525,7 +533,11 @@ class Supervisor:
             return  # the web stopped waiting and recorded the failure itself
         try:
             self.check_capacity()
-            if not await self.loop.run_in_executor(None, _row_waiting, iid):
+            claimed = iid not in self.children and await self.loop.run_in_executor(
+                None, _claim, iid, self.name
+            )
+            if not claimed:
+                # A start replayed, or for a row the web never made: one start per row.
                 log.warning("refused a start for %s: no instance row waits for it", iid)
                 await self.reply(
                     token,
@@ -809,6 +821,23 @@ class Supervisor:
         if child.workdir:
             self.loop.run_in_executor(None, shutil.rmtree, child.workdir, True)
 
+    async def _sweep_strays(self) -> None:
+        """Processes left under a children's user id that no live instance holds: what a
+        worker that died (SIGKILL, out of memory) could not clean up; killed at boot."""
+        base, count = settings.HUB_RUN_UID_BASE, settings.HUB_RUN_UID_COUNT
+        strays = await self.loop.run_in_executor(None, isolation.stray_uids, base, count)
+        for uid in sorted(strays):
+            lease = isolation.try_lease(uid)
+            if lease is None:
+                continue  # a live instance of some worker on this machine
+            try:
+                await self.loop.run_in_executor(None, isolation.sweep_uid_outside, uid)
+                log.warning("killed processes left under user id %d by a worker that died", uid)
+            except Exception:
+                log.exception("could not sweep user id %d", uid)
+            finally:
+                lease.release()
+
     async def _sweep(self, child: Child) -> None:
         """Kill what is left under the child's leased user id, then give the id back."""
         lease, child.lease = child.lease, None
@@ -914,12 +943,14 @@ def check_start(req: dict[str, Any]) -> tuple[str, str]:
     return iid, token
 
 
-def _row_waiting(iid: str) -> bool:
-    """A start is for a row the web made and that has not started yet."""
+def _claim(iid: str, worker: str) -> bool:
+    """Take the row for this worker: a start runs only for a row the web made and nobody
+    started yet, once, however often its request is pushed."""
     from django.db import close_old_connections
 
     close_old_connections()
-    return Instance.objects.filter(pk=iid, status=InstanceStatus.INITIALIZING).exists()
+    rows = Instance.objects.filter(pk=iid, status=InstanceStatus.INITIALIZING)
+    return rows.update(status=InstanceStatus.STARTING, worker=worker) == 1
 
 
 def _spec_from_database(iid: str) -> dict[str, Any]:

@@ -256,3 +256,11 @@ def test_env_file_is_closed_when_ours_and_warned_about_when_not(tmp_path, monkey
     hub_settings._read_env_file(path)
     (warning,) = hub_settings.HUB_SETTINGS_WARNINGS
     assert "is readable by other users (mode 644)" in warning
+
+
+def test_a_trusted_loopback_proxy_is_named(monkeypatch):
+    with override_settings(HUB_TRUSTED_PROXIES=["127.0.0.1", "10.0.0.0/8"]):
+        found = [w for w in warnings_for("unix://:s@/d/redis.sock") if "TRUSTED" in w]
+        assert len(found) == 1 and "127.0.0.1" in found[0] and "10.0.0.0/8" not in found[0]
+    with override_settings(HUB_TRUSTED_PROXIES=["10.0.0.1"]):
+        assert warnings_for("unix://:s@/d/redis.sock") == []

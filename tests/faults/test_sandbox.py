@@ -87,6 +87,54 @@ def run(context, input, port):
     assert result == {"tcp": "denied"}
 
 
+def test_no_side_door_to_the_hubs_services(private_hub):
+    """What Landlock does not see, the fork server's seccomp filter refuses: MPTCP sockets
+    (which connect to 'closed' TCP ports unchecked), Unix sockets by path (a PostgreSQL socket
+    with trust or peer authentication, the embedded Redis's socket), io_uring; and /dev/shm,
+    shared by every instance, is not writable. Ordinary sockets still work."""
+    hub = private_hub()
+    port = int(settings.REDIS_URL.rsplit(":", 1)[1].split("/")[0])
+    result = run_attack(
+        hub.api,
+        """
+def run(context, input, port, web):
+    def mptcp():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262) as s:
+            s.settimeout(2)
+            s.connect(("127.0.0.1", port))
+            s.sendall(b"PING\\r\\n")
+            return "answered: " + s.recv(64).decode("latin-1")
+    def unix(path):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+    def uring():
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        params = ctypes.create_string_buffer(120)
+        if libc.syscall(425, 8, params) < 0:
+            raise OSError(ctypes.get_errno(), "io_uring_setup")
+    return json.dumps({
+        "mptcp": attempt(mptcp),
+        "postgres_socket": attempt(lambda: unix("/var/run/postgresql/.s.PGSQL.5432")),
+        "io_uring": attempt(uring),
+        "shm": attempt(lambda: open("/dev/shm/planted-by-a-sequence", "w").close()),
+        "socketpair": attempt(lambda: [s.close() for s in socket.socketpair()] and None),
+        "web": attempt(lambda: socket.create_connection(("127.0.0.1", web), 2).close()),
+    })
+""",
+        port,
+        hub.web.port,
+    )
+    assert result == {
+        "mptcp": "denied",
+        "postgres_socket": "denied",
+        "io_uring": "OSError",  # ENOSYS
+        "shm": "denied",
+        "socketpair": "ok",
+        "web": "ok",
+    }
+
+
 def test_a_sequence_cannot_reach_the_hubs_database(private_hub):
     db = settings.DATABASES["default"]
     hub = private_hub()
@@ -154,6 +202,41 @@ def test_forged_and_replayed_start_requests_are_dropped(private_hub, tmp_path: P
     log = hub.workers[0].output()
     assert log.count("that the hub did not write") >= 2, log[-2000:]
     assert "is not 1 to 64 letters" in log
+
+
+def test_a_replayed_start_runs_nothing_twice(private_hub):
+    """A start request signed by the hub, pushed again (someone saw it go by): the row was
+    claimed by the first start, so the copy is refused and one process runs."""
+    hub = private_hub()
+    seq = upload(hub.api, python_package(FOREVER))
+    iid = start(hub.api, seq)
+    wait_for(lambda: status(hub.api, iid) == "running", what="running")
+    detail = hub.api.get(f"/sequence/{seq}").json()
+    queue_key = live.start_key(hub.queue)
+    again = {
+        "op": "start",
+        "id": iid,
+        "reply": uuid.uuid4().hex,
+        "expires": time.time() + 30,
+        "kind": "sequence",
+        "args": [],
+        "appConfig": {},
+        "limits": {},
+        "sequence": {
+            "id": seq,
+            "sha256": detail.get("sha256") or "0" * 64,
+            "main": "main.py",
+            "language": "python",
+        },
+    }
+    client = live.sync_client()
+    client.rpush(queue_key, live.encode_control(queue_key, again))
+    answer = client.blpop([live.reply_key(again["reply"])], timeout=20)
+    assert answer is not None
+    assert live.decode_reply(again["reply"], answer[1])["code"] == "NOT_FOUND"
+    assert status(hub.api, iid) == "running"
+    hub.api.post(f"/instance/{iid}/_kill", json={})
+    assert wait_ended(hub.api, iid)["terminated"]["exitcode"] == 137
 
 
 # -- 3. Forged ends and control messages ---------------------------------------------------
@@ -307,6 +390,29 @@ def test_a_double_forked_daemon_dies_with_its_instance(private_hub, ending: str)
         hub.api.post(f"/instance/{iid}/_kill", json={})
     wait_ended(hub.api, iid)
     wait_for(lambda: _gone(daemon), timeout=10, what=f"daemon {daemon} to die")
+
+
+@needs_root
+def test_daemons_left_by_a_worker_that_died_are_killed_when_a_worker_starts(private_hub):
+    """A worker killed outright cannot clean up: its instances die with their fork server,
+    but a daemon that left its instance's tree is reparented to init. The next worker on the
+    machine kills every process under a children's user id that no live instance holds."""
+    import signal
+
+    from tests.conftest import start_worker
+    from tests.faults.conftest import alive
+
+    hub = private_hub()
+    seq = upload(hub.api, python_package(DAEMON))
+    iid = start(hub.api, seq, {"args": ["wait"]})
+    daemon = psutil.Process(_first_line(hub.api, iid)["daemon"])
+    hub.workers[0].proc.send_signal(signal.SIGKILL)
+    hub.workers[0].proc.wait()
+    time.sleep(1)
+    assert alive(daemon)  # orphaned, under init: nothing of the dead worker is left to kill it
+    folder = hub.workers[0].log.parent
+    hub.workers.append(start_worker(folder, "worker-2", HUB_QUEUE=hub.queue))
+    wait_for(lambda: not alive(daemon), timeout=30, what=f"daemon {daemon.pid} to be killed")
 
 
 # -- 6 and 7. The hub's files ---------------------------------------------------------------
