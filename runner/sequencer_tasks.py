@@ -1,7 +1,8 @@
 """Celery tasks for sequencers: start a sequencer's process on this worker.
 
-Like `runner.tasks.start_instance`, the start goes through the Celery queue (any worker may
-take it) and the waiting web request gets its answer on a Redis reply list. From then on the
+The start goes through the Celery queue (any worker may take it), claims the instance's row
+(a task replayed or forged finds it taken), and the waiting web request gets its answer on a
+Redis reply list. From then on the
 sequencer's commands go straight to this worker's supervisor (control op `seqcmd`).
 """
 
@@ -41,11 +42,17 @@ def start_sequencer(sequencer_id: str, reply: str) -> None:
     timeout = float(settings.HUB_START_TIMEOUT)
     try:
         sup.check_capacity()
+        # The task message is not signed (Celery's): a start runs only for a row the web
+        # made and nobody started yet, once. A forged or replayed task finds it taken.
+        claimed = Instance.objects.filter(
+            pk=instance.id, status=InstanceStatus.INITIALIZING
+        ).update(status=InstanceStatus.STARTING, worker=sup.name, started=timezone.now())
+        if claimed != 1:
+            log.warning("refused a start for sequencer %s: its row is not waiting", sequencer_id)
+            send_reply(reply, {"ok": False, "error": "the sequencer's process already started"})
+            return
         spec = launch.build_spec(instance, mode="script", extra={"prefix": row.prefix})
         argv = launch.exec_argv(spec)
-        Instance.objects.filter(pk=instance.id).update(
-            status=InstanceStatus.STARTING, worker=sup.name, started=timezone.now()
-        )
         answer = sup.run(
             sequencer_actor.launch(sup, row.id, instance.id, spec, argv, timeout),
             timeout=timeout + 20,

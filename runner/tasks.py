@@ -10,8 +10,7 @@ from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 from django.utils import timezone
 
-from runner import launch
-from runner.supervisor import Refused, current_supervisor, get_supervisor
+from runner.supervisor import current_supervisor, get_supervisor
 from sequences import live
 from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, Worker
 
@@ -45,48 +44,6 @@ def send_reply(token: str, value: dict) -> None:
     key = live.reply_key(token)
     client.rpush(key, live.encode_reply(token, value))
     client.expire(key, 60)
-
-
-@shared_task(name="runner.tasks.start_instance", ignore_result=True)
-def start_instance(iid: str, reply: str) -> None:
-    """Fork the instance's child on this worker and tell the waiting web request."""
-    sup = get_supervisor()
-    instance = Instance.objects.select_related("sequence").filter(pk=iid).first()
-    if instance is None:
-        send_reply(
-            reply,
-            {"ok": False, "status": 404, "code": "NOT_FOUND", "error": f"Instance {iid} not found"},
-        )
-        return
-    try:
-        sup.check_capacity()
-        spec = launch.build_spec(instance)
-        argv = launch.exec_argv(spec)
-        Instance.objects.filter(pk=iid).update(
-            status=InstanceStatus.STARTING, worker=sup.name, started=timezone.now()
-        )
-        child = sup.run(sup.spawn(iid, spec, argv=argv))
-    except Refused as exc:
-        fail_instance(iid, 24, str(exc))
-        send_reply(
-            reply, {"ok": False, "status": 507, "code": "INSUFFICIENT_RESOURCES", "error": str(exc)}
-        )
-        return
-    except Exception as exc:
-        log.exception("could not start instance %s", iid)
-        fail_instance(iid, 20, f"Failed to start: {exc}")
-        send_reply(
-            reply,
-            {
-                "ok": False,
-                "status": 400,
-                "code": "START_FAILED",
-                "error": f"Failed to start: {exc}",
-            },
-        )
-        return
-    sup.writer.update(iid, pid=child.pid)
-    send_reply(reply, {"ok": True, "worker": sup.name, "pid": child.pid})
 
 
 def fail_instance(iid: str, code: int, reason: str) -> None:
