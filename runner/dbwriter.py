@@ -29,6 +29,9 @@ class DbWriter:
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.pending_bytes = 0
+        # Called (in the writer thread) with the id of an instance whose "starting" update found
+        # no row: the supervisor kills what it started for it.
+        self.on_missing: Callable[[str], None] | None = None
         self._thread = threading.Thread(target=self._run, name="hub-dbwriter", daemon=True)
         self._thread.start()
 
@@ -106,8 +109,7 @@ class DbWriter:
                     log.exception("database writer dropped a %s", item[0])
                     connection.close()
 
-    @staticmethod
-    def _write_merged(items: list[tuple[str, Any]]) -> None:
+    def _write_merged(self, items: list[tuple[str, Any]]) -> None:
         """Chunks, then events, then one UPDATE per instance with its queued changes merged in
         order (the last value of a field wins, as if each had been applied in turn)."""
         chunks: list[StreamChunk] = []
@@ -130,4 +132,6 @@ class DbWriter:
         if events:
             InstanceEvent.objects.bulk_create(events)
         for iid, fields in updates.items():
-            Instance.objects.filter(pk=iid).update(**fields)
+            found = Instance.objects.filter(pk=iid).update(**fields)
+            if not found and "worker" in fields and self.on_missing is not None:
+                self.on_missing(iid)

@@ -223,9 +223,6 @@ class Zygote:
         return True
 
     def _handle(self, request: dict[str, Any]) -> None:
-        if request.get("kind") == "sweep":
-            self._sweep(request)
-            return
         wanted = int(request.get("nfds", CHILD_FDS))
         fds = [self._fds.popleft() for _ in range(min(wanted, len(self._fds)))]
         try:
@@ -240,28 +237,6 @@ class Zygote:
         finally:
             for fd in fds:
                 os.close(fd)
-
-    def _sweep(self, request: dict[str, Any]) -> None:
-        """Kill every process of a leased user id, in a child that becomes that user."""
-        try:
-            uid = int(request["uid"])
-            if uid <= 0:
-                raise ValueError("refusing to sweep root")
-            pid = os.fork()
-        except Exception as exc:
-            self._send({"id": request.get("id"), "error": f"{type(exc).__name__}: {exc}"})
-            return
-        if pid == 0:
-            code = 0
-            try:
-                signal.set_wakeup_fd(-1)
-                isolation.sweep_uid(uid)
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        self.children.add(pid)
-        self._send({"id": request.get("id"), "pid": pid})
 
     def _fork(self, request: dict[str, Any], fds: list[int]) -> int:
         spec = request.get("spec") or {}
@@ -515,8 +490,7 @@ class ForkServer:
         # A system interpreter when children change user and this one's stdlib is closed to them.
         self.python = python or isolation.runtime_python()
         self.site_packages = site_packages
-        self.sandbox = sandbox  # {"rules": [[path, rights]], "ports": [...]}: runner/landlock.py
-        self._exit_waiters: dict[int, asyncio.Future[int]] = {}
+        self.sandbox = sandbox  # {"rules", "ports", "shared"}: launch.sandbox_config
         self.pid: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
@@ -587,18 +561,6 @@ class ForkServer:
         """Forks a child that execs `argv` with the spec in env HUB_LAUNCH; returns its pid."""
         return await self._request({"kind": "exec", "argv": list(argv), "spec": spec}, fds)
 
-    async def sweep(self, uid: int) -> None:
-        """Kill every process of `uid` (a leased id; the zygote runs as root) and wait."""
-        if self._loop is None:
-            raise SpawnError("fork server is not running")
-        done: asyncio.Future[int] = self._loop.create_future()
-        pid = await self._request({"kind": "sweep", "uid": int(uid)}, [])
-        self._exit_waiters[pid] = done
-        if pid not in self._live:  # it ended before we got here
-            self._exit_waiters.pop(pid, None)
-            return
-        await asyncio.wait_for(done, 10)
-
     async def close(self) -> None:
         """Kills the zygote; its children die with it, and are reported as exit 137."""
         proc = self._proc
@@ -615,7 +577,7 @@ class ForkServer:
     async def _request(self, request: dict[str, Any], fds: Sequence[int]) -> int:
         if self._sock is None or self._loop is None:
             raise SpawnError("fork server is not running")
-        if fds and len(fds) != CHILD_FDS:
+        if len(fds) != CHILD_FDS:
             raise ValueError(f"a child needs {CHILD_FDS} descriptors, got {len(fds)}")
         self._next_id += 1
         request_id = self._next_id
@@ -677,9 +639,6 @@ class ForkServer:
         if "exit" in message:
             pid, code = int(message["exit"]), int(message["code"])
             self._live.discard(pid)
-            waiter = self._exit_waiters.pop(pid, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(code)
             self._report_exit(pid, code)
         elif "id" in message:
             future = self._pending.get(message["id"])

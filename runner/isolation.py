@@ -237,22 +237,6 @@ def drop_privileges(run_as: dict[str, Any]) -> None:
     _libc().prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
 
 
-def sweep_uid(uid: int) -> None:
-    """In a throw-away child of a root process: kill every process of `uid`, daemons that left
-    their instance's process group included. kill(-1) as that user reaches exactly its
-    processes, and no process can fork while the signal pass holds the task list."""
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)
-    for _ in range(100):
-        try:
-            os.kill(-1, 9)
-        except ProcessLookupError:
-            return  # nothing left
-        except PermissionError:
-            return
-
-
 def isolate_network() -> None:
     """An empty network namespace: no route to Redis, the database or anything else."""
     if _libc().unshare(CLONE_NEWNET) != 0:

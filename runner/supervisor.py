@@ -157,6 +157,7 @@ class Supervisor:
         self.children: dict[str, Child] = {}
         self.by_pid: dict[int, Child] = {}
         self.writer = DbWriter()
+        self.writer.on_missing = lambda iid: self.loop.call_soon_threadsafe(self._rowless, iid)
         sandbox = launch.sandbox_config()
         self.forkserver = ForkServer(sandbox=sandbox)
         self.sandbox = launch.sandbox_report(sandbox)
@@ -533,12 +534,14 @@ class Supervisor:
             return  # the web stopped waiting and recorded the failure itself
         try:
             self.check_capacity()
-            claimed = iid not in self.children and await self.loop.run_in_executor(
-                None, _claim, iid, self.name
+            # One start per request: a replay (the same signed request pushed again) finds
+            # the claim taken. A request the web signed always has its row; should the row be
+            # missing, the writer finds out at the "starting" update and the child is killed.
+            claimed = iid not in self.children and await self.redis.set(
+                live.claim_key(iid), self.name, nx=True, ex=int(settings.HUB_START_TIMEOUT) + 60
             )
             if not claimed:
-                # A start replayed, or for a row the web never made: one start per row.
-                log.warning("refused a start for %s: no instance row waits for it", iid)
+                log.warning("refused a start for %s: it was started already", iid)
                 await self.reply(
                     token,
                     {
@@ -557,6 +560,13 @@ class Supervisor:
                 argv=launch.exec_argv(spec),
                 record_start=True,
             )
+        except Instance.DoesNotExist:
+            log.warning("refused a start for %s: it has no row", iid)
+            await self.reply(
+                token,
+                {"ok": False, "status": 404, "code": "NOT_FOUND", "error": f"no instance {iid}"},
+            )
+            return
         except cgroups.CgroupError as exc:
             self._record_failure(iid, 20, f"Failed to start: {exc}")
             await self.reply(
@@ -765,11 +775,11 @@ class Supervisor:
         self.loop.create_task(self._finish(child))
 
     async def _finish(self, child: Child) -> None:
-        # Leftovers in the group would hold the pipes open; a sequence leaves nothing behind,
-        # not even a daemon that left the group: every process of its user id goes too.
+        # Leftovers in the group would hold the pipes open; a sequence leaves nothing behind.
+        # (A daemon that left the group was reparented to the fork server, which kills it.)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
-        await self._sweep(child)
+        self._release(child)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(child.pumps_done.wait(), 5)
         await self._drain_control(child)
@@ -821,6 +831,13 @@ class Supervisor:
         if child.workdir:
             self.loop.run_in_executor(None, shutil.rmtree, child.workdir, True)
 
+    def _rowless(self, iid: str) -> None:
+        child = self.children.get(iid)
+        if child is not None and child.exit_code is None:
+            log.warning("killed instance %s: it has no row (not started by the web)", iid)
+            child.killed = True
+            self._kill_tree(child)
+
     async def _sweep_strays(self) -> None:
         """Processes left under a children's user id that no live instance holds: what a
         worker that died (SIGKILL, out of memory) could not clean up; killed at boot."""
@@ -838,18 +855,17 @@ class Supervisor:
             finally:
                 lease.release()
 
-    async def _sweep(self, child: Child) -> None:
-        """Kill what is left under the child's leased user id, then give the id back."""
+    def _release(self, child: Child) -> None:
+        """Give back the child's user id and cgroups. Its processes are gone or going: the
+        group was killed, and the fork server kills orphans as it reaps the child. Should one
+        still be dying when the id is leased again, the next child's kill(-1) ends it."""
         lease, child.lease = child.lease, None
         if lease is not None:
-            try:
-                await self.forkserver.sweep(lease.uid)
-            except Exception:
-                # The id stays leased (never reused) until this worker exits: safe, not tidy.
-                log.exception("could not sweep user id %d of %s", lease.uid, child.iid)
-                return
             lease.release()
-        cgroups.remove(child.cgroups)
+        if child.cgroups:
+            cgroups.remove(child.cgroups)
+            # A group whose last process is still dying cannot be removed yet.
+            self.loop.call_later(2.0, cgroups.remove, child.cgroups)
 
     @staticmethod
     async def _drain_control(child: Child) -> None:
@@ -941,16 +957,6 @@ def check_start(req: dict[str, Any]) -> tuple[str, str]:
     except HubError as exc:
         raise ValueError(exc.message) from None
     return iid, token
-
-
-def _claim(iid: str, worker: str) -> bool:
-    """Take the row for this worker: a start runs only for a row the web made and nobody
-    started yet, once, however often its request is pushed."""
-    from django.db import close_old_connections
-
-    close_old_connections()
-    rows = Instance.objects.filter(pk=iid, status=InstanceStatus.INITIALIZING)
-    return rows.update(status=InstanceStatus.STARTING, worker=worker) == 1
 
 
 def _spec_from_database(iid: str) -> dict[str, Any]:

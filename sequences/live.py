@@ -9,6 +9,7 @@ Live data goes worker → Redis → web; the database holds the durable copy.
 - `hub:start:<queue>`     list: start requests any supervisor serving that queue takes
 - `hub:owner:<iid>`       the worker that just started an instance, until its row says so
 - `hub:reply:<token>`     list: one reply to a request that waits for it
+- `hub:claim:<iid>`       the worker that took an instance's start: a replayed start finds it
 - `hub:worker:<name>`     heartbeat key, expires when the worker stops answering
 - `hub:log`               Redis stream of host log lines
 - `hub:auth:generation`   counter that token, user and group changes bump (dashboard.identity)
@@ -66,6 +67,10 @@ def owner_key(iid: str) -> str:
     return f"hub:owner:{iid}"
 
 
+def claim_key(iid: str) -> str:
+    return f"hub:claim:{iid}"
+
+
 def reply_key(token: str) -> str:
     return f"hub:reply:{token}"
 
@@ -75,7 +80,12 @@ def worker_key(name: str) -> str:
 
 
 def instance_keys(iid: str) -> list[str]:
-    return [stream_key(iid, s) for s in STREAMS] + [events_key(iid), last_events_key(iid)]
+    return [
+        *(stream_key(iid, s) for s in STREAMS),
+        events_key(iid),
+        last_events_key(iid),
+        claim_key(iid),
+    ]
 
 
 def new_token() -> str:
