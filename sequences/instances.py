@@ -86,6 +86,10 @@ LIMITS: dict[str, tuple[float, float, str, bool]] = {
 }
 
 
+def _shown(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
 def clean_limits(limits: Any) -> dict[str, Any]:
     """`{"memory": MB, "cpu": CPUs, "pids": n}`, each optional; INVALID_CONFIG naming the
     field otherwise. Memory and pids become whole numbers."""
@@ -107,7 +111,7 @@ def clean_limits(limits: Any) -> dict[str, Any]:
             or not isinstance(value, int | float)
             or not low <= value <= high
         ):
-            raise invalid(f"limits.{name} must be {unit} from {low:g} to {high:g}")
+            raise invalid(f"limits.{name} must be {unit} from {_shown(low)} to {_shown(high)}")
         clean[name] = int(value) if whole else float(value)
     return clean
 
