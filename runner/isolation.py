@@ -29,6 +29,7 @@ from typing import Any
 
 PR_SET_DUMPABLE = 4
 CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
 
 
 # Machine-wide, root's: every hub and worker on the machine leases its children's ids here.
@@ -238,10 +239,23 @@ def drop_privileges(run_as: dict[str, Any]) -> None:
 
 
 def isolate_network() -> None:
-    """An empty network namespace: no route to Redis, the database or anything else."""
-    if _libc().unshare(CLONE_NEWNET) != 0:
+    """An empty network namespace: no route to Redis, the database or anything else.
+
+    A worker that is not root makes it inside a user namespace of the child's own, where the
+    child keeps its user id (mapped onto itself) and gains nothing outside it."""
+    uid, gid = os.geteuid(), os.getegid()
+    flags = CLONE_NEWNET if uid == 0 else CLONE_NEWNET | CLONE_NEWUSER
+    if _libc().unshare(flags) != 0:
         errno = ctypes.get_errno()
-        raise OSError(errno, f"unshare(CLONE_NEWNET) failed: {os.strerror(errno)}")
+        raise OSError(errno, f"unshare of the network namespace failed: {os.strerror(errno)}")
+    if flags & CLONE_NEWUSER:
+        for name, text in (
+            ("setgroups", "deny"),
+            ("uid_map", f"{uid} {uid} 1"),
+            ("gid_map", f"{gid} {gid} 1"),
+        ):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
 
 
 @functools.cache

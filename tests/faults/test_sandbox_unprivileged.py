@@ -66,3 +66,6 @@ def test_an_unprivileged_workers_children_are_confined():
         "tmp": "denied",
     }
     assert data["orphans_left"] == [], data
+    isolated = data["isolated"]
+    assert isinstance(isolated, dict), isolated  # else: the child's stderr
+    assert isolated["uid"] == NOBODY and isolated["open_port"] != "ok", isolated

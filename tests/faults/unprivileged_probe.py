@@ -92,12 +92,18 @@ async def probe(work: Path) -> dict:
         before = {p for p in _children_of(server.pid)}
         await asyncio.sleep(0.5)  # the zygote kills the orphans as it reaps the instance
         left = _children_of(server.pid)
+        # HUB_SANDBOX_NETWORK=isolated without root: a user namespace for the network one.
+        boxed = make_spec(package, args=args, workdir=work / "run" / "two", isolate_network=True)
+        second = await Harness(server).start(boxed)
+        await second.end_input()
+        boxed_code = await second.wait_exit()
         return {
             "code": code,
             "report": json.loads(child.output) if code == 0 else None,
             "stderr": child.stderr.decode(errors="replace"),
             "orphans_at_exit": sorted(before),
             "orphans_left": sorted(left),
+            "isolated": json.loads(second.output) if boxed_code == 0 else second.stderr.decode(),
             "me": os.getuid(),
         }
     finally:
