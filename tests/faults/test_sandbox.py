@@ -528,3 +528,20 @@ def test_malformed_limits_are_invalid_config_naming_the_field(admin_api, limits,
     body = response.json()
     assert body.get("code") == "INVALID_CONFIG" or "INVALID_CONFIG" in response.text
     assert field in response.text
+
+
+def test_a_worker_reports_its_sandbox_in_its_row(private_hub):
+    """What the overview warns from: each worker's own account of what confines its children."""
+    from sequences.models import Worker
+
+    hub = private_hub()
+    start(hub.api, upload(hub.api, python_package("def run(context, input):\n    return 1\n")))
+    worker = wait_for(
+        lambda: Worker.objects.filter(sandbox__has_key="summary").order_by("-started").first(),
+        what="a worker row with its sandbox",
+    )
+    report = worker.sandbox
+    assert report["landlock"] >= 6 and report["summary"].startswith("sandbox: Landlock ABI")
+    if os.geteuid() == 0:
+        port = int(settings.REDIS_URL.rsplit(":", 1)[1].split("/")[0])
+        assert report["user"] == "lease" and port in report["closed_ports"]
