@@ -56,6 +56,8 @@ class UidLease:
 
 def lease_uid(base: int, count: int, folder: Path = LEASE_DIR) -> UidLease:
     """A user id from [base, base + count) that no live instance on this machine holds."""
+    if not folder.is_dir():
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     for _ in range(256):
         lease = try_lease(base + secrets.randbelow(count), folder)
         if lease is not None:
@@ -64,8 +66,7 @@ def lease_uid(base: int, count: int, folder: Path = LEASE_DIR) -> UidLease:
 
 
 def try_lease(uid: int, folder: Path = LEASE_DIR) -> UidLease | None:
-    """That user id, if no live instance holds it."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """That user id, if no live instance holds it (`folder` exists)."""
     path = folder / str(uid)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:

@@ -843,6 +843,8 @@ class Supervisor:
         worker that died (SIGKILL, out of memory) could not clean up; killed at boot."""
         base, count = settings.HUB_RUN_UID_BASE, settings.HUB_RUN_UID_COUNT
         strays = await self.loop.run_in_executor(None, isolation.stray_uids, base, count)
+        if strays:
+            isolation.LEASE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         for uid in sorted(strays):
             lease = isolation.try_lease(uid)
             if lease is None:

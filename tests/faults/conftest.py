@@ -7,6 +7,7 @@ Every drill runs against real processes (daphne, Celery workers, forked children
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import socket
 import subprocess
@@ -76,6 +77,32 @@ def assert_hub_runs_a_normal_instance(api: httpx.Client, seq: str) -> None:
 
 
 PLAIN = "def run(context, input, word='x'):\n    return 'ok ' + word\n"
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 and not IN_CI, reason="children change user only as root"
+)
+
+# Helpers of hostile sequences: what an attempt came to ("ok", "denied", "absent", ...).
+ATTEMPT = """
+import json, os, signal, socket, sys
+def attempt(action):
+    try:
+        result = action()
+        return "ok" if result is None else result
+    except FileNotFoundError:
+        return "absent"
+    except PermissionError:
+        return "denied"
+    except OSError as exc:
+        return type(exc).__name__
+def read(path):
+    with open(path, "rb") as f:
+        return "ok: " + f.read(40).decode("latin-1")
+def redis_tcp(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(b"PING\\r\\n")
+        return "answered: " + s.recv(64).decode("latin-1")
+"""
 
 
 @dataclass

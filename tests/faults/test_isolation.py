@@ -9,7 +9,6 @@ are skipped. The environment check holds either way.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,31 +17,15 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from tests.conftest import IN_CI, wait_for
-from tests.faults.conftest import FOREVER, start, wait_ended
+from tests.conftest import wait_for
+from tests.faults.conftest import ATTEMPT, FOREVER, needs_root, start, wait_ended
 from tests.packaging import python_package, upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 and not IN_CI, reason="children change user only as root"
-)
-
-PROBE = """
-import json, os, socket
-def attempt(action):
-    try:
-        action()
-        return "ok"
-    except FileNotFoundError:
-        return "absent"
-    except PermissionError:
-        return "denied"
-    except OSError as exc:
-        return type(exc).__name__
-def read(path):
-    with open(path, "rb") as f:
-        f.read(1)
+PROBE = (
+    ATTEMPT
+    + """
 def write(path):
     with open(path, "ab") as f:
         f.write(b"x")
@@ -64,6 +47,7 @@ def run(context, input, reads, lists, writes, ports):
     }
     return json.dumps(result)
 """
+)
 
 KEEPER = """
 import asyncio

@@ -26,36 +26,11 @@ import pytest
 from django.conf import settings
 
 from sequences import live
-from tests.conftest import IN_CI, wait_for
-from tests.faults.conftest import FOREVER, info, start, status, wait_ended
+from tests.conftest import wait_for
+from tests.faults.conftest import ATTEMPT, FOREVER, info, needs_root, start, status, wait_ended
 from tests.packaging import python_package, upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 and not IN_CI, reason="children change user only as root"
-)
-
-ATTEMPT = """
-import json, os, signal, socket, sys
-def attempt(action):
-    try:
-        result = action()
-        return "ok" if result is None else result
-    except FileNotFoundError:
-        return "absent"
-    except PermissionError:
-        return "denied"
-    except OSError as exc:
-        return type(exc).__name__
-def read(path):
-    with open(path, "rb") as f:
-        return "ok: " + f.read(40).decode("latin-1")
-def redis_tcp(port):
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-        s.sendall(b"PING\\r\\n")
-        return "answered: " + s.recv(64).decode("latin-1")
-"""
 
 
 def run_attack(api, code: str, *args) -> dict:
@@ -66,6 +41,16 @@ def run_attack(api, code: str, *args) -> dict:
     ended = wait_ended(api, iid)
     assert ended["status"] == "completed", (ended, api.get(f"/instance/{iid}/stderr").text)
     return json.loads(raw)
+
+
+def start_header(iid: str) -> dict:
+    """A start request for the instance as the web makes it, with a reply token of its own."""
+    from sequences.instances import start_request
+    from sequences.models import Instance
+
+    instance = Instance.objects.select_related("sequence").get(pk=iid)
+    raw = start_request(instance, instance.sequence, uuid.uuid4().hex, 30, "any")
+    return live.decode_control("any", raw)[0]
 
 
 # -- 1. The hub's services ---------------------------------------------------------------
@@ -169,24 +154,11 @@ def test_forged_and_replayed_start_requests_are_dropped(private_hub, tmp_path: P
     before = victim.stat()
     queue_key = live.start_key(hub.queue)
     seq = upload(hub.api, python_package(FOREVER))
-    from sequences.models import Sequence
-
-    sha = Sequence.objects.get(pk=seq).sha256
     # Its package unpacked on the worker: a start then needs nothing from the database.
     first = start(hub.api, seq)
     hub.api.post(f"/instance/{first}/_kill", json={})
     wait_ended(hub.api, first)
-    header = {
-        "op": "start",
-        "id": f"../../../../{victim}".replace("//", "/"),
-        "reply": uuid.uuid4().hex,
-        "expires": time.time() + 30,
-        "kind": "sequence",
-        "args": [],
-        "appConfig": {},
-        "limits": {},
-        "sequence": {"id": seq, "sha256": sha, "main": "main.py", "language": "python"},
-    }
+    header = dict(start_header(first), id=f"../../../../{victim}".replace("//", "/"))
     client = live.sync_client()
     raw_json = json.dumps(header).encode()
     client.rpush(queue_key, raw_json)  # no MAC at all
@@ -223,24 +195,8 @@ def test_a_replayed_start_runs_nothing_twice(private_hub):
     seq = upload(hub.api, python_package(FOREVER))
     iid = start(hub.api, seq)
     wait_for(lambda: status(hub.api, iid) == "running", what="running")
-    detail = hub.api.get(f"/sequence/{seq}").json()
     queue_key = live.start_key(hub.queue)
-    again = {
-        "op": "start",
-        "id": iid,
-        "reply": uuid.uuid4().hex,
-        "expires": time.time() + 30,
-        "kind": "sequence",
-        "args": [],
-        "appConfig": {},
-        "limits": {},
-        "sequence": {
-            "id": seq,
-            "sha256": detail.get("sha256") or "0" * 64,
-            "main": "main.py",
-            "language": "python",
-        },
-    }
+    again = start_header(iid)
     client = live.sync_client()
     client.rpush(queue_key, live.encode_control(queue_key, again))
     answer = client.blpop([live.reply_key(again["reply"])], timeout=20)
