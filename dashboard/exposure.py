@@ -10,10 +10,11 @@ overview shows them to admins. It judges the configuration only: it does not con
 
 from __future__ import annotations
 
-import os
 from urllib.parse import urlsplit
 
 from django.conf import settings
+
+from sequences.services import has_password, tcp_services
 
 NETWORK_FIX = "HUB_SANDBOX_NETWORK=isolated (no network for sequence code)"
 
@@ -29,18 +30,7 @@ def _network_closed() -> bool:
 def _open_tcp_services() -> dict[int, str]:
     """Port -> what listens there, for the hub's services reachable over TCP without a
     password: the ports a worker must close to its children."""
-    found: dict[int, str] = {}
-    for url in dict.fromkeys([settings.REDIS_URL, getattr(settings, "CELERY_BROKER_URL", "")]):
-        parts = urlsplit(url or "")
-        if parts.scheme in ("redis", "rediss") and not parts.password:
-            found[parts.port or 6379] = f"Redis at {parts.hostname}:{parts.port or 6379}"
-    for db in settings.DATABASES.values():
-        host = str(db.get("HOST") or "")
-        engine = db["ENGINE"].rsplit(".", 1)[-1]
-        if engine != "sqlite3" and host and not host.startswith("/") and not _has_password(db):
-            port = int(db.get("PORT") or 5432)
-            found[port] = f"the database at {host}:{port}"
-    return found
+    return {s.port: s.what for s in tcp_services() if not s.password}
 
 
 def worker_warnings() -> list[str]:
@@ -102,21 +92,10 @@ def _redis_warning(url: str) -> str | None:
     )
 
 
-def _has_password(db: dict) -> bool:
-    # In the URL, or where libpq finds one by itself.
-    options = db.get("OPTIONS") or {}
-    return bool(
-        db.get("PASSWORD")
-        or options.get("passfile")
-        or os.environ.get("PGPASSWORD")
-        or os.environ.get("PGPASSFILE")
-    )
-
-
 def _database_warning(db: dict) -> str | None:
     engine = db["ENGINE"].rsplit(".", 1)[-1]
     # SQLite is a file, closed to sequence code by its permissions.
-    if engine == "sqlite3" or _has_password(db):
+    if engine == "sqlite3" or has_password(db):
         return None
     host = str(db.get("HOST") or "")
     socket = not host or host.startswith("/")

@@ -128,10 +128,6 @@ def restrict_all(rules: Iterable[tuple[str, int]], ports: Iterable[int]) -> bool
     return True
 
 
-def closes_ports() -> bool:
-    return abi() >= 4
-
-
 def _add_paths(ruleset: int, handled: int, rules: list[tuple[int, int]], close: bool) -> None:
     attr = ctypes.create_string_buffer(12)
     try:

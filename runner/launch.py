@@ -11,13 +11,13 @@ import shutil
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 
 from runner import isolation
 from runner.packagecache import ensure_unpacked
 from sequences.models import Instance
+from sequences.services import tcp_services
 
 RUNTIME_DIR = Path(__file__).resolve().parent
 log = logging.getLogger(__name__)
@@ -134,21 +134,8 @@ def exec_argv(spec: dict) -> list[str] | None:
 def service_ports() -> list[int]:
     """TCP ports of the hub's own services (Redis, broker, database) and
     HUB_SANDBOX_CLOSED_PORTS: children may not connect to them, on any address."""
-    ports = set(settings.HUB_SANDBOX_CLOSED_PORTS)
-    for url in (settings.REDIS_URL, getattr(settings, "CELERY_BROKER_URL", "")):
-        parts = urlsplit(url)
-        if parts.scheme in ("redis", "rediss", "amqp", "amqps") and parts.hostname:
-            ports.add(parts.port or {"redis": 6379, "rediss": 6379}.get(parts.scheme, 5672))
-    for db in settings.DATABASES.values():
-        engine = db.get("ENGINE", "")
-        if "sqlite" not in engine and db.get("HOST", "") and not db["HOST"].startswith("/"):
-            ports.add(
-                int(
-                    db.get("PORT")
-                    or {"postgresql": 5432, "mysql": 3306}.get(engine.rsplit(".", 1)[-1], 5432)
-                )
-            )
-    return sorted(ports)
+    ports = {service.port for service in tcp_services()}
+    return sorted(ports | set(settings.HUB_SANDBOX_CLOSED_PORTS))
 
 
 def sandbox_config() -> dict[str, Any] | None:
