@@ -234,8 +234,8 @@ def _make_admin() -> tuple[str, str]:
     from django.contrib.sessions.backends.db import SessionStore
     from django.core.management import call_command
 
-    from dashboard.access import ensure_groups
-    from dashboard.models import ApiToken
+    from accounts.access import ensure_groups
+    from accounts.models import ApiToken
 
     call_command("migrate", verbosity=0, interactive=False)
     ensure_groups()

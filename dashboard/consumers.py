@@ -25,8 +25,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
-from dashboard.access import RANK, user_role
-from dashboard.identity import current_generation
+from accounts.access import RANK, user_role
+from accounts.identity import current_generation
 from dashboard.views import logs
 
 log = logging.getLogger(__name__)

@@ -104,6 +104,7 @@ INSTALLED_APPS = [
     "template_partials",
     "ninja",
     "dashboard",
+    "accounts",
     "sequences",
 ]
 
@@ -133,7 +134,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "dashboard.access.role_context",
+                "accounts.access.role_context",
             ],
         },
     }

@@ -2,7 +2,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from django.views.decorators.csrf import csrf_exempt
 
-from sequences.api import api
+from dashboard.api import api
 
 
 @csrf_exempt

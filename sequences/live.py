@@ -12,7 +12,7 @@ Live data goes worker → Redis → web; the database holds the durable copy.
 - `hub:claim:<iid>`       the worker that took an instance's start: a replayed start finds it
 - `hub:worker:<name>`     heartbeat key, expires when the worker stops answering
 - `hub:log`               Redis stream of host log lines
-- `hub:auth:generation`   counter that token, user and group changes bump (dashboard.identity)
+- `hub:auth:generation`   counter that token, user and group changes bump (accounts.identity)
 
 Nothing read from Redis is trusted because it arrived: start requests, control messages,
 replies and the end entries of streams carry a MAC made with a key derived from SECRET_KEY

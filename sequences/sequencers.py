@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
+from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError
 
@@ -557,10 +558,11 @@ def _create_sequencer(seq: Sequence, prefix: str, user: Any) -> Sequencer:
 
 
 def _enqueue(sequencer_id: str, token: str) -> None:
-    from runner.sequencer_tasks import start_sequencer
-
-    start_sequencer.apply_async(
-        args=[sequencer_id, token], queue=settings.CELERY_TASK_DEFAULT_QUEUE
+    # By name: the domain does not import the runner.
+    current_app.send_task(
+        "runner.sequencer_tasks.start_sequencer",
+        args=[sequencer_id, token],
+        queue=settings.CELERY_TASK_DEFAULT_QUEUE,
     )
 
 

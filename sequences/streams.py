@@ -15,7 +15,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
-from dashboard.db_threads import db_call
+from core.db_threads import db_call
 from sequences import live
 from sequences.models import LIVE_STATUSES, Instance, InstanceEvent, StreamChunk
 

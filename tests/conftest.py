@@ -206,8 +206,8 @@ def people(transactional_db) -> dict[str, Person]:
     """One user per role, each with an API token."""
     from django.contrib.auth.models import Group, User
 
-    from dashboard.access import ensure_groups
-    from dashboard.models import ApiToken
+    from accounts.access import ensure_groups
+    from accounts.models import ApiToken
 
     ensure_groups()
     result = {}

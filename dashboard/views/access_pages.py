@@ -10,9 +10,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from dashboard.access import audit, has_role
+from accounts.access import audit, has_role
+from accounts.models import ApiToken, AuditEntry
 from dashboard.forms import TokenForm, first_error
-from dashboard.models import ApiToken, AuditEntry
 from dashboard.views.common import role_page
 
 AUDIT_PAGE = 200

@@ -19,7 +19,7 @@ from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
-from dashboard.access import audit
+from accounts.access import audit
 from dashboard.views.common import client_ip
 
 LOCKOUT_SECONDS = 15 * 60

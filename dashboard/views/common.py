@@ -17,7 +17,7 @@ from django.template.loader import render_to_string
 from django.utils.http import url_has_allowed_host_and_scheme
 from django_htmx.middleware import HtmxDetails
 
-from dashboard.access import has_role, user_role
+from accounts.access import has_role, user_role
 
 
 class HtmxRequest(HttpRequest):

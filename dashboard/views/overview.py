@@ -12,9 +12,9 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from dashboard.access import has_role
+from accounts.access import has_role
+from accounts.models import AuditEntry
 from dashboard.exposure import exposure_warnings, worker_warnings
-from dashboard.models import AuditEntry
 from dashboard.views.common import role_page
 from sequences.models import LIVE_STATUSES, Instance, Sequence, Sequencer, Worker
 

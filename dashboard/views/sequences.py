@@ -11,7 +11,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from dashboard.access import audit
+from accounts.access import audit
 from dashboard.forms import StartForm, UploadForm
 from dashboard.views.common import feedback, role_page
 from sequences import catalog, instances

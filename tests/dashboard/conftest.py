@@ -21,7 +21,7 @@ def fast_passwords(settings):
 def users(db):
     from django.contrib.auth.models import Group, User
 
-    from dashboard.access import ensure_groups
+    from accounts.access import ensure_groups
 
     ensure_groups()
     made = {}

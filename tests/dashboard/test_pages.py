@@ -217,7 +217,7 @@ def test_admins_upload_packages_through_the_form(clients):
 
 
 def test_a_bad_package_is_refused_with_the_reason(clients):
-    from dashboard.models import AuditEntry
+    from accounts.models import AuditEntry
     from sequences.models import Sequence
 
     data = package_bytes({"other.py": "x = 1"})
@@ -315,7 +315,7 @@ def test_an_event_needs_a_name(clients, ended_instance):
 
 
 def test_a_token_is_shown_once_and_works_until_revoked(clients, users):
-    from dashboard.models import ApiToken
+    from accounts.models import ApiToken
 
     response = clients["viewer"].post("/tokens/new/", {"name": "laptop"}, follow=True)
     html = response.content.decode()
@@ -334,7 +334,7 @@ def test_a_token_is_shown_once_and_works_until_revoked(clients, users):
 
 
 def test_people_see_only_their_own_tokens_but_admins_see_all(clients, users):
-    from dashboard.models import ApiToken
+    from accounts.models import ApiToken
 
     mine, _ = ApiToken.issue(users["operator"], "operator-token")
     assert "operator-token" not in clients["viewer"].get("/tokens/").content.decode()
@@ -348,7 +348,7 @@ def test_people_see_only_their_own_tokens_but_admins_see_all(clients, users):
 
 
 def test_the_audit_log_filters(clients, users):
-    from dashboard.access import audit
+    from accounts.access import audit
 
     audit(users["admin"], "sequence.upload", "s1")
     audit(users["operator"], "instance.kill", "i1", outcome="refused")

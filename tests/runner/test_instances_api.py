@@ -367,7 +367,7 @@ def test_starting_an_unknown_sequence_answers_404(admin_api):
 
 
 def test_starts_through_the_api_are_audited_ok_and_refused(admin_api):
-    from dashboard.models import AuditEntry
+    from accounts.models import AuditEntry
 
     seq = upload(admin_api, python_package("def run(context, input):\n    return 'x'\n"))
     iid = start(admin_api, seq, ["a", 1])

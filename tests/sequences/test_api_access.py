@@ -73,7 +73,7 @@ def _revoke(username: str) -> None:
     """As the Tokens page and the admin site do: a save, which tells the web's caches."""
     from django.utils import timezone
 
-    from dashboard.models import ApiToken
+    from accounts.models import ApiToken
 
     for token in ApiToken.objects.filter(user__username=username):
         token.revoked = timezone.now()

@@ -738,7 +738,7 @@ def test_a_prefix_is_held_by_one_live_sequencer_at_a_time(kit):
 
 
 def test_mutating_calls_are_audited(kit):
-    from dashboard.models import AuditEntry
+    from accounts.models import AuditEntry
 
     comp = kit.component()
     sid = kit.load(component=comp)["id"]

@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 
-from dashboard.access import ensure_groups
+from accounts.access import ensure_groups
 
 
 class Command(BaseCommand):

@@ -5,8 +5,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from dashboard.access import audit
-from dashboard.models import ApiToken
+from accounts.access import audit
+from accounts.models import ApiToken
 
 
 class Command(BaseCommand):

@@ -17,9 +17,10 @@ from typing import Any
 from django.db import transaction
 from redis.exceptions import RedisError
 
-from dashboard.access import user_from_token, user_role
-from dashboard.db_threads import db_call
-from dashboard.models import hash_token
+from accounts.access import user_from_token, user_role
+from accounts.models import hash_token
+from core.db_threads import db_call
+from sequences import live
 
 GENERATION_KEY = "hub:auth:generation"
 # A remembered token is looked up again after this long, which also keeps its last_used fresh.
@@ -62,7 +63,6 @@ def _redis_failed() -> None:
 
 async def current_generation() -> bytes | None:
     """The counter's value, or None when Redis does not answer."""
-    from sequences import live
 
     if _redis_paused():
         return None
@@ -74,7 +74,6 @@ async def current_generation() -> bytes | None:
 
 
 def _current_generation_sync() -> bytes | None:
-    from sequences import live
 
     if _redis_paused():
         return None
@@ -137,7 +136,6 @@ def bump_generation() -> None:
 
 
 def _bump_now() -> None:
-    from sequences import live
 
     try:
         live.sync_client().incr(GENERATION_KEY)

@@ -13,8 +13,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.utils import timezone
 
-from dashboard.db_threads import db_call, in_background
-from dashboard.models import ApiToken, AuditEntry, hash_token
+from accounts.models import ApiToken, AuditEntry, hash_token
+from core.db_threads import db_call, in_background
 
 ROLES = ("viewer", "operator", "admin")
 RANK = {"none": 0, "viewer": 1, "operator": 2, "admin": 3}

@@ -10,9 +10,9 @@ from django.http import HttpRequest
 from ninja.security.http import HttpBearer
 from ninja.utils import check_csrf
 
-from dashboard.access import RANK, bearer, request_user, user_role
-from dashboard.db_threads import db_call
-from dashboard.identity import Identity, identity_for_token, identity_for_token_sync
+from accounts.access import RANK, bearer, request_user, user_role
+from accounts.identity import Identity, identity_for_token, identity_for_token_sync
+from core.db_threads import db_call
 from sequences.errors import HubError
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}

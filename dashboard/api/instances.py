@@ -10,9 +10,9 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from ninja import Router
 
-from dashboard.access import audit, audit_soon
+from accounts.access import audit, audit_soon
+from dashboard.api.auth import need
 from sequences import instances, streams
-from sequences.api.auth import need
 from sequences.errors import HubError
 from sequences.models import Instance
 

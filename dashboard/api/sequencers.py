@@ -13,9 +13,9 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from ninja import Router
 
-from dashboard.access import audit
+from accounts.access import audit
+from dashboard.api.auth import need
 from sequences import sequencers
-from sequences.api.auth import need
 from sequences.errors import HubError
 from sequences.statemachine import CommandName
 

@@ -6,8 +6,8 @@ from django.conf import settings
 from django.http import HttpRequest
 from ninja import Router
 
+from dashboard.api.auth import need
 from sequences import hostinfo
-from sequences.api.auth import need
 
 router = Router(tags=["hub"])
 

@@ -5,9 +5,9 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Router
 
-from dashboard.access import audit
+from accounts.access import audit
+from dashboard.api.auth import need
 from sequences import catalog
-from sequences.api.auth import need
 
 router = Router(tags=["sequences"])
 

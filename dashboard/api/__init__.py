@@ -5,7 +5,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from sequences.api.auth import HubAuth
+from dashboard.api.auth import HubAuth
 from sequences.errors import HubError
 
 api = NinjaAPI(
@@ -75,7 +75,7 @@ def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return JsonResponse({"error": str(exc), "code": "REQUEST_ERROR"}, status=exc.status_code)
 
 
-from sequences.api import hub, instances, sequencers, sequences  # noqa: E402
+from dashboard.api import hub, instances, sequencers, sequences  # noqa: E402
 
 api.add_router("", hub.router)
 api.add_router("", sequences.router)
