@@ -1,7 +1,7 @@
 """What each API route looks like on the wire, as `Call`s, shared by the sync and async clients.
 
 Each `*Calls` base class builds requests only; the clients in `client.sync` and `client.aio`
-run them. Paths follow DESIGN.md §7 and Scramjet Transform Hub's API v1.
+run them. Paths follow docs/api.md and Scramjet Transform Hub's API v1.
 """
 
 from __future__ import annotations

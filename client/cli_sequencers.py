@@ -1,4 +1,4 @@
-"""`si sequencer` and `si component` commands (DESIGN.md §6 and §7)."""
+"""`si sequencer` and `si component` commands (docs/scripts.md, docs/api.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The sequence component state machine of DESIGN.md §6, as pure decisions: no I/O.
+"""The sequence component state machine of docs/architecture.md, as pure decisions: no I/O.
 
 A component is Idle (no sequencer) or Running (hosts one). The caller performs the side
 effects a decision asks for, in order: `unload` (shut the hosted sequencer down, → Killed; a
@@ -97,7 +97,7 @@ ComponentResponse = (
 
 
 def component_http_status(response: ComponentResponse) -> int:
-    """200 success, 409 Unhandled, 422 LoadingScriptFailed (DESIGN.md §7)."""
+    """200 success, 409 Unhandled, 422 LoadingScriptFailed (docs/api.md)."""
     if isinstance(response, ComponentUnhandled):
         return 409
     if isinstance(response, LoadingScriptFailed):

@@ -163,7 +163,7 @@ def _same(r: StepRow, step: Step, position: int) -> bool:
 
 
 def describe(row: Sequencer, snapshot: Snapshot | None = None) -> dict[str, Any]:
-    """The API's sequencer JSON (DESIGN.md §7), step list included."""
+    """The API's sequencer JSON (docs/api.md), step list included."""
     snap = snapshot if snapshot is not None else snapshot_of(row)
     script = row.script
     instance = row.instance

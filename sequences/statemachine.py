@@ -1,4 +1,4 @@
-"""The sequencer state machine of DESIGN.md §6, as pure decisions: no Django, no I/O.
+"""The sequencer state machine of docs/architecture.md, as pure decisions: no Django, no I/O.
 
 A sequencer is a `Snapshot` (stable state, step list, run id and result, and the handler call in
 progress, if any). An actor that serialises commands drives it:
@@ -115,7 +115,7 @@ _I, _L, _R, _O = State.IDLE, State.LOADED, State.RUNNING, State.OFFLINE
 _EDITING = frozenset({_L, _R})
 _ONLINE_OR_OFFLINE = frozenset({_I, _L, _R, _O})
 
-# The columns of the DESIGN.md §6 table that do not answer Unhandled (Killed accepts nothing).
+# The columns of the state machine table (docs/architecture.md) that do not answer Unhandled (Killed accepts nothing).
 ACCEPTED_IN: dict[CommandName, frozenset[State]] = {
     CommandName.LOAD_SEQUENCE: frozenset({_I, _L}),
     CommandName.START_SEQUENCE: frozenset({_L}),
@@ -346,7 +346,7 @@ class Request:
 
     @classmethod
     def parse(cls, command: str, body: Any = None) -> Request:
-        """Validate an API body (DESIGN.md §7) for `command`; `ValueError` names the problem.
+        """Validate an API body (docs/api.md) for `command`; `ValueError` names the problem.
 
         Bodies of commands that take none are ignored. diagnosticMode needs `startTime`
         (ISO 8601); `hint` defaults to "".
@@ -509,7 +509,7 @@ Decision = Done | RunHandler
 
 
 def decide(snapshot: Snapshot, request: Request) -> Decision:
-    """Apply DESIGN.md §6 to one command: an answer now, or a hook to run first."""
+    """Apply the state machine table to one command: an answer now, or a hook to run first."""
     command = request.command
     if not accepts(snapshot.display_state, command):
         return Done(Unhandled(snapshot.display_state, command.message_type), snapshot)

@@ -1,4 +1,4 @@
-"""Sequence component state machine (DESIGN.md §6, checklist 56-63)."""
+"""Sequence component state machine (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sequencer state machine: the DESIGN.md §6 table, editor answers, engine, queries, and a
+"""Sequencer state machine: the table of docs/architecture.md, editor answers, engine, queries, and a
 random walk checking that every transition is one the table allows."""
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ EDITORS = (
 
 
 def column(state: State) -> dict[CommandName, Expect]:
-    """DESIGN.md §6, one column; everything not listed is Unhandled."""
+    """The state machine table (docs/architecture.md), one column; everything not listed is Unhandled."""
     mode = {
         C.DIAGNOSTIC_MODE: hooked(("Ok", state), ("DiagnosticHookFailed", state)),
         C.OPERATIONS_MODE: hooked(("Ok", state), ("OperationsHookFailed", state)),
