@@ -534,7 +534,7 @@ def _open_archive(
         try:
             # Not a `with`: only opening may mean "not a tar"; the `with tar` below closes it.
             tar = tarfile.open(  # noqa: SIM115
-                fileobj=reader,  # type: ignore[arg-type]
+                fileobj=reader,
                 mode="r|",
                 tarinfo=_GuardedTarInfo,
                 encoding="utf-8",
