@@ -67,7 +67,7 @@ async def current_generation() -> bytes | None:
     if _redis_paused():
         return None
     try:
-        return await live.async_client().get(GENERATION_KEY) or b"0"
+        return live.as_bytes(await live.async_client().get(GENERATION_KEY)) or b"0"
     except (RedisError, OSError):
         _redis_failed()
         return None
@@ -78,7 +78,7 @@ def _current_generation_sync() -> bytes | None:
     if _redis_paused():
         return None
     try:
-        return live.sync_client().get(GENERATION_KEY) or b"0"
+        return live.as_bytes(live.sync_client().get(GENERATION_KEY)) or b"0"
     except (RedisError, OSError):
         _redis_failed()
         return None

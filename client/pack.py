@@ -23,7 +23,7 @@ class PackError(Exception):
 
 @dataclass
 class PackResult:
-    path: Path | None
+    path: Path
     config: dict[str, Any]
     files: list[str] = field(default_factory=list)
     size: int = 0

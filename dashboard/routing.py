@@ -1,14 +1,21 @@
 """WebSocket routes: one consumer per kind of page; the URL names the watched object."""
 
-from django.urls import path
+from channels.consumer import AsyncConsumer
+from django.urls import URLPattern, path
 
 from dashboard import consumers
 
+
+def _ws(route: str, consumer: type[AsyncConsumer]) -> URLPattern:
+    # Channels routes ASGI applications through Django's path(), whose stubs know only views.
+    return path(route, consumer.as_asgi())  # type: ignore[arg-type]
+
+
 websocket_urlpatterns: list = [
-    path("ws/overview/", consumers.OverviewConsumer.as_asgi()),
-    path("ws/instances/", consumers.InstanceListConsumer.as_asgi()),
-    path("ws/instances/<str:iid>/", consumers.InstanceConsumer.as_asgi()),
-    path("ws/sequencers/", consumers.SequencerListConsumer.as_asgi()),
-    path("ws/sequencers/<str:ident>/", consumers.SequencerConsumer.as_asgi()),
-    path("ws/components/", consumers.ComponentListConsumer.as_asgi()),
+    _ws("ws/overview/", consumers.OverviewConsumer),
+    _ws("ws/instances/", consumers.InstanceListConsumer),
+    _ws("ws/instances/<str:iid>/", consumers.InstanceConsumer),
+    _ws("ws/sequencers/", consumers.SequencerListConsumer),
+    _ws("ws/sequencers/<str:ident>/", consumers.SequencerConsumer),
+    _ws("ws/components/", consumers.ComponentListConsumer),
 ]

@@ -195,8 +195,8 @@ def runtime_python() -> str:
     return mine
 
 
-SYSTEM_READ = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
-SYSTEM_READ += ("/proc", "/sys", "/run/systemd/resolve", "/run/resolvconf")
+SYSTEM_READ: tuple[str, ...] = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+SYSTEM_READ += ("/etc", "/opt", "/proc", "/sys", "/run/systemd/resolve", "/run/resolvconf")
 # Not /dev/pts nor /dev/tty (an operator's terminal of the same user could be read), nor
 # /dev/shm (shared by every instance, never cleaned, and memory outside any limit).
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")

@@ -229,12 +229,14 @@ class TextStream(io.TextIOBase):
         self._name = name
         self.buffer = BinaryStream(writer, name)
 
+    # io.TextIOBase's encoding and errors are read-only properties; typeshed declares them as
+    # plain attributes, hence the ignores.
     @property
-    def encoding(self) -> str:
+    def encoding(self) -> str:  # type: ignore[override]
         return "utf-8"
 
     @property
-    def errors(self) -> str:
+    def errors(self) -> str:  # type: ignore[override]
         return "surrogateescape"
 
     @property
@@ -824,7 +826,8 @@ class Runtime:
         sys.stdout = TextStream(self.stdout, "<stdout>")
         sys.stderr = TextStream(self.stderr, "<stderr>")
         # The originals are the fork server's objects, with buffers an os._exit never flushes.
-        sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr
+        # (typeshed makes them Final TextIOWrappers: a child replaces them on purpose.)
+        sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr  # type: ignore[misc,assignment]
         # The fork server's own stdin object may hold state; a fresh one reads the child's fd 0.
         sys.stdin = open(  # noqa: SIM115 - lives as long as the process
             STDIN_FD, encoding="utf-8", errors="surrogateescape", closefd=False

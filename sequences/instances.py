@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -186,7 +186,8 @@ async def start(
     token = live.new_token()
     timeout = settings.HUB_START_TIMEOUT
     dest = live.start_key(settings.CELERY_TASK_DEFAULT_QUEUE)
-    request = start_request(instance, instance.sequence, token, timeout, dest)
+    # _create set the sequence a moment ago; only deleting the sequence unsets it.
+    request = start_request(instance, cast(Sequence, instance.sequence), token, timeout, dest)
     if req.instance_id:
         # A chosen id may have been used before: the live streams of that earlier instance
         # (kept a while after its end) must not pass for this one's.
@@ -224,7 +225,8 @@ def _fail_start(iid: str, reason: str) -> None:
 
 async def wait_reply(token: str, timeout: float) -> dict[str, Any] | None:
     item = await live.async_client().blpop([live.reply_key(token)], timeout=timeout)
-    return None if item is None else live.decode_reply(token, item[1])
+    raw = live.popped(item)
+    return None if raw is None else live.decode_reply(token, raw)
 
 
 def get_instance(iid: str) -> Instance:
@@ -305,7 +307,7 @@ async def _await_worker(instance: Instance, timeout: float = 3.0) -> str:
     """The worker records itself through its batched writer, a moment after start answered;
     a request that follows the start at once finds it in Redis (the worker published it with
     its answer), or else waits for the row instead of failing."""
-    owner = await live.async_client().get(live.owner_key(instance.id))
+    owner = live.as_bytes(await live.async_client().get(live.owner_key(instance.id)))
     if owner:
         instance.worker = owner.decode()
         return instance.worker

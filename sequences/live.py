@@ -27,7 +27,7 @@ import hmac
 import json
 import uuid
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 import redis.asyncio as aredis
@@ -35,6 +35,9 @@ from django.conf import settings
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+
+if TYPE_CHECKING:
+    from redis.typing import BlockingListPopResponse, StreamRangeResponse, XReadResponse
 
 STREAMS = ("stdout", "stderr", "output", "log")
 HOST_LOG = "hub:log"
@@ -129,6 +132,35 @@ def async_client() -> aredis.Redis:
         )
         _async_clients[id(loop)] = client
     return client
+
+
+# -- what the hub's clients read back --------------------------------------------------------
+# redis-py annotates each reply for every client configuration: str or bytes values, RESP2 or
+# RESP3 shapes. The clients above decode nothing and speak RESP2, so every value read back is
+# bytes and a stream entry is (id, {field: value}); these narrow a reply to that.
+
+Fields = dict[bytes, bytes]
+Entry = tuple[bytes, Fields]
+
+
+def as_bytes(value: bytes | str | None) -> bytes | None:
+    """A GET or HGET reply."""
+    return cast("bytes | None", value)
+
+
+def popped(item: BlockingListPopResponse) -> bytes | None:
+    """The value a BLPOP took, or None when it timed out."""
+    return None if item is None else cast(bytes, item[1])
+
+
+def range_entries(reply: StreamRangeResponse | None) -> list[Entry]:
+    """The entries of an XRANGE or XREVRANGE reply."""
+    return cast("list[Entry]", reply or [])
+
+
+def read_entries(reply: XReadResponse) -> list[Entry]:
+    """The entries of an XREAD reply for one stream; none when it timed out."""
+    return cast("list[list[Any]]", reply)[0][1] if reply else []
 
 
 class Forged(ValueError):

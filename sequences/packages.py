@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self, cast
 
 __all__ = [
     "DEFAULT_MAX_JSON_BYTES",
@@ -398,20 +398,22 @@ class _GuardedTarInfo(tarfile.TarInfo):
     """``TarInfo`` that refuses hostile headers before ``tarfile`` acts on them.
 
     The ``archive`` parameters are the ``TarFile`` being read (CPython names them "tarfile").
+    It hooks tarfile's private methods and exceptions, which typeshed does not describe: the
+    ``type: ignore`` comments below are those, and the tests run against CPython's tarfile.
     """
 
     @classmethod
-    def fromtarfile(cls, archive: tarfile.TarFile) -> tarfile.TarInfo:
+    def fromtarfile(cls, archive: tarfile.TarFile) -> Self:
         position = archive.fileobj.tell()
         try:
             return super().fromtarfile(archive)
-        except tarfile.TruncatedHeaderError:
+        except tarfile.TruncatedHeaderError:  # type: ignore[attr-defined]  # private tarfile API
             if position == 0:
                 raise  # tarfile reports "not a tar archive"
             raise PackageError(
                 "TRUNCATED", "the tar data ends in the middle of a member header"
             ) from None
-        except tarfile.InvalidHeaderError as exc:
+        except tarfile.InvalidHeaderError as exc:  # type: ignore[attr-defined]
             if position == 0:
                 raise
             # tarfile would treat a bad header mid-archive as the end and drop the rest.
@@ -423,7 +425,7 @@ class _GuardedTarInfo(tarfile.TarInfo):
         if self.type == tarfile.GNUTYPE_SPARSE:
             raise _sparse_error(self.name)
         if self.type not in _EXTENDED_TYPES:
-            return super()._proc_member(archive)
+            return super()._proc_member(archive)  # type: ignore[misc]  # private tarfile API
         if not 0 <= self.size <= MAX_EXTENDED_HEADER_BYTES:
             raise PackageError(
                 "UNSAFE_MEMBER",
@@ -438,14 +440,14 @@ class _GuardedTarInfo(tarfile.TarInfo):
             )
         archive._sh_header_depth = depth + 1  # type: ignore[attr-defined]
         try:
-            return super()._proc_member(archive)
+            return super()._proc_member(archive)  # type: ignore[misc]  # private tarfile API
         finally:
             archive._sh_header_depth = depth  # type: ignore[attr-defined]
 
     def _proc_pax(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
         """Linear-time replacement for ``TarInfo._proc_pax``, whose regexes backtrack."""
         position = archive.fileobj.tell()
-        buf = archive.fileobj.read(self._block(self.size))
+        buf = archive.fileobj.read(self._block(self.size))  # type: ignore[attr-defined]
         if len(buf) < self.size:
             raise PackageError("TRUNCATED", "the tar data ends in the middle of a pax header")
         records = _parse_pax_records(buf[: self.size], position)
@@ -460,7 +462,9 @@ class _GuardedTarInfo(tarfile.TarInfo):
                     f"global pax headers add up to more than {_human(MAX_EXTENDED_HEADER_BYTES)}",
                 )
             archive._sh_global_bytes = total  # type: ignore[attr-defined]
-        pax_headers = archive.pax_headers if is_global else archive.pax_headers.copy()
+        # A dict when reading (typeshed says Mapping, for what a writer may pass).
+        headers = cast("dict[str, str]", archive.pax_headers)
+        pax_headers = headers if is_global else headers.copy()
         for raw_key, raw_value in records:
             key = raw_key.decode("utf-8", "surrogateescape")
             if key.startswith("GNU.sparse."):
@@ -477,15 +481,17 @@ class _GuardedTarInfo(tarfile.TarInfo):
         try:
             following = self.fromtarfile(archive)
         except tarfile.HeaderError as exc:
-            raise tarfile.SubsequentHeaderError(str(exc)) from None
+            raise tarfile.SubsequentHeaderError(str(exc)) from None  # type: ignore[attr-defined]
         if self.type in _PAX_TYPES:
-            following._apply_pax_info(pax_headers, archive.encoding, archive.errors)
+            following._apply_pax_info(  # type: ignore[attr-defined]
+                pax_headers, archive.encoding, archive.errors
+            )
             following.offset = self.offset
             if "size" in pax_headers:
                 # The size decides where the next header starts (as in tarfile).
                 offset = following.offset_data
                 if following.isreg() or following.type not in tarfile.SUPPORTED_TYPES:
-                    offset += following._block(following.size)
+                    offset += following._block(following.size)  # type: ignore[attr-defined]
                 archive.offset = offset
         return following
 
@@ -528,7 +534,7 @@ def _open_archive(
         try:
             # Not a `with`: only opening may mean "not a tar"; the `with tar` below closes it.
             tar = tarfile.open(  # noqa: SIM115
-                fileobj=reader,  # type: ignore[arg-type]
+                fileobj=reader,
                 mode="r|",
                 tarinfo=_GuardedTarInfo,
                 encoding="utf-8",
@@ -565,7 +571,7 @@ def _members(tar: tarfile.TarFile, reader: _GzipReader) -> Iterator[tarfile.TarI
             return
         # Stream mode keeps every TarInfo in tar.members; we never look back, so drop them and
         # keep memory flat however many members there are.
-        tar.members.clear()
+        tar.members.clear()  # type: ignore[attr-defined]  # private tarfile API
         reader.allowance += STREAM_ALLOWANCE_PER_MEMBER
         yield member
         previous = member.name

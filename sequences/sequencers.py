@@ -18,7 +18,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from asgiref.sync import async_to_sync, sync_to_async
 from celery import current_app
@@ -60,6 +60,9 @@ from sequences.statemachine import (
 )
 from sequences.statemachine import query as query_snapshot
 from sequences.statemachine import query_final as query_final_snapshot
+
+if TYPE_CHECKING:
+    import redis.asyncio as aredis
 
 # How long a command waits for its actor; hooks may take a while, ESW waits hours.
 COMMAND_TIMEOUT = float(getattr(settings, "HUB_SEQUENCER_COMMAND_TIMEOUT", 60.0))
@@ -191,7 +194,7 @@ async def query_final(row: Sequencer, run_id: str, timeout: float = 60.0) -> dic
     deadline = time.monotonic() + timeout
     client = live.async_client()
     key = store.events_key(row.id)
-    cursor = await _stream_end(client, key)
+    cursor: str | bytes = await _stream_end(client, key)
     while True:
         current = await aget_sequencer(row.id)
         snapshot = await sync_to_async(store.snapshot_of)(current)
@@ -203,13 +206,13 @@ async def query_final(row: Sequencer, run_id: str, timeout: float = 60.0) -> dic
             return Started(run_id).to_json()
         # Woken by the next change notice; the database stays the truth (notices may be lost).
         block = int(min(remaining, 5.0) * 1000) or 1
-        reply = await client.xread({key: cursor}, count=100, block=block)
-        if reply:
-            cursor = reply[0][1][-1][0]
+        entries = live.read_entries(await client.xread({key: cursor}, count=100, block=block))
+        if entries:
+            cursor = entries[-1][0]
 
 
-async def _stream_end(client: Any, key: str) -> str:
-    last = await client.xrevrange(key, count=1)
+async def _stream_end(client: aredis.Redis, key: str) -> str:
+    last = live.range_entries(await client.xrevrange(key, count=1))
     return last[0][0].decode() if last else "0-0"
 
 
@@ -217,7 +220,7 @@ async def events(row: Sequencer, idle_check: float = 15.0) -> AsyncIterator[dict
     """`{state, stepList, runId, version, ...}` now, then one per change; ends after Killed."""
     client = live.async_client()
     key = store.events_key(row.id)
-    cursor = await _stream_end(client, key)
+    cursor: str | bytes = await _stream_end(client, key)
     current = await aget_sequencer(row.id)
     first = await sync_to_async(lambda: store.event_of(current, store.snapshot_of(current)))()
     version = first["version"]
@@ -235,7 +238,7 @@ async def events(row: Sequencer, idle_check: float = 15.0) -> AsyncIterator[dict
                 version, state = line["version"], line["state"]
                 yield line
             continue
-        for entry_id, fields in reply[0][1]:
+        for entry_id, fields in live.read_entries(reply):
             cursor = entry_id
             line = json.loads(fields[b"d"])
             if line.get("version", 0) <= version:
@@ -318,7 +321,7 @@ def command_blocking(row: Sequencer, name: str, body: Any, user: Any) -> tuple[d
 
 
 async def _wait_answer(
-    client: Any, token: str, worker: str, timeout: float
+    client: aredis.Redis, token: str, worker: str, timeout: float
 ) -> dict[str, Any] | None:
     """The actor's reply; `{"lost": True}` as soon as the worker's heartbeat is gone."""
     deadline = time.monotonic() + timeout
@@ -327,8 +330,9 @@ async def _wait_answer(
         if remaining <= 0:
             return None
         item = await client.blpop([live.reply_key(token)], timeout=max(1, min(2, int(remaining))))
-        if item is not None:
-            return live.decode_reply(token, item[1])
+        raw = live.popped(item)
+        if raw is not None:
+            return live.decode_reply(token, raw)
         if not await client.exists(live.worker_key(worker)):
             return {
                 "ok": False,
@@ -573,7 +577,8 @@ async def _start_process(row: Sequencer) -> tuple[bool, str]:
     await sync_to_async(_enqueue)(row.id, token)
     wait = settings.HUB_START_TIMEOUT + 25
     item = await live.async_client().blpop([live.reply_key(token)], timeout=wait)
-    answer = None if item is None else live.decode_reply(token, item[1])
+    raw = live.popped(item)
+    answer = None if raw is None else live.decode_reply(token, raw)
     if answer is not None and answer.get("ok"):
         return True, ""
     if answer is None:
@@ -581,7 +586,9 @@ async def _start_process(row: Sequencer) -> tuple[bool, str]:
         await sync_to_async(_fail_start)(row, reason)
         return False, reason
     reason = answer.get("error") or answer.get("reason") or "the script failed to load"
-    stderr = await _stderr_text(row.instance_id) if answer.get("pid") else ""
+    # The row was created with its instance (_create); only deleting that instance unsets it.
+    iid = cast(str, row.instance_id)
+    stderr = await _stderr_text(iid) if answer.get("pid") else ""
     await sync_to_async(_fail_start)(row, f"the script failed to load: {reason}")
     return False, f"{reason}\n{stderr}".strip() if stderr else reason
 
@@ -601,7 +608,7 @@ async def _stderr_text(iid: str, wait: float = 5.0, limit: int = 20000) -> str:
     key = live.stream_key(iid, "stderr")
     deadline = time.monotonic() + wait
     while True:
-        entries = await client.xrange(key)
+        entries = live.range_entries(await client.xrange(key))
         done = any(live.is_end(key, fields) for _, fields in entries)
         if done or time.monotonic() >= deadline:
             data = b"".join(fields.get(b"d", b"") for _, fields in entries)

@@ -83,7 +83,7 @@ async def follow(
 async def _follow_redis(iid: str, stream: str, cursor: int) -> AsyncIterator[bytes]:
     client = live.async_client()
     key = live.stream_key(iid, stream)
-    last_id = "0-0"
+    last_id: str | bytes = "0-0"
     while True:
         reply = await client.xread({key: last_id}, count=REDIS_BATCH, block=FOLLOW_BLOCK_MS)
         if not reply:
@@ -94,7 +94,7 @@ async def _follow_redis(iid: str, stream: str, cursor: int) -> AsyncIterator[byt
                     yield data
                 return
             continue
-        for entry_id, fields in reply[0][1]:
+        for entry_id, fields in live.read_entries(reply):
             last_id = entry_id
             if b"eof" in fields:
                 if not live.is_end(key, fields):
@@ -187,7 +187,7 @@ alast_event = sync_to_async(_last_event)
 
 
 async def last_event(iid: str, name: str) -> tuple[bool, Any]:
-    raw = await live.async_client().hget(live.last_events_key(iid), name)
+    raw = live.as_bytes(await live.async_client().hget(live.last_events_key(iid), name))
     if raw is not None:
         return True, json.loads(raw)
     return await alast_event(iid, name)
@@ -197,7 +197,7 @@ async def events(iid: str, name: str, since: str = "$") -> AsyncIterator[Any]:
     """Messages of the named event emitted from now on, until the instance ends."""
     client = live.async_client()
     key = live.events_key(iid)
-    last_id = since
+    last_id: str | bytes = since
     if since == "$":
         info = await client.xinfo_stream(key) if await client.exists(key) else None
         last_id = info["last-generated-id"].decode() if info else "0-0"
@@ -207,7 +207,7 @@ async def events(iid: str, name: str, since: str = "$") -> AsyncIterator[Any]:
             if not await ais_live(iid):
                 return
             continue
-        for entry_id, fields in reply[0][1]:
+        for entry_id, fields in live.read_entries(reply):
             last_id = entry_id
             if fields.get(b"n", b"").decode() == name:
                 yield json.loads(fields[b"m"])
@@ -222,8 +222,8 @@ async def next_event(iid: str, name: str) -> tuple[bool, Any]:
 async def host_log(backlog: int = 100) -> AsyncIterator[bytes]:
     """The hub's own log: the last lines, then new ones as they come (endless)."""
     client = live.async_client()
-    recent = await client.xrevrange(live.HOST_LOG, count=backlog)
-    last_id = recent[0][0] if recent else "$"
+    recent = live.range_entries(await client.xrevrange(live.HOST_LOG, count=backlog))
+    last_id: str | bytes = recent[0][0] if recent else "$"
     for _entry_id, fields in reversed(recent):
         yield fields[b"d"]
     if last_id == "$":
@@ -236,6 +236,6 @@ async def host_log(backlog: int = 100) -> AsyncIterator[bytes]:
         if not reply:
             yield b""
             continue
-        for entry_id, fields in reply[0][1]:
+        for entry_id, fields in live.read_entries(reply):
             last_id = entry_id
             yield fields[b"d"]
