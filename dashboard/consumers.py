@@ -1,9 +1,9 @@
 """WebSocket consumers of the console: each sends HTML fragments that htmx swaps by id.
 
-One group per watched object (`instance-<id>`, `sequencer-<id>`) or list (`instances`,
-`sequencers`). Right after `accept()` every consumer sends a snapshot of what its page shows,
-so a page that reconnects (htmx's ws extension retries on its own) heals itself. The channel
-layer is at-most-once: events only say "look again", the fragments come from the database.
+One group per watched object or list (named in `sequences.notices`). Right after `accept()`
+every consumer sends a snapshot of what its page shows, so a page that reconnects (htmx's ws
+extension retries on its own) heals itself. The channel layer is at-most-once: events only say
+"look again", the fragments come from the database.
 
 The instance consumer follows the streams itself (`sequences.streams.follow`, from the cursor
 its snapshot ended at) and coalesces lines: at most every FLUSH_SECONDS it sends at most
@@ -28,6 +28,7 @@ from django.template.loader import render_to_string
 from accounts.access import RANK, user_role
 from accounts.identity import current_generation
 from dashboard.views import logs
+from sequences import notices
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self._pending = None
         self._refresh_task = asyncio.ensure_future(self.send_snapshot())
 
-    # Channel-layer events: any change means "look again".
+    # Channel-layer events (notices.INSTANCE_CHANGED, notices.SEQUENCER_CHANGED): any change
+    # means "look again".
     async def instance_changed(self, event: dict[str, Any]) -> None:
         self.refresh_soon()
 
@@ -185,7 +187,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
 class OverviewConsumer(LiveConsumer):
     def watch_groups(self) -> list[str]:
-        return ["instances", "sequencers"]
+        return [notices.INSTANCES, notices.SEQUENCERS]
 
     def fragments(self) -> str:
         from dashboard.views.overview import overview_context
@@ -202,7 +204,7 @@ class InstanceListConsumer(LiveConsumer):
         self.sequence = (query.get("sequence") or [""])[0]
 
     def watch_groups(self) -> list[str]:
-        return ["instances"]
+        return [notices.INSTANCES]
 
     def fragments(self) -> str:
         from dashboard.views.instances import list_context
@@ -270,7 +272,7 @@ class InstanceConsumer(LiveConsumer):
         self.overlay: dict[str, Any] = {}
 
     def watch_groups(self) -> list[str]:
-        return [f"instance-{self.iid}"]
+        return [notices.instance_group(self.iid)]
 
     def status_fragments(self) -> str:
         from dashboard.views.instances import status_context
@@ -391,7 +393,7 @@ class InstanceConsumer(LiveConsumer):
 
 class SequencerListConsumer(LiveConsumer):
     def watch_groups(self) -> list[str]:
-        return ["sequencers"]
+        return [notices.SEQUENCERS]
 
     def fragments(self) -> str:
         from dashboard.views.sequencers import list_context
@@ -417,7 +419,7 @@ class SequencerConsumer(LiveConsumer):
         self.sid = row.id
 
     def watch_groups(self) -> list[str]:
-        return [f"sequencer-{self.sid}"]
+        return [notices.sequencer_group(self.sid)]
 
     def fragments(self) -> str:
         from dashboard.views.sequencers import detail_context
@@ -432,10 +434,10 @@ class SequencerConsumer(LiveConsumer):
 
 
 class ComponentListConsumer(LiveConsumer):
-    """Components change with their sequencers and with component commands (`components`)."""
+    """Components change with their sequencers and with component commands (COMPONENTS)."""
 
     def watch_groups(self) -> list[str]:
-        return ["sequencers", "components"]
+        return [notices.SEQUENCERS, notices.COMPONENTS]
 
     async def components_changed(self, event: dict[str, Any]) -> None:
         self.refresh_soon()
