@@ -27,7 +27,7 @@ from django.template.loader import render_to_string
 
 from accounts.access import RANK, user_role
 from accounts.identity import current_generation
-from dashboard.views import logs
+from dashboard import logs
 from sequences import notices
 
 log = logging.getLogger(__name__)

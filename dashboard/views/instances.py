@@ -17,8 +17,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.access import audit
+from dashboard import logs
 from dashboard.forms import EventForm, InputForm, StopForm, first_error
-from dashboard.views import logs
 from dashboard.views.common import feedback, role_page
 from sequences import instances, streams
 from sequences.errors import HubError
