@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.access import audit
-from dashboard.views.common import feedback, role_page
+from dashboard.views.common import HtmxHttpRequest, feedback, role_page
 from sequences import notices, sequencers
 from sequences.errors import HubError
 from sequences.models import Sequence
@@ -34,7 +34,7 @@ def component_list(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @role_page("admin")
-def component_create(request: HttpRequest) -> HttpResponse:
+def component_create(request: HtmxHttpRequest) -> HttpResponse:
     name = request.POST.get("name", "").strip()
     fallback = reverse("components")
     try:
@@ -66,7 +66,7 @@ _aaudit = sync_to_async(audit)
 
 @require_POST
 @role_page("admin")
-async def component_action(request: HttpRequest, name: str, action: str) -> HttpResponse:
+async def component_action(request: HtmxHttpRequest, name: str, action: str) -> HttpResponse:
     """load-script, unload-script, restart: async, as they wait for a sequencer process."""
     fallback = reverse("components")
 

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.access import audit
 from dashboard.forms import StepsForm, first_error
-from dashboard.views.common import feedback, role_page
+from dashboard.views.common import HtmxHttpRequest, feedback, role_page
 from dashboard.views.instances import stream_windows
 from sequences import sequencers
 from sequences.errors import HubError
@@ -143,7 +143,7 @@ _aaudit = sync_to_async(audit)
 
 @require_POST
 @role_page("operator")
-async def sequencer_command(request: HttpRequest, ident: str, name: str) -> HttpResponse:
+async def sequencer_command(request: HtmxHttpRequest, ident: str, name: str) -> HttpResponse:
     """One command, answered inline (htmx) or by a message on the page (plain POST)."""
     row = await _aget(ident)
     fallback = reverse("sequencer", args=[ident])

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.access import audit
 from dashboard.forms import StartForm, UploadForm
-from dashboard.views.common import feedback, role_page
+from dashboard.views.common import HtmxHttpRequest, feedback, role_page
 from sequences import catalog, instances
 from sequences.errors import HubError
 from sequences.models import LIVE_STATUSES, Sequence
@@ -36,7 +36,7 @@ def sequence_list(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @role_page("admin")
-def sequence_upload(request: HttpRequest) -> HttpResponse:
+def sequence_upload(request: HtmxHttpRequest) -> HttpResponse:
     """The same `catalog` calls as `POST /api/v1/sequence`, with the 422 reasons shown as text."""
     form = UploadForm(request.POST, request.FILES)
     fallback = reverse("sequences")
@@ -95,7 +95,7 @@ def _get(seq_id: str) -> Sequence | None:
 
 @require_POST
 @role_page("admin")
-def sequence_delete(request: HttpRequest, seq_id: str) -> HttpResponse:
+def sequence_delete(request: HtmxHttpRequest, seq_id: str) -> HttpResponse:
     seq = _get(seq_id)
     if seq is None:
         return feedback(
@@ -130,7 +130,7 @@ _aaudit = sync_to_async(audit)
 
 @require_POST
 @role_page("operator")
-async def sequence_start(request: HttpRequest, seq_id: str) -> HttpResponse:
+async def sequence_start(request: HtmxHttpRequest, seq_id: str) -> HttpResponse:
     """Validate args and appConfig as the API does, start, then go to the instance page.
 
     Async because the start waits for a worker to take the instance (up to HUB_START_TIMEOUT).
