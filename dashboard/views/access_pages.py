@@ -56,7 +56,6 @@ def _visible_tokens(request: HttpRequest) -> list[ApiToken]:
 def tokens(request: HttpRequest) -> HttpResponse:
     context = {
         "tokens": _visible_tokens(request) if request.user.is_authenticated else [],
-        "form": TokenForm(),
         "new_token": request.session.pop("new_token", None),
     }
     return render(request, "access/tokens.html", context)

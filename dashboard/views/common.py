@@ -40,7 +40,7 @@ def _refusal(request: HttpRequest, user: Any, needed: str) -> HttpResponse | Non
 
 
 def role_page(needed: str) -> Callable:
-    """Like `access.role_required`, for sync and async views alike.
+    """The role guard of every page: strangers go to the login page, others get a 403.
 
     Async views matter here: start and stop wait for a worker, and sync views under ASGI all
     share one thread, so a waiting sync view would stall every other page.
@@ -143,7 +143,3 @@ def client_ip(request: HttpRequest) -> str:
         if not any(address in n for n in trusted):
             return str(address)
     return str(peer_address)
-
-
-def page_size() -> int:
-    return getattr(settings, "HUB_PAGE_SIZE", 100)

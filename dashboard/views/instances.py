@@ -99,9 +99,6 @@ def instance_detail(request: HttpRequest, iid: str) -> HttpResponse:
     context = status_context(instance)
     context.update(
         panes=stream_windows(iid),
-        input_form=InputForm(),
-        event_form=EventForm(),
-        stop_form=StopForm(),
         search_streams=logs.STREAMS,
     )
     return render(request, "instances/detail.html", context)

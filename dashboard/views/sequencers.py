@@ -87,7 +87,6 @@ def sequencer_detail(request: HttpRequest, ident: str) -> HttpResponse:
     if row is None:
         return render(request, "404.html", {"what": f"Sequencer {ident}"}, status=404)
     context = detail_context(row)
-    context["steps_form"] = StepsForm()
     if row.instance_id:
         context["panes"] = stream_windows(row.instance_id)
         context["instance"] = row.instance

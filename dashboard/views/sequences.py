@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.contrib import messages
 from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
@@ -31,7 +32,7 @@ def _sequences() -> list[Sequence]:
 @require_GET
 @role_page("viewer")
 def sequence_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "sequences/list.html", {"sequences": _sequences(), "form": UploadForm()})
+    return render(request, "sequences/list.html", {"sequences": _sequences()})
 
 
 @require_POST
@@ -57,8 +58,6 @@ def sequence_upload(request: HtmxHttpRequest) -> HttpResponse:
 
 
 def _redirect_with(request: HttpRequest, text: str, url: str) -> HttpResponse:
-    from django.contrib import messages
-
     messages.success(request, text)
     return HttpResponseRedirect(url)
 
@@ -113,12 +112,6 @@ def sequence_delete(request: HtmxHttpRequest, seq_id: str) -> HttpResponse:
     return _redirect_with(request, text, reverse("sequences"))
 
 
-def _flash(request: HttpRequest, text: str) -> None:
-    from django.contrib import messages
-
-    messages.success(request, text)
-
-
 _aget = sync_to_async(_get)
 _arender_detail = sync_to_async(
     lambda request, seq, form, status: render(
@@ -154,5 +147,7 @@ async def sequence_start(request: HtmxHttpRequest, seq_id: str) -> HttpResponse:
     await _aaudit(
         user, "instance.start", instance.id, sequence=seq.id, args=form.start_request.args
     )
-    await sync_to_async(_flash)(request, f"Started instance {instance.id}.")
-    return HttpResponseRedirect(reverse("instance", args=[instance.id]))
+    text = f"Started instance {instance.id}."
+    return await sync_to_async(_redirect_with)(
+        request, text, reverse("instance", args=[instance.id])
+    )
