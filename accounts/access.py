@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, Group
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect
+from django.http import HttpRequest
 from django.utils import timezone
 
 from accounts.models import ApiToken, AuditEntry, hash_token
@@ -82,26 +79,6 @@ def role_context(request: HttpRequest) -> dict[str, Any]:
     }
 
 
-def role_required(needed: str) -> Callable:
-    """Page views: anonymous users go to login (unless the anonymous role suffices); others 403."""
-
-    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-        @wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            if has_role(request.user, needed):
-                return view(request, *args, **kwargs)
-            if not request.user.is_authenticated:
-                return redirect(f"{settings.LOGIN_URL and '/login/'}?next={request.path}")
-            return HttpResponse(
-                f"Your role ({user_role(request.user)}) may not do this: it needs {needed}.",
-                status=403,
-            )
-
-        return wrapper
-
-    return decorate
-
-
 def actor_name(user: Any) -> str:
     return user.get_username() if user is not None and user.is_authenticated else "anonymous"
 
@@ -154,21 +131,3 @@ async def _write_pending() -> None:
     batch = _pending[:]
     _pending.clear()
     await db_call(AuditEntry.objects.bulk_create, batch)
-
-
-def api_denied(user: Any, needed: str) -> JsonResponse:
-    if not user.is_authenticated and settings.HUB_ANONYMOUS_ROLE == "none":
-        return JsonResponse(
-            {
-                "error": "Authentication required: send 'Authorization: Bearer <token>'",
-                "code": "NEED_AUTHENTICATION",
-            },
-            status=401,
-        )
-    return JsonResponse(
-        {
-            "error": f"Role {user_role(user)} may not do this: it needs {needed}",
-            "code": "NOT_AUTHORIZED",
-        },
-        status=403,
-    )

@@ -1,9 +1,9 @@
 """WebSocket consumers of the console: each sends HTML fragments that htmx swaps by id.
 
-One group per watched object (`instance-<id>`, `sequencer-<id>`) or list (`instances`,
-`sequencers`). Right after `accept()` every consumer sends a snapshot of what its page shows,
-so a page that reconnects (htmx's ws extension retries on its own) heals itself. The channel
-layer is at-most-once: events only say "look again", the fragments come from the database.
+One group per watched object or list (named in `sequences.notices`). Right after `accept()`
+every consumer sends a snapshot of what its page shows, so a page that reconnects (htmx's ws
+extension retries on its own) heals itself. The channel layer is at-most-once: events only say
+"look again", the fragments come from the database.
 
 The instance consumer follows the streams itself (`sequences.streams.follow`, from the cursor
 its snapshot ended at) and coalesces lines: at most every FLUSH_SECONDS it sends at most
@@ -27,7 +27,15 @@ from django.template.loader import render_to_string
 
 from accounts.access import RANK, user_role
 from accounts.identity import current_generation
-from dashboard.views import logs
+from dashboard import logs
+from dashboard.views import components as component_pages
+from dashboard.views import instances as instance_pages
+from dashboard.views import overview
+from dashboard.views import sequencers as sequencer_pages
+from sequences import notices, sequencers, streams
+from sequences.errors import HubError
+from sequences.instances import get_instance
+from sequences.models import Instance
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,7 @@ ACCESS_RECHECK_SECONDS = 60.0
 MAX_LINES_PER_FLUSH = 200
 DEBOUNCE_SECONDS = 0.25
 REFUSED = 4003  # close code for "not allowed"; htmx's ws extension does not retry on it
+PANE = "instances/_pane.html"  # one stream's log on the page; its partials are the live updates
 
 
 def render_fragments(parts: list[tuple[str, dict[str, Any]]]) -> str:
@@ -175,7 +184,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self._pending = None
         self._refresh_task = asyncio.ensure_future(self.send_snapshot())
 
-    # Channel-layer events: any change means "look again".
+    # Channel-layer events (notices.INSTANCE_CHANGED, notices.SEQUENCER_CHANGED): any change
+    # means "look again".
     async def instance_changed(self, event: dict[str, Any]) -> None:
         self.refresh_soon()
 
@@ -185,12 +195,10 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
 class OverviewConsumer(LiveConsumer):
     def watch_groups(self) -> list[str]:
-        return ["instances", "sequencers"]
+        return [notices.INSTANCES, notices.SEQUENCERS]
 
     def fragments(self) -> str:
-        from dashboard.views.overview import overview_context
-
-        context = {**overview_context(), **self.base_context()}
+        context = {**overview.overview_context(), **self.base_context()}
         names = ("counts", "running", "sequencers", "workers", "recent")
         return render_fragments([(f"overview.html#{n}", context) for n in names])
 
@@ -202,12 +210,10 @@ class InstanceListConsumer(LiveConsumer):
         self.sequence = (query.get("sequence") or [""])[0]
 
     def watch_groups(self) -> list[str]:
-        return ["instances"]
+        return [notices.INSTANCES]
 
     def fragments(self) -> str:
-        from dashboard.views.instances import list_context
-
-        context = {**list_context(self.status, self.sequence), **self.base_context()}
+        context = {**instance_pages.list_context(self.status, self.sequence), **self.base_context()}
         return render_to_string("instances/_rows_table.html", context)
 
 
@@ -230,35 +236,24 @@ class StreamFollower:
 
     def take(self) -> str:
         """The fragment for the lines gathered since the last flush ('' when nothing changed)."""
-        parts = []
+        parts: list[tuple[str, dict[str, Any]]] = []
         if self.lines or self.skipped:
-            rendered = logs.render_lines(list(self.lines))
-            body = render_to_string("instances/_lines.html", {"lines": rendered})
-            if self.skipped:
-                body = (
-                    f'<div class="l skipped">… {self.skipped} lines not shown live: search the '
-                    f"log or download it for every line</div>" + body
-                )
-            parts.append(f'<div hx-swap-oob="beforeend:#log-{self.name}-lines">{body}</div>')
+            pane: dict[str, Any] = {"name": self.name, "lines": logs.render_lines(list(self.lines))}
+            parts.append((f"{PANE}#new-lines", {"pane": pane, "skipped": self.skipped}))
             self.lines.clear()
             self.skipped = 0
         current = self.splitter.current
         if current != self.partial_sent:
             # The unfinished last line (a prompt, a progress bar) shows too, replaced in place.
-            inner = ""
-            if current:
-                line = logs.render_lines([(self.splitter.start, current)])[0]
-                inner = f'<div class="l" data-at="{line.at}">{line.html}</div>'
-            target = f"log-{self.name}-partial"
-            parts.append(f'<div id="{target}" class="partial" hx-swap-oob="true">{inner}</div>')
+            line = logs.render_lines([(self.splitter.start, current)])[0] if current else None
+            pane = {"name": self.name, "partial": line}
+            parts.append((f"{PANE}#partial-line", {"pane": pane, "oob": True}))
             self.partial_sent = current
-        return "".join(parts)
+        return render_fragments(parts)
 
 
 class InstanceConsumer(LiveConsumer):
     async def setup(self) -> None:
-        from sequences.models import Instance
-
         self.iid = self.scope["url_route"]["kwargs"]["iid"]
         # `?logs=1`: only the streams (the sequencer page shows its script's log this way).
         self.logs_only = b"logs=1" in self.scope.get("query_string", b"")
@@ -270,12 +265,9 @@ class InstanceConsumer(LiveConsumer):
         self.overlay: dict[str, Any] = {}
 
     def watch_groups(self) -> list[str]:
-        return [f"instance-{self.iid}"]
+        return [notices.instance_group(self.iid)]
 
     def status_fragments(self) -> str:
-        from dashboard.views.instances import status_context
-        from sequences.instances import get_instance
-
         instance = get_instance(self.iid)
         if instance.is_live and self.overlay:
             # The worker tells us before its batched database write lands.
@@ -283,7 +275,7 @@ class InstanceConsumer(LiveConsumer):
             if "exitcode" in self.overlay:
                 instance.exit_code = self.overlay["exitcode"]
             instance.reason = self.overlay.get("reason", instance.reason)
-        context = {**status_context(instance), **self.base_context()}
+        context = {**instance_pages.status_context(instance), **self.base_context()}
         return render_fragments(
             [("instances/detail.html#status", context), ("instances/detail.html#events", context)]
         )
@@ -292,30 +284,17 @@ class InstanceConsumer(LiveConsumer):
         return "" if self.logs_only else self.status_fragments()
 
     def log_snapshot(self) -> tuple[str, dict[str, logs.Window]]:
-        from sequences.instances import get_instance
-
+        """The page's log panes again (their lines and "load earlier" links), and the window
+        each stream's following starts after."""
         instance = get_instance(self.iid)
-        parts = []
+        parts: list[tuple[str, dict[str, Any]]] = []
         windows = {}
-        for stream in logs.STREAMS:
-            window = logs.tail(self.iid, stream)
-            windows[stream] = window
-            lines = render_to_string(
-                "instances/_lines.html", {"lines": logs.render_lines(window.lines)}
-            )
-            parts.append(f'<div id="log-{stream}-lines" hx-swap-oob="true">{lines}</div>')
-            parts.append(
-                render_to_string(
-                    "instances/_earlier_button.html",
-                    {
-                        "instance": instance,
-                        "stream": stream,
-                        "earlier": logs.place_text(window.earlier) if window.earlier else "",
-                        "oob": True,
-                    },
-                )
-            )
-        return "".join(parts), windows
+        for pane in instance_pages.stream_windows(self.iid):
+            windows[pane["name"]] = pane["window"]
+            parts.append((f"{PANE}#lines", {"pane": pane, "oob": True}))
+            button = {"instance": instance, "stream": pane["name"], "earlier": pane["earlier"]}
+            parts.append(("instances/_earlier_button.html", {**button, "oob": True}))
+        return render_fragments(parts), windows
 
     async def send_snapshot(self) -> None:
         await super().send_snapshot()
@@ -335,11 +314,9 @@ class InstanceConsumer(LiveConsumer):
         self.tasks.append(asyncio.ensure_future(self.flush_loop()))
 
     async def follow(self, stream: str, cursor: int) -> None:
-        from sequences.streams import follow
-
         follower = self.followers[stream]
         try:
-            async for chunk in follow(self.iid, stream, cursor):
+            async for chunk in streams.follow(self.iid, stream, cursor):
                 follower.add(follower.splitter.feed(chunk))
                 self.lines_ready.set()
             follower.add(follower.splitter.finish())
@@ -391,12 +368,10 @@ class InstanceConsumer(LiveConsumer):
 
 class SequencerListConsumer(LiveConsumer):
     def watch_groups(self) -> list[str]:
-        return ["sequencers"]
+        return [notices.SEQUENCERS]
 
     def fragments(self) -> str:
-        from dashboard.views.sequencers import list_context
-
-        context = {**list_context(), **self.base_context()}
+        context = {**sequencer_pages.list_context(), **self.base_context()}
         return render_to_string("sequencers/list.html#table", context)
 
 
@@ -406,9 +381,6 @@ class SequencerConsumer(LiveConsumer):
     debounce = 0.05  # step colours should follow the engine closely
 
     async def setup(self) -> None:
-        from sequences import sequencers
-        from sequences.errors import HubError
-
         ident = self.scope["url_route"]["kwargs"]["ident"]
         try:
             row = await sequencers.aget_sequencer(ident)
@@ -417,14 +389,11 @@ class SequencerConsumer(LiveConsumer):
         self.sid = row.id
 
     def watch_groups(self) -> list[str]:
-        return [f"sequencer-{self.sid}"]
+        return [notices.sequencer_group(self.sid)]
 
     def fragments(self) -> str:
-        from dashboard.views.sequencers import detail_context
-        from sequences import sequencers
-
         row = sequencers.get_sequencer(self.sid)
-        context = {**detail_context(row), **self.base_context(), "oob": True}
+        context = {**sequencer_pages.detail_context(row), **self.base_context(), "oob": True}
         names = ["state", "steps", "history"]
         if context["can_operate"]:
             names.append("step-select")  # only operators have the editor it lives in
@@ -432,16 +401,14 @@ class SequencerConsumer(LiveConsumer):
 
 
 class ComponentListConsumer(LiveConsumer):
-    """Components change with their sequencers and with component commands (`components`)."""
+    """Components change with their sequencers and with component commands (COMPONENTS)."""
 
     def watch_groups(self) -> list[str]:
-        return ["sequencers", "components"]
+        return [notices.SEQUENCERS, notices.COMPONENTS]
 
     async def components_changed(self, event: dict[str, Any]) -> None:
         self.refresh_soon()
 
     def fragments(self) -> str:
-        from dashboard.views.components import list_context
-
-        context = {**list_context(), **self.base_context()}
+        context = {**component_pages.list_context(), **self.base_context()}
         return render_to_string("components/list.html#table", context)

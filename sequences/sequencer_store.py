@@ -12,17 +12,17 @@ Synchronous on purpose: the actor calls it from a thread, the web through `sync_
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
+from asgiref.sync import async_to_sync
 from django.db import transaction
 from django.utils import timezone
 
-from sequences import live
+from sequences import live, notices
 from sequences.models import Sequencer, SequencerTransition
 from sequences.models import Step as StepRow
 from sequences.statemachine import (
@@ -39,18 +39,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 EVENTS_MAXLEN = 1000  # change notices kept per sequencer; readers fall back to the database
-GROUP_ALL = "sequencers"
-MESSAGE_TYPE = "sequencer.changed"
 
 
 def events_key(sequencer_id: str) -> str:
     """Redis stream of change notices `{d: json}` for one sequencer."""
     return f"hub:seqev:{sequencer_id}"
-
-
-def group_name(sequencer_id: str) -> str:
-    """Channel layer group of one sequencer's page."""
-    return f"sequencer-{sequencer_id}"
 
 
 # -- snapshot ⇄ rows -----------------------------------------------------------------------
@@ -324,26 +317,18 @@ def publish_event(sequencer_id: str, event: dict[str, Any], final: bool = False)
 
 
 def channel_message(view: dict[str, Any]) -> dict[str, Any]:
-    return {"type": MESSAGE_TYPE, "id": view["id"], "snapshot": view}
+    return {"type": notices.SEQUENCER_CHANGED, "id": view["id"], "snapshot": view}
 
 
 async def afan_out(view: dict[str, Any]) -> None:
     """Push a change to the sequencer's page group and to the sequencer list (at-most-once)."""
-    from channels.layers import get_channel_layer
-
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    message = channel_message(view)
-    with contextlib.suppress(Exception):
-        await layer.group_send(group_name(view["id"]), message)
-        await layer.group_send(GROUP_ALL, message)
+    await notices.asend(
+        channel_message(view), notices.sequencer_group(view["id"]), notices.SEQUENCERS
+    )
 
 
 def fan_out(view: dict[str, Any]) -> None:
     """`afan_out` from synchronous code (web threads, Celery tasks)."""
-    from asgiref.sync import async_to_sync
-
     try:
         async_to_sync(afan_out)(view)
     except Exception:

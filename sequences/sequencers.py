@@ -25,7 +25,7 @@ from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError
 
-from sequences import live
+from sequences import live, notices
 from sequences import sequencer_store as store
 from sequences.component_states import (
     ComponentCommand,
@@ -377,21 +377,10 @@ def create_component(name: str) -> SequenceComponent:
     return comp
 
 
-COMPONENTS_GROUP = "components"
-
-
 def announce_component(name: str) -> None:
-    """Tell component pages to look again (channel group `components`, message type
-    `components.changed`; at-most-once, like every channel layer notice)."""
-    from channels.layers import get_channel_layer
-
-    layer = get_channel_layer()
-    if layer is None:
-        return
+    """Tell component pages to look again (at-most-once, like every channel layer notice)."""
     with contextlib.suppress(Exception):
-        async_to_sync(layer.group_send)(
-            COMPONENTS_GROUP, {"type": "components.changed", "name": name}
-        )
+        notices.send({"type": notices.COMPONENTS_CHANGED, "name": name}, notices.COMPONENTS)
 
 
 def hosted_sequencer(comp: SequenceComponent) -> Sequencer | None:

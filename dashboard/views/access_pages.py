@@ -13,14 +13,14 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts.access import audit, has_role
 from accounts.models import ApiToken, AuditEntry
 from dashboard.forms import TokenForm, first_error
-from dashboard.views.common import role_page
+from dashboard.views.common import HtmxHttpRequest, role_page
 
 AUDIT_PAGE = 200
 
 
 @require_GET
 @role_page("viewer")
-def audit_log(request: HttpRequest) -> HttpResponse:
+def audit_log(request: HtmxHttpRequest) -> HttpResponse:
     filters = {k: request.GET.get(k, "").strip() for k in ("actor", "action", "target", "outcome")}
     rows = AuditEntry.objects.all()
     if filters["actor"]:
@@ -38,7 +38,7 @@ def audit_log(request: HttpRequest) -> HttpResponse:
         "actions": sorted(set(AuditEntry.objects.values_list("action", flat=True).distinct())),
     }
     template = "access/audit.html"
-    if getattr(request, "htmx", False) and request.GET.get("partial") == "rows":
+    if request.htmx and request.GET.get("partial") == "rows":
         template += "#rows"
     return render(request, template, context)
 
@@ -56,7 +56,6 @@ def _visible_tokens(request: HttpRequest) -> list[ApiToken]:
 def tokens(request: HttpRequest) -> HttpResponse:
     context = {
         "tokens": _visible_tokens(request) if request.user.is_authenticated else [],
-        "form": TokenForm(),
         "new_token": request.session.pop("new_token", None),
     }
     return render(request, "access/tokens.html", context)

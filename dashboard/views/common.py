@@ -20,7 +20,9 @@ from django_htmx.middleware import HtmxDetails
 from accounts.access import has_role, user_role
 
 
-class HtmxRequest(HttpRequest):
+class HtmxHttpRequest(HttpRequest):
+    """A page request: django-htmx's middleware (in every page's stack) has set `htmx`."""
+
     htmx: HtmxDetails
 
 
@@ -38,7 +40,7 @@ def _refusal(request: HttpRequest, user: Any, needed: str) -> HttpResponse | Non
 
 
 def role_page(needed: str) -> Callable:
-    """Like `access.role_required`, for sync and async views alike.
+    """The role guard of every page: strangers go to the login page, others get a 403.
 
     Async views matter here: start and stop wait for a worker, and sync views under ASGI all
     share one thread, so a waiting sync view would stall every other page.
@@ -79,14 +81,14 @@ def back_to(request: HttpRequest, fallback: str) -> str:
 
 
 def feedback(
-    request: HttpRequest, level: str, text: str, fallback: str, status: int = 200
+    request: HtmxHttpRequest, level: str, text: str, fallback: str, status: int = 200
 ) -> HttpResponse:
     """Answer an action: an inline message for htmx, a flash message and a redirect without JS.
 
     Refusals keep their HTTP status for htmx (the page's htmx config swaps 4xx answers too),
     so tests and scripts see what happened.
     """
-    if getattr(request, "htmx", False):
+    if request.htmx:
         html = render_to_string("_feedback.html", {"level": level, "text": text})
         return HttpResponse(html, status=status)
     getattr(messages, "success" if level == "ok" else level)(request, text)
@@ -141,7 +143,3 @@ def client_ip(request: HttpRequest) -> str:
         if not any(address in n for n in trusted):
             return str(address)
     return str(peer_address)
-
-
-def page_size() -> int:
-    return getattr(settings, "HUB_PAGE_SIZE", 100)

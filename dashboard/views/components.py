@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.access import audit
-from dashboard.views.common import feedback, role_page
-from sequences import sequencers
+from dashboard.views.common import HtmxHttpRequest, feedback, role_page
+from sequences import notices, sequencers
 from sequences.errors import HubError
 from sequences.models import Sequence
 
@@ -35,7 +34,7 @@ def component_list(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @role_page("admin")
-def component_create(request: HttpRequest) -> HttpResponse:
+def component_create(request: HtmxHttpRequest) -> HttpResponse:
     name = request.POST.get("name", "").strip()
     fallback = reverse("components")
     try:
@@ -44,19 +43,8 @@ def component_create(request: HttpRequest) -> HttpResponse:
         audit(request.user, "component.create", name, outcome="refused", error=exc.message)
         return feedback(request, "error", exc.message, fallback, exc.status)
     audit(request.user, "component.create", comp.name)
-    async_to_sync(_announce)()
+    # create_component has told the components pages (sequencers.announce_component).
     return feedback(request, "ok", f"Created sequence component {comp.name} (Idle).", fallback)
-
-
-async def _announce() -> None:
-    """Tell every open components page to look again: component states are not fanned out
-    by the domain (only sequencer changes are)."""
-    from channels.layers import get_channel_layer
-
-    layer = get_channel_layer()
-    if layer is not None:
-        with contextlib.suppress(Exception):
-            await layer.group_send("components", {"type": "components.changed"})
 
 
 def _explain(answer: dict[str, Any]) -> tuple[str, str]:
@@ -78,12 +66,14 @@ _aaudit = sync_to_async(audit)
 
 @require_POST
 @role_page("admin")
-async def component_action(request: HttpRequest, name: str, action: str) -> HttpResponse:
+async def component_action(request: HtmxHttpRequest, name: str, action: str) -> HttpResponse:
     """load-script, unload-script, restart: async, as they wait for a sequencer process."""
     fallback = reverse("components")
 
     async def answer(level: str, text: str, status: int = 200) -> HttpResponse:
-        await _announce()
+        # Every answer redraws the components pages: the domain announces only the commands
+        # it finished, not one an error cut short.
+        await notices.asend({"type": notices.COMPONENTS_CHANGED}, notices.COMPONENTS)
         return await sync_to_async(feedback)(request, level, text, fallback, status)
 
     try:

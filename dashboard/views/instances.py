@@ -17,9 +17,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.access import audit
+from dashboard import logs
 from dashboard.forms import EventForm, InputForm, StopForm, first_error
-from dashboard.views import logs
-from dashboard.views.common import feedback, role_page
+from dashboard.views.common import HtmxHttpRequest, feedback, role_page
 from sequences import instances, streams
 from sequences.errors import HubError
 from sequences.models import LIVE_STATUSES, Instance, InstanceEvent, InstanceStatus, Sequence
@@ -47,13 +47,13 @@ def list_context(status: str, sequence: str) -> dict[str, Any]:
 
 @require_GET
 @role_page("viewer")
-def instance_list(request: HttpRequest) -> HttpResponse:
+def instance_list(request: HtmxHttpRequest) -> HttpResponse:
     status = request.GET.get("status", "")
     sequence = request.GET.get("sequence", "")
     context = list_context(status, sequence)
     # The filter form asks htmx for the rows only: the same template's partial.
     template = "instances/list.html"
-    if getattr(request, "htmx", False) and request.GET.get("partial") == "rows":
+    if request.htmx and request.GET.get("partial") == "rows":
         template += "#rows"
     return render(request, template, context)
 
@@ -99,9 +99,6 @@ def instance_detail(request: HttpRequest, iid: str) -> HttpResponse:
     context = status_context(instance)
     context.update(
         panes=stream_windows(iid),
-        input_form=InputForm(),
-        event_form=EventForm(),
-        stop_form=StopForm(),
         search_streams=logs.STREAMS,
     )
     return render(request, "instances/detail.html", context)
@@ -109,7 +106,7 @@ def instance_detail(request: HttpRequest, iid: str) -> HttpResponse:
 
 @require_GET
 @role_page("viewer")
-def log_earlier(request: HttpRequest, iid: str, stream: str) -> HttpResponse:
+def log_earlier(request: HtmxHttpRequest, iid: str, stream: str) -> HttpResponse:
     """The lines before a place: htmx prepends them; without JS it is a page of its own."""
     if stream not in logs.STREAMS:
         return HttpResponseBadRequest("unknown stream")
@@ -124,7 +121,7 @@ def log_earlier(request: HttpRequest, iid: str, stream: str) -> HttpResponse:
         "lines": logs.render_lines(window.lines),
         "earlier": logs.place_text(window.earlier) if window.earlier else "",
     }
-    if getattr(request, "htmx", False):
+    if request.htmx:
         return render(request, "instances/_earlier.html", context)
     return render(request, "instances/earlier_page.html", context)
 
@@ -142,7 +139,7 @@ def log_download(request: HttpRequest, iid: str, stream: str) -> HttpResponse:
 
 @require_GET
 @role_page("viewer")
-def log_search(request: HttpRequest, iid: str) -> HttpResponse:
+def log_search(request: HtmxHttpRequest, iid: str) -> HttpResponse:
     """Server-side search over the whole stream, not only the lines on screen."""
     stream = request.GET.get("stream", "stdout")
     needle = request.GET.get("q", "")
@@ -158,7 +155,7 @@ def log_search(request: HttpRequest, iid: str) -> HttpResponse:
     ]
     context = {"instance": instance, "stream": stream, "q": needle, "results": results}
     template = "instances/search.html"
-    if getattr(request, "htmx", False):
+    if request.htmx:
         template += "#results"
     return render(request, template, context)
 
@@ -170,14 +167,14 @@ _aaudit = sync_to_async(audit)
 
 
 async def _afeedback(
-    request: HttpRequest, iid: str, level: str, text: str, status: int = 200
+    request: HtmxHttpRequest, iid: str, level: str, text: str, status: int = 200
 ) -> HttpResponse:
     return await sync_to_async(feedback)(
         request, level, text, reverse("instance", args=[iid]), status
     )
 
 
-async def _instance_or_404(request: HttpRequest, iid: str) -> Instance | HttpResponse:
+async def _instance_or_404(request: HtmxHttpRequest, iid: str) -> Instance | HttpResponse:
     instance = await _aget(iid)
     if instance is None:
         return await _afeedback(request, iid, "error", f"Instance {iid} not found.", 404)
@@ -186,7 +183,7 @@ async def _instance_or_404(request: HttpRequest, iid: str) -> Instance | HttpRes
 
 @require_POST
 @role_page("operator")
-async def instance_input(request: HttpRequest, iid: str) -> HttpResponse:
+async def instance_input(request: HtmxHttpRequest, iid: str) -> HttpResponse:
     found = await _instance_or_404(request, iid)
     if isinstance(found, HttpResponse):
         return found
@@ -212,7 +209,7 @@ async def instance_input(request: HttpRequest, iid: str) -> HttpResponse:
 
 @require_POST
 @role_page("operator")
-async def instance_event(request: HttpRequest, iid: str) -> HttpResponse:
+async def instance_event(request: HtmxHttpRequest, iid: str) -> HttpResponse:
     found = await _instance_or_404(request, iid)
     if isinstance(found, HttpResponse):
         return found
@@ -231,7 +228,7 @@ async def instance_event(request: HttpRequest, iid: str) -> HttpResponse:
 
 @require_POST
 @role_page("operator")
-async def instance_stop(request: HttpRequest, iid: str) -> HttpResponse:
+async def instance_stop(request: HtmxHttpRequest, iid: str) -> HttpResponse:
     """Waits (async) until the instance ended or the timeout passed, then says which."""
     found = await _instance_or_404(request, iid)
     if isinstance(found, HttpResponse):
@@ -256,7 +253,7 @@ async def instance_stop(request: HttpRequest, iid: str) -> HttpResponse:
 
 @require_POST
 @role_page("operator")
-async def instance_kill(request: HttpRequest, iid: str) -> HttpResponse:
+async def instance_kill(request: HtmxHttpRequest, iid: str) -> HttpResponse:
     found = await _instance_or_404(request, iid)
     if isinstance(found, HttpResponse):
         return found

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.access import audit
 from dashboard.forms import StepsForm, first_error
-from dashboard.views.common import feedback, role_page
+from dashboard.views.common import HtmxHttpRequest, feedback, role_page
 from dashboard.views.instances import stream_windows
 from sequences import sequencers
 from sequences.errors import HubError
@@ -87,7 +87,6 @@ def sequencer_detail(request: HttpRequest, ident: str) -> HttpResponse:
     if row is None:
         return render(request, "404.html", {"what": f"Sequencer {ident}"}, status=404)
     context = detail_context(row)
-    context["steps_form"] = StepsForm()
     if row.instance_id:
         context["panes"] = stream_windows(row.instance_id)
         context["instance"] = row.instance
@@ -143,7 +142,7 @@ _aaudit = sync_to_async(audit)
 
 @require_POST
 @role_page("operator")
-async def sequencer_command(request: HttpRequest, ident: str, name: str) -> HttpResponse:
+async def sequencer_command(request: HtmxHttpRequest, ident: str, name: str) -> HttpResponse:
     """One command, answered inline (htmx) or by a message on the page (plain POST)."""
     row = await _aget(ident)
     fallback = reverse("sequencer", args=[ident])

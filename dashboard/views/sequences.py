@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.contrib import messages
 from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
@@ -13,7 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.access import audit
 from dashboard.forms import StartForm, UploadForm
-from dashboard.views.common import feedback, role_page
+from dashboard.views.common import HtmxHttpRequest, feedback, role_page
 from sequences import catalog, instances
 from sequences.errors import HubError
 from sequences.models import LIVE_STATUSES, Sequence
@@ -31,12 +32,12 @@ def _sequences() -> list[Sequence]:
 @require_GET
 @role_page("viewer")
 def sequence_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "sequences/list.html", {"sequences": _sequences(), "form": UploadForm()})
+    return render(request, "sequences/list.html", {"sequences": _sequences()})
 
 
 @require_POST
 @role_page("admin")
-def sequence_upload(request: HttpRequest) -> HttpResponse:
+def sequence_upload(request: HtmxHttpRequest) -> HttpResponse:
     """The same `catalog` calls as `POST /api/v1/sequence`, with the 422 reasons shown as text."""
     form = UploadForm(request.POST, request.FILES)
     fallback = reverse("sequences")
@@ -57,8 +58,6 @@ def sequence_upload(request: HttpRequest) -> HttpResponse:
 
 
 def _redirect_with(request: HttpRequest, text: str, url: str) -> HttpResponse:
-    from django.contrib import messages
-
     messages.success(request, text)
     return HttpResponseRedirect(url)
 
@@ -95,7 +94,7 @@ def _get(seq_id: str) -> Sequence | None:
 
 @require_POST
 @role_page("admin")
-def sequence_delete(request: HttpRequest, seq_id: str) -> HttpResponse:
+def sequence_delete(request: HtmxHttpRequest, seq_id: str) -> HttpResponse:
     seq = _get(seq_id)
     if seq is None:
         return feedback(
@@ -113,12 +112,6 @@ def sequence_delete(request: HttpRequest, seq_id: str) -> HttpResponse:
     return _redirect_with(request, text, reverse("sequences"))
 
 
-def _flash(request: HttpRequest, text: str) -> None:
-    from django.contrib import messages
-
-    messages.success(request, text)
-
-
 _aget = sync_to_async(_get)
 _arender_detail = sync_to_async(
     lambda request, seq, form, status: render(
@@ -130,7 +123,7 @@ _aaudit = sync_to_async(audit)
 
 @require_POST
 @role_page("operator")
-async def sequence_start(request: HttpRequest, seq_id: str) -> HttpResponse:
+async def sequence_start(request: HtmxHttpRequest, seq_id: str) -> HttpResponse:
     """Validate args and appConfig as the API does, start, then go to the instance page.
 
     Async because the start waits for a worker to take the instance (up to HUB_START_TIMEOUT).
@@ -154,5 +147,7 @@ async def sequence_start(request: HttpRequest, seq_id: str) -> HttpResponse:
     await _aaudit(
         user, "instance.start", instance.id, sequence=seq.id, args=form.start_request.args
     )
-    await sync_to_async(_flash)(request, f"Started instance {instance.id}.")
-    return HttpResponseRedirect(reverse("instance", args=[instance.id]))
+    text = f"Started instance {instance.id}."
+    return await sync_to_async(_redirect_with)(
+        request, text, reverse("instance", args=[instance.id])
+    )

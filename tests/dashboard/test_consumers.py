@@ -12,7 +12,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from dashboard.asgi import application
-from sequences import live
+from sequences import live, notices
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -84,8 +84,8 @@ async def test_the_instance_socket_sends_a_snapshot_then_updates(cookies, live_i
     assert "Kill</button>" not in snapshot
     await receive_until(comm, "last")
     await get_channel_layer().group_send(
-        f"instance-{live_instance.id}",
-        {"type": "instance.changed", "id": live_instance.id, "status": "stopping"},
+        notices.instance_group(live_instance.id),
+        {"type": notices.INSTANCE_CHANGED, "id": live_instance.id, "status": "stopping"},
     )
     update = await receive_until(comm, 'data-status="stopping"')
     assert 'id="inst-status"' in update
@@ -162,7 +162,8 @@ async def test_list_pages_refresh_when_something_changes(cookies, live_instance)
     assert 'id="rows-table"' in first and live_instance.id in first
     await sync_to_async(_end)(live_instance.id)
     await get_channel_layer().group_send(
-        "instances", {"type": "instance.changed", "id": live_instance.id, "status": "completed"}
+        notices.INSTANCES,
+        {"type": notices.INSTANCE_CHANGED, "id": live_instance.id, "status": "completed"},
     )
     again = await comm.receive_from(timeout=10)
     assert live_instance.id not in again  # no longer running: filtered out
@@ -195,7 +196,8 @@ async def test_the_sequencer_socket_follows_its_changes(cookies, sequence):
     assert re.search(r'data-command="shutdown"[^>]*disabled', snapshot)
     await sync_to_async(Step.objects.filter(sequencer=row).update)(status="InFlight")
     await get_channel_layer().group_send(
-        f"sequencer-{row.id}", {"type": "sequencer.changed", "id": row.id, "snapshot": {}}
+        notices.sequencer_group(row.id),
+        {"type": notices.SEQUENCER_CHANGED, "id": row.id, "snapshot": {}},
     )
     update = await comm.receive_from(timeout=10)
     assert 'class="st-inflight' in update

@@ -18,8 +18,8 @@ from django.test import RequestFactory, override_settings
 
 from dashboard.cache_json import JSONSerializer
 from dashboard.exposure import exposure_warnings
+from dashboard.logs import render_lines
 from dashboard.views.common import client_ip
-from dashboard.views.logs import render_lines
 from tests.conftest import ROOT
 from tests.dashboard.test_settings_and_runhub import clean_env
 
