@@ -115,7 +115,8 @@ _I, _L, _R, _O = State.IDLE, State.LOADED, State.RUNNING, State.OFFLINE
 _EDITING = frozenset({_L, _R})
 _ONLINE_OR_OFFLINE = frozenset({_I, _L, _R, _O})
 
-# The columns of the state machine table (docs/architecture.md) that do not answer Unhandled (Killed accepts nothing).
+# The columns of the state machine table (docs/architecture.md) that do not answer
+# Unhandled (Killed accepts nothing).
 ACCEPTED_IN: dict[CommandName, frozenset[State]] = {
     CommandName.LOAD_SEQUENCE: frozenset({_I, _L}),
     CommandName.START_SEQUENCE: frozenset({_L}),

@@ -52,7 +52,7 @@ TYPES_BY_STATUS = {
     },
 }
 
-# -- the transition rules of docs/architecture.md, as seen in the history ---------------------------
+# -- the transition rules of docs/architecture.md, as seen in the history -----------------
 
 IDLE, LOADED, RUNNING, OFFLINE = "Idle", "Loaded", "Running", "Offline"
 PROC, KILLED = "Processing", "Killed"

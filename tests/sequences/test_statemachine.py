@@ -1,5 +1,5 @@
-"""Sequencer state machine: the table of docs/architecture.md, editor answers, engine, queries, and a
-random walk checking that every transition is one the table allows."""
+"""Sequencer state machine: the table of docs/architecture.md, editor answers, engine, queries,
+and a random walk checking that every transition is one the table allows."""
 
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ EDITORS = (
 
 
 def column(state: State) -> dict[CommandName, Expect]:
-    """The state machine table (docs/architecture.md), one column; everything not listed is Unhandled."""
+    """The state machine table (docs/architecture.md), one column; the rest is Unhandled."""
     mode = {
         C.DIAGNOSTIC_MODE: hooked(("Ok", state), ("DiagnosticHookFailed", state)),
         C.OPERATIONS_MODE: hooked(("Ok", state), ("OperationsHookFailed", state)),
