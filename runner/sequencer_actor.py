@@ -7,7 +7,7 @@ is decided and persisted by `sequencer_store.apply` under the sequencer's row lo
 never interleave, whatever arrives at the same time.
 
 Handler calls do not block the queue: a command whose hook runs is persisted as Processing,
-its 6001 goes to the child, and its 3020 comes back later through the queue. Meanwhile other
+its CALL goes to the child, and its CALL_DONE comes back later through the queue. Meanwhile other
 commands are answered from the table (Unhandled, except shutdown) and step results are applied.
 
 Database work runs in a small thread pool, never on the loop.
@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
+from core.protocol import Message
 from runner.supervisor import Child, Supervisor, register_op
 from sequences import sequencer_store as store
 from sequences.statemachine import (
@@ -53,10 +54,6 @@ T = TypeVar("T")
 
 # A shutdown proceeds (→ Killed) even when its hook hangs or waits behind a long step.
 SHUTDOWN_HOOK_TIMEOUT = 5.0
-ON_SCRIPT_LOADED = 3021
-ON_PING = 3000
-ON_CALL_DONE = 3020
-CALL = 6001
 
 # Database threads shared by every actor of this worker. Each actor awaits its own jobs one by
 # one, so its changes stay in order; different sequencers may write side by side.
@@ -152,12 +149,12 @@ class SequencerActor:
 
     # -- from the child (called in the loop by the supervisor) ---------------------------
     def _on_message(self, code: int, data: Any) -> None:
-        if code == ON_SCRIPT_LOADED:
+        if code == Message.SCRIPT_LOADED:
             self.handlers = data if isinstance(data, dict) else {}
-        elif code == ON_PING:
+        elif code == Message.PING:
             if not self.loaded.done():
                 self.loaded.set_result(self.handlers)
-        elif code == ON_CALL_DONE and isinstance(data, dict):
+        elif code == Message.CALL_DONE and isinstance(data, dict):
             error = data.get("error")
             self.queue.put_nowait(
                 _CallDone(str(data.get("call")), bool(data.get("ok")), str(error or ""))
@@ -249,7 +246,7 @@ class SequencerActor:
         self.calls[call.call_id] = _HookCall(decision, item)
         self.sup.send(
             self.child,
-            CALL,
+            Message.CALL,
             {
                 "call": call.call_id,
                 "handler": str(call.handler),
@@ -324,7 +321,7 @@ class SequencerActor:
         handler = "setup" if step.type is StepType.SETUP else "observe"
         self.sup.send(
             self.child,
-            CALL,
+            Message.CALL,
             {
                 "call": call_id,
                 "handler": handler,
@@ -384,7 +381,7 @@ async def launch(
     timeout: float,
 ) -> dict[str, Any]:
     """Fork the sequencer's child, attach its actor, and wait until the script is loaded
-    (3021, then 3000) or the child ends. Returns the reply for the web."""
+    (SCRIPT_LOADED, then PING) or the child ends. Returns the reply for the web."""
     child = await sup.spawn(instance_id, spec, kind="script", argv=argv)
     actor = SequencerActor(sup, sequencer_id, instance_id, child)
     ACTORS[sequencer_id] = actor

@@ -18,6 +18,7 @@ from celery.signals import worker_shutdown
 from django.conf import settings
 from django.utils import timezone
 
+from core.protocol import Exit
 from runner import launch, sequencer_actor
 from runner.supervisor import Refused, current_supervisor, get_supervisor
 from runner.tasks import fail_instance, send_reply
@@ -58,12 +59,12 @@ def start_sequencer(sequencer_id: str, reply: str) -> None:
             timeout=timeout + 20,
         )
     except Refused as exc:
-        fail_instance(instance.id, 24, str(exc))
+        fail_instance(instance.id, Exit.REFUSED, str(exc))
         send_reply(reply, {"ok": False, "error": str(exc), "code": "INSUFFICIENT_RESOURCES"})
         return
     except Exception as exc:
         log.exception("could not start sequencer %s", sequencer_id)
-        fail_instance(instance.id, 20, f"Failed to start: {exc}")
+        fail_instance(instance.id, Exit.LAUNCH_FAILED, f"Failed to start: {exc}")
         send_reply(reply, {"ok": False, "error": f"Failed to start: {exc}"})
         return
     if answer.get("pid"):

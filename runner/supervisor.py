@@ -32,6 +32,8 @@ import psutil
 from django.conf import settings
 from django.utils import timezone
 
+from core import protocol
+from core.protocol import STREAMS, Exit, Message
 from runner import cgroups, isolation, launch
 from runner.dbwriter import DbWriter
 from runner.forkserver import ForkServer
@@ -43,7 +45,6 @@ from sequences.models import Instance, InstanceStatus, Sequence
 
 log = logging.getLogger(__name__)
 
-READ_STREAMS = {1: "stdout", 2: "stderr", 4: "output", 6: "log"}
 REDIS_MAXLEN = 512  # chunks kept live per stream; older ones are read from the database
 ENDED_STREAM_TTL = 600  # seconds an ended instance's live streams stay for late readers
 EVENT_NOTIFY_SECONDS = 0.2
@@ -57,29 +58,11 @@ INPUT_BUFFER_LIMIT = 64 << 20
 DEFAULT_NPROC = 1024  # processes and threads of an instance running as a leased user id
 F_SETPIPE_SZ = 1031
 
-EXIT_REASONS = {
-    0: (InstanceStatus.COMPLETED, "Instance completed"),
-    137: (InstanceStatus.COMPLETED, "Instance killed"),
-    138: (InstanceStatus.COMPLETED, "Instance stopped"),
-    21: (InstanceStatus.ERRORED, "Bad main: the main file is missing or defines no entry point"),
-    22: (InstanceStatus.ERRORED, "Failed on start: the main module could not be loaded"),
-    23: (InstanceStatus.ERRORED, "Failed while running: the sequence raised an exception"),
-    24: (InstanceStatus.ERRORED, "Refused for resources"),
-}
-
 
 def outcome(code: int, killed: bool, stopped: bool) -> tuple[str, str]:
     """Status and reason for an exit code, as STH reports them."""
-    if code == 137 and stopped and not killed:
-        return InstanceStatus.COMPLETED, "Instance stopped: killed after the stop timeout"
-    if code in EXIT_REASONS:
-        return EXIT_REASONS[code]
-    if code > 128 and not killed:
-        sig = code - 128
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-        hint = " (out of memory?)" if sig == signal.SIGKILL else ""
-        return InstanceStatus.ERRORED, f"Killed by signal {name}{hint}"
-    return InstanceStatus.ERRORED, f"Runner failed with exit code {code}"
+    failed, reason = protocol.outcome(code, killed, stopped)
+    return (InstanceStatus.ERRORED if failed else InstanceStatus.COMPLETED), reason
 
 
 # Extra control operations other modules add (e.g. sequencer commands): name -> handler.
@@ -100,7 +83,7 @@ class Child:
     iid: str
     kind: str
     pid: int = 0
-    seq: dict[str, int] = field(default_factory=lambda: dict.fromkeys(READ_STREAMS.values(), 0))
+    seq: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STREAMS, 0))
     transports: list[asyncio.BaseTransport] = field(default_factory=list)
     open_pumps: int = 0
     pumps_done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -346,8 +329,8 @@ class Supervisor:
         return child
 
     async def _attach(self, child: Child, parent: dict[str, Any]) -> None:
-        child.open_pumps = len(READ_STREAMS)
-        for stream in READ_STREAMS.values():
+        child.open_pumps = len(STREAMS)
+        for stream in STREAMS:
             await self.loop.connect_read_pipe(lambda s=stream: Pump(self, child, s), parent[stream])
         child.stdin, _ = await self.loop.connect_write_pipe(asyncio.Protocol, parent["stdin"])
         child.input, _ = await self.loop.connect_write_pipe(asyncio.Protocol, parent["input"])
@@ -441,15 +424,15 @@ class Supervisor:
             self._on_child_message(child, code, data)
 
     def _on_child_message(self, child: Child, code: int, data: Any) -> None:
-        if code == 3000 and not child.finished:
+        if code == Message.PING and not child.finished:
             self.writer.update(child.iid, status=InstanceStatus.RUNNING)
             self._notify(child.iid, status=InstanceStatus.RUNNING)
-        elif code == 3001:
+        elif code == Message.HEALTH:
             for waiter in child.health_waiters:
                 if not waiter.done():
                     waiter.set_result(data)
             child.health_waiters.clear()
-        elif code == 3010:
+        elif code == Message.ALIVE:
             child.kept_alive = True
             if child.stop_timer:
                 child.stop_timer.cancel()
@@ -457,7 +440,7 @@ class Supervisor:
                 child.stopped = False
                 self.writer.update(child.iid, status=InstanceStatus.RUNNING)
                 self._notify(child.iid, status=InstanceStatus.RUNNING)
-        elif code == 5001 and isinstance(data, dict):
+        elif code == Message.EVENT and isinstance(data, dict):
             self._on_event(child, data)
         if child.on_message is not None:
             child.on_message(code, data)
@@ -568,13 +551,13 @@ class Supervisor:
             )
             return
         except cgroups.CgroupError as exc:
-            self._record_failure(iid, 20, f"Failed to start: {exc}")
+            self._record_failure(iid, Exit.LAUNCH_FAILED, f"Failed to start: {exc}")
             await self.reply(
                 token, {"ok": False, "status": 422, "code": "INVALID_CONFIG", "error": str(exc)}
             )
             return
         except Refused as exc:
-            self._record_failure(iid, 24, str(exc))
+            self._record_failure(iid, Exit.REFUSED, str(exc))
             await self.reply(
                 token,
                 {"ok": False, "status": 507, "code": "INSUFFICIENT_RESOURCES", "error": str(exc)},
@@ -582,7 +565,7 @@ class Supervisor:
             return
         except Exception as exc:
             log.exception("could not start instance %s", iid)
-            self._record_failure(iid, 20, f"Failed to start: {exc}")
+            self._record_failure(iid, Exit.LAUNCH_FAILED, f"Failed to start: {exc}")
             await self.reply(
                 token,
                 {
@@ -685,7 +668,9 @@ class Supervisor:
         child = self.children.get(header["id"])
         if child is not None:
             self.send(
-                child, 5001, {"eventName": header["eventName"], "message": header.get("message")}
+                child,
+                Message.EVENT,
+                {"eventName": header["eventName"], "message": header.get("message")},
             )
 
     async def _op_health(self, header: dict, payload: bytes) -> None:
@@ -694,7 +679,7 @@ class Supervisor:
         if child is not None:
             waiter = self.loop.create_future()
             child.health_waiters.append(waiter)
-            self.send(child, 4004, {})
+            self.send(child, Message.HEALTH_CHECK, {})
             try:
                 answer = await asyncio.wait_for(waiter, 2)
                 result = dict(answer) if isinstance(answer, dict) else {"healthy": bool(answer)}
@@ -728,7 +713,7 @@ class Supervisor:
         self._notify(child.iid, status=InstanceStatus.STOPPING)
         self.send(
             child,
-            4001,
+            Message.STOP,
             {"timeout": timeout_ms, "canCallKeepalive": bool(header.get("canCallKeepalive"))},
         )
         if child.stop_timer:
@@ -790,7 +775,7 @@ class Supervisor:
             child.ctl_writer.close()
         if child.stop_timer:
             child.stop_timer.cancel()
-        code = child.exit_code if child.exit_code is not None else -1
+        code = child.exit_code if child.exit_code is not None else protocol.UNKNOWN_EXIT
         status, reason = outcome(code, child.killed, child.stopped)
         self.children.pop(child.iid, None)
         child.finished = True
@@ -799,12 +784,12 @@ class Supervisor:
         # outcome lets the web answer "how did it end" before the batched row update lands.
         end = {"eof": 1, "status": status, "exitcode": code, "reason": reason}
         end["ended"] = now.timestamp()
-        for stream in READ_STREAMS.values():
+        for stream in STREAMS:
             key = live.stream_key(child.iid, stream)
             self._outbox.append((key, live.sign_end(key, {**end, "n": child.seq[stream]})))
         # Expiry rides in the same pipeline, after the eof entries that may create the keys.
         for key in [
-            *(live.stream_key(child.iid, s) for s in READ_STREAMS.values()),
+            *(live.stream_key(child.iid, s) for s in STREAMS),
             live.events_key(child.iid),
         ]:
             self._outbox.append((key, None))

@@ -10,6 +10,7 @@ from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 from django.utils import timezone
 
+from core.protocol import STREAMS, Exit
 from runner.supervisor import current_supervisor, get_supervisor
 from sequences import live
 from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, Worker
@@ -84,7 +85,7 @@ def detect_lost() -> int:
         status=InstanceStatus.INITIALIZING, worker="", created__lt=cutoff
     )
     for iid in stale.values_list("id", flat=True):
-        fail_instance(iid, 20, "no worker took the start request")
+        fail_instance(iid, Exit.LAUNCH_FAILED, "no worker took the start request")
     return lost
 
 
@@ -104,7 +105,7 @@ def mark_lost(worker: str, reason: str) -> int:
     client = live.sync_client()
     pipe = client.pipeline(transaction=False)
     for iid in ids:
-        for stream in live.STREAMS:
+        for stream in STREAMS:
             key = live.stream_key(iid, stream)
             pipe.xadd(key, live.sign_end(key, {"eof": 1, "lost": 1}))
     pipe.execute()

@@ -20,6 +20,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from core.db_threads import db_call
+from core.protocol import Exit
 from sequences import live
 from sequences.errors import HubError, not_found
 from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, Sequence
@@ -218,7 +219,10 @@ def _fail_start(iid: str, reason: str) -> None:
     from django.utils import timezone
 
     Instance.objects.filter(pk=iid, status=InstanceStatus.INITIALIZING).update(
-        status=InstanceStatus.ERRORED, reason=reason, exit_code=20, ended=timezone.now()
+        status=InstanceStatus.ERRORED,
+        reason=reason,
+        exit_code=Exit.LAUNCH_FAILED,
+        ended=timezone.now(),
     )
 
 

@@ -36,7 +36,8 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-STREAMS = ("stdout", "stderr", "output", "log")
+from core.protocol import STREAMS
+
 HOST_LOG = "hub:log"
 
 

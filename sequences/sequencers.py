@@ -25,6 +25,7 @@ from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError
 
+from core.protocol import Exit
 from sequences import live
 from sequences import sequencer_store as store
 from sequences.component_states import (
@@ -590,7 +591,10 @@ def _fail_start(row: Sequencer, reason: str) -> None:
     from django.utils import timezone
 
     Instance.objects.filter(pk=row.instance_id, status=InstanceStatus.INITIALIZING).update(
-        status=InstanceStatus.ERRORED, reason=reason[:500], exit_code=20, ended=timezone.now()
+        status=InstanceStatus.ERRORED,
+        reason=reason[:500],
+        exit_code=Exit.LAUNCH_FAILED,
+        ended=timezone.now(),
     )
     store.mark_killed(row.id, reason, "LoadScript")
 

@@ -25,11 +25,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from core.protocol import STREAMS
 from runner.forkserver import ForkServer, ParentEnds, close_fds, make_child_fds
 
 T = TypeVar("T")
-
-READ_STREAMS = ("stdout", "stderr", "output", "log")
 
 
 def write_package(
@@ -96,7 +95,7 @@ class Child:
     def __init__(self, pid: int, ends: ParentEnds) -> None:
         self.pid = pid
         self.ends = ends
-        self.streams: dict[str, bytearray] = {name: bytearray() for name in READ_STREAMS}
+        self.streams: dict[str, bytearray] = {name: bytearray() for name in STREAMS}
         self.messages: list[tuple[int, Any]] = []
         self.exit_code: int | None = None
         self._loop = asyncio.get_running_loop()
