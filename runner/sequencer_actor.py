@@ -26,11 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 from core.protocol import Message
-from runner.supervisor import Child, Supervisor, register_op
+from runner.supervisor import Child, Supervisor, register_launcher, register_op
 from sequences import sequencer_store as store
+from sequences.sequencers import claim_start
 from sequences.statemachine import (
     CommandName,
     Decision,
@@ -402,6 +404,30 @@ async def launch(
     return {"ok": True, "worker": sup.name, "pid": child.pid, "handlers": handlers}
 
 
+async def start_script(sup: Supervisor, req: dict[str, Any]) -> dict[str, Any]:
+    """The supervisor's intake checked and claimed (in Redis) this start of a sequencer's
+    script: claim the instance's row too, then launch. The answer for the web is
+    `{"ok": true, "worker", "pid", "handlers"}`, or `{"ok": false, ...}` with `exitCode` /
+    `reason` (the web then reads the child's stderr for the message) or `error`."""
+    iid, sequencer_id = str(req["id"]), str(req["sequencer"]["id"])
+    claimed = await sup.loop.run_in_executor(
+        _executor, _db_job, lambda: claim_start(sequencer_id, iid, sup.name)
+    )
+    if not claimed:
+        log.warning("refused a start for sequencer %s: its row is not waiting", sequencer_id)
+        return {
+            "ok": False,
+            "status": 404,
+            "code": "NOT_FOUND",
+            "error": "the sequencer's process already started",
+        }
+    spec, argv = await sup.child_spec(req)
+    answer = await launch(sup, sequencer_id, iid, spec, argv, float(settings.HUB_START_TIMEOUT))
+    if answer.get("pid"):
+        sup.writer.update(iid, pid=answer["pid"])
+    return answer
+
+
 async def _drained(actor: SequencerActor) -> None:
     # The web reads the sequencer right after our answer: let the actor record the end first.
     with contextlib.suppress(TimeoutError):
@@ -433,3 +459,4 @@ async def _op_seqcmd(sup: Supervisor, header: dict, payload: bytes) -> None:
 
 
 register_op("seqcmd", _op_seqcmd)
+register_launcher("script", start_script)

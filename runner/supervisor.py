@@ -40,8 +40,9 @@ from runner.forkserver import ForkServer
 from runner.packagecache import cache_root
 from sequences import live
 from sequences.errors import HubError
-from sequences.instances import clean_limits
+from sequences.instances import clean_limits, record_failed_start
 from sequences.models import Instance, InstanceStatus, Sequence
+from sequences.sequencers import MAX_NAME, NAME_RE
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,17 @@ EXTRA_OPS: dict[str, OpHandler] = {}
 
 def register_op(name: str, handler: OpHandler) -> None:
     EXTRA_OPS[name] = handler
+
+
+# Who starts the child of a start of another kind than "sequence" once the intake checked and
+# claimed it: (supervisor, request) -> the answer for the web. Sequencer scripts ("script") go
+# to their actor (runner/sequencer_actor.py registers it).
+Launcher = Callable[["Supervisor", dict[str, Any]], Awaitable[dict[str, Any]]]
+LAUNCHERS: dict[str, Launcher] = {}
+
+
+def register_launcher(kind: str, launcher: Launcher) -> None:
+    LAUNCHERS[kind] = launcher
 
 
 class Refused(Exception):
@@ -487,9 +499,10 @@ class Supervisor:
 
     # -- direct starts from the web --------------------------------------------------------
     async def _start_loop(self) -> None:
-        """Start requests the web pushes on its queue's list: no Celery dispatch, no database
-        read, and the reply goes out as soon as the child is forked (the row is updated by the
-        writer, in order with the child's own messages)."""
+        """Start requests the web pushes on its queue's list, for instances and sequencer
+        scripts alike: no Celery dispatch, no database read for an instance, whose reply goes
+        out as soon as the child is forked (the row is updated by the writer, in order with the
+        child's own messages). A script's reply waits until its actor has it loaded."""
         keys = [live.start_key(queue) for queue in self.queues]
         client = live.async_client()
         while not self._stopping:
@@ -515,6 +528,7 @@ class Supervisor:
             return
         if float(req.get("expires", 0)) < time.time():
             return  # the web stopped waiting and recorded the failure itself
+        kind = str(req.get("kind", "sequence"))
         try:
             self.check_capacity()
             # One start per request: a replay (the same signed request pushed again) finds
@@ -535,14 +549,12 @@ class Supervisor:
                     },
                 )
                 return
-            spec = await self._spec_for(req)
-            child = await self.spawn(
-                iid,
-                spec,
-                kind=str(req.get("kind", "sequence")),
-                argv=launch.exec_argv(spec),
-                record_start=True,
-            )
+            if kind in LAUNCHERS:
+                answer = await LAUNCHERS[kind](self, req)
+            else:
+                spec, argv = await self.child_spec(req)
+                child = await self.spawn(iid, spec, kind=kind, argv=argv, record_start=True)
+                answer = {"ok": True, "worker": self.name, "pid": child.pid}
         except Instance.DoesNotExist:
             log.warning("refused a start for %s: it has no row", iid)
             await self.reply(
@@ -576,11 +588,15 @@ class Supervisor:
                 },
             )
             return
-        await self.reply(token, {"ok": True, "worker": self.name, "pid": child.pid}, owned=iid)
+        await self.reply(token, answer, owned=iid if answer.get("ok") else None)
 
-    async def _spec_for(self, req: dict[str, Any]) -> dict[str, Any]:
-        """The launch spec from what the web sent; the database only when the package is not
-        unpacked on this node yet (that fetch and unpack run in a thread)."""
+    async def child_spec(self, req: dict[str, Any]) -> tuple[dict[str, Any], list[str] | None]:
+        """The launch spec from what the web sent, and the program to exec (None: fork the
+        Python runtime); the database only when the package is not unpacked on this node yet
+        (that fetch and unpack run in a thread)."""
+        mode, extra = "sequence", None
+        if req.get("kind") == "script":
+            mode, extra = "script", {"prefix": req["sequencer"]["prefix"]}
         seq_fields = req["sequence"]
         if (cache_root() / str(seq_fields["sha256"])).is_dir():
             seq = Sequence(
@@ -597,19 +613,16 @@ class Supervisor:
                 app_config=req.get("appConfig") or {},
                 limits=req.get("limits") or {},
             )
-            return launch.build_spec(instance)
-        return await self.loop.run_in_executor(None, _spec_from_database, str(req["id"]))
+            spec = launch.build_spec(instance, mode, extra)
+        else:
+            spec = await self.loop.run_in_executor(
+                None, _spec_from_database, str(req["id"]), mode, extra
+            )
+        return spec, launch.exec_argv(spec)
 
     def _record_failure(self, iid: str, code: int, reason: str) -> None:
-        now = timezone.now()
-        self.writer.update(
-            iid,
-            status=InstanceStatus.ERRORED,
-            exit_code=code,
-            reason=reason[:500],
-            ended=now,
-            remove_at=now + timedelta(seconds=settings.HUB_INSTANCE_RETENTION),
-        )
+        # Through the writer: after the updates queued for the instance before it.
+        self.writer.call(lambda: record_failed_start(iid, code, reason))
 
     async def _guard(self, coro: Awaitable[None], header: dict) -> None:
         try:
@@ -925,8 +938,18 @@ def check_start(req: dict[str, Any]) -> tuple[str, str]:
         raise ValueError(f"id {iid!r} is not 1 to 64 letters, digits, '-' or '_'")
     if not isinstance(token, str) or not TOKEN.fullmatch(token):
         raise ValueError("reply is not a reply token")
-    if req.get("kind", "sequence") not in START_KINDS:
+    kind = req.get("kind", "sequence")
+    if kind not in START_KINDS:
         raise ValueError(f"kind {req.get('kind')!r} is not one of {', '.join(START_KINDS)}")
+    if kind == "script":
+        sequencer = req.get("sequencer")
+        if not isinstance(sequencer, dict):
+            raise ValueError("a script's start names no sequencer")
+        sid, prefix = sequencer.get("id"), sequencer.get("prefix")
+        if not isinstance(sid, str) or not launch.ID_PATTERN.fullmatch(sid):
+            raise ValueError(f"sequencer.id {sid!r} is not 1 to 64 letters, digits, '-' or '_'")
+        if not isinstance(prefix, str) or len(prefix) > MAX_NAME or not NAME_RE.fullmatch(prefix):
+            raise ValueError(f"sequencer.prefix {prefix!r} is not a sequencer's name")
     seq = req.get("sequence")
     if not isinstance(seq, dict) or not SHA256.fullmatch(str(seq.get("sha256", ""))):
         raise ValueError("sequence.sha256 is not a SHA-256")
@@ -946,12 +969,12 @@ def check_start(req: dict[str, Any]) -> tuple[str, str]:
     return iid, token
 
 
-def _spec_from_database(iid: str) -> dict[str, Any]:
+def _spec_from_database(iid: str, mode: str, extra: dict[str, Any] | None) -> dict[str, Any]:
     from django.db import close_old_connections
 
     close_old_connections()
     instance = Instance.objects.select_related("sequence").get(pk=iid)
-    return launch.build_spec(instance)
+    return launch.build_spec(instance, mode, extra)
 
 
 def _delete_instance(iid: str) -> None:
