@@ -51,6 +51,7 @@ MAX_REQUEST = 64 << 20
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+CHATTY_PIPE_BYTES = 1 << 20  # the pipe size of stdout and output, what sequences write most
 
 SANDBOX_ENV = "HUB_SANDBOX_CONFIG"
 
@@ -442,10 +443,11 @@ class ParentEnds:
 
 
 def make_child_fds() -> tuple[list[int], ParentEnds]:
-    """Creates the pipes and the control socketpair for one child.
+    """Creates the pipes and the control socketpair for one child: the supervisor's set-up,
+    which the test harness uses too.
 
-    Returns the child's descriptors in PROTOCOL.md order (0..6), to hand to `spawn` and then
-    close with `close_fds`, and the parent's ends.
+    Returns the child's descriptors in PROTOCOL.md order (core.protocol.Fd), to hand to
+    `spawn` and then close with `close_fds`, and the parent's ends.
     """
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
@@ -454,6 +456,11 @@ def make_child_fds() -> tuple[list[int], ParentEnds]:
     output_r, output_w = os.pipe()
     input_r, input_w = os.pipe()
     log_r, log_w = os.pipe()
+    for fd in (stdout_w, output_w):
+        # Bigger pipes mean fewer wake-ups for chatty sequences.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, CHATTY_PIPE_BYTES)
+    # In core.protocol.Fd order.
     child = [stdin_r, stdout_w, stderr_w, control_child.detach(), output_w, input_r, log_w]
     parent = ParentEnds(stdin_w, stdout_r, stderr_r, control, output_r, input_w, log_r)
     return child, parent

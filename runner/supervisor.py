@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import gc
 import json
 import logging
@@ -36,7 +35,7 @@ from core import protocol
 from core.protocol import STREAMS, Exit, Message
 from runner import cgroups, isolation, launch
 from runner.dbwriter import DbWriter
-from runner.forkserver import ForkServer
+from runner.forkserver import ForkServer, ParentEnds, close_fds, make_child_fds
 from runner.packagecache import cache_root
 from sequences import live
 from sequences.errors import HubError
@@ -57,7 +56,6 @@ LIST_NOTIFY_SECONDS = 0.1  # at most this often a "look again" to the instance l
 PAUSE_BYTES = 4 << 20
 INPUT_BUFFER_LIMIT = 64 << 20
 DEFAULT_NPROC = 1024  # processes and threads of an instance running as a leased user id
-F_SETPIPE_SZ = 1031
 
 
 def outcome(code: int, killed: bool, stopped: bool) -> tuple[str, str]:
@@ -307,23 +305,20 @@ class Supervisor:
                 child.lease.release()
             raise
         spec = {**spec, "cgroups": child.cgroups}
-        parent, child_fds = _make_fds()
+        child_fds, ends = make_child_fds()
         try:
             if argv:
                 child.pid = await self.forkserver.spawn_exec(argv, spec, child_fds)
             else:
                 child.pid = await self.forkserver.spawn(spec, child_fds)
         except BaseException:
-            for fd in child_fds:
-                os.close(fd)
-            for obj in parent.values():
-                obj.close()
+            ends.close()
             cgroups.remove(child.cgroups)
             if child.lease is not None:
                 child.lease.release()
             raise
-        for fd in child_fds:
-            os.close(fd)
+        finally:
+            close_fds(child_fds)
         self.children[iid] = child
         self.by_pid[child.pid] = child
         if record_start:
@@ -336,17 +331,21 @@ class Supervisor:
             )
         with contextlib.suppress(psutil.Error):
             child.psutil_proc = psutil.Process(child.pid)
-        await self._attach(child, parent)
+        await self._attach(child, ends)
         self.host_log(f"instance {iid} started, pid {child.pid}")
         return child
 
-    async def _attach(self, child: Child, parent: dict[str, Any]) -> None:
+    async def _attach(self, child: Child, ends: ParentEnds) -> None:
+        # The transports own the ends from here: each closes its file when it closes.
+        readers = ends.readers()
         child.open_pumps = len(STREAMS)
         for stream in STREAMS:
-            await self.loop.connect_read_pipe(lambda s=stream: Pump(self, child, s), parent[stream])
-        child.stdin, _ = await self.loop.connect_write_pipe(asyncio.Protocol, parent["stdin"])
-        child.input, _ = await self.loop.connect_write_pipe(asyncio.Protocol, parent["input"])
-        reader, writer = await asyncio.open_unix_connection(sock=parent["ctl"], limit=1 << 24)
+            pipe = os.fdopen(readers[stream], "rb", buffering=0)
+            await self.loop.connect_read_pipe(lambda s=stream: Pump(self, child, s), pipe)
+        stdin, input_ = (os.fdopen(fd, "wb", buffering=0) for fd in (ends.stdin, ends.input))
+        child.stdin, _ = await self.loop.connect_write_pipe(asyncio.Protocol, stdin)
+        child.input, _ = await self.loop.connect_write_pipe(asyncio.Protocol, input_)
+        reader, writer = await asyncio.open_unix_connection(sock=ends.control, limit=1 << 24)
         child.ctl_writer = writer
         child.ctl_task = self.loop.create_task(self._control_from_child(child, reader))
 
@@ -986,32 +985,6 @@ def _delete_instance(iid: str) -> None:
 
 def _log_line(level: str, msg: str) -> bytes:
     return (json.dumps({"ts": int(time.time() * 1000), "level": level, "msg": msg}) + "\n").encode()
-
-
-def _make_fds() -> tuple[dict[str, Any], list[int]]:
-    """The seven descriptors of runner/PROTOCOL.md: parent ends (as files) and child ends."""
-    stdin_r, stdin_w = os.pipe()
-    stdout_r, stdout_w = os.pipe()
-    stderr_r, stderr_w = os.pipe()
-    ctl_parent, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    out_r, out_w = os.pipe()
-    in_r, in_w = os.pipe()
-    log_r, log_w = os.pipe()
-    for fd in (stdout_w, out_w):
-        # Bigger pipes mean fewer wake-ups for chatty sequences.
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)
-    child_fd = ctl_child.detach()
-    parent = {
-        "stdin": os.fdopen(stdin_w, "wb", buffering=0),
-        "stdout": os.fdopen(stdout_r, "rb", buffering=0),
-        "stderr": os.fdopen(stderr_r, "rb", buffering=0),
-        "ctl": ctl_parent,
-        "output": os.fdopen(out_r, "rb", buffering=0),
-        "input": os.fdopen(in_w, "wb", buffering=0),
-        "log": os.fdopen(log_r, "rb", buffering=0),
-    }
-    return parent, [stdin_r, stdout_w, stderr_w, child_fd, out_w, in_r, log_w]
 
 
 _supervisor: Supervisor | None = None

@@ -1,8 +1,9 @@
 """An asyncio harness that plays the supervisor's part of runner/PROTOCOL.md with real processes.
 
-`Harness.start(spec)` forks a child through a real `ForkServer` on the descriptors of
-`make_child_fds()`, then collects every byte of stdout, stderr, output and log, and every control
-message, while the test writes input, stdin and control messages and awaits the exit.
+`Harness.start(spec)` forks a child through a real `ForkServer` on the descriptors of the
+supervisor's own set-up (`make_child_fds()`), then collects every byte of stdout, stderr, output
+and log, and every control message, while the test writes input, stdin and control messages and
+awaits the exit.
 
 Reusable by any runtime test (Python by fork, or an exec'd runtime through `start_exec`):
 
