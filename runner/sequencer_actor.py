@@ -30,7 +30,8 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 from core.protocol import Message
-from runner.supervisor import Child, Supervisor, register_launcher, register_op
+from runner import control
+from runner.supervisor import Child, Supervisor, register_launcher
 from sequences import sequencer_store as store
 from sequences.sequencers import claim_start
 from sequences.statemachine import (
@@ -298,7 +299,7 @@ class SequencerActor:
 
     async def _kill_process(self) -> None:
         if not self.exited:
-            await self.sup.ops["kill"]({"id": self.instance_id}, b"")
+            await control.kill(self.sup, {"id": self.instance_id}, b"")
 
     # -- the step engine -------------------------------------------------------------------
     async def _engine(self) -> None:
@@ -434,7 +435,8 @@ async def _drained(actor: SequencerActor) -> None:
         await asyncio.wait_for(asyncio.shield(actor.task), 10)
 
 
-async def _op_seqcmd(sup: Supervisor, header: dict, payload: bytes) -> None:
+@control.op("seqcmd")
+async def seqcmd(sup: Supervisor, header: dict[str, Any], payload: bytes) -> None:
     """Control op `seqcmd`: `{id, command, body, user, reply}` → the actor's queue."""
     actor = ACTORS.get(str(header.get("id")))
     if actor is None:
@@ -458,5 +460,4 @@ async def _op_seqcmd(sup: Supervisor, header: dict, payload: bytes) -> None:
     )
 
 
-register_op("seqcmd", _op_seqcmd)
 register_launcher("script", start_script)

@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from core import protocol
 from core.protocol import STREAMS, Exit, Message
-from runner import cgroups, isolation, launch
+from runner import cgroups, control, isolation, launch
 from runner.dbwriter import DbWriter
 from runner.forkserver import ForkServer, ParentEnds, close_fds, make_child_fds
 from runner.packagecache import cache_root
@@ -54,7 +54,6 @@ LIST_NOTIFY_SECONDS = 0.1  # at most this often a "look again" to the instance l
 # 8 MiB and ~26 MiB at 4 MiB (copies in the batches, and heap pages that stay mapped), while
 # 1M short lines still went through at 1.6M lines/s (bench/README.md).
 PAUSE_BYTES = 4 << 20
-INPUT_BUFFER_LIMIT = 64 << 20
 DEFAULT_NPROC = 1024  # processes and threads of an instance running as a leased user id
 
 
@@ -62,15 +61,6 @@ def outcome(code: int, killed: bool, stopped: bool) -> tuple[str, str]:
     """Status and reason for an exit code, as STH reports them."""
     failed, reason = protocol.outcome(code, killed, stopped)
     return (InstanceStatus.ERRORED if failed else InstanceStatus.COMPLETED), reason
-
-
-# Extra control operations other modules add (e.g. sequencer commands): name -> handler.
-OpHandler = Callable[["Supervisor", dict, bytes], Awaitable[None]]
-EXTRA_OPS: dict[str, OpHandler] = {}
-
-
-def register_op(name: str, handler: OpHandler) -> None:
-    EXTRA_OPS[name] = handler
 
 
 # Who starts the child of a start of another kind than "sequence" once the intake checked and
@@ -160,14 +150,6 @@ class Supervisor:
         )
         self.loop = asyncio.new_event_loop()
         self.paused = False
-        self.ops: dict[str, Callable[[dict, bytes], Awaitable[None]]] = {
-            "input": self._op_input,
-            "stdin": self._op_stdin,
-            "stop": self._op_stop,
-            "kill": self._op_kill,
-            "event": self._op_event,
-            "health": self._op_health,
-        }
         # Redis writes, sent in one pipeline per flush: XADD (key, fields) or EXPIRE (key, None).
         self._outbox: list[tuple[str, dict | None]] = []
         self._outbox_bytes = 0
@@ -223,7 +205,7 @@ class Supervisor:
     async def _shutdown(self) -> None:
         for child in list(self.children.values()):
             child.killed = True
-            self._kill_tree(child)
+            self.kill_tree(child)
         deadline = time.monotonic() + 10
         while self.children and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -437,7 +419,7 @@ class Supervisor:
     def _on_child_message(self, child: Child, code: int, data: Any) -> None:
         if code == Message.PING and not child.finished:
             self.writer.update(child.iid, status=InstanceStatus.RUNNING)
-            self._notify(child.iid, status=InstanceStatus.RUNNING)
+            self.notify(child.iid, status=InstanceStatus.RUNNING)
         elif code == Message.HEALTH:
             for waiter in child.health_waiters:
                 if not waiter.done():
@@ -450,7 +432,7 @@ class Supervisor:
             if child.stopped and child.exit_code is None and not child.finished:
                 child.stopped = False
                 self.writer.update(child.iid, status=InstanceStatus.RUNNING)
-                self._notify(child.iid, status=InstanceStatus.RUNNING)
+                self.notify(child.iid, status=InstanceStatus.RUNNING)
         elif code == Message.EVENT and isinstance(data, dict):
             self._on_event(child, data)
         if child.on_message is not None:
@@ -487,14 +469,9 @@ class Supervisor:
             except (live.Forged, ValueError):
                 log.warning("dropped a control message on %s that the hub did not write", key)
                 continue
-            op = header.get("op", "")
-            if op in self.ops:
-                coro = self.ops[op](header, payload)
-            elif op in EXTRA_OPS:
-                coro = EXTRA_OPS[op](self, header, payload)
-            else:
-                continue
-            self.loop.create_task(self._guard(coro, header))
+            operation = control.OPERATIONS.get(str(header.get("op", "")))
+            if operation is not None:
+                self.loop.create_task(self._guard(operation(self, header, payload), header))
 
     # -- direct starts from the web --------------------------------------------------------
     async def _start_loop(self) -> None:
@@ -642,115 +619,7 @@ class Supervisor:
         pipe.expire(key, 60)
         await pipe.execute()
 
-    async def _op_input(self, header: dict, payload: bytes) -> None:
-        child = self.children.get(header["id"])
-        if child is None or child.input is None or child.input.is_closing():
-            return
-        if not child.input_header_sent:
-            ctype = header.get("contentType") or "text/plain"
-            child.input.write(f"Content-Type: {ctype}\r\n\r\n".encode())
-            child.input_header_sent = True
-        self._write_limited(child, child.input, payload)
-        if header.get("end"):
-            child.input.close()
-
-    async def _op_stdin(self, header: dict, payload: bytes) -> None:
-        child = self.children.get(header["id"])
-        if child is None or child.stdin is None or child.stdin.is_closing():
-            return
-        self._write_limited(child, child.stdin, payload)
-        if header.get("end"):
-            child.stdin.close()
-
-    def _write_limited(self, child: Child, transport: asyncio.WriteTransport, data: bytes) -> None:
-        # A sequence that never reads its input must not grow the worker without bound.
-        if transport.get_write_buffer_size() + len(data) > INPUT_BUFFER_LIMIT:
-            self.emit_chunk(
-                child,
-                "log",
-                _log_line(
-                    "WARN", "input dropped: the sequence is not reading it and 64 MiB wait already"
-                ),
-            )
-            return
-        if data:
-            transport.write(data)
-
-    async def _op_event(self, header: dict, payload: bytes) -> None:
-        child = self.children.get(header["id"])
-        if child is not None:
-            self.send(
-                child,
-                Message.EVENT,
-                {"eventName": header["eventName"], "message": header.get("message")},
-            )
-
-    async def _op_health(self, header: dict, payload: bytes) -> None:
-        child = self.children.get(header["id"])
-        result: dict[str, Any] = {"healthy": False, "reason": "not running on this worker"}
-        if child is not None:
-            waiter = self.loop.create_future()
-            child.health_waiters.append(waiter)
-            self.send(child, Message.HEALTH_CHECK, {})
-            try:
-                answer = await asyncio.wait_for(waiter, 2)
-                result = dict(answer) if isinstance(answer, dict) else {"healthy": bool(answer)}
-            except TimeoutError:
-                result = {"healthy": False, "reason": "the sequence did not answer in 2 s"}
-            result.update(self._usage(child))
-        await self.reply(header["reply"], result)
-
-    def _usage(self, child: Child) -> dict[str, Any]:
-        info: dict[str, Any] = {"processId": child.pid, "pid": child.pid}
-        proc = child.psutil_proc
-        if proc is None:
-            return info
-        with contextlib.suppress(psutil.Error):
-            mem = proc.memory_info()
-            info["memoryUsage"] = mem.rss
-            info["memory"] = mem.rss
-            info["cpuTotalUsage"] = sum(proc.cpu_times()[:2])
-            info["cpu"] = proc.cpu_percent(interval=None)
-            limit = None
-            info["limit"] = limit
-        return info
-
-    async def _op_stop(self, header: dict, payload: bytes) -> None:
-        child = self.children.get(header["id"])
-        if child is None or child.exit_code is not None:
-            return
-        timeout_ms = max(0, int(header.get("timeout", 7000)))
-        child.stopped, child.kept_alive = True, False
-        self.writer.update(child.iid, status=InstanceStatus.STOPPING)
-        self._notify(child.iid, status=InstanceStatus.STOPPING)
-        self.send(
-            child,
-            Message.STOP,
-            {"timeout": timeout_ms, "canCallKeepalive": bool(header.get("canCallKeepalive"))},
-        )
-        if child.stop_timer:
-            child.stop_timer.cancel()
-        child.stop_timer = self.loop.create_task(self._kill_after(child, timeout_ms / 1000))
-
-    async def _kill_after(self, child: Child, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(child.exited.wait(), seconds)
-        if child.exit_code is None and not child.kept_alive:
-            self._kill_tree(child)
-
-    async def _op_kill(self, header: dict, payload: bytes) -> None:
-        child = self.children.get(header["id"])
-        if child is None:
-            return
-        child.remove_immediately = child.remove_immediately or bool(header.get("removeImmediately"))
-        if child.exit_code is not None:
-            return
-        child.killed = True
-        self.writer.update(child.iid, status=InstanceStatus.KILLING)
-        self._notify(child.iid, status=InstanceStatus.KILLING)
-        self._kill_tree(child)
-
-    def _kill_tree(self, child: Child) -> None:
+    def kill_tree(self, child: Child) -> None:
         """SIGKILL the child's process group at once, then any descendant that left it."""
         descendants: list[psutil.Process] = []
         if child.psutil_proc is not None:
@@ -819,7 +688,7 @@ class Supervisor:
         self.writer.update(child.iid, **fields)
         if child.remove_immediately:
             self.writer.call(lambda: _delete_instance(child.iid))
-        self._notify(child.iid, status=status, exitcode=code, reason=reason)
+        self.notify(child.iid, status=status, exitcode=code, reason=reason)
         if child.on_exit is not None:
             try:
                 child.on_exit(code, status, reason)
@@ -833,7 +702,7 @@ class Supervisor:
         if child is not None and child.exit_code is None:
             log.warning("killed instance %s: it has no row (not started by the web)", iid)
             child.killed = True
-            self._kill_tree(child)
+            self.kill_tree(child)
 
     async def _sweep_strays(self) -> None:
         """Processes left under a children's user id that no live instance holds: what a
@@ -879,7 +748,7 @@ class Supervisor:
         with contextlib.suppress(TimeoutError, Exception):
             await asyncio.wait_for(asyncio.shield(task), 1)
 
-    def _notify(self, iid: str, **change: Any) -> None:
+    def notify(self, iid: str, **change: Any) -> None:
         """Tell watchers (console pages) that an instance changed; at-most-once by design.
 
         The instance's own group hears every change at once. The list pages' group only
@@ -981,10 +850,6 @@ def _delete_instance(iid: str) -> None:
 
     Instance.objects.filter(pk=iid).delete()
     live.sync_client().delete(*live.instance_keys(iid))
-
-
-def _log_line(level: str, msg: str) -> bytes:
-    return (json.dumps({"ts": int(time.time() * 1000), "level": level, "msg": msg}) + "\n").encode()
 
 
 _supervisor: Supervisor | None = None
