@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from ansi2html import Ansi2HTMLConverter
 from django.conf import settings
 
+from core.protocol import STREAMS as STREAMS  # what the consoles show: every stream
 from sequences.models import StreamChunk
 
-STREAMS = ("stdout", "stderr", "output", "log")
 MAX_LINE_CHARS = 4000
 MAX_WINDOW_BYTES = 16 << 20  # a window never reads more than this, whatever the line lengths
 

@@ -42,19 +42,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.protocol import CHILD_FDS, SIGNAL_BASE, Exit
 from runner import cgroups, isolation, landlock, python_runtime, seccomp
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-CHILD_FDS = 7
 HEADER = struct.Struct("!I")
 MAX_REQUEST = 64 << 20
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+CHATTY_PIPE_BYTES = 1 << 20  # the pipe size of stdout and output, what sequences write most
 
 SANDBOX_ENV = "HUB_SANDBOX_CONFIG"
-EXIT_LAUNCH_FAILED = 20  # the child could not be set up (workdir, limits, descriptors)
-EXIT_EXEC_FAILED = 127
 
 # Stdlib modules a sequence commonly imports; importing them once in the zygote makes every
 # child's import free. python_runtime's own imports are preloaded by importing it.
@@ -102,7 +101,7 @@ def _prctl(option: int, value: int) -> None:
 def exit_code_of(status: int) -> int:
     """A wait status as a shell would say it: the exit code, or 128+N for signal N."""
     code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
+    return SIGNAL_BASE - code if code < 0 else code
 
 
 class Zygote:
@@ -243,7 +242,7 @@ class Zygote:
         pid = os.fork()
         if pid:
             return pid
-        code = EXIT_LAUNCH_FAILED
+        code: int = Exit.LAUNCH_FAILED
         try:
             execs = request.get("kind") == "exec"
             self._become_child(spec, fds, execs)
@@ -265,7 +264,7 @@ class Zygote:
         os.setsid()  # its own session and process group: killpg(pid) reaches all it spawns
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != self.pid:
-            os._exit(python_runtime.EXIT_KILLED)  # the zygote died before the signal was armed
+            os._exit(Exit.KILLED)  # the zygote died before the signal was armed
         run_as = spec.get("run_as")
         workdir = spec.get("workdir")
         if workdir:
@@ -280,7 +279,7 @@ class Zygote:
             # A change of credentials clears the death signal: arm it again, and check again.
             _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != self.pid:
-                os._exit(python_runtime.EXIT_KILLED)
+                os._exit(Exit.KILLED)
             if run_as.get("sweep"):
                 # A leased id is ours alone: whatever still runs under it was left behind by
                 # an instance of a worker that died. kill(-1) spares only ourselves.
@@ -353,7 +352,7 @@ def _set_limit(which: int, value: int) -> None:
 def _exec(argv: list[str], spec: dict[str, Any]) -> None:
     if not argv:
         os.write(2, b"fork server: exec request without argv\n")
-        os._exit(EXIT_EXEC_FAILED)
+        os._exit(Exit.EXEC_FAILED)
     env = dict(os.environ)
     env["HUB_LAUNCH"] = json.dumps(spec)
     # Python ignores SIGPIPE and SIGXFSZ; an exec'd program must not inherit that.
@@ -363,7 +362,7 @@ def _exec(argv: list[str], spec: dict[str, Any]) -> None:
         os.execvpe(argv[0], argv, env)
     except OSError as exc:
         os.write(2, f"fork server: cannot exec {argv[0]}: {exc}\n".encode())
-    os._exit(EXIT_EXEC_FAILED)
+    os._exit(Exit.EXEC_FAILED)
 
 
 def _ignore_signal(_signum: int, _frame: Any) -> None:
@@ -444,10 +443,11 @@ class ParentEnds:
 
 
 def make_child_fds() -> tuple[list[int], ParentEnds]:
-    """Creates the pipes and the control socketpair for one child.
+    """Creates the pipes and the control socketpair for one child: the supervisor's set-up,
+    which the test harness uses too.
 
-    Returns the child's descriptors in PROTOCOL.md order (0..6), to hand to `spawn` and then
-    close with `close_fds`, and the parent's ends.
+    Returns the child's descriptors in PROTOCOL.md order (core.protocol.Fd), to hand to
+    `spawn` and then close with `close_fds`, and the parent's ends.
     """
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
@@ -456,6 +456,11 @@ def make_child_fds() -> tuple[list[int], ParentEnds]:
     output_r, output_w = os.pipe()
     input_r, input_w = os.pipe()
     log_r, log_w = os.pipe()
+    for fd in (stdout_w, output_w):
+        # Bigger pipes mean fewer wake-ups for chatty sequences.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, CHATTY_PIPE_BYTES)
+    # In core.protocol.Fd order.
     child = [stdin_r, stdout_w, stderr_w, control_child.detach(), output_w, input_r, log_w]
     parent = ParentEnds(stdin_w, stdout_r, stderr_r, control, output_r, input_w, log_r)
     return child, parent
@@ -681,7 +686,7 @@ class ForkServer:
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(SpawnError(why))
         for pid in sorted(self._live):
-            self._report_exit(pid, 128 + signal.SIGKILL)
+            self._report_exit(pid, Exit.KILLED)
         self._live.clear()
 
 

@@ -16,11 +16,13 @@ const { Readable, Writable } = require('stream');
 const { StringDecoder } = require('string_decoder');
 const { pathToFileURL } = require('url');
 
+// The names of core/protocol.py (Fd, Exit, Message), in camelCase: tests/runner/test_protocol.py
+// checks that every entry here has the value the hub gives it.
 const FD = { stdout: 1, stderr: 2, control: 3, output: 4, input: 5, log: 6 };
 
 const EXIT = {
     completed: 0,
-    badSpec: 20,
+    launchFailed: 20,
     badMain: 21,
     failedOnStart: 22,
     failedWhileRunning: 23,
@@ -600,18 +602,19 @@ function readSpec() {
     const raw = process.env.HUB_LAUNCH;
     // The spec is ours, not the sequence's: keep it out of the env its own children inherit.
     delete process.env.HUB_LAUNCH;
-    if (!raw) throw new ExitError(EXIT.badSpec, 'HUB_LAUNCH is not set');
+    if (!raw) throw new ExitError(EXIT.launchFailed, 'HUB_LAUNCH is not set');
     let spec;
     try {
         spec = JSON.parse(raw);
     } catch (err) {
-        throw new ExitError(EXIT.badSpec, `HUB_LAUNCH is not JSON: ${err.message}`);
+        throw new ExitError(EXIT.launchFailed, `HUB_LAUNCH is not JSON: ${err.message}`);
     }
     if (!spec || typeof spec !== 'object' || typeof spec.package_dir !== 'string') {
-        throw new ExitError(EXIT.badSpec, 'HUB_LAUNCH has no package_dir');
+        throw new ExitError(EXIT.launchFailed, 'HUB_LAUNCH has no package_dir');
     }
     if (spec.mode && spec.mode !== 'sequence') {
-        throw new ExitError(EXIT.badSpec, `The Node runtime runs sequences only, not ${spec.mode}`);
+        const why = `The Node runtime runs sequences only, not ${spec.mode}`;
+        throw new ExitError(EXIT.launchFailed, why);
     }
     return spec;
 }
@@ -977,7 +980,7 @@ class Runtime {
             spec = readSpec();
         } catch (err) {
             process.stderr.write(`${err.message}\n`);
-            process.exitCode = err.exitCode || EXIT.badSpec;
+            process.exitCode = err.exitCode || EXIT.launchFailed;
             return;
         }
         this.openStreams();

@@ -1,7 +1,9 @@
 """The child runtime: runs one Python sequence or script in a process the fork server prepared.
 
-It speaks runner/PROTOCOL.md over descriptors 0..6. Only the standard library is imported here,
-because the fork server preloads this module and every child inherits what it imports.
+It speaks runner/PROTOCOL.md over descriptors 0..6, with the names of core/protocol.py. Only the
+standard library and core.protocol are imported here, because the fork server preloads this module
+and every child inherits what it imports (a child under Landlock cannot read the hub's source, so
+nothing may be imported lazily; tests/runner/test_protocol.py holds it to that).
 
 Threads, and why: user code runs on the event loop of the main thread, and may block it (a sync
 generator that sleeps, `while True: pass`). Two small helper threads keep the child responsive
@@ -32,29 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from types import ModuleType, TracebackType
 from typing import Any
 
-STDIN_FD, STDOUT_FD, STDERR_FD, CONTROL_FD, OUTPUT_FD, INPUT_FD, LOG_FD = range(7)
-
-EXIT_OK = 0
-EXIT_BAD_MAIN = 21
-EXIT_START_FAILED = 22
-EXIT_RUN_FAILED = 23
-EXIT_KILLED = 137
-EXIT_STOPPED = 138
-
-# Child -> supervisor
-PING = 3000
-HEALTH = 3001
-STOPPED = 3006
-ALIVE = 3010
-COMPLETED = 3011
-CALL_DONE = 3020
-SCRIPT_LOADED = 3021
-EVENT = 5001
-# Supervisor -> child
-STOP = 4001
-KILL = 4002
-HEALTH_CHECK = 4004
-CALL = 6001
+from core.protocol import Exit, Fd, Message
 
 FLUSH_BYTES = 64 * 1024
 # The flusher thread writes a buffer that did not grow for WATCH_SECONDS (a producer that
@@ -402,9 +382,9 @@ class Control:
                 if message is None:
                     continue
                 code, data = message
-                if code == KILL:
+                if code == Message.KILL:
                     # Right here, in this thread: user code may be blocking the loop.
-                    os._exit(EXIT_KILLED)
+                    os._exit(Exit.KILLED)
                 try:
                     loop.call_soon_threadsafe(dispatch, code, data)
                 except RuntimeError:
@@ -640,7 +620,7 @@ class AppContext:
 
     def emit(self, event_name: str, message: Any = "") -> None:
         """Send an event out; clients read it with event/once/events."""
-        self._runtime.control.send(EVENT, {"eventName": event_name, "message": message})
+        self._runtime.control.send(Message.EVENT, {"eventName": event_name, "message": message})
 
     def on(self, event_name: str, callback: Callable[[Any], Any]) -> None:
         """Call `callback(message)` (sync or async) for each event `event_name` sent in."""
@@ -657,7 +637,7 @@ class AppContext:
     async def keep_alive(self, seconds: float = 0) -> None:
         """Tell the supervisor the sequence is alive; during a stop, cancel the exit."""
         self._runtime.keep_alive_requested()
-        self._runtime.control.send(ALIVE, {"keepAlive": int(seconds * 1000)})
+        self._runtime.control.send(Message.ALIVE, {"keepAlive": int(seconds * 1000)})
 
 
 class Step:
@@ -763,16 +743,16 @@ class Runtime:
     def __init__(self, spec: Mapping[str, Any]) -> None:
         self.spec = spec
         self.mode = spec.get("mode", "sequence")
-        for fd in (CONTROL_FD, OUTPUT_FD, INPUT_FD, LOG_FD):
+        for fd in (Fd.CONTROL, Fd.OUTPUT, Fd.INPUT, Fd.LOG):
             # The sequence's own subprocesses get stdio, not the runtime's channels: a
             # grandchild holding fd 4 open would keep the output from ever ending.
             _set_cloexec(fd)
         self.flusher = Flusher()
-        self.stdout = FdWriter(STDOUT_FD, self.flusher)
-        self.stderr = FdWriter(STDERR_FD, self.flusher)
-        self.output = FdWriter(OUTPUT_FD, self.flusher)
-        self.log = FdWriter(LOG_FD, self.flusher)
-        self.control = Control(CONTROL_FD)
+        self.stdout = FdWriter(Fd.STDOUT, self.flusher)
+        self.stderr = FdWriter(Fd.STDERR, self.flusher)
+        self.output = FdWriter(Fd.OUTPUT, self.flusher)
+        self.log = FdWriter(Fd.LOG, self.flusher)
+        self.control = Control(Fd.CONTROL)
         self.logger = make_logger(f"hub.{spec.get('instance_id', 'instance')}", self.log)
         self.loop = asyncio.new_event_loop()
         self.context: AppContext | None = None
@@ -794,14 +774,14 @@ class Runtime:
             code = self.loop.run_until_complete(self._main())
         except BaseException:
             self._print_traceback(*sys.exc_info())
-            code = EXIT_RUN_FAILED
+            code = Exit.FAILED_WHILE_RUNNING
         # From here on a closed control socket is the supervisor reacting to the end, not a loss.
         self._exiting = True
         self.flusher.flush_all()
-        if code == EXIT_OK and self.mode != "script":
-            self.control.send(COMPLETED, {})
-        elif code == EXIT_STOPPED:
-            self.control.send(STOPPED, {})
+        if code == Exit.COMPLETED and self.mode != "script":
+            self.control.send(Message.COMPLETED, {})
+        elif code == Exit.STOPPED:
+            self.control.send(Message.STOPPED, {})
         return code
 
     async def _main(self) -> int:
@@ -812,7 +792,7 @@ class Runtime:
             else:
                 run = self._find_run(module)
                 self.context = AppContext(self)
-                self.control.send(PING, {"pid": os.getpid()})
+                self.control.send(Message.PING, {"pid": os.getpid()})
                 self._track(self._run_sequence(run))
         except LoadFailed as failed:
             return failed.code
@@ -830,7 +810,7 @@ class Runtime:
         sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr  # type: ignore[misc,assignment]
         # The fork server's own stdin object may hold state; a fresh one reads the child's fd 0.
         sys.stdin = open(  # noqa: SIM115 - lives as long as the process
-            STDIN_FD, encoding="utf-8", errors="surrogateescape", closefd=False
+            Fd.STDIN, encoding="utf-8", errors="surrogateescape", closefd=False
         )
 
     def _track(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
@@ -846,21 +826,21 @@ class Runtime:
         path = os.path.normpath(os.path.join(package_dir, main))
         if not path.startswith(package_dir + os.sep) or not os.path.isfile(path):
             sys.stderr.write(f"Bad main: {main!r} is not a file inside the package\n")
-            raise LoadFailed(EXIT_BAD_MAIN)
+            raise LoadFailed(Exit.BAD_MAIN)
         _prepend_sys_path(package_dir, os.path.dirname(path))
         sys.argv = [path]
         name = _module_name(path)
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             sys.stderr.write(f"Bad main: {main!r} cannot be imported as a Python module\n")
-            raise LoadFailed(EXIT_BAD_MAIN)
+            raise LoadFailed(Exit.BAD_MAIN)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
         except BaseException:
             self._print_traceback(*sys.exc_info())
-            raise LoadFailed(EXIT_START_FAILED) from None
+            raise LoadFailed(Exit.FAILED_ON_START) from None
         return module
 
     @staticmethod
@@ -868,7 +848,7 @@ class Runtime:
         run = getattr(module, "run", None)
         if not callable(run):
             sys.stderr.write("Bad main: the main module defines no run(context, input, *args)\n")
-            raise LoadFailed(EXIT_BAD_MAIN)
+            raise LoadFailed(Exit.BAD_MAIN)
         return run
 
     # -- sequence mode ---------------------------------------------------------------------
@@ -885,12 +865,12 @@ class Runtime:
             return
         except BaseException:
             self._print_traceback(*sys.exc_info())
-            self.finish(EXIT_RUN_FAILED)
+            self.finish(Exit.FAILED_WHILE_RUNNING)
             return
-        self.finish(EXIT_OK)
+        self.finish(Exit.COMPLETED)
 
     def _make_input(self) -> Any:
-        stream = InputStream(self.loop, INPUT_FD)
+        stream = InputStream(self.loop, Fd.INPUT)
         try:
             from scramjet.streams import Stream  # shipped in the package's __pypackages__
         except Exception:
@@ -972,7 +952,7 @@ class Runtime:
         script = getattr(module, "script", None)
         if not callable(script):
             sys.stderr.write("Failed on start: the main module defines no script(sequencer)\n")
-            raise LoadFailed(EXIT_START_FAILED)
+            raise LoadFailed(Exit.FAILED_ON_START)
         config = self.spec.get("app_config") or {}
         self.sequencer = Sequencer(self.logger, config, str(self.spec.get("prefix") or ""))
         try:
@@ -981,9 +961,9 @@ class Runtime:
                 await result
         except BaseException:
             self._print_traceback(*sys.exc_info())
-            raise LoadFailed(EXIT_START_FAILED) from None
-        self.control.send(SCRIPT_LOADED, self.sequencer.registered())
-        self.control.send(PING, {"pid": os.getpid()})
+            raise LoadFailed(Exit.FAILED_ON_START) from None
+        self.control.send(Message.SCRIPT_LOADED, self.sequencer.registered())
+        self.control.send(Message.PING, {"pid": os.getpid()})
         self._track(self._serve_calls())
 
     async def _serve_calls(self) -> None:
@@ -996,7 +976,7 @@ class Runtime:
     async def _answer(self, call: Mapping[str, Any]) -> None:
         ok, error = await self._call_handler(call)
         self.flusher.flush_all()
-        self.control.send(CALL_DONE, {"call": call.get("call"), "ok": ok, "error": error})
+        self.control.send(Message.CALL_DONE, {"call": call.get("call"), "ok": ok, "error": error})
 
     async def _call_handler(self, call: Mapping[str, Any]) -> tuple[bool, str | None]:
         assert self.sequencer is not None
@@ -1042,13 +1022,13 @@ class Runtime:
 
     # -- control ---------------------------------------------------------------------------
     def _dispatch(self, code: int, data: Any) -> None:
-        if code == STOP:
+        if code == Message.STOP:
             self._track(self._stop(data if isinstance(data, dict) else {}))
-        elif code == HEALTH_CHECK:
+        elif code == Message.HEALTH_CHECK:
             self._track(self._health())
-        elif code == EVENT:
+        elif code == Message.EVENT:
             self._event(data if isinstance(data, dict) else {})
-        elif code == CALL:
+        elif code == Message.CALL:
             self._calls.put_nowait(data if isinstance(data, dict) else {})
 
     def _on_control_eof(self) -> None:
@@ -1057,11 +1037,11 @@ class Runtime:
         if self.mode == "script":
             # The supervisor let go of the sequencer: an orderly end.
             with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(self.finish, EXIT_OK)
+                self.loop.call_soon_threadsafe(self.finish, Exit.COMPLETED)
             return
         # Nobody supervises this instance any more; nobody could stop it or read its output.
         self.flusher.flush_all()
-        os._exit(EXIT_KILLED)
+        os._exit(Exit.KILLED)
 
     async def _stop(self, data: Mapping[str, Any]) -> None:
         if self._stopping:
@@ -1080,7 +1060,7 @@ class Runtime:
         self._stopping = False
         if can_keep_alive and self._kept_alive:
             return
-        self.finish(EXIT_STOPPED)
+        self.finish(Exit.STOPPED)
 
     def keep_alive_requested(self) -> None:
         if self._stopping:
@@ -1100,7 +1080,7 @@ class Runtime:
                 report = {"healthy": bool(result)}
         except Exception as exc:
             report = {"healthy": False, "error": f"{type(exc).__name__}: {exc}"}
-        self.control.send(HEALTH, report)
+        self.control.send(Message.HEALTH, report)
 
     def _event(self, data: Mapping[str, Any]) -> None:
         if self.context is None:
@@ -1154,7 +1134,7 @@ def _user_frames(tb: TracebackType | None) -> TracebackType | None:
 def _system_exit_code(exc: SystemExit) -> int:
     # sys.exit() inside run ends the instance with that code, as it would a plain program.
     if exc.code is None:
-        return EXIT_OK
+        return Exit.COMPLETED
     if isinstance(exc.code, int):
         return exc.code & 0xFF
     sys.stderr.write(f"{exc.code}\n")

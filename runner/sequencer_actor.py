@@ -7,7 +7,7 @@ is decided and persisted by `sequencer_store.apply` under the sequencer's row lo
 never interleave, whatever arrives at the same time.
 
 Handler calls do not block the queue: a command whose hook runs is persisted as Processing,
-its 6001 goes to the child, and its 3020 comes back later through the queue. Meanwhile other
+its CALL goes to the child, and its CALL_DONE comes back later through the queue. Meanwhile other
 commands are answered from the table (Unhandled, except shutdown) and step results are applied.
 
 Database work runs in a small thread pool, never on the loop.
@@ -26,10 +26,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
-from runner.supervisor import Child, Supervisor, register_op
+from core.protocol import Message
+from runner import control
+from runner.supervisor import Child, Supervisor, register_launcher
 from sequences import sequencer_store as store
+from sequences.sequencers import claim_start
 from sequences.statemachine import (
     CommandName,
     Decision,
@@ -53,10 +57,6 @@ T = TypeVar("T")
 
 # A shutdown proceeds (→ Killed) even when its hook hangs or waits behind a long step.
 SHUTDOWN_HOOK_TIMEOUT = 5.0
-ON_SCRIPT_LOADED = 3021
-ON_PING = 3000
-ON_CALL_DONE = 3020
-CALL = 6001
 
 # Database threads shared by every actor of this worker. Each actor awaits its own jobs one by
 # one, so its changes stay in order; different sequencers may write side by side.
@@ -152,12 +152,12 @@ class SequencerActor:
 
     # -- from the child (called in the loop by the supervisor) ---------------------------
     def _on_message(self, code: int, data: Any) -> None:
-        if code == ON_SCRIPT_LOADED:
+        if code == Message.SCRIPT_LOADED:
             self.handlers = data if isinstance(data, dict) else {}
-        elif code == ON_PING:
+        elif code == Message.PING:
             if not self.loaded.done():
                 self.loaded.set_result(self.handlers)
-        elif code == ON_CALL_DONE and isinstance(data, dict):
+        elif code == Message.CALL_DONE and isinstance(data, dict):
             error = data.get("error")
             self.queue.put_nowait(
                 _CallDone(str(data.get("call")), bool(data.get("ok")), str(error or ""))
@@ -249,7 +249,7 @@ class SequencerActor:
         self.calls[call.call_id] = _HookCall(decision, item)
         self.sup.send(
             self.child,
-            CALL,
+            Message.CALL,
             {
                 "call": call.call_id,
                 "handler": str(call.handler),
@@ -299,7 +299,7 @@ class SequencerActor:
 
     async def _kill_process(self) -> None:
         if not self.exited:
-            await self.sup.ops["kill"]({"id": self.instance_id}, b"")
+            await control.kill(self.sup, {"id": self.instance_id}, b"")
 
     # -- the step engine -------------------------------------------------------------------
     async def _engine(self) -> None:
@@ -324,7 +324,7 @@ class SequencerActor:
         handler = "setup" if step.type is StepType.SETUP else "observe"
         self.sup.send(
             self.child,
-            CALL,
+            Message.CALL,
             {
                 "call": call_id,
                 "handler": handler,
@@ -384,7 +384,7 @@ async def launch(
     timeout: float,
 ) -> dict[str, Any]:
     """Fork the sequencer's child, attach its actor, and wait until the script is loaded
-    (3021, then 3000) or the child ends. Returns the reply for the web."""
+    (SCRIPT_LOADED, then PING) or the child ends. Returns the reply for the web."""
     child = await sup.spawn(instance_id, spec, kind="script", argv=argv)
     actor = SequencerActor(sup, sequencer_id, instance_id, child)
     ACTORS[sequencer_id] = actor
@@ -405,13 +405,38 @@ async def launch(
     return {"ok": True, "worker": sup.name, "pid": child.pid, "handlers": handlers}
 
 
+async def start_script(sup: Supervisor, req: dict[str, Any]) -> dict[str, Any]:
+    """The supervisor's intake checked and claimed (in Redis) this start of a sequencer's
+    script: claim the instance's row too, then launch. The answer for the web is
+    `{"ok": true, "worker", "pid", "handlers"}`, or `{"ok": false, ...}` with `exitCode` /
+    `reason` (the web then reads the child's stderr for the message) or `error`."""
+    iid, sequencer_id = str(req["id"]), str(req["sequencer"]["id"])
+    claimed = await sup.loop.run_in_executor(
+        _executor, _db_job, lambda: claim_start(sequencer_id, iid, sup.name)
+    )
+    if not claimed:
+        log.warning("refused a start for sequencer %s: its row is not waiting", sequencer_id)
+        return {
+            "ok": False,
+            "status": 404,
+            "code": "NOT_FOUND",
+            "error": "the sequencer's process already started",
+        }
+    spec, argv = await sup.child_spec(req)
+    answer = await launch(sup, sequencer_id, iid, spec, argv, float(settings.HUB_START_TIMEOUT))
+    if answer.get("pid"):
+        sup.writer.update(iid, pid=answer["pid"])
+    return answer
+
+
 async def _drained(actor: SequencerActor) -> None:
     # The web reads the sequencer right after our answer: let the actor record the end first.
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(actor.task), 10)
 
 
-async def _op_seqcmd(sup: Supervisor, header: dict, payload: bytes) -> None:
+@control.op("seqcmd")
+async def seqcmd(sup: Supervisor, header: dict[str, Any], payload: bytes) -> None:
     """Control op `seqcmd`: `{id, command, body, user, reply}` → the actor's queue."""
     actor = ACTORS.get(str(header.get("id")))
     if actor is None:
@@ -435,4 +460,4 @@ async def _op_seqcmd(sup: Supervisor, header: dict, payload: bytes) -> None:
     )
 
 
-register_op("seqcmd", _op_seqcmd)
+register_launcher("script", start_script)

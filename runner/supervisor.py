@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import gc
 import json
 import logging
@@ -32,18 +31,20 @@ import psutil
 from django.conf import settings
 from django.utils import timezone
 
-from runner import cgroups, isolation, launch
+from core import protocol
+from core.protocol import STREAMS, Exit, Message
+from runner import cgroups, control, isolation, launch
 from runner.dbwriter import DbWriter
-from runner.forkserver import ForkServer
+from runner.forkserver import ForkServer, ParentEnds, close_fds, make_child_fds
 from runner.packagecache import cache_root
 from sequences import live
 from sequences.errors import HubError
-from sequences.instances import clean_limits
+from sequences.instances import clean_limits, record_failed_start
 from sequences.models import Instance, InstanceStatus, Sequence
+from sequences.sequencers import MAX_NAME, NAME_RE
 
 log = logging.getLogger(__name__)
 
-READ_STREAMS = {1: "stdout", 2: "stderr", 4: "output", 6: "log"}
 REDIS_MAXLEN = 512  # chunks kept live per stream; older ones are read from the database
 ENDED_STREAM_TTL = 600  # seconds an ended instance's live streams stay for late readers
 EVENT_NOTIFY_SECONDS = 0.2
@@ -53,42 +54,24 @@ LIST_NOTIFY_SECONDS = 0.1  # at most this often a "look again" to the instance l
 # 8 MiB and ~26 MiB at 4 MiB (copies in the batches, and heap pages that stay mapped), while
 # 1M short lines still went through at 1.6M lines/s (bench/README.md).
 PAUSE_BYTES = 4 << 20
-INPUT_BUFFER_LIMIT = 64 << 20
 DEFAULT_NPROC = 1024  # processes and threads of an instance running as a leased user id
-F_SETPIPE_SZ = 1031
-
-EXIT_REASONS = {
-    0: (InstanceStatus.COMPLETED, "Instance completed"),
-    137: (InstanceStatus.COMPLETED, "Instance killed"),
-    138: (InstanceStatus.COMPLETED, "Instance stopped"),
-    21: (InstanceStatus.ERRORED, "Bad main: the main file is missing or defines no entry point"),
-    22: (InstanceStatus.ERRORED, "Failed on start: the main module could not be loaded"),
-    23: (InstanceStatus.ERRORED, "Failed while running: the sequence raised an exception"),
-    24: (InstanceStatus.ERRORED, "Refused for resources"),
-}
 
 
 def outcome(code: int, killed: bool, stopped: bool) -> tuple[str, str]:
     """Status and reason for an exit code, as STH reports them."""
-    if code == 137 and stopped and not killed:
-        return InstanceStatus.COMPLETED, "Instance stopped: killed after the stop timeout"
-    if code in EXIT_REASONS:
-        return EXIT_REASONS[code]
-    if code > 128 and not killed:
-        sig = code - 128
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-        hint = " (out of memory?)" if sig == signal.SIGKILL else ""
-        return InstanceStatus.ERRORED, f"Killed by signal {name}{hint}"
-    return InstanceStatus.ERRORED, f"Runner failed with exit code {code}"
+    failed, reason = protocol.outcome(code, killed, stopped)
+    return (InstanceStatus.ERRORED if failed else InstanceStatus.COMPLETED), reason
 
 
-# Extra control operations other modules add (e.g. sequencer commands): name -> handler.
-OpHandler = Callable[["Supervisor", dict, bytes], Awaitable[None]]
-EXTRA_OPS: dict[str, OpHandler] = {}
+# Who starts the child of a start of another kind than "sequence" once the intake checked and
+# claimed it: (supervisor, request) -> the answer for the web. Sequencer scripts ("script") go
+# to their actor (runner/sequencer_actor.py registers it).
+Launcher = Callable[["Supervisor", dict[str, Any]], Awaitable[dict[str, Any]]]
+LAUNCHERS: dict[str, Launcher] = {}
 
 
-def register_op(name: str, handler: OpHandler) -> None:
-    EXTRA_OPS[name] = handler
+def register_launcher(kind: str, launcher: Launcher) -> None:
+    LAUNCHERS[kind] = launcher
 
 
 class Refused(Exception):
@@ -100,7 +83,7 @@ class Child:
     iid: str
     kind: str
     pid: int = 0
-    seq: dict[str, int] = field(default_factory=lambda: dict.fromkeys(READ_STREAMS.values(), 0))
+    seq: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STREAMS, 0))
     transports: list[asyncio.BaseTransport] = field(default_factory=list)
     open_pumps: int = 0
     pumps_done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -167,14 +150,6 @@ class Supervisor:
         )
         self.loop = asyncio.new_event_loop()
         self.paused = False
-        self.ops: dict[str, Callable[[dict, bytes], Awaitable[None]]] = {
-            "input": self._op_input,
-            "stdin": self._op_stdin,
-            "stop": self._op_stop,
-            "kill": self._op_kill,
-            "event": self._op_event,
-            "health": self._op_health,
-        }
         # Redis writes, sent in one pipeline per flush: XADD (key, fields) or EXPIRE (key, None).
         self._outbox: list[tuple[str, dict | None]] = []
         self._outbox_bytes = 0
@@ -230,7 +205,7 @@ class Supervisor:
     async def _shutdown(self) -> None:
         for child in list(self.children.values()):
             child.killed = True
-            self._kill_tree(child)
+            self.kill_tree(child)
         deadline = time.monotonic() + 10
         while self.children and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -312,23 +287,20 @@ class Supervisor:
                 child.lease.release()
             raise
         spec = {**spec, "cgroups": child.cgroups}
-        parent, child_fds = _make_fds()
+        child_fds, ends = make_child_fds()
         try:
             if argv:
                 child.pid = await self.forkserver.spawn_exec(argv, spec, child_fds)
             else:
                 child.pid = await self.forkserver.spawn(spec, child_fds)
         except BaseException:
-            for fd in child_fds:
-                os.close(fd)
-            for obj in parent.values():
-                obj.close()
+            ends.close()
             cgroups.remove(child.cgroups)
             if child.lease is not None:
                 child.lease.release()
             raise
-        for fd in child_fds:
-            os.close(fd)
+        finally:
+            close_fds(child_fds)
         self.children[iid] = child
         self.by_pid[child.pid] = child
         if record_start:
@@ -341,17 +313,21 @@ class Supervisor:
             )
         with contextlib.suppress(psutil.Error):
             child.psutil_proc = psutil.Process(child.pid)
-        await self._attach(child, parent)
+        await self._attach(child, ends)
         self.host_log(f"instance {iid} started, pid {child.pid}")
         return child
 
-    async def _attach(self, child: Child, parent: dict[str, Any]) -> None:
-        child.open_pumps = len(READ_STREAMS)
-        for stream in READ_STREAMS.values():
-            await self.loop.connect_read_pipe(lambda s=stream: Pump(self, child, s), parent[stream])
-        child.stdin, _ = await self.loop.connect_write_pipe(asyncio.Protocol, parent["stdin"])
-        child.input, _ = await self.loop.connect_write_pipe(asyncio.Protocol, parent["input"])
-        reader, writer = await asyncio.open_unix_connection(sock=parent["ctl"], limit=1 << 24)
+    async def _attach(self, child: Child, ends: ParentEnds) -> None:
+        # The transports own the ends from here: each closes its file when it closes.
+        readers = ends.readers()
+        child.open_pumps = len(STREAMS)
+        for stream in STREAMS:
+            pipe = os.fdopen(readers[stream], "rb", buffering=0)
+            await self.loop.connect_read_pipe(lambda s=stream: Pump(self, child, s), pipe)
+        stdin, input_ = (os.fdopen(fd, "wb", buffering=0) for fd in (ends.stdin, ends.input))
+        child.stdin, _ = await self.loop.connect_write_pipe(asyncio.Protocol, stdin)
+        child.input, _ = await self.loop.connect_write_pipe(asyncio.Protocol, input_)
+        reader, writer = await asyncio.open_unix_connection(sock=ends.control, limit=1 << 24)
         child.ctl_writer = writer
         child.ctl_task = self.loop.create_task(self._control_from_child(child, reader))
 
@@ -441,23 +417,23 @@ class Supervisor:
             self._on_child_message(child, code, data)
 
     def _on_child_message(self, child: Child, code: int, data: Any) -> None:
-        if code == 3000 and not child.finished:
+        if code == Message.PING and not child.finished:
             self.writer.update(child.iid, status=InstanceStatus.RUNNING)
-            self._notify(child.iid, status=InstanceStatus.RUNNING)
-        elif code == 3001:
+            self.notify(child.iid, status=InstanceStatus.RUNNING)
+        elif code == Message.HEALTH:
             for waiter in child.health_waiters:
                 if not waiter.done():
                     waiter.set_result(data)
             child.health_waiters.clear()
-        elif code == 3010:
+        elif code == Message.ALIVE:
             child.kept_alive = True
             if child.stop_timer:
                 child.stop_timer.cancel()
             if child.stopped and child.exit_code is None and not child.finished:
                 child.stopped = False
                 self.writer.update(child.iid, status=InstanceStatus.RUNNING)
-                self._notify(child.iid, status=InstanceStatus.RUNNING)
-        elif code == 5001 and isinstance(data, dict):
+                self.notify(child.iid, status=InstanceStatus.RUNNING)
+        elif code == Message.EVENT and isinstance(data, dict):
             self._on_event(child, data)
         if child.on_message is not None:
             child.on_message(code, data)
@@ -493,20 +469,16 @@ class Supervisor:
             except (live.Forged, ValueError):
                 log.warning("dropped a control message on %s that the hub did not write", key)
                 continue
-            op = header.get("op", "")
-            if op in self.ops:
-                coro = self.ops[op](header, payload)
-            elif op in EXTRA_OPS:
-                coro = EXTRA_OPS[op](self, header, payload)
-            else:
-                continue
-            self.loop.create_task(self._guard(coro, header))
+            operation = control.OPERATIONS.get(str(header.get("op", "")))
+            if operation is not None:
+                self.loop.create_task(self._guard(operation(self, header, payload), header))
 
     # -- direct starts from the web --------------------------------------------------------
     async def _start_loop(self) -> None:
-        """Start requests the web pushes on its queue's list: no Celery dispatch, no database
-        read, and the reply goes out as soon as the child is forked (the row is updated by the
-        writer, in order with the child's own messages)."""
+        """Start requests the web pushes on its queue's list, for instances and sequencer
+        scripts alike: no Celery dispatch, no database read for an instance, whose reply goes
+        out as soon as the child is forked (the row is updated by the writer, in order with the
+        child's own messages). A script's reply waits until its actor has it loaded."""
         keys = [live.start_key(queue) for queue in self.queues]
         client = live.async_client()
         while not self._stopping:
@@ -532,6 +504,7 @@ class Supervisor:
             return
         if float(req.get("expires", 0)) < time.time():
             return  # the web stopped waiting and recorded the failure itself
+        kind = str(req.get("kind", "sequence"))
         try:
             self.check_capacity()
             # One start per request: a replay (the same signed request pushed again) finds
@@ -552,14 +525,12 @@ class Supervisor:
                     },
                 )
                 return
-            spec = await self._spec_for(req)
-            child = await self.spawn(
-                iid,
-                spec,
-                kind=str(req.get("kind", "sequence")),
-                argv=launch.exec_argv(spec),
-                record_start=True,
-            )
+            if kind in LAUNCHERS:
+                answer = await LAUNCHERS[kind](self, req)
+            else:
+                spec, argv = await self.child_spec(req)
+                child = await self.spawn(iid, spec, kind=kind, argv=argv, record_start=True)
+                answer = {"ok": True, "worker": self.name, "pid": child.pid}
         except Instance.DoesNotExist:
             log.warning("refused a start for %s: it has no row", iid)
             await self.reply(
@@ -568,13 +539,13 @@ class Supervisor:
             )
             return
         except cgroups.CgroupError as exc:
-            self._record_failure(iid, 20, f"Failed to start: {exc}")
+            self._record_failure(iid, Exit.LAUNCH_FAILED, f"Failed to start: {exc}")
             await self.reply(
                 token, {"ok": False, "status": 422, "code": "INVALID_CONFIG", "error": str(exc)}
             )
             return
         except Refused as exc:
-            self._record_failure(iid, 24, str(exc))
+            self._record_failure(iid, Exit.REFUSED, str(exc))
             await self.reply(
                 token,
                 {"ok": False, "status": 507, "code": "INSUFFICIENT_RESOURCES", "error": str(exc)},
@@ -582,7 +553,7 @@ class Supervisor:
             return
         except Exception as exc:
             log.exception("could not start instance %s", iid)
-            self._record_failure(iid, 20, f"Failed to start: {exc}")
+            self._record_failure(iid, Exit.LAUNCH_FAILED, f"Failed to start: {exc}")
             await self.reply(
                 token,
                 {
@@ -593,11 +564,15 @@ class Supervisor:
                 },
             )
             return
-        await self.reply(token, {"ok": True, "worker": self.name, "pid": child.pid}, owned=iid)
+        await self.reply(token, answer, owned=iid if answer.get("ok") else None)
 
-    async def _spec_for(self, req: dict[str, Any]) -> dict[str, Any]:
-        """The launch spec from what the web sent; the database only when the package is not
-        unpacked on this node yet (that fetch and unpack run in a thread)."""
+    async def child_spec(self, req: dict[str, Any]) -> tuple[dict[str, Any], list[str] | None]:
+        """The launch spec from what the web sent, and the program to exec (None: fork the
+        Python runtime); the database only when the package is not unpacked on this node yet
+        (that fetch and unpack run in a thread)."""
+        mode, extra = "sequence", None
+        if req.get("kind") == "script":
+            mode, extra = "script", {"prefix": req["sequencer"]["prefix"]}
         seq_fields = req["sequence"]
         if (cache_root() / str(seq_fields["sha256"])).is_dir():
             seq = Sequence(
@@ -614,19 +589,16 @@ class Supervisor:
                 app_config=req.get("appConfig") or {},
                 limits=req.get("limits") or {},
             )
-            return launch.build_spec(instance)
-        return await self.loop.run_in_executor(None, _spec_from_database, str(req["id"]))
+            spec = launch.build_spec(instance, mode, extra)
+        else:
+            spec = await self.loop.run_in_executor(
+                None, _spec_from_database, str(req["id"]), mode, extra
+            )
+        return spec, launch.exec_argv(spec)
 
     def _record_failure(self, iid: str, code: int, reason: str) -> None:
-        now = timezone.now()
-        self.writer.update(
-            iid,
-            status=InstanceStatus.ERRORED,
-            exit_code=code,
-            reason=reason[:500],
-            ended=now,
-            remove_at=now + timedelta(seconds=settings.HUB_INSTANCE_RETENTION),
-        )
+        # Through the writer: after the updates queued for the instance before it.
+        self.writer.call(lambda: record_failed_start(iid, code, reason))
 
     async def _guard(self, coro: Awaitable[None], header: dict) -> None:
         try:
@@ -647,113 +619,7 @@ class Supervisor:
         pipe.expire(key, 60)
         await pipe.execute()
 
-    async def _op_input(self, header: dict, payload: bytes) -> None:
-        child = self.children.get(header["id"])
-        if child is None or child.input is None or child.input.is_closing():
-            return
-        if not child.input_header_sent:
-            ctype = header.get("contentType") or "text/plain"
-            child.input.write(f"Content-Type: {ctype}\r\n\r\n".encode())
-            child.input_header_sent = True
-        self._write_limited(child, child.input, payload)
-        if header.get("end"):
-            child.input.close()
-
-    async def _op_stdin(self, header: dict, payload: bytes) -> None:
-        child = self.children.get(header["id"])
-        if child is None or child.stdin is None or child.stdin.is_closing():
-            return
-        self._write_limited(child, child.stdin, payload)
-        if header.get("end"):
-            child.stdin.close()
-
-    def _write_limited(self, child: Child, transport: asyncio.WriteTransport, data: bytes) -> None:
-        # A sequence that never reads its input must not grow the worker without bound.
-        if transport.get_write_buffer_size() + len(data) > INPUT_BUFFER_LIMIT:
-            self.emit_chunk(
-                child,
-                "log",
-                _log_line(
-                    "WARN", "input dropped: the sequence is not reading it and 64 MiB wait already"
-                ),
-            )
-            return
-        if data:
-            transport.write(data)
-
-    async def _op_event(self, header: dict, payload: bytes) -> None:
-        child = self.children.get(header["id"])
-        if child is not None:
-            self.send(
-                child, 5001, {"eventName": header["eventName"], "message": header.get("message")}
-            )
-
-    async def _op_health(self, header: dict, payload: bytes) -> None:
-        child = self.children.get(header["id"])
-        result: dict[str, Any] = {"healthy": False, "reason": "not running on this worker"}
-        if child is not None:
-            waiter = self.loop.create_future()
-            child.health_waiters.append(waiter)
-            self.send(child, 4004, {})
-            try:
-                answer = await asyncio.wait_for(waiter, 2)
-                result = dict(answer) if isinstance(answer, dict) else {"healthy": bool(answer)}
-            except TimeoutError:
-                result = {"healthy": False, "reason": "the sequence did not answer in 2 s"}
-            result.update(self._usage(child))
-        await self.reply(header["reply"], result)
-
-    def _usage(self, child: Child) -> dict[str, Any]:
-        info: dict[str, Any] = {"processId": child.pid, "pid": child.pid}
-        proc = child.psutil_proc
-        if proc is None:
-            return info
-        with contextlib.suppress(psutil.Error):
-            mem = proc.memory_info()
-            info["memoryUsage"] = mem.rss
-            info["memory"] = mem.rss
-            info["cpuTotalUsage"] = sum(proc.cpu_times()[:2])
-            info["cpu"] = proc.cpu_percent(interval=None)
-            limit = None
-            info["limit"] = limit
-        return info
-
-    async def _op_stop(self, header: dict, payload: bytes) -> None:
-        child = self.children.get(header["id"])
-        if child is None or child.exit_code is not None:
-            return
-        timeout_ms = max(0, int(header.get("timeout", 7000)))
-        child.stopped, child.kept_alive = True, False
-        self.writer.update(child.iid, status=InstanceStatus.STOPPING)
-        self._notify(child.iid, status=InstanceStatus.STOPPING)
-        self.send(
-            child,
-            4001,
-            {"timeout": timeout_ms, "canCallKeepalive": bool(header.get("canCallKeepalive"))},
-        )
-        if child.stop_timer:
-            child.stop_timer.cancel()
-        child.stop_timer = self.loop.create_task(self._kill_after(child, timeout_ms / 1000))
-
-    async def _kill_after(self, child: Child, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(child.exited.wait(), seconds)
-        if child.exit_code is None and not child.kept_alive:
-            self._kill_tree(child)
-
-    async def _op_kill(self, header: dict, payload: bytes) -> None:
-        child = self.children.get(header["id"])
-        if child is None:
-            return
-        child.remove_immediately = child.remove_immediately or bool(header.get("removeImmediately"))
-        if child.exit_code is not None:
-            return
-        child.killed = True
-        self.writer.update(child.iid, status=InstanceStatus.KILLING)
-        self._notify(child.iid, status=InstanceStatus.KILLING)
-        self._kill_tree(child)
-
-    def _kill_tree(self, child: Child) -> None:
+    def kill_tree(self, child: Child) -> None:
         """SIGKILL the child's process group at once, then any descendant that left it."""
         descendants: list[psutil.Process] = []
         if child.psutil_proc is not None:
@@ -790,7 +656,7 @@ class Supervisor:
             child.ctl_writer.close()
         if child.stop_timer:
             child.stop_timer.cancel()
-        code = child.exit_code if child.exit_code is not None else -1
+        code = child.exit_code if child.exit_code is not None else protocol.UNKNOWN_EXIT
         status, reason = outcome(code, child.killed, child.stopped)
         self.children.pop(child.iid, None)
         child.finished = True
@@ -799,12 +665,12 @@ class Supervisor:
         # outcome lets the web answer "how did it end" before the batched row update lands.
         end = {"eof": 1, "status": status, "exitcode": code, "reason": reason}
         end["ended"] = now.timestamp()
-        for stream in READ_STREAMS.values():
+        for stream in STREAMS:
             key = live.stream_key(child.iid, stream)
             self._outbox.append((key, live.sign_end(key, {**end, "n": child.seq[stream]})))
         # Expiry rides in the same pipeline, after the eof entries that may create the keys.
         for key in [
-            *(live.stream_key(child.iid, s) for s in READ_STREAMS.values()),
+            *(live.stream_key(child.iid, s) for s in STREAMS),
             live.events_key(child.iid),
         ]:
             self._outbox.append((key, None))
@@ -822,7 +688,7 @@ class Supervisor:
         self.writer.update(child.iid, **fields)
         if child.remove_immediately:
             self.writer.call(lambda: _delete_instance(child.iid))
-        self._notify(child.iid, status=status, exitcode=code, reason=reason)
+        self.notify(child.iid, status=status, exitcode=code, reason=reason)
         if child.on_exit is not None:
             try:
                 child.on_exit(code, status, reason)
@@ -836,7 +702,7 @@ class Supervisor:
         if child is not None and child.exit_code is None:
             log.warning("killed instance %s: it has no row (not started by the web)", iid)
             child.killed = True
-            self._kill_tree(child)
+            self.kill_tree(child)
 
     async def _sweep_strays(self) -> None:
         """Processes left under a children's user id that no live instance holds: what a
@@ -882,7 +748,7 @@ class Supervisor:
         with contextlib.suppress(TimeoutError, Exception):
             await asyncio.wait_for(asyncio.shield(task), 1)
 
-    def _notify(self, iid: str, **change: Any) -> None:
+    def notify(self, iid: str, **change: Any) -> None:
         """Tell watchers (console pages) that an instance changed; at-most-once by design.
 
         The instance's own group hears every change at once. The list pages' group only
@@ -940,8 +806,18 @@ def check_start(req: dict[str, Any]) -> tuple[str, str]:
         raise ValueError(f"id {iid!r} is not 1 to 64 letters, digits, '-' or '_'")
     if not isinstance(token, str) or not TOKEN.fullmatch(token):
         raise ValueError("reply is not a reply token")
-    if req.get("kind", "sequence") not in START_KINDS:
+    kind = req.get("kind", "sequence")
+    if kind not in START_KINDS:
         raise ValueError(f"kind {req.get('kind')!r} is not one of {', '.join(START_KINDS)}")
+    if kind == "script":
+        sequencer = req.get("sequencer")
+        if not isinstance(sequencer, dict):
+            raise ValueError("a script's start names no sequencer")
+        sid, prefix = sequencer.get("id"), sequencer.get("prefix")
+        if not isinstance(sid, str) or not launch.ID_PATTERN.fullmatch(sid):
+            raise ValueError(f"sequencer.id {sid!r} is not 1 to 64 letters, digits, '-' or '_'")
+        if not isinstance(prefix, str) or len(prefix) > MAX_NAME or not NAME_RE.fullmatch(prefix):
+            raise ValueError(f"sequencer.prefix {prefix!r} is not a sequencer's name")
     seq = req.get("sequence")
     if not isinstance(seq, dict) or not SHA256.fullmatch(str(seq.get("sha256", ""))):
         raise ValueError("sequence.sha256 is not a SHA-256")
@@ -961,12 +837,12 @@ def check_start(req: dict[str, Any]) -> tuple[str, str]:
     return iid, token
 
 
-def _spec_from_database(iid: str) -> dict[str, Any]:
+def _spec_from_database(iid: str, mode: str, extra: dict[str, Any] | None) -> dict[str, Any]:
     from django.db import close_old_connections
 
     close_old_connections()
     instance = Instance.objects.select_related("sequence").get(pk=iid)
-    return launch.build_spec(instance)
+    return launch.build_spec(instance, mode, extra)
 
 
 def _delete_instance(iid: str) -> None:
@@ -974,36 +850,6 @@ def _delete_instance(iid: str) -> None:
 
     Instance.objects.filter(pk=iid).delete()
     live.sync_client().delete(*live.instance_keys(iid))
-
-
-def _log_line(level: str, msg: str) -> bytes:
-    return (json.dumps({"ts": int(time.time() * 1000), "level": level, "msg": msg}) + "\n").encode()
-
-
-def _make_fds() -> tuple[dict[str, Any], list[int]]:
-    """The seven descriptors of runner/PROTOCOL.md: parent ends (as files) and child ends."""
-    stdin_r, stdin_w = os.pipe()
-    stdout_r, stdout_w = os.pipe()
-    stderr_r, stderr_w = os.pipe()
-    ctl_parent, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    out_r, out_w = os.pipe()
-    in_r, in_w = os.pipe()
-    log_r, log_w = os.pipe()
-    for fd in (stdout_w, out_w):
-        # Bigger pipes mean fewer wake-ups for chatty sequences.
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)
-    child_fd = ctl_child.detach()
-    parent = {
-        "stdin": os.fdopen(stdin_w, "wb", buffering=0),
-        "stdout": os.fdopen(stdout_r, "rb", buffering=0),
-        "stderr": os.fdopen(stderr_r, "rb", buffering=0),
-        "ctl": ctl_parent,
-        "output": os.fdopen(out_r, "rb", buffering=0),
-        "input": os.fdopen(in_w, "wb", buffering=0),
-        "log": os.fdopen(log_r, "rb", buffering=0),
-    }
-    return parent, [stdin_r, stdout_w, stderr_w, child_fd, out_w, in_r, log_w]
 
 
 _supervisor: Supervisor | None = None

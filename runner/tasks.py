@@ -1,8 +1,13 @@
-"""Celery tasks: start an instance on this worker, find lost instances, prune old ones."""
+"""The worker's Celery side: its supervisor's start and stop, and the periodic tasks that find
+lost instances and prune old ones. Starts do not come through Celery: the supervisor pops them
+from Redis (runner/supervisor.py), and hands a sequencer's script to its actor."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from datetime import timedelta
 
 from celery import shared_task
@@ -10,8 +15,11 @@ from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 from django.utils import timezone
 
+from core.protocol import STREAMS, Exit
+from runner import sequencer_actor
 from runner.supervisor import current_supervisor, get_supervisor
 from sequences import live
+from sequences.instances import record_failed_start
 from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, Worker
 
 log = logging.getLogger(__name__)
@@ -33,29 +41,20 @@ def _queue_names(consumer: object) -> list[str] | None:
 
 @worker_shutdown.connect
 def _stop_supervisor(**_: object) -> None:
+    """On a worker's orderly stop: end every child and record why, and let every sequencer
+    actor record its sequencer as Killed before the process exits."""
     sup = current_supervisor()
-    if sup is not None:
-        sup.shutdown()
+    if sup is None:
+        return
+    sup.shutdown()
 
+    async def drained() -> None:
+        deadline = time.monotonic() + 10
+        while sequencer_actor.ACTORS and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
-def send_reply(token: str, value: dict) -> None:
-    """Answer a web request waiting on `hub:reply:<token>`."""
-    client = live.sync_client()
-    key = live.reply_key(token)
-    client.rpush(key, live.encode_reply(token, value))
-    client.expire(key, 60)
-
-
-def fail_instance(iid: str, code: int, reason: str) -> None:
-    """Record an instance that could not start as errored, with its code and reason."""
-    now = timezone.now()
-    Instance.objects.filter(pk=iid).update(
-        status=InstanceStatus.ERRORED,
-        exit_code=code,
-        reason=reason[:500],
-        ended=now,
-        remove_at=now + timedelta(seconds=settings.HUB_INSTANCE_RETENTION),
-    )
+    with contextlib.suppress(Exception):
+        sup.run(drained(), timeout=12)
 
 
 @shared_task(name="runner.tasks.detect_lost", ignore_result=True)
@@ -84,7 +83,9 @@ def detect_lost() -> int:
         status=InstanceStatus.INITIALIZING, worker="", created__lt=cutoff
     )
     for iid in stale.values_list("id", flat=True):
-        fail_instance(iid, 20, "no worker took the start request")
+        record_failed_start(
+            iid, Exit.LAUNCH_FAILED, "no worker took the start request", waiting_only=True
+        )
     return lost
 
 
@@ -104,7 +105,7 @@ def mark_lost(worker: str, reason: str) -> int:
     client = live.sync_client()
     pipe = client.pipeline(transaction=False)
     for iid in ids:
-        for stream in live.STREAMS:
+        for stream in STREAMS:
             key = live.stream_key(iid, stream)
             pipe.xadd(key, live.sign_end(key, {"eof": 1, "lost": 1}))
     pipe.execute()

@@ -12,17 +12,19 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.utils import timezone
 from redis.exceptions import RedisError
 
 from core.db_threads import db_call
+from core.protocol import Exit
 from sequences import live
 from sequences.errors import HubError, not_found
-from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, Sequence
+from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, Sequence, Sequencer
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +150,17 @@ def _create(seq: Sequence | str, req: StartRequest, user: Any, kind: str) -> Ins
 
 
 def start_request(
-    instance: Instance, seq: Sequence, token: str, timeout: float, dest: str
+    instance: Instance,
+    seq: Sequence,
+    token: str,
+    timeout: float,
+    dest: str,
+    sequencer: Sequencer | None = None,
 ) -> bytes:
     """What a worker needs to start the instance without reading the database (it does read
-    it when it has not unpacked the package yet). Past `expires` the web stopped waiting."""
-    header = {
+    it when it has not unpacked the package yet). Past `expires` the web stopped waiting.
+    A sequencer's script (kind "script") names its sequencer, whose actor takes the child."""
+    header: dict[str, Any] = {
         "op": "start",
         "id": instance.id,
         "reply": token,
@@ -169,7 +177,37 @@ def start_request(
             "config": seq.config,
         },
     }
+    if sequencer is not None:
+        header["sequencer"] = {"id": sequencer.id, "prefix": sequencer.prefix}
     return live.encode_control(dest, header)
+
+
+async def push_start(
+    instance: Instance,
+    wait: float,
+    sequencer: Sequencer | None = None,
+    fresh: bool = False,
+) -> dict[str, Any] | None:
+    """Push the start of `instance` (its row made, its `sequence` loaded) on the start list of
+    the workers' queue, and wait up to `wait` seconds for the worker's answer (None: nobody
+    answered). `fresh`: first drop the live streams an earlier instance of the same id left.
+
+    The request goes straight to the list a worker's supervisor pops, not through a Celery
+    task: one push, one blocking pop for the answer. Instances and sequencer scripts alike.
+    """
+    token = live.new_token()
+    dest = live.start_key(settings.CELERY_TASK_DEFAULT_QUEUE)
+    # The row was made a moment ago with its sequence; only deleting the sequence unsets it.
+    seq = cast(Sequence, instance.sequence)
+    request = start_request(instance, seq, token, wait, dest, sequencer)
+    if fresh:
+        pipe = live.async_client().pipeline(transaction=False)
+        pipe.delete(*live.instance_keys(instance.id))
+        pipe.rpush(dest, request)
+        await pipe.execute()
+    else:
+        await live.async_client().rpush(dest, request)
+    return await wait_reply(token, wait)
 
 
 async def start(
@@ -178,28 +216,20 @@ async def start(
     """Create the instance and return once its worker holds its streams (input is safe).
 
     `seq` is a Sequence or its id (or name); `instance.sequence` is the one started.
-
-    The request goes straight to the workers' start list in Redis (a worker's supervisor
-    pops it), not through a Celery task: one push, one blocking pop for the answer.
     """
     instance = await db_call(_create, seq, req, user, kind)
-    token = live.new_token()
-    timeout = settings.HUB_START_TIMEOUT
-    dest = live.start_key(settings.CELERY_TASK_DEFAULT_QUEUE)
-    # _create set the sequence a moment ago; only deleting the sequence unsets it.
-    request = start_request(instance, cast(Sequence, instance.sequence), token, timeout, dest)
-    if req.instance_id:
-        # A chosen id may have been used before: the live streams of that earlier instance
-        # (kept a while after its end) must not pass for this one's.
-        pipe = live.async_client().pipeline(transaction=False)
-        pipe.delete(*live.instance_keys(instance.id))
-        pipe.rpush(dest, request)
-        await pipe.execute()
-    else:
-        await live.async_client().rpush(dest, request)
-    answer = await wait_reply(token, timeout)
+    # A chosen id may have been used before: the live streams of that earlier instance (kept
+    # a while after its end) must not pass for this one's.
+    fresh = bool(req.instance_id)
+    answer = await push_start(instance, settings.HUB_START_TIMEOUT, fresh=fresh)
     if answer is None:
-        await db_call(_fail_start, instance.id, "no worker answered the start request")
+        await db_call(
+            record_failed_start,
+            instance.id,
+            Exit.LAUNCH_FAILED,
+            "no worker answered the start request",
+            waiting_only=True,
+        )
         raise HubError(
             503,
             "NO_WORKER",
@@ -215,11 +245,20 @@ async def start(
     return instance
 
 
-def _fail_start(iid: str, reason: str) -> None:
-    from django.utils import timezone
-
-    Instance.objects.filter(pk=iid, status=InstanceStatus.INITIALIZING).update(
-        status=InstanceStatus.ERRORED, reason=reason, exit_code=20, ended=timezone.now()
+def record_failed_start(iid: str, code: int, reason: str, waiting_only: bool = False) -> int:
+    """Record that an instance could not start: errored, with its exit code (core.protocol.Exit)
+    and reason; the number of rows changed. `waiting_only`: only if no worker took the start
+    (the web gave up waiting, or nobody popped the request), never over a started row."""
+    rows = Instance.objects.filter(pk=iid)
+    if waiting_only:
+        rows = rows.filter(status=InstanceStatus.INITIALIZING)
+    now = timezone.now()
+    return rows.update(
+        status=InstanceStatus.ERRORED,
+        exit_code=code,
+        reason=reason[:500],
+        ended=now,
+        remove_at=now + timedelta(seconds=settings.HUB_INSTANCE_RETENTION),
     )
 
 

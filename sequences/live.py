@@ -36,10 +36,11 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from core.protocol import STREAMS
+
 if TYPE_CHECKING:
     from redis.typing import BlockingListPopResponse, StreamRangeResponse, XReadResponse
 
-STREAMS = ("stdout", "stderr", "output", "log")
 HOST_LOG = "hub:log"
 
 

@@ -3,8 +3,9 @@
 The web never runs a script. Reads come straight from the database. A sequencer command goes
 to the worker that owns the sequencer's process (Redis control op `seqcmd`), whose actor
 decides, persists and answers it (runner/sequencer_actor.py). A component's LoadScript starts
-a sequencer process through Celery (runner/sequencer_tasks.py) and waits until its script is
-loaded. Component commands are serialised by a Redis lock per component.
+a sequencer process the way an instance starts (a signed request on the workers' start list,
+`instances.push_start`) and waits until its script is loaded. Component commands are
+serialised by a Redis lock per component.
 
 Sequencers whose process is gone (worker lost, process ended unnoticed) are marked Killed the
 moment anyone looks at them, so no reader ever sees a dead sequencer as alive.
@@ -21,11 +22,12 @@ from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from asgiref.sync import async_to_sync, sync_to_async
-from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError
+from django.utils import timezone
 
-from sequences import live, notices
+from core.protocol import Exit
+from sequences import instances, live, notices
 from sequences import sequencer_store as store
 from sequences.component_states import (
     ComponentCommand,
@@ -550,24 +552,15 @@ def _create_sequencer(seq: Sequence, prefix: str, user: Any) -> Sequencer:
     return Sequencer.objects.create(prefix=prefix, script=seq, instance=instance, created_by=owner)
 
 
-def _enqueue(sequencer_id: str, token: str) -> None:
-    # By name: the domain does not import the runner.
-    current_app.send_task(
-        "runner.sequencer_tasks.start_sequencer",
-        args=[sequencer_id, token],
-        queue=settings.CELERY_TASK_DEFAULT_QUEUE,
-    )
-
-
 async def _start_process(row: Sequencer) -> tuple[bool, str]:
     """Start the sequencer's process; (True, "") once its script is loaded, else the reason
     with the script's stderr (its traceback)."""
-    token = live.new_token()
-    await sync_to_async(_enqueue)(row.id, token)
+    instance = row.instance
+    if instance is None:
+        return False, f"sequencer {row.prefix} has no instance to start"
+    # The worker waits up to HUB_START_TIMEOUT for the script to load, then ends the child.
     wait = settings.HUB_START_TIMEOUT + 25
-    item = await live.async_client().blpop([live.reply_key(token)], timeout=wait)
-    raw = live.popped(item)
-    answer = None if raw is None else live.decode_reply(token, raw)
+    answer = await instances.push_start(instance, wait, sequencer=row)
     if answer is not None and answer.get("ok"):
         return True, ""
     if answer is None:
@@ -583,12 +576,23 @@ async def _start_process(row: Sequencer) -> tuple[bool, str]:
 
 
 def _fail_start(row: Sequencer, reason: str) -> None:
-    from django.utils import timezone
-
-    Instance.objects.filter(pk=row.instance_id, status=InstanceStatus.INITIALIZING).update(
-        status=InstanceStatus.ERRORED, reason=reason[:500], exit_code=20, ended=timezone.now()
-    )
+    if row.instance_id:
+        instances.record_failed_start(
+            row.instance_id, Exit.LAUNCH_FAILED, reason, waiting_only=True
+        )
     store.mark_killed(row.id, reason, "LoadScript")
+
+
+def claim_start(sequencer_id: str, instance_id: str, worker: str) -> bool:
+    """A worker takes the start of a sequencer's process: its instance row goes from
+    initializing to starting, once, and only if it is that sequencer's. A replayed start
+    (past the Redis claim) or one naming another sequencer's instance finds nothing to take."""
+    if not Sequencer.objects.filter(pk=sequencer_id, instance_id=instance_id).exists():
+        return False
+    claimed = Instance.objects.filter(
+        pk=instance_id, kind="script", status=InstanceStatus.INITIALIZING
+    ).update(status=InstanceStatus.STARTING, worker=worker, started=timezone.now())
+    return claimed == 1
 
 
 async def _stderr_text(iid: str, wait: float = 5.0, limit: int = 20000) -> str:

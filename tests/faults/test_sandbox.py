@@ -26,11 +26,15 @@ import pytest
 from django.conf import settings
 
 from sequences import live
+from sequences.instances import start_request
+from sequences.models import Instance, Sequencer
 from tests.conftest import wait_for
 from tests.faults.conftest import ATTEMPT, FOREVER, info, needs_root, start, status, wait_ended
 from tests.packaging import python_package, upload
+from tests.sequences import sequencer_kit
 
 pytestmark = pytest.mark.django_db(transaction=True)
+kit = sequencer_kit.kit  # the fixture
 
 
 def run_attack(api, code: str, *args) -> dict:
@@ -45,9 +49,6 @@ def run_attack(api, code: str, *args) -> dict:
 
 def start_header(iid: str) -> dict:
     """A start request for the instance as the web makes it, with a reply token of its own."""
-    from sequences.instances import start_request
-    from sequences.models import Instance
-
     instance = Instance.objects.select_related("sequence").get(pk=iid)
     raw = start_request(instance, instance.sequence, uuid.uuid4().hex, 30, "any")
     return live.decode_control("any", raw)[0]
@@ -205,6 +206,30 @@ def test_a_replayed_start_runs_nothing_twice(private_hub):
     assert status(hub.api, iid) == "running"
     hub.api.post(f"/instance/{iid}/_kill", json={})
     assert wait_ended(hub.api, iid)["terminated"]["exitcode"] == 137
+
+
+def test_a_replayed_sequencer_start_runs_nothing_twice(kit):
+    """A sequencer's start (kind "script") is claimed like an instance's, and its row too: a
+    copy pushed again is refused by the Redis claim and, once that claim is gone, by the row
+    claim. The sequencer keeps its one process."""
+    loaded = kit.load()
+    row = Sequencer.objects.select_related("instance__sequence").get(pk=loaded["id"])
+    instance = row.instance
+    before = Instance.objects.get(pk=instance.id)
+    queue_key = live.start_key(settings.CELERY_TASK_DEFAULT_QUEUE)
+    client = live.sync_client()
+    for claim_gone in (False, True):
+        if claim_gone:
+            client.delete(live.claim_key(instance.id))
+        token = uuid.uuid4().hex
+        again = start_request(instance, instance.sequence, token, 30, queue_key, row)
+        client.rpush(queue_key, again)
+        answer = client.blpop([live.reply_key(token)], timeout=20)
+        assert answer is not None, "the worker did not answer the replayed start"
+        assert live.decode_reply(token, answer[1])["code"] == "NOT_FOUND"
+    after = Instance.objects.get(pk=instance.id)
+    assert (after.status, after.pid, after.worker) == ("running", before.pid, before.worker)
+    assert kit.get(loaded["id"])["state"] == "Idle"
 
 
 # -- 3. Forged ends and control messages ---------------------------------------------------

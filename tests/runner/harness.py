@@ -1,8 +1,9 @@
 """An asyncio harness that plays the supervisor's part of runner/PROTOCOL.md with real processes.
 
-`Harness.start(spec)` forks a child through a real `ForkServer` on the descriptors of
-`make_child_fds()`, then collects every byte of stdout, stderr, output and log, and every control
-message, while the test writes input, stdin and control messages and awaits the exit.
+`Harness.start(spec)` forks a child through a real `ForkServer` on the descriptors of the
+supervisor's own set-up (`make_child_fds()`), then collects every byte of stdout, stderr, output
+and log, and every control message, while the test writes input, stdin and control messages and
+awaits the exit.
 
 Reusable by any runtime test (Python by fork, or an exec'd runtime through `start_exec`):
 
@@ -25,11 +26,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from core.protocol import STREAMS
 from runner.forkserver import ForkServer, ParentEnds, close_fds, make_child_fds
 
 T = TypeVar("T")
-
-READ_STREAMS = ("stdout", "stderr", "output", "log")
 
 
 def write_package(
@@ -96,7 +96,7 @@ class Child:
     def __init__(self, pid: int, ends: ParentEnds) -> None:
         self.pid = pid
         self.ends = ends
-        self.streams: dict[str, bytearray] = {name: bytearray() for name in READ_STREAMS}
+        self.streams: dict[str, bytearray] = {name: bytearray() for name in STREAMS}
         self.messages: list[tuple[int, Any]] = []
         self.exit_code: int | None = None
         self._loop = asyncio.get_running_loop()

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from core.protocol import Exit, Message
 from runner.forkserver import REPO_ROOT, ForkServer, SpawnError, make_child_fds
 from tests.conftest import IN_CI
 from tests.runner.harness import Child, Harness, make_spec, started_fork_server, write_package
@@ -133,14 +134,14 @@ async def test_node_starts_under_a_memory_limit(harness: Harness, tmp_path: Path
 
 async def test_exec_of_a_missing_program_exits_127(harness: Harness, tmp_path: Path) -> None:
     child = await run_exec(harness, tmp_path, ["/no/such/program"])
-    assert child.exit_code == 127
+    assert child.exit_code == Exit.EXEC_FAILED
     assert b"cannot exec /no/such/program" in child.stderr
 
 
 async def test_a_workdir_that_cannot_be_made_exits_20(harness: Harness, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     child = await run_exec(harness, tmp_path, ["true"], workdir=tmp_path / "file/sub")
-    assert child.exit_code == 20
+    assert child.exit_code == Exit.LAUNCH_FAILED
     assert b"NotADirectoryError" in child.stderr
 
 
@@ -204,10 +205,10 @@ async def test_zygote_death_kills_its_children_and_reports_them(tmp_path: Path) 
     async with started_fork_server() as own:
         harness = Harness(own)
         child = await harness.start(make_spec(package_dir))
-        await child.wait_message(3000)
+        await child.wait_message(Message.PING)
         assert own.pid is not None
         os.kill(own.pid, signal.SIGKILL)
-        assert await child.wait_exit() == 137
+        assert await child.wait_exit() == Exit.KILLED
         await child.wait_until(lambda: not _alive(child.pid), 5, "the child to die")
         with pytest.raises(SpawnError):
             await harness.start(make_spec(package_dir))
@@ -220,9 +221,9 @@ async def test_close_kills_the_children(tmp_path: Path) -> None:
     await own.start()
     harness = Harness(own)
     child = await harness.start(make_spec(package_dir))
-    await child.wait_message(3000)
+    await child.wait_message(Message.PING)
     await own.close()
-    assert await child.wait_exit() == 137
+    assert await child.wait_exit() == Exit.KILLED
     await child.wait_until(lambda: not _alive(child.pid), 5, "the child to die")
     harness.close()
 

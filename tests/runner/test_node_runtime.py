@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from core.protocol import Exit, Message
 from tests.conftest import IN_CI
 
 try:
@@ -28,8 +29,6 @@ pytestmark = pytest.mark.skipif(
     not shutil.which(NODE) and not IN_CI, reason="node is not installed"
 )
 
-PING, HEALTH, STOPPED, ALIVE, COMPLETED, EVENT = 3000, 3001, 3006, 3010, 3011, 5001
-STOP, KILL, HEALTH_CHECK = 4001, 4002, 4004
 
 DOCS_EXAMPLE = """\
 module.exports = async function* (initialNumber = 0, length = 1000) {
@@ -84,7 +83,7 @@ def test_docs_example_verbatim_prints_3000_to_3009(start: Start) -> None:
     code, output = run_to_end(child)
     assert code == 0
     assert output == b"".join(f"{n}\n".encode() for n in range(3000, 3010))
-    assert codes(child) == [PING, COMPLETED]
+    assert codes(child) == [Message.PING, Message.COMPLETED]
 
 
 def test_docs_example_without_args_uses_its_defaults(start: Start) -> None:
@@ -200,7 +199,7 @@ def test_returning_nothing_completes_with_no_output(start: Start) -> None:
     child = start("module.exports = function () { console.log('side effect'); };")
     assert run_to_end(child) == (0, b"")
     assert child.stdout.data() == b"side effect\n"
-    assert codes(child) == [PING, COMPLETED]
+    assert codes(child) == [Message.PING, Message.COMPLETED]
 
 
 def test_async_generator_items_are_encoded_by_type(start: Start) -> None:
@@ -411,9 +410,9 @@ def test_emit_sends_an_event_and_on_receives_them(start: Start) -> None:
         "   this.on('ping', m => { this.emit('pong', m); resolve(); }));"
         "};"
     )
-    assert child.wait_for(EVENT) == {"eventName": "ready", "message": {"n": 1}}
-    child.send(EVENT, {"eventName": "ping", "message": [1, "two"]})
-    assert child.wait_for(EVENT) == {"eventName": "pong", "message": [1, "two"]}
+    assert child.wait_for(Message.EVENT) == {"eventName": "ready", "message": {"n": 1}}
+    child.send(Message.EVENT, {"eventName": "ping", "message": [1, "two"]})
+    assert child.wait_for(Message.EVENT) == {"eventName": "pong", "message": [1, "two"]}
     assert run_to_end(child) == (0, b"")
 
 
@@ -438,9 +437,9 @@ def test_logger_writes_json_lines_to_the_log_stream(start: Start) -> None:
 
 def test_health_check_replies_healthy_by_default(start: Start) -> None:
     child = start("module.exports = () => new Promise(() => {});")
-    child.wait_for(PING)
-    child.send(HEALTH_CHECK)
-    assert child.wait_for(HEALTH) == {"healthy": True}
+    child.wait_for(Message.PING)
+    child.send(Message.HEALTH_CHECK)
+    assert child.wait_for(Message.HEALTH) == {"healthy": True}
 
 
 def test_monitoring_handler_can_report_unhealthy(start: Start) -> None:
@@ -448,9 +447,9 @@ def test_monitoring_handler_can_report_unhealthy(start: Start) -> None:
         "module.exports = function () { this.addMonitoringHandler(() => ({healthy: false}));"
         " return new Promise(() => {}); };"
     )
-    child.wait_for(PING)
-    child.send(HEALTH_CHECK)
-    assert child.wait_for(HEALTH) == {"healthy": False}
+    child.wait_for(Message.PING)
+    child.send(Message.HEALTH_CHECK)
+    assert child.wait_for(Message.HEALTH) == {"healthy": False}
 
 
 # -- stop, kill, end ---------------------------------------------------------------------------
@@ -473,38 +472,38 @@ module.exports = function () {
 
 def test_stop_runs_stop_handlers_then_exits_138(start: Start) -> None:
     child = start(STOPPABLE)
-    child.wait_for(PING)
-    child.send(STOP, {"timeout": 2000, "canCallKeepalive": False})
-    assert child.wait_for(EVENT) == {
+    child.wait_for(Message.PING)
+    child.send(Message.STOP, {"timeout": 2000, "canCallKeepalive": False})
+    assert child.wait_for(Message.EVENT) == {
         "eventName": "stopping",
         "message": {"timeout": 2000, "canCallKeepalive": False},
     }
-    child.wait_for(STOPPED)
-    assert child.wait() == 138
+    child.wait_for(Message.STOPPED)
+    assert child.wait() == Exit.STOPPED
     assert child.output.data().startswith(b"0\n")
 
 
 def test_stop_with_keep_alive_keeps_the_instance_running(start: Start) -> None:
     child = start(STOPPABLE, app_config={"keepAlive": True})
-    child.wait_for(PING)
-    child.send(STOP, {"timeout": 2000, "canCallKeepalive": True})
-    assert child.wait_for(ALIVE) == {"keepAlive": 5000}
+    child.wait_for(Message.PING)
+    child.send(Message.STOP, {"timeout": 2000, "canCallKeepalive": True})
+    assert child.wait_for(Message.ALIVE) == {"keepAlive": 5000}
     time.sleep(0.3)
     assert child.proc.poll() is None
-    assert STOPPED not in codes(child)
+    assert Message.STOPPED not in codes(child)
     before = len(child.output.data())
     time.sleep(0.2)
     assert len(child.output.data()) > before, "the sequence keeps producing after the stop"
-    child.send(KILL)
-    assert child.wait() == 137
+    child.send(Message.KILL)
+    assert child.wait() == Exit.KILLED
 
 
 def test_keep_alive_is_ignored_when_the_stop_does_not_allow_it(start: Start) -> None:
     child = start(STOPPABLE, app_config={"keepAlive": True})
-    child.wait_for(PING)
-    child.send(STOP, {"timeout": 2000, "canCallKeepalive": False})
-    child.wait_for(STOPPED)
-    assert child.wait() == 138
+    child.wait_for(Message.PING)
+    child.send(Message.STOP, {"timeout": 2000, "canCallKeepalive": False})
+    child.wait_for(Message.STOPPED)
+    assert child.wait() == Exit.STOPPED
 
 
 def test_a_failing_stop_handler_is_logged_and_the_stop_goes_on(start: Start) -> None:
@@ -513,28 +512,28 @@ def test_a_failing_stop_handler_is_logged_and_the_stop_goes_on(start: Start) -> 
         " this.addStopHandler(() => { throw new Error('handler broke'); });"
         " return new Promise(() => {}); };"
     )
-    child.wait_for(PING)
-    child.send(STOP, {"timeout": 1000, "canCallKeepalive": True})
-    child.wait_for(STOPPED)
-    assert child.wait() == 138
+    child.wait_for(Message.PING)
+    child.send(Message.STOP, {"timeout": 1000, "canCallKeepalive": True})
+    child.wait_for(Message.STOPPED)
+    assert child.wait() == Exit.STOPPED
     assert any(e["msg"] == "Stop handler failed" for e in child.log_entries())
 
 
 def test_kill_runs_kill_handlers_and_exits_137_at_once(start: Start) -> None:
     child = start(STOPPABLE)
-    child.wait_for(PING)
+    child.wait_for(Message.PING)
     sent = time.monotonic()
-    child.send(KILL)
-    assert child.wait() == 137
+    child.send(Message.KILL)
+    assert child.wait() == Exit.KILLED
     assert time.monotonic() - sent < 2
     assert (child.package_dir / "killed.txt").read_text() == "yes"
 
 
 def test_closing_the_control_socket_kills_the_instance(start: Start) -> None:
     child = start("module.exports = () => new Promise(() => {});")
-    child.wait_for(PING)
+    child.wait_for(Message.PING)
     child.close_control()
-    assert child.wait() == 137
+    assert child.wait() == Exit.KILLED
 
 
 def test_end_completes_the_instance_early(start: Start) -> None:
@@ -544,7 +543,7 @@ def test_end_completes_the_instance_early(start: Start) -> None:
     )
     code, output = run_to_end(child, close_input=False)
     assert (code, output) == (0, b"a")
-    assert codes(child) == [PING, COMPLETED]
+    assert codes(child) == [Message.PING, Message.COMPLETED]
 
 
 def test_slow_producer_items_show_up_before_the_end(start: Start) -> None:
@@ -552,7 +551,7 @@ def test_slow_producer_items_show_up_before_the_end(start: Start) -> None:
         "module.exports = async function* () {"
         " yield 'first\\n'; await new Promise(r => setTimeout(r, 1500)); yield 'second\\n'; };"
     )
-    child.wait_for(PING)
+    child.wait_for(Message.PING)
     deadline = time.monotonic() + 1
     while child.output.data() != b"first\n" and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -567,31 +566,31 @@ def test_slow_producer_items_show_up_before_the_end(start: Start) -> None:
 def test_missing_main_exits_21(start: Start) -> None:
     child = start("module.exports = () => 1;", spec={"main": "nope.js"})
     code = child.wait()
-    assert code == 21
+    assert code == Exit.BAD_MAIN
     assert b"nope.js" in child.stderr.data()
-    assert PING not in codes(child)
+    assert Message.PING not in codes(child)
 
 
 def test_main_outside_the_package_exits_21(start: Start) -> None:
     child = start("module.exports = () => 1;", spec={"main": "../../etc/passwd"})
-    assert child.wait() == 21
+    assert child.wait() == Exit.BAD_MAIN
 
 
 def test_exports_that_are_not_a_function_exit_21(start: Start) -> None:
     child = start("module.exports = { run: 'nothing to call' };")
-    assert child.wait() == 21
+    assert child.wait() == Exit.BAD_MAIN
 
 
 def test_syntax_error_at_load_exits_22_with_the_error_on_stderr(start: Start) -> None:
     child = start("module.exports = function ( {")
-    assert child.wait() == 22
+    assert child.wait() == Exit.FAILED_ON_START
     assert b"SyntaxError" in child.stderr.data()
-    assert PING not in codes(child)
+    assert Message.PING not in codes(child)
 
 
 def test_throw_at_load_exits_22_with_the_stack_on_stderr(start: Start) -> None:
     child = start("throw new Error('cannot load');")
-    assert child.wait() == 22
+    assert child.wait() == Exit.FAILED_ON_START
     stderr = child.stderr.data()
     assert b"Error: cannot load" in stderr
     assert b"index.js:1" in stderr
@@ -599,7 +598,7 @@ def test_throw_at_load_exits_22_with_the_stack_on_stderr(start: Start) -> None:
 
 def test_missing_dependency_exits_22(start: Start) -> None:
     child = start("require('not-installed'); module.exports = () => 1;")
-    assert child.wait() == 22
+    assert child.wait() == Exit.FAILED_ON_START
     assert b"not-installed" in child.stderr.data()
 
 
@@ -609,10 +608,10 @@ def test_throw_while_running_exits_23_with_the_stack_on_stderr(start: Start) -> 
         " throw new Error('broken generator'); };"
     )
     code, output = run_to_end(child)
-    assert code == 23
+    assert code == Exit.FAILED_WHILE_RUNNING
     assert output == b"before\n"
     assert b"Error: broken generator" in child.stderr.data()
-    assert COMPLETED not in codes(child)
+    assert Message.COMPLETED not in codes(child)
 
 
 def test_throw_from_a_timer_while_running_exits_23(start: Start) -> None:
@@ -620,7 +619,7 @@ def test_throw_from_a_timer_while_running_exits_23(start: Start) -> None:
         "module.exports = () => { setTimeout(() => { throw new Error('late'); }, 20);"
         " return new Promise(() => {}); };"
     )
-    assert child.wait() == 23
+    assert child.wait() == Exit.FAILED_WHILE_RUNNING
     assert b"Error: late" in child.stderr.data()
 
 
@@ -629,7 +628,7 @@ def test_unhandled_rejection_exits_23(start: Start) -> None:
         "module.exports = () => { Promise.reject(new Error('nobody awaits me'));"
         " return new Promise(() => {}); };"
     )
-    assert child.wait() == 23
+    assert child.wait() == Exit.FAILED_WHILE_RUNNING
     assert b"nobody awaits me" in child.stderr.data()
 
 
@@ -638,7 +637,7 @@ def test_destroy_fails_the_instance_with_23(start: Start) -> None:
         "module.exports = function () { this.destroy(new Error('given up')); "
         "return new Promise(() => {}); };"
     )
-    assert child.wait() == 23
+    assert child.wait() == Exit.FAILED_WHILE_RUNNING
     assert b"given up" in child.stderr.data()
 
 
@@ -661,15 +660,15 @@ def test_an_event_callback_that_throws_exits_23(start: Start) -> None:
         " this.on('bad', () => { throw new Error('callback broke'); });"
         " return new Promise(() => {}); };"
     )
-    child.wait_for(PING)
-    child.send(EVENT, {"eventName": "bad", "message": None})
-    assert child.wait() == 23
+    child.wait_for(Message.PING)
+    child.send(Message.EVENT, {"eventName": "bad", "message": None})
+    assert child.wait() == Exit.FAILED_WHILE_RUNNING
     assert b"callback broke" in child.stderr.data()
 
 
 def test_exit_timeout_set_by_the_sequence_delays_the_completion(start: Start) -> None:
     child = start("module.exports = function () { this.exitTimeout = 400; return 'x'; };")
-    child.wait_for(PING)
+    child.wait_for(Message.PING)
     began = time.monotonic()
     assert run_to_end(child) == (0, b"x")
     assert time.monotonic() - began >= 0.4
@@ -678,7 +677,7 @@ def test_exit_timeout_set_by_the_sequence_delays_the_completion(start: Start) ->
 def test_missing_launch_spec_exits_20() -> None:
     env = {k: v for k, v in os.environ.items() if k != "HUB_LAUNCH"}
     done = subprocess.run([NODE, str(RUNTIME)], env=env, capture_output=True, timeout=20)
-    assert done.returncode == 20
+    assert done.returncode == Exit.LAUNCH_FAILED
     assert b"HUB_LAUNCH" in done.stderr
 
 
@@ -690,7 +689,7 @@ def test_million_items_stream_fast_and_complete(start: Start) -> None:
         "module.exports = async function* (input, n) { for (let i = 0; i < n; i++) yield i; };",
         args=[1_000_000],
     )
-    child.wait_for(PING)
+    child.wait_for(Message.PING)
     began = time.monotonic()
     code = child.wait(timeout=60)
     elapsed = time.monotonic() - began
@@ -712,7 +711,7 @@ def test_a_slow_output_reader_pauses_the_sequence(start: Start) -> None:
         "   yield line; } };",
         read_output=False,
     )
-    child.wait_for(PING)
+    child.wait_for(Message.PING)
     time.sleep(1)
     produced = int((child.package_dir / "produced").read_text())
     # the pipe (64 KiB) and one coalesced chunk (64 KiB) hold about 130 lines of 1 KiB
@@ -749,7 +748,7 @@ async def test_fork_server_execs_the_node_runtime_on_its_descriptors(tmp_path: P
             await child.end_input()
             assert await child.wait_exit() == 0
             assert child.output == b"3000\n3001\n3002\n"
-            assert child.codes() == [PING, COMPLETED]
+            assert child.codes() == [Message.PING, Message.COMPLETED]
         finally:
             harness.close()
 
@@ -763,10 +762,10 @@ async def test_fork_server_stop_reaches_the_node_stop_handlers(tmp_path: Path) -
         harness = Harness(server)
         try:
             child = await harness.start_exec([NODE, str(RUNTIME)], spec)
-            await child.wait_message(PING)
-            child.send(STOP, {"timeout": 1000, "canCallKeepalive": False})
-            assert await child.wait_exit() == 138
-            assert STOPPED in child.codes()
+            await child.wait_message(Message.PING)
+            child.send(Message.STOP, {"timeout": 1000, "canCallKeepalive": False})
+            assert await child.wait_exit() == Exit.STOPPED
+            assert Message.STOPPED in child.codes()
         finally:
             harness.close()
 

@@ -20,15 +20,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from core.protocol import Exit, Message
 from runner.forkserver import REPO_ROOT, ForkServer
 from tests.conftest import IN_CI
 from tests.runner.harness import Child, Harness, make_spec, started_fork_server, write_package
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-PING, HEALTH, STOPPED, ALIVE, COMPLETED, EVENT = 3000, 3001, 3006, 3010, 3011, 5001
-CALL_DONE, SCRIPT_LOADED = 3020, 3021
-STOP, KILL, HEALTH_CHECK, CALL = 4001, 4002, 4004, 6001
 
 Start = Callable[..., Awaitable[Child]]
 
@@ -74,7 +72,7 @@ async def test_function_returning_str_is_written_as_is(start: Start) -> None:
     child = await start("def run(context, input):\n    return 'no newline added'\n")
     assert await finished(child) == 0
     assert child.output == b"no newline added"
-    assert child.codes() == [PING, COMPLETED]
+    assert child.codes() == [Message.PING, Message.COMPLETED]
 
 
 async def test_function_returning_list_writes_each_item_by_type(start: Start) -> None:
@@ -92,7 +90,7 @@ async def test_function_returning_none_completes_without_output(start: Start) ->
     child = await start("def run(context, input):\n    return None\n")
     assert await finished(child) == 0
     assert child.output == b""
-    assert child.data_of(COMPLETED) == [{}]
+    assert child.data_of(Message.COMPLETED) == [{}]
 
 
 async def test_function_returning_dict_is_one_json_line(start: Start) -> None:
@@ -270,8 +268,8 @@ async def test_print_appears_promptly_while_the_loop_is_blocked(start: Start) ->
         """
     )
     await child.wait_stream("stdout", b"started\n", timeout=3)
-    child.send(KILL, {})
-    assert await child.wait_exit() == 137
+    child.send(Message.KILL, {})
+    assert await child.wait_exit() == Exit.KILLED
 
 
 async def test_output_of_a_slow_producer_appears_at_once(start: Start) -> None:
@@ -286,8 +284,8 @@ async def test_output_of_a_slow_producer_appears_at_once(start: Start) -> None:
         """
     )
     await child.wait_stream("output", b"first\n", timeout=3)
-    child.send(KILL, {})
-    assert await child.wait_exit() == 137
+    child.send(Message.KILL, {})
+    assert await child.wait_exit() == Exit.KILLED
 
 
 async def test_output_of_a_blocking_sync_generator_appears_at_once(start: Start) -> None:
@@ -302,8 +300,8 @@ async def test_output_of_a_blocking_sync_generator_appears_at_once(start: Start)
         """
     )
     await child.wait_stream("output", b"first\n", timeout=3)
-    child.send(KILL, {})
-    assert await child.wait_exit() == 137
+    child.send(Message.KILL, {})
+    assert await child.wait_exit() == Exit.KILLED
 
 
 async def test_many_items_arrive_in_order_with_one_write_syscall_per_batch(start: Start) -> None:
@@ -454,10 +452,12 @@ async def test_events_go_out_and_come_in_to_sync_and_async_callbacks(start: Star
             await done.wait()
         """
     )
-    assert await child.wait_message(EVENT) == {"eventName": "ready", "message": ""}
-    child.send(EVENT, {"eventName": "ping", "message": [1, "x"]})
+    assert await child.wait_message(Message.EVENT) == {"eventName": "ready", "message": ""}
+    child.send(Message.EVENT, {"eventName": "ping", "message": [1, "x"]})
     assert await finished(child) == 0
-    echoes = [data["message"] for data in child.data_of(EVENT) if data["eventName"] == "echo"]
+    echoes = [
+        data["message"] for data in child.data_of(Message.EVENT) if data["eventName"] == "echo"
+    ]
     assert echoes == [{"sync": [1, "x"]}, {"async": [1, "x"]}]
 
 
@@ -479,31 +479,32 @@ async def run(context, input):
 
 async def test_stop_runs_stop_handlers_then_exits_138(start: Start) -> None:
     child = await start(STOPPABLE)
-    await child.wait_message(EVENT)
-    child.send(STOP, {"timeout": 2500, "canCallKeepalive": False})
-    assert await child.wait_exit() == 138
+    await child.wait_message(Message.EVENT)
+    child.send(Message.STOP, {"timeout": 2500, "canCallKeepalive": False})
+    assert await child.wait_exit() == Exit.STOPPED
     assert child.stdout == b"stop handler 2.5 False\nsecond handler\n"
-    assert child.codes()[-1] == STOPPED
+    assert child.codes()[-1] == Message.STOPPED
 
 
 async def test_stop_with_keep_alive_keeps_the_instance_running(start: Start) -> None:
     child = await start(STOPPABLE, app_config={"keep": True})
-    await child.wait_message(EVENT)
-    child.send(STOP, {"timeout": 1000, "canCallKeepalive": True})
-    assert await child.wait_message(ALIVE) == {"keepAlive": 5000}
+    await child.wait_message(Message.EVENT)
+    child.send(Message.STOP, {"timeout": 1000, "canCallKeepalive": True})
+    assert await child.wait_message(Message.ALIVE) == {"keepAlive": 5000}
     await child.wait_stream("stdout", b"second handler\n")
-    child.send(HEALTH_CHECK, {})
-    assert await child.wait_message(HEALTH) == {"healthy": True}  # still alive and answering
-    assert child.exit_code is None and STOPPED not in child.codes()
-    child.send(KILL, {})
-    assert await child.wait_exit() == 137
+    child.send(Message.HEALTH_CHECK, {})
+    # Still alive and answering.
+    assert await child.wait_message(Message.HEALTH) == {"healthy": True}
+    assert child.exit_code is None and Message.STOPPED not in child.codes()
+    child.send(Message.KILL, {})
+    assert await child.wait_exit() == Exit.KILLED
 
 
 async def test_keep_alive_is_refused_when_the_stop_does_not_allow_it(start: Start) -> None:
     child = await start(STOPPABLE, app_config={"keep": True})
-    await child.wait_message(EVENT)
-    child.send(STOP, {"timeout": 1000, "canCallKeepalive": False})
-    assert await child.wait_exit() == 138
+    await child.wait_message(Message.EVENT)
+    child.send(Message.STOP, {"timeout": 1000, "canCallKeepalive": False})
+    assert await child.wait_exit() == Exit.STOPPED
 
 
 async def test_kill_exits_137_even_when_user_code_blocks_the_loop(start: Start) -> None:
@@ -516,18 +517,18 @@ async def test_kill_exits_137_even_when_user_code_blocks_the_loop(start: Start) 
         """
     )
     await child.wait_stream("stdout", b"spinning")
-    child.send(KILL, {})
-    assert await child.wait_exit() == 137
+    child.send(Message.KILL, {})
+    assert await child.wait_exit() == Exit.KILLED
 
 
 async def test_health_check_defaults_to_healthy(start: Start) -> None:
     child = await start(
         "import asyncio\nasync def run(context, input):\n    await asyncio.sleep(60)\n"
     )
-    child.send(HEALTH_CHECK, {})
-    assert await child.wait_message(HEALTH) == {"healthy": True}
-    child.send(KILL, {})
-    assert await child.wait_exit() == 137
+    child.send(Message.HEALTH_CHECK, {})
+    assert await child.wait_message(Message.HEALTH) == {"healthy": True}
+    child.send(Message.KILL, {})
+    assert await child.wait_exit() == Exit.KILLED
 
 
 async def test_health_check_reports_what_the_sequence_says(start: Start) -> None:
@@ -544,17 +545,17 @@ async def test_health_check_reports_what_the_sequence_says(start: Start) -> None
             await asyncio.sleep(60)
         """
     )
-    await child.wait_message(EVENT)
-    child.send(HEALTH_CHECK, {})
-    assert await child.wait_message(HEALTH) == {"healthy": False, "reason": "queue full"}
-    child.send(KILL, {})
-    assert await child.wait_exit() == 137
+    await child.wait_message(Message.EVENT)
+    child.send(Message.HEALTH_CHECK, {})
+    assert await child.wait_message(Message.HEALTH) == {"healthy": False, "reason": "queue full"}
+    child.send(Message.KILL, {})
+    assert await child.wait_exit() == Exit.KILLED
 
 
 async def test_sys_exit_in_run_ends_with_that_code(start: Start) -> None:
     child = await start("import sys\ndef run(context, input):\n    sys.exit(3)\n")
     assert await finished(child) == 3
-    assert COMPLETED not in child.codes()
+    assert Message.COMPLETED not in child.codes()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,27 +570,27 @@ async def test_missing_or_escaping_main_or_a_folder_exits_21(
     (package_dir / "src").mkdir()
     for main in ("missing.py", "src", "../outside.py"):
         child = await harness.start(make_spec(package_dir, main=main))
-        assert await finished(child) == 21, main
+        assert await finished(child) == Exit.BAD_MAIN, main
         assert b"Bad main" in child.stderr
-        assert PING not in child.codes()
+        assert Message.PING not in child.codes()
 
 
 async def test_main_without_run_exits_21(start: Start) -> None:
     child = await start("def not_run(context, input):\n    pass\n")
-    assert await finished(child) == 21
+    assert await finished(child) == Exit.BAD_MAIN
     assert b"defines no run" in child.stderr
 
 
 async def test_syntax_error_exits_22_with_the_error_on_stderr(start: Start) -> None:
     child = await start("def run(context, input)\n    return 1\n")
-    assert await finished(child) == 22
+    assert await finished(child) == Exit.FAILED_ON_START
     assert b"SyntaxError" in child.stderr and b"main.py" in child.stderr
-    assert PING not in child.codes()
+    assert Message.PING not in child.codes()
 
 
 async def test_import_error_exits_22_with_traceback(start: Start) -> None:
     child = await start("import no_such_module_here\ndef run(context, input): pass\n")
-    assert await finished(child) == 22
+    assert await finished(child) == Exit.FAILED_ON_START
     assert b"Traceback" in child.stderr
     assert b"ModuleNotFoundError: No module named 'no_such_module_here'" in child.stderr
 
@@ -602,12 +603,12 @@ async def test_exception_while_running_exits_23_with_traceback(start: Start) -> 
             raise ValueError("broken on purpose")
         """
     )
-    assert await finished(child) == 23
+    assert await finished(child) == Exit.FAILED_WHILE_RUNNING
     assert child.output == b"before\n"
     assert b"Traceback" in child.stderr and b"in run" in child.stderr
     assert b"ValueError: broken on purpose" in child.stderr
     assert b"python_runtime.py" not in child.stderr  # the runtime's own frames are left out
-    assert COMPLETED not in child.codes()
+    assert Message.COMPLETED not in child.codes()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -640,7 +641,7 @@ async def test_runtime_also_runs_as_an_execd_module(harness: Harness, tmp_path: 
     child = await harness.start_exec([sys.executable, "-m", "runner.python_runtime"], spec)
     assert await finished(child) == 0, child.stderr
     assert child.output == b"41\n42\n"
-    assert child.codes() == [PING, COMPLETED]
+    assert child.codes() == [Message.PING, Message.COMPLETED]
 
 
 async def test_hub_packages_are_not_importable_by_sequences(start: Start) -> None:
@@ -688,11 +689,11 @@ async def test_grandchildren_share_the_process_group_and_die_with_killpg(start: 
             await asyncio.sleep(60)
         """
     )
-    event = await child.wait_message(EVENT)
+    event = await child.wait_message(Message.EVENT)
     grandchild = event["message"]
     assert os.getpgid(grandchild) == child.pid == os.getsid(child.pid)
     os.killpg(child.pid, signal.SIGKILL)
-    assert await child.wait_exit() == 137
+    assert await child.wait_exit() == Exit.KILLED
     await child.wait_until(lambda: not _alive(grandchild), 5, "the grandchild to die")
 
 
@@ -768,20 +769,20 @@ def _step(command: str, kind: str = "Setup", **params: Any) -> dict[str, Any]:
 
 async def test_script_registers_handlers_then_pings(start: Start) -> None:
     child = await start(SCRIPT, mode="script", prefix="ESW.darknight")
-    assert await child.wait_message(SCRIPT_LOADED) == {
+    assert await child.wait_message(Message.SCRIPT_LOADED) == {
         "setup": ["move"],
         "observe": ["expose", "wait"],
         "hooks": ["go_online", "diagnostic_mode"],
     }
-    await child.wait_message(PING)
-    assert child.codes() == [SCRIPT_LOADED, PING]
+    await child.wait_message(Message.PING)
+    assert child.codes() == [Message.SCRIPT_LOADED, Message.PING]
     child.close_control()
     assert await child.wait_exit() == 0
 
 
 async def test_script_calls_succeed_fail_and_report_missing_handlers(start: Start) -> None:
     child = await start(SCRIPT, mode="script", prefix="ESW.darknight")
-    await child.wait_message(PING)
+    await child.wait_message(Message.PING)
     calls = [
         {"call": 1, "handler": "setup", "step": _step("move", to="M31"), "args": {}},
         {"call": 2, "handler": "observe", "step": _step("expose", "Observe"), "args": {}},
@@ -796,10 +797,12 @@ async def test_script_calls_succeed_fail_and_report_missing_handlers(start: Star
         },
     ]
     for call in calls:
-        child.send(CALL, call)
-    await child.wait_until(lambda: len(child.data_of(CALL_DONE)) == len(calls), 10, "replies")
+        child.send(Message.CALL, call)
+    await child.wait_until(
+        lambda: len(child.data_of(Message.CALL_DONE)) == len(calls), 10, "replies"
+    )
     # Calls run concurrently (a hook must not wait behind a step), so replies come in any order.
-    assert sorted(child.data_of(CALL_DONE), key=lambda d: d["call"]) == [
+    assert sorted(child.data_of(Message.CALL_DONE), key=lambda d: d["call"]) == [
         {"call": 1, "ok": True, "error": None},
         {"call": 2, "ok": False, "error": "RuntimeError: shutter stuck"},
         {"call": 3, "ok": False, "error": "no handler for Setup 'unknown'"},
@@ -819,25 +822,25 @@ async def test_script_calls_succeed_fail_and_report_missing_handlers(start: Star
 
 async def test_kill_lands_while_an_async_handler_sleeps(start: Start) -> None:
     child = await start(SCRIPT, mode="script")
-    await child.wait_message(PING)
-    child.send(CALL, {"call": 1, "handler": "observe", "step": _step("wait", "Observe")})
-    child.send(KILL, {})
-    assert await child.wait_exit() == 137
-    assert CALL_DONE not in child.codes()
+    await child.wait_message(Message.PING)
+    child.send(Message.CALL, {"call": 1, "handler": "observe", "step": _step("wait", "Observe")})
+    child.send(Message.KILL, {})
+    assert await child.wait_exit() == Exit.KILLED
+    assert Message.CALL_DONE not in child.codes()
 
 
 async def test_script_that_raises_on_load_exits_22(start: Start) -> None:
     child = await start(
         "def script(sequencer):\n    raise RuntimeError('bad script')\n", mode="script"
     )
-    assert await finished(child) == 22
+    assert await finished(child) == Exit.FAILED_ON_START
     assert b"RuntimeError: bad script" in child.stderr
-    assert PING not in child.codes() and SCRIPT_LOADED not in child.codes()
+    assert Message.PING not in child.codes() and Message.SCRIPT_LOADED not in child.codes()
 
 
 async def test_module_without_script_exits_22(start: Start) -> None:
     child = await start("def run(context, input):\n    pass\n", mode="script")
-    assert await finished(child) == 22
+    assert await finished(child) == Exit.FAILED_ON_START
     assert b"defines no script" in child.stderr
 
 

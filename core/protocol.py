@@ -1,0 +1,109 @@
+"""The protocol between the hub and the children that run user code (runner/PROTOCOL.md).
+
+The one home of the names both sides agree on: the descriptors a child starts with, the codes
+of the control messages, the names of the streams, the exit codes and the reason each ending is
+given. The Python child runtime imports this module, and the fork server preloads it before any
+fork (a child under Landlock cannot read the hub's source), so it imports the standard library
+only. The Node runtime keeps a copy of the tables; tests/runner/test_protocol.py compares it.
+"""
+
+from __future__ import annotations
+
+import signal
+from enum import IntEnum
+from typing import NamedTuple
+
+
+class Fd(IntEnum):
+    """The descriptors a child starts with, in this order; every other one is closed."""
+
+    STDIN = 0
+    STDOUT = 1
+    STDERR = 2
+    CONTROL = 3  # both ways: newline-delimited JSON arrays [code, data]
+    OUTPUT = 4
+    INPUT = 5
+    LOG = 6
+
+
+CHILD_FDS = len(Fd)
+
+# What a child writes, in the order the web lists them: each is read live from Redis and kept
+# in the database. The child writes them on Fd.STDOUT, Fd.STDERR, Fd.OUTPUT and Fd.LOG.
+STREAMS = ("stdout", "stderr", "output", "log")
+
+
+class Message(IntEnum):
+    """Codes of the control messages `[code, data]`."""
+
+    # child -> supervisor
+    PING = 3000  # loaded: the instance is running
+    HEALTH = 3001  # answer to HEALTH_CHECK
+    STOPPED = 3006  # stop handlers done, streams flushed; exits STOPPED next
+    ALIVE = 3010  # keep_alive() was called
+    COMPLETED = 3011  # run finished, streams flushed; exits COMPLETED next
+    CALL_DONE = 3020  # script mode: a handler call finished
+    SCRIPT_LOADED = 3021  # script mode: handlers registered; sent just before PING
+    # both ways: an event from the sequence, or into it
+    EVENT = 5001
+    # supervisor -> child
+    STOP = 4001
+    KILL = 4002
+    HEALTH_CHECK = 4004
+    CALL = 6001  # script mode: run a handler
+
+
+class Exit(IntEnum):
+    """How a child ends. 128+N is death by signal N (KILLED is SIGKILL)."""
+
+    COMPLETED = 0
+    # Never ran user code: the fork server could not set the child up (workdir, limits), the
+    # launch spec was bad, or the hub failed the start (no worker took it, spawn failed).
+    LAUNCH_FAILED = 20
+    BAD_MAIN = 21  # main missing, not a file, or no entry point
+    FAILED_ON_START = 22  # import or syntax error; script mode: script() missing or raised
+    FAILED_WHILE_RUNNING = 23  # user code raised
+    REFUSED = 24  # the worker refused the start for resources; the child never ran
+    EXEC_FAILED = 127  # an exec'd runtime (Node) could not be executed
+    KILLED = 137
+    STOPPED = 138
+
+
+UNKNOWN_EXIT = -1  # recorded when a child's end was seen without its exit code
+SIGNAL_BASE = 128
+
+
+class Outcome(NamedTuple):
+    """How an ending is reported: whether the instance failed (errored) and why."""
+
+    failed: bool
+    reason: str
+
+
+EXIT_REASONS: dict[int, Outcome] = {
+    Exit.COMPLETED: Outcome(False, "Instance completed"),
+    Exit.KILLED: Outcome(False, "Instance killed"),
+    Exit.STOPPED: Outcome(False, "Instance stopped"),
+    Exit.BAD_MAIN: Outcome(True, "Bad main: the main file is missing or defines no entry point"),
+    Exit.FAILED_ON_START: Outcome(True, "Failed on start: the main module could not be loaded"),
+    Exit.FAILED_WHILE_RUNNING: Outcome(
+        True, "Failed while running: the sequence raised an exception"
+    ),
+    Exit.REFUSED: Outcome(True, "Refused for resources"),
+}
+STOP_TIMEOUT = Outcome(False, "Instance stopped: killed after the stop timeout")
+
+
+def outcome(code: int, killed: bool, stopped: bool) -> Outcome:
+    """The outcome of an exit code, as STH reports it. `killed`: the hub killed the child on
+    request; `stopped`: it was asked to stop (a kill after the stop timeout is a stop)."""
+    if code == Exit.KILLED and stopped and not killed:
+        return STOP_TIMEOUT
+    if code in EXIT_REASONS:
+        return EXIT_REASONS[code]
+    if code > SIGNAL_BASE and not killed:
+        sig = code - SIGNAL_BASE
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        hint = " (out of memory?)" if sig == signal.SIGKILL else ""
+        return Outcome(True, f"Killed by signal {name}{hint}")
+    return Outcome(True, f"Runner failed with exit code {code}")
