@@ -86,8 +86,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         for group in getattr(self, "groups_joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
-        if getattr(self, "_pending", None) is not None:
-            self._pending.cancel()
+        pending = getattr(self, "_pending", None)
+        if pending is not None:
+            pending.cancel()
         access = getattr(self, "_access_task", None)
         if access is not None:
             access.cancel()

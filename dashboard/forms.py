@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from django import forms
+from django.http import QueryDict
 
 from sequences.errors import HubError
 from sequences.instances import StartRequest, parse_start
@@ -37,11 +38,13 @@ class StartForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.arg_values: list[str] = self.data.getlist("arg") if self.data else []
+        data = self.data
+        self.arg_values: list[str] = data.getlist("arg") if isinstance(data, QueryDict) else []
         self.start_request: StartRequest | None = None
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         body: dict[str, Any] = {}
         mode = data.get("args_mode")
         if mode != "json" and not any(self.arg_values) and (data.get("args_json") or "").strip():
@@ -109,7 +112,8 @@ class StepsForm(forms.Form):
     step_id = forms.CharField(required=False, max_length=64)
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         upload = data.get("steps_file")
         text = (data.get("steps") or "").strip()
         if upload:

@@ -46,8 +46,10 @@ def audit_log(request: HtmxHttpRequest) -> HttpResponse:
 def _visible_tokens(request: HttpRequest) -> list[ApiToken]:
     """Everyone manages their own tokens (the CLI needs one at any role); admins see all."""
     rows = ApiToken.objects.select_related("user")
-    if not has_role(request.user, "admin"):
-        rows = rows.filter(user=request.user)
+    user = request.user
+    if not has_role(user, "admin"):
+        # An anonymous visitor (HUB_ANONYMOUS_ROLE) has no tokens of its own.
+        rows = rows.filter(user=user) if user.is_authenticated else rows.none()
     return list(rows.order_by("revoked", "-created"))
 
 

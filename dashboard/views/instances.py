@@ -12,6 +12,7 @@ from django.http import (
     HttpResponseBadRequest,
     StreamingHttpResponse,
 )
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -128,7 +129,7 @@ def log_earlier(request: HtmxHttpRequest, iid: str, stream: str) -> HttpResponse
 
 @require_GET
 @role_page("viewer")
-def log_download(request: HttpRequest, iid: str, stream: str) -> HttpResponse:
+def log_download(request: HttpRequest, iid: str, stream: str) -> HttpResponseBase:
     """The whole stream, raw bytes (ANSI codes kept), as stored."""
     if stream not in logs.STREAMS or _get(iid) is None:
         return HttpResponseBadRequest("unknown instance or stream")

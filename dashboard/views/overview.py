@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count
+from django.db.models import BooleanField, Count, ExpressionWrapper, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
@@ -31,9 +31,11 @@ def overview_context() -> dict[str, Any]:
         shown = "Processing" if processing else state
         sequencer_states[shown] = sequencer_states.get(shown, 0) + 1
     fresh = timezone.now() - timedelta(seconds=settings.HUB_LOST_AFTER * 2)
-    workers = list(Worker.objects.filter(stopped__isnull=True).order_by("name"))
-    for worker in workers:
-        worker.alive = worker.last_seen >= fresh
+    workers = list(
+        Worker.objects.filter(stopped__isnull=True)
+        .annotate(alive=ExpressionWrapper(Q(last_seen__gte=fresh), output_field=BooleanField()))
+        .order_by("name")
+    )
     return {
         "counts": {
             "sequences": Sequence.objects.count(),
