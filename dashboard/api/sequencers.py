@@ -11,15 +11,14 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from ninja import Router
 
 from accounts.access import audit
-from dashboard.api.auth import need
+from dashboard.api.auth import ApiRequest, HubRouter, Role
 from sequences import sequencers
 from sequences.errors import HubError
 from sequences.statemachine import CommandName
 
-router = Router(tags=["sequencers"])
+router = HubRouter(tags=["sequencers"])
 aaudit = sync_to_async(audit)
 
 _COMMANDS_SCHEMA = {
@@ -108,28 +107,33 @@ async def _abody(request: HttpRequest) -> Any:
 # -- sequencers ----------------------------------------------------------------------------
 
 
-@router.get("/sequencers", summary="List sequencers")
+@router.get("/sequencers", auth=Role("viewer"), summary="List sequencers")
 def list_sequencers(request: HttpRequest) -> list[dict[str, Any]]:
-    need(request, "viewer")
     return sequencers.list_json()
 
 
-@router.get("/sequencer/{sid}", summary="A sequencer (by id or prefix) with its step list")
+@router.get(
+    "/sequencer/{sid}",
+    auth=Role("viewer"),
+    summary="A sequencer (by id or prefix) with its step list",
+)
 def get_sequencer(request: HttpRequest, sid: str) -> dict[str, Any]:
-    need(request, "viewer")
     return sequencers.describe(sequencers.get_sequencer(sid))
 
 
-@router.get("/sequencer/{sid}/transitions", summary="The sequencer's transition history")
+@router.get(
+    "/sequencer/{sid}/transitions",
+    auth=Role("viewer"),
+    summary="The sequencer's transition history",
+)
 def get_transitions(request: HttpRequest, sid: str, limit: int = 200) -> list[dict[str, Any]]:
-    need(request, "viewer")
     row = sequencers.get_sequencer(sid)
     return sequencers.transitions(row, max(1, min(limit, 10_000)))
 
 
 def _command_view(command: CommandName) -> Any:
-    async def send(request: HttpRequest, sid: str) -> HttpResponse:
-        user = need(request, "operator")
+    async def send(request: ApiRequest, sid: str) -> HttpResponse:
+        user = request.auth
         row = await sequencers.aget_sequencer(sid)
         try:
             body = await _abody(request)
@@ -164,35 +168,36 @@ def _command_view(command: CommandName) -> Any:
 for _command in CommandName:
     router.post(
         f"/sequencer/{{sid}}/{_command}",
+        auth=Role("operator"),
         summary=SUMMARIES[_command],
         operation_id=f"sequencer_{_command}",
         openapi_extra=BODIES.get(_command),
     )(_command_view(_command))
 
 
-@router.get("/sequencer/{sid}/query/{run_id}", summary="A run's answer now")
+@router.get("/sequencer/{sid}/query/{run_id}", auth=Role("viewer"), summary="A run's answer now")
 def query(request: HttpRequest, sid: str, run_id: str) -> dict[str, Any]:
-    need(request, "viewer")
     return sequencers.query(sequencers.get_sequencer(sid), run_id)
 
 
 @router.get(
     "/sequencer/{sid}/queryFinal/{run_id}",
+    auth=Role("viewer"),
     summary="A run's final answer, waiting up to `timeout` seconds",
 )
 async def query_final(
     request: HttpRequest, sid: str, run_id: str, timeout: float = 60.0
 ) -> dict[str, Any]:
-    need(request, "viewer")
     row = await sequencers.aget_sequencer(sid)
     return await sequencers.query_final(row, run_id, timeout)
 
 
 @router.get(
-    "/sequencer/{sid}/events", summary="ndjson: {state, stepList} now, then one line per change"
+    "/sequencer/{sid}/events",
+    auth=Role("viewer"),
+    summary="ndjson: {state, stepList} now, then one line per change",
 )
-async def events(request: HttpRequest, sid: str) -> HttpResponse:
-    need(request, "viewer")
+async def events(request: HttpRequest, sid: str) -> StreamingHttpResponse:
     row = await sequencers.aget_sequencer(sid)
 
     async def lines() -> Any:
@@ -208,20 +213,22 @@ async def events(request: HttpRequest, sid: str) -> HttpResponse:
 # -- sequence components -------------------------------------------------------------------
 
 
-@router.get("/components", summary="List sequence components", tags=["components"])
+@router.get(
+    "/components", auth=Role("viewer"), summary="List sequence components", tags=["components"]
+)
 def list_components(request: HttpRequest) -> list[dict[str, Any]]:
-    need(request, "viewer")
     return [sequencers.component_json(c) for c in sequencers.list_components()]
 
 
 @router.post(
     "/components",
+    auth=Role("admin"),
     summary="Create a sequence component",
     tags=["components"],
     openapi_extra=_body_schema({"name": {"type": "string"}}, ["name"]),
 )
-def create_component(request: HttpRequest) -> HttpResponse:
-    user = need(request, "admin")
+def create_component(request: ApiRequest) -> HttpResponse:
+    user = request.auth
     body = _json(request.body)
     name = body.get("name") if isinstance(body, dict) else None
     try:
@@ -233,8 +240,8 @@ def create_component(request: HttpRequest) -> HttpResponse:
     return JsonResponse(sequencers.component_json(comp), status=201)
 
 
-async def _component_call(request: HttpRequest, name: str, action: str, call: Any) -> HttpResponse:
-    user = need(request, "admin")
+async def _component_call(request: ApiRequest, name: str, action: str, call: Any) -> HttpResponse:
+    user = request.auth
     comp = await sequencers.aget_component(name)
     try:
         response, status = await call(comp, user)
@@ -258,14 +265,14 @@ async def _component_call(request: HttpRequest, name: str, action: str, call: An
 
 @router.post(
     "/component/{name}/load-script",
+    auth=Role("admin"),
     summary="LoadScript: start a sequencer",
     tags=["components"],
     openapi_extra=_body_schema(
         {"sequence": {"type": "string"}, "prefix": {"type": "string"}}, ["sequence", "prefix"]
     ),
 )
-async def load_script(request: HttpRequest, name: str) -> HttpResponse:
-    need(request, "admin")
+async def load_script(request: ApiRequest, name: str) -> HttpResponse:
     body = await _abody(request)
     if not isinstance(body, dict):
         raise HubError(400, "INVALID_REQUEST", 'body must be {"sequence": id, "prefix": "..."}')
@@ -278,23 +285,29 @@ async def load_script(request: HttpRequest, name: str) -> HttpResponse:
 
 @router.post(
     "/component/{name}/unload-script",
+    auth=Role("admin"),
     summary="UnloadScript: shut the sequencer down",
     tags=["components"],
 )
-async def unload_script(request: HttpRequest, name: str) -> HttpResponse:
+async def unload_script(request: ApiRequest, name: str) -> HttpResponse:
     return await _component_call(request, name, "unload-script", sequencers.unload_script)
 
 
 @router.post(
-    "/component/{name}/restart", summary="RestartScript: a fresh sequencer", tags=["components"]
+    "/component/{name}/restart",
+    auth=Role("admin"),
+    summary="RestartScript: a fresh sequencer",
+    tags=["components"],
 )
-async def restart(request: HttpRequest, name: str) -> HttpResponse:
+async def restart(request: ApiRequest, name: str) -> HttpResponse:
     return await _component_call(request, name, "restart", sequencers.restart)
 
 
 @router.get(
-    "/component/{name}/status", summary="GetStatus: state and sequencer", tags=["components"]
+    "/component/{name}/status",
+    auth=Role("viewer"),
+    summary="GetStatus: state and sequencer",
+    tags=["components"],
 )
 def component_status(request: HttpRequest, name: str) -> dict[str, Any]:
-    need(request, "viewer")
     return sequencers.component_json(sequencers.get_component(name))
