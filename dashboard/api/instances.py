@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
 from accounts.access import audit, audit_soon
 from dashboard.api.auth import ApiRequest, HubRouter, Role
+from dashboard.api.bodies import (
+    ControlBody,
+    EventBody,
+    KillBody,
+    StartBody,
+    StopBody,
+    json_body,
+    parse,
+)
 from sequences import instances, streams
 from sequences.errors import HubError
 from sequences.models import Instance
@@ -18,32 +27,7 @@ from sequences.models import Instance
 router = HubRouter(tags=["instances"])
 aaudit = sync_to_async(audit)
 
-JSON_BODY = {"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}}}
-START_BODY = {
-    "requestBody": {
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "appConfig": {"type": "object"},
-                        "args": {"type": "array", "items": {}},
-                        "instanceId": {"type": "string"},
-                        "limits": {
-                            "type": "object",
-                            "properties": {
-                                "memory": {"type": "integer", "description": "MB"},
-                                "cpu": {"type": "number", "description": "CPUs"},
-                                "pids": {"type": "integer", "description": "processes"},
-                                "gpu": {"type": "boolean"},
-                            },
-                        },
-                    },
-                }
-            }
-        }
-    }
-}
+# Raw bytes, not JSON: forwarded to the instance as they come, with their content type.
 RAW_BODY = {
     "requestBody": {
         "content": {
@@ -67,11 +51,20 @@ def _body(request: HttpRequest) -> bytes:
     return request.body
 
 
+C = TypeVar("C", bound=ControlBody)
+
+
+async def _control_body(request: HttpRequest, model: type[C]) -> C:
+    """The body as `model`; Scramjet's clients send none, `{...}` or `[code, {...}]`."""
+    raw = await sync_to_async(_body)(request)
+    return parse(model, instances.parse_control_body(raw, model.code))
+
+
 @router.post(
     "/sequence/{seq_id}/start",
     auth=Role("operator"),
     summary="Start an instance",
-    openapi_extra=START_BODY,
+    openapi_extra=json_body(StartBody),
 )
 async def start(request: ApiRequest, seq_id: str) -> HttpResponse:
     user = request.auth
@@ -189,16 +182,13 @@ async def send_stdin(request: ApiRequest, iid: str) -> HttpResponse:
     "/instance/{iid}/_event",
     auth=Role("operator"),
     summary="Send an event into the sequence",
-    openapi_extra=JSON_BODY,
+    openapi_extra=json_body(EventBody),
 )
 async def send_event(request: ApiRequest, iid: str) -> HttpResponse:
     instance = await instances.aget_instance(iid)
-    body = instances.parse_control_body(await sync_to_async(_body)(request), 5001)
-    name = body.get("eventName")
-    if not isinstance(name, str) or not name:
-        raise HubError(400, "INVALID_REQUEST", "eventName must be a non-empty string")
-    await instances.send_event(instance, name, body.get("message"))
-    await aaudit(request.auth, "instance.event", iid, via="api", event=name)
+    body = await _control_body(request, EventBody)
+    await instances.send_event(instance, body.eventName, body.message)
+    await aaudit(request.auth, "instance.event", iid, via="api", event=body.eventName)
     return JsonResponse({"accepted": True}, status=202)
 
 
@@ -206,19 +196,14 @@ async def send_event(request: ApiRequest, iid: str) -> HttpResponse:
     "/instance/{iid}/_stop",
     auth=Role("operator"),
     summary="Stop: stop handlers, wait, then kill",
-    openapi_extra=JSON_BODY,
+    openapi_extra=json_body(StopBody),
 )
 async def stop(request: ApiRequest, iid: str) -> HttpResponse:
     instance = await instances.aget_instance(iid)
-    body = instances.parse_control_body(await sync_to_async(_body)(request), 4001)
-    timeout = body.get("timeout", 7000)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
-        raise HubError(400, "INVALID_REQUEST", "timeout must be a number of milliseconds >= 0")
-    keep = body.get("canCallKeepalive", False)
-    if not isinstance(keep, bool):
-        raise HubError(400, "INVALID_REQUEST", "canCallKeepalive must be true or false")
-    instance = await instances.stop(instance, int(min(timeout, 3_600_000)), keep)
-    await aaudit(request.auth, "instance.stop", iid, via="api", timeout=timeout)
+    body = await _control_body(request, StopBody)
+    timeout_ms = int(min(body.timeout, 3_600_000))
+    instance = await instances.stop(instance, timeout_ms, body.canCallKeepalive)
+    await aaudit(request.auth, "instance.stop", iid, via="api", timeout=body.timeout)
     return JsonResponse(instances.info(instance), status=202)
 
 
@@ -226,14 +211,15 @@ async def stop(request: ApiRequest, iid: str) -> HttpResponse:
     "/instance/{iid}/_kill",
     auth=Role("operator"),
     summary="Kill the whole process tree at once",
-    openapi_extra=JSON_BODY,
+    openapi_extra=json_body(KillBody),
 )
 async def kill(request: ApiRequest, iid: str) -> HttpResponse:
     instance = await instances.aget_instance(iid)
-    body = instances.parse_control_body(await sync_to_async(_body)(request), 4002)
-    remove = bool(body.get("removeImmediately", False))
-    await instances.kill(instance, remove)
-    await aaudit(request.auth, "instance.kill", iid, via="api", removeImmediately=remove)
+    body = await _control_body(request, KillBody)
+    await instances.kill(instance, body.removeImmediately)
+    await aaudit(
+        request.auth, "instance.kill", iid, via="api", removeImmediately=body.removeImmediately
+    )
     return JsonResponse(instances.info(instance), status=202)
 
 

@@ -11,9 +11,19 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from ninja import Schema
 
 from accounts.access import audit
 from dashboard.api.auth import ApiRequest, HubRouter, Role
+from dashboard.api.bodies import (
+    CommandsBody,
+    ComponentBody,
+    DiagnosticBody,
+    IdAndCommandsBody,
+    IdBody,
+    LoadScriptBody,
+    json_body,
+)
 from sequences import sequencers
 from sequences.errors import HubError
 from sequences.statemachine import CommandName
@@ -21,46 +31,19 @@ from sequences.statemachine import CommandName
 router = HubRouter(tags=["sequencers"])
 aaudit = sync_to_async(audit)
 
-_COMMANDS_SCHEMA = {
-    "type": "array",
-    "items": {
-        "type": "object",
-        "required": ["type", "command"],
-        "properties": {
-            "type": {"type": "string", "enum": ["Setup", "Observe"]},
-            "command": {"type": "string"},
-            "params": {"type": "object"},
-        },
-    },
-}
-
-
-def _body_schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    schema = {"type": "object", "properties": properties, "required": required}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-_WITH_COMMANDS = _body_schema({"commands": _COMMANDS_SCHEMA}, ["commands"])
-_WITH_ID_AND_COMMANDS = _body_schema(
-    {"id": {"type": "string"}, "commands": _COMMANDS_SCHEMA}, ["id", "commands"]
-)
-_WITH_ID = _body_schema({"id": {"type": "string"}}, ["id"])
-_DIAGNOSTIC = _body_schema(
-    {"startTime": {"type": "string", "format": "date-time"}, "hint": {"type": "string"}},
-    ["startTime"],
-)
 C = CommandName
-BODIES: dict[CommandName, dict[str, Any]] = {
-    C.LOAD_SEQUENCE: _WITH_COMMANDS,
-    C.SUBMIT: _WITH_COMMANDS,
-    C.ADD: _WITH_COMMANDS,
-    C.PREPEND: _WITH_COMMANDS,
-    C.REPLACE: _WITH_ID_AND_COMMANDS,
-    C.INSERT_AFTER: _WITH_ID_AND_COMMANDS,
-    C.DELETE: _WITH_ID,
-    C.ADD_BREAKPOINT: _WITH_ID,
-    C.REMOVE_BREAKPOINT: _WITH_ID,
-    C.DIAGNOSTIC_MODE: _DIAGNOSTIC,
+# The bodies' descriptions: the domain parses them (see dashboard/api/bodies.py).
+BODIES: dict[CommandName, type[Schema]] = {
+    C.LOAD_SEQUENCE: CommandsBody,
+    C.SUBMIT: CommandsBody,
+    C.ADD: CommandsBody,
+    C.PREPEND: CommandsBody,
+    C.REPLACE: IdAndCommandsBody,
+    C.INSERT_AFTER: IdAndCommandsBody,
+    C.DELETE: IdBody,
+    C.ADD_BREAKPOINT: IdBody,
+    C.REMOVE_BREAKPOINT: IdBody,
+    C.DIAGNOSTIC_MODE: DiagnosticBody,
 }
 SUMMARIES: dict[CommandName, str] = {
     C.LOAD_SEQUENCE: "Load a step list (Idle, Loaded)",
@@ -171,7 +154,7 @@ for _command in CommandName:
         auth=Role("operator"),
         summary=SUMMARIES[_command],
         operation_id=f"sequencer_{_command}",
-        openapi_extra=BODIES.get(_command),
+        openapi_extra=json_body(BODIES[_command], required=True) if _command in BODIES else None,
     )(_command_view(_command))
 
 
@@ -225,7 +208,7 @@ def list_components(request: HttpRequest) -> list[dict[str, Any]]:
     auth=Role("admin"),
     summary="Create a sequence component",
     tags=["components"],
-    openapi_extra=_body_schema({"name": {"type": "string"}}, ["name"]),
+    openapi_extra=json_body(ComponentBody, required=True),
 )
 def create_component(request: ApiRequest) -> HttpResponse:
     user = request.auth
@@ -268,17 +251,19 @@ async def _component_call(request: ApiRequest, name: str, action: str, call: Any
     auth=Role("admin"),
     summary="LoadScript: start a sequencer",
     tags=["components"],
-    openapi_extra=_body_schema(
-        {"sequence": {"type": "string"}, "prefix": {"type": "string"}}, ["sequence", "prefix"]
-    ),
+    openapi_extra=json_body(LoadScriptBody, required=True),
 )
 async def load_script(request: ApiRequest, name: str) -> HttpResponse:
     body = await _abody(request)
     if not isinstance(body, dict):
         raise HubError(400, "INVALID_REQUEST", 'body must be {"sequence": id, "prefix": "..."}')
 
+    # Whatever they are: the domain checks them, and the route audits its refusals.
+    sequence: Any = body.get("sequence")
+    prefix: Any = body.get("prefix")
+
     async def call(comp: Any, user: Any) -> tuple[dict[str, Any], int]:
-        return await sequencers.load_script(comp, body.get("sequence"), body.get("prefix"), user)
+        return await sequencers.load_script(comp, sequence, prefix, user)
 
     return await _component_call(request, name, "load-script", call)
 
