@@ -17,8 +17,8 @@ api = NinjaAPI(
         "`Authorization: Bearer <token>` (tokens are made on the Tokens page or with "
         '`python manage.py hub_token USER`). Errors are `{"error": ..., "code": ...}`.'
     ),
-    # Every route declares its own Role (HubRouter refuses one without); this only closes a
-    # route some other Router might add to everyone but admins.
+    # Every route declares its Role (HubRouter refuses one without); should a route of some
+    # other Router get in all the same, admins alone may call it.
     auth=Role("admin"),
     default_router=HubRouter(),
     urls_namespace="api",
