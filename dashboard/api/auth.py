@@ -1,82 +1,118 @@
-"""API authentication: bearer tokens or the session; roles checked per route."""
+"""API access, declared once per route: `@router.get(path, auth=Role("viewer"))`.
+
+A `Role` finds the caller (bearer token, or the session with its CSRF check, or no one: the
+anonymous role) and admits them when their role reaches the route's. `HubRouter` refuses a route
+declared without one, at import, and records the role in the OpenAPI document as `x-hub-role`,
+which the access-matrix test reads.
+"""
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.http import HttpRequest
+from ninja import Router
 from ninja.security.http import HttpBearer
 from ninja.utils import check_csrf
 
-from accounts.access import RANK, bearer, request_user, user_role
+from accounts.access import RANK, ROLES, bearer, request_user, user_role
 from accounts.identity import Identity, identity_for_token, identity_for_token_sync
 from core.db_threads import db_call
 from sequences.errors import HubError
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
+ROLE_KEY = "x-hub-role"  # the OpenAPI extension naming an operation's role
+
+Caller = tuple[Any, str]  # (a user, perhaps AnonymousUser; their role)
 
 
-class HubAuth(HttpBearer):
-    """Lets a request through when it carries a valid token or session, or the hub admits
-    anonymous clients (HUB_ANONYMOUS_ROLE); the route then checks the role it needs.
+class ApiRequest(HttpRequest):
+    """A request its route's Role admitted: Ninja sets `auth` to what the Role returned."""
+
+    auth: Any  # the caller: a user, or AnonymousUser when HUB_ANONYMOUS_ROLE admits one
+
+
+class Role(HttpBearer):
+    """Admits a caller whose role is at least `needed`: 401 when no one is identified and the
+    hub admits no anonymous clients (HUB_ANONYMOUS_ROLE=none), 403 naming the role otherwise.
 
     Async routes get a coroutine (tokens come from the per-process cache, no thread hop);
     sync routes, which Django runs in a thread with no event loop, get the answer itself.
     """
 
-    def __init__(self) -> None:
+    openapi_description = (
+        "A token (`Authorization: Bearer <token>`) or the console's session; each operation's "
+        f"`{ROLE_KEY}` names the least role it needs."
+    )
+
+    def __init__(self, needed: str) -> None:
+        if needed not in ROLES:
+            raise ValueError(f"no role {needed!r}: one of {', '.join(ROLES)}")
         super().__init__()
+        self.needed = needed
         self.is_async = True  # ninja then calls it on async routes' loop, not in a thread
+
+    def __repr__(self) -> str:
+        return f"Role({self.needed!r})"
 
     def __call__(self, request: HttpRequest) -> Any:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return self._check_sync(request)
+            return self._admit(*_caller_sync(request))
         return self._check_async(request)
 
-    def _check_sync(self, request: HttpRequest) -> Any:
-        raw = bearer(request)
-        if raw is not None:
-            result = self._admit_token(request, identity_for_token_sync(raw))
-        else:
-            user = request_user(request)
-            if (
-                user.is_authenticated
-                and request.method not in SAFE_METHODS
-                and check_csrf(request) is not None
-            ):
-                # A browser session may call the API, but only from the hub's own pages.
-                raise HubError(403, "CSRF_FAILED", "CSRF check failed: send the X-CSRFToken header")
-            result = self._admit(request, user, user_role(user))
-        _release_connection()
-        return result
-
     async def _check_async(self, request: HttpRequest) -> Any:
-        raw = bearer(request)
-        if raw is not None:
-            return self._admit_token(request, await identity_for_token(raw))
-        if not hasattr(request, "user"):  # the API handler: no session middleware, no cookie
-            return self._admit(request, AnonymousUser(), settings.HUB_ANONYMOUS_ROLE)
-        return await db_call(self._check_sync, request)
+        return self._admit(*await _caller_async(request))
 
-    def _admit_token(self, request: HttpRequest, identity: Identity | None) -> Any:
-        if identity is None:  # unknown, revoked, or its user deactivated: as if there were none
-            return self._admit(request, AnonymousUser(), settings.HUB_ANONYMOUS_ROLE)
-        return self._admit(request, identity.user, identity.role)
-
-    @staticmethod
-    def _admit(request: HttpRequest, user: Any, role: str) -> Any:
-        if user.is_authenticated or settings.HUB_ANONYMOUS_ROLE != "none":
-            request.hub_user = user
-            request.hub_role = role
-            return user
-        return None
+    def _admit(self, user: Any, role: str) -> Any:
+        if not user.is_authenticated and settings.HUB_ANONYMOUS_ROLE == "none":
+            return None  # Ninja answers 401 (on_auth_error)
+        if RANK[role] < RANK[self.needed]:
+            raise HubError(
+                403, "NOT_AUTHORIZED", f"role {role} may not do this: it needs {self.needed}"
+            )
+        return user
 
     def authenticate(self, request: HttpRequest, token: str) -> Any:  # pragma: no cover
         return None
+
+
+def _caller_sync(request: HttpRequest) -> Caller:
+    raw = bearer(request)
+    if raw is not None:
+        caller = _token_caller(identity_for_token_sync(raw))
+    else:
+        user = request_user(request)
+        if (
+            user.is_authenticated
+            and request.method not in SAFE_METHODS
+            and check_csrf(request) is not None
+        ):
+            # A browser session may call the API, but only from the hub's own pages.
+            raise HubError(403, "CSRF_FAILED", "CSRF check failed: send the X-CSRFToken header")
+        caller = (user, user_role(user))
+    _release_connection()
+    return caller
+
+
+async def _caller_async(request: HttpRequest) -> Caller:
+    raw = bearer(request)
+    if raw is not None:
+        return _token_caller(await identity_for_token(raw))
+    if not hasattr(request, "user"):  # the API handler: no session middleware, no cookie
+        return AnonymousUser(), settings.HUB_ANONYMOUS_ROLE
+    return await db_call(_caller_sync, request)
+
+
+def _token_caller(identity: Identity | None) -> Caller:
+    if identity is None:  # unknown, revoked, or its user deactivated: as if there were none
+        return AnonymousUser(), settings.HUB_ANONYMOUS_ROLE
+    return identity.user, identity.role
 
 
 def _release_connection() -> None:
@@ -90,14 +126,25 @@ def _release_connection() -> None:
         connection.close()
 
 
-def need(request: HttpRequest, role: str) -> Any:
-    """The request's user, or a 403 naming the role it lacks."""
-    user = getattr(request, "hub_user", None)
-    if user is None:
-        user = request_user(request)
-        request.hub_role = user_role(user)
-    if RANK[request.hub_role] < RANK[role]:
-        raise HubError(
-            403, "NOT_AUTHORIZED", f"role {request.hub_role} may not do this: it needs {role}"
+class HubRouter(Router):
+    """A Router whose every route declares its Role: one without is an error at import, so no
+    route can fall back to a default nobody chose."""
+
+    def add_api_operation(
+        self,
+        path: str,
+        methods: list[str],
+        view_func: Callable,
+        *,
+        auth: Any = None,
+        openapi_extra: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        if not isinstance(auth, Role):
+            raise ImproperlyConfigured(
+                f"{'/'.join(methods)} {path}: declare who may call it, e.g. auth=Role('viewer')"
+            )
+        extra = {**(openapi_extra or {}), ROLE_KEY: auth.needed}
+        super().add_api_operation(
+            path, methods, view_func, auth=auth, openapi_extra=extra, **options
         )
-    return user

@@ -4,21 +4,18 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest
-from ninja import Router
 
-from dashboard.api.auth import need
+from dashboard.api.auth import HubRouter, Role
 from sequences import hostinfo
 
-router = Router(tags=["hub"])
+router = HubRouter(tags=["hub"])
 
 
-@router.get("/version", summary="Hub version")
+@router.get("/version", auth=Role("viewer"), summary="Hub version")
 def version(request: HttpRequest) -> dict[str, Any]:
-    need(request, "viewer")
     return hostinfo.version()
 
 
-@router.get("/load-check", summary="Load, memory and disk of the hub host")
+@router.get("/load-check", auth=Role("viewer"), summary="Load, memory and disk of the hub host")
 def load_check(request: HttpRequest) -> dict[str, Any]:
-    need(request, "viewer")
     return hostinfo.load_check(settings.HUB_DATA_DIR)

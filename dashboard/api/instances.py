@@ -4,47 +4,30 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from ninja import Router
 
 from accounts.access import audit, audit_soon
-from dashboard.api.auth import need
+from dashboard.api.auth import ApiRequest, HubRouter, Role
+from dashboard.api.bodies import (
+    ControlBody,
+    EventBody,
+    KillBody,
+    StartBody,
+    StopBody,
+    json_body,
+    parse,
+)
 from sequences import instances, streams
 from sequences.errors import HubError
 from sequences.models import Instance
 
-router = Router(tags=["instances"])
+router = HubRouter(tags=["instances"])
 aaudit = sync_to_async(audit)
 
-JSON_BODY = {"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}}}
-START_BODY = {
-    "requestBody": {
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "appConfig": {"type": "object"},
-                        "args": {"type": "array", "items": {}},
-                        "instanceId": {"type": "string"},
-                        "limits": {
-                            "type": "object",
-                            "properties": {
-                                "memory": {"type": "integer", "description": "MB"},
-                                "cpu": {"type": "number", "description": "CPUs"},
-                                "pids": {"type": "integer", "description": "processes"},
-                                "gpu": {"type": "boolean"},
-                            },
-                        },
-                    },
-                }
-            }
-        }
-    }
-}
+# Raw bytes, not JSON: forwarded to the instance as they come, with their content type.
 RAW_BODY = {
     "requestBody": {
         "content": {
@@ -68,9 +51,23 @@ def _body(request: HttpRequest) -> bytes:
     return request.body
 
 
-@router.post("/sequence/{seq_id}/start", summary="Start an instance", openapi_extra=START_BODY)
-async def start(request: HttpRequest, seq_id: str) -> HttpResponse:
-    user = need(request, "operator")
+C = TypeVar("C", bound=ControlBody)
+
+
+async def _control_body(request: HttpRequest, model: type[C]) -> C:
+    """The body as `model`; Scramjet's clients send none, `{...}` or `[code, {...}]`."""
+    raw = await sync_to_async(_body)(request)
+    return parse(model, instances.parse_control_body(raw, model.code))
+
+
+@router.post(
+    "/sequence/{seq_id}/start",
+    auth=Role("operator"),
+    summary="Start an instance",
+    openapi_extra=json_body(StartBody),
+)
+async def start(request: ApiRequest, seq_id: str) -> HttpResponse:
+    user = request.auth
     # The ASGI handler has read the body already (into memory for a body this small).
     req = instances.parse_start(request.body)
     try:
@@ -88,16 +85,14 @@ async def start(request: HttpRequest, seq_id: str) -> HttpResponse:
     return JsonResponse({"id": instance.id, "message": f"Sequence {instance.id} starting"})
 
 
-@router.get("/instances", summary="List instances")
+@router.get("/instances", auth=Role("viewer"), summary="List instances")
 def list_instances(request: HttpRequest) -> list[dict[str, Any]]:
-    need(request, "viewer")
     rows = list(Instance.objects.select_related("sequence").filter(kind="sequence")[:1000])
     return [instances.info(i) for i in instances.with_reported_ends(rows)]
 
 
-@router.get("/instance/{iid}", summary="Instance info")
+@router.get("/instance/{iid}", auth=Role("viewer"), summary="Instance info")
 def get_instance(request: HttpRequest, iid: str) -> dict[str, Any]:
-    need(request, "viewer")
     (instance,) = instances.with_reported_ends([instances.get_instance(iid)])
     return instances.info(instance)
 
@@ -122,8 +117,7 @@ def _stream_response(iid: str, stream: str, is_live: bool | None = None) -> Stre
 for _name in ("stdout", "stderr", "output", "log"):
 
     def _make(stream: str) -> Any:
-        async def read_stream(request: HttpRequest, iid: str) -> HttpResponse:
-            need(request, "viewer")
+        async def read_stream(request: HttpRequest, iid: str) -> StreamingHttpResponse:
             instance = await instances.aget_instance(iid)
             return _stream_response(iid, stream, instance.is_live)
 
@@ -132,14 +126,16 @@ for _name in ("stdout", "stderr", "output", "log"):
 
     router.get(
         f"/instance/{{iid}}/{_name}",
+        auth=Role("viewer"),
         summary=f"Follow the {_name} stream (everything from the start, then live)",
         operation_id=f"instance_{_name}",
     )(_make(_name))
 
 
-@router.get("/instance/{iid}/health", summary="Health: healthy, pid, memory, cpu")
+@router.get(
+    "/instance/{iid}/health", auth=Role("viewer"), summary="Health: healthy, pid, memory, cpu"
+)
 async def health(request: HttpRequest, iid: str) -> dict[str, Any]:
-    need(request, "viewer")
     return await instances.health(await instances.aget_instance(iid))
 
 
@@ -149,81 +145,90 @@ def _truthy(value: str | None, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-async def _downstream(request: HttpRequest, iid: str, stream: str) -> HttpResponse:
-    user = need(request, "operator")
+async def _downstream(request: ApiRequest, iid: str, stream: str) -> HttpResponse:
     instance = await instances.aget_instance(iid)
     end = _truthy(request.headers.get("x-end-stream"), default=True)
     raw = await sync_to_async(_body)(request)
     chunks = [raw[i : i + 65536] for i in range(0, len(raw), 65536)]
     ctype = (request.headers.get("Content-Type") or "text/plain").split(";")[0].strip()
     await instances.send_input(instance, stream, chunks, ctype, end)
-    await aaudit(user, f"instance.{stream}", iid, via="api", bytes=len(raw), end=end)
+    await aaudit(request.auth, f"instance.{stream}", iid, via="api", bytes=len(raw), end=end)
     return JsonResponse(
         {"accepted": True, "bytes": len(raw), "end": end}, status=200 if end else 202
     )
 
 
 @router.post(
-    "/instance/{iid}/input", summary="Send to the sequence's input", openapi_extra=RAW_BODY
+    "/instance/{iid}/input",
+    auth=Role("operator"),
+    summary="Send to the sequence's input",
+    openapi_extra=RAW_BODY,
 )
-async def send_input(request: HttpRequest, iid: str) -> HttpResponse:
+async def send_input(request: ApiRequest, iid: str) -> HttpResponse:
     return await _downstream(request, iid, "input")
 
 
-@router.post("/instance/{iid}/stdin", summary="Send to the process stdin", openapi_extra=RAW_BODY)
-async def send_stdin(request: HttpRequest, iid: str) -> HttpResponse:
+@router.post(
+    "/instance/{iid}/stdin",
+    auth=Role("operator"),
+    summary="Send to the process stdin",
+    openapi_extra=RAW_BODY,
+)
+async def send_stdin(request: ApiRequest, iid: str) -> HttpResponse:
     return await _downstream(request, iid, "stdin")
 
 
 @router.post(
-    "/instance/{iid}/_event", summary="Send an event into the sequence", openapi_extra=JSON_BODY
+    "/instance/{iid}/_event",
+    auth=Role("operator"),
+    summary="Send an event into the sequence",
+    openapi_extra=json_body(EventBody),
 )
-async def send_event(request: HttpRequest, iid: str) -> HttpResponse:
-    user = need(request, "operator")
+async def send_event(request: ApiRequest, iid: str) -> HttpResponse:
     instance = await instances.aget_instance(iid)
-    body = instances.parse_control_body(await sync_to_async(_body)(request), 5001)
-    name = body.get("eventName")
-    if not isinstance(name, str) or not name:
-        raise HubError(400, "INVALID_REQUEST", "eventName must be a non-empty string")
-    await instances.send_event(instance, name, body.get("message"))
-    await aaudit(user, "instance.event", iid, via="api", event=name)
+    body = await _control_body(request, EventBody)
+    await instances.send_event(instance, body.eventName, body.message)
+    await aaudit(request.auth, "instance.event", iid, via="api", event=body.eventName)
     return JsonResponse({"accepted": True}, status=202)
 
 
 @router.post(
-    "/instance/{iid}/_stop", summary="Stop: stop handlers, wait, then kill", openapi_extra=JSON_BODY
+    "/instance/{iid}/_stop",
+    auth=Role("operator"),
+    summary="Stop: stop handlers, wait, then kill",
+    openapi_extra=json_body(StopBody),
 )
-async def stop(request: HttpRequest, iid: str) -> HttpResponse:
-    user = need(request, "operator")
+async def stop(request: ApiRequest, iid: str) -> HttpResponse:
     instance = await instances.aget_instance(iid)
-    body = instances.parse_control_body(await sync_to_async(_body)(request), 4001)
-    timeout = body.get("timeout", 7000)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
-        raise HubError(400, "INVALID_REQUEST", "timeout must be a number of milliseconds >= 0")
-    keep = body.get("canCallKeepalive", False)
-    if not isinstance(keep, bool):
-        raise HubError(400, "INVALID_REQUEST", "canCallKeepalive must be true or false")
-    instance = await instances.stop(instance, int(min(timeout, 3_600_000)), keep)
-    await aaudit(user, "instance.stop", iid, via="api", timeout=timeout)
+    body = await _control_body(request, StopBody)
+    timeout_ms = int(min(body.timeout, 3_600_000))
+    instance = await instances.stop(instance, timeout_ms, body.canCallKeepalive)
+    await aaudit(request.auth, "instance.stop", iid, via="api", timeout=body.timeout)
     return JsonResponse(instances.info(instance), status=202)
 
 
 @router.post(
-    "/instance/{iid}/_kill", summary="Kill the whole process tree at once", openapi_extra=JSON_BODY
+    "/instance/{iid}/_kill",
+    auth=Role("operator"),
+    summary="Kill the whole process tree at once",
+    openapi_extra=json_body(KillBody),
 )
-async def kill(request: HttpRequest, iid: str) -> HttpResponse:
-    user = need(request, "operator")
+async def kill(request: ApiRequest, iid: str) -> HttpResponse:
     instance = await instances.aget_instance(iid)
-    body = instances.parse_control_body(await sync_to_async(_body)(request), 4002)
-    remove = bool(body.get("removeImmediately", False))
-    await instances.kill(instance, remove)
-    await aaudit(user, "instance.kill", iid, via="api", removeImmediately=remove)
+    body = await _control_body(request, KillBody)
+    await instances.kill(instance, body.removeImmediately)
+    await aaudit(
+        request.auth, "instance.kill", iid, via="api", removeImmediately=body.removeImmediately
+    )
     return JsonResponse(instances.info(instance), status=202)
 
 
-@router.get("/instance/{iid}/event/{name}", summary="Last event of that name, or the next one")
+@router.get(
+    "/instance/{iid}/event/{name}",
+    auth=Role("viewer"),
+    summary="Last event of that name, or the next one",
+)
 async def get_event(request: HttpRequest, iid: str, name: str) -> HttpResponse:
-    need(request, "viewer")
     await instances.aget_instance(iid)
     found, message = await streams.last_event(iid, name)
     if not found:
@@ -243,9 +248,12 @@ async def _first_in_live_stream(iid: str, name: str) -> tuple[bool, Any]:
     return False, None
 
 
-@router.get("/instance/{iid}/once/{name}", summary="Wait for the next event of that name")
+@router.get(
+    "/instance/{iid}/once/{name}",
+    auth=Role("viewer"),
+    summary="Wait for the next event of that name",
+)
 async def once(request: HttpRequest, iid: str, name: str) -> HttpResponse:
-    need(request, "viewer")
     await instances.aget_instance(iid)
     found, message = await streams.next_event(iid, name)
     if not found:
@@ -253,9 +261,10 @@ async def once(request: HttpRequest, iid: str, name: str) -> HttpResponse:
     return JsonResponse(message, safe=False)
 
 
-@router.get("/instance/{iid}/events/{name}", summary="Events of that name as ndjson")
-async def event_stream(request: HttpRequest, iid: str, name: str) -> HttpResponse:
-    need(request, "viewer")
+@router.get(
+    "/instance/{iid}/events/{name}", auth=Role("viewer"), summary="Events of that name as ndjson"
+)
+async def event_stream(request: HttpRequest, iid: str, name: str) -> StreamingHttpResponse:
     await instances.aget_instance(iid)
 
     async def lines() -> Any:
@@ -265,7 +274,6 @@ async def event_stream(request: HttpRequest, iid: str, name: str) -> HttpRespons
     return StreamingHttpResponse(lines(), content_type="application/x-ndjson")
 
 
-@router.get("/log", summary="The hub's own log (endless)")
-async def host_log(request: HttpRequest) -> HttpResponse:
-    need(request, "viewer")
-    return StreamingHttpResponse(streams.host_log(), content_type=TEXT_STREAM)
+@router.get("/log", auth=Role("viewer"), summary="The hub's own log (endless)")
+async def host_log(request: HttpRequest) -> StreamingHttpResponse:
+    return StreamingHttpResponse(_headers_first(streams.host_log()), content_type=TEXT_STREAM)

@@ -3,13 +3,13 @@
 from typing import Any
 
 from django.http import HttpRequest
-from ninja import Router
 
 from accounts.access import audit
-from dashboard.api.auth import need
-from sequences import catalog
+from dashboard.api.auth import ApiRequest, HubRouter, Role
+from sequences import catalog, instances
+from sequences.models import Instance, Sequence
 
-router = Router(tags=["sequences"])
+router = HubRouter(tags=["sequences"])
 
 TARBALL_BODY = {
     "requestBody": {
@@ -25,8 +25,8 @@ def _declared_length(request: HttpRequest) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-def _upload(request: HttpRequest, replaces: Any = None) -> dict[str, Any]:
-    user = need(request, "admin")
+def _upload(request: ApiRequest, replaces: Any = None) -> dict[str, Any]:
+    user = request.auth
     path = catalog.spool_upload(catalog.read_chunks(request), _declared_length(request))
     try:
         seq = catalog.add_sequence(path, user, replaces=replaces)
@@ -37,25 +37,23 @@ def _upload(request: HttpRequest, replaces: Any = None) -> dict[str, Any]:
     return {"id": seq.id}
 
 
-@router.post("/sequence", summary="Upload a package", openapi_extra=TARBALL_BODY)
-def upload(request: HttpRequest) -> dict[str, Any]:
+@router.post(
+    "/sequence", auth=Role("admin"), summary="Upload a package", openapi_extra=TARBALL_BODY
+)
+def upload(request: ApiRequest) -> dict[str, Any]:
     return _upload(request)
 
 
-@router.get("/sequences", summary="List sequences")
+@router.get("/sequences", auth=Role("viewer"), summary="List sequences")
 def list_sequences(request: HttpRequest) -> list[dict[str, Any]]:
-    need(request, "viewer")
     ids: dict[str, list[str]] = {}
-    from sequences.models import Instance, Sequence
-
     for iid, sid in Instance.objects.filter(sequence__isnull=False).values_list("id", "sequence"):
         ids.setdefault(sid, []).append(iid)
     return [catalog.describe(s, ids.get(s.id, [])) for s in Sequence.objects.all()]
 
 
-@router.get("/sequence/{seq_id}", summary="Describe a sequence")
+@router.get("/sequence/{seq_id}", auth=Role("viewer"), summary="Describe a sequence")
 def get_sequence(request: HttpRequest, seq_id: str) -> dict[str, Any]:
-    need(request, "viewer")
     seq = catalog.get_sequence(seq_id)
     data = catalog.describe(seq)
     data["files"] = seq.files
@@ -63,18 +61,21 @@ def get_sequence(request: HttpRequest, seq_id: str) -> dict[str, Any]:
     return data
 
 
-@router.get("/sequence/{seq_id}/instances", summary="Instance ids of a sequence")
+@router.get(
+    "/sequence/{seq_id}/instances", auth=Role("viewer"), summary="Instance ids of a sequence"
+)
 def sequence_instances(request: HttpRequest, seq_id: str) -> list[str]:
-    need(request, "viewer")
     seq = catalog.get_sequence(seq_id)
     return list(seq.instances.values_list("id", flat=True))
 
 
 @router.put(
-    "/sequence/{seq_id}", summary="Overwrite: upload a new version", openapi_extra=TARBALL_BODY
+    "/sequence/{seq_id}",
+    auth=Role("admin"),
+    summary="Overwrite: upload a new version",
+    openapi_extra=TARBALL_BODY,
 )
-def overwrite(request: HttpRequest, seq_id: str) -> dict[str, Any]:
-    need(request, "admin")
+def overwrite(request: ApiRequest, seq_id: str) -> dict[str, Any]:
     old = catalog.get_sequence(seq_id)
     return _upload(request, replaces=old)
 
@@ -83,13 +84,15 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-@router.delete("/sequence/{seq_id}", summary="Delete a sequence (409 while instances run)")
-def delete(request: HttpRequest, seq_id: str) -> dict[str, Any]:
-    user = need(request, "admin")
+@router.delete(
+    "/sequence/{seq_id}",
+    auth=Role("admin"),
+    summary="Delete a sequence (409 while instances run)",
+)
+def delete(request: ApiRequest, seq_id: str) -> dict[str, Any]:
+    user = request.auth
     seq = catalog.get_sequence(seq_id)
     force = _truthy(request.headers.get("x-seq-kill-inst")) or _truthy(request.GET.get("force"))
-    from sequences import instances
-
     try:
         catalog.delete_sequence(seq, force, stop_instances=instances.kill_and_wait)
     except Exception as exc:

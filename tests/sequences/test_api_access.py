@@ -1,67 +1,173 @@
-"""Who may call which API route: anonymous, viewer, operator, admin; by token and by session."""
+"""Who may call which API route: anonymous, viewer, operator, admin; by token and by session.
+
+The matrix comes from the served OpenAPI document, where each operation names its role
+(`x-hub-role`): a new route is covered the day it lands.
+"""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+from typing import Any
+
 import httpx
 import pytest
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
-from tests.conftest import Hub, Person
+from accounts.access import RANK, ROLES
+from dashboard.api.auth import ROLE_KEY, HubRouter, Role
+from dashboard.processes import stop_process
+from tests.conftest import Hub, Person, free_port, start_web, web_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-RANK = {"anonymous": 0, "viewer": 1, "operator": 2, "admin": 3}
-
-# (method, path, role needed). Unknown ids: an allowed caller gets 404 or 409, never 401/403.
-ROUTES = [
-    ("GET", "/version", "viewer"),
-    ("GET", "/load-check", "viewer"),
-    ("GET", "/sequences", "viewer"),
-    ("GET", "/sequence/none", "viewer"),
-    ("GET", "/sequence/none/instances", "viewer"),
-    ("GET", "/instances", "viewer"),
-    ("GET", "/instance/none", "viewer"),
-    ("GET", "/instance/none/health", "viewer"),
-    ("GET", "/instance/none/stdout", "viewer"),
-    ("GET", "/instance/none/stderr", "viewer"),
-    ("GET", "/instance/none/output", "viewer"),
-    ("GET", "/instance/none/log", "viewer"),
-    ("GET", "/instance/none/event/x", "viewer"),
-    ("GET", "/instance/none/once/x", "viewer"),
-    ("GET", "/instance/none/events/x", "viewer"),
-    ("POST", "/sequence", "admin"),
-    ("PUT", "/sequence/none", "admin"),
-    ("DELETE", "/sequence/none", "admin"),
-    ("POST", "/sequence/none/start", "operator"),
-    ("POST", "/instance/none/input", "operator"),
-    ("POST", "/instance/none/stdin", "operator"),
-    ("POST", "/instance/none/_event", "operator"),
-    ("POST", "/instance/none/_stop", "operator"),
-    ("POST", "/instance/none/_kill", "operator"),
-]
+UNKNOWN = "no-such-id"  # every path parameter: refusals for lack of role come before lookups
 
 
-def call(client: httpx.Client, method: str, path: str) -> httpx.Response:
-    body = b"x" if method in ("POST", "PUT") and "sequence" in path else b"{}"
-    return client.request(method, path, content=body if method != "GET" else None)
+def operations(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(method, path under /api/v1, operation) for every operation of an OpenAPI document."""
+    return [
+        (method.upper(), path.removeprefix("/api/v1"), operation)
+        for path, item in doc["paths"].items()
+        for method, operation in item.items()
+    ]
 
 
-@pytest.mark.parametrize(("method", "path", "needed"), ROUTES, ids=lambda v: str(v))
-def test_each_route_admits_exactly_the_roles_it_should_by_token(
-    hub: Hub, people, method, path, needed
-):
-    for who in ("anonymous", "viewer", "operator", "admin"):
-        headers = {} if who == "anonymous" else people[who].headers()
-        with httpx.Client(base_url=hub.api, headers=headers, timeout=30) as client:
-            response = call(client, method, path)
-        if who == "anonymous":
-            assert response.status_code == 401, (who, response.text)
-            assert response.json()["code"] == "NEED_AUTHENTICATION"
-        elif RANK[who] < RANK[needed]:
-            assert response.status_code == 403, (who, response.text)
-            assert response.json()["code"] == "NOT_AUTHORIZED"
-            assert needed in response.json()["error"]
-        else:
-            assert response.status_code not in (401, 403), (who, response.text)
+def served_operations(base: str) -> list[tuple[str, str, dict[str, Any]]]:
+    response = httpx.get(base + "/openapi.json", timeout=30)
+    assert response.status_code == 200, response.text
+    return operations(response.json())
+
+
+def fill(template: str) -> str:
+    return re.sub(r"{[^}]+}", UNKNOWN, template)
+
+
+def least_role(method: str, path: str) -> str:
+    """The policy docs/api.md states: viewers read; operators run and steer; admins manage
+    sequences and components. A route that should differ says so here, on purpose."""
+    if method == "GET":
+        return "viewer"
+    if path.startswith(("/component", "/components")):
+        return "admin"
+    if path in ("/sequence", "/sequence/{seq_id}"):
+        return "admin"
+    return "operator"
+
+
+def test_every_operation_declares_its_role(hub: Hub):
+    """A route with no declared role cannot be added (HubRouter refuses it at import); were one
+    to get in some other way, its operation here would lack the role."""
+    ops = served_operations(hub.api)
+    assert len(ops) >= 50
+    undeclared = [(m, p) for m, p, op in ops if op.get(ROLE_KEY) not in ROLES]
+    assert not undeclared, undeclared
+
+
+def test_declared_roles_follow_the_documented_policy(hub: Hub):
+    wrong = [
+        (m, p, op[ROLE_KEY], least_role(m, p))
+        for m, p, op in served_operations(hub.api)
+        if op[ROLE_KEY] != least_role(m, p)
+    ]
+    assert not wrong, wrong
+
+
+def test_a_route_without_a_role_is_refused_where_it_is_declared():
+    router = HubRouter()
+    with pytest.raises(ImproperlyConfigured, match="declare who may call it"):
+        router.get("/open")(lambda request: {})
+    with pytest.raises(ImproperlyConfigured):
+        router.post("/open", auth=None)(lambda request: {})
+    with pytest.raises(ValueError, match="no role"):
+        Role("root")
+
+
+def answer(client: httpx.Client, method: str, path: str) -> tuple[int | None, dict[str, Any]]:
+    """The status, and the body of a refusal; the rest is not read, as some routes never end.
+    None when no answer came in time (a refusal, made before any work, would have)."""
+    body = b"x" if method in ("POST", "PUT") and path.startswith("/sequence") else b"{}"
+    try:
+        with client.stream(method, path, content=body if method != "GET" else None) as response:
+            if response.status_code not in (401, 403):
+                return response.status_code, {}
+            response.read()
+            return response.status_code, response.json()
+    except httpx.ReadTimeout:
+        return None, {}
+
+
+def refusal(role: str, needed: str) -> tuple[int, str] | None:
+    """The status and code a caller of that role gets from a route needing `needed`."""
+    if role == "none":  # no one known, and the hub admits no anonymous clients
+        return 401, "NEED_AUTHENTICATION"
+    if RANK[role] < RANK[needed]:
+        return 403, "NOT_AUTHORIZED"
+    return None
+
+
+def callers(people: dict[str, Person]) -> dict[str, tuple[dict[str, str], str | None]]:
+    """Each caller's headers and role; None for those the hub sees as anonymous."""
+    revoked = _person_with_a_revoked_token()
+    return {
+        "anonymous": ({}, None),
+        "viewer": (people["viewer"].headers(), "viewer"),
+        "operator": (people["operator"].headers(), "operator"),
+        "admin": (people["admin"].headers(), "admin"),
+        "revoked admin token": (revoked.headers(), None),
+        "made-up token": ({"Authorization": "Bearer hub_nope"}, None),
+    }
+
+
+def _person_with_a_revoked_token() -> Person:
+    from django.contrib.auth.models import Group, User
+
+    from accounts.models import ApiToken
+
+    user = User.objects.create(username="revoked-admin")
+    user.groups.add(Group.objects.get(name="admin"))
+    _, raw = ApiToken.issue(user, "tests")
+    _revoke(user.username)
+    return Person(user.username, "admin", raw)
+
+
+def check_matrix(base: str, anonymous_role: str, people: dict[str, Person]) -> list[str]:
+    """Every served operation, called by every kind of caller: refused (401 when no one is
+    known and the hub admits no anonymous clients, else 403 naming the role) exactly when the
+    caller's role is below the operation's declared one. The mismatches, described."""
+    wrong = []
+    ops = served_operations(base)
+    for who, (headers, role) in callers(people).items():
+        role = role or anonymous_role
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+            for method, template, op in ops:
+                needed, path = op[ROLE_KEY], fill(template)
+                status, body = answer(client, method, path)
+                what = f"{who} {method} {path} (needs {needed}): {status} {body}"
+                expected = refusal(role, needed)
+                if expected is None:
+                    if status in (401, 403):
+                        wrong.append(f"{what}, expected no refusal")
+                elif (status, body.get("code")) != expected:
+                    wrong.append(f"{what}, expected {expected}")
+                elif status == 403 and needed not in body["error"]:
+                    wrong.append(f"{what}, expected the error to name {needed}")
+    return wrong
+
+
+def test_each_route_admits_exactly_the_roles_it_declares(hub: Hub, people):
+    wrong = check_matrix(hub.api, settings.HUB_ANONYMOUS_ROLE, people)
+    assert not wrong, "\n".join(wrong)
+
+
+def test_with_an_anonymous_role_anonymous_callers_get_that_role(hub: Hub, people, tmp_path: Path):
+    web = start_web(tmp_path, free_port(), HUB_ANONYMOUS_ROLE="viewer")
+    try:
+        wrong = check_matrix(web_url(web) + "/api/v1", "viewer", people)
+    finally:
+        stop_process(web.proc)
+    assert not wrong, "\n".join(wrong)
 
 
 # A sync route reads the token from the database; an async one from the web's cache, which a
