@@ -270,7 +270,7 @@ async def command(
     timeout: float = COMMAND_TIMEOUT,
 ) -> tuple[dict[str, Any], int]:
     """Send one command to a sequencer (a row read just now, or an id or prefix); returns its
-    typed answer (DESIGN.md §6) and HTTP status. 400/404 HubError for a bad command or body,
+    typed answer (docs/architecture.md) and HTTP status. 400/404 HubError for a bad command or body,
     504 when the sequencer does not answer within `timeout`.
 
     Answers come from the sequencer's actor, which serialises commands. A sequencer with no

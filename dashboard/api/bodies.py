@@ -20,6 +20,8 @@ from ninja import Field, Schema
 from ninja.errors import ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
+from core.protocol import Message
+
 S = TypeVar("S", bound=Schema)
 
 
@@ -87,19 +89,19 @@ class ControlBody(Schema):
 
 
 class StopBody(ControlBody):
-    code = 4001
+    code = Message.STOP
     timeout: float = Field(7000, ge=0, strict=True, description="milliseconds before the kill")
     canCallKeepalive: bool = Field(False, strict=True)
 
 
 class KillBody(ControlBody):
-    code = 4002
+    code = Message.KILL
     # Any value, taken for its truth: the hub has never refused one here.
     removeImmediately: Annotated[bool, pydantic.BeforeValidator(bool)] = False
 
 
 class EventBody(ControlBody):
-    code = 5001
+    code = Message.EVENT
     eventName: str = Field(min_length=1, strict=True)
     message: Any = None
 

@@ -1,4 +1,4 @@
-"""Sequencer and sequence component routes (DESIGN.md §7): thin, over sequences.sequencers.
+"""Sequencer and sequence component routes (docs/api.md): thin, over sequences.sequencers.
 
 Roles: viewer reads, operator sends sequencer commands, admin manages components. Every
 mutating call is audited, refused ones included.
