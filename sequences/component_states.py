@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from sequences.statemachine import Ok as ComponentOk
+from sequences.statemachine import Unhandled
+
 
 class ComponentState(StrEnum):
     IDLE = "Idle"
@@ -35,12 +38,6 @@ class ComponentCommand(StrEnum):
     UNLOAD_SCRIPT = "UnloadScript"
     RESTART = "RestartScript"
     GET_STATUS = "GetStatus"
-
-
-@dataclass(frozen=True)
-class ComponentOk:
-    def to_json(self) -> dict[str, Any]:
-        return {"type": "Ok"}
 
 
 @dataclass(frozen=True)
@@ -62,21 +59,11 @@ class LoadingScriptFailed:
 
 
 @dataclass(frozen=True)
-class ComponentUnhandled:
-    state: ComponentState
-    message_type: str
-
+class ComponentUnhandled(Unhandled):
     @property
     def msg(self) -> str:
+        # ESW's wording for components, which ends without "state".
         return f"Sequence Component can not accept '{self.message_type}' message in '{self.state}'"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "type": "Unhandled",
-            "state": str(self.state),
-            "messageType": self.message_type,
-            "msg": self.msg,
-        }
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,9 @@ class Started:
 
 @dataclass(frozen=True)
 class Unhandled:
-    state: State
+    """A message the state does not accept; a sequence component answers it too."""
+
+    state: StrEnum  # a sequencer's State, or a component's ComponentState
     message_type: str
 
     @property
