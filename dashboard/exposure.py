@@ -10,10 +10,13 @@ overview shows them to admins. It judges the configuration only: it does not con
 
 from __future__ import annotations
 
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.utils import timezone
 
+from sequences.models import Worker
 from sequences.services import has_password, tcp_services
 
 NETWORK_FIX = "HUB_SANDBOX_NETWORK=isolated (no network for sequence code)"
@@ -37,12 +40,6 @@ def worker_warnings() -> list[str]:
     """Workers whose children are less confined than the configuration assumes: no Landlock
     (then the hub's files are closed only by user ids, and only when the worker is root), or
     the port of a password-less service of the hub left open."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from sequences.models import Worker
-
     recent = timezone.now() - timedelta(seconds=max(60, 4 * settings.HUB_LOST_AFTER))
     services = _open_tcp_services()
     found = []

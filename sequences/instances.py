@@ -23,8 +23,16 @@ from redis.exceptions import RedisError
 from core.db_threads import db_call
 from core.protocol import Exit
 from sequences import live
+from sequences.catalog import get_sequence
 from sequences.errors import HubError, not_found
-from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, Sequence, Sequencer
+from sequences.models import (
+    LIVE_STATUSES,
+    Instance,
+    InstanceEvent,
+    InstanceStatus,
+    Sequence,
+    Sequencer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +129,6 @@ def clean_limits(limits: Any) -> dict[str, Any]:
 def _create(seq: Sequence | str, req: StartRequest, user: Any, kind: str) -> Instance:
     """The instance's row; `seq` may be an id or name still to look up (one database call)."""
     if isinstance(seq, str):
-        from sequences.catalog import get_sequence
-
         seq = get_sequence(seq)
     live_count = Instance.objects.filter(status__in=LIVE_STATUSES).count()
     if live_count >= settings.HUB_MAX_INSTANCES:
@@ -460,8 +466,6 @@ async def send_input(
 async def send_event(instance: Instance, name: str, message: Any) -> None:
     require_live(instance)
     await send_control(instance, {"op": "event", "eventName": name, "message": message})
-    from sequences.models import InstanceEvent
-
     await sync_to_async(InstanceEvent.objects.create)(
         instance_id=instance.id, direction="in", name=name, message=message
     )

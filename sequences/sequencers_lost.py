@@ -2,13 +2,13 @@
 
 from collections.abc import Iterable
 
+from sequences import sequencer_store as store
+from sequences.models import Sequencer
+
 
 def on_instances_lost(instance_ids: Iterable[str], reason: str) -> None:
     """Mark Killed (with the reason, a transition row and a change notice) every sequencer
     that ran in one of these instances."""
-    from sequences import sequencer_store as store
-    from sequences.models import Sequencer
-
     ids = list(
         Sequencer.objects.filter(instance_id__in=list(instance_ids))
         .exclude(state="Killed")
