@@ -1,4 +1,5 @@
-"""Settings come from the environment; `manage.py runhub` (what `make run` starts) works whole."""
+"""Settings come from the environment and only read; `hub_init` makes what they read;
+`manage.py runhub` (what `make run` starts) works whole."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_for
+from dashboard.processes import web_argv
+from tests.conftest import BIN, ROOT, free_port, ready_data_dir, wait_for
 from tests.packaging import python_package
 
 SHOW = (
@@ -36,6 +38,8 @@ def clean_env(data_dir, **extra: str) -> dict[str, str]:
 
 
 def settings_in(data_dir, **extra: str) -> dict:
+    """Settings as a process reads them from `data_dir`, readied as `hub_init` readies it."""
+    ready_data_dir(clean_env(data_dir, **extra))
     out = subprocess.run(
         [sys.executable, "-c", SHOW],
         cwd=ROOT,
@@ -105,6 +109,71 @@ def test_environment_overrides_every_default(tmp_path):
     assert found["port"] == 9001
     assert found["key"] == "k" * 50
     assert found["max"] == 7
+
+
+def test_reading_settings_writes_nothing(tmp_path):
+    data_dir = tmp_path / "data"
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print([str(p) for p in s.HUB_MISSING_SECRETS])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=clean_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert not data_dir.exists()
+    missing = [str(data_dir / "secret_key"), str(data_dir / "redis" / "password")]
+    assert out.stdout.strip().splitlines()[-1] == repr(missing)
+
+
+def test_the_web_refuses_to_start_without_the_secrets_hub_init_makes(tmp_path):
+    """Not a key of its own, which the workers would not share: it stops, saying what to run."""
+    out = subprocess.run(
+        web_argv(BIN, "127.0.0.1", free_port()),
+        cwd=ROOT,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert f"{tmp_path / 'secret_key'} and {tmp_path / 'redis' / 'password'} not there" in (
+        out.stderr
+    )
+    assert "manage.py hub_init" in out.stderr
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_an_unreadable_secret_key_stops_every_process(tmp_path):
+    (tmp_path / "secret_key").mkdir()  # unreadable even by root
+    out = subprocess.run(
+        [sys.executable, "-c", SHOW],
+        cwd=ROOT,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert f"{tmp_path / 'secret_key'} cannot be read" in out.stderr
+
+
+def test_the_api_handler_is_built_without_changing_settings(monkeypatch):
+    from django.conf import LazySettings
+
+    from dashboard.api_handler import ApiHandler
+    from dashboard.middleware import ApiHeadersMiddleware
+
+    changed: list[str] = []
+    monkeypatch.setattr(LazySettings, "__setattr__", lambda self, name, _: changed.append(name))
+    handler = ApiHandler()
+    assert changed == []
+    assert isinstance(handler._middleware_chain.__wrapped__, ApiHeadersMiddleware)
 
 
 def test_a_bad_anonymous_role_stops_the_hub_with_a_clear_error(tmp_path):
