@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import django
 import httpx
 import pytest
 from django.conf import settings
@@ -33,6 +34,7 @@ IN_CI = bool(os.environ.get("CI"))
 
 def pytest_configure(config: pytest.Config) -> None:
     _before_settings(config)
+    django.setup()  # as before this hook when pytest's configuration named the settings
     # A worker left over from `make run` must not take the tests' start requests.
     settings.CELERY_TASK_DEFAULT_QUEUE = QUEUE
     from dashboard.data_dir import prepare_data_dir

@@ -37,17 +37,21 @@ def clean_env(data_dir, **extra: str) -> dict[str, str]:
     return env
 
 
-def settings_in(data_dir, **extra: str) -> dict:
-    """Settings as a process reads them from `data_dir`, readied as `hub_init` readies it."""
-    ready_data_dir(clean_env(data_dir, **extra))
-    out = subprocess.run(
-        [sys.executable, "-c", SHOW],
+def run_in(data_dir, argv: list[str], **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        argv,
         cwd=ROOT,
         env=clean_env(data_dir, **extra),
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def settings_in(data_dir, **extra: str) -> dict:
+    """Settings as a process reads them from `data_dir`, readied as `hub_init` readies it."""
+    ready_data_dir(clean_env(data_dir, **extra))
+    out = run_in(data_dir, [sys.executable, "-c", SHOW], **extra)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -117,14 +121,7 @@ def test_reading_settings_writes_nothing(tmp_path):
         "import django; django.setup(); from django.conf import settings as s; "
         "print([str(p) for p in s.HUB_MISSING_SECRETS])"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=clean_env(data_dir),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_in(data_dir, [sys.executable, "-c", code])
     assert out.returncode == 0, out.stderr
     assert not data_dir.exists()
     missing = [str(data_dir / "secret_key"), str(data_dir / "redis" / "password")]
@@ -133,14 +130,7 @@ def test_reading_settings_writes_nothing(tmp_path):
 
 def test_the_web_refuses_to_start_without_the_secrets_hub_init_makes(tmp_path):
     """Not a key of its own, which the workers would not share: it stops, saying what to run."""
-    out = subprocess.run(
-        web_argv(BIN, "127.0.0.1", free_port()),
-        cwd=ROOT,
-        env=clean_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_in(tmp_path, web_argv(BIN, "127.0.0.1", free_port()))
     assert out.returncode != 0
     assert f"{tmp_path / 'secret_key'} and {tmp_path / 'redis' / 'password'} not there" in (
         out.stderr
@@ -151,14 +141,7 @@ def test_the_web_refuses_to_start_without_the_secrets_hub_init_makes(tmp_path):
 
 def test_an_unreadable_secret_key_stops_every_process(tmp_path):
     (tmp_path / "secret_key").mkdir()  # unreadable even by root
-    out = subprocess.run(
-        [sys.executable, "-c", SHOW],
-        cwd=ROOT,
-        env=clean_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_in(tmp_path, [sys.executable, "-c", SHOW])
     assert out.returncode != 0
     assert f"{tmp_path / 'secret_key'} cannot be read" in out.stderr
 
@@ -177,14 +160,7 @@ def test_the_api_handler_is_built_without_changing_settings(monkeypatch):
 
 
 def test_a_bad_anonymous_role_stops_the_hub_with_a_clear_error(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-c", SHOW],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=clean_env(tmp_path, HUB_ANONYMOUS_ROLE="root"),
-        timeout=60,
-    )
+    out = run_in(tmp_path, [sys.executable, "-c", SHOW], HUB_ANONYMOUS_ROLE="root")
     assert out.returncode != 0
     assert "HUB_ANONYMOUS_ROLE must be one of" in out.stderr
 
