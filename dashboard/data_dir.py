@@ -66,9 +66,11 @@ def prepare_data_dir() -> bool:
     data = settings.HUB_DATA_DIR
     data.mkdir(parents=True, exist_ok=True)
     # Folders the children must pass through (the data folder, run/, cache/) stay 0711: no
-    # listing.
+    # listing. Made here with their modes, so that whatever makes them later (an upload's
+    # spool in tmp/, say) finds them closed.
     close(data, 0o711)
     for name, mode in (("storage", 0o700), ("tmp", 0o700), ("cache", 0o711)):
+        (data / name).mkdir(mode=mode, exist_ok=True)
         close(data / name, mode)
 
     env_closed = close_env_file(settings.BASE_DIR / ".env")
