@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -41,41 +40,43 @@ def pytest_configure(config: pytest.Config) -> None:
 
     prepare_data_dir()  # what `hub_init` does before a hub starts
     READIED.add(str(settings.HUB_DATA_DIR))
+    key_file = settings.SECRET_KEY_FILE
+    if key_file is not None and key_file in settings.HUB_MISSING_SECRETS:
+        # Settings were read before it was made (the folder's first run): the key the hubs
+        # started by the suite read, as the next run will.
+        settings.SECRET_KEY = key_file.read_text().strip()
     _retry_flush_on_deadlock()
 
 
 def _before_settings(config: pytest.Config) -> None:
     """What the suite gives settings before they are read: the Redis REDIS_URL names or, with
-    none named, one of the suite's own (so `make test` needs nothing but Python, as `make run`);
-    and one SECRET_KEY for this process and the hubs it starts.
+    none named, one of the suite's own (so `make test` needs nothing but Python, as `make run`).
 
     DJANGO_SETTINGS_MODULE is set here rather than in pytest's configuration for this: with it
     there, pytest-django reads settings before any conftest is loaded; without, it sets Django
     up after this hook (its own pytest_configure runs last).
     """
+    if os.environ.get("REDIS_URL"):
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+        return
     if settings.configured:
-        if os.environ.get("REDIS_URL") and os.environ.get("SECRET_KEY"):
-            return
         raise pytest.UsageError(
-            "Settings were read before the suite could give them a Redis and a secret key "
-            "(DJANGO_SETTINGS_MODULE set outside): unset it, or set REDIS_URL and SECRET_KEY."
+            "Settings were read before the suite could start a Redis for them "
+            "(DJANGO_SETTINGS_MODULE set outside pytest): unset it, or set REDIS_URL."
         )
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
-    if not os.environ.get("SECRET_KEY"):
-        os.environ["SECRET_KEY"] = secrets.token_urlsafe(50)
-    if not os.environ.get("REDIS_URL"):
-        # The tests expect what a REDIS_URL usually names: TCP, no password (the sandbox tests
-        # check that children cannot reach its port; the exposure tests, that it is named).
-        folder = Path(tempfile.mkdtemp(prefix="hub-tests-redis-"))
-        port = free_port()
-        redis_server = start_redis(folder, port=port)
-        os.environ["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    # The tests expect what a REDIS_URL usually names: TCP, no password (the sandbox tests
+    # check that children cannot reach its port; the exposure tests, that it is named).
+    folder = Path(tempfile.mkdtemp(prefix="hub-tests-redis-"))
+    port = free_port()
+    redis_server = start_redis(folder, port=port)
+    os.environ["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
 
-        def stop() -> None:
-            stop_process(redis_server, timeout=5)
-            shutil.rmtree(folder, ignore_errors=True)
+    def stop() -> None:
+        stop_process(redis_server, timeout=5)
+        shutil.rmtree(folder, ignore_errors=True)
 
-        config.add_cleanup(stop)
+    config.add_cleanup(stop)
 
 
 def _retry_flush_on_deadlock() -> None:
