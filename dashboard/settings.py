@@ -1,12 +1,14 @@
-"""Settings, read only from the environment (and `.env` when present); `.env.example` lists them."""
+"""Settings, read only from the environment (and `.env` when present); `.env.example` lists them.
 
-import contextlib
+Importing them only reads: the data folder, its modes and the secrets the hub keeps for itself
+are made by `manage.py hub_init` (dashboard/data_dir.py), which `make run` runs first.
+"""
+
 import ipaddress
-import os
-import secrets
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -16,22 +18,18 @@ HUB_SETTINGS_WARNINGS: list[str] = []
 
 
 def _read_env_file(path: Path) -> None:
-    """`.env` holds the hub's secrets (SECRET_KEY, database and Redis passwords): it is closed
-    to other users, sequence code running as one of them included, before it is read."""
+    """`.env` holds the hub's secrets (SECRET_KEY, database and Redis passwords): `hub_init`
+    closes it to other users, sequence code running as one of them included; a process that
+    finds it open says so."""
     try:
         info = path.stat()
     except OSError:
         return
     if info.st_mode & 0o077:
-        if info.st_uid == os.geteuid():
-            with contextlib.suppress(OSError):
-                path.chmod(0o600)
-                info = path.stat()
-        if info.st_mode & 0o077:
-            HUB_SETTINGS_WARNINGS.append(
-                f"{path} is readable by other users (mode {info.st_mode & 0o777:o}) and holds "
-                f"the hub's secrets: make it 0600 and owned by the hub's user."
-            )
+        HUB_SETTINGS_WARNINGS.append(
+            f"{path} is readable by other users (mode {info.st_mode & 0o777:o}) and holds "
+            f"the hub's secrets: make it 0600 and owned by the hub's user."
+        )
     environ.Env.read_env(path, overwrite=False)
 
 
@@ -49,44 +47,36 @@ def parse_duration(value: str | int) -> int:
 
 
 HUB_DATA_DIR = Path(env.str("HUB_DATA_DIR", default=str(BASE_DIR / "var"))).resolve()
-HUB_DATA_DIR.mkdir(parents=True, exist_ok=True)
+# The secrets this process needs and `hub_init` has not made yet (dashboard/data_dir.py).
+HUB_MISSING_SECRETS: list[Path] = []
 
 
-def _close(path: Path, mode: int) -> None:
-    # Sequence code runs as another user (HUB_RUN_AS): the hub's own files are closed to it.
-    # Folders the children must pass through (run/, cache/) stay 0711: no listing.
-    with contextlib.suppress(OSError):
-        if path.exists() and path.stat().st_uid == os.geteuid():
-            path.chmod(mode)
+def _kept_secret(path: Path) -> str:
+    """The secret `hub_init` keeps in `path`, or "" while there is none yet.
 
-
-_close(HUB_DATA_DIR, 0o711)
-for _name, _mode in (("storage", 0o700), ("tmp", 0o700), ("cache", 0o711)):
-    _close(HUB_DATA_DIR / _name, _mode)
-
-
-def _generated(path: Path, value: str) -> str:
-    """The secret kept in `path` (0600), written with `value` if there is none yet.
-
-    Written whole under another name, then linked in place: processes starting together
-    (web, worker, beat) all read the one that won, never an empty file.
+    A missing file is not an error here: `migrate` and `hub_init` itself run before there is
+    one, and need none. Django refuses any use of an empty SECRET_KEY, and the web and the
+    workers refuse to start without it (dashboard/apps.py): none makes a key of its own, which
+    the others would not share. A file that is there but cannot be read stops every process.
     """
-    if not path.exists():
-        scratch = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(value)
-        with contextlib.suppress(FileExistsError):
-            os.link(scratch, path)
-        scratch.unlink()
-    _close(path, 0o600)
-    return path.read_text().strip()
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise ImproperlyConfigured(f"{path} cannot be read: {exc.strerror}") from None
+    if not value:
+        raise ImproperlyConfigured(f"{path} is empty: remove it, and `hub_init` makes another")
+    return value
 
 
-# A hub started with no SECRET_KEY keeps a generated one, so sessions survive restarts.
-SECRET_KEY = env.str("SECRET_KEY", default="") or _generated(
-    HUB_DATA_DIR / "secret_key", secrets.token_urlsafe(50)
-)
+# A hub started with no SECRET_KEY keeps one made by `hub_init`, so sessions survive restarts.
+SECRET_KEY = env.str("SECRET_KEY", default="")
+SECRET_KEY_FILE = None if SECRET_KEY else HUB_DATA_DIR / "secret_key"
+if SECRET_KEY_FILE is not None:
+    SECRET_KEY = _kept_secret(SECRET_KEY_FILE)
+    if not SECRET_KEY:
+        HUB_MISSING_SECRETS.append(SECRET_KEY_FILE)
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -142,13 +132,6 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{HUB_DATA_DIR / 'hub.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # SQLite gives its -wal and -shm files the database file's mode: 0600 for all three.
-    _db_file = Path(DATABASES["default"]["NAME"])
-    if not _db_file.exists() and _db_file.parent.is_dir():
-        with contextlib.suppress(OSError):
-            _db_file.touch(mode=0o600)
-    for _suffix in ("", "-wal", "-shm"):
-        _close(Path(f"{_db_file}{_suffix}"), 0o600)
     # WAL and IMMEDIATE transactions let the web, worker and beat processes write side by side.
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 30,
@@ -170,19 +153,18 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
 # With no REDIS_URL the hub uses a Redis of its own (started by `runhub`): on a Unix socket in
-# a folder only the hub's user may enter, and with a generated password, so sequence code can
-# issue it no command (docs/operations.md, "The hub's Redis and database").
+# a folder only the hub's user may enter, and with a password `hub_init` made, so sequence code
+# can issue it no command (docs/operations.md, "The hub's Redis and database").
 EMBEDDED_REDIS_DIR = HUB_DATA_DIR / "redis"
 EMBEDDED_REDIS_SOCKET = EMBEDDED_REDIS_DIR / "redis.sock"
 EMBEDDED_REDIS_PASSWORD_FILE = EMBEDDED_REDIS_DIR / "password"
 REDIS_URL = env.str("REDIS_URL", default="")
 HUB_EMBEDDED_REDIS = not REDIS_URL
 if HUB_EMBEDDED_REDIS:
-    with contextlib.suppress(FileExistsError):
-        EMBEDDED_REDIS_DIR.mkdir(mode=0o700)
-    _close(EMBEDDED_REDIS_DIR, 0o700)
-    EMBEDDED_REDIS_PASSWORD = _generated(EMBEDDED_REDIS_PASSWORD_FILE, secrets.token_hex(32))
+    EMBEDDED_REDIS_PASSWORD = _kept_secret(EMBEDDED_REDIS_PASSWORD_FILE)
     REDIS_URL = f"unix://:{EMBEDDED_REDIS_PASSWORD}@{EMBEDDED_REDIS_SOCKET}?db=0"
+    if not EMBEDDED_REDIS_PASSWORD:
+        HUB_MISSING_SECRETS.append(EMBEDDED_REDIS_PASSWORD_FILE)
 
 CHANNEL_LAYERS = {
     "default": {

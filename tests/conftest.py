@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import django
 import httpx
 import pytest
 from django.conf import settings
 from django.db import connection
 
-from dashboard.processes import stop_process, web_argv, worker_argv
+from dashboard.processes import start_redis, stop_process, web_argv, worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -29,9 +32,51 @@ IN_CI = bool(os.environ.get("CI"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _before_settings(config)
+    django.setup()  # as before this hook when pytest's configuration named the settings
     # A worker left over from `make run` must not take the tests' start requests.
     settings.CELERY_TASK_DEFAULT_QUEUE = QUEUE
+    from dashboard.data_dir import prepare_data_dir
+
+    prepare_data_dir()  # what `hub_init` does before a hub starts
+    READIED.add(str(settings.HUB_DATA_DIR))
+    key_file = settings.SECRET_KEY_FILE
+    if key_file is not None and key_file in settings.HUB_MISSING_SECRETS:
+        # Settings were read before it was made (the folder's first run): the key the hubs
+        # started by the suite read, as the next run will.
+        settings.SECRET_KEY = key_file.read_text().strip()
     _retry_flush_on_deadlock()
+
+
+def _before_settings(config: pytest.Config) -> None:
+    """What the suite gives settings before they are read: the Redis REDIS_URL names or, with
+    none named, one of the suite's own (so `make test` needs nothing but Python, as `make run`).
+
+    DJANGO_SETTINGS_MODULE is set here rather than in pytest's configuration for this: with it
+    there, pytest-django reads settings before any conftest is loaded; without, it sets Django
+    up after this hook (its own pytest_configure runs last).
+    """
+    if os.environ.get("REDIS_URL"):
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+        return
+    if settings.configured:
+        raise pytest.UsageError(
+            "Settings were read before the suite could start a Redis for them "
+            "(DJANGO_SETTINGS_MODULE set outside pytest): unset it, or set REDIS_URL."
+        )
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+    # The tests expect what a REDIS_URL usually names: TCP, no password (the sandbox tests
+    # check that children cannot reach its port; the exposure tests, that it is named).
+    folder = Path(tempfile.mkdtemp(prefix="hub-tests-redis-"))
+    port = free_port()
+    redis_server = start_redis(folder, port=port)
+    os.environ["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+
+    def stop() -> None:
+        stop_process(redis_server, timeout=5)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    config.add_cleanup(stop)
 
 
 def _retry_flush_on_deadlock() -> None:
@@ -72,7 +117,13 @@ def database_url() -> str:
     )
 
 
+# Data folders readied for the hubs the suite starts (hub_env).
+READIED: set[str] = set()
+
+
 def hub_env(**extra: str) -> dict[str, str]:
+    """The environment of a hub process the suite starts; one on a data folder of its own
+    (`HUB_DATA_DIR` in `extra`) finds it readied, as `hub_init` readies one."""
     env = dict(os.environ)
     env.update(
         DATABASE_URL=database_url(),
@@ -85,7 +136,19 @@ def hub_env(**extra: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
+    if env["HUB_DATA_DIR"] not in READIED:
+        ready_data_dir(env)
+        READIED.add(env["HUB_DATA_DIR"])
     return env
+
+
+def ready_data_dir(env: dict[str, str]) -> None:
+    """Ready the data folder `env` names as `hub_init` does, in a process of its own (this
+    one's settings describe the suite's folder)."""
+    code = (
+        "import django; django.setup(); from dashboard.data_dir import prepare_data_dir as p; p()"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=120)
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):

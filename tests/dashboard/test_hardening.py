@@ -241,19 +241,25 @@ def test_osc8_links_are_shown_as_their_text_not_as_links():
 
 def test_env_file_is_closed_when_ours_and_warned_about_when_not(tmp_path, monkeypatch):
     from dashboard import settings as hub_settings
+    from dashboard.data_dir import close_env_file
+
+    def start() -> None:
+        # hub_init closes it (runhub runs hub_init first), settings read it.
+        close_env_file(path)
+        hub_settings._read_env_file(path)
 
     monkeypatch.setattr(hub_settings, "HUB_SETTINGS_WARNINGS", [])
     path = tmp_path / ".env"
     path.write_text("HUB_TEST_ENV_FILE_VALUE=1\n")
     path.chmod(0o644)
     monkeypatch.delenv("HUB_TEST_ENV_FILE_VALUE", raising=False)
-    hub_settings._read_env_file(path)
+    start()
     assert path.stat().st_mode & 0o777 == 0o600
     assert os.environ["HUB_TEST_ENV_FILE_VALUE"] == "1"
     assert hub_settings.HUB_SETTINGS_WARNINGS == []
     path.chmod(0o644)
     monkeypatch.setattr(os, "geteuid", lambda: 54321)  # the file is someone else's
-    hub_settings._read_env_file(path)
+    start()
     (warning,) = hub_settings.HUB_SETTINGS_WARNINGS
     assert "is readable by other users (mode 644)" in warning
 

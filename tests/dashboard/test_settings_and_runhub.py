@@ -1,4 +1,5 @@
-"""Settings come from the environment; `manage.py runhub` (what `make run` starts) works whole."""
+"""Settings come from the environment and only read; `hub_init` makes what they read;
+`manage.py runhub` (what `make run` starts) works whole."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_for
+from dashboard.processes import web_argv
+from tests.conftest import BIN, ROOT, free_port, ready_data_dir, wait_for
 from tests.packaging import python_package
 
 SHOW = (
@@ -35,15 +37,21 @@ def clean_env(data_dir, **extra: str) -> dict[str, str]:
     return env
 
 
-def settings_in(data_dir, **extra: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", SHOW],
+def run_in(data_dir, argv: list[str], **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        argv,
         cwd=ROOT,
         env=clean_env(data_dir, **extra),
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def settings_in(data_dir, **extra: str) -> dict:
+    """Settings as a process reads them from `data_dir`, readied as `hub_init` readies it."""
+    ready_data_dir(clean_env(data_dir, **extra))
+    out = run_in(data_dir, [sys.executable, "-c", SHOW], **extra)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -107,15 +115,52 @@ def test_environment_overrides_every_default(tmp_path):
     assert found["max"] == 7
 
 
-def test_a_bad_anonymous_role_stops_the_hub_with_a_clear_error(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-c", SHOW],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=clean_env(tmp_path, HUB_ANONYMOUS_ROLE="root"),
-        timeout=60,
+def test_reading_settings_writes_nothing(tmp_path):
+    data_dir = tmp_path / "data"
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print([str(p) for p in s.HUB_MISSING_SECRETS])"
     )
+    out = run_in(data_dir, [sys.executable, "-c", code])
+    assert out.returncode == 0, out.stderr
+    assert not data_dir.exists()
+    missing = [str(data_dir / "secret_key"), str(data_dir / "redis" / "password")]
+    assert out.stdout.strip().splitlines()[-1] == repr(missing)
+
+
+def test_the_web_refuses_to_start_without_the_secrets_hub_init_makes(tmp_path):
+    """Not a key of its own, which the workers would not share: it stops, saying what to run."""
+    out = run_in(tmp_path, web_argv(BIN, "127.0.0.1", free_port()))
+    assert out.returncode != 0
+    assert f"{tmp_path / 'secret_key'} and {tmp_path / 'redis' / 'password'} not there" in (
+        out.stderr
+    )
+    assert "manage.py hub_init" in out.stderr
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_an_unreadable_secret_key_stops_every_process(tmp_path):
+    (tmp_path / "secret_key").mkdir()  # unreadable even by root
+    out = run_in(tmp_path, [sys.executable, "-c", SHOW])
+    assert out.returncode != 0
+    assert f"{tmp_path / 'secret_key'} cannot be read" in out.stderr
+
+
+def test_the_api_handler_is_built_without_changing_settings(monkeypatch):
+    from django.conf import LazySettings
+
+    from dashboard.api_handler import ApiHandler
+    from dashboard.middleware import ApiHeadersMiddleware
+
+    changed: list[str] = []
+    monkeypatch.setattr(LazySettings, "__setattr__", lambda self, name, _: changed.append(name))
+    handler = ApiHandler()
+    assert changed == []
+    assert isinstance(handler._middleware_chain.__wrapped__, ApiHeadersMiddleware)
+
+
+def test_a_bad_anonymous_role_stops_the_hub_with_a_clear_error(tmp_path):
+    out = run_in(tmp_path, [sys.executable, "-c", SHOW], HUB_ANONYMOUS_ROLE="root")
     assert out.returncode != 0
     assert "HUB_ANONYMOUS_ROLE must be one of" in out.stderr
 

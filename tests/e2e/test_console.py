@@ -1,4 +1,4 @@
-"""The console in a real headless Chromium (Debian's), against a live hub (daphne + worker).
+"""The console in a real headless Chromium, against a live hub (daphne + worker).
 
 Saves screenshots of the main pages at desktop and phone widths under tests/artifacts/.
 """
@@ -10,25 +10,18 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI
 from tests.packaging import python_package
 
 playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 ROOT = Path(__file__).resolve().parent.parent.parent
 
-pytestmark = [
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists() and not IN_CI, reason="apt-get install chromium"
-    ),
-    pytest.mark.timeout(300),
-]
+# The browser: tests/e2e/conftest.py (Debian's Chromium or Playwright's; in CI, one or a failure).
+pytestmark = [pytest.mark.timeout(300)]
 
 # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are safe.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -62,27 +55,6 @@ def pack_dir(path: Path) -> bytes:
             if item.is_file():
                 tar.add(item, arcname=item.name)
     return buf.getvalue()
-
-
-@pytest.fixture
-def browser() -> Iterator:
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--headless",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 class Console:

@@ -1,4 +1,10 @@
-"""`python manage.py hub_init`: role groups, and an admin account the first time."""
+"""`python manage.py hub_init`: what a hub needs before it starts, made once and kept.
+
+The data folder (its modes, the secret key, the embedded Redis's password: dashboard/data_dir.py),
+the database's tables, the role groups and, the first time, an admin account. Settings only
+read, so this runs before anything else (`make run`, `make migrate`; runhub at every start);
+safe to run again.
+"""
 
 import os
 import secrets
@@ -6,15 +12,24 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from accounts.access import ensure_groups
+from dashboard.data_dir import prepare_data_dir
 
 
 class Command(BaseCommand):
-    help = "Create the role groups and, on a hub with no users, an admin account."
+    help = (
+        "Make the data folder ready (modes, secret key, embedded Redis password), apply "
+        "migrations, create the role groups and, on a hub with no users, an admin account."
+    )
 
-    def handle(self, *args: Any, **options: Any) -> None:
+    def handle(self, *args: Any, verbosity: int = 1, **options: Any) -> None:
+        # The secrets made here are for the processes started after this one: this one needs
+        # none (migrations and password hashes use no SECRET_KEY).
+        prepare_data_dir()
+        call_command("migrate", interactive=False, verbosity=verbosity)
         ensure_groups()
         users = get_user_model().objects
         if users.exists():

