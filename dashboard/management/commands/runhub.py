@@ -121,9 +121,8 @@ class Command(BaseCommand):
             self.stderr.write(f"Stopping the hub: {failed}")
         # Worker first so it records its instances' ends; Redis last.
         for name in ("web", "beat", "worker", "redis"):
-            proc = procs.get(name)
-            if proc is not None:
-                stop_process(proc)
+            if name in procs:
+                stop_process(procs[name])
         self.stdout.write("Sequence Hub stopped.")
         if failed:
             sys.exit(1)
