@@ -258,10 +258,14 @@ class Person:
 
 @functools.cache
 def password_hash() -> str:
-    """Hashing is slow on purpose; the tests' users share one hash of their password."""
-    from django.contrib.auth.hashers import make_password
+    """Hashing is slow on purpose; the tests' users share one hash of their password.
 
-    return make_password("pw-for-tests-1")
+    Made with the hub's own hasher, whatever the test that first asks has set
+    PASSWORD_HASHERS to (tests/dashboard uses MD5, which the hubs the tests start refuse)."""
+    from django.contrib.auth.hashers import PBKDF2PasswordHasher
+
+    hasher = PBKDF2PasswordHasher()
+    return hasher.encode("pw-for-tests-1", hasher.salt())
 
 
 @pytest.fixture
