@@ -36,6 +36,7 @@ from core.protocol import STREAMS, Exit, Message
 from runner import cgroups, control, isolation, launch
 from runner.dbwriter import DbWriter
 from runner.forkserver import ForkServer, ParentEnds, close_fds, make_child_fds
+from runner.outbox import Outbox
 from runner.packagecache import cache_root
 from sequences import live
 from sequences.errors import HubError
@@ -45,15 +46,8 @@ from sequences.sequencers import MAX_NAME, NAME_RE
 
 log = logging.getLogger(__name__)
 
-REDIS_MAXLEN = 512  # chunks kept live per stream; older ones are read from the database
-ENDED_STREAM_TTL = 600  # seconds an ended instance's live streams stay for late readers
 EVENT_NOTIFY_SECONDS = 0.2
 LIST_NOTIFY_SECONDS = 0.1  # at most this often a "look again" to the instance list pages
-# Stop reading children while this much output waits for Redis or the database. The worker's
-# memory follows it: 200 MB streamed through grew the worker by ~200 MiB at 32 MiB, ~72 MiB at
-# 8 MiB and ~26 MiB at 4 MiB (copies in the batches, and heap pages that stay mapped), while
-# 1M short lines still went through at 1.6M lines/s (bench/README.md).
-PAUSE_BYTES = 4 << 20
 DEFAULT_NPROC = 1024  # processes and threads of an instance running as a leased user id
 
 
@@ -117,7 +111,7 @@ class Pump(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.child.transports.append(transport)
-        if self.sup.paused:
+        if self.sup.outbox.paused:
             transport.pause_reading()  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
@@ -149,11 +143,7 @@ class Supervisor:
             logging.WARNING if "OFF" in summary or "MISSING" in summary else logging.INFO, summary
         )
         self.loop = asyncio.new_event_loop()
-        self.paused = False
-        # Redis writes, sent in one pipeline per flush: XADD (key, fields) or EXPIRE (key, None).
-        self._outbox: list[tuple[str, dict | None]] = []
-        self._outbox_bytes = 0
-        self._flushing = False
+        self.outbox: Outbox  # made at boot, with the loop's Redis client
         self._list_change: dict[str, Any] | None = None
         self._list_notify_due = False
         self._event_notify_due: set[str] = set()
@@ -182,6 +172,7 @@ class Supervisor:
         # objects around stays short instead of stalling the loop that pumps their streams.
         gc.freeze()
         self.redis = live.async_client()
+        self.outbox = Outbox(self.loop, self.redis, self.writer, self._set_reading)
         self._register_worker()
         if (launch.run_as() or {}).get("lease"):
             self.loop.create_task(self._sweep_strays())
@@ -336,70 +327,23 @@ class Supervisor:
         seq = child.seq[stream]
         child.seq[stream] = seq + 1
         self.writer.chunk(child.iid, stream, seq, data)
-        self._outbox.append((live.stream_key(child.iid, stream), {"s": seq, "d": data}))
-        self._outbox_bytes += len(data)
-        self._schedule_flush()
-        if not self.paused and self._waiting_bytes() > PAUSE_BYTES:
-            self._pause(True)
+        self.outbox.add(live.stream_key(child.iid, stream), {"s": seq, "d": data}, len(data))
 
-    def _waiting_bytes(self) -> int:
-        """Output read from children and not yet in both Redis and the database: a slow
-        Redis must hold the children back as a slow database does."""
-        return self.writer.pending_bytes + self._outbox_bytes
-
-    def _schedule_flush(self) -> None:
-        if not self._flushing:
-            self._flushing = True
-            self.loop.create_task(self._flush())
-
-    async def _flush(self) -> None:
-        try:
-            while self._outbox:
-                batch, self._outbox = self._outbox, []
-                batch_bytes = self._outbox_bytes  # counted until Redis has them
-                pipe = self.redis.pipeline(transaction=False)
-                for key, fields in batch:
-                    if fields is None:
-                        pipe.expire(key, ENDED_STREAM_TTL)
-                    else:
-                        pipe.xadd(key, fields, maxlen=REDIS_MAXLEN, approximate=True)
-                try:
-                    await pipe.execute()
-                except Exception:
-                    log.exception("could not write %d live chunks to Redis", len(batch))
-                del batch, pipe
-                self._outbox_bytes -= batch_bytes
-                if self.paused and self._waiting_bytes() < PAUSE_BYTES // 2:
-                    self._pause(False)
-        finally:
-            self._flushing = False
-        if self.paused:
-            self.loop.call_later(0.05, self._check_resume)
-
-    def _check_resume(self) -> None:
-        if self.paused and self._waiting_bytes() < PAUSE_BYTES // 2:
-            self._pause(False)
-        elif self.paused:
-            self.loop.call_later(0.05, self._check_resume)
-
-    def _pause(self, on: bool) -> None:
-        self.paused = on
+    def _set_reading(self, paused: bool) -> None:
+        """The outbox's back-pressure: stop (or go on) reading every child's output."""
         for child in self.children.values():
             for transport in child.transports:
                 with contextlib.suppress(Exception):
-                    if on:
+                    if paused:
                         transport.pause_reading()  # type: ignore[attr-defined]
                     else:
                         transport.resume_reading()  # type: ignore[attr-defined]
-        if on:
-            self.loop.call_later(0.05, self._check_resume)
 
     def host_log(self, msg: str, **data: Any) -> None:
         line = json.dumps(
             {"ts": int(time.time() * 1000), "level": "INFO", "from": self.name, "msg": msg, **data}
         )
-        self._outbox.append((live.HOST_LOG, {"d": line + "\n"}))
-        self._schedule_flush()
+        self.outbox.add(live.HOST_LOG, {"d": line + "\n"})
 
     # -- control from the child -----------------------------------------------------------
     async def _control_from_child(self, child: Child, reader: asyncio.StreamReader) -> None:
@@ -441,8 +385,7 @@ class Supervisor:
     def _on_event(self, child: Child, data: dict) -> None:
         name = str(data.get("eventName", ""))
         message = json.dumps(data.get("message"))
-        self._outbox.append((live.events_key(child.iid), {"n": name, "m": message}))
-        self._schedule_flush()
+        self.outbox.add(live.events_key(child.iid), {"n": name, "m": message})
         self.loop.create_task(self.redis.hset(live.last_events_key(child.iid), name, message))
         self.writer.event(child.iid, "out", name, data.get("message"))
         self._notify_event_soon(child.iid)
@@ -663,18 +606,26 @@ class Supervisor:
         now = timezone.now()
         # The chunk count lets a reader that fell behind wait for the database to have all; the
         # outcome lets the web answer "how did it end" before the batched row update lands.
-        end = {"eof": 1, "status": status, "exitcode": code, "reason": reason}
-        end["ended"] = now.timestamp()
         for stream in STREAMS:
             key = live.stream_key(child.iid, stream)
-            self._outbox.append((key, live.sign_end(key, {**end, "n": child.seq[stream]})))
+            end = live.sign_end(
+                key,
+                {
+                    "eof": 1,
+                    "status": status,
+                    "exitcode": code,
+                    "reason": reason,
+                    "ended": now.timestamp(),
+                    "n": child.seq[stream],
+                },
+            )
+            self.outbox.add(key, end)
         # Expiry rides in the same pipeline, after the eof entries that may create the keys.
         for key in [
             *(live.stream_key(child.iid, s) for s in STREAMS),
             live.events_key(child.iid),
         ]:
-            self._outbox.append((key, None))
-        self._schedule_flush()
+            self.outbox.expire(key)
         self.host_log(f"instance {child.iid} ended: {reason}", exitcode=code)
         fields: dict[str, Any] = {
             "status": status,

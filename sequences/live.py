@@ -39,7 +39,13 @@ from redis.retry import Retry
 from core.protocol import STREAMS
 
 if TYPE_CHECKING:
-    from redis.typing import BlockingListPopResponse, StreamRangeResponse, XReadResponse
+    from redis.typing import (
+        BlockingListPopResponse,
+        EncodableT,
+        FieldT,
+        StreamRangeResponse,
+        XReadResponse,
+    )
 
 HOST_LOG = "hub:log"
 
@@ -219,8 +225,8 @@ def _end_parts(fields: dict[Any, Any]) -> list[bytes]:
     return sorted(items)
 
 
-def sign_end(key: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """An end entry for the stream `key` (`{"eof": 1, ...}`) with its MAC."""
+def sign_end(key: str, fields: dict[FieldT, EncodableT]) -> dict[FieldT, EncodableT]:
+    """An end entry for the stream `key` (`{"eof": 1, ...}`) with its MAC, as XADD takes it."""
     return {**fields, "mac": _mac(key, *_end_parts(fields)).decode()}
 
 
