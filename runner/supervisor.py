@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import socket
 import threading
@@ -23,7 +22,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,30 +29,22 @@ import psutil
 from django.conf import settings
 from django.utils import timezone
 
-from core import protocol
 from core.protocol import STREAMS, Exit, Message
-from runner import cgroups, control, isolation, launch
+from runner import cgroups, control, isolation, launch, outcomes
 from runner.dbwriter import DbWriter
 from runner.forkserver import ForkServer, ParentEnds, close_fds, make_child_fds
 from runner.outbox import Outbox
+from runner.outcomes import Notifier
 from runner.packagecache import cache_root
 from sequences import live
 from sequences.errors import HubError
-from sequences.instances import clean_limits, record_failed_start
+from sequences.instances import clean_limits
 from sequences.models import Instance, InstanceStatus, Sequence
 from sequences.sequencers import MAX_NAME, NAME_RE
 
 log = logging.getLogger(__name__)
 
-EVENT_NOTIFY_SECONDS = 0.2
-LIST_NOTIFY_SECONDS = 0.1  # at most this often a "look again" to the instance list pages
 DEFAULT_NPROC = 1024  # processes and threads of an instance running as a leased user id
-
-
-def outcome(code: int, killed: bool, stopped: bool) -> tuple[str, str]:
-    """Status and reason for an exit code, as STH reports them."""
-    failed, reason = protocol.outcome(code, killed, stopped)
-    return (InstanceStatus.ERRORED if failed else InstanceStatus.COMPLETED), reason
 
 
 # Who starts the child of a start of another kind than "sequence" once the intake checked and
@@ -144,9 +134,7 @@ class Supervisor:
         )
         self.loop = asyncio.new_event_loop()
         self.outbox: Outbox  # made at boot, with the loop's Redis client
-        self._list_change: dict[str, Any] | None = None
-        self._list_notify_due = False
-        self._event_notify_due: set[str] = set()
+        self.notifier = Notifier(self.loop)
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub-supervisor", daemon=True)
         self._stopping = False
@@ -363,7 +351,7 @@ class Supervisor:
     def _on_child_message(self, child: Child, code: int, data: Any) -> None:
         if code == Message.PING and not child.finished:
             self.writer.update(child.iid, status=InstanceStatus.RUNNING)
-            self.notify(child.iid, status=InstanceStatus.RUNNING)
+            self.notifier.changed(child.iid, status=InstanceStatus.RUNNING)
         elif code == Message.HEALTH:
             for waiter in child.health_waiters:
                 if not waiter.done():
@@ -376,7 +364,7 @@ class Supervisor:
             if child.stopped and child.exit_code is None and not child.finished:
                 child.stopped = False
                 self.writer.update(child.iid, status=InstanceStatus.RUNNING)
-                self.notify(child.iid, status=InstanceStatus.RUNNING)
+                self.notifier.changed(child.iid, status=InstanceStatus.RUNNING)
         elif code == Message.EVENT and isinstance(data, dict):
             self._on_event(child, data)
         if child.on_message is not None:
@@ -388,7 +376,7 @@ class Supervisor:
         self.outbox.add(live.events_key(child.iid), {"n": name, "m": message})
         self.loop.create_task(self.redis.hset(live.last_events_key(child.iid), name, message))
         self.writer.event(child.iid, "out", name, data.get("message"))
-        self._notify_event_soon(child.iid)
+        self.notifier.events_soon(child.iid)
 
     def send(self, child: Child, code: int, data: Any) -> None:
         if child.ctl_writer is not None and not child.ctl_writer.is_closing():
@@ -482,13 +470,13 @@ class Supervisor:
             )
             return
         except cgroups.CgroupError as exc:
-            self._record_failure(iid, Exit.LAUNCH_FAILED, f"Failed to start: {exc}")
+            outcomes.failed_start(self, iid, Exit.LAUNCH_FAILED, f"Failed to start: {exc}")
             await self.reply(
                 token, {"ok": False, "status": 422, "code": "INVALID_CONFIG", "error": str(exc)}
             )
             return
         except Refused as exc:
-            self._record_failure(iid, Exit.REFUSED, str(exc))
+            outcomes.failed_start(self, iid, Exit.REFUSED, str(exc))
             await self.reply(
                 token,
                 {"ok": False, "status": 507, "code": "INSUFFICIENT_RESOURCES", "error": str(exc)},
@@ -496,7 +484,7 @@ class Supervisor:
             return
         except Exception as exc:
             log.exception("could not start instance %s", iid)
-            self._record_failure(iid, Exit.LAUNCH_FAILED, f"Failed to start: {exc}")
+            outcomes.failed_start(self, iid, Exit.LAUNCH_FAILED, f"Failed to start: {exc}")
             await self.reply(
                 token,
                 {
@@ -539,10 +527,6 @@ class Supervisor:
             )
         return spec, launch.exec_argv(spec)
 
-    def _record_failure(self, iid: str, code: int, reason: str) -> None:
-        # Through the writer: after the updates queued for the instance before it.
-        self.writer.call(lambda: record_failed_start(iid, code, reason))
-
     async def _guard(self, coro: Awaitable[None], header: dict) -> None:
         try:
             await coro
@@ -581,72 +565,7 @@ class Supervisor:
             return
         child.exit_code = code
         child.exited.set()
-        self.loop.create_task(self._finish(child))
-
-    async def _finish(self, child: Child) -> None:
-        # Leftovers in the group would hold the pipes open; a sequence leaves nothing behind.
-        # (A daemon that left the group was reparented to the fork server, which kills it.)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signal.SIGKILL)
-        self._release(child)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(child.pumps_done.wait(), 5)
-        await self._drain_control(child)
-        for transport in [*child.transports, child.stdin, child.input]:
-            if transport is not None:
-                transport.close()
-        if child.ctl_writer is not None:
-            child.ctl_writer.close()
-        if child.stop_timer:
-            child.stop_timer.cancel()
-        code = child.exit_code if child.exit_code is not None else protocol.UNKNOWN_EXIT
-        status, reason = outcome(code, child.killed, child.stopped)
-        self.children.pop(child.iid, None)
-        child.finished = True
-        now = timezone.now()
-        # The chunk count lets a reader that fell behind wait for the database to have all; the
-        # outcome lets the web answer "how did it end" before the batched row update lands.
-        for stream in STREAMS:
-            key = live.stream_key(child.iid, stream)
-            end = live.sign_end(
-                key,
-                {
-                    "eof": 1,
-                    "status": status,
-                    "exitcode": code,
-                    "reason": reason,
-                    "ended": now.timestamp(),
-                    "n": child.seq[stream],
-                },
-            )
-            self.outbox.add(key, end)
-        # Expiry rides in the same pipeline, after the eof entries that may create the keys.
-        for key in [
-            *(live.stream_key(child.iid, s) for s in STREAMS),
-            live.events_key(child.iid),
-        ]:
-            self.outbox.expire(key)
-        self.host_log(f"instance {child.iid} ended: {reason}", exitcode=code)
-        fields: dict[str, Any] = {
-            "status": status,
-            "exit_code": code,
-            "reason": reason,
-            "ended": now,
-            "remove_at": now + timedelta(seconds=settings.HUB_INSTANCE_RETENTION),
-        }
-        if child.remove_immediately:
-            fields["remove_at"] = now
-        self.writer.update(child.iid, **fields)
-        if child.remove_immediately:
-            self.writer.call(lambda: _delete_instance(child.iid))
-        self.notify(child.iid, status=status, exitcode=code, reason=reason)
-        if child.on_exit is not None:
-            try:
-                child.on_exit(code, status, reason)
-            except Exception:
-                log.exception("exit callback of %s failed", child.iid)
-        if child.workdir:
-            self.loop.run_in_executor(None, shutil.rmtree, child.workdir, True)
+        self.loop.create_task(outcomes.finish(self, child))
 
     def _rowless(self, iid: str) -> None:
         child = self.children.get(iid)
@@ -673,75 +592,6 @@ class Supervisor:
                 log.exception("could not sweep user id %d", uid)
             finally:
                 lease.release()
-
-    def _release(self, child: Child) -> None:
-        """Give back the child's user id and cgroups. Its processes are gone or going: the
-        group was killed, and the fork server kills orphans as it reaps the child. Should one
-        still be dying when the id is leased again, the next child's kill(-1) ends it."""
-        lease, child.lease = child.lease, None
-        if lease is not None:
-            lease.release()
-        if child.cgroups:
-            cgroups.remove(child.cgroups)
-            # A group whose last process is still dying cannot be removed yet.
-            self.loop.call_later(2.0, cgroups.remove, child.cgroups)
-
-    @staticmethod
-    async def _drain_control(child: Child) -> None:
-        """Let the control reader apply what the child sent before it exited.
-
-        The fork server's exit report can overtake the child's last control messages (its PING
-        among them): applied after the outcome, a late "running" would overwrite "completed".
-        """
-        task = child.ctl_task
-        if task is None or task.done():
-            return
-        with contextlib.suppress(TimeoutError, Exception):
-            await asyncio.wait_for(asyncio.shield(task), 1)
-
-    def notify(self, iid: str, **change: Any) -> None:
-        """Tell watchers (console pages) that an instance changed; at-most-once by design.
-
-        The instance's own group hears every change at once. The list pages' group only
-        means "look again" (they re-read the database), so its sends are coalesced to one per
-        LIST_NOTIFY_SECONDS: a burst of starts costs one send there, not one per change.
-        """
-        message = {"type": "instance.changed", "id": iid, **change}
-        self.loop.create_task(_group_send(f"instance-{iid}", message))
-        self._list_change = message
-        if not self._list_notify_due:
-            self._list_notify_due = True
-            self.loop.call_later(LIST_NOTIFY_SECONDS, self._notify_lists)
-
-    def _notify_event_soon(self, iid: str) -> None:
-        """The instance page lists emitted events: one "look again" per EVENT_NOTIFY_SECONDS,
-        however many events a sequence emits, and after the writer stored them."""
-        if iid in self._event_notify_due:
-            return
-        self._event_notify_due.add(iid)
-
-        def fire() -> None:
-            self._event_notify_due.discard(iid)
-            message = {"type": "instance.changed", "id": iid, "events": True}
-            self.loop.create_task(_group_send(f"instance-{iid}", message))
-
-        self.loop.call_later(EVENT_NOTIFY_SECONDS, fire)
-
-    def _notify_lists(self) -> None:
-        self._list_notify_due = False
-        message, self._list_change = self._list_change, None
-        if message is not None:
-            self.loop.create_task(_group_send("instances", message))
-
-
-async def _group_send(group: str, message: dict) -> None:
-    from channels.layers import get_channel_layer
-
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    with contextlib.suppress(Exception):
-        await layer.group_send(group, message)
 
 
 START_KINDS = ("sequence", "script")
@@ -794,13 +644,6 @@ def _spec_from_database(iid: str, mode: str, extra: dict[str, Any] | None) -> di
     close_old_connections()
     instance = Instance.objects.select_related("sequence").get(pk=iid)
     return launch.build_spec(instance, mode, extra)
-
-
-def _delete_instance(iid: str) -> None:
-    from sequences.models import Instance
-
-    Instance.objects.filter(pk=iid).delete()
-    live.sync_client().delete(*live.instance_keys(iid))
 
 
 _supervisor: Supervisor | None = None
