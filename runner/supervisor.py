@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -22,8 +23,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 from django.conf import settings
@@ -39,7 +41,7 @@ from runner.packagecache import cache_root
 from sequences import live
 from sequences.errors import HubError
 from sequences.instances import clean_limits
-from sequences.models import Instance, InstanceStatus, Sequence
+from sequences.models import Instance, InstanceStatus, Sequence, Worker
 from sequences.sequencers import MAX_NAME, NAME_RE
 
 log = logging.getLogger(__name__)
@@ -123,8 +125,9 @@ class Supervisor:
         self.queues = queues or [settings.CELERY_TASK_DEFAULT_QUEUE]
         self.children: dict[str, Child] = {}
         self.by_pid: dict[int, Child] = {}
+        self.loop = asyncio.new_event_loop()
         self.writer = DbWriter()
-        self.writer.on_missing = lambda iid: self.loop.call_soon_threadsafe(self._rowless, iid)
+        self.writer.on_missing = self._row_missing
         sandbox = launch.sandbox_config()
         self.forkserver = ForkServer(sandbox=sandbox)
         self.sandbox = launch.sandbox_report(sandbox)
@@ -132,7 +135,6 @@ class Supervisor:
         log.log(
             logging.WARNING if "OFF" in summary or "MISSING" in summary else logging.INFO, summary
         )
-        self.loop = asyncio.new_event_loop()
         self.outbox: Outbox  # made at boot, with the loop's Redis client
         self.notifier = Notifier(self.loop)
         self._ready = threading.Event()
@@ -192,11 +194,10 @@ class Supervisor:
         await self.redis.delete(live.worker_key(self.name))
 
     def _register_worker(self) -> None:
-        from sequences.models import Worker
-
         now = timezone.now()
-        self.writer.call(
-            lambda: Worker.objects.update_or_create(
+
+        def register() -> None:
+            Worker.objects.update_or_create(
                 name=self.name,
                 defaults={
                     "hostname": socket.gethostname(),
@@ -207,25 +208,24 @@ class Supervisor:
                     "sandbox": self.sandbox,
                 },
             )
-        )
+
+        self.writer.call(register)
 
     async def _heartbeat_loop(self) -> None:
-        from sequences.models import Worker
-
         while True:
             try:
                 await self.redis.set(
                     live.worker_key(self.name), len(self.children), ex=int(settings.HUB_LOST_AFTER)
                 )
-                running, now = len(self.children), timezone.now()
                 self.writer.call(
-                    lambda r=running, n=now: Worker.objects.filter(name=self.name).update(
-                        last_seen=n, running=r
-                    )
+                    functools.partial(self._record_beat, len(self.children), timezone.now())
                 )
             except Exception:
                 log.exception("heartbeat failed")
             await asyncio.sleep(max(1.0, settings.HUB_LOST_AFTER / 4))
+
+    def _record_beat(self, running: int, now: datetime) -> None:
+        Worker.objects.filter(name=self.name).update(last_seen=now, running=running)
 
     # -- start ----------------------------------------------------------------------------
     def check_capacity(self) -> None:
@@ -302,7 +302,7 @@ class Supervisor:
         child.open_pumps = len(STREAMS)
         for stream in STREAMS:
             pipe = os.fdopen(readers[stream], "rb", buffering=0)
-            await self.loop.connect_read_pipe(lambda s=stream: Pump(self, child, s), pipe)
+            await self.loop.connect_read_pipe(functools.partial(Pump, self, child, stream), pipe)
         stdin, input_ = (os.fdopen(fd, "wb", buffering=0) for fd in (ends.stdin, ends.input))
         child.stdin, _ = await self.loop.connect_write_pipe(asyncio.Protocol, stdin)
         child.input, _ = await self.loop.connect_write_pipe(asyncio.Protocol, input_)
@@ -374,9 +374,13 @@ class Supervisor:
         name = str(data.get("eventName", ""))
         message = json.dumps(data.get("message"))
         self.outbox.add(live.events_key(child.iid), {"n": name, "m": message})
-        self.loop.create_task(self.redis.hset(live.last_events_key(child.iid), name, message))
+        self.loop.create_task(self._keep_last_event(child.iid, name, message))
         self.writer.event(child.iid, "out", name, data.get("message"))
         self.notifier.events_soon(child.iid)
+
+    async def _keep_last_event(self, iid: str, name: str, message: str) -> None:
+        # redis-py types a command's reply for sync and async clients alike: this one awaits.
+        await cast("Awaitable[int]", self.redis.hset(live.last_events_key(iid), name, message))
 
     def send(self, child: Child, code: int, data: Any) -> None:
         if child.ctl_writer is not None and not child.ctl_writer.is_closing():
@@ -393,10 +397,11 @@ class Supervisor:
                 log.exception("control channel failed; retrying")
                 await asyncio.sleep(1)
                 continue
-            if item is None:
+            raw = live.popped(item)
+            if raw is None:
                 continue
             try:
-                header, payload = live.decode_control(key, item[1])
+                header, payload = live.decode_control(key, raw)
             except (live.Forged, ValueError):
                 log.warning("dropped a control message on %s that the hub did not write", key)
                 continue
@@ -419,9 +424,10 @@ class Supervisor:
                 log.exception("start channel failed; retrying")
                 await asyncio.sleep(1)
                 continue
-            if item is not None:
+            took = live.popped_from(item)
+            if took is not None:
                 try:
-                    header, _ = live.decode_control(item[0].decode(), item[1])
+                    header, _ = live.decode_control(*took)
                 except (live.Forged, ValueError):
                     log.warning("dropped a start request that the hub did not write")
                     continue
@@ -566,6 +572,10 @@ class Supervisor:
         child.exit_code = code
         child.exited.set()
         self.loop.create_task(outcomes.finish(self, child))
+
+    def _row_missing(self, iid: str) -> None:
+        """From the writer's thread: an instance's "starting" update found no row."""
+        self.loop.call_soon_threadsafe(self._rowless, iid)
 
     def _rowless(self, iid: str) -> None:
         child = self.children.get(iid)

@@ -160,6 +160,11 @@ def popped(item: BlockingListPopResponse) -> bytes | None:
     return None if item is None else cast(bytes, item[1])
 
 
+def popped_from(item: BlockingListPopResponse) -> tuple[str, bytes] | None:
+    """The list a BLPOP of several took from and the value, or None when it timed out."""
+    return None if item is None else (cast(bytes, item[0]).decode(), cast(bytes, item[1]))
+
+
 def range_entries(reply: StreamRangeResponse | None) -> list[Entry]:
     """The entries of an XRANGE or XREVRANGE reply."""
     return cast("list[Entry]", reply or [])
