@@ -31,6 +31,7 @@ from core.protocol import Message
 from runner import control
 from runner.supervisor import Child, Supervisor, register_launcher
 from sequences import sequencer_store as store
+from sequences.models import Sequencer
 from sequences.sequencers import claim_start
 from sequences.statemachine import (
     CommandName,
@@ -335,8 +336,6 @@ class SequencerActor:
         self.calls.clear()
 
     async def record_loaded(self, handlers: dict[str, Any]) -> None:
-        from sequences.models import Sequencer
-
         await self._db(lambda: Sequencer.objects.filter(pk=self.id).update(handlers=handlers))
 
 

@@ -29,6 +29,7 @@ from typing import Any, cast
 
 import psutil
 from django.conf import settings
+from django.db import close_old_connections
 from django.utils import timezone
 
 from core.protocol import STREAMS, Exit, Message
@@ -649,8 +650,6 @@ def check_start(req: dict[str, Any]) -> tuple[str, str]:
 
 
 def _spec_from_database(iid: str, mode: str, extra: dict[str, Any] | None) -> dict[str, Any]:
-    from django.db import close_old_connections
-
     close_old_connections()
     instance = Instance.objects.select_related("sequence").get(pk=iid)
     return launch.build_spec(instance, mode, extra)
