@@ -2,6 +2,7 @@
 
 sync_to_async's per-request thread would open (and close) a new connection for every request,
 which on the hot routes (start, stream reads, authentication) costs more than the queries.
+The web's requests use `db_call`; the worker's sequencer actors use `db_call_retrying`.
 """
 
 from __future__ import annotations
@@ -9,16 +10,29 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from django.db import DatabaseError, connection
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _db_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hub-db")
+
+# A thread's connection is checked (and renewed if broken or too old) by `db_call_retrying` at
+# most this often: reopening one for every call would cost more than the call itself.
+CONNECTION_CHECK_SECONDS = 30.0
+_thread_state = threading.local()
 
 
 def _run_db(call: Callable[[], T]) -> T:
@@ -33,6 +47,33 @@ async def db_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """`fn(*args, **kwargs)` on a database thread, awaited."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_db_threads, _run_db, functools.partial(fn, *args, **kwargs))
+
+
+def _run_db_retrying(call: Callable[[], T]) -> T:
+    now = time.monotonic()
+    if now - getattr(_thread_state, "checked", 0.0) > CONNECTION_CHECK_SECONDS:
+        close_old_connections()
+        _thread_state.checked = now
+    try:
+        return _run_db(call)
+    except (InterfaceError, OperationalError):
+        # A dropped connection, or a database busy for too long: one more try on a fresh
+        # connection (_run_db closed the broken one).
+        log.warning("database call failed; retrying once", exc_info=True)
+        return _run_db(call)
+
+
+async def db_call_retrying(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`db_call`, tried once more on a fresh connection when the connection was lost or the
+    database was busy too long; the thread's connection is also renewed when it is old. Only
+    for a call that is one transaction, so that a failed try leaves nothing behind.
+
+    The worker's sequencer actors need it and web requests do not: an actor's command comes
+    once, over a worker that lives across database restarts, while a failed web request
+    reaches its client, and the next one finds a fresh connection (_run_db closed the old)."""
+    loop = asyncio.get_running_loop()
+    call = functools.partial(fn, *args, **kwargs)
+    return await loop.run_in_executor(_db_threads, _run_db_retrying, call)
 
 
 _background: set[asyncio.Task[Any]] = set()

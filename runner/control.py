@@ -135,7 +135,7 @@ async def stop(sup: Supervisor, header: dict[str, Any], payload: bytes) -> None:
     timeout_ms = max(0, int(header.get("timeout", 7000)))
     child.stopped, child.kept_alive = True, False
     sup.writer.update(child.iid, status=InstanceStatus.STOPPING)
-    sup.notify(child.iid, status=InstanceStatus.STOPPING)
+    sup.notifier.changed(child.iid, status=InstanceStatus.STOPPING)
     sup.send(
         child,
         Message.STOP,
@@ -163,7 +163,7 @@ async def kill(sup: Supervisor, header: dict[str, Any], payload: bytes) -> None:
         return
     child.killed = True
     sup.writer.update(child.iid, status=InstanceStatus.KILLING)
-    sup.notify(child.iid, status=InstanceStatus.KILLING)
+    sup.notifier.changed(child.iid, status=InstanceStatus.KILLING)
     sup.kill_tree(child)
 
 

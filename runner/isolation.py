@@ -7,7 +7,8 @@ are closed to it by plain file permissions, and when it ends every process left 
 is killed before the id is handed out again. In every mode, root or not, Landlock
 (runner/landlock.py) confines what a child may open, signal and trace.
 
-Standard library only: the fork server's children import this module.
+Standard library (and runner/landlock.py, which is too) only: the fork server's children import
+this module.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from runner import landlock
 
 PR_SET_DUMPABLE = 4
 CLONE_NEWNET = 0x40000000
@@ -207,8 +210,6 @@ def sandbox_rules(python: str, hidden: list[str], files: list[str]) -> list[tupl
     standard library and `files` (the runtimes); read and write the usual devices. Nothing
     under `hidden` (the checkout, the hub's virtual environment, the data folder), and neither
     /tmp, /dev/shm, /home nor /root: a child's TMPDIR and HOME are its own folder."""
-    from runner import landlock
-
     roots = list(SYSTEM_READ)
     stdlib = stdlib_of(python)
     roots += [str(stdlib), str(Path(os.path.realpath(python)).parent.parent)]

@@ -14,8 +14,8 @@ from typing import Any
 
 from django.conf import settings
 
-from runner import isolation
-from runner.packagecache import ensure_unpacked
+from runner import cgroups, isolation, landlock
+from runner.packagecache import cache_root, ensure_unpacked
 from sequences.models import Instance
 from sequences.services import tcp_services
 
@@ -142,9 +142,6 @@ def sandbox_config() -> dict[str, Any] | None:
     """What the fork server confines its children with (runner/landlock.py), or None."""
     if not settings.HUB_SANDBOX:
         return None
-    from runner import cgroups, landlock
-    from runner.packagecache import cache_root
-
     hidden = [str(settings.BASE_DIR), sys.prefix, str(settings.HUB_DATA_DIR)]
     files = [str(RUNTIME_DIR / "node_runtime.js")]
     rules = isolation.sandbox_rules(isolation.runtime_python(), hidden, files)
@@ -164,8 +161,6 @@ def sandbox_config() -> dict[str, Any] | None:
 
 def sandbox_report(config: dict[str, Any] | None) -> dict[str, Any]:
     """What confines this worker's children, for its row (the overview warns from it)."""
-    from runner import cgroups, landlock
-
     user = run_as()
     return {
         "summary": sandbox_summary(config),
@@ -179,8 +174,6 @@ def sandbox_report(config: dict[str, Any] | None) -> dict[str, Any]:
 
 def sandbox_summary(config: dict[str, Any] | None) -> str:
     """One line for the worker's log: which layers of the sandbox this worker has."""
-    from runner import cgroups, landlock
-
     parts = []
     abi = landlock.abi()
     if config is None:

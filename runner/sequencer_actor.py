@@ -10,7 +10,8 @@ Handler calls do not block the queue: a command whose hook runs is persisted as 
 its CALL goes to the child, and its CALL_DONE comes back later through the queue. Meanwhile other
 commands are answered from the table (Unhandled, except shutdown) and step results are applied.
 
-Database work runs in a small thread pool, never on the loop.
+Database work runs on the database threads (core/db_threads.py), never on the loop; each job is
+one transaction, retried once on a fresh connection when the connection was lost.
 """
 
 from __future__ import annotations
@@ -18,21 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
-import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
+from core.db_threads import db_call_retrying
 from core.protocol import Message
 from runner import control
 from runner.supervisor import Child, Supervisor, register_launcher
 from sequences import sequencer_store as store
+from sequences.models import Sequencer
 from sequences.sequencers import claim_start
 from sequences.statemachine import (
     CommandName,
@@ -58,31 +57,7 @@ T = TypeVar("T")
 # A shutdown proceeds (→ Killed) even when its hook hangs or waits behind a long step.
 SHUTDOWN_HOOK_TIMEOUT = 5.0
 
-# Database threads shared by every actor of this worker. Each actor awaits its own jobs one by
-# one, so its changes stay in order; different sequencers may write side by side.
-_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hub-seqdb")
-
 ACTORS: dict[str, SequencerActor] = {}
-
-# Connections of the database threads are checked (and renewed if broken or too old) at most
-# this often: reopening one for every change would cost more than the change itself.
-CONNECTION_CHECK_SECONDS = 30.0
-_thread_state = threading.local()
-
-
-def _db_job(fn: Callable[[], T]) -> T:
-    now = time.monotonic()
-    if now - getattr(_thread_state, "checked", 0.0) > CONNECTION_CHECK_SECONDS:
-        close_old_connections()
-        _thread_state.checked = now
-    try:
-        return fn()
-    except (InterfaceError, OperationalError):
-        # A dropped connection, or a database busy for too long: one more try on a fresh
-        # connection (each job is one transaction, so nothing half-done remains).
-        log.warning("sequencer database job failed; retrying once", exc_info=True)
-        connection.close()
-        return fn()
 
 
 class ScriptExited(Exception):
@@ -199,7 +174,9 @@ class SequencerActor:
                     )
 
     async def _db(self, fn: Callable[[], T]) -> T:
-        return await self.loop.run_in_executor(_executor, _db_job, fn)
+        # The database threads are shared by every actor of this worker: each actor awaits its
+        # own jobs one by one, so its changes stay in order; sequencers write side by side.
+        return await db_call_retrying(fn)
 
     async def _apply(
         self,
@@ -359,8 +336,6 @@ class SequencerActor:
         self.calls.clear()
 
     async def record_loaded(self, handlers: dict[str, Any]) -> None:
-        from sequences.models import Sequencer
-
         await self._db(lambda: Sequencer.objects.filter(pk=self.id).update(handlers=handlers))
 
 
@@ -411,9 +386,7 @@ async def start_script(sup: Supervisor, req: dict[str, Any]) -> dict[str, Any]:
     `{"ok": true, "worker", "pid", "handlers"}`, or `{"ok": false, ...}` with `exitCode` /
     `reason` (the web then reads the child's stderr for the message) or `error`."""
     iid, sequencer_id = str(req["id"]), str(req["sequencer"]["id"])
-    claimed = await sup.loop.run_in_executor(
-        _executor, _db_job, lambda: claim_start(sequencer_id, iid, sup.name)
-    )
+    claimed = await db_call_retrying(claim_start, sequencer_id, iid, sup.name)
     if not claimed:
         log.warning("refused a start for sequencer %s: its row is not waiting", sequencer_id)
         return {

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import logging
 import os
 import re
-import shutil
 import signal
 import socket
 import threading
@@ -23,44 +23,31 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 from django.conf import settings
+from django.db import close_old_connections
 from django.utils import timezone
 
-from core import protocol
 from core.protocol import STREAMS, Exit, Message
-from runner import cgroups, control, isolation, launch
+from runner import cgroups, control, isolation, launch, outcomes
 from runner.dbwriter import DbWriter
 from runner.forkserver import ForkServer, ParentEnds, close_fds, make_child_fds
+from runner.outbox import Outbox
+from runner.outcomes import Notifier
 from runner.packagecache import cache_root
 from sequences import live
 from sequences.errors import HubError
-from sequences.instances import clean_limits, record_failed_start
-from sequences.models import Instance, InstanceStatus, Sequence
+from sequences.instances import clean_limits
+from sequences.models import Instance, InstanceStatus, Sequence, Worker
 from sequences.sequencers import MAX_NAME, NAME_RE
 
 log = logging.getLogger(__name__)
 
-REDIS_MAXLEN = 512  # chunks kept live per stream; older ones are read from the database
-ENDED_STREAM_TTL = 600  # seconds an ended instance's live streams stay for late readers
-EVENT_NOTIFY_SECONDS = 0.2
-LIST_NOTIFY_SECONDS = 0.1  # at most this often a "look again" to the instance list pages
-# Stop reading children while this much output waits for Redis or the database. The worker's
-# memory follows it: 200 MB streamed through grew the worker by ~200 MiB at 32 MiB, ~72 MiB at
-# 8 MiB and ~26 MiB at 4 MiB (copies in the batches, and heap pages that stay mapped), while
-# 1M short lines still went through at 1.6M lines/s (bench/README.md).
-PAUSE_BYTES = 4 << 20
 DEFAULT_NPROC = 1024  # processes and threads of an instance running as a leased user id
-
-
-def outcome(code: int, killed: bool, stopped: bool) -> tuple[str, str]:
-    """Status and reason for an exit code, as STH reports them."""
-    failed, reason = protocol.outcome(code, killed, stopped)
-    return (InstanceStatus.ERRORED if failed else InstanceStatus.COMPLETED), reason
 
 
 # Who starts the child of a start of another kind than "sequence" once the intake checked and
@@ -117,7 +104,7 @@ class Pump(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.child.transports.append(transport)
-        if self.sup.paused:
+        if self.sup.outbox.paused:
             transport.pause_reading()  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
@@ -139,8 +126,9 @@ class Supervisor:
         self.queues = queues or [settings.CELERY_TASK_DEFAULT_QUEUE]
         self.children: dict[str, Child] = {}
         self.by_pid: dict[int, Child] = {}
+        self.loop = asyncio.new_event_loop()
         self.writer = DbWriter()
-        self.writer.on_missing = lambda iid: self.loop.call_soon_threadsafe(self._rowless, iid)
+        self.writer.on_missing = self._row_missing
         sandbox = launch.sandbox_config()
         self.forkserver = ForkServer(sandbox=sandbox)
         self.sandbox = launch.sandbox_report(sandbox)
@@ -148,15 +136,8 @@ class Supervisor:
         log.log(
             logging.WARNING if "OFF" in summary or "MISSING" in summary else logging.INFO, summary
         )
-        self.loop = asyncio.new_event_loop()
-        self.paused = False
-        # Redis writes, sent in one pipeline per flush: XADD (key, fields) or EXPIRE (key, None).
-        self._outbox: list[tuple[str, dict | None]] = []
-        self._outbox_bytes = 0
-        self._flushing = False
-        self._list_change: dict[str, Any] | None = None
-        self._list_notify_due = False
-        self._event_notify_due: set[str] = set()
+        self.outbox: Outbox  # made at boot, with the loop's Redis client
+        self.notifier = Notifier(self.loop)
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub-supervisor", daemon=True)
         self._stopping = False
@@ -182,6 +163,7 @@ class Supervisor:
         # objects around stays short instead of stalling the loop that pumps their streams.
         gc.freeze()
         self.redis = live.async_client()
+        self.outbox = Outbox(self.loop, self.redis, self.writer, self._set_reading)
         self._register_worker()
         if (launch.run_as() or {}).get("lease"):
             self.loop.create_task(self._sweep_strays())
@@ -213,11 +195,10 @@ class Supervisor:
         await self.redis.delete(live.worker_key(self.name))
 
     def _register_worker(self) -> None:
-        from sequences.models import Worker
-
         now = timezone.now()
-        self.writer.call(
-            lambda: Worker.objects.update_or_create(
+
+        def register() -> None:
+            Worker.objects.update_or_create(
                 name=self.name,
                 defaults={
                     "hostname": socket.gethostname(),
@@ -228,25 +209,24 @@ class Supervisor:
                     "sandbox": self.sandbox,
                 },
             )
-        )
+
+        self.writer.call(register)
 
     async def _heartbeat_loop(self) -> None:
-        from sequences.models import Worker
-
         while True:
             try:
                 await self.redis.set(
                     live.worker_key(self.name), len(self.children), ex=int(settings.HUB_LOST_AFTER)
                 )
-                running, now = len(self.children), timezone.now()
                 self.writer.call(
-                    lambda r=running, n=now: Worker.objects.filter(name=self.name).update(
-                        last_seen=n, running=r
-                    )
+                    functools.partial(self._record_beat, len(self.children), timezone.now())
                 )
             except Exception:
                 log.exception("heartbeat failed")
             await asyncio.sleep(max(1.0, settings.HUB_LOST_AFTER / 4))
+
+    def _record_beat(self, running: int, now: datetime) -> None:
+        Worker.objects.filter(name=self.name).update(last_seen=now, running=running)
 
     # -- start ----------------------------------------------------------------------------
     def check_capacity(self) -> None:
@@ -323,7 +303,7 @@ class Supervisor:
         child.open_pumps = len(STREAMS)
         for stream in STREAMS:
             pipe = os.fdopen(readers[stream], "rb", buffering=0)
-            await self.loop.connect_read_pipe(lambda s=stream: Pump(self, child, s), pipe)
+            await self.loop.connect_read_pipe(functools.partial(Pump, self, child, stream), pipe)
         stdin, input_ = (os.fdopen(fd, "wb", buffering=0) for fd in (ends.stdin, ends.input))
         child.stdin, _ = await self.loop.connect_write_pipe(asyncio.Protocol, stdin)
         child.input, _ = await self.loop.connect_write_pipe(asyncio.Protocol, input_)
@@ -336,70 +316,23 @@ class Supervisor:
         seq = child.seq[stream]
         child.seq[stream] = seq + 1
         self.writer.chunk(child.iid, stream, seq, data)
-        self._outbox.append((live.stream_key(child.iid, stream), {"s": seq, "d": data}))
-        self._outbox_bytes += len(data)
-        self._schedule_flush()
-        if not self.paused and self._waiting_bytes() > PAUSE_BYTES:
-            self._pause(True)
+        self.outbox.add(live.stream_key(child.iid, stream), {"s": seq, "d": data}, len(data))
 
-    def _waiting_bytes(self) -> int:
-        """Output read from children and not yet in both Redis and the database: a slow
-        Redis must hold the children back as a slow database does."""
-        return self.writer.pending_bytes + self._outbox_bytes
-
-    def _schedule_flush(self) -> None:
-        if not self._flushing:
-            self._flushing = True
-            self.loop.create_task(self._flush())
-
-    async def _flush(self) -> None:
-        try:
-            while self._outbox:
-                batch, self._outbox = self._outbox, []
-                batch_bytes = self._outbox_bytes  # counted until Redis has them
-                pipe = self.redis.pipeline(transaction=False)
-                for key, fields in batch:
-                    if fields is None:
-                        pipe.expire(key, ENDED_STREAM_TTL)
-                    else:
-                        pipe.xadd(key, fields, maxlen=REDIS_MAXLEN, approximate=True)
-                try:
-                    await pipe.execute()
-                except Exception:
-                    log.exception("could not write %d live chunks to Redis", len(batch))
-                del batch, pipe
-                self._outbox_bytes -= batch_bytes
-                if self.paused and self._waiting_bytes() < PAUSE_BYTES // 2:
-                    self._pause(False)
-        finally:
-            self._flushing = False
-        if self.paused:
-            self.loop.call_later(0.05, self._check_resume)
-
-    def _check_resume(self) -> None:
-        if self.paused and self._waiting_bytes() < PAUSE_BYTES // 2:
-            self._pause(False)
-        elif self.paused:
-            self.loop.call_later(0.05, self._check_resume)
-
-    def _pause(self, on: bool) -> None:
-        self.paused = on
+    def _set_reading(self, paused: bool) -> None:
+        """The outbox's back-pressure: stop (or go on) reading every child's output."""
         for child in self.children.values():
             for transport in child.transports:
                 with contextlib.suppress(Exception):
-                    if on:
+                    if paused:
                         transport.pause_reading()  # type: ignore[attr-defined]
                     else:
                         transport.resume_reading()  # type: ignore[attr-defined]
-        if on:
-            self.loop.call_later(0.05, self._check_resume)
 
     def host_log(self, msg: str, **data: Any) -> None:
         line = json.dumps(
             {"ts": int(time.time() * 1000), "level": "INFO", "from": self.name, "msg": msg, **data}
         )
-        self._outbox.append((live.HOST_LOG, {"d": line + "\n"}))
-        self._schedule_flush()
+        self.outbox.add(live.HOST_LOG, {"d": line + "\n"})
 
     # -- control from the child -----------------------------------------------------------
     async def _control_from_child(self, child: Child, reader: asyncio.StreamReader) -> None:
@@ -419,7 +352,7 @@ class Supervisor:
     def _on_child_message(self, child: Child, code: int, data: Any) -> None:
         if code == Message.PING and not child.finished:
             self.writer.update(child.iid, status=InstanceStatus.RUNNING)
-            self.notify(child.iid, status=InstanceStatus.RUNNING)
+            self.notifier.changed(child.iid, status=InstanceStatus.RUNNING)
         elif code == Message.HEALTH:
             for waiter in child.health_waiters:
                 if not waiter.done():
@@ -432,7 +365,7 @@ class Supervisor:
             if child.stopped and child.exit_code is None and not child.finished:
                 child.stopped = False
                 self.writer.update(child.iid, status=InstanceStatus.RUNNING)
-                self.notify(child.iid, status=InstanceStatus.RUNNING)
+                self.notifier.changed(child.iid, status=InstanceStatus.RUNNING)
         elif code == Message.EVENT and isinstance(data, dict):
             self._on_event(child, data)
         if child.on_message is not None:
@@ -441,11 +374,14 @@ class Supervisor:
     def _on_event(self, child: Child, data: dict) -> None:
         name = str(data.get("eventName", ""))
         message = json.dumps(data.get("message"))
-        self._outbox.append((live.events_key(child.iid), {"n": name, "m": message}))
-        self._schedule_flush()
-        self.loop.create_task(self.redis.hset(live.last_events_key(child.iid), name, message))
+        self.outbox.add(live.events_key(child.iid), {"n": name, "m": message})
+        self.loop.create_task(self._keep_last_event(child.iid, name, message))
         self.writer.event(child.iid, "out", name, data.get("message"))
-        self._notify_event_soon(child.iid)
+        self.notifier.events_soon(child.iid)
+
+    async def _keep_last_event(self, iid: str, name: str, message: str) -> None:
+        # redis-py types a command's reply for sync and async clients alike: this one awaits.
+        await cast("Awaitable[int]", self.redis.hset(live.last_events_key(iid), name, message))
 
     def send(self, child: Child, code: int, data: Any) -> None:
         if child.ctl_writer is not None and not child.ctl_writer.is_closing():
@@ -462,10 +398,11 @@ class Supervisor:
                 log.exception("control channel failed; retrying")
                 await asyncio.sleep(1)
                 continue
-            if item is None:
+            raw = live.popped(item)
+            if raw is None:
                 continue
             try:
-                header, payload = live.decode_control(key, item[1])
+                header, payload = live.decode_control(key, raw)
             except (live.Forged, ValueError):
                 log.warning("dropped a control message on %s that the hub did not write", key)
                 continue
@@ -488,9 +425,10 @@ class Supervisor:
                 log.exception("start channel failed; retrying")
                 await asyncio.sleep(1)
                 continue
-            if item is not None:
+            took = live.popped_from(item)
+            if took is not None:
                 try:
-                    header, _ = live.decode_control(item[0].decode(), item[1])
+                    header, _ = live.decode_control(*took)
                 except (live.Forged, ValueError):
                     log.warning("dropped a start request that the hub did not write")
                     continue
@@ -539,13 +477,13 @@ class Supervisor:
             )
             return
         except cgroups.CgroupError as exc:
-            self._record_failure(iid, Exit.LAUNCH_FAILED, f"Failed to start: {exc}")
+            outcomes.failed_start(self, iid, Exit.LAUNCH_FAILED, f"Failed to start: {exc}")
             await self.reply(
                 token, {"ok": False, "status": 422, "code": "INVALID_CONFIG", "error": str(exc)}
             )
             return
         except Refused as exc:
-            self._record_failure(iid, Exit.REFUSED, str(exc))
+            outcomes.failed_start(self, iid, Exit.REFUSED, str(exc))
             await self.reply(
                 token,
                 {"ok": False, "status": 507, "code": "INSUFFICIENT_RESOURCES", "error": str(exc)},
@@ -553,7 +491,7 @@ class Supervisor:
             return
         except Exception as exc:
             log.exception("could not start instance %s", iid)
-            self._record_failure(iid, Exit.LAUNCH_FAILED, f"Failed to start: {exc}")
+            outcomes.failed_start(self, iid, Exit.LAUNCH_FAILED, f"Failed to start: {exc}")
             await self.reply(
                 token,
                 {
@@ -596,10 +534,6 @@ class Supervisor:
             )
         return spec, launch.exec_argv(spec)
 
-    def _record_failure(self, iid: str, code: int, reason: str) -> None:
-        # Through the writer: after the updates queued for the instance before it.
-        self.writer.call(lambda: record_failed_start(iid, code, reason))
-
     async def _guard(self, coro: Awaitable[None], header: dict) -> None:
         try:
             await coro
@@ -638,64 +572,11 @@ class Supervisor:
             return
         child.exit_code = code
         child.exited.set()
-        self.loop.create_task(self._finish(child))
+        self.loop.create_task(outcomes.finish(self, child))
 
-    async def _finish(self, child: Child) -> None:
-        # Leftovers in the group would hold the pipes open; a sequence leaves nothing behind.
-        # (A daemon that left the group was reparented to the fork server, which kills it.)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signal.SIGKILL)
-        self._release(child)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(child.pumps_done.wait(), 5)
-        await self._drain_control(child)
-        for transport in [*child.transports, child.stdin, child.input]:
-            if transport is not None:
-                transport.close()
-        if child.ctl_writer is not None:
-            child.ctl_writer.close()
-        if child.stop_timer:
-            child.stop_timer.cancel()
-        code = child.exit_code if child.exit_code is not None else protocol.UNKNOWN_EXIT
-        status, reason = outcome(code, child.killed, child.stopped)
-        self.children.pop(child.iid, None)
-        child.finished = True
-        now = timezone.now()
-        # The chunk count lets a reader that fell behind wait for the database to have all; the
-        # outcome lets the web answer "how did it end" before the batched row update lands.
-        end = {"eof": 1, "status": status, "exitcode": code, "reason": reason}
-        end["ended"] = now.timestamp()
-        for stream in STREAMS:
-            key = live.stream_key(child.iid, stream)
-            self._outbox.append((key, live.sign_end(key, {**end, "n": child.seq[stream]})))
-        # Expiry rides in the same pipeline, after the eof entries that may create the keys.
-        for key in [
-            *(live.stream_key(child.iid, s) for s in STREAMS),
-            live.events_key(child.iid),
-        ]:
-            self._outbox.append((key, None))
-        self._schedule_flush()
-        self.host_log(f"instance {child.iid} ended: {reason}", exitcode=code)
-        fields: dict[str, Any] = {
-            "status": status,
-            "exit_code": code,
-            "reason": reason,
-            "ended": now,
-            "remove_at": now + timedelta(seconds=settings.HUB_INSTANCE_RETENTION),
-        }
-        if child.remove_immediately:
-            fields["remove_at"] = now
-        self.writer.update(child.iid, **fields)
-        if child.remove_immediately:
-            self.writer.call(lambda: _delete_instance(child.iid))
-        self.notify(child.iid, status=status, exitcode=code, reason=reason)
-        if child.on_exit is not None:
-            try:
-                child.on_exit(code, status, reason)
-            except Exception:
-                log.exception("exit callback of %s failed", child.iid)
-        if child.workdir:
-            self.loop.run_in_executor(None, shutil.rmtree, child.workdir, True)
+    def _row_missing(self, iid: str) -> None:
+        """From the writer's thread: an instance's "starting" update found no row."""
+        self.loop.call_soon_threadsafe(self._rowless, iid)
 
     def _rowless(self, iid: str) -> None:
         child = self.children.get(iid)
@@ -722,75 +603,6 @@ class Supervisor:
                 log.exception("could not sweep user id %d", uid)
             finally:
                 lease.release()
-
-    def _release(self, child: Child) -> None:
-        """Give back the child's user id and cgroups. Its processes are gone or going: the
-        group was killed, and the fork server kills orphans as it reaps the child. Should one
-        still be dying when the id is leased again, the next child's kill(-1) ends it."""
-        lease, child.lease = child.lease, None
-        if lease is not None:
-            lease.release()
-        if child.cgroups:
-            cgroups.remove(child.cgroups)
-            # A group whose last process is still dying cannot be removed yet.
-            self.loop.call_later(2.0, cgroups.remove, child.cgroups)
-
-    @staticmethod
-    async def _drain_control(child: Child) -> None:
-        """Let the control reader apply what the child sent before it exited.
-
-        The fork server's exit report can overtake the child's last control messages (its PING
-        among them): applied after the outcome, a late "running" would overwrite "completed".
-        """
-        task = child.ctl_task
-        if task is None or task.done():
-            return
-        with contextlib.suppress(TimeoutError, Exception):
-            await asyncio.wait_for(asyncio.shield(task), 1)
-
-    def notify(self, iid: str, **change: Any) -> None:
-        """Tell watchers (console pages) that an instance changed; at-most-once by design.
-
-        The instance's own group hears every change at once. The list pages' group only
-        means "look again" (they re-read the database), so its sends are coalesced to one per
-        LIST_NOTIFY_SECONDS: a burst of starts costs one send there, not one per change.
-        """
-        message = {"type": "instance.changed", "id": iid, **change}
-        self.loop.create_task(_group_send(f"instance-{iid}", message))
-        self._list_change = message
-        if not self._list_notify_due:
-            self._list_notify_due = True
-            self.loop.call_later(LIST_NOTIFY_SECONDS, self._notify_lists)
-
-    def _notify_event_soon(self, iid: str) -> None:
-        """The instance page lists emitted events: one "look again" per EVENT_NOTIFY_SECONDS,
-        however many events a sequence emits, and after the writer stored them."""
-        if iid in self._event_notify_due:
-            return
-        self._event_notify_due.add(iid)
-
-        def fire() -> None:
-            self._event_notify_due.discard(iid)
-            message = {"type": "instance.changed", "id": iid, "events": True}
-            self.loop.create_task(_group_send(f"instance-{iid}", message))
-
-        self.loop.call_later(EVENT_NOTIFY_SECONDS, fire)
-
-    def _notify_lists(self) -> None:
-        self._list_notify_due = False
-        message, self._list_change = self._list_change, None
-        if message is not None:
-            self.loop.create_task(_group_send("instances", message))
-
-
-async def _group_send(group: str, message: dict) -> None:
-    from channels.layers import get_channel_layer
-
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    with contextlib.suppress(Exception):
-        await layer.group_send(group, message)
 
 
 START_KINDS = ("sequence", "script")
@@ -838,18 +650,9 @@ def check_start(req: dict[str, Any]) -> tuple[str, str]:
 
 
 def _spec_from_database(iid: str, mode: str, extra: dict[str, Any] | None) -> dict[str, Any]:
-    from django.db import close_old_connections
-
     close_old_connections()
     instance = Instance.objects.select_related("sequence").get(pk=iid)
     return launch.build_spec(instance, mode, extra)
-
-
-def _delete_instance(iid: str) -> None:
-    from sequences.models import Instance
-
-    Instance.objects.filter(pk=iid).delete()
-    live.sync_client().delete(*live.instance_keys(iid))
 
 
 _supervisor: Supervisor | None = None

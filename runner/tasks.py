@@ -18,7 +18,7 @@ from django.utils import timezone
 from core.protocol import STREAMS, Exit
 from runner import sequencer_actor
 from runner.supervisor import current_supervisor, get_supervisor
-from sequences import live
+from sequences import live, sequencers_lost
 from sequences.instances import record_failed_start
 from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, Worker
 
@@ -111,8 +111,6 @@ def mark_lost(worker: str, reason: str) -> int:
     pipe.execute()
     Worker.objects.filter(name=worker, stopped__isnull=True).update(stopped=now)
     if ids:
-        from sequences import sequencers_lost
-
         sequencers_lost.on_instances_lost(ids, reason)
     return len(ids)
 

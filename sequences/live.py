@@ -39,7 +39,13 @@ from redis.retry import Retry
 from core.protocol import STREAMS
 
 if TYPE_CHECKING:
-    from redis.typing import BlockingListPopResponse, StreamRangeResponse, XReadResponse
+    from redis.typing import (
+        BlockingListPopResponse,
+        EncodableT,
+        FieldT,
+        StreamRangeResponse,
+        XReadResponse,
+    )
 
 HOST_LOG = "hub:log"
 
@@ -154,6 +160,11 @@ def popped(item: BlockingListPopResponse) -> bytes | None:
     return None if item is None else cast(bytes, item[1])
 
 
+def popped_from(item: BlockingListPopResponse) -> tuple[str, bytes] | None:
+    """The list a BLPOP of several took from and the value, or None when it timed out."""
+    return None if item is None else (cast(bytes, item[0]).decode(), cast(bytes, item[1]))
+
+
 def range_entries(reply: StreamRangeResponse | None) -> list[Entry]:
     """The entries of an XRANGE or XREVRANGE reply."""
     return cast("list[Entry]", reply or [])
@@ -219,8 +230,8 @@ def _end_parts(fields: dict[Any, Any]) -> list[bytes]:
     return sorted(items)
 
 
-def sign_end(key: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """An end entry for the stream `key` (`{"eof": 1, ...}`) with its MAC."""
+def sign_end(key: str, fields: dict[FieldT, EncodableT]) -> dict[FieldT, EncodableT]:
+    """An end entry for the stream `key` (`{"eof": 1, ...}`) with its MAC, as XADD takes it."""
     return {**fields, "mac": _mac(key, *_end_parts(fields)).decode()}
 
 

@@ -1,0 +1,111 @@
+"""The supervisor's Redis outbox, and the back-pressure that holds children back behind it.
+
+Live writes (stream chunks, events, host log lines, end entries and their expiry) are queued
+here and sent in one pipeline per flush, so hundreds of children cost a few round trips, not one
+each. Output read from children and not yet in both Redis and the database is counted: above
+PAUSE_BYTES the supervisor stops reading children until it is down to half, so a slow Redis
+holds them back as a slow database does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aredis
+
+from runner.dbwriter import DbWriter
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
+
+log = logging.getLogger(__name__)
+
+REDIS_MAXLEN = 512  # chunks kept live per stream; older ones are read from the database
+ENDED_STREAM_TTL = 600  # seconds an ended instance's live streams stay for late readers
+# Stop reading children while this much output waits for Redis or the database. The worker's
+# memory follows it: 200 MB streamed through grew the worker by ~200 MiB at 32 MiB, ~72 MiB at
+# 8 MiB and ~26 MiB at 4 MiB (copies in the batches, and heap pages that stay mapped), while
+# 1M short lines still went through at 1.6M lines/s (bench/README.md).
+PAUSE_BYTES = 4 << 20
+RESUME_CHECK_SECONDS = 0.05
+
+
+class Outbox:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        redis: aredis.Redis,
+        writer: DbWriter,
+        set_reading: Callable[[bool], None],
+    ) -> None:
+        """`set_reading(paused)` pauses (True) or resumes (False) reading every child."""
+        self.loop, self.redis, self.writer = loop, redis, writer
+        self._set_reading = set_reading
+        self.paused = False
+        # XADD (key, fields) or EXPIRE (key, None), in the order they were queued.
+        self._entries: list[tuple[str, dict[FieldT, EncodableT] | None]] = []
+        self._bytes = 0
+        self._flushing = False
+
+    def add(self, key: str, fields: dict[FieldT, EncodableT], size: int = 0) -> None:
+        """Queue an XADD of `fields` to the stream `key`; `size`: bytes of a child's output,
+        counted until Redis has them (reading children pauses above PAUSE_BYTES)."""
+        self._entries.append((key, fields))
+        self._bytes += size
+        self._schedule_flush()
+        if size and not self.paused and self.waiting_bytes() > PAUSE_BYTES:
+            self._pause(True)
+
+    def expire(self, key: str) -> None:
+        """Queue an expiry of `key` after ENDED_STREAM_TTL, behind what was queued before."""
+        self._entries.append((key, None))
+        self._schedule_flush()
+
+    def waiting_bytes(self) -> int:
+        """Output read from children and not yet in both Redis and the database: a slow
+        Redis must hold the children back as a slow database does."""
+        return self.writer.pending_bytes + self._bytes
+
+    def _schedule_flush(self) -> None:
+        if not self._flushing:
+            self._flushing = True
+            self.loop.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._entries:
+                batch, self._entries = self._entries, []
+                batch_bytes = self._bytes  # counted until Redis has them
+                pipe = self.redis.pipeline(transaction=False)
+                for key, fields in batch:
+                    if fields is None:
+                        pipe.expire(key, ENDED_STREAM_TTL)
+                    else:
+                        pipe.xadd(key, fields, maxlen=REDIS_MAXLEN, approximate=True)
+                try:
+                    await pipe.execute()
+                except Exception:
+                    log.exception("could not write %d live chunks to Redis", len(batch))
+                del batch, pipe
+                self._bytes -= batch_bytes
+                if self.paused and self.waiting_bytes() < PAUSE_BYTES // 2:
+                    self._pause(False)
+        finally:
+            self._flushing = False
+        if self.paused:
+            self.loop.call_later(RESUME_CHECK_SECONDS, self._check_resume)
+
+    def _check_resume(self) -> None:
+        if self.paused and self.waiting_bytes() < PAUSE_BYTES // 2:
+            self._pause(False)
+        elif self.paused:
+            self.loop.call_later(RESUME_CHECK_SECONDS, self._check_resume)
+
+    def _pause(self, on: bool) -> None:
+        self.paused = on
+        self._set_reading(on)
+        if on:
+            self.loop.call_later(RESUME_CHECK_SECONDS, self._check_resume)
