@@ -756,7 +756,27 @@ function asIterable(value) {
     return null;
 }
 
-/** What one pipeline step returned, as the next step's input stream. */
+const GeneratorFunction = Object.getPrototypeOf(function* () {}).constructor;
+const AsyncGeneratorFunction = Object.getPrototypeOf(async function* () {}).constructor;
+
+/**
+ * What a step returned, awaited and with functions called, as scramjet's `DataStream.from`
+ * (which STH's runner applies to every step's value, the last included) takes it: a generator
+ * function is called with no arguments and its generator is the stream; any other function is
+ * called with `undefined` (from's options) and what it returns is taken the same way. A step
+ * that returns `async function* () {...}` instead of calling it thus still streams its items.
+ */
+async function resolveStep(value) {
+    let resolved = await value;
+    while (typeof resolved === 'function') {
+        resolved = resolved instanceof GeneratorFunction || resolved instanceof AsyncGeneratorFunction
+            ? resolved()
+            : await resolved(undefined);
+    }
+    return resolved;
+}
+
+/** What one pipeline step resolved to (resolveStep), as the next step's input stream. */
 function toNextInput(value, index) {
     if (value === undefined || value === null) {
         throw new Error(`Pipeline function #${index} returned nothing: the next one has no input`);
@@ -775,16 +795,20 @@ async function runPipeline(functions, { context, input, args, inputless }) {
         result = i === 0 && inputless
             ? fn.call(context, ...args)
             : fn.call(context, current, ...args);
-        if (i < functions.length - 1) current = toNextInput(await result, i);
+        if (i < functions.length - 1) current = toNextInput(await resolveStep(result), i);
     }
     return result;
 }
 
 /** Writes everything the sequence produced to the output stream. */
 async function writeResult(result, writer) {
-    const value = await result;
+    const returned = await result;
+    const value = await resolveStep(returned);
     if (value === undefined || value === null) return;
-    if (typeof value === 'object' && NDJSON_TYPES.has(normaliseContentType(value.contentType))) {
+    // The content type is read where STH reads it, on what the step returned (a function
+    // included), and on the stream that function made.
+    const contentType = value.contentType ?? returned.contentType;
+    if (typeof value === 'object' && NDJSON_TYPES.has(normaliseContentType(contentType))) {
         writer.jsonItems = true;
     }
     const iterable = typeof value === 'string' ? null : asIterable(value);

@@ -49,6 +49,27 @@ def test_the_docs_example_prints_3000_to_3009(admin_api):
     assert ended(admin_api, iid)["terminated"] == {"exitcode": 0, "reason": "Instance completed"}
 
 
+def test_a_pipeline_step_returning_an_async_generator_function_streams(admin_api):
+    # STH's inert-sequence-2 reference app: the first step returns the generator *function*.
+    code = """module.exports = [
+    async function (_stream) {
+        let x = 0;
+        return async function* () {
+            while (++x < 5) { yield { a: x }; await new Promise((r) => setTimeout(r, 10)); }
+        };
+    },
+    async function (stream) {
+        for await (const { a } of stream) console.log({ x: a });
+    },
+];
+"""
+    iid = start(admin_api, upload(admin_api, js_package(code)))
+    assert admin_api.get(f"/instance/{iid}/stdout").text.splitlines() == [
+        f"{{ x: {n} }}" for n in range(1, 5)
+    ]
+    assert ended(admin_api, iid)["terminated"]["exitcode"] == 0
+
+
 def test_input_events_and_logs_of_a_js_sequence(admin_api):
     code = """module.exports = async function* (input, prefix) {
     this.logger.info("started");

@@ -275,6 +275,74 @@ def test_pipeline_feeds_each_output_into_the_next_function(start: Start) -> None
     assert run_to_end(child) == (0, b"<0><10><20>")
 
 
+# STH's inert-sequence-2 reference app, with a shorter pause: the first step returns an async
+# generator *function*, which STH turns into a stream (scramjet's DataStream.from calls it).
+RETURNS_A_GENERATOR_FUNCTION = """\
+module.exports = [
+    async function (_stream) {
+        let x = 0;
+        return async function* () {
+            while (++x < 5) {
+                yield { a: x };
+                await new Promise((res) => setTimeout(res, 20));
+            }
+        };
+    },
+    async function (stream) {
+        for await (const { a } of stream) console.log({ x: a });
+    },
+];
+"""
+
+
+def test_a_step_returning_an_async_generator_function_streams_its_items(start: Start) -> None:
+    child = start(RETURNS_A_GENERATOR_FUNCTION)
+    started = time.monotonic()
+    assert run_to_end(child) == (0, b"")
+    assert child.stdout.data() == b"{ x: 1 }\n{ x: 2 }\n{ x: 3 }\n{ x: 4 }\n"
+    # Every item waited for its pause: the last step really consumed a stream, not one value.
+    assert time.monotonic() - started >= 0.06
+
+
+def test_a_step_returning_a_generator_function_is_called_without_arguments(start: Start) -> None:
+    child = start(
+        "module.exports = ["
+        " function (input, n) { return function* (...got) { yield got.length; yield n; }; },"
+        " async function* (input) { for await (const v of input) yield `<${v}>`; },"
+        "];",
+        args=[7],
+    )
+    assert run_to_end(child) == (0, b"<0><7>")
+
+
+def test_a_step_returning_a_function_gets_that_function_s_stream(start: Start) -> None:
+    child = start(
+        "const { Readable } = require('stream');"
+        "module.exports = ["
+        " () => async () => Readable.from(['a', 'b']),"
+        " () => () => async function* () { yield 'nested'; },"
+        "];"
+    )
+    # The first step's stream goes unread by the second, as in STH: only the last step is output.
+    assert run_to_end(child) == (0, b"nested")
+
+
+def test_the_last_step_returning_a_generator_function_writes_its_items(start: Start) -> None:
+    child = start(
+        "const gen = async function* () { yield {a: 1}; yield 'b'; };"
+        "gen.contentType = 'application/x-ndjson';"
+        "module.exports = function (input) { return gen; };"
+    )
+    assert run_to_end(child) == (0, b'{"a":1}\n"b"\n')
+
+
+def test_a_step_whose_function_returns_nothing_fails_the_pipeline(start: Start) -> None:
+    child = start("module.exports = [() => () => undefined, async function* (input) {}];")
+    code, _ = run_to_end(child)
+    assert code == Exit.FAILED_WHILE_RUNNING
+    assert b"returned nothing" in child.stderr.data()
+
+
 def test_pipeline_with_a_descriptor_object_first(start: Start) -> None:
     child = start(
         "module.exports = [ { requires: '', contentType: 'application/x-ndjson' },"
