@@ -110,6 +110,10 @@ class AsyncHostClient(HostCalls):
         """A client for an instance (no request is made)."""
         return AsyncInstanceClient(iid, self)
 
+    async def list_entities(self) -> dict[str, Any]:
+        """`{"sequences": [...], "instances": [...]}`: both lists in one request."""
+        return await self.transport.call(self._entities())
+
     # sequencers and components
     async def list_sequencers(self) -> list[dict[str, Any]]:
         """Every sequencer with its state and step list."""
@@ -224,6 +228,19 @@ class AsyncInstanceClient(InstanceCalls):
         return await self.host.transport.call(
             self._send("stdin", data, "application/octet-stream", end)
         )
+
+    def inout(
+        self, data: InputData, content_type: str = "text/plain", end: bool | None = None
+    ) -> AsyncIterator[bytes]:
+        """Send `data` to the input (as `send_input`) and read the output the sequence writes
+        from then on, in one request; it ends when the instance ends."""
+        return self.host.transport.stream(self._send("inout", data, content_type, end))
+
+    async def restart(self) -> AsyncInstanceClient:
+        """Kill this instance if it runs, and start its sequence again with the same args and
+        appConfig; returns the new instance's client (its info says `restartedFrom`)."""
+        answer = await self.host.transport.call(self._restart())
+        return AsyncInstanceClient(answer["id"], self.host)
 
     async def send_event(self, name: str, message: Any = None) -> Any:
         """Send an event into the sequence (its `context.on(name, ...)` handlers get it)."""

@@ -103,6 +103,9 @@ class HostCalls:
     def _instance_info(self, iid: str) -> Call:
         return Call("GET", f"/instance/{seg(iid)}")
 
+    def _entities(self) -> Call:
+        return Call("GET", "/entities")
+
     def _sequencers(self) -> Call:
         return Call("GET", "/sequencers")
 
@@ -168,9 +171,12 @@ class InstanceCalls:
         return Call("GET", self._path(f"/{name}"), timeout=WAIT, headers={"Accept": "*/*"})
 
     def _send(self, stream: str, data: InputData, content_type: str, end: bool | None) -> Call:
+        """A body for `stream`: `input`, `stdin`, or `inout` (input, answered with output)."""
         headers = {"Content-Type": content_type}
         if end is not None:
             headers["x-end-stream"] = "true" if end else "false"
+        if stream == "inout":
+            headers["Accept"] = "*/*"
         return Call(
             "POST",
             self._path(f"/{stream}"),
@@ -178,6 +184,9 @@ class InstanceCalls:
             headers=headers,
             timeout=WAIT,
         )
+
+    def _restart(self) -> Call:
+        return Call("POST", self._path("/restart"), json={}, timeout=WAIT)
 
     def _send_event(self, name: str, message: Any) -> Call:
         return Call("POST", self._path("/_event"), json={"eventName": name, "message": message})

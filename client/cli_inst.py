@@ -1,4 +1,5 @@
-"""`si inst` commands: list, describe, follow streams, send input and events, stop, kill."""
+"""`si inst` commands: list, describe, follow streams, send input and events, stop, kill,
+restart."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from client import config
 from client.cli_output import key_values, parse_value, short_time, stdin_chunks, table
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ def inst_info(ctx: Context) -> None:
                 "terminated",
                 "worker",
                 "pid",
+                "restartedFrom",
+                "restartedAs",
             ],
         ),
     )
@@ -87,6 +91,10 @@ def inst_input(ctx: Context) -> None:
     ctx.out.show(answer, "")
 
 
+def inst_inout(ctx: Context) -> None:
+    ctx.out.write_stream(_inst(ctx).inout(_data(ctx), ctx.args.type, _end(ctx)))
+
+
 def inst_stdin(ctx: Context) -> None:
     answer = _inst(ctx).send_stdin(_data(ctx), _end(ctx))
     ctx.out.show(answer, "")
@@ -106,6 +114,12 @@ def inst_stop(ctx: Context) -> None:
 def inst_kill(ctx: Context) -> None:
     info = _inst(ctx).kill(ctx.args.remove)
     ctx.out.show(info, f"killing {info.get('id')}")
+
+
+def inst_restart(ctx: Context) -> None:
+    new = _inst(ctx).restart()
+    config.remember(instance=new.id)
+    ctx.out.show({"id": new.id}, new.id)
 
 
 def event_emit(ctx: Context) -> None:
@@ -141,11 +155,16 @@ def register(root: Commands) -> None:
         )
         p.set_defaults(stream=name)
         _id(p)
-    for name, handler in (("input", inst_input), ("stdin", inst_stdin)):
-        p = inst.add(name, handler, f"send a file or standard input to the instance's {name}")
+    for name, handler, what in (
+        ("input", inst_input, "send a file or standard input to the instance's input"),
+        ("stdin", inst_stdin, "send a file or standard input to the instance's stdin"),
+        ("inout", inst_inout, "send to the input and print the output from then on"),
+    ):
+        p = inst.add(name, handler, what)
+        target = "stdin" if name == "stdin" else "input"
         _id(p)
         p.add_argument("file", nargs="?", help="file to send (default: standard input)")
-        if name == "input":
+        if name != "stdin":
             p.add_argument(
                 "-t", "--type", default="text/plain", help="content type (default text/plain)"
             )
@@ -157,14 +176,14 @@ def register(root: Commands) -> None:
             action="store_const",
             const=True,
             default=None,
-            help=f"close {name} after this data (the default)",
+            help=f"close {target} after this data (the default)",
         )
         end.add_argument(
             "--no-end",
             dest="end",
             action="store_const",
             const=False,
-            help=f"keep {name} open for more",
+            help=f"keep {target} open for more",
         )
     p = inst.add("stop", inst_stop, "stop: the sequence's stop handlers, then kill after TIMEOUT")
     _id(p)
@@ -184,6 +203,12 @@ def register(root: Commands) -> None:
     p = inst.add("kill", inst_kill, "kill the instance's processes at once")
     _id(p)
     p.add_argument("--remove", action="store_true", help="remove its records immediately")
+    p = inst.add(
+        "restart",
+        inst_restart,
+        "kill the instance if it runs and start its sequence again with the same args",
+    )
+    _id(p)
 
     events = inst.group("event", "send and read events")
     p = events.add("emit", event_emit, "send an event into the sequence", aliases=["invoke"])

@@ -108,6 +108,10 @@ class HostClient(HostCalls):
         """A client for an instance (no request is made)."""
         return InstanceClient(iid, self)
 
+    def list_entities(self) -> dict[str, Any]:
+        """`{"sequences": [...], "instances": [...]}`: both lists in one request."""
+        return self.transport.call(self._entities())
+
     # sequencers and components
     def list_sequencers(self) -> list[dict[str, Any]]:
         """Every sequencer with its state and step list."""
@@ -218,6 +222,19 @@ class InstanceClient(InstanceCalls):
     def send_stdin(self, data: InputData, end: bool | None = None) -> Any:
         """Send to the process's stdin (closed after this body unless `end=False`)."""
         return self.host.transport.call(self._send("stdin", data, "application/octet-stream", end))
+
+    def inout(
+        self, data: InputData, content_type: str = "text/plain", end: bool | None = None
+    ) -> Iterator[bytes]:
+        """Send `data` to the input (as `send_input`) and read the output the sequence writes
+        from then on, in one request; it ends when the instance ends."""
+        return self.host.transport.stream(self._send("inout", data, content_type, end))
+
+    def restart(self) -> InstanceClient:
+        """Kill this instance if it runs, and start its sequence again with the same args and
+        appConfig; returns the new instance's client (its info says `restartedFrom`)."""
+        answer = self.host.transport.call(self._restart())
+        return InstanceClient(answer["id"], self.host)
 
     def send_event(self, name: str, message: Any = None) -> Any:
         """Send an event into the sequence (its `context.on(name, ...)` handlers get it)."""

@@ -15,7 +15,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 
 from sequences.errors import HubError, not_found
-from sequences.models import LIVE_STATUSES, Sequence
+from sequences.models import LIVE_STATUSES, Instance, Sequence
 from sequences.packages import PackageError, PackageInfo, inspect_package
 
 CHUNK = 1 << 20
@@ -156,3 +156,11 @@ def describe(seq: Sequence, instance_ids: list[str] | None = None) -> dict[str, 
         "created": seq.created.isoformat(),
         "instances": instance_ids,
     }
+
+
+def list_described() -> list[dict[str, Any]]:
+    """Every sequence as `describe` shows it, with the ids of its instances (two queries)."""
+    ids: dict[str, list[str]] = {}
+    for iid, sid in Instance.objects.filter(sequence__isnull=False).values_list("id", "sequence"):
+        ids.setdefault(sid, []).append(iid)
+    return [describe(s, ids.get(s.id, [])) for s in Sequence.objects.all()]

@@ -17,6 +17,8 @@ from typing import Any, cast
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import IntegrityError
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -46,6 +48,8 @@ class StartRequest:
     app_config: dict[str, Any]
     instance_id: str | None
     limits: dict[str, Any]
+    # Set by `restart`, never from a body: the instance this start restarts.
+    restarted_from: str | None = None
 
 
 def invalid(message: str) -> HubError:
@@ -143,16 +147,32 @@ def _create(seq: Sequence | str, req: StartRequest, user: Any, kind: str) -> Ins
     fields: dict[str, Any] = {}
     if req.instance_id:
         fields["id"] = req.instance_id
-    return Instance.objects.create(
-        sequence=seq,
-        sequence_name=seq.name,
-        kind=kind,
-        args=req.args,
-        app_config=req.app_config,
-        limits=req.limits,
-        created_by=user if getattr(user, "is_authenticated", False) else None,
-        **fields,
-    )
+    try:
+        return Instance.objects.create(
+            sequence=seq,
+            sequence_name=seq.name,
+            kind=kind,
+            args=effective_args(req.args, seq),
+            app_config=req.app_config,
+            limits=req.limits,
+            created_by=user if getattr(user, "is_authenticated", False) else None,
+            restarted_from_id=req.restarted_from,
+            **fields,
+        )
+    except IntegrityError as exc:
+        if req.restarted_from is None or "restarted_from" not in str(exc):
+            raise
+        # The one-to-one link: a restart racing this one made its copy first.
+        raise HubError(
+            409, "ALREADY_RESTARTED", f"Instance {req.restarted_from} was restarted already"
+        ) from None
+
+
+def effective_args(args: list[Any], seq: Sequence) -> list[Any]:
+    """The start's args; when it gives none (no args, or `[]`), the package.json's "args"
+    (STH's default args), so the instance's info shows what the sequence really got."""
+    default = seq.config.get("args")
+    return args if args or not isinstance(default, list) else default
 
 
 def start_request(
@@ -274,8 +294,20 @@ async def wait_reply(token: str, timeout: float) -> dict[str, Any] | None:
     return None if raw is None else live.decode_reply(token, raw)
 
 
+def with_links(rows: QuerySet[Instance]) -> QuerySet[Instance]:
+    """`rows` with their sequence and `restarted_as` (the id of the instance that restarted
+    each, or None) in the same query, so `info` needs no query of its own."""
+    restart = Instance.objects.filter(restarted_from=OuterRef("pk")).values("id")[:1]
+    return rows.select_related("sequence").annotate(restarted_as=Subquery(restart))
+
+
+def list_instances(limit: int = 1000) -> list[Instance]:
+    """The newest sequence instances (not sequencer scripts), as `info` shows them."""
+    return with_reported_ends(list(with_links(Instance.objects.filter(kind="sequence"))[:limit]))
+
+
 def get_instance(iid: str) -> Instance:
-    instance = Instance.objects.select_related("sequence").filter(pk=iid).first()
+    instance = with_links(Instance.objects.filter(pk=iid)).first()
     if instance is None:
         raise not_found("Instance", iid)
     return instance
@@ -338,10 +370,45 @@ def info(instance: Instance) -> dict[str, Any]:
         "created": instance.created.isoformat(),
         "started": instance.started.isoformat() if instance.started else None,
         "ended": instance.ended.isoformat() if instance.ended else None,
+        "restartedFrom": instance.restarted_from_id,
+        # Annotated by `with_links`; an instance read some other way shows none.
+        "restartedAs": getattr(instance, "restarted_as", None),
     }
     if instance.exit_code is not None or instance.status == InstanceStatus.LOST:
         data["terminated"] = {"exitcode": instance.exit_code, "reason": instance.reason}
     return data
+
+
+async def restart(iid: str, user: Any) -> Instance:
+    """Start the sequence of instance `iid` again with its args, appConfig and limits, as a
+    new instance linked to it (`restarted_from`); a live `iid` is killed first, and its end
+    awaited, so the two never run together. An instance is restarted once: restart the new
+    one next time.
+    """
+    old = await aget_instance(iid)
+    if old.kind != "sequence":
+        # A sequencer's script restarted as a plain instance would run outside its sequencer.
+        raise HubError(409, "NOT_RESTARTABLE", f"Instance {iid} is a sequencer's script")
+    if old.sequence is None:
+        raise HubError(409, "SEQUENCE_GONE", f"The sequence of instance {iid} was deleted")
+    if getattr(old, "restarted_as", None):
+        raise HubError(409, "ALREADY_RESTARTED", f"Instance {iid} was restarted already")
+    req = StartRequest(
+        args=old.args,
+        app_config=old.app_config,
+        instance_id=None,
+        limits=clean_limits(old.limits),
+        restarted_from=old.id,
+    )
+    if old.is_live:
+        try:
+            await kill(old)
+        except HubError as exc:
+            if exc.code != "NOT_RUNNING":  # it ended meanwhile: nothing to kill
+                raise
+        if (await wait_until_ended(iid, 15.0)).is_live:
+            raise HubError(409, "NOT_STOPPED", f"Instance {iid} did not end within 15 s")
+    return await start(old.sequence, req, user)
 
 
 def _worker_of(iid: str) -> str:

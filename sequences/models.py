@@ -88,6 +88,11 @@ class Instance(models.Model):
     started = models.DateTimeField(null=True, blank=True)
     ended = models.DateTimeField(null=True, blank=True)
     remove_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # The instance this one restarted (POST /instance/:id/restart). One-to-one: an instance is
+    # restarted once, so two restarts racing on it cannot both start a copy.
+    restarted_from = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="restart"
+    )
 
     class Meta:
         ordering = ["-created"]

@@ -80,6 +80,28 @@ async def follow(
             break
 
 
+async def next_chunk(iid: str, stream: str) -> int:
+    """The number the next chunk of the stream will get: where a reader "from now" starts
+    (`follow(iid, stream, cursor=next_chunk(...))`)."""
+    key = live.stream_key(iid, stream)
+    for _entry_id, fields in live.range_entries(await live.async_client().xrevrange(key, count=1)):
+        if b"s" in fields:
+            return int(fields[b"s"]) + 1
+        if b"n" in fields and live.is_end(key, fields):  # the end, with the count of chunks
+            return int(fields[b"n"])
+    return await db_call(_db_chunk_count, iid, stream)
+
+
+def _db_chunk_count(iid: str, stream: str) -> int:
+    last = (
+        StreamChunk.objects.filter(instance_id=iid, stream=stream)
+        .order_by("-seq")
+        .values_list("seq", flat=True)
+        .first()
+    )
+    return 0 if last is None else last + 1
+
+
 async def _follow_redis(iid: str, stream: str, cursor: int) -> AsyncIterator[bytes]:
     client = live.async_client()
     key = live.stream_key(iid, stream)

@@ -1,4 +1,4 @@
-"""Host-level routes: version, load check, host log."""
+"""Host-level routes: version, load check, entities."""
 
 from typing import Any
 
@@ -6,7 +6,7 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from dashboard.api.auth import HubRouter, Role
-from sequences import hostinfo
+from sequences import catalog, hostinfo, instances
 
 router = HubRouter(tags=["hub"])
 
@@ -19,3 +19,11 @@ def version(request: HttpRequest) -> dict[str, Any]:
 @router.get("/load-check", auth=Role("viewer"), summary="Load, memory and disk of the hub host")
 def load_check(request: HttpRequest) -> dict[str, Any]:
     return hostinfo.load_check(settings.HUB_DATA_DIR)
+
+
+@router.get("/entities", auth=Role("viewer"), summary="Sequences and instances in one answer")
+def entities(request: HttpRequest) -> dict[str, Any]:
+    return {
+        "sequences": catalog.list_described(),
+        "instances": [instances.info(i) for i in instances.list_instances()],
+    }

@@ -87,8 +87,7 @@ async def start(request: ApiRequest, seq_id: str) -> HttpResponse:
 
 @router.get("/instances", auth=Role("viewer"), summary="List instances")
 def list_instances(request: HttpRequest) -> list[dict[str, Any]]:
-    rows = list(Instance.objects.select_related("sequence").filter(kind="sequence")[:1000])
-    return [instances.info(i) for i in instances.with_reported_ends(rows)]
+    return [instances.info(i) for i in instances.list_instances()]
 
 
 @router.get("/instance/{iid}", auth=Role("viewer"), summary="Instance info")
@@ -105,10 +104,11 @@ async def _headers_first(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _stream_response(iid: str, stream: str, is_live: bool | None = None) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(
-        _headers_first(streams.follow(iid, stream, live_hint=is_live)), content_type=TEXT_STREAM
-    )
+def _stream_response(
+    iid: str, stream: str, is_live: bool | None = None, cursor: int = 0
+) -> StreamingHttpResponse:
+    chunks = streams.follow(iid, stream, cursor, live_hint=is_live)
+    response = StreamingHttpResponse(_headers_first(chunks), content_type=TEXT_STREAM)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
@@ -145,17 +145,24 @@ def _truthy(value: str | None, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-async def _downstream(request: ApiRequest, iid: str, stream: str) -> HttpResponse:
-    instance = await instances.aget_instance(iid)
+async def _send_body(
+    request: ApiRequest, instance: Instance, stream: str, action: str
+) -> tuple[int, bool]:
+    """Sends the request body to the instance's `stream` (input or stdin) and audits it as
+    `action`: (bytes sent, whether the stream was ended)."""
     end = _truthy(request.headers.get("x-end-stream"), default=True)
     raw = await sync_to_async(_body)(request)
     chunks = [raw[i : i + 65536] for i in range(0, len(raw), 65536)]
     ctype = (request.headers.get("Content-Type") or "text/plain").split(";")[0].strip()
     await instances.send_input(instance, stream, chunks, ctype, end)
-    await aaudit(request.auth, f"instance.{stream}", iid, via="api", bytes=len(raw), end=end)
-    return JsonResponse(
-        {"accepted": True, "bytes": len(raw), "end": end}, status=200 if end else 202
-    )
+    await aaudit(request.auth, action, instance.id, via="api", bytes=len(raw), end=end)
+    return len(raw), end
+
+
+async def _downstream(request: ApiRequest, iid: str, stream: str) -> HttpResponse:
+    instance = await instances.aget_instance(iid)
+    size, end = await _send_body(request, instance, stream, f"instance.{stream}")
+    return JsonResponse({"accepted": True, "bytes": size, "end": end}, status=200 if end else 202)
 
 
 @router.post(
@@ -166,6 +173,42 @@ async def _downstream(request: ApiRequest, iid: str, stream: str) -> HttpRespons
 )
 async def send_input(request: ApiRequest, iid: str) -> HttpResponse:
     return await _downstream(request, iid, "input")
+
+
+@router.post(
+    "/instance/{iid}/inout",
+    auth=Role("operator"),
+    summary="Send the body to the input; answer with the output produced from now on",
+    openapi_extra=RAW_BODY,
+)
+async def inout(request: ApiRequest, iid: str) -> StreamingHttpResponse:
+    instance = await instances.aget_instance(iid)
+    # Where the output is before the input goes in: what the sequence answers to this body
+    # comes after it, however fast it answers.
+    cursor = await streams.next_chunk(iid, "output")
+    await _send_body(request, instance, "input", "instance.inout")
+    return _stream_response(iid, "output", True, cursor)
+
+
+@router.post(
+    "/instance/{iid}/restart",
+    auth=Role("operator"),
+    summary="Start the same sequence with the same args and appConfig, as a new instance",
+)
+async def restart(request: ApiRequest, iid: str) -> HttpResponse:
+    user = request.auth
+    try:
+        instance = await instances.restart(iid, user)
+    except HubError as exc:
+        if exc.code != "NOT_FOUND":
+            await aaudit(
+                user, "instance.restart", iid, outcome="refused", via="api", error=exc.message
+            )
+        raise
+    await aaudit(user, "instance.restart", iid, via="api", instance=instance.id)
+    return JsonResponse(
+        {"id": instance.id, "message": f"Sequence {instance.id} starting", "restartedFrom": iid}
+    )
 
 
 @router.post(

@@ -7,7 +7,6 @@ from django.http import HttpRequest
 from accounts.access import audit
 from dashboard.api.auth import ApiRequest, HubRouter, Role
 from sequences import catalog, instances
-from sequences.models import Instance, Sequence
 
 router = HubRouter(tags=["sequences"])
 
@@ -46,10 +45,7 @@ def upload(request: ApiRequest) -> dict[str, Any]:
 
 @router.get("/sequences", auth=Role("viewer"), summary="List sequences")
 def list_sequences(request: HttpRequest) -> list[dict[str, Any]]:
-    ids: dict[str, list[str]] = {}
-    for iid, sid in Instance.objects.filter(sequence__isnull=False).values_list("id", "sequence"):
-        ids.setdefault(sid, []).append(iid)
-    return [catalog.describe(s, ids.get(s.id, [])) for s in Sequence.objects.all()]
+    return catalog.list_described()
 
 
 @router.get("/sequence/{seq_id}", auth=Role("viewer"), summary="Describe a sequence")

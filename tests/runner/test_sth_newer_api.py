@@ -1,0 +1,186 @@
+"""STH's newer instance API against a real hub with real children: restart, inout, entities,
+and a package's default args."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import wait_for
+from tests.packaging import package_bytes, python_package, upload
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+COUNT = """
+async def run(context, input, first=0, count=3):
+    for i in range(first, first + count):
+        yield f"{i}\\n"
+"""
+
+# Answers each input line at once, upper-cased, until the input ends.
+ECHO = """
+async def run(context, input, prefix=""):
+    async for line in input:
+        yield prefix + line.upper()
+"""
+
+TICKER = """
+import asyncio
+
+async def run(context, input, *args):
+    print("config", context.config, "args", list(args), flush=True)
+    while True:
+        await asyncio.sleep(0.05)
+"""
+
+
+def start(api: httpx.Client, seq: str, **body) -> str:
+    response = api.post(f"/sequence/{seq}/start", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def info(api: httpx.Client, iid: str) -> dict:
+    response = api.get(f"/instance/{iid}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def ended(api: httpx.Client, iid: str) -> dict:
+    return wait_for(
+        lambda: (d := info(api, iid))["status"] in ("completed", "errored", "lost") and d,
+        what=f"instance {iid} to end",
+    )
+
+
+def with_default_args(code: str, args: list) -> bytes:
+    meta = {"name": "defaults", "version": "1.0.0", "main": "main.py", "args": args}
+    meta["engines"] = {"python3": "3"}
+    return package_bytes({"main.py": code}, package_json=meta)
+
+
+# -- default args from package.json -----------------------------------------------------------
+
+
+def test_package_json_args_are_used_when_the_start_has_none(admin_api):
+    seq = upload(admin_api, with_default_args(COUNT, [5, 2]))
+    for body in ({}, {"args": []}):
+        iid = start(admin_api, seq, **body)
+        assert admin_api.get(f"/instance/{iid}/output").text == "5\n6\n"
+        assert info(admin_api, iid)["args"] == [5, 2]
+
+
+def test_args_in_the_start_body_win_over_the_package_defaults(admin_api):
+    seq = upload(admin_api, with_default_args(COUNT, [5, 2]))
+    iid = start(admin_api, seq, args=[1, 1])
+    assert admin_api.get(f"/instance/{iid}/output").text == "1\n"
+    assert info(admin_api, iid)["args"] == [1, 1]
+
+
+# -- restart ----------------------------------------------------------------------------------
+
+
+def test_restart_kills_the_old_and_starts_the_same_sequence_args_and_config(admin_api):
+    seq = upload(admin_api, python_package(TICKER))
+    old = start(admin_api, seq, args=[1, "two"], appConfig={"level": 3})
+    response = admin_api.post(f"/instance/{old}/restart")
+    assert response.status_code == 200, response.text
+    new = response.json()["id"]
+    assert new != old and response.json()["restartedFrom"] == old
+
+    assert ended(admin_api, old)["terminated"]["exitcode"] == 137
+    after = info(admin_api, new)
+    assert after["status"] == "running"
+    assert (after["sequence"]["id"], after["args"], after["appConfig"]) == (
+        seq,
+        [1, "two"],
+        {"level": 3},
+    )
+    assert after["restartedFrom"] == old and after["restartedAs"] is None
+    assert info(admin_api, old)["restartedAs"] == new
+    with admin_api.stream("GET", f"/instance/{new}/stdout") as stdout:
+        assert next(stdout.iter_lines()) == "config {'level': 3} args [1, 'two']"
+
+    # An instance is restarted once: the second restart of `old` is refused, not a second copy.
+    again = admin_api.post(f"/instance/{old}/restart")
+    assert again.status_code == 409 and again.json()["code"] == "ALREADY_RESTARTED"
+    admin_api.post(f"/instance/{new}/_kill", json={})
+
+    from accounts.models import AuditEntry
+
+    actions = list(
+        AuditEntry.objects.filter(action="instance.restart", target=old).values_list(
+            "outcome", "detail"
+        )
+    )
+    assert ("ok", {"instance": new}) in [(o, {"instance": d.get("instance")}) for o, d in actions]
+    assert any(o == "refused" for o, _ in actions)
+
+
+def test_restart_of_an_ended_instance_starts_a_new_one(admin_api):
+    seq = upload(admin_api, python_package(COUNT))
+    old = start(admin_api, seq, args=[7, 1])
+    ended(admin_api, old)
+    response = admin_api.post(f"/instance/{old}/restart")
+    assert response.status_code == 200, response.text
+    new = response.json()["id"]
+    assert admin_api.get(f"/instance/{new}/output").text == "7\n"
+    assert ended(admin_api, new)["restartedFrom"] == old
+
+
+def test_restart_needs_an_operator_and_a_known_instance(admin_api, hub, people):
+    seq = upload(admin_api, python_package(COUNT))
+    old = start(admin_api, seq)
+    viewer = people["viewer"].headers()
+    assert httpx.post(f"{hub.api}/instance/{old}/restart", headers=viewer).status_code == 403
+    assert info(admin_api, old)["restartedAs"] is None
+    missing = admin_api.post("/instance/no-such-instance/restart")
+    assert missing.status_code == 404
+
+
+# -- inout ------------------------------------------------------------------------------------
+
+
+def test_inout_answers_the_body_with_the_output(admin_api):
+    iid = start(admin_api, upload(admin_api, python_package(ECHO)), args=["> "])
+    response = admin_api.post(
+        f"/instance/{iid}/inout", content=b"a\nb\n", headers={"Content-Type": "text/plain"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.text == "> A\n> B\n"
+    assert ended(admin_api, iid)["terminated"]["exitcode"] == 0
+
+
+def test_inout_reads_the_output_from_its_own_input_on(admin_api):
+    iid = start(admin_api, upload(admin_api, python_package(ECHO)))
+    headers = {"Content-Type": "text/plain", "x-end-stream": "false"}
+    with admin_api.stream("POST", f"/instance/{iid}/inout", content=b"a\n", headers=headers) as r:
+        assert next(r.iter_lines()) == "A"
+    # The second request's answer starts after the first's output: not "A" again.
+    response = admin_api.post(
+        f"/instance/{iid}/inout", content=b"b\n", headers={"Content-Type": "text/plain"}
+    )
+    assert response.text == "B\n"
+
+
+def test_inout_of_an_ended_instance_is_refused(admin_api):
+    iid = start(admin_api, upload(admin_api, python_package(COUNT)))
+    ended(admin_api, iid)
+    response = admin_api.post(
+        f"/instance/{iid}/inout", content=b"x\n", headers={"Content-Type": "text/plain"}
+    )
+    assert response.status_code == 409
+
+
+# -- entities ---------------------------------------------------------------------------------
+
+
+def test_entities_lists_sequences_and_instances_as_their_own_routes(admin_api):
+    seq = upload(admin_api, python_package(COUNT))
+    iid = start(admin_api, seq)
+    entities = admin_api.get("/entities").json()
+    assert set(entities) == {"sequences", "instances"}
+    described = {s["id"]: s for s in entities["sequences"]}
+    assert iid in described[seq]["instances"]
+    assert iid in [i["id"] for i in entities["instances"]]
+    assert described[seq] == next(s for s in admin_api.get("/sequences").json() if s["id"] == seq)
