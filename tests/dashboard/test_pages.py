@@ -459,3 +459,19 @@ def test_args_typed_only_as_json_are_taken_as_json():
     form = StartForm(data)
     assert form.is_valid(), form.errors
     assert form.start_request.args == ["a", 2]
+
+
+def test_the_instance_page_links_a_restart_both_ways(clients, ended_instance):
+    from sequences.models import Instance
+
+    restart = Instance.objects.create(
+        sequence=ended_instance.sequence,
+        sequence_name=ended_instance.sequence_name,
+        args=ended_instance.args,
+        restarted_from=ended_instance,
+    )
+    old = clients["viewer"].get(f"/instances/{ended_instance.id}/").content.decode()
+    assert "Restarted as" in old and f'href="/instances/{restart.id}/"' in old
+    new = clients["viewer"].get(f"/instances/{restart.id}/").content.decode()
+    assert "Restarted from" in new and f'href="/instances/{ended_instance.id}/"' in new
+    assert "Restarted as" not in new
