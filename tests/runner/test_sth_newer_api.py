@@ -6,8 +6,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import wait_for
 from tests.packaging import package_bytes, python_package, upload
+from tests.runner.test_instances_api import info, start
+from tests.runner.test_instances_api import wait_ended as ended
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,25 +35,6 @@ async def run(context, input, *args):
 """
 
 
-def start(api: httpx.Client, seq: str, **body) -> str:
-    response = api.post(f"/sequence/{seq}/start", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()["id"]
-
-
-def info(api: httpx.Client, iid: str) -> dict:
-    response = api.get(f"/instance/{iid}")
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def ended(api: httpx.Client, iid: str) -> dict:
-    return wait_for(
-        lambda: (d := info(api, iid))["status"] in ("completed", "errored", "lost") and d,
-        what=f"instance {iid} to end",
-    )
-
-
 def with_default_args(code: str, args: list) -> bytes:
     meta = {"name": "defaults", "version": "1.0.0", "main": "main.py", "args": args}
     meta["engines"] = {"python3": "3"}
@@ -65,14 +47,14 @@ def with_default_args(code: str, args: list) -> bytes:
 def test_package_json_args_are_used_when_the_start_has_none(admin_api):
     seq = upload(admin_api, with_default_args(COUNT, [5, 2]))
     for body in ({}, {"args": []}):
-        iid = start(admin_api, seq, **body)
+        iid = admin_api.post(f"/sequence/{seq}/start", json=body).json()["id"]
         assert admin_api.get(f"/instance/{iid}/output").text == "5\n6\n"
         assert info(admin_api, iid)["args"] == [5, 2]
 
 
 def test_args_in_the_start_body_win_over_the_package_defaults(admin_api):
     seq = upload(admin_api, with_default_args(COUNT, [5, 2]))
-    iid = start(admin_api, seq, args=[1, 1])
+    iid = start(admin_api, seq, [1, 1])
     assert admin_api.get(f"/instance/{iid}/output").text == "1\n"
     assert info(admin_api, iid)["args"] == [1, 1]
 
@@ -82,7 +64,7 @@ def test_args_in_the_start_body_win_over_the_package_defaults(admin_api):
 
 def test_restart_kills_the_old_and_starts_the_same_sequence_args_and_config(admin_api):
     seq = upload(admin_api, python_package(TICKER))
-    old = start(admin_api, seq, args=[1, "two"], appConfig={"level": 3})
+    old = start(admin_api, seq, [1, "two"], appConfig={"level": 3})
     response = admin_api.post(f"/instance/{old}/restart")
     assert response.status_code == 200, response.text
     new = response.json()["id"]
@@ -119,7 +101,7 @@ def test_restart_kills_the_old_and_starts_the_same_sequence_args_and_config(admi
 
 def test_restart_of_an_ended_instance_starts_a_new_one(admin_api):
     seq = upload(admin_api, python_package(COUNT))
-    old = start(admin_api, seq, args=[7, 1])
+    old = start(admin_api, seq, [7, 1])
     ended(admin_api, old)
     response = admin_api.post(f"/instance/{old}/restart")
     assert response.status_code == 200, response.text
@@ -142,7 +124,7 @@ def test_restart_needs_an_operator_and_a_known_instance(admin_api, hub, people):
 
 
 def test_inout_answers_the_body_with_the_output(admin_api):
-    iid = start(admin_api, upload(admin_api, python_package(ECHO)), args=["> "])
+    iid = start(admin_api, upload(admin_api, python_package(ECHO)), ["> "])
     response = admin_api.post(
         f"/instance/{iid}/inout", content=b"a\nb\n", headers={"Content-Type": "text/plain"}
     )
