@@ -378,3 +378,20 @@ def test_component_and_sequencer_commands(si, tmp_path: Path) -> None:
     assert lines[-1].startswith("Killed")
     assert out(si("sequencer", "shutdown", prefix)).strip() == "Ok"
     assert out(si("component", "unload-script", comp)).strip() == "Ok"
+
+
+def test_restart_and_inout(si, tmp_path: Path) -> None:
+    si("seq", "send", str(write_package(tmp_path, ARGS)))
+    first = out(si("seq", "start", "-", "--args", '[1, "two"]', "--config", '{"k": "v"}')).strip()
+    assert json.loads(out(si("inst", "output", first)))["args"] == [1, "two"]
+    second = out(si("inst", "restart", first)).strip()
+    assert second and second != first
+    # `-` now names the restarted instance: same args and appConfig, linked both ways.
+    assert json.loads(out(si("inst", "output", "-"))) == {"args": [1, "two"], "config": {"k": "v"}}
+    assert json.loads(out(si("inst", "info", "-", "--json")))["restartedFrom"] == first
+    assert json.loads(out(si("inst", "info", first, "--json")))["restartedAs"] == second
+
+    si("seq", "send", str(write_package(tmp_path, ECHO, "echo.tar.gz")))
+    si("seq", "start", "-")
+    echoed = si("inst", "inout", "-", input=b"a\nb\n")
+    assert out(echoed) == "echo:a\necho:b\n"
