@@ -626,8 +626,9 @@ class AppContext:
         """Call `callback(message)` (sync or async) for each event `event_name` sent in."""
         self._event_handlers.setdefault(event_name, []).append(callback)
 
-    def set_stop_handler(self, handler: Callable[[float, bool], Any]) -> None:
-        """Add `handler(timeout_seconds, can_keep_alive)` (sync or async) to run on stop."""
+    def set_stop_handler(self, handler: Callable[..., Any]) -> None:
+        """Add `handler(timeout_seconds, can_keep_alive)` (sync or async) to run on stop; a
+        handler taking fewer parameters gets the first ones only."""
         self._stop_handlers.append(handler)
 
     def set_health_check(self, check: Callable[[], Any]) -> None:
@@ -1052,7 +1053,7 @@ class Runtime:
         handlers = list(self.context._stop_handlers) if self.context else []
         for handler in handlers:
             try:
-                result = handler(timeout, can_keep_alive)
+                result = call_with_accepted(handler, timeout, can_keep_alive)
                 if inspect.isawaitable(result):
                     await result
             except Exception:
@@ -1129,6 +1130,25 @@ def _user_frames(tb: TracebackType | None) -> TracebackType | None:
     while tb is not None and tb.tb_frame.f_code.co_filename in _RUNTIME_FILES:
         tb = tb.tb_next
     return tb
+
+
+def call_with_accepted(fn: Callable[..., Any], *args: Any) -> Any:
+    """Calls `fn` with as many leading `args` as its signature takes: all of them for `*args`.
+
+    Stop handlers written for STH take none, one or both of `(timeout, can_keep_alive)` (its
+    samples differ): each must run, so its arity decides rather than a TypeError.
+    """
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return fn(*args)  # no signature to read (some builtins): give it everything
+    taken = 0
+    for parameter in parameters:
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            return fn(*args)
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            taken += 1
+    return fn(*args[:taken])
 
 
 def _system_exit_code(exc: SystemExit) -> int:

@@ -507,6 +507,50 @@ async def test_keep_alive_is_refused_when_the_stop_does_not_allow_it(start: Star
     assert await child.wait_exit() == Exit.STOPPED
 
 
+async def test_stop_handlers_get_as_many_arguments_as_they_take(start: Start) -> None:
+    """STH samples write stop handlers with no parameters, one, both, or *args: all run."""
+    child = await start(
+        """
+        import asyncio, functools
+
+        async def run(context, input):
+            def none():
+                print("none", flush=True)
+
+            async def one(timeout):
+                print("one", timeout, flush=True)
+
+            def defaults(timeout, can_keep_alive=None, extra="kept"):
+                print("defaults", timeout, can_keep_alive, extra, flush=True)
+
+            def star(*args):
+                print("star", *args, flush=True)
+
+            class Cleaner:
+                def close(self, timeout, can):
+                    print("method", timeout, can, flush=True)
+
+            for handler in (none, one, defaults, star, Cleaner().close,
+                            functools.partial(star, "p")):
+                context.set_stop_handler(handler)
+            context.emit("ready")
+            await asyncio.sleep(3600)
+        """
+    )
+    await child.wait_message(Message.EVENT)
+    child.send(Message.STOP, {"timeout": 1500, "canCallKeepalive": True})
+    assert await child.wait_exit() == Exit.STOPPED, child.stderr
+    assert child.stderr == b""
+    assert child.stdout.decode().splitlines() == [
+        "none",
+        "one 1.5",
+        "defaults 1.5 True kept",
+        "star 1.5 True",
+        "method 1.5 True",
+        "star p 1.5 True",
+    ]
+
+
 async def test_kill_exits_137_even_when_user_code_blocks_the_loop(start: Start) -> None:
     child = await start(
         """
