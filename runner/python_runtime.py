@@ -19,19 +19,22 @@ import codecs
 import collections
 import contextlib
 import datetime
+import dis
+import functools
 import importlib.util
 import inspect
 import io
 import json
 import logging
 import os
+import select
 import socket
 import sys
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from types import ModuleType, TracebackType
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
+from types import CodeType, FrameType, ModuleType, TracebackType
 from typing import Any
 
 from core.protocol import Exit, Fd, Message
@@ -456,7 +459,9 @@ class InputStream:
     HIGH_WATER_ITEMS = 4096
     HIGH_WATER_CHUNKS = 16
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, fd: int, content_type: str | None = None
+    ) -> None:
         self._loop = loop
         self._fd = fd
         self._items: collections.deque[Any] = collections.deque()
@@ -471,6 +476,8 @@ class InputStream:
         self._partial_text = ""
         self._partial_bytes = b""
         self._high_water = self.HIGH_WATER_ITEMS
+        if content_type is not None:  # a stream without a header (stdin)
+            self._start_body(content_type, b"")
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self
@@ -507,6 +514,10 @@ class InputStream:
             return
         except OSError:
             data = b""
+        self._take(data)
+
+    def _take(self, data: bytes) -> None:
+        """Decodes what was read (the end, if nothing) and wakes whoever waits for items."""
         if data:
             self._decode(data)
             if len(self._items) >= self._high_water:
@@ -587,6 +598,163 @@ class InputStream:
             # One bad line from a client should not end the sequence's input.
             sys.stderr.write(f"runtime: skipped an input line that is not JSON ({exc}): ")
             sys.stderr.write(f"{line[:200]!r}\n")
+
+
+class StdinLines(InputStream):
+    """The lines of stdin (fd 0), for both ways of reading `sys.stdin` (`StdinStream`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        super().__init__(loop, fd, "text/plain")
+
+    def _on_readable(self) -> None:
+        # A synchronous read on the loop's thread may have taken what made fd 0 readable, and
+        # fd 0 stays blocking (the sequence's subprocesses share it): look before reading.
+        if select.select([self._fd], [], [], 0)[0]:
+            super()._on_readable()
+
+    def _fill(self) -> None:
+        """Blocks until more text, or the end, comes."""
+        try:
+            data = os.read(self._fd, 65536)
+        except InterruptedError:
+            return
+        except OSError:
+            data = b""
+        self._take(data)
+
+    def read_text(self, size: int) -> str:
+        """Up to `size` characters (all, to the end, if negative), blocking."""
+        parts: list[str] = []
+        wanted = size if size >= 0 else sys.maxsize
+        while wanted > 0:
+            if not self._items:
+                if self._eof:
+                    break
+                self._fill()
+                continue
+            item = self._cut(self._items.popleft(), wanted)
+            parts.append(item)
+            wanted -= len(item)
+        return "".join(parts)
+
+    def read_line(self, size: int) -> str:
+        """The next line (up to `size` characters; "" at the end), blocking."""
+        while not self._items and not self._eof:
+            self._fill()
+        return self._cut(self._items.popleft(), size) if self._items else ""
+
+    async def next_text(self, size: int) -> str | None:
+        """The next line as soon as it comes (up to `size` characters); None at the end, as
+        STH's stream gives."""
+        try:
+            item = await self.__anext__()
+        except StopAsyncIteration:
+            return None
+        return self._cut(item, size)
+
+    def _cut(self, item: str, size: int) -> str:
+        if 0 <= size < len(item):
+            self._items.appendleft(item[size:])
+            return item[:size]
+        return item
+
+
+class AwaitableText(str):
+    """A str that `await` gives back as it is: a synchronous read awaited later still works."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, str]:
+        yield from ()
+        return str(self)
+
+
+class StdinStream(io.TextIOBase):
+    """What sys.stdin becomes: the text of fd 0 (UTF-8, surrogateescape), read either way.
+
+    As a file, the way that works on any Python: read(), readline(), iteration, input(); they
+    block until the text or the end is there. As on STH, whose sys.stdin is a scramjet stream:
+    `async for line in sys.stdin`, and `await sys.stdin.read()`, which gives the next line as
+    soon as it comes (None at the end) and lets the loop run meanwhile. Which of the two a
+    read() is depends on whether its caller awaits the call (`_awaited_by_caller`).
+    `sys.stdin.buffer` reads raw bytes; it does not see text that a text read took already.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._lines = StdinLines(loop, fd)
+        self.buffer = io.FileIO(fd, "rb", closefd=False)
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "surrogateescape"
+
+    @property
+    def name(self) -> str:
+        return "<stdin>"
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def readable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def read(self, size: int | None = -1) -> Any:
+        size = -1 if size is None else size
+        if _awaited_by_caller(sys._getframe(1)):
+            return self._lines.next_text(size)
+        return AwaitableText(self._lines.read_text(size))
+
+    def readline(self, size: int | None = -1) -> Any:
+        size = -1 if size is None else size
+        if _awaited_by_caller(sys._getframe(1)):
+            return self._lines.next_text(size)
+        return AwaitableText(self._lines.read_line(size))
+
+    # typeshed gives io's __next__ the binary type; a text file's lines are str.
+    def __next__(self) -> str:  # type: ignore[override]
+        line = self._lines.read_line(-1)
+        if not line:
+            raise StopIteration
+        return line
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._lines.__aiter__()
+
+
+_ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def _awaited_by_caller(frame: FrameType | None) -> bool:
+    """Whether the call that `frame` is making is awaited at once, as in `await f()`: in the
+    bytecode of a coroutine, the call is followed by GET_AWAITABLE."""
+    if frame is None or not frame.f_code.co_flags & _ASYNC_CODE:
+        return False
+    return frame.f_lasti in _awaited_call_offsets(frame.f_code)
+
+
+@functools.lru_cache(maxsize=256)
+def _awaited_call_offsets(code: CodeType) -> frozenset[int]:
+    offsets: set[int] = set()
+    previous: dis.Instruction | None = None
+    for instruction in dis.get_instructions(code):
+        if (
+            instruction.opname == "GET_AWAITABLE"
+            and previous is not None
+            and previous.opname.startswith("CALL")
+        ):
+            # f_lasti is the call's own offset or (3.11) that of its last inline cache entry.
+            offsets.update(range(previous.offset, instruction.offset, 2))
+        previous = instruction
+    return frozenset(offsets)
 
 
 def _content_type_of(header: bytes) -> str:
@@ -810,9 +978,7 @@ class Runtime:
         # (typeshed makes them Final TextIOWrappers: a child replaces them on purpose.)
         sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr  # type: ignore[misc,assignment]
         # The fork server's own stdin object may hold state; a fresh one reads the child's fd 0.
-        sys.stdin = open(  # noqa: SIM115 - lives as long as the process
-            Fd.STDIN, encoding="utf-8", errors="surrogateescape", closefd=False
-        )
+        sys.stdin = StdinStream(self.loop, Fd.STDIN)
 
     def _track(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = self.loop.create_task(coro)  # type: ignore[arg-type]

@@ -257,6 +257,67 @@ async def test_stdin_reaches_sys_stdin_and_log_records_carry_exceptions(start: S
     assert "ZeroDivisionError" in entry["exc"]
 
 
+async def test_stdin_is_a_stream_as_on_sth_without_blocking_the_loop(start: Start) -> None:
+    """STH's sys.stdin is a scramjet stream: `await sys.stdin.read()` gives the next chunk as
+    it comes (stdin still open, the loop still running), `async for` the rest, None the end."""
+    child = await start(
+        """
+        import asyncio, sys
+
+        async def run(context, input):
+            async def tick():
+                while True:
+                    context.emit("tick")
+                    await asyncio.sleep(0.01)
+
+            ticker = asyncio.create_task(tick())
+            name = (await sys.stdin.read()).strip()
+            context.emit("name", name)
+            rest = [chunk async for chunk in sys.stdin]
+            ticker.cancel()
+            return {"name": name, "rest": rest, "end": await sys.stdin.read()}
+        """
+    )
+    await child.wait_message(Message.EVENT)  # ticking: the loop runs while stdin is awaited
+    await child.write_stdin("Alice\n")
+    await child.wait_until(
+        lambda: {"eventName": "name", "message": "Alice"} in child.data_of(Message.EVENT),
+        10,
+        "the name, read while stdin stays open",
+    )
+    await child.write_stdin("b\nc")
+    await child.end_stdin()
+    assert await finished(child) == 0, child.stderr
+    assert json.loads(child.output) == {"name": "Alice", "rest": ["b\n", "c"], "end": None}
+
+
+async def test_stdin_keeps_the_file_methods(start: Start) -> None:
+    child = await start(
+        """
+        import builtins, sys
+
+        def run(context, input):
+            first = sys.stdin.readline()
+            second = builtins.input()
+            three = sys.stdin.read(3)
+            rest = list(sys.stdin)
+            return {"first": first, "second": second, "three": three, "rest": rest,
+                    "end": sys.stdin.read(), "fileno": sys.stdin.fileno()}
+        """
+    )
+    await child.write_stdin("one\ntwo\nthree\nfour\nfive")
+    await child.end_stdin()
+    assert await finished(child) == 0, child.stderr
+    assert json.loads(child.output) == {
+        "first": "one\n",
+        "second": "two",
+        "three": "thr",
+        "rest": ["ee\n", "four\n", "five"],
+        "end": "",
+        "fileno": 0,
+    }
+
+
 async def test_print_appears_promptly_while_the_loop_is_blocked(start: Start) -> None:
     child = await start(
         """
