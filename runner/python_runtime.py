@@ -995,6 +995,11 @@ class Runtime:
             sys.stderr.write(f"Bad main: {main!r} is not a file inside the package\n")
             raise LoadFailed(Exit.BAD_MAIN)
         _prepend_sys_path(package_dir, os.path.dirname(path))
+        # STH's runner changes into the folder of main, so a sequence opens the files beside
+        # it by relative paths. Before the import (STH: after), so module-level code may too.
+        # Landlock and the package's owner keep that folder read-only to the child; HOME and
+        # TMPDIR stay the instance's own folder.
+        os.chdir(os.path.dirname(path))
         sys.argv = [path]
         name = _module_name(path)
         spec = importlib.util.spec_from_file_location(name, path)

@@ -817,24 +817,37 @@ async def test_allocating_beyond_the_memory_limit_fails(start: Start) -> None:
 
 
 async def test_workdir_and_environment_come_from_the_spec(start: Start, tmp_path: Path) -> None:
+    """The workdir is made (HOME and TMPDIR name it); the sequence works in main's folder, as
+    on STH, so the files beside main open by relative paths."""
     child = await start(
         """
         import os, resource
 
         def run(context, input):
+            with open("data.txt") as f:
+                data = f.read()
             return {
                 "cwd": os.getcwd(),
+                "data": data,
                 "env": dict(os.environ),
                 "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             }
         """,
+        main="app/main.py",
+        files={"app/data.txt": "beside main"},
         workdir=tmp_path / "deep/work",
         env={"ONLY": "this"},
         limits={"nofile": 100},
     )
-    assert await finished(child) == 0
+    assert await finished(child) == 0, child.stderr
     seen = json.loads(child.output)
-    assert seen == {"cwd": str(tmp_path / "deep/work"), "env": {"ONLY": "this"}, "nofile": 100}
+    assert seen == {
+        "cwd": str(tmp_path / "pkg/app"),
+        "data": "beside main",
+        "env": {"ONLY": "this"},
+        "nofile": 100,
+    }
+    assert (tmp_path / "deep/work").is_dir()
 
 
 # ---------------------------------------------------------------------------------------------
