@@ -994,7 +994,7 @@ class Runtime:
         if not path.startswith(package_dir + os.sep) or not os.path.isfile(path):
             sys.stderr.write(f"Bad main: {main!r} is not a file inside the package\n")
             raise LoadFailed(Exit.BAD_MAIN)
-        _prepend_sys_path(package_dir, os.path.dirname(path))
+        _set_sys_path(package_dir, os.path.dirname(path), self.spec.get("python_path") or [])
         # STH's runner changes into the folder of main, so a sequence opens the files beside
         # it by relative paths. Before the import (STH: after), so module-level code may too.
         # Landlock and the package's owner keep that folder read-only to the child; HOME and
@@ -1044,9 +1044,10 @@ class Runtime:
     def _make_input(self) -> Any:
         stream = InputStream(self.loop, Fd.INPUT)
         try:
-            from scramjet.streams import Stream  # shipped in the package's __pypackages__
+            # The package's own (__pypackages__), else the one the hub lends (python_path).
+            from scramjet.streams import Stream
         except Exception:
-            return stream
+            return stream  # the worker could not lend it: still an async iterable
         # STH-style sequences call input.map(...), input.each(...): give them the real thing.
         return Stream.read_from(stream)
 
@@ -1339,12 +1340,15 @@ def _module_name(path: str) -> str:
     return "__sequence_main__"
 
 
-def _prepend_sys_path(package_dir: str, main_dir: str) -> None:
+def _set_sys_path(package_dir: str, main_dir: str, lent: Iterable[str]) -> None:
+    """The package's folders first; the hub's lent library (scramjet) last, so a package that
+    ships its own copy in __pypackages__ imports that one."""
     entries = [package_dir]
     if main_dir != package_dir:
         entries.append(main_dir)
     entries.append(os.path.join(package_dir, "__pypackages__"))
     sys.path[:0] = [entry for entry in entries if entry not in sys.path]
+    sys.path += [str(entry) for entry in lent if entry not in sys.path]
     importlib.invalidate_caches()
 
 

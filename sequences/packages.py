@@ -52,6 +52,8 @@ __all__ = [
     "PackageInfo",
     "extract_package",
     "inspect_package",
+    "publish_folder",
+    "readable_by_all",
 ]
 
 KIB = 1024
@@ -243,8 +245,8 @@ def extract_package(
     try:
         os.chmod(staging, 0o755)  # mkdtemp makes 0700; the package folder is an ordinary one
         _extract_into(path, staging, info)
-        _readable_by_all(staging)
-        _publish(staging, dest)
+        readable_by_all(staging)
+        publish_folder(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -1158,8 +1160,9 @@ def _extract_into(path: str | os.PathLike[str], staging: Path, info: PackageInfo
         raise PackageError("CHECKSUM_MISMATCH", "the package root changed since inspection")
 
 
-def _readable_by_all(folder: Path) -> None:
-    """Children may run as other users (HUB_RUN_AS): they read the package, never write it."""
+def readable_by_all(folder: Path) -> None:
+    """Children may run as other users (HUB_RUN_AS): they read what is under `folder` (a
+    package, the runtime's lent library), never write it."""
     for parent, dirs, files in os.walk(folder):
         for name in dirs + files:
             path = os.path.join(parent, name)
@@ -1196,7 +1199,7 @@ def _data_filter(relative: str, member: tarfile.TarInfo, root: str) -> Any:
     return apply
 
 
-def _publish(staging: Path, dest: Path) -> None:
+def publish_folder(staging: Path, dest: Path) -> None:
     """Atomically move the finished folder into place, unless someone else got there first."""
     try:
         os.rename(staging, dest)

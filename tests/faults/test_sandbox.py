@@ -465,7 +465,8 @@ def run(context, input, targets, data_dir, worker_pid, django_dir):
 def test_the_working_folder_is_the_package_and_read_only(private_hub):
     """As on STH, a sequence works in the folder of its main and opens the files beside it by
     relative paths. Every instance of the package shares that folder: none may change it.
-    HOME and TMPDIR stay the instance's own folder."""
+    HOME and TMPDIR stay the instance's own folder. Nor may it change the scramjet the hub lends
+    every Python sequence."""
     hub = private_hub()
     result = run_attack(
         hub.api,
@@ -475,6 +476,8 @@ def write(path, mode="w"):
     with open(path, mode) as f:
         f.write("planted")
 def run(context, input):
+    import scramjet  # lent by the hub: no __pypackages__ here
+    lent = os.path.dirname(scramjet.__file__)
     home = os.environ["HOME"]
     with open("data.json") as f:
         data = json.load(f)
@@ -490,6 +493,8 @@ def run(context, input):
         "rename": attempt(lambda: os.rename("data.json", "moved.json")),
         "sub_create": attempt(lambda: write("lib/planted.txt")),
         "chmod": attempt(lambda: os.chmod("data.json", 0)),
+        "lent_create": attempt(lambda: write(os.path.join(lent, "planted.py"))),
+        "lent_append": attempt(lambda: write(os.path.join(lent, "streams.py"), "a")),
         "home_write": attempt(lambda: write(os.path.join(home, "mine.txt"))),
         "tempfile": attempt(lambda: tempfile.mkstemp() and None),
     })

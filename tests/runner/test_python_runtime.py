@@ -6,10 +6,10 @@ supervisor), and checks the streams, control messages and exit code of runner/PR
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import sys
 import textwrap
@@ -22,7 +22,7 @@ import pytest_asyncio
 
 from core.protocol import Exit, Message
 from runner.forkserver import REPO_ROOT, ForkServer
-from tests.conftest import IN_CI
+from runner.lent import lent_library
 from tests.runner.harness import Child, Harness, make_spec, started_fork_server, write_package
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -762,25 +762,65 @@ async def test_hub_packages_are_not_importable_by_sequences(start: Start) -> Non
     assert json.loads(child.output) == {"django": False, "json": True}
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("scramjet") is None and not IN_CI, reason="no scramjet-framework-py"
-)
-async def test_scramjet_stream_wraps_input_when_the_package_ships_it(
-    start: Start, tmp_path: Path
-) -> None:
-    spec = importlib.util.find_spec("scramjet")
-    assert spec is not None and spec.submodule_search_locations
-    shutil.copytree(spec.submodule_search_locations[0], tmp_path / "pkg/__pypackages__/scramjet")
+@pytest.fixture(scope="module")
+def lent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The library the worker lends Python sequences (runner/lent.py), made as a worker does."""
+    library = lent_library(tmp_path_factory.mktemp("data") / "lib")
+    assert library is not None
+    return library
+
+
+async def test_input_is_a_scramjet_stream_lent_by_the_hub(start: Start, lent: Path) -> None:
+    """As on STH, whether or not the package ships scramjet."""
     child = await start(
         """
         def run(context, input):
             return input.map(lambda line: f"consumer got: {line}").each(print)
-        """
+        """,
+        python_path=[str(lent)],
     )
     await child.write_input("a\nb\n")
-    assert await finished(child) == 0
+    assert await finished(child) == 0, child.stderr
     assert child.output == b"consumer got: a\nconsumer got: b\n"
     assert child.stdout == b"consumer got: a\n\nconsumer got: b\n\n"
+
+
+async def test_a_package_shipping_its_own_scramjet_gets_its_own(start: Start, lent: Path) -> None:
+    own = """
+        class Stream:
+            @classmethod
+            def read_from(cls, source):
+                return "the package's own scramjet"
+        """
+    child = await start(
+        """
+        def run(context, input):
+            return input
+        """,
+        files={
+            "__pypackages__/scramjet/__init__.py": "",
+            "__pypackages__/scramjet/streams.py": textwrap.dedent(own),
+        },
+        python_path=[str(lent)],
+    )
+    assert await finished(child) == 0, child.stderr
+    assert child.output == b"the package's own scramjet"
+
+
+def test_the_lent_library_holds_only_scramjet_readable_by_all_and_is_made_once(
+    lent: Path,
+) -> None:
+    assert [p.name for p in lent.iterdir()] == ["scramjet"]
+    assert (
+        lent.name == f"scramjet-framework-py-{importlib.metadata.version('scramjet-framework-py')}"
+    )
+    for path in [lent, *lent.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o755 if path.is_dir() else 0o644), path
+    assert list(lent.rglob("*.pyc"))  # compiled once here: children cannot write bytecode
+    made = (lent / "scramjet/streams.py").stat().st_mtime_ns
+    assert lent_library(lent.parent) == lent
+    assert (lent / "scramjet/streams.py").stat().st_mtime_ns == made
 
 
 async def test_grandchildren_share_the_process_group_and_die_with_killpg(start: Start) -> None:
