@@ -198,19 +198,12 @@ class Flusher:
                     seen[id(writer)] = (size, since)
 
 
-class TextStream(io.TextIOBase):
-    """What sys.stdout and sys.stderr become: UTF-8 text into a coalescing FdWriter.
+class Utf8Text(io.TextIOBase):
+    """A standard stream of the child: UTF-8 text, with odd bytes kept (surrogateescape)."""
 
-    Buffered, not line-buffered: a sequence printing a million lines makes a syscall per 64 KiB,
-    and the Flusher still puts a lone print() on the pipe within a few milliseconds, even when
-    the loop is blocked. Everything is flushed again before the child exits.
-    """
-
-    def __init__(self, writer: FdWriter, name: str) -> None:
+    def __init__(self, name: str) -> None:
         super().__init__()
-        self._writer = writer
         self._name = name
-        self.buffer = BinaryStream(writer, name)
 
     # io.TextIOBase's encoding and errors are read-only properties; typeshed declares them as
     # plain attributes, hence the ignores.
@@ -225,6 +218,23 @@ class TextStream(io.TextIOBase):
     @property
     def name(self) -> str:
         return self._name
+
+    def isatty(self) -> bool:
+        return False
+
+
+class TextStream(Utf8Text):
+    """What sys.stdout and sys.stderr become: UTF-8 text into a coalescing FdWriter.
+
+    Buffered, not line-buffered: a sequence printing a million lines makes a syscall per 64 KiB,
+    and the Flusher still puts a lone print() on the pipe within a few milliseconds, even when
+    the loop is blocked. Everything is flushed again before the child exits.
+    """
+
+    def __init__(self, writer: FdWriter, name: str) -> None:
+        super().__init__(name)
+        self._writer = writer
+        self.buffer = BinaryStream(writer, name)
 
     @property
     def line_buffering(self) -> bool:
@@ -255,9 +265,6 @@ class TextStream(io.TextIOBase):
 
     def fileno(self) -> int:
         return self._writer.fd
-
-    def isatty(self) -> bool:
-        return False
 
     def writable(self) -> bool:
         return True
@@ -669,7 +676,7 @@ class AwaitableText(str):
         return str(self)
 
 
-class StdinStream(io.TextIOBase):
+class StdinStream(Utf8Text):
     """What sys.stdin becomes: the text of fd 0 (UTF-8, surrogateescape), read either way.
 
     As a file, the way that works on any Python: read(), readline(), iteration, input(); they
@@ -681,31 +688,16 @@ class StdinStream(io.TextIOBase):
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
-        super().__init__()
+        super().__init__("<stdin>")
         self._fd = fd
         self._lines = StdinLines(loop, fd)
         self.buffer = io.FileIO(fd, "rb", closefd=False)
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return "utf-8"
-
-    @property
-    def errors(self) -> str:  # type: ignore[override]
-        return "surrogateescape"
-
-    @property
-    def name(self) -> str:
-        return "<stdin>"
 
     def fileno(self) -> int:
         return self._fd
 
     def readable(self) -> bool:
         return True
-
-    def isatty(self) -> bool:
-        return False
 
     def read(self, size: int | None = -1) -> Any:
         size = -1 if size is None else size
