@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from tests.conftest import wait_for
-from tests.packaging import python_package, upload
+from tests.packaging import package_bytes, python_package, upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -158,6 +158,16 @@ def test_stdin_reaches_the_process(admin_api):
     iid = run_sequence(admin_api, code)
     admin_api.post(f"/instance/{iid}/stdin", content=b"hello")
     assert read(admin_api, iid, "output") == b"got:hello"
+
+
+def test_a_python_main_named_without_py_runs(admin_api):
+    """Issue 15, item 1: "main": "main" names main.py, and the launch runs that file."""
+    package = package_bytes(
+        {"main.py": LIFECYCLE},
+        package_json={"name": "p", "main": "./main", "engines": {"python3": "3.11"}},
+    )
+    iid = start(admin_api, upload(admin_api, package), [1, 2])
+    assert read(admin_api, iid, "output") == b"1\n2\n"
 
 
 STH_SAMPLE = """
