@@ -36,8 +36,8 @@ def default_output(directory: Path) -> Path:
 
 
 def read_package_json(directory: Path) -> dict[str, Any]:
-    """package.json of a directory, checked: it exists, parses to an object, and `main` is a
-    relative path to a file inside the directory."""
+    """package.json of a directory, checked: it exists, parses to an object, and `main` names a
+    file inside the directory (`resolve_main`)."""
     path = directory / "package.json"
     if not path.is_file():
         raise PackError(f"{path} not found: a package needs package.json at its root")
@@ -47,18 +47,88 @@ def read_package_json(directory: Path) -> dict[str, Any]:
         raise PackError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
         raise PackError(f"{path} must hold a JSON object")
+    resolve_main(directory, config)
+    return config
+
+
+# How `main` names a file, as the hub resolves it (sequences/packages.py, MAIN_SUFFIXES and
+# resolve_main): Node's require() for Node packages, the path or the path + ".py" for Python.
+# The client cannot import the hub, so tests/client/test_pack.py runs both on the same packages.
+MAIN_SUFFIXES = {"node": ("", ".js", ".json", ".mjs", ".cjs"), "python": ("", ".py")}
+_LANGUAGE_OF_SUFFIX = {".py": "python", ".js": "node", ".mjs": "node", ".cjs": "node"}
+
+
+def resolve_main(directory: Path, config: dict[str, Any]) -> str:
+    """The file `main` names, relative to `directory` (posix), or PackError."""
+    where = directory / "package.json"
     main = config.get("main")
     if not isinstance(main, str) or not main.strip():
-        raise PackError(f'{path}: "main" must be the path of the program file, e.g. "main.py"')
-    rel = PurePosixPath(main)
-    if rel.is_absolute():
-        raise PackError(f'{path}: "main" ({main}) must be relative to the package')
-    target = (directory / rel).resolve()
-    if not target.is_relative_to(directory.resolve()):
-        raise PackError(f'{path}: "main" ({main}) points outside the package')
-    if not target.is_file():
-        raise PackError(f'{path}: "main" ({main}) is not a file in {directory}')
-    return config
+        raise PackError(f'{where}: "main" must be the path of the program file, e.g. "main.py"')
+    parts = [part for part in main.split("/") if part not in ("", ".")]
+    if main.startswith("/") or "\\" in main:
+        raise PackError(f'{where}: "main" ({main}) must be relative to the package, with "/"')
+    if ".." in parts:
+        raise PackError(f'{where}: "main" ({main}) may not use ".."')
+    if not parts or main.endswith("/"):
+        raise PackError(f'{where}: "main" ({main}) is a folder, not a file')
+    root = directory.resolve()
+    engines = config.get("engines") or {}
+    relative = "/".join(parts)
+    if "python3" in engines:
+        languages: tuple[str, ...] = ("python",)
+    elif "node" in engines:
+        languages = ("node",)
+    elif _is_file(root, relative):
+        if PurePosixPath(relative).suffix not in _LANGUAGE_OF_SUFFIX:
+            raise PackError(
+                f'{where}: cannot tell how to run "main" ({main}): add engines.python3 or '
+                "engines.node, or use a .py or .js main"
+            )
+        return relative
+    else:
+        languages = ("node", "python")  # STH runs a package without engines.python3 in Node
+    for language in languages:
+        found = _resolve_as(root, relative, MAIN_SUFFIXES[language], language == "node")
+        if found is not None:
+            return found
+    raise PackError(f'{where}: "main" ({main}) names no file in {directory}')
+
+
+def _resolve_as(root: Path, relative: str, suffixes: tuple[str, ...], node: bool) -> str | None:
+    def as_file(path: str, ends: tuple[str, ...] = suffixes) -> str | None:
+        return next((path + end for end in ends if _is_file(root, path + end)), None)
+
+    found = as_file(relative)
+    if found is not None or not node or not (root / relative).is_dir():
+        return found
+    inner = _folder_main(root, relative)
+    if inner is not None:
+        found = as_file(inner) or as_file(f"{inner}/index", suffixes[1:])
+    return found or as_file(f"{relative}/index", suffixes[1:])
+
+
+def _is_file(root: Path, relative: str) -> bool:
+    # A regular file, not a link: the hub refuses a main that is a symlink.
+    try:
+        return stat.S_ISREG((root / relative).lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _folder_main(root: Path, folder: str) -> str | None:
+    """The "main" of `folder`/package.json joined to `folder`, if usable and inside."""
+    if not _is_file(root, f"{folder}/package.json"):
+        return None
+    try:
+        inner = json.loads((root / folder / "package.json").read_text(encoding="utf-8"))["main"]
+    except (ValueError, UnicodeDecodeError, TypeError, KeyError, OSError):
+        return None
+    if not isinstance(inner, str) or len(inner) > 1024:
+        return None
+    parts = [part for part in inner.split("/") if part not in ("", ".")]
+    if not parts or ".." in parts or "\\" in inner:
+        return None
+    return "/".join([folder, *parts])
 
 
 def package_files(directory: Path, rules: IgnoreRules, skip: Path | None = None) -> list[str]:
@@ -122,7 +192,7 @@ def _prepare(directory: Path | str, skip: Path | None = None) -> tuple[Path, dic
     rules = IgnoreRules.of_dir(root)
     if rules.excluded("package.json"):
         raise PackError(".siignore leaves out package.json")
-    main = PurePosixPath(config["main"]).as_posix().removeprefix("./")
+    main = resolve_main(root, config)
     if rules.excluded(main):
         raise PackError(f'.siignore leaves out "main" ({main})')
     return root, config, package_files(root, rules, skip)

@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings
 
 from runner import cgroups, isolation, landlock
+from runner.lent import lent_library
 from runner.packagecache import cache_root, ensure_unpacked
 from sequences.models import Instance
 from sequences.services import tcp_services
@@ -100,8 +101,17 @@ def build_spec(instance: Instance, mode: str = "sequence", extra: dict | None = 
         "run_as": run_as(),
         "isolate_network": settings.HUB_SANDBOX_NETWORK == "isolated",
     }
+    library = python_library()
+    if seq.language == "python" and library is not None:
+        spec["python_path"] = [str(library)]
     spec.update(extra or {})
     return spec
+
+
+@functools.cache
+def python_library() -> Path | None:
+    """The folder of the library lent to Python sequences (runner/lent.py)."""
+    return lent_library(settings.HUB_DATA_DIR / "lib")
 
 
 def node_limits(limits: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +154,9 @@ def sandbox_config() -> dict[str, Any] | None:
         return None
     hidden = [str(settings.BASE_DIR), sys.prefix, str(settings.HUB_DATA_DIR)]
     files = [str(RUNTIME_DIR / "node_runtime.js")]
+    library = python_library()
+    if library is not None:
+        files.append(str(library))  # read only; why a copy and not site-packages: runner/lent.py
     rules = isolation.sandbox_rules(isolation.runtime_python(), hidden, files)
     config: dict[str, Any] = {"rules": rules, "ports": [], "shared": None}
     if (run_as() or {}).get("lease"):

@@ -19,19 +19,22 @@ import codecs
 import collections
 import contextlib
 import datetime
+import dis
+import functools
 import importlib.util
 import inspect
 import io
 import json
 import logging
 import os
+import select
 import socket
 import sys
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from types import ModuleType, TracebackType
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
+from types import CodeType, FrameType, ModuleType, TracebackType
 from typing import Any
 
 from core.protocol import Exit, Fd, Message
@@ -195,19 +198,12 @@ class Flusher:
                     seen[id(writer)] = (size, since)
 
 
-class TextStream(io.TextIOBase):
-    """What sys.stdout and sys.stderr become: UTF-8 text into a coalescing FdWriter.
+class Utf8Text(io.TextIOBase):
+    """A standard stream of the child: UTF-8 text, with odd bytes kept (surrogateescape)."""
 
-    Buffered, not line-buffered: a sequence printing a million lines makes a syscall per 64 KiB,
-    and the Flusher still puts a lone print() on the pipe within a few milliseconds, even when
-    the loop is blocked. Everything is flushed again before the child exits.
-    """
-
-    def __init__(self, writer: FdWriter, name: str) -> None:
+    def __init__(self, name: str) -> None:
         super().__init__()
-        self._writer = writer
         self._name = name
-        self.buffer = BinaryStream(writer, name)
 
     # io.TextIOBase's encoding and errors are read-only properties; typeshed declares them as
     # plain attributes, hence the ignores.
@@ -222,6 +218,23 @@ class TextStream(io.TextIOBase):
     @property
     def name(self) -> str:
         return self._name
+
+    def isatty(self) -> bool:
+        return False
+
+
+class TextStream(Utf8Text):
+    """What sys.stdout and sys.stderr become: UTF-8 text into a coalescing FdWriter.
+
+    Buffered, not line-buffered: a sequence printing a million lines makes a syscall per 64 KiB,
+    and the Flusher still puts a lone print() on the pipe within a few milliseconds, even when
+    the loop is blocked. Everything is flushed again before the child exits.
+    """
+
+    def __init__(self, writer: FdWriter, name: str) -> None:
+        super().__init__(name)
+        self._writer = writer
+        self.buffer = BinaryStream(writer, name)
 
     @property
     def line_buffering(self) -> bool:
@@ -252,9 +265,6 @@ class TextStream(io.TextIOBase):
 
     def fileno(self) -> int:
         return self._writer.fd
-
-    def isatty(self) -> bool:
-        return False
 
     def writable(self) -> bool:
         return True
@@ -456,7 +466,9 @@ class InputStream:
     HIGH_WATER_ITEMS = 4096
     HIGH_WATER_CHUNKS = 16
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, fd: int, content_type: str | None = None
+    ) -> None:
         self._loop = loop
         self._fd = fd
         self._items: collections.deque[Any] = collections.deque()
@@ -471,6 +483,8 @@ class InputStream:
         self._partial_text = ""
         self._partial_bytes = b""
         self._high_water = self.HIGH_WATER_ITEMS
+        if content_type is not None:  # a stream without a header (stdin)
+            self._start_body(content_type, b"")
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self
@@ -507,6 +521,10 @@ class InputStream:
             return
         except OSError:
             data = b""
+        self._take(data)
+
+    def _take(self, data: bytes) -> None:
+        """Decodes what was read (the end, if nothing) and wakes whoever waits for items."""
         if data:
             self._decode(data)
             if len(self._items) >= self._high_water:
@@ -589,6 +607,148 @@ class InputStream:
             sys.stderr.write(f"{line[:200]!r}\n")
 
 
+class StdinLines(InputStream):
+    """The lines of stdin (fd 0), for both ways of reading `sys.stdin` (`StdinStream`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        super().__init__(loop, fd, "text/plain")
+
+    def _on_readable(self) -> None:
+        # A synchronous read on the loop's thread may have taken what made fd 0 readable, and
+        # fd 0 stays blocking (the sequence's subprocesses share it): look before reading.
+        if select.select([self._fd], [], [], 0)[0]:
+            super()._on_readable()
+
+    def _fill(self) -> None:
+        """Blocks until more text, or the end, comes."""
+        try:
+            data = os.read(self._fd, 65536)
+        except InterruptedError:
+            return
+        except OSError:
+            data = b""
+        self._take(data)
+
+    def read_text(self, size: int) -> str:
+        """Up to `size` characters (all, to the end, if negative), blocking."""
+        parts: list[str] = []
+        wanted = size if size >= 0 else sys.maxsize
+        while wanted > 0:
+            if not self._items:
+                if self._eof:
+                    break
+                self._fill()
+                continue
+            item = self._cut(self._items.popleft(), wanted)
+            parts.append(item)
+            wanted -= len(item)
+        return "".join(parts)
+
+    def read_line(self, size: int) -> str:
+        """The next line (up to `size` characters; "" at the end), blocking."""
+        while not self._items and not self._eof:
+            self._fill()
+        return self._cut(self._items.popleft(), size) if self._items else ""
+
+    async def next_text(self, size: int) -> str | None:
+        """The next line as soon as it comes (up to `size` characters); None at the end, as
+        STH's stream gives."""
+        try:
+            item = await self.__anext__()
+        except StopAsyncIteration:
+            return None
+        return self._cut(item, size)
+
+    def _cut(self, item: str, size: int) -> str:
+        if 0 <= size < len(item):
+            self._items.appendleft(item[size:])
+            return item[:size]
+        return item
+
+
+class AwaitableText(str):
+    """A str that `await` gives back as it is: a synchronous read awaited later still works."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, str]:
+        yield from ()
+        return str(self)
+
+
+class StdinStream(Utf8Text):
+    """What sys.stdin becomes: the text of fd 0 (UTF-8, surrogateescape), read either way.
+
+    As a file, the way that works on any Python: read(), readline(), iteration, input(); they
+    block until the text or the end is there. As on STH, whose sys.stdin is a scramjet stream:
+    `async for line in sys.stdin`, and `await sys.stdin.read()`, which gives the next line as
+    soon as it comes (None at the end) and lets the loop run meanwhile. Which of the two a
+    read() is depends on whether its caller awaits the call (`_awaited_by_caller`).
+    `sys.stdin.buffer` reads raw bytes; it does not see text that a text read took already.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        super().__init__("<stdin>")
+        self._fd = fd
+        self._lines = StdinLines(loop, fd)
+        self.buffer = io.FileIO(fd, "rb", closefd=False)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> Any:
+        size = -1 if size is None else size
+        if _awaited_by_caller(sys._getframe(1)):
+            return self._lines.next_text(size)
+        return AwaitableText(self._lines.read_text(size))
+
+    def readline(self, size: int | None = -1) -> Any:
+        size = -1 if size is None else size
+        if _awaited_by_caller(sys._getframe(1)):
+            return self._lines.next_text(size)
+        return AwaitableText(self._lines.read_line(size))
+
+    # typeshed gives io's __next__ the binary type; a text file's lines are str.
+    def __next__(self) -> str:  # type: ignore[override]
+        line = self._lines.read_line(-1)
+        if not line:
+            raise StopIteration
+        return line
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._lines.__aiter__()
+
+
+_ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def _awaited_by_caller(frame: FrameType | None) -> bool:
+    """Whether the call that `frame` is making is awaited at once, as in `await f()`: in the
+    bytecode of a coroutine, the call is followed by GET_AWAITABLE."""
+    if frame is None or not frame.f_code.co_flags & _ASYNC_CODE:
+        return False
+    return frame.f_lasti in _awaited_call_offsets(frame.f_code)
+
+
+@functools.lru_cache(maxsize=256)
+def _awaited_call_offsets(code: CodeType) -> frozenset[int]:
+    offsets: set[int] = set()
+    previous: dis.Instruction | None = None
+    for instruction in dis.get_instructions(code):
+        if (
+            instruction.opname == "GET_AWAITABLE"
+            and previous is not None
+            and previous.opname.startswith("CALL")
+        ):
+            # f_lasti is the call's own offset or (3.11) that of its last inline cache entry.
+            offsets.update(range(previous.offset, instruction.offset, 2))
+        previous = instruction
+    return frozenset(offsets)
+
+
 def _content_type_of(header: bytes) -> str:
     for line in header.decode("latin-1").split("\r\n"):
         name, _, value = line.partition(":")
@@ -626,8 +786,9 @@ class AppContext:
         """Call `callback(message)` (sync or async) for each event `event_name` sent in."""
         self._event_handlers.setdefault(event_name, []).append(callback)
 
-    def set_stop_handler(self, handler: Callable[[float, bool], Any]) -> None:
-        """Add `handler(timeout_seconds, can_keep_alive)` (sync or async) to run on stop."""
+    def set_stop_handler(self, handler: Callable[..., Any]) -> None:
+        """Add `handler(timeout_seconds, can_keep_alive)` (sync or async) to run on stop; a
+        handler taking fewer parameters gets the first ones only."""
         self._stop_handlers.append(handler)
 
     def set_health_check(self, check: Callable[[], Any]) -> None:
@@ -809,9 +970,7 @@ class Runtime:
         # (typeshed makes them Final TextIOWrappers: a child replaces them on purpose.)
         sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr  # type: ignore[misc,assignment]
         # The fork server's own stdin object may hold state; a fresh one reads the child's fd 0.
-        sys.stdin = open(  # noqa: SIM115 - lives as long as the process
-            Fd.STDIN, encoding="utf-8", errors="surrogateescape", closefd=False
-        )
+        sys.stdin = StdinStream(self.loop, Fd.STDIN)
 
     def _track(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = self.loop.create_task(coro)  # type: ignore[arg-type]
@@ -827,7 +986,12 @@ class Runtime:
         if not path.startswith(package_dir + os.sep) or not os.path.isfile(path):
             sys.stderr.write(f"Bad main: {main!r} is not a file inside the package\n")
             raise LoadFailed(Exit.BAD_MAIN)
-        _prepend_sys_path(package_dir, os.path.dirname(path))
+        _set_sys_path(package_dir, os.path.dirname(path), self.spec.get("python_path") or [])
+        # STH's runner changes into the folder of main, so a sequence opens the files beside
+        # it by relative paths. Before the import (STH: after), so module-level code may too.
+        # Landlock and the package's owner keep that folder read-only to the child; HOME and
+        # TMPDIR stay the instance's own folder.
+        os.chdir(os.path.dirname(path))
         sys.argv = [path]
         name = _module_name(path)
         spec = importlib.util.spec_from_file_location(name, path)
@@ -872,9 +1036,10 @@ class Runtime:
     def _make_input(self) -> Any:
         stream = InputStream(self.loop, Fd.INPUT)
         try:
-            from scramjet.streams import Stream  # shipped in the package's __pypackages__
+            # The package's own (__pypackages__), else the one the hub lends (python_path).
+            from scramjet.streams import Stream
         except Exception:
-            return stream
+            return stream  # the worker could not lend it: still an async iterable
         # STH-style sequences call input.map(...), input.each(...): give them the real thing.
         return Stream.read_from(stream)
 
@@ -1052,7 +1217,7 @@ class Runtime:
         handlers = list(self.context._stop_handlers) if self.context else []
         for handler in handlers:
             try:
-                result = handler(timeout, can_keep_alive)
+                result = call_with_accepted(handler, timeout, can_keep_alive)
                 if inspect.isawaitable(result):
                     await result
             except Exception:
@@ -1131,6 +1296,25 @@ def _user_frames(tb: TracebackType | None) -> TracebackType | None:
     return tb
 
 
+def call_with_accepted(fn: Callable[..., Any], *args: Any) -> Any:
+    """Calls `fn` with as many leading `args` as its signature takes: all of them for `*args`.
+
+    Stop handlers written for STH take none, one or both of `(timeout, can_keep_alive)` (its
+    samples differ): each must run, so its arity decides rather than a TypeError.
+    """
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return fn(*args)  # no signature to read (some builtins): give it everything
+    taken = 0
+    for parameter in parameters:
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            return fn(*args)
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            taken += 1
+    return fn(*args[:taken])
+
+
 def _system_exit_code(exc: SystemExit) -> int:
     # sys.exit() inside run ends the instance with that code, as it would a plain program.
     if exc.code is None:
@@ -1148,12 +1332,15 @@ def _module_name(path: str) -> str:
     return "__sequence_main__"
 
 
-def _prepend_sys_path(package_dir: str, main_dir: str) -> None:
+def _set_sys_path(package_dir: str, main_dir: str, lent: Iterable[str]) -> None:
+    """The package's folders first; the hub's lent library (scramjet) last, so a package that
+    ships its own copy in __pypackages__ imports that one."""
     entries = [package_dir]
     if main_dir != package_dir:
         entries.append(main_dir)
     entries.append(os.path.join(package_dir, "__pypackages__"))
     sys.path[:0] = [entry for entry in entries if entry not in sys.path]
+    sys.path += [str(entry) for entry in lent if entry not in sys.path]
     importlib.invalidate_caches()
 
 

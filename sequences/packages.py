@@ -38,7 +38,7 @@ import tarfile
 import tempfile
 import unicodedata
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +52,9 @@ __all__ = [
     "PackageInfo",
     "extract_package",
     "inspect_package",
+    "publish_folder",
+    "readable_by_all",
+    "resolve_main",
 ]
 
 KIB = 1024
@@ -90,6 +93,15 @@ _EXTENDED_TYPES = (
 )
 _PAX_TYPES = (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE)
 _NODE_SUFFIXES = (".js", ".mjs", ".cjs")
+# How `main` names a file (docs/javascript.md, docs/python.md; client/pack.py applies the same
+# rule to a folder, and tests/client/test_pack.py runs both on the same packages). Node's
+# require(): the path, then the path with each suffix, then, for a folder, the "main" of its
+# own package.json and that folder's index. Node's require() tries .js and .json; .mjs and .cjs
+# come after, for an ES module named without its extension (Node itself would not find it).
+# Python: the path, then the path + ".py"; a folder is not a module file.
+MAIN_SUFFIXES = {"node": ("", ".js", ".json", ".mjs", ".cjs"), "python": ("", ".py")}
+# A nested package.json names its folder's main in this many characters at most.
+_MAX_NESTED_MAIN = 1024
 
 # The guards below override TarInfo hooks that CPython documents as override points in its
 # source ("_proc_member() ... can be overridden in a subclass"). Fail loudly at import, rather
@@ -206,7 +218,7 @@ def inspect_package(
     where = f"{root}/package.json" if root else "package.json"
     config = _parse_config(scanner.config_bytes(root), where)
     _check_fields(config, where)
-    main = _check_main(config, where, root, scanner)
+    main, language = _check_main(config, where, root, scanner)
     return PackageInfo(
         sha256=reader.sha256,
         size=reader.compressed_size,
@@ -214,7 +226,7 @@ def inspect_package(
         config=config,
         files=scanner.file_list(root),
         root=root,
-        language=_language(config, main, where),
+        language=language,
         main=main,
     )
 
@@ -243,8 +255,8 @@ def extract_package(
     try:
         os.chmod(staging, 0o755)  # mkdtemp makes 0700; the package folder is an ordinary one
         _extract_into(path, staging, info)
-        _readable_by_all(staging)
-        _publish(staging, dest)
+        readable_by_all(staging)
+        publish_folder(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -657,6 +669,8 @@ class _Scanner:
         self.json_sizes: dict[str, int] = {}
         self.json_folders: list[str] = []  # top folders holding a package.json
         self.deeper_json: str | None = None
+        # The "main" of every nested package.json (path -> main), for a `main` that is a folder.
+        self.nested_mains: dict[str, str] = {}
 
     def add(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> str:
         """Check one member; return its normalised path ("" for the archive root "./")."""
@@ -745,6 +759,11 @@ class _Scanner:
 
     def _add_json_candidate(self, member: tarfile.TarInfo, path: str, tar: tarfile.TarFile) -> None:
         depth = path.count("/")
+        # A stream is read once: the text serves as the root candidate and as a nested one.
+        text = self._read_small_json(member, path, tar)
+        if depth and text is not None and "node_modules" not in path.split("/"):
+            # Not under node_modules: thousands of them there, and never the package's main.
+            self._note_nested_main(path, text)
         if depth > 1:
             self.deeper_json = self.deeper_json or path
             return
@@ -754,12 +773,28 @@ class _Scanner:
             if len(self.tops) > 1:
                 return  # cannot be the package's root any more
         self.json_sizes[path] = member.size
-        if member.size > self.max_json_bytes:
-            if depth == 0:  # surely the package's own: refuse now rather than read on
-                raise _json_too_large(path, member.size, self.max_json_bytes)
-            return
-        if self.read_json:
-            self.json_texts[path] = _read_member(tar, member)
+        if member.size > self.max_json_bytes and depth == 0:
+            # Surely the package's own: refuse now rather than read on.
+            raise _json_too_large(path, member.size, self.max_json_bytes)
+        if text is not None:
+            self.json_texts[path] = text
+
+    def _read_small_json(
+        self, member: tarfile.TarInfo, path: str, tar: tarfile.TarFile
+    ) -> bytes | None:
+        if not self.read_json or member.size > self.max_json_bytes:
+            return None
+        if path.count("/") > 1 and "node_modules" in path.split("/"):
+            return None
+        return _read_member(tar, member)
+
+    def _note_nested_main(self, path: str, text: bytes) -> None:
+        try:
+            main = json.loads(text).get("main")
+        except (ValueError, AttributeError, RecursionError):
+            return  # Node skips a package.json it cannot use, and so does the rule here
+        if isinstance(main, str) and len(main) <= _MAX_NESTED_MAIN:
+            self.nested_mains[path] = main
 
     def _check_hardlink(self, path: str, linkname: str) -> None:
         try:
@@ -1067,8 +1102,11 @@ def _field_error(where: str, key: str, wanted: str, value: Any) -> PackageError:
     )
 
 
-def _check_main(config: dict[str, Any], where: str, root: str, scanner: _Scanner) -> str:
-    """Return ``main`` normalised relative to the package root, or refuse it."""
+def _check_main(
+    config: dict[str, Any], where: str, root: str, scanner: _Scanner
+) -> tuple[str, str]:
+    """The file ``main`` names, relative to the package root, and the language that runs it;
+    or refuse it."""
     if "main" not in config:
         raise PackageError("INVALID_MAIN", f"{where} has no 'main' (the file to run)")
     main = config["main"]
@@ -1079,6 +1117,41 @@ def _check_main(config: dict[str, Any], where: str, root: str, scanner: _Scanner
     shown = _show(main)
     if not main.strip():
         raise PackageError("INVALID_MAIN", f"'main' in {where} is empty")
+    relative = _main_path(main, shown)
+    if relative is None:
+        raise PackageError("INVALID_MAIN", f"main {shown} is a folder, not a file")
+
+    def kind(path: str) -> str | None:
+        return scanner.kind_of(f"{root}/{path}" if root else path)
+
+    def folder_main(folder: str) -> str | None:
+        inner = f"{folder}/package.json"
+        if kind(inner) != _FILE:
+            return None
+        return scanner.nested_mains.get(f"{root}/{inner}" if root else inner)
+
+    def is_file(path: str) -> bool:
+        return kind(path) in (_FILE, _HARDLINK)
+
+    found = resolve_main(
+        relative, _languages(config), is_file, lambda p: kind(p) == _FOLDER, folder_main
+    )
+    if found is not None:
+        return found
+    what = kind(relative)
+    if what not in (None, _FOLDER):
+        raise PackageError("INVALID_MAIN", f"main {shown} is a {what}, not a regular file")
+    if what == _FOLDER:
+        raise PackageError(
+            "INVALID_MAIN",
+            f"main {shown} is a folder, with neither a package.json naming its main nor an index",
+        )
+    raise PackageError("MAIN_NOT_FOUND", f"main {shown} is not in the package")
+
+
+def _main_path(main: str, shown: str) -> str | None:
+    """``main`` normalised ("./a//b" -> "a/b"), None for the root or a path ending in "/";
+    refuses an absolute path, a '..', a control character or a backslash."""
     if _CONTROL_CHARS.search(main) or "\\" in main:
         raise PackageError("INVALID_MAIN", f"main {shown} has a control character or a backslash")
     parts = [part for part in main.split("/") if part not in ("", ".")]
@@ -1090,31 +1163,73 @@ def _check_main(config: dict[str, Any], where: str, root: str, scanner: _Scanner
         problem = "escapes the package" if _climbs_out(parts) else "has a '..' component"
         raise PackageError("INVALID_MAIN", f"main {shown} {problem} ('..' is not allowed)")
     if not parts or main.endswith("/"):
-        raise PackageError("INVALID_MAIN", f"main {shown} is a folder, not a file")
-    relative = "/".join(parts)
-    kind = scanner.kind_of(f"{root}/{relative}" if root else relative)
-    if kind is None:
-        raise PackageError("MAIN_NOT_FOUND", f"main {shown} is not in the package")
-    if kind not in (_FILE, _HARDLINK):
-        raise PackageError("INVALID_MAIN", f"main {shown} is a {kind}, not a regular file")
-    return relative
+        return None
+    return "/".join(parts)
 
 
-def _language(config: dict[str, Any], main: str, where: str) -> str:
+def _languages(config: dict[str, Any]) -> tuple[str, ...]:
+    """Which rules may resolve ``main``, in order: the engine's, else Node's then Python's
+    (STH runs a package without engines.python3 in Node)."""
     engines = config.get("engines") or {}
     if "python3" in engines:
-        return "python"
+        return ("python",)
     if "node" in engines:
-        return "node"
-    if main.endswith(".py"):
+        return ("node",)
+    return ("node", "python")
+
+
+def resolve_main(
+    main: str,
+    languages: tuple[str, ...],
+    is_file: Callable[[str], bool],
+    is_folder: Callable[[str], bool],
+    folder_main: Callable[[str], str | None],
+) -> tuple[str, str] | None:
+    """(file, language) that ``main`` (normalised, relative) names under the rules of
+    MAIN_SUFFIXES, or None. A file named exactly, without engines, runs in the language of
+    its extension (``.py``: Python)."""
+    if len(languages) > 1 and is_file(main):
+        return main, _language_of(main)
+    for language in languages:
+        suffixes = MAIN_SUFFIXES[language]
+
+        def as_file(path: str, suffixes: tuple[str, ...] = suffixes) -> str | None:
+            return next((path + end for end in suffixes if is_file(path + end)), None)
+
+        found = as_file(main)
+        if found is None and language == "node" and is_folder(main):
+            inner = folder_main(main)
+            target = _inner_main(main, inner) if inner is not None else None
+            if target is not None:
+                found = as_file(target) or as_file(f"{target}/index", suffixes[1:])
+            found = found or as_file(f"{main}/index", suffixes[1:])
+        if found is not None:
+            return found, language
+    return None
+
+
+def _language_of(path: str) -> str:
+    if path.endswith(".py"):
         return "python"
-    if main.endswith(_NODE_SUFFIXES):
+    if path.endswith(_NODE_SUFFIXES):
         return "node"
     raise PackageError(
         "UNKNOWN_LANGUAGE",
-        f"cannot tell how to run main {_show(main)}: add engines.python3 or engines.node to "
-        f"{where}, or use a .py or .js main",
+        f"cannot tell how to run main {_show(path)}: add engines.python3 or engines.node to "
+        "package.json, or use a .py or .js main",
     )
+
+
+def _inner_main(folder: str, inner: str) -> str | None:
+    """A nested package.json's "main" joined to its folder, if that stays a path inside."""
+    parts = folder.split("/")
+    for part in inner.split("/"):
+        if part in ("", "."):
+            continue
+        if part == ".." or "\\" in part or _CONTROL_CHARS.search(part):
+            return None
+        parts.append(part)
+    return "/".join(parts) if len(parts) > folder.count("/") + 1 else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1158,8 +1273,9 @@ def _extract_into(path: str | os.PathLike[str], staging: Path, info: PackageInfo
         raise PackageError("CHECKSUM_MISMATCH", "the package root changed since inspection")
 
 
-def _readable_by_all(folder: Path) -> None:
-    """Children may run as other users (HUB_RUN_AS): they read the package, never write it."""
+def readable_by_all(folder: Path) -> None:
+    """Children may run as other users (HUB_RUN_AS): they read what is under `folder` (a
+    package, the runtime's lent library), never write it."""
     for parent, dirs, files in os.walk(folder):
         for name in dirs + files:
             path = os.path.join(parent, name)
@@ -1196,7 +1312,7 @@ def _data_filter(relative: str, member: tarfile.TarInfo, root: str) -> Any:
     return apply
 
 
-def _publish(staging: Path, dest: Path) -> None:
+def publish_folder(staging: Path, dest: Path) -> None:
     """Atomically move the finished folder into place, unless someone else got there first."""
     try:
         os.rename(staging, dest)

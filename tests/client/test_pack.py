@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from client.pack import PackError, default_output, pack, pack_to_bytes
+from client.pack import PackError, default_output, pack, pack_to_bytes, resolve_main
 from client.siignore import IgnoreRules
+from sequences.packages import PackageError, inspect_package
 
 
 def names(data: bytes) -> list[str]:
@@ -129,9 +130,10 @@ def test_pack_keeps_modes_and_hides_the_owner(tmp_path: Path) -> None:
         ({"name": "x"}, {}, '"main" must be'),
         ({"main": 7}, {}, '"main" must be'),
         ({"main": "/etc/passwd"}, {}, "must be relative"),
-        ({"main": "../outside.py"}, {}, "points outside"),
-        ({"main": "missing.py"}, {}, "is not a file"),
-        ({"main": "lib"}, {"lib/a.py": ""}, "is not a file"),
+        ({"main": "../outside.py"}, {}, 'may not use ".."'),
+        ({"main": "missing.py"}, {}, "names no file"),
+        ({"main": "lib"}, {"lib/a.py": ""}, "names no file"),
+        ({"main": "run.sh"}, {"run.sh": ""}, "cannot tell how to run"),
         ({"main": "main.py"}, {".siignore": "*.py\n"}, 'leaves out "main"'),
         ({"main": "main.py"}, {".siignore": "package.json\n"}, "leaves out package.json"),
     ],
@@ -161,3 +163,66 @@ def test_pack_refuses_links_leaving_the_package_and_non_directories(tmp_path: Pa
         pack_to_bytes(root)
     with pytest.raises(PackError, match="is not a directory"):
         pack(root / "main.py")
+
+
+NODE = {"engines": {"node": ">=18"}}
+PYTHON = {"engines": {"python3": "3.11"}}
+
+
+@pytest.mark.parametrize(
+    ("config", "files", "resolved"),
+    [
+        # Node's require(): the path, then .js, .json (then .mjs, .cjs: beyond Node).
+        ({"main": "index"}, ["index.js"], "index.js"),
+        ({"main": "./index", **NODE}, ["index.js"], "index.js"),
+        ({"main": "index"}, ["index.json", "index.js"], "index.js"),
+        ({"main": "index", **NODE}, ["index.json"], "index.json"),
+        ({"main": "index"}, ["index.mjs"], "index.mjs"),
+        ({"main": "index"}, ["index.cjs"], "index.cjs"),
+        ({"main": "index.js"}, ["index.js", "index.js.js"], "index.js"),
+        # A folder: its package.json's main (a file, or a folder's index), else its index.
+        ({"main": "lib"}, ["lib/package.json:start", "lib/start.js"], "lib/start.js"),
+        ({"main": "lib"}, ["lib/package.json:dist", "lib/dist/index.js"], "lib/dist/index.js"),
+        ({"main": "lib", **NODE}, ["lib/index.js"], "lib/index.js"),
+        ({"main": "lib"}, ["lib/package.json:gone.js", "lib/index.js"], "lib/index.js"),
+        ({"main": "lib"}, ["lib/package.json:../up.js", "up.js", "lib/index.js"], "lib/index.js"),
+        ({"main": "lib"}, ["lib/package.json:start"], None),
+        ({"main": "./lib/"}, ["lib/index.js"], None),
+        # Python: the path, then + ".py"; no folders. Without engines, Node's rule first.
+        ({"main": "main", **PYTHON}, ["main.py"], "main.py"),
+        ({"main": "main"}, ["main.py"], "main.py"),
+        ({"main": "src/app"}, ["src/app.py"], "src/app.py"),
+        ({"main": "index"}, ["index.py", "index.js"], "index.js"),
+        ({"main": "app", **PYTHON}, ["app/__init__.py"], None),
+        ({"main": "main", **PYTHON}, ["main.js"], None),
+        # Refused alike.
+        ({"main": "run.sh"}, ["run.sh"], None),
+        ({"main": "lib/../main.py"}, ["main.py"], None),
+        ({"main": "missing"}, ["main.py"], None),
+    ],
+)
+def test_main_resolves_the_same_in_si_seq_pack_and_on_the_hub(
+    tmp_path: Path, config: dict, files: list[str], resolved: str | None
+) -> None:
+    """The client cannot import the hub's rule (sequences/packages.py:resolve_main): both run
+    on the same folder, packed as it is."""
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "package.json").write_text(json.dumps({"name": "p", **config}))
+    for entry in files:
+        rel, _, inner_main = entry.partition(":")
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"main": inner_main}) if inner_main else "x")
+    try:
+        by_client: str | None = resolve_main(root, config)
+    except PackError:
+        by_client = None
+    archive = tmp_path / "p.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="p")
+    try:
+        by_hub: str | None = inspect_package(archive, max_files=100, max_bytes=1 << 20).main
+    except PackageError:
+        by_hub = None
+    assert by_client == by_hub == resolved

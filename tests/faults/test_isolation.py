@@ -33,14 +33,15 @@ def connect(port):
     socket.create_connection(("127.0.0.1", port), timeout=2).close()
 def run(context, input, reads, lists, writes, ports):
     import sqlite3, xml.dom.minidom  # the standard library stays importable
-    with open("mine.txt", "w") as f:
+    mine = os.path.join(os.environ["HOME"], "mine.txt")  # the working folder is the package's
+    with open(mine, "w") as f:
         f.write("own folder")
     result = {
         "read": {p: attempt(lambda p=p: read(p)) for p in reads},
         "list": {p: attempt(lambda p=p: os.listdir(p)) for p in lists},
         "write": {p: attempt(lambda p=p: write(p)) for p in writes},
         "connect": {str(p): attempt(lambda p=p: connect(p)) for p in ports},
-        "own": open("mine.txt").read(),
+        "own": open(mine).read(),
         "env": dict(os.environ),
         "uid": os.getuid(),
         "cwd": os.getcwd(),
@@ -50,9 +51,9 @@ def run(context, input, reads, lists, writes, ports):
 )
 
 KEEPER = """
-import asyncio
+import asyncio, os
 async def run(context, input):
-    with open("secret.txt", "w") as f:
+    with open(os.path.join(os.environ["HOME"], "secret.txt"), "w") as f:
         f.write("only mine")
     print("kept", flush=True)
     while True:

@@ -37,9 +37,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 kit = sequencer_kit.kit  # the fixture
 
 
-def run_attack(api, code: str, *args) -> dict:
-    """Run a hostile sequence to its end; what it reports (JSON on its output)."""
-    seq = upload(api, python_package(ATTEMPT + code))
+def run_attack(api, code: str, *args, files: dict[str, str] | None = None) -> dict:
+    """Run a hostile sequence (main.py, and `files` beside it) to its end; what it reports
+    (JSON on its output)."""
+    seq = upload(api, python_package(ATTEMPT + code, **(files or {})))
     iid = start(api, seq, {"args": list(args)})
     raw = api.get(f"/instance/{iid}/output", timeout=60).text
     ended = wait_ended(api, iid)
@@ -280,9 +281,10 @@ def test_forged_ends_and_control_messages_change_nothing(private_hub):
 NEIGHBOUR = """
 import asyncio, json, os
 async def run(context, input):
-    with open("secret.txt", "w") as f:
+    home = os.environ["HOME"]
+    with open(os.path.join(home, "secret.txt"), "w") as f:
         f.write("only mine")
-    print(json.dumps({"uid": os.getuid(), "pid": os.getpid(), "cwd": os.getcwd()}), flush=True)
+    print(json.dumps({"uid": os.getuid(), "pid": os.getpid(), "home": home}), flush=True)
     while True:
         await asyncio.sleep(1)
 """
@@ -308,15 +310,15 @@ def test_an_instance_cannot_read_signal_or_share_the_uid_of_another(private_hub)
     victim = start(hub.api, seq, {"instanceId": "victim-a"})
     seen = _first_line(hub.api, victim)
     attacker_code = """
-def run(context, input, pid, cwd):
+def run(context, input, pid, home):
     return json.dumps({
         "uid": os.getuid(),
         "environ": attempt(lambda: read(f"/proc/{pid}/environ")),
-        "file": attempt(lambda: read(cwd + "/secret.txt")),
+        "file": attempt(lambda: read(home + "/secret.txt")),
         "signal": attempt(lambda: os.kill(pid, signal.SIGKILL)),
     })
 """
-    result = run_attack(hub.api, attacker_code, seen["pid"], seen["cwd"])
+    result = run_attack(hub.api, attacker_code, seen["pid"], seen["home"])
     assert result["uid"] not in (0, seen["uid"])
     assert result["environ"] in {"denied"}, result
     assert result["file"] == "denied", result
@@ -458,6 +460,55 @@ def run(context, input, targets, data_dir, worker_pid, django_dir):
     for name, outcome in result.items():
         assert outcome in {"denied", "absent"}, (name, outcome)
     assert not Path("/tmp/planted-by-a-sequence").exists()
+
+
+def test_the_working_folder_is_the_package_and_read_only(private_hub):
+    """As on STH, a sequence works in the folder of its main and opens the files beside it by
+    relative paths. Every instance of the package shares that folder: none may change it.
+    HOME and TMPDIR stay the instance's own folder. Nor may it change the scramjet the hub lends
+    every Python sequence."""
+    hub = private_hub()
+    result = run_attack(
+        hub.api,
+        """
+import tempfile
+def write(path, mode="w"):
+    with open(path, mode) as f:
+        f.write("planted")
+def run(context, input):
+    import scramjet  # lent by the hub: no __pypackages__ here
+    lent = os.path.dirname(scramjet.__file__)
+    home = os.environ["HOME"]
+    with open("data.json") as f:
+        data = json.load(f)
+    return json.dumps({
+        "data": data,
+        "cwd_is_package": os.path.samefile(os.getcwd(), os.environ["SEQUENCE_PATH"]),
+        "home_apart": home != os.getcwd() and os.environ["TMPDIR"] == home,
+        "create": attempt(lambda: write("planted.txt")),
+        "append_main": attempt(lambda: write("main.py", "a")),
+        "truncate_data": attempt(lambda: os.truncate("data.json", 0)),
+        "mkdir": attempt(lambda: os.mkdir("planted")),
+        "remove": attempt(lambda: os.remove("data.json")),
+        "rename": attempt(lambda: os.rename("data.json", "moved.json")),
+        "sub_create": attempt(lambda: write("lib/planted.txt")),
+        "chmod": attempt(lambda: os.chmod("data.json", 0)),
+        "lent_create": attempt(lambda: write(os.path.join(lent, "planted.py"))),
+        "lent_append": attempt(lambda: write(os.path.join(lent, "streams.py"), "a")),
+        "home_write": attempt(lambda: write(os.path.join(home, "mine.txt"))),
+        "tempfile": attempt(lambda: tempfile.mkstemp() and None),
+    })
+""",
+        files={"data.json": '{"beside": "main"}', "lib/keep.txt": "kept"},
+    )
+    assert result.pop("data") == {"beside": "main"}
+    assert result.pop("cwd_is_package") is True and result.pop("home_apart") is True
+    assert result.pop("home_write") == "ok" and result.pop("tempfile") == "ok"
+    chmod = result.pop("chmod")
+    # Landlock does not cover chmod: only a user id of its own (a root worker) refuses it.
+    assert chmod == "denied" or os.geteuid() != 0, chmod
+    for action, outcome in result.items():
+        assert outcome == "denied", (action, outcome)
 
 
 # -- limits ------------------------------------------------------------------------------------

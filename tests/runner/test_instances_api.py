@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from tests.conftest import wait_for
-from tests.packaging import python_package, upload
+from tests.packaging import package_bytes, python_package, upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -158,6 +158,61 @@ def test_stdin_reaches_the_process(admin_api):
     iid = run_sequence(admin_api, code)
     admin_api.post(f"/instance/{iid}/stdin", content=b"hello")
     assert read(admin_api, iid, "output") == b"got:hello"
+
+
+def test_a_python_main_named_without_py_runs(admin_api):
+    """Issue 15, item 1: "main": "main" names main.py, and the launch runs that file."""
+    package = package_bytes(
+        {"main.py": LIFECYCLE},
+        package_json={"name": "p", "main": "./main", "engines": {"python3": "3.11"}},
+    )
+    iid = start(admin_api, upload(admin_api, package), [1, 2])
+    assert read(admin_api, iid, "output") == b"1\n2\n"
+
+
+STH_SAMPLE = """
+import json, sys
+
+with open("data.json") as f:  # beside main: the working folder is the package's
+    GREETING = json.load(f)["greeting"]
+
+
+async def run(context, input):
+    context.set_stop_handler(lambda: print("cleaned up", flush=True))  # STH 0.18.7's form
+    name = (await sys.stdin.read()).strip()  # STH's stream form; stdin stays open
+    context.emit("name", name)
+    # No __pypackages__: input is the scramjet Stream the hub lends.
+    return input.map(lambda line: f"{GREETING} {name}: {line}")
+"""
+
+
+def test_an_sth_style_python_sample_runs_unmodified(admin_api):
+    """Issue 15, items 2 to 5, as a sample written for STH hits them: a file beside main, the
+    await form of stdin, a scramjet input without shipping scramjet, a stop handler without
+    parameters."""
+    package = python_package(STH_SAMPLE, **{"data.json": json.dumps({"greeting": "hello"})})
+    iid = start(admin_api, upload(admin_api, package))
+    admin_api.post(f"/instance/{iid}/stdin", content=b"Ada\n", headers={"x-end-stream": "false"})
+    event = admin_api.get(f"/instance/{iid}/event/name", timeout=20)  # the last one, or the next
+    assert event.json() == "Ada", (event.text, read(admin_api, iid, "stderr"), info(admin_api, iid))
+    admin_api.post(
+        f"/instance/{iid}/input",
+        content=b"one\ntwo\n",
+        headers={"Content-Type": "text/plain", "x-end-stream": "false"},
+    )
+    with admin_api.stream("GET", f"/instance/{iid}/output", timeout=20) as response:
+        seen = b""
+        for piece in response.iter_raw():
+            seen += piece
+            if seen.count(b"\n") >= 2:
+                break
+    assert seen == b"hello Ada: one\nhello Ada: two\n", read(admin_api, iid, "stderr")
+    response = admin_api.post(f"/instance/{iid}/_stop", json={"timeout": 2000})
+    assert response.status_code == 202
+    done = wait_ended(admin_api, iid)
+    assert done["terminated"]["exitcode"] == 138, read(admin_api, iid, "stderr")
+    assert read(admin_api, iid, "stdout") == b"cleaned up\n"
+    assert read(admin_api, iid, "stderr") == b""
 
 
 TICKER = """

@@ -127,3 +127,20 @@ def test_without_node_on_path_the_start_fails_with_a_clear_reason(private_hub):
     mine = [i for i in listed if i["sequence"]["id"] == seq]
     assert mine and mine[0]["status"] == "errored"
     assert "node was not found" in mine[0]["terminated"]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("main", "files"),
+    [
+        ("./index", {"index.js": DOCS_EXAMPLE}),
+        ("lib", {"lib/package.json": json.dumps({"main": "count"}), "lib/count.js": DOCS_EXAMPLE}),
+    ],
+)
+def test_main_named_as_node_resolves_it_runs_the_file_it_names(admin_api, main, files):
+    """Issue 15, item 1: "main": "./index" (or a folder with its own package.json) runs."""
+    meta = {"name": "js-seq", "version": "1.0.0", "main": main}  # no engines: Node's rule
+    seq = upload(admin_api, package_bytes(files, package_json=meta))
+    resolved = admin_api.get(f"/sequence/{seq}").json()
+    iid = start(admin_api, seq, [5, 3])
+    assert admin_api.get(f"/instance/{iid}/output").content == b"5\n6\n7\n", resolved
+    assert ended(admin_api, iid)["terminated"]["exitcode"] == 0

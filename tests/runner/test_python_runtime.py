@@ -6,10 +6,10 @@ supervisor), and checks the streams, control messages and exit code of runner/PR
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import sys
 import textwrap
@@ -22,7 +22,7 @@ import pytest_asyncio
 
 from core.protocol import Exit, Message
 from runner.forkserver import REPO_ROOT, ForkServer
-from tests.conftest import IN_CI
+from runner.lent import lent_library
 from tests.runner.harness import Child, Harness, make_spec, started_fork_server, write_package
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -255,6 +255,67 @@ async def test_stdin_reaches_sys_stdin_and_log_records_carry_exceptions(start: S
     [entry] = child.log_entries()
     assert entry["level"] == "ERROR" and entry["msg"] == "division failed"
     assert "ZeroDivisionError" in entry["exc"]
+
+
+async def test_stdin_is_a_stream_as_on_sth_without_blocking_the_loop(start: Start) -> None:
+    """STH's sys.stdin is a scramjet stream: `await sys.stdin.read()` gives the next chunk as
+    it comes (stdin still open, the loop still running), `async for` the rest, None the end."""
+    child = await start(
+        """
+        import asyncio, sys
+
+        async def run(context, input):
+            async def tick():
+                while True:
+                    context.emit("tick")
+                    await asyncio.sleep(0.01)
+
+            ticker = asyncio.create_task(tick())
+            name = (await sys.stdin.read()).strip()
+            context.emit("name", name)
+            rest = [chunk async for chunk in sys.stdin]
+            ticker.cancel()
+            return {"name": name, "rest": rest, "end": await sys.stdin.read()}
+        """
+    )
+    await child.wait_message(Message.EVENT)  # ticking: the loop runs while stdin is awaited
+    await child.write_stdin("Alice\n")
+    await child.wait_until(
+        lambda: {"eventName": "name", "message": "Alice"} in child.data_of(Message.EVENT),
+        10,
+        "the name, read while stdin stays open",
+    )
+    await child.write_stdin("b\nc")
+    await child.end_stdin()
+    assert await finished(child) == 0, child.stderr
+    assert json.loads(child.output) == {"name": "Alice", "rest": ["b\n", "c"], "end": None}
+
+
+async def test_stdin_keeps_the_file_methods(start: Start) -> None:
+    child = await start(
+        """
+        import builtins, sys
+
+        def run(context, input):
+            first = sys.stdin.readline()
+            second = builtins.input()
+            three = sys.stdin.read(3)
+            rest = list(sys.stdin)
+            return {"first": first, "second": second, "three": three, "rest": rest,
+                    "end": sys.stdin.read(), "fileno": sys.stdin.fileno()}
+        """
+    )
+    await child.write_stdin("one\ntwo\nthree\nfour\nfive")
+    await child.end_stdin()
+    assert await finished(child) == 0, child.stderr
+    assert json.loads(child.output) == {
+        "first": "one\n",
+        "second": "two",
+        "three": "thr",
+        "rest": ["ee\n", "four\n", "five"],
+        "end": "",
+        "fileno": 0,
+    }
 
 
 async def test_print_appears_promptly_while_the_loop_is_blocked(start: Start) -> None:
@@ -507,6 +568,50 @@ async def test_keep_alive_is_refused_when_the_stop_does_not_allow_it(start: Star
     assert await child.wait_exit() == Exit.STOPPED
 
 
+async def test_stop_handlers_get_as_many_arguments_as_they_take(start: Start) -> None:
+    """STH samples write stop handlers with no parameters, one, both, or *args: all run."""
+    child = await start(
+        """
+        import asyncio, functools
+
+        async def run(context, input):
+            def none():
+                print("none", flush=True)
+
+            async def one(timeout):
+                print("one", timeout, flush=True)
+
+            def defaults(timeout, can_keep_alive=None, extra="kept"):
+                print("defaults", timeout, can_keep_alive, extra, flush=True)
+
+            def star(*args):
+                print("star", *args, flush=True)
+
+            class Cleaner:
+                def close(self, timeout, can):
+                    print("method", timeout, can, flush=True)
+
+            for handler in (none, one, defaults, star, Cleaner().close,
+                            functools.partial(star, "p")):
+                context.set_stop_handler(handler)
+            context.emit("ready")
+            await asyncio.sleep(3600)
+        """
+    )
+    await child.wait_message(Message.EVENT)
+    child.send(Message.STOP, {"timeout": 1500, "canCallKeepalive": True})
+    assert await child.wait_exit() == Exit.STOPPED, child.stderr
+    assert child.stderr == b""
+    assert child.stdout.decode().splitlines() == [
+        "none",
+        "one 1.5",
+        "defaults 1.5 True kept",
+        "star 1.5 True",
+        "method 1.5 True",
+        "star p 1.5 True",
+    ]
+
+
 async def test_kill_exits_137_even_when_user_code_blocks_the_loop(start: Start) -> None:
     child = await start(
         """
@@ -657,25 +762,65 @@ async def test_hub_packages_are_not_importable_by_sequences(start: Start) -> Non
     assert json.loads(child.output) == {"django": False, "json": True}
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("scramjet") is None and not IN_CI, reason="no scramjet-framework-py"
-)
-async def test_scramjet_stream_wraps_input_when_the_package_ships_it(
-    start: Start, tmp_path: Path
-) -> None:
-    spec = importlib.util.find_spec("scramjet")
-    assert spec is not None and spec.submodule_search_locations
-    shutil.copytree(spec.submodule_search_locations[0], tmp_path / "pkg/__pypackages__/scramjet")
+@pytest.fixture(scope="module")
+def lent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The library the worker lends Python sequences (runner/lent.py), made as a worker does."""
+    library = lent_library(tmp_path_factory.mktemp("data") / "lib")
+    assert library is not None
+    return library
+
+
+async def test_input_is_a_scramjet_stream_lent_by_the_hub(start: Start, lent: Path) -> None:
+    """As on STH, whether or not the package ships scramjet."""
     child = await start(
         """
         def run(context, input):
             return input.map(lambda line: f"consumer got: {line}").each(print)
-        """
+        """,
+        python_path=[str(lent)],
     )
     await child.write_input("a\nb\n")
-    assert await finished(child) == 0
+    assert await finished(child) == 0, child.stderr
     assert child.output == b"consumer got: a\nconsumer got: b\n"
     assert child.stdout == b"consumer got: a\n\nconsumer got: b\n\n"
+
+
+async def test_a_package_shipping_its_own_scramjet_gets_its_own(start: Start, lent: Path) -> None:
+    own = """
+        class Stream:
+            @classmethod
+            def read_from(cls, source):
+                return "the package's own scramjet"
+        """
+    child = await start(
+        """
+        def run(context, input):
+            return input
+        """,
+        files={
+            "__pypackages__/scramjet/__init__.py": "",
+            "__pypackages__/scramjet/streams.py": textwrap.dedent(own),
+        },
+        python_path=[str(lent)],
+    )
+    assert await finished(child) == 0, child.stderr
+    assert child.output == b"the package's own scramjet"
+
+
+def test_the_lent_library_holds_only_scramjet_readable_by_all_and_is_made_once(
+    lent: Path,
+) -> None:
+    assert [p.name for p in lent.iterdir()] == ["scramjet"]
+    assert (
+        lent.name == f"scramjet-framework-py-{importlib.metadata.version('scramjet-framework-py')}"
+    )
+    for path in [lent, *lent.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o755 if path.is_dir() else 0o644), path
+    assert list(lent.rglob("*.pyc"))  # compiled once here: children cannot write bytecode
+    made = (lent / "scramjet/streams.py").stat().st_mtime_ns
+    assert lent_library(lent.parent) == lent
+    assert (lent / "scramjet/streams.py").stat().st_mtime_ns == made
 
 
 async def test_grandchildren_share_the_process_group_and_die_with_killpg(start: Start) -> None:
@@ -712,24 +857,37 @@ async def test_allocating_beyond_the_memory_limit_fails(start: Start) -> None:
 
 
 async def test_workdir_and_environment_come_from_the_spec(start: Start, tmp_path: Path) -> None:
+    """The workdir is made (HOME and TMPDIR name it); the sequence works in main's folder, as
+    on STH, so the files beside main open by relative paths."""
     child = await start(
         """
         import os, resource
 
         def run(context, input):
+            with open("data.txt") as f:
+                data = f.read()
             return {
                 "cwd": os.getcwd(),
+                "data": data,
                 "env": dict(os.environ),
                 "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             }
         """,
+        main="app/main.py",
+        files={"app/data.txt": "beside main"},
         workdir=tmp_path / "deep/work",
         env={"ONLY": "this"},
         limits={"nofile": 100},
     )
-    assert await finished(child) == 0
+    assert await finished(child) == 0, child.stderr
     seen = json.loads(child.output)
-    assert seen == {"cwd": str(tmp_path / "deep/work"), "env": {"ONLY": "this"}, "nofile": 100}
+    assert seen == {
+        "cwd": str(tmp_path / "pkg/app"),
+        "data": "beside main",
+        "env": {"ONLY": "this"},
+        "nofile": 100,
+    }
+    assert (tmp_path / "deep/work").is_dir()
 
 
 # ---------------------------------------------------------------------------------------------
