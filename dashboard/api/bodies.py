@@ -106,6 +106,17 @@ class EventBody(ControlBody):
     message: Any = None
 
 
+# -- topics (described only: the route answers as STH does, 400 naming a missing field) ------
+
+
+class TopicBody(Schema):
+    id: str = Field(description="the topic's name: letters, digits, '_', '+' or '-'")
+    content_type: str = Field(
+        alias="content-type",
+        description="application/x-ndjson, text/x-ndjson, text/plain or application/octet-stream",
+    )
+
+
 # -- sequencers and components (described only: see the module's docstring) ----------------
 
 
