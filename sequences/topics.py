@@ -57,15 +57,14 @@ class Topic:
     origin: str
 
 
+NAME_RULE = f"1 to {MAX_NAME} letters, digits, '_', '+' or '-'"
+
+
 def check_name(name: Any) -> str:
     """The name, or 400 INVALID_TOPIC: only STH's characters, so a key made of it is a topic's."""
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise HubError(
-            400,
-            "INVALID_TOPIC",
-            f"Topic id incorrect format: 1 to {MAX_NAME} letters, digits, '_', '+' or '-'",
-        )
-    return name
+    if not is_name(name):
+        raise HubError(400, "INVALID_TOPIC", f"Topic id incorrect format: {NAME_RULE}")
+    return cast(str, name)
 
 
 def is_name(name: Any) -> bool:

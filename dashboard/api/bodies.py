@@ -80,6 +80,8 @@ class StartBody(Schema):
     args: list[Any] = []
     instanceId: str | SkipJsonSchema[None] = None
     limits: Limits | SkipJsonSchema[None] = None
+    outputTopic: str | SkipJsonSchema[None] = Field(None, description="publish output there")
+    inputTopic: str | SkipJsonSchema[None] = Field(None, description="read input from there")
 
 
 class ControlBody(Schema):
