@@ -42,6 +42,7 @@ class Message(IntEnum):
     STOPPED = 3006  # stop handlers done, streams flushed; exits STOPPED next
     ALIVE = 3010  # keep_alive() was called
     COMPLETED = 3011  # run finished, streams flushed; exits COMPLETED next
+    PANG = 3012  # the topics it declares: {provides?, requires?, contentType?} (a request)
     CALL_DONE = 3020  # script mode: a handler call finished
     SCRIPT_LOADED = 3021  # script mode: handlers registered; sent just before PING
     # both ways: an event from the sequence, or into it
@@ -50,6 +51,7 @@ class Message(IntEnum):
     STOP = 4001
     KILL = 4002
     HEALTH_CHECK = 4004
+    DECLARED = 4005  # a PANG applied: {provides, requires} as granted; output may flow
     CALL = 6001  # script mode: run a handler
 
 

@@ -251,6 +251,8 @@ if HUB_ANONYMOUS_ROLE not in {"none", "viewer", "operator", "admin"}:
 HUB_MAX_INSTANCES = env.int("HUB_MAX_INSTANCES", default=1000)
 HUB_WORKER_CAPACITY = env.int("HUB_WORKER_CAPACITY", default=1000)
 HUB_INSTANCE_RETENTION = parse_duration(env.str("HUB_INSTANCE_RETENTION", default="1d"))
+HUB_TOPIC_RETENTION = parse_duration(env.str("HUB_TOPIC_RETENTION", default="1h"))
+HUB_TOPIC_MAX_CHUNKS = env.int("HUB_TOPIC_MAX_CHUNKS", default=10_000)
 HUB_PACKAGE_MAX_FILES = env.int("HUB_PACKAGE_MAX_FILES", default=10_000)
 HUB_PACKAGE_MAX_BYTES = env.int("HUB_PACKAGE_MAX_BYTES", default=512 * 1024 * 1024)
 HUB_UPLOAD_MAX_BYTES = env.int("HUB_UPLOAD_MAX_BYTES", default=256 * 1024 * 1024)

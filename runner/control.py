@@ -48,6 +48,8 @@ async def input_stream(sup: Supervisor, header: dict[str, Any], payload: bytes) 
     child = sup.children.get(header["id"])
     if child is None or child.input is None or child.input.is_closing():
         return
+    if child.links is not None and child.links.input_topic:
+        return  # its input comes from a topic (the web answers 405; this is the second lock)
     if not child.input_header_sent:
         ctype = header.get("contentType") or "text/plain"
         child.input.write(f"Content-Type: {ctype}\r\n\r\n".encode())
@@ -75,7 +77,7 @@ def _write_limited(
         sup.emit_chunk(
             child,
             "log",
-            _log_line(
+            log_line(
                 "WARN", "input dropped: the sequence is not reading it and 64 MiB wait already"
             ),
         )
@@ -167,5 +169,5 @@ async def kill(sup: Supervisor, header: dict[str, Any], payload: bytes) -> None:
     sup.kill_tree(child)
 
 
-def _log_line(level: str, msg: str) -> bytes:
+def log_line(level: str, msg: str) -> bytes:
     return (json.dumps({"ts": int(time.time() * 1000), "level": level, "msg": msg}) + "\n").encode()

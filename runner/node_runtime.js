@@ -36,10 +36,12 @@ const MSG = {
     stopped: 3006,
     alive: 3010,
     completed: 3011,
+    pang: 3012,
     event: 5001,
     stop: 4001,
     kill: 4002,
     healthCheck: 4004,
+    declared: 4005,
 };
 
 // Output is coalesced into chunks of this size: one write per item would cap throughput at a
@@ -50,6 +52,8 @@ const MAX_HEADER_BYTES = 16 * 1024;
 // Upper bound for flushing streams at exit, so a supervisor that stopped reading cannot keep a
 // finished child alive forever.
 const EXIT_FLUSH_TIMEOUT_MS = 5000;
+// How long output waits for the supervisor to answer a topic declaration (PANG).
+const DECLARE_TIMEOUT_MS = 10000;
 
 const NDJSON_TYPES = new Set(['application/x-ndjson', 'text/x-ndjson', 'application/json']);
 
@@ -671,11 +675,13 @@ function toPipeline(exported) {
     }
     const items = Array.isArray(value) ? [...value] : [value];
     let contentType = null;
+    let requires = null;
     if (items.length && items[0] && typeof items[0] === 'object') {
-        // STH's input descriptor {requires, contentType}: the hub has no topics, but honours the
-        // content type as the way this sequence wants its input decoded.
+        // STH's input descriptor {requires, contentType}: the topic its input comes from (the
+        // supervisor decides), and how it wants that input decoded.
         const descriptor = items.shift();
         if (descriptor.contentType) contentType = normaliseContentType(descriptor.contentType);
+        if (typeof descriptor.requires === 'string') requires = descriptor.requires;
     }
     if (!items.length) throw new ExitError(EXIT.badMain, 'module.exports has no function');
     items.forEach((fn, i) => {
@@ -684,7 +690,7 @@ function toPipeline(exported) {
             throw new ExitError(EXIT.badMain, what);
         }
     });
-    return { functions: items, contentType };
+    return { functions: items, contentType, requires };
 }
 
 /** Index just past `marker` found from `i` (`skip` = its length to pass), or the end. */
@@ -800,11 +806,15 @@ async function runPipeline(functions, { context, input, args, inputless }) {
     return result;
 }
 
-/** Writes everything the sequence produced to the output stream. */
-async function writeResult(result, writer) {
+/**
+ * Writes everything the sequence produced to the output stream; `declare(value)` first, so a
+ * returned stream's `.topic` is settled before its first byte.
+ */
+async function writeResult(result, writer, declare = async () => {}) {
     const returned = await result;
     const value = await resolveStep(returned);
     if (value === undefined || value === null) return;
+    await declare(value);
     // The content type is read where STH reads it, on what the step returned (a function
     // included), and on the stream that function made.
     const contentType = value.contentType ?? returned.contentType;
@@ -870,6 +880,9 @@ class Runtime {
             case MSG.healthCheck:
                 this.reportHealth();
                 break;
+            case MSG.declared:
+                this.onDeclared?.(data);
+                break;
             case MSG.event:
                 try {
                     this.context?.deliverEvent(data.eventName, data.message);
@@ -880,6 +893,16 @@ class Runtime {
             default:
                 this.logger.debug('Ignored control message', { code, data });
         }
+    }
+
+    /** STH's `.topic`/`.contentType` on a returned stream: ask the supervisor, wait its answer. */
+    async declareOutput(value) {
+        if (typeof value !== 'object' || typeof value.topic !== 'string') return;
+        const answered = new Promise((resolve) => { this.onDeclared = resolve; });
+        const pang = { provides: value.topic };
+        if (typeof value.contentType === 'string') pang.contentType = value.contentType;
+        this.control.send(MSG.pang, pang);
+        await Promise.race([answered, delay(DECLARE_TIMEOUT_MS)]);
     }
 
     async reportHealth() {
@@ -981,6 +1004,11 @@ class Runtime {
         });
         const input = createInputStream(
             () => openReadable(FD.input), sequence.contentType, this.logger);
+        if (sequence.requires) {
+            const pang = { requires: sequence.requires };
+            if (sequence.contentType) pang.contentType = sequence.contentType;
+            this.control.send(MSG.pang, pang);
+        }
         this.control.send(MSG.ping, { pid: process.pid });
         this.phase = 'running';
         try {
@@ -990,7 +1018,7 @@ class Runtime {
                 args: sequence.args,
                 inputless: sequence.inputless,
             });
-            await writeResult(result, this.writer);
+            await writeResult(result, this.writer, (value) => this.declareOutput(value));
         } catch (err) {
             this.fail(err, EXIT.failedWhileRunning);
             return;

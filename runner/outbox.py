@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aredis
 
 from runner.dbwriter import DbWriter
+from sequences import topics
 
 if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
@@ -45,8 +46,9 @@ class Outbox:
         self.loop, self.redis, self.writer = loop, redis, writer
         self._set_reading = set_reading
         self.paused = False
-        # XADD (key, fields) or EXPIRE (key, None), in the order they were queued.
-        self._entries: list[tuple[str, dict[FieldT, EncodableT] | None]] = []
+        # XADD (key, fields), EXPIRE (key, None) or a topic's chunk (name, bytes), in the
+        # order they were queued.
+        self._entries: list[tuple[str, dict[FieldT, EncodableT] | bytes | None]] = []
         self._bytes = 0
         self._flushing = False
 
@@ -57,6 +59,14 @@ class Outbox:
         self._bytes += size
         self._schedule_flush()
         if size and not self.paused and self.waiting_bytes() > PAUSE_BYTES:
+            self._pause(True)
+
+    def publish(self, topic: str, chunk: bytes) -> None:
+        """Queue a chunk of a child's output for the topic it publishes to; counted, as above."""
+        self._entries.append((topic, chunk))
+        self._bytes += len(chunk)
+        self._schedule_flush()
+        if not self.paused and self.waiting_bytes() > PAUSE_BYTES:
             self._pause(True)
 
     def expire(self, key: str) -> None:
@@ -83,6 +93,8 @@ class Outbox:
                 for key, fields in batch:
                     if fields is None:
                         pipe.expire(key, ENDED_STREAM_TTL)
+                    elif isinstance(fields, bytes):
+                        topics.queue_publish(pipe, key, [fields])
                     else:
                         pipe.xadd(key, fields, maxlen=REDIS_MAXLEN, approximate=True)
                 try:

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from core import protocol
 from core.protocol import STREAMS
-from runner import cgroups
+from runner import cgroups, topic_links
 from sequences import live, notices
 from sequences.instances import record_failed_start
 from sequences.models import Instance, InstanceStatus
@@ -61,6 +61,7 @@ async def finish(sup: Supervisor, child: Child) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(child.pumps_done.wait(), 5)
     await _drain_control(child)
+    await topic_links.finish(sup, child)
     for transport in [*child.transports, child.stdin, child.input]:
         if transport is not None:
             transport.close()

@@ -50,6 +50,7 @@ MAX_DELAY_SECONDS = 0.02
 LOOP_SLICE_SECONDS = 0.005
 HELPER_THREAD_STACK = 256 * 1024
 
+DECLARE_TIMEOUT = 10.0  # seconds output waits for the supervisor to answer a PANG
 NDJSON_TYPES = frozenset({"application/x-ndjson", "text/x-ndjson", "application/json"})
 
 HOOKS = (
@@ -924,6 +925,8 @@ class Runtime:
         self._kept_alive = False
         self._exiting = False
         self._calls: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._module: ModuleType | None = None
+        self._declared: asyncio.Future[Any] | None = None  # the supervisor's DECLARED
 
     # -- top level ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -952,7 +955,12 @@ class Runtime:
                 await self._start_script(module)
             else:
                 run = self._find_run(module)
+                self._module = module
                 self.context = AppContext(self)
+                # A module-level `requires` names the topic its input comes from.
+                requires = _topic_declaration(getattr(module, "requires", None), "requires")
+                if requires:
+                    self.control.send(Message.PANG, requires)
                 self.control.send(Message.PING, {"pid": os.getpid()})
                 self._track(self._run_sequence(run))
         except LoadFailed as failed:
@@ -1022,6 +1030,7 @@ class Runtime:
             args = [args]
         try:
             result = run(self.context, self._make_input(), *args)
+            await self._declare_output(result)
             await self._pump(result)
             self.output.flush()
         except SystemExit as exc:
@@ -1032,6 +1041,23 @@ class Runtime:
             self.finish(Exit.FAILED_WHILE_RUNNING)
             return
         self.finish(Exit.COMPLETED)
+
+    async def _declare_output(self, result: Any) -> None:
+        """STH's `provides`: on the returned object (`.provides`, `.content_type`) or at module
+        level (`{"provides": topic, "contentType": type}`). The supervisor decides; output
+        waits for its answer, so none of it goes where it should not."""
+        declared = getattr(result, "provides", None)
+        if isinstance(declared, str):
+            declared = {"provides": declared, "contentType": getattr(result, "content_type", None)}
+        pang = _topic_declaration(declared, "provides") or _topic_declaration(
+            getattr(self._module, "provides", None), "provides"
+        )
+        if not pang:
+            return
+        self._declared = self.loop.create_future()
+        self.control.send(Message.PANG, pang)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._declared, DECLARE_TIMEOUT)
 
     def _make_input(self) -> Any:
         stream = InputStream(self.loop, Fd.INPUT)
@@ -1193,6 +1219,9 @@ class Runtime:
             self._track(self._health())
         elif code == Message.EVENT:
             self._event(data if isinstance(data, dict) else {})
+        elif code == Message.DECLARED:
+            if self._declared is not None and not self._declared.done():
+                self._declared.set_result(data)
         elif code == Message.CALL:
             self._calls.put_nowait(data if isinstance(data, dict) else {})
 
@@ -1351,6 +1380,16 @@ def _parse_time(value: Any) -> Any:
         return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return value
+
+
+def _topic_declaration(value: Any, key: str) -> dict[str, Any] | None:
+    """A PANG's data from STH's `{key: topic, "contentType": type}`, or None."""
+    if not isinstance(value, Mapping) or not isinstance(value.get(key), str):
+        return None
+    declaration = {key: value[key]}
+    if isinstance(value.get("contentType"), str):
+        declaration["contentType"] = value["contentType"]
+    return declaration
 
 
 def _set_cloexec(fd: int) -> None:

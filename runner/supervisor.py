@@ -33,7 +33,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from core.protocol import STREAMS, Exit, Message
-from runner import cgroups, control, isolation, launch, outcomes
+from runner import cgroups, control, isolation, launch, outcomes, topic_links
 from runner.dbwriter import DbWriter
 from runner.forkserver import ForkServer, ParentEnds, close_fds, make_child_fds
 from runner.outbox import Outbox
@@ -94,6 +94,7 @@ class Child:
     psutil_proc: psutil.Process | None = None
     lease: isolation.UidLease | None = None  # the user id it runs as, while it lives
     cgroups: list[str] = field(default_factory=list)  # its groups, for limits.cpu and .pids
+    links: topic_links.Links | None = None  # the topics it publishes to and reads from
 
 
 class Pump(asyncio.Protocol):
@@ -242,6 +243,7 @@ class Supervisor:
         kind: str = "sequence",
         argv: list[str] | None = None,
         record_start: bool = False,
+        links: topic_links.Links | None = None,
     ) -> Child:
         """Fork the child with its seven descriptors and start pumping its streams.
 
@@ -249,7 +251,7 @@ class Supervisor:
         fork, ahead of anything the child can say, so the writer applies them in order.
         """
         self.check_capacity()
-        child = Child(iid=iid, kind=kind, workdir=spec["workdir"])
+        child = Child(iid=iid, kind=kind, workdir=spec["workdir"], links=links)
         if (spec.get("run_as") or {}).get("lease"):
             lease = isolation.lease_uid(settings.HUB_RUN_UID_BASE, settings.HUB_RUN_UID_COUNT)
             child.lease = lease
@@ -313,6 +315,8 @@ class Supervisor:
 
     # -- streams --------------------------------------------------------------------------
     def emit_chunk(self, child: Child, stream: str, data: bytes) -> None:
+        if stream == "output" and topic_links.output(self, child, data):
+            return  # published to its topic instead
         seq = child.seq[stream]
         child.seq[stream] = seq + 1
         self.writer.chunk(child.iid, stream, seq, data)
@@ -368,6 +372,8 @@ class Supervisor:
                 self.notifier.changed(child.iid, status=InstanceStatus.RUNNING)
         elif code == Message.EVENT and isinstance(data, dict):
             self._on_event(child, data)
+        elif code == Message.PANG and child.kind == "sequence":
+            topic_links.on_pang(self, child, data)
         if child.on_message is not None:
             child.on_message(code, data)
 
@@ -467,7 +473,12 @@ class Supervisor:
                 answer = await LAUNCHERS[kind](self, req)
             else:
                 spec, argv = await self.child_spec(req)
-                child = await self.spawn(iid, spec, kind=kind, argv=argv, record_start=True)
+                links = topic_links.from_start(req)
+                await topic_links.prepare(links)
+                child = await self.spawn(
+                    iid, spec, kind=kind, argv=argv, record_start=True, links=links
+                )
+                await topic_links.started(self, child)
                 answer = {"ok": True, "worker": self.name, "pid": child.pid}
         except Instance.DoesNotExist:
             log.warning("refused a start for %s: it has no row", iid)
@@ -642,6 +653,7 @@ def check_start(req: dict[str, Any]) -> tuple[str, str]:
         raise ValueError("args is not a list")
     if not isinstance(req.get("appConfig", {}), dict):
         raise ValueError("appConfig is not an object")
+    topic_links.check_start_fields(req)
     try:
         clean_limits(req.get("limits") or {})
     except HubError as exc:

@@ -18,7 +18,7 @@ from django.utils import timezone
 from core.protocol import STREAMS, Exit
 from runner import sequencer_actor
 from runner.supervisor import current_supervisor, get_supervisor
-from sequences import live, sequencers_lost
+from sequences import live, sequencers_lost, topics
 from sequences.instances import record_failed_start
 from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, Worker
 
@@ -117,7 +117,8 @@ def mark_lost(worker: str, reason: str) -> int:
 
 @shared_task(name="runner.tasks.prune_ended", ignore_result=True)
 def prune_ended() -> int:
-    """Ended instances past retention lose their info, streams and events."""
+    """Ended instances past retention lose their info, streams and events; topics lose what
+    is older than their retention."""
     now = timezone.now()
     ids = list(
         Instance.objects.exclude(status__in=LIVE_STATUSES)
@@ -130,4 +131,5 @@ def prune_ended() -> int:
         for iid in ids:
             client.delete(*live.instance_keys(iid))
     Worker.objects.filter(stopped__lt=now - timedelta(days=1)).delete()
+    topics.trim_all()
     return len(ids)

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from core.db_threads import db_call
 from core.protocol import Exit
-from sequences import live
+from sequences import live, topics
 from sequences.catalog import get_sequence
 from sequences.errors import HubError, not_found
 from sequences.models import (
@@ -48,6 +48,8 @@ class StartRequest:
     app_config: dict[str, Any]
     instance_id: str | None
     limits: dict[str, Any]
+    output_topic: str = ""
+    input_topic: str = ""
     # Set by `restart`, never from a body: the instance this start restarts.
     restarted_from: str | None = None
 
@@ -57,7 +59,8 @@ def invalid(message: str) -> HubError:
 
 
 def parse_start(raw: bytes) -> StartRequest:
-    """Validate a start body: `{appConfig?, args?, instanceId?, limits?}`."""
+    """Validate a start body: `{appConfig?, args?, instanceId?, limits?, outputTopic?,
+    inputTopic?}`."""
     if len(raw) > MAX_ARGS_BYTES:
         raise invalid(f"start body is over {MAX_ARGS_BYTES} bytes")
     if raw.strip():
@@ -89,7 +92,18 @@ def parse_start(raw: bytes) -> StartRequest:
     ):
         raise invalid("instanceId must be a string of up to 64 letters, digits, '-' or '_'")
     limits = clean_limits(body.get("limits") or {})
-    return StartRequest(args=args, app_config=app_config, instance_id=iid, limits=limits)
+    named = {field: body.get(field) or "" for field in ("outputTopic", "inputTopic")}
+    for field, name in named.items():
+        if name and not topics.is_name(name):
+            raise invalid(f"{field} must be a topic's name: {topics.NAME_RULE}")
+    return StartRequest(
+        args=args,
+        app_config=app_config,
+        instance_id=iid,
+        limits=limits,
+        output_topic=named["outputTopic"],
+        input_topic=named["inputTopic"],
+    )
 
 
 # name: (smallest, largest, unit for the error, a whole number)
@@ -156,6 +170,8 @@ def _create(seq: Sequence | str, req: StartRequest, user: Any, kind: str) -> Ins
             app_config=req.app_config,
             limits=req.limits,
             created_by=user if getattr(user, "is_authenticated", False) else None,
+            output_topic=req.output_topic,
+            input_topic=req.input_topic,
             restarted_from_id=req.restarted_from,
             **fields,
         )
@@ -195,6 +211,8 @@ def start_request(
         "args": instance.args,
         "appConfig": instance.app_config,
         "limits": instance.limits,
+        "outputTopic": instance.output_topic,
+        "inputTopic": instance.input_topic,
         "sequence": {
             "id": seq.id,
             "sha256": seq.sha256,
@@ -357,6 +375,8 @@ def info(instance: Instance) -> dict[str, Any]:
         "args": instance.args,
         "sequenceArgs": instance.args,
         "limits": instance.limits,
+        "provides": instance.output_topic or None,
+        "requires": instance.input_topic or None,
         "sequence": {
             "id": seq.id if seq else None,
             "config": seq.config if seq else {},
@@ -398,6 +418,8 @@ async def restart(iid: str, user: Any) -> Instance:
         app_config=old.app_config,
         instance_id=None,
         limits=clean_limits(old.limits),
+        output_topic=old.output_topic,
+        input_topic=old.input_topic,
         restarted_from=old.id,
     )
     if old.is_live:
@@ -520,6 +542,12 @@ async def send_input(
     instance: Instance, stream: str, chunks: list[bytes], content_type: str, end: bool
 ) -> None:
     require_live(instance)
+    if stream == "input" and instance.input_topic:
+        raise HubError(
+            405,
+            "INPUT_FROM_TOPIC",
+            f"Input provided in other way: the instance reads topic {instance.input_topic}",
+        )
     op = "input" if stream == "input" else "stdin"
     if not chunks:
         chunks = [b""]

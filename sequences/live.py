@@ -13,6 +13,12 @@ Live data goes worker → Redis → web; the database holds the durable copy.
 - `hub:worker:<name>`     heartbeat key, expires when the worker stops answering
 - `hub:log`               Redis stream of host log lines
 - `hub:auth:generation`   counter that token, user and group changes bump (accounts.identity)
+- `hub:topic:<name>`      Redis stream of a topic's chunks `{d: bytes}`, and signed end entries
+                          `{eof: 1}` (sequences/topics.py)
+- `hub:topicmeta:<name>`  hash: a topic's content type, created, origin, totals, last end's id
+- `hub:topicpeers:<name>:<role>`  sorted set: a topic's producers or consumers, scored by when
+                          each registration lapses
+- `hub:topics`            set: the names of the topics
 
 Nothing read from Redis is trusted because it arrived: start requests, control messages,
 replies and the end entries of streams carry a MAC made with a key derived from SECRET_KEY
@@ -87,6 +93,21 @@ def reply_key(token: str) -> str:
 
 def worker_key(name: str) -> str:
     return f"hub:worker:{name}"
+
+
+TOPICS = "hub:topics"
+
+
+def topic_key(name: str) -> str:
+    return f"hub:topic:{name}"
+
+
+def topic_meta_key(name: str) -> str:
+    return f"hub:topicmeta:{name}"
+
+
+def topic_peers_key(name: str, role: str) -> str:
+    return f"hub:topicpeers:{name}:{role}"
 
 
 def instance_keys(iid: str) -> list[str]:

@@ -74,6 +74,10 @@ class Instance(models.Model):
     args = models.JSONField(default=list)
     app_config = models.JSONField(default=dict)
     limits = models.JSONField(default=dict)
+    # The topics it publishes its output to and reads its input from (STH's provides and
+    # requires): named in the start body, or declared by the sequence and granted by its worker.
+    output_topic = models.CharField(max_length=128, blank=True)
+    input_topic = models.CharField(max_length=128, blank=True)
     status = models.CharField(
         max_length=20, choices=InstanceStatus.choices, default=InstanceStatus.INITIALIZING
     )

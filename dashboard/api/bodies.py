@@ -80,6 +80,8 @@ class StartBody(Schema):
     args: list[Any] = []
     instanceId: str | SkipJsonSchema[None] = None
     limits: Limits | SkipJsonSchema[None] = None
+    outputTopic: str | SkipJsonSchema[None] = Field(None, description="publish output there")
+    inputTopic: str | SkipJsonSchema[None] = Field(None, description="read input from there")
 
 
 class ControlBody(Schema):
@@ -104,6 +106,17 @@ class EventBody(ControlBody):
     code = Message.EVENT
     eventName: str = Field(min_length=1, strict=True)
     message: Any = None
+
+
+# -- topics (described only: the route answers as STH does, 400 naming a missing field) ------
+
+
+class TopicBody(Schema):
+    id: str = Field(description="the topic's name: letters, digits, '_', '+' or '-'")
+    content_type: str = Field(
+        alias="content-type",
+        description="application/x-ndjson, text/x-ndjson, text/plain or application/octet-stream",
+    )
 
 
 # -- sequencers and components (described only: see the module's docstring) ----------------
