@@ -32,7 +32,8 @@ from dashboard.views import components as component_pages
 from dashboard.views import instances as instance_pages
 from dashboard.views import overview
 from dashboard.views import sequencers as sequencer_pages
-from sequences import notices, sequencers, streams
+from dashboard.views import topics as topic_pages
+from sequences import notices, sequencers, streams, topics
 from sequences.errors import HubError
 from sequences.instances import get_instance
 from sequences.models import Instance
@@ -50,6 +51,10 @@ MAX_LINES_PER_FLUSH = 200
 DEBOUNCE_SECONDS = 0.25
 REFUSED = 4003  # close code for "not allowed"; htmx's ws extension does not retry on it
 PANE = "instances/_pane.html"  # one stream's log on the page; its partials are the live updates
+# Topics have no notices (a notice per chunk would flood the channel layer, and a rate is a
+# change over time anyway): their page looks at the totals this often.
+TOPIC_POLL_SECONDS = 2.0
+TOPIC_TAIL = "topics/detail.html"
 
 
 def render_fragments(parts: list[tuple[str, dict[str, Any]]]) -> str:
@@ -413,3 +418,125 @@ class ComponentListConsumer(LiveConsumer):
     def fragments(self) -> str:
         context = {**component_pages.list_context(), **self.base_context()}
         return render_to_string("components/list.html#table", context)
+
+
+class TopicListConsumer(LiveConsumer):
+    """The topics table and the pipeline, looked at every TOPIC_POLL_SECONDS: the rates are
+    the change of each topic's totals since this socket's previous look. Instances starting
+    and ending (INSTANCES) redraw at once, as they change the pipeline."""
+
+    async def setup(self) -> None:
+        self.looks: topic_pages.Looks | None = None
+        self.poller: asyncio.Task | None = None
+
+    def watch_groups(self) -> list[str]:
+        return [notices.INSTANCES]
+
+    async def send_snapshot(self) -> None:
+        rows = await topics.list_topics()
+        now = asyncio.get_running_loop().time()
+        async with self._render_lock:
+            before, self.looks = self.looks, topic_pages.looks_of(rows, now)
+            html = await database_sync_to_async(self.render)(rows, before, now)
+        await self.send(text_data=html)
+        if self.poller is None:
+            self.poller = asyncio.ensure_future(self.poll())
+
+    def render(self, rows: list[dict[str, Any]], before: Any, now: float) -> str:
+        context = {**topic_pages.list_context(rows, before, now), **self.base_context()}
+        return render_fragments(
+            [("topics/list.html#table", context), ("topics/list.html#pipeline", context)]
+        )
+
+    async def poll(self) -> None:
+        while True:
+            await asyncio.sleep(TOPIC_POLL_SECONDS)
+            try:
+                await self.send_snapshot()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("looking at the topics failed; trying again")
+
+    async def teardown(self) -> None:
+        poller = getattr(self, "poller", None)
+        if poller is not None:
+            poller.cancel()
+
+
+class TopicTailConsumer(LiveConsumer):
+    """One topic's tail: the last lines again on connect, then every chunk that follows,
+    coalesced as an instance's log is (at most MAX_LINES_PER_FLUSH lines per FLUSH_SECONDS,
+    the newest, with how many were left out)."""
+
+    async def setup(self) -> None:
+        self.name = self.scope["url_route"]["kwargs"]["name"]
+        self.topic = await topics.get(self.name) if topics.is_name(self.name) else None
+        if self.topic is None:
+            raise LookupError(self.name)
+        self.task: asyncio.Task | None = None
+
+    async def send_snapshot(self) -> None:
+        if self.task is not None:
+            return  # a role change: the tail has no buttons
+        assert self.topic is not None
+        chunks, cursor = await topics.tail_cursor(self.name, topic_pages.TAIL_CHUNKS)
+        lines, splitter = topic_pages.render_tail(chunks, self.topic.content_type)
+        html = render_to_string(f"{TOPIC_TAIL}#lines", {"lines": lines, "oob": True})
+        await self.send(text_data=html)
+        self.task = asyncio.ensure_future(self.follow(cursor, splitter))
+
+    async def follow(self, cursor: bytes | str, splitter: logs.LineSplitter) -> None:
+        follower = StreamFollower("topic", splitter)
+        ready = asyncio.Event()
+
+        async def read() -> None:
+            try:
+                async for chunk in topics.read(self.name, after=cursor):
+                    follower.add(splitter.feed(chunk))
+                    ready.set()
+                follower.add(splitter.finish())
+            finally:
+                follower.done = True
+                ready.set()
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                await ready.wait()
+                ready.clear()
+                html = self.take(follower)
+                if html:
+                    await self.send(text_data=html)
+                if follower.done:
+                    text = "The topic's stream ended, or the topic was deleted."
+                    html = render_to_string(f"{TOPIC_TAIL}#ended", {"text": text})
+                    await self.send(text_data=html)
+                    return
+                await asyncio.sleep(FLUSH_SECONDS)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+
+    @staticmethod
+    def take(follower: StreamFollower) -> str:
+        parts: list[tuple[str, dict[str, Any]]] = []
+        if follower.lines or follower.skipped:
+            lines = logs.render_lines(list(follower.lines))
+            parts.append((f"{TOPIC_TAIL}#new-lines", {"lines": lines, "skipped": follower.skipped}))
+            follower.lines.clear()
+            follower.skipped = 0
+        current = follower.splitter.current
+        if current != follower.partial_sent:
+            line = logs.render_lines([((0, 0), current)])[0] if current else None
+            parts.append((f"{TOPIC_TAIL}#partial-line", {"partial": line, "oob": True}))
+            follower.partial_sent = current
+        return render_fragments(parts)
+
+    async def teardown(self) -> None:
+        task = getattr(self, "task", None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task

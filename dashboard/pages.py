@@ -10,6 +10,7 @@ from dashboard.views import (
     overview,
     sequencers,
     sequences,
+    topics,
 )
 
 urlpatterns = [
@@ -64,4 +65,8 @@ urlpatterns += [
         components.component_action,
         name="component-action",
     ),
+    # topics
+    path("topics/", topics.topic_list, name="topics"),
+    path("topics/<str:name>/", topics.topic_detail, name="topic"),
+    path("topics/<str:name>/delete/", topics.topic_delete, name="topic-delete"),
 ]

@@ -18,4 +18,6 @@ websocket_urlpatterns: list = [
     _ws("ws/sequencers/", consumers.SequencerListConsumer),
     _ws("ws/sequencers/<str:ident>/", consumers.SequencerConsumer),
     _ws("ws/components/", consumers.ComponentListConsumer),
+    _ws("ws/topics/", consumers.TopicListConsumer),
+    _ws("ws/topics/<str:name>/", consumers.TopicTailConsumer),
 ]

@@ -331,16 +331,19 @@ async def _start_id(client: aredis.Redis, name: str, since: str) -> bytes | str:
     return "0-0"
 
 
-async def read(name: str, since: str = "start") -> AsyncIterator[bytes]:
+async def read(
+    name: str, since: str = "start", after: bytes | str | None = None
+) -> AsyncIterator[bytes]:
     """The topic's chunks in order: from the first it keeps after its last end (`since` =
-    "start") or from the next one sent ("now"); follows until an end, or until the topic is
-    deleted. Registers as a consumer while it reads."""
+    "start") or from the next one sent ("now"), or after the entry id `after` (a cursor
+    `tail_cursor` gave); follows until an end, or until the topic is deleted. Registers as a
+    consumer while it reads."""
     client = live.async_client()
     topic = await get(name, client)
     if topic is None:
         return
     key = live.topic_key(name)
-    last_id = await _start_id(client, name, since)
+    last_id = after if after is not None else await _start_id(client, name, since)
     member = await attach(name, CONSUMER, client)
     refreshed = time.monotonic()
     try:
@@ -370,11 +373,18 @@ async def read(name: str, since: str = "start") -> AsyncIterator[bytes]:
 async def tail(name: str, count: int = 50) -> list[bytes]:
     """The newest `count` chunks the topic keeps, oldest first (a console's live tail starts
     with these, then follows `read(name, since="now")`)."""
+    return (await tail_cursor(name, count))[0]
+
+
+async def tail_cursor(name: str, count: int = 50) -> tuple[list[bytes], bytes | str]:
+    """The newest `count` chunks, oldest first, and the id to follow from with
+    `read(name, after=...)`: nothing sent in between is lost or shown twice."""
     client = live.async_client()
     entries = live.range_entries(
         await client.xrevrange(live.topic_key(check_name(name)), count=count)
     )
-    return [f[b"d"] for _, f in reversed(entries) if b"d" in f]
+    cursor: bytes | str = entries[0][0] if entries else "0-0"
+    return [f[b"d"] for _, f in reversed(entries) if b"d" in f], cursor
 
 
 # -- producers and consumers -----------------------------------------------------------------

@@ -475,3 +475,83 @@ def test_the_instance_page_links_a_restart_both_ways(clients, ended_instance):
     new = clients["viewer"].get(f"/instances/{restart.id}/").content.decode()
     assert "Restarted from" in new and f'href="/instances/{ended_instance.id}/"' in new
     assert "Restarted as" not in new
+
+
+# -- topics ----------------------------------------------------------------------------------
+
+HOSTILE = (
+    b"<script>alert(1)</script>\n"
+    b"\x1b]8;;https://evil.example/\x07click me\x1b]8;;\x07\n"
+    b"\x1b[31mred\x1b[0m <img src=x onerror=alert(2)>\n"
+)
+
+
+@pytest.fixture
+def topic(db):
+    """A topic holding a hostile payload, with a live instance that publishes to it and one
+    that reads it."""
+    from asgiref.sync import async_to_sync
+
+    from sequences import topics
+    from sequences.models import Instance
+
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    async_to_sync(topics.ensure)(name, "text/plain")
+    async_to_sync(topics.publish)(name, [HOSTILE])
+    producer = Instance.objects.create(
+        sequence_name="<b>maker</b>", status="running", output_topic=name
+    )
+    consumer = Instance.objects.create(sequence_name="eater", status="running", input_topic=name)
+    yield {"name": name, "producer": producer, "consumer": consumer}
+    if async_to_sync(topics.get)(name) is not None:
+        async_to_sync(topics.delete)(name)
+
+
+def test_topic_pages_need_a_viewer(clients, topic):
+    for url in ("/topics/", f"/topics/{topic['name']}/"):
+        response = clients["anonymous"].get(url)
+        assert response.status_code == 302 and response["Location"].startswith("/login/")
+        for role in ("viewer", "operator", "admin"):
+            assert clients[role].get(url).status_code == 200, (role, url)
+    assert clients["viewer"].get("/topics/nope-nope/").status_code == 404
+    assert clients["viewer"].get("/topics/bad%20name%3Cb%3E/").status_code == 404
+
+
+def test_the_topics_page_links_producers_and_consumers_and_draws_the_pipeline(clients, topic):
+    html = clients["viewer"].get("/topics/").content.decode()
+    name = topic["name"]
+    assert f'href="/topics/{name}/"' in html
+    assert f'href="/instances/{topic["producer"].id}/"' in html
+    assert f'href="/instances/{topic["consumer"].id}/"' in html
+    assert "text/plain" in html
+    assert 'ws-connect="/ws/topics/"' in html
+    # The picture: producer → topic → consumer, each node a link, names escaped.
+    assert "<svg" in html and html.count('class="flow"') >= 2
+    assert "&lt;b&gt;maker&lt;/b&gt;" in html and "<b>maker</b>" not in html
+    assert 'href="/topics/"' in html  # the nav link
+
+
+def test_the_tail_escapes_a_hostile_payload(clients, topic):
+    html = clients["viewer"].get(f"/topics/{topic['name']}/").content.decode()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script>alert" not in html and "<img src=x" not in html
+    assert "evil.example" not in html and "click me" in html  # OSC 8 link dropped, text kept
+    assert '<span class="ansi31">red</span>' in html
+    assert "\x1b" not in html
+    assert f'ws-connect="/ws/topics/{topic["name"]}/"' in html
+    assert " style=" not in html and not re.search(r"\son[a-z]+=\"", html)
+
+
+def test_deleting_a_topic_follows_the_api_role(clients, topic):
+    """docs/api.md: operators create, delete and send to topics."""
+    from asgiref.sync import async_to_sync
+
+    from sequences import topics
+
+    url = f"/topics/{topic['name']}/delete/"
+    assert clients["viewer"].post(url).status_code == 403
+    assert "Delete" not in clients["viewer"].get("/topics/").content.decode().split("<main")[1]
+    response = clients["operator"].post(url, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200 and "Deleted topic" in response.content.decode()
+    assert async_to_sync(topics.get)(topic["name"]) is None
+    assert clients["operator"].post(url, HTTP_HX_REQUEST="true").status_code == 404
