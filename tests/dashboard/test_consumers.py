@@ -294,3 +294,52 @@ async def test_a_page_whose_user_loses_a_role_redraws_without_its_buttons(
     redrawn = await receive_until(comm, 'id="inst-status"')
     assert "Kill</button>" not in redrawn.rsplit('id="inst-status"', 1)[1]
     await comm.disconnect()
+
+
+# -- topics ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def topic_name():
+    import uuid
+
+    from sequences import topics
+
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    await topics.ensure(name, "text/plain")
+    yield name
+    if await topics.get(name) is not None:
+        await topics.delete(name)
+
+
+async def test_the_topics_socket_sends_rates_between_two_looks(cookies, topic_name, monkeypatch):
+    from dashboard import consumers
+    from sequences import topics
+
+    monkeypatch.setattr(consumers, "TOPIC_POLL_SECONDS", 0.3)
+    assert not (await communicator("/ws/topics/", cookies["anonymous"]).connect())[0]
+    comm = communicator("/ws/topics/", cookies["viewer"])
+    assert (await comm.connect())[0]
+    first = await receive_until(comm, 'id="topics-pipeline"')
+    assert f'data-topic="{topic_name}"' in first and "chunks/s" not in first
+    await topics.publish(topic_name, [b"a\n"] * 10)
+    later = await receive_until(comm, "chunks/s")
+    assert f'data-topic="{topic_name}"' in later
+    await comm.disconnect()
+
+
+async def test_the_tail_socket_follows_escaped_and_ends_on_delete(cookies, topic_name):
+    from sequences import topics
+
+    await topics.publish(topic_name, [b"old line\n"])
+    assert not (await communicator("/ws/topics/no-such/", cookies["viewer"]).connect())[0]
+    comm = communicator(f"/ws/topics/{topic_name}/", cookies["viewer"])
+    assert (await comm.connect())[0]
+    assert "old line" in await receive_until(comm, 'id="log-topic-lines"')
+    await topics.publish(topic_name, [b"<script>x()</script> \x1b[32mgreen\x1b[0m\n"])
+    html = await receive_until(comm, "green")
+    assert "&lt;script&gt;x()&lt;/script&gt;" in html and "<script>" not in html
+    assert '<span class="ansi32">green</span>' in html and "old line" not in html
+    await topics.delete(topic_name)
+    assert "deleted" in await receive_until(comm, 'id="topic-ended"', timeout=15)
+    await comm.disconnect()
