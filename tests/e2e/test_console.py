@@ -281,3 +281,75 @@ def test_a_long_log_is_windowed_and_earlier_lines_load(hub, people, browser, adm
     # Reading back turned following off, so the page does not jump to the end.
     expect(page.locator("[data-follow]")).not_to_be_checked()
     assert not console.errors, console.errors
+
+
+TICKER = """
+import asyncio
+
+provides = {"provides": "TOPIC", "contentType": "text/plain"}
+
+
+async def run(context, input, *args):
+    n = 0
+    while True:
+        yield f"<img src=x> \\x1b[34mtick {n}\\x1b[0m\\n"
+        n += 1
+        await asyncio.sleep(0.1)
+"""
+
+READER = """
+requires = {"requires": "TOPIC", "contentType": "text/plain"}
+
+
+async def run(context, input, *args):
+    async for line in input:
+        pass
+"""
+
+
+def test_the_topics_page_while_a_producer_runs(hub, people, browser, admin_api):
+    import uuid
+
+    from tests.packaging import upload
+
+    name = f"ticks-{uuid.uuid4().hex[:6]}"
+    made = admin_api.post("/topics", json={"id": name, "content-type": "text/plain"})
+    assert made.status_code == 200, made.text
+    started = []
+    for code in (TICKER, READER):
+        sid = upload(admin_api, python_package(code.replace("TOPIC", name)))
+        answer = admin_api.post(f"/sequence/{sid}/start", json={})
+        assert answer.status_code == 200, answer.text
+        started.append(answer.json()["id"])
+    producer, consumer = started
+    try:
+        viewer = people["viewer"]
+        console = Console(browser, hub.url, viewer.username, viewer.password)
+        page = console.page
+        expect = playwright_api.expect
+        page.click("nav.nav >> text=Topics")
+        row = page.locator(f'tr[data-topic="{name}"]')
+        expect(row.locator("[data-producers]")).to_contain_text(producer[:8])
+        expect(row.locator("[data-consumers]")).to_contain_text(consumer[:8])
+        # The socket's second look gives the rate.
+        expect(row.locator("[data-rate]")).to_contain_text("chunks/s", timeout=15_000)
+        expect(page.locator(f'#topics-pipeline [data-node="t:{name}"]')).to_have_count(1)
+        expect(page.locator(f'#topics-pipeline [data-node="i:{producer}"]')).to_have_count(1)
+        expect(page.locator("#topics-pipeline path.flow")).to_have_count(2)
+        assert "Delete" not in row.inner_text()  # a viewer may not
+        console.shoot("topics")
+        row.locator(f'a[href="/topics/{name}/"]').click()
+        lines = page.locator("#log-topic-lines")
+        expect(lines).to_contain_text("tick")
+        first = lines.locator(".l").last.inner_text()
+        # Followed live: newer ticks arrive without a reload, escaped and coloured.
+        expect(lines.locator(".l").last).not_to_have_text(first, timeout=10_000)
+        expect(lines.locator("span.ansi34").first).to_contain_text("tick")
+        expect(lines.locator("img")).to_have_count(0)
+        expect(lines).to_contain_text("<img src=x>")
+        console.shoot("topic-tail")
+        assert not console.errors, console.errors
+    finally:
+        for iid in started:
+            admin_api.post(f"/instance/{iid}/_kill", json={})
+        admin_api.delete(f"/topics/{name}")
