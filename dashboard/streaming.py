@@ -28,8 +28,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core import signals
-from django.core.exceptions import RequestAborted
+from django.core.exceptions import RequestAborted, RequestDataTooBig
 from django.core.handlers.asgi import get_script_prefix
 from django.http import HttpRequest
 from django.urls import set_script_prefix
@@ -86,18 +87,35 @@ class LiveBody:
             # connection after such a response (StreamingWebRequest).
 
 
-async def body_chunks(request: HttpRequest) -> AsyncIterator[bytes]:
+async def body_chunks(request: HttpRequest, declared_limit: bool = False) -> AsyncIterator[bytes]:
     """The request body in pieces as it arrives (streamed routes under daphne), else the
-    body Django read, in pieces of at most 64 KiB. Reading `request.body` keeps Django's
-    DATA_UPLOAD_MAX_MEMORY_SIZE check for a buffered body."""
+    body Django read, in pieces of at most 64 KiB.
+
+    `declared_limit`: refuse a body whose Content-Length is over DATA_UPLOAD_MAX_MEMORY_SIZE
+    as `request.body` does (RequestDataTooBig), whether it streams or not: the routes that
+    read `request.body` before streaming keep their limit. Without it, as a route that read
+    the body's stream, there is none."""
     live: LiveBody | None = getattr(request, "live_body", None)
     if live is None:
-        raw = await sync_to_async(lambda: request.body)()
+        if declared_limit:
+            raw = await sync_to_async(lambda: request.body)()
+        else:
+            raw = await sync_to_async(request.read)()
         for start in range(0, len(raw), PIECE):
             yield raw[start : start + PIECE]
         return
+    if declared_limit:
+        check_declared_length(request)
     async for piece in live:
         yield piece
+
+
+def check_declared_length(request: HttpRequest) -> None:
+    """What `request.body` refuses before reading: a Content-Length over
+    DATA_UPLOAD_MAX_MEMORY_SIZE (RequestDataTooBig, answered as Django answers it)."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    if limit is not None and int(request.META.get("CONTENT_LENGTH") or 0) > limit:
+        raise RequestDataTooBig("Request body exceeded settings.DATA_UPLOAD_MAX_MEMORY_SIZE.")
 
 
 class StreamingBodyMixin:
