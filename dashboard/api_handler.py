@@ -16,12 +16,18 @@ from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
 
 from dashboard.middleware import ApiHeadersMiddleware, ApiJsonErrorsMiddleware, ResponseMiddleware
+from dashboard.streaming import StreamingBodyMixin
 
 # Outermost first, as in settings.MIDDLEWARE.
 API_MIDDLEWARE: list[type[ResponseMiddleware]] = [ApiHeadersMiddleware, ApiJsonErrorsMiddleware]
 
 
-class ApiHandler(ASGIHandler):
+class PagesHandler(StreamingBodyMixin, ASGIHandler):
+    """Django's handler with every middleware; the streamed routes' bodies read as they come
+    (a browser session calling them keeps its session and CSRF checks)."""
+
+
+class ApiHandler(StreamingBodyMixin, ASGIHandler):
     def load_middleware(self, is_async: bool = False) -> None:
         """API_MIDDLEWARE around the views, chained as Django chains settings.MIDDLEWARE (the
         only list it reads): each layer's errors turned into responses for the next.

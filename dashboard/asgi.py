@@ -4,16 +4,22 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 
-from django.core.asgi import get_asgi_application
+import django
 
-django_app = get_asgi_application()  # before importing consumers, which use the ORM
+django.setup(set_prefix=False)  # as get_asgi_application does; before the ORM's users
+
+from dashboard.api_handler import ApiHandler, PagesHandler, split_api  # noqa: E402
+from dashboard.daphne_streaming import install as stream_request_bodies  # noqa: E402
+
+# A few API routes read their body as it arrives (dashboard/streaming.py).
+stream_request_bodies()
+django_app = PagesHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from dashboard.api_handler import ApiHandler, split_api  # noqa: E402
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(

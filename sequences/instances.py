@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -538,9 +539,9 @@ def kill_and_wait(instance_ids: list[str], timeout: float = 15.0) -> None:
     async_to_sync(run)()
 
 
-async def send_input(
-    instance: Instance, stream: str, chunks: list[bytes], content_type: str, end: bool
-) -> None:
+def check_input(instance: Instance, stream: str) -> None:
+    """Refuses input (or stdin) the instance cannot take: 409 if it ended, 405 if its input
+    comes from a topic."""
     require_live(instance)
     if stream == "input" and instance.input_topic:
         raise HubError(
@@ -548,6 +549,28 @@ async def send_input(
             "INPUT_FROM_TOPIC",
             f"Input provided in other way: the instance reads topic {instance.input_topic}",
         )
+
+
+async def send_input_stream(
+    instance: Instance, stream: str, pieces: AsyncIterable[bytes], content_type: str, end: bool
+) -> int:
+    """Sends each piece to the instance as it comes, then the end (if `end`); the bytes sent.
+    Call check_input first: a body is refused before any of it is read. What is held here is
+    one piece; the worker holds at most 64 MiB of input a child has not read."""
+    op = "input" if stream == "input" else "stdin"
+    header = {"op": op, "contentType": content_type, "end": False}
+    size = 0
+    async for piece in pieces:
+        size += len(piece)
+        await send_control(instance, header, piece)
+    await send_control(instance, {**header, "end": end}, b"")
+    return size
+
+
+async def send_input(
+    instance: Instance, stream: str, chunks: list[bytes], content_type: str, end: bool
+) -> None:
+    check_input(instance, stream)
     op = "input" if stream == "input" else "stdin"
     if not chunks:
         chunks = [b""]

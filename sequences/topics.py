@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -283,25 +283,32 @@ async def publish(name: str, chunks: list[bytes], client: aredis.Redis | None = 
     await pipe.execute()
 
 
-async def publish_body(name: str, kind: str, body: Iterable[bytes]) -> int:
-    """Send what a client POSTed to the topic, cut at line ends; the bytes sent."""
+async def publish_body(
+    name: str, kind: str, body: AsyncIterable[bytes], member: str | None = None
+) -> int:
+    """Send what a client POSTs to the topic as it arrives, cut at line ends; the bytes sent.
+
+    Each piece is published when it comes, so readers get a line while the request is still
+    open. What is held here is one piece and the unfinished line (at most 64 KiB). `member`,
+    the producer's registration, is refreshed while the body lasts."""
     aligner = LineAligner(kind)
-    batch: list[bytes] = []
     sent = 0
-    for data in body:
+    refreshed = time.monotonic()
+    async for data in body:
+        batch: list[bytes] = []
         for start in range(0, len(data), CHUNK):
             chunk = aligner.feed(data[start : start + CHUNK])
             if chunk:
                 batch.append(chunk)
                 sent += len(chunk)
-        if len(batch) >= 64:
-            await publish(name, batch)
-            batch = []
+        await publish(name, batch)
+        if member and time.monotonic() - refreshed > PEER_REFRESH:
+            await refresh(name, PRODUCER, member)
+            refreshed = time.monotonic()
     rest = aligner.rest()
     if rest:
-        batch.append(rest)
+        await publish(name, [rest])
         sent += len(rest)
-    await publish(name, batch)
     return sent
 
 

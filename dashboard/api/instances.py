@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
+from django.core.exceptions import RequestAborted
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
 from accounts.access import audit, audit_soon
@@ -20,11 +23,13 @@ from dashboard.api.bodies import (
     json_body,
     parse,
 )
+from dashboard.streaming import body_chunks, check_declared_length
 from sequences import instances, streams
 from sequences.errors import HubError
 from sequences.models import Instance
 
 router = HubRouter(tags=["instances"])
+log = logging.getLogger(__name__)
 aaudit = sync_to_async(audit)
 
 # Raw bytes, not JSON: forwarded to the instance as they come, with their content type.
@@ -148,19 +153,33 @@ def _truthy(value: str | None, default: bool) -> bool:
 async def _send_body(
     request: ApiRequest, instance: Instance, stream: str, action: str
 ) -> tuple[int, bool]:
-    """Sends the request body to the instance's `stream` (input or stdin) and audits it as
-    `action`: (bytes sent, whether the stream was ended)."""
+    """Sends the request body to the instance's `stream` (input or stdin) as it arrives and
+    audits it as `action`: (bytes sent, whether the stream was ended). Call check_input
+    first."""
     end = _truthy(request.headers.get("x-end-stream"), default=True)
-    raw = await sync_to_async(_body)(request)
-    chunks = [raw[i : i + 65536] for i in range(0, len(raw), 65536)]
     ctype = (request.headers.get("Content-Type") or "text/plain").split(";")[0].strip()
-    await instances.send_input(instance, stream, chunks, ctype, end)
-    await aaudit(request.auth, action, instance.id, via="api", bytes=len(raw), end=end)
-    return len(raw), end
+    size = 0
+
+    async def counted() -> AsyncIterator[bytes]:
+        nonlocal size
+        async for piece in body_chunks(request, declared_limit=True):
+            size += len(piece)
+            yield piece
+
+    try:
+        await instances.send_input_stream(instance, stream, counted(), ctype, end)
+    except BaseException:
+        # A body cut short (the client went away, the answer ended): what got through.
+        audit_soon(request.auth, action, instance.id, via="api", bytes=size, end=False)
+        raise
+    await aaudit(request.auth, action, instance.id, via="api", bytes=size, end=end)
+    return size, end
 
 
 async def _downstream(request: ApiRequest, iid: str, stream: str) -> HttpResponse:
     instance = await instances.aget_instance(iid)
+    check_declared_length(request)
+    instances.check_input(instance, stream)
     size, end = await _send_body(request, instance, stream, f"instance.{stream}")
     return JsonResponse({"accepted": True, "bytes": size, "end": end}, status=200 if end else 202)
 
@@ -183,11 +202,38 @@ async def send_input(request: ApiRequest, iid: str) -> HttpResponse:
 )
 async def inout(request: ApiRequest, iid: str) -> StreamingHttpResponse:
     instance = await instances.aget_instance(iid)
+    check_declared_length(request)
+    instances.check_input(instance, "input")
     # Where the output is before the input goes in: what the sequence answers to this body
     # comes after it, however fast it answers.
     cursor = await streams.next_chunk(iid, "output")
-    await _send_body(request, instance, "input", "instance.inout")
-    return _stream_response(iid, "output", True, cursor)
+    output = streams.follow(iid, "output", cursor, live_hint=True)
+    response = StreamingHttpResponse(
+        _duplex(_send_body(request, instance, "input", "instance.inout"), output),
+        content_type=TEXT_STREAM,
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def _duplex(sending: Awaitable[Any], output: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The output while the body goes to the input (STH's duplex /inout): the body is sent
+    by a task of its own, so a client that has not ended its body still gets its answers."""
+    sender = asyncio.ensure_future(sending)
+    sender.add_done_callback(_log_failure)
+    try:
+        yield b""  # the status and headers now
+        async for chunk in output:
+            yield chunk
+    finally:
+        sender.cancel()  # the answer ended (the instance did) or the client went away
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    exc = None if task.cancelled() else task.exception()
+    if exc is not None and not isinstance(exc, RequestAborted):
+        log.warning("/inout: sending the body failed: %r", exc)
 
 
 @router.post(

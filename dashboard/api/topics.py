@@ -12,7 +12,8 @@ from accounts.access import audit
 from dashboard.api.auth import ApiRequest, HubRouter, Role
 from dashboard.api.bodies import TopicBody, json_body
 from dashboard.api.instances import _headers_first, _truthy
-from sequences import catalog, topics
+from dashboard.streaming import body_chunks
+from sequences import topics
 from sequences.errors import HubError
 
 router = HubRouter(tags=["topics"])
@@ -95,7 +96,7 @@ async def send(request: ApiRequest, name: str) -> HttpResponse:
     end = _truthy(request.headers.get("x-end-stream"), default=False)
     member = await topics.attach(name, topics.PRODUCER)
     try:
-        sent = await topics.publish_body(name, topic.content_type, catalog.read_chunks(request))
+        sent = await topics.publish_body(name, topic.content_type, body_chunks(request), member)
         if end:
             await topics.end(name)
     finally:

@@ -3,9 +3,13 @@ and a package's default args."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 import httpx
 import pytest
 
+from tests.conftest import wait_for
 from tests.packaging import package_bytes, python_package, upload
 from tests.runner.test_instances_api import info, start
 from tests.runner.test_instances_api import wait_ended as ended
@@ -143,6 +147,99 @@ def test_inout_reads_the_output_from_its_own_input_on(admin_api):
         f"/instance/{iid}/inout", content=b"b\n", headers={"Content-Type": "text/plain"}
     )
     assert response.text == "B\n"
+
+
+class RawRequest:
+    """One HTTP/1.1 request over a plain socket, its body sent chunk by chunk while its
+    answer is read: what httpx (which sends the whole body first) cannot do."""
+
+    def __init__(self, api: httpx.Client, path: str, content_type: str = "text/plain") -> None:
+        url = api.base_url
+        self.sock = socket.create_connection((url.host, url.port), timeout=15)
+        head = [
+            f"POST {url.raw_path.decode().rstrip('/')}{path} HTTP/1.1",
+            f"Host: {url.host}:{url.port}",
+            f"Authorization: {api.headers['Authorization']}",
+            f"Content-Type: {content_type}",
+            "Transfer-Encoding: chunked",
+        ]
+        self.sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        self.received = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def end(self) -> None:
+        self.sock.sendall(b"0\r\n\r\n")
+
+    def read_until(self, wanted: bytes, timeout: float = 15) -> bytes:
+        deadline = time.monotonic() + timeout
+        while wanted not in self.received:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                raise AssertionError(f"no {wanted!r} in {self.received!r}") from None
+            if not data:
+                raise AssertionError(f"closed before {wanted!r}: {self.received!r}")
+            self.received += data
+        return self.received
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_inout_is_duplex_each_line_answered_while_the_body_is_still_open(admin_api):
+    """STH's /inout: output flows while the request body is still being sent."""
+    iid = start(admin_api, upload(admin_api, python_package(ECHO)), ["> "])
+    request = RawRequest(admin_api, f"/instance/{iid}/inout")
+    try:
+        request.send(b"a\n")
+        assert b" 200 " in request.read_until(b"> A\n").split(b"\r\n", 1)[0]
+        assert b"> B" not in request.received
+        request.send(b"b\n")
+        request.read_until(b"> B\n")
+        request.send(b"c\n")
+        request.read_until(b"> C\n")
+        request.end()  # x-end-stream defaults to true: the input ends, the echo ends
+        request.read_until(b"0\r\n\r\n")
+    finally:
+        request.close()
+    assert ended(admin_api, iid)["terminated"]["exitcode"] == 0
+
+
+def test_input_streams_into_the_instance_while_the_request_is_open(admin_api):
+    iid = start(admin_api, upload(admin_api, python_package(ECHO)))
+    request = RawRequest(admin_api, f"/instance/{iid}/input")
+    try:
+        request.send(b"first\n")
+        wait_for(
+            lambda: _output_has(admin_api, iid, "FIRST"),
+            timeout=15,
+            what="the first line's answer while the body is open",
+        )
+        request.send(b"second\n")
+        request.end()
+        assert b" 200 " in request.read_until(b"}").split(b"\r\n", 1)[0]
+        assert b'"bytes": 13' in request.received
+    finally:
+        request.close()
+    assert ended(admin_api, iid)["terminated"]["exitcode"] == 0
+    assert admin_api.get(f"/instance/{iid}/output").text == "FIRST\nSECOND\n"
+
+
+def _output_has(api: httpx.Client, iid: str, text: str) -> bool:
+    """Whether the live instance's output has `text` yet (read for a moment, not followed)."""
+    try:
+        with api.stream("GET", f"/instance/{iid}/output", timeout=1) as response:
+            seen = ""
+            for chunk in response.iter_text():
+                seen += chunk
+                if text in seen:
+                    return True
+    except httpx.ReadTimeout:
+        pass
+    return False
 
 
 def test_inout_of_an_ended_instance_is_refused(admin_api):

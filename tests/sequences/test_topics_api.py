@@ -118,6 +118,66 @@ def test_data_in_order_to_a_late_reader_and_the_end_of_stream(operator_api):
     assert after.lines == ['{"n": "next"}']
 
 
+def test_a_producer_request_reaches_readers_line_by_line_while_it_is_open(operator_api):
+    """STH streams a POST /topic body: a reader gets the first line before the producer has
+    sent the second, over one request (chunked, never ended until the last line)."""
+    name = new_name()
+    follower = reader(operator_api, name)
+    first_seen = threading.Event()
+    sent_second_at: list[float] = []
+
+    def body():
+        yield b'{"n": 1}\n'
+        first_seen.wait(15)  # the producer waits for the reader before going on
+        sent_second_at.append(time.monotonic())
+        yield b'{"n": 2}\n'
+        first_seen.wait(0.2)
+        yield b'{"n": 3}\n'
+
+    result: list[httpx.Response] = []
+    producer = threading.Thread(
+        target=lambda: result.append(
+            operator_api.post(f"/topic/{name}", content=body(), headers=NDJSON)
+        ),
+        daemon=True,
+    )
+    producer.start()
+    wait_for(lambda: follower.lines, timeout=15, what="the first line while the request is open")
+    seen_at = time.monotonic()
+    assert follower.lines == ['{"n": 1}'] and not sent_second_at
+    first_seen.set()
+    producer.join(20)
+    assert result and result[0].status_code == 200, result and result[0].text
+    assert result[0].json() == {"accepted": True, "bytes": 27, "end": False}
+    assert sent_second_at[0] > seen_at
+    assert follower.wait_lines(3) == ['{"n": 1}', '{"n": 2}', '{"n": 3}']
+
+
+def test_a_streamed_send_is_refused_like_any_other(operator_api, hub):
+    """The streamed body passes the same checks: no token, a bad type or a bad name are
+    refused before any of it reaches the topic, and the connection stays usable."""
+    name = new_name()
+    assert send(operator_api, name, b"{}\n").status_code == 200
+
+    def body():
+        yield b'{"bad": 1}\n'
+        yield b'{"bad": 2}\n'
+
+    with httpx.Client(base_url=hub.api, timeout=30) as anonymous:
+        refused = anonymous.post(f"/topic/{name}", content=body(), headers=NDJSON)
+        assert refused.status_code == 401 and refused.json()["code"] == "NEED_AUTHENTICATION"
+    wrong = operator_api.post(
+        f"/topic/{name}", content=body(), headers={"Content-Type": "text/plain"}
+    )
+    assert wrong.status_code == 415
+    bad_name = operator_api.post("/topic/no:colons", content=body(), headers=NDJSON)
+    assert bad_name.status_code == 400 and bad_name.json()["code"] == "INVALID_TOPIC"
+    everything = reader(operator_api, name)
+    assert send(operator_api, name, b'{"ok": 1}\n', end=True).status_code == 200
+    assert everything.ended.wait(10)
+    assert everything.lines == ["{}", '{"ok": 1}']
+
+
 def test_a_type_that_does_not_match_is_415(operator_api):
     name = new_name()
     assert send(operator_api, name, b"{}\n").status_code == 200
