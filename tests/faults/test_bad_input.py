@@ -136,7 +136,9 @@ def test_wrong_methods_answer_a_json_405_on_every_route(admin_api: httpx.Client,
 
 def test_unknown_ids_answer_a_json_404_on_every_route(admin_api: httpx.Client, routes):
     for template, allowed in routes:
-        if "{" not in template:
+        if "{" not in template or template.startswith("/topic/"):
+            # A topic is made by its first reader or writer (as on Scramjet Transform Hub), so
+            # `/topic/:name` has no unknown name to refuse (tests/sequences/test_topics_api.py).
             continue
         path = fill(template, None)
         for method in allowed:
@@ -150,6 +152,10 @@ def test_malformed_bodies_answer_4xx_on_every_route_that_takes_one(
     assert len(body_routes) >= 15
     wrong = []
     for method, template in body_routes:
+        if template.startswith("/topic/"):
+            # A topic's body is data, not a document: any bytes are good data for an
+            # octet-stream topic (content types are checked in tests/sequences/test_topics_api.py).
+            continue
         for ids in (None, real_ids):
             path = fill(template, ids)
             for raw in BAD_BODIES:
