@@ -14,18 +14,23 @@ unchecked: a content type must be one of CONTENT_TYPES, an end entry must carry 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aredis
 from django.conf import settings
+from redis.exceptions import RedisError, ResponseError
 
 from sequences import live
 from sequences.errors import HubError
+
+if TYPE_CHECKING:
+    from redis.typing import XReadResponse
 
 # STH's topic names (TopicId.validate) without the backslash it lets through, and bounded.
 MAX_NAME = 128
@@ -38,6 +43,7 @@ PEER_TTL = 60.0  # seconds a registration lasts unless refreshed
 PEER_REFRESH = 20.0
 BLOCK_MS = 5000
 READ_BATCH = 200
+SHARED_BATCH = 16  # a group's readers take few chunks at a time, so the work spreads
 PRODUCER, CONSUMER = "producers", "consumers"
 
 _CREATE = """
@@ -329,13 +335,8 @@ async def _start_id(client: aredis.Redis, name: str, since: str) -> bytes | str:
     if since == "now":
         newest = live.range_entries(await client.xrevrange(key, count=1))
         return newest[0][0] if newest else "0-0"
-    ended = live.as_bytes(await client.hget(live.topic_meta_key(name), "ended"))
-    if ended:
-        # Only an end the hub wrote moves a reader's start: a forged id would skip data.
-        entries = live.range_entries(await client.xrange(key, ended, ended))
-        if entries and live.is_end(key, entries[0][1]):
-            return ended
-    return "0-0"
+    # Only an end the hub wrote moves a reader's start: a forged id would skip data.
+    return await _ended(client, name) or "0-0"
 
 
 async def read(
@@ -346,26 +347,84 @@ async def read(
     `tail_cursor` gave); follows until an end, or until the topic is deleted. Registers as a
     consumer while it reads."""
     client = live.async_client()
+    key = live.topic_key(name)
+    cursor: list[bytes | str] = []
+
+    async def fetch() -> Any:
+        if not cursor:
+            cursor.append(after if after is not None else await _start_id(client, name, since))
+        reply = await client.xread({key: cursor[0]}, count=READ_BATCH, block=BLOCK_MS)
+        entries = live.read_entries(reply)
+        if entries:
+            cursor[0] = entries[-1][0]
+        return entries
+
+    async for data in _follow(client, name, fetch):
+        yield data
+
+
+async def read_shared(name: str, group: str, since: str = "start") -> AsyncIterator[bytes]:
+    """Like `read`, but the readers that name the same `group` share the work: each chunk goes
+    to one of them (a Redis consumer group; beyond STH). The group starts where its first
+    reader's `since` says and remembers its place after its readers go. Delivery is at most
+    once: a chunk handed to a reader that disconnects before using it is not given to another.
+    """
+    check_name(group)
+    client = live.async_client()
+    key = live.topic_key(name)
+    member = f"c-{uuid.uuid4().hex[:12]}"
+    made: list[bool] = []
+
+    async def fetch() -> Any:
+        if not made:
+            start = await _start_id(client, name, since)
+            try:
+                await client.xgroup_create(key, group, id=start, mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            made.append(True)
+        reply = await client.xreadgroup(
+            group, member, {key: ">"}, count=SHARED_BATCH, block=BLOCK_MS, noack=True
+        )
+        # XREADGROUP answers in XREAD's shape; redis-py types it apart.
+        return live.read_entries(cast("XReadResponse", reply))
+
+    try:
+        async for data in _follow(client, name, fetch):
+            yield data
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            await client.xgroup_delconsumer(key, group, member)
+
+
+async def _follow(
+    client: aredis.Redis, name: str, fetch: Callable[[], Awaitable[Any]]
+) -> AsyncIterator[bytes]:
+    """The chunks `fetch` brings, registered as a consumer, until an end the hub signed or the
+    topic's deletion. An end one reader of a group took is seen by the others through the
+    topic's `ended` mark."""
     topic = await get(name, client)
     if topic is None:
         return
     key = live.topic_key(name)
-    last_id = after if after is not None else await _start_id(client, name, since)
+    ended_before = await _ended(client, name)
     member = await attach(name, CONSUMER, client)
     refreshed = time.monotonic()
     try:
         while True:
-            reply = await client.xread({key: last_id}, count=READ_BATCH, block=BLOCK_MS)
+            entries = await fetch()
             if time.monotonic() - refreshed > PEER_REFRESH:
                 await refresh(name, CONSUMER, member, client)
                 refreshed = time.monotonic()
-            if not reply:
+            if not entries:
                 now = await get(name, client)
                 if now is None or now.created != topic.created:
                     return  # deleted (and perhaps made again): this reader's topic is gone
+                if await _ended(client, name) != ended_before:
+                    return
                 continue
-            for entry_id, fields in live.read_entries(reply):
-                last_id = entry_id
+            for _entry_id, fields in entries:
                 if b"eof" in fields:
                     if live.is_end(key, fields):
                         return
@@ -375,6 +434,16 @@ async def read(
                     yield data
     finally:
         await detach(name, CONSUMER, member, client)
+
+
+async def _ended(client: aredis.Redis, name: str) -> bytes | None:
+    """The id of the topic's last end, when the hub wrote it (a forged mark counts for none)."""
+    key = live.topic_key(name)
+    ended = live.as_bytes(await client.hget(live.topic_meta_key(name), "ended"))
+    if not ended:
+        return None
+    entries = live.range_entries(await client.xrange(key, ended, ended))
+    return ended if entries and live.is_end(key, entries[0][1]) else None
 
 
 async def tail(name: str, count: int = 50) -> list[bytes]:

@@ -40,7 +40,13 @@ READ_PARAMS = {
             "name": "from",
             "schema": {"type": "string", "enum": ["start", "now"]},
             "description": "start (default): everything the topic keeps; now: only what comes",
-        }
+        },
+        {
+            "in": "query",
+            "name": "group",
+            "schema": {"type": "string"},
+            "description": "readers naming the same group share the chunks (beyond STH)",
+        },
     ]
 }
 
@@ -121,10 +127,12 @@ async def follow(request: HttpRequest, name: str) -> StreamingHttpResponse:
     accept = (request.headers.get("Accept") or "").split(";")[0].strip().lower()
     default = accept if accept in topics.CONTENT_TYPES else topics.NDJSON
     kind = topics.content_type(request.headers.get("Content-Type"), default)
+    group = request.GET.get("group")
+    if group is not None and not topics.is_name(group):
+        raise HubError(400, "INVALID_REQUEST", f"group must be {topics.NAME_RULE}")
     topic, _ = await topics.ensure(name, kind)
-    response = StreamingHttpResponse(
-        _headers_first(topics.read(name, since)), content_type=topic.content_type
-    )
+    chunks = topics.read(name, since) if group is None else topics.read_shared(name, group, since)
+    response = StreamingHttpResponse(_headers_first(chunks), content_type=topic.content_type)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response

@@ -33,9 +33,12 @@ def send(api: httpx.Client, name: str, body: bytes, end: bool = False, **headers
 class Reader(threading.Thread):
     """Follows a topic in the background, collecting its lines until it ends or is closed."""
 
-    def __init__(self, api: httpx.Client, name: str, since: str = "start") -> None:
+    def __init__(
+        self, api: httpx.Client, name: str, since: str = "start", group: str | None = None
+    ) -> None:
         super().__init__(daemon=True)
         self.api, self.name, self.since = api, name, since
+        self.params = {"from": since} if group is None else {"from": since, "group": group}
         self.lines: list[str] = []
         self.status: int | None = None
         self.ended = threading.Event()
@@ -44,7 +47,7 @@ class Reader(threading.Thread):
     def run(self) -> None:
         try:
             with self.api.stream(
-                "GET", f"/topic/{self.name}", params={"from": self.since}, timeout=60
+                "GET", f"/topic/{self.name}", params=self.params, timeout=60
             ) as response:
                 self.status = response.status_code
                 self.content_type = response.headers.get("content-type", "")
@@ -63,8 +66,8 @@ class Reader(threading.Thread):
         return self.lines
 
 
-def reader(api: httpx.Client, name: str, since: str = "start") -> Reader:
-    r = Reader(api, name, since)
+def reader(api: httpx.Client, name: str, since: str = "start", group: str | None = None) -> Reader:
+    r = Reader(api, name, since, group)
     r.start()
     assert r.opened.wait(10)
     return r
@@ -218,6 +221,28 @@ def test_several_producers_interleave_whole_lines_and_every_consumer_reads_all(o
             mine = [line for line in got if line.startswith(f"p{p}-")]
             assert mine == [f"p{p}-{i:05d}-{'x' * 50}" for i in range(per_producer)]
     assert readers[0].lines == readers[1].lines == readers[2].lines
+
+
+def test_a_consumer_group_shares_the_chunks_and_ends_together(operator_api):
+    name = new_name()
+    operator_api.post("/topics", json={"id": name, "content-type": "text/plain"})
+    group = [reader(operator_api, name, group="workers") for _ in range(2)]
+    alone = reader(operator_api, name)
+    wait_for(lambda: topic(operator_api, name)["consumers"] == 3, what="3 consumers")
+    sent = [f"line-{i:04d}" for i in range(400)]
+    for i in range(0, len(sent), 10):  # 40 requests: 40 chunks for the group to share
+        body = "".join(f"{line}\n" for line in sent[i : i + 10]).encode()
+        assert send(operator_api, name, body, **{"Content-Type": "text/plain"}).is_success
+    assert alone.wait_lines(len(sent)) == sent  # a reader outside the group reads everything
+    wait_for(lambda: sum(len(r.lines) for r in group) >= len(sent), what="the group's share")
+    shared = group[0].lines + group[1].lines
+    assert sorted(shared) == sent  # each chunk to one reader of the group: none twice, none lost
+    assert group[0].lines and group[1].lines
+    send(operator_api, name, b"", end=True, **{"Content-Type": "text/plain"})
+    for r in [*group, alone]:
+        assert r.ended.wait(15)  # the end reaches every reader, in the group or not
+    bad = operator_api.get(f"/topic/{name}", params={"group": "no spaces"})
+    assert bad.status_code == 400
 
 
 def test_a_slow_consumer_never_blocks_a_producer_nor_loses_data(operator_api):
