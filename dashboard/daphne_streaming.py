@@ -39,7 +39,7 @@ class StreamingWebRequest(http_protocol.WebRequest):
         super().gotLength(length)
         channel = self.channel
         command, uri = getattr(channel, "_command", b""), getattr(channel, "_path", b"")
-        if not is_streamed(command, uri.split(b"?", 1)[0]):
+        if not is_streamed(command, uri.split(b"?", 1)[0]) or self._refused_by_daphne(uri):
             return
         self.streaming = True
         self.body_ended = False
@@ -56,6 +56,24 @@ class StreamingWebRequest(http_protocol.WebRequest):
         premature = queue.get_nowait()  # process() sent the (empty) body as complete
         if premature != {"type": "http.request", "body": b"", "more_body": False}:
             raise RuntimeError(f"daphne changed: its first message was {premature!r}")
+
+    def _refused_by_daphne(self, uri: bytes) -> bool:
+        """Whether daphne's `process` would answer 400 (or hand over to WebSocket): such a
+        request is not streamed, so daphne refuses it after the body, as it does any other.
+        (Refused here, before twisted has the whole request, the answer would be lost and the
+        client would see the connection close without one.)"""
+        for name, values in self.requestHeaders.getAllRawHeaders():
+            if not http_protocol.HEADER_NAME_RE.fullmatch(name):
+                return True
+            if any(http_protocol.INVALID_HEADER_VALUE_BYTES.intersection(v) for v in values):
+                return True
+        if self.requestHeaders.hasHeader(b"Upgrade"):
+            return True
+        try:
+            uri.decode("ascii")
+        except UnicodeDecodeError:
+            return True
+        return False
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.streaming:

@@ -5,6 +5,7 @@ ends, deletion while in use)."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -179,6 +180,20 @@ def test_a_streamed_send_is_refused_like_any_other(operator_api, hub):
     assert send(operator_api, name, b'{"ok": 1}\n', end=True).status_code == 200
     assert everything.ended.wait(10)
     assert everything.lines == ["{}", '{"ok": 1}']
+
+
+def test_a_request_daphne_refuses_gets_its_400_on_a_streamed_route(hub, people):
+    """daphne refuses a header value with a byte it bans; a streamed route must not start the
+    request early then, or the refusal is lost and the connection closes with no answer."""
+    host, port = hub.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /api/v1/topic/{new_name()} HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {people['operator'].token}\r\nContent-Length: 0\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(head + b"x-end-stream: a\x85b\r\n\r\n")
+        answer = conn.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
 
 
 def test_a_type_that_does_not_match_is_415(operator_api):
