@@ -8,6 +8,7 @@ sequencer, a component) so bodies are checked past the lookup too.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +23,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
 ENDLESS = {"/log"}  # the host log never ends: only its wrong methods are tried
-UNKNOWN = "no-such-id"
+# Unknown in this run: topics live in Redis for their retention time, and a run before this one
+# on the same Redis may have made a topic of any fixed name.
+UNKNOWN = f"no-such-id-{uuid.uuid4().hex[:8]}"
 
 # Not a JSON object at all: every route that takes a body refuses these.
 MALFORMED: list[bytes] = [
