@@ -114,6 +114,38 @@ class AsyncHostClient(HostCalls):
         """`{"sequences": [...], "instances": [...]}`: both lists in one request."""
         return await self.transport.call(self._entities())
 
+    # topics (docs/topics.md); the names are those of Scramjet's clients
+    async def get_topics(self) -> list[dict[str, Any]]:
+        """Every topic: `[{topic, contentType, localProvider, created, length, chunks, bytes,
+        producers, consumers}]`."""
+        return await self.transport.call(self._topics())
+
+    async def create_topic(
+        self, name: str, content_type: str = "application/x-ndjson"
+    ) -> dict[str, Any]:
+        """Make a topic holding `content_type` (`application/x-ndjson`, `text/x-ndjson`,
+        `text/plain` or `application/octet-stream`); 400 if it exists."""
+        return await self.transport.call(self._create_topic(name, content_type))
+
+    async def delete_topic(self, name: str) -> dict[str, Any]:
+        """Delete a topic and what it holds; its readers end."""
+        return await self.transport.call(self._delete_topic(name))
+
+    async def send_named_data(
+        self, topic: str, data: InputData, content_type: str | None = None, end: bool = False
+    ) -> dict[str, Any]:
+        """Send to a topic (made if missing): bytes, text, a binary file or an iterable of
+        chunks. Without `content_type` the topic's own type is meant; another type than the
+        topic's is refused (415). `end` ends the topic's stream: its readers finish."""
+        return await self.transport.call(self._send_topic(topic, data, content_type, end))
+
+    def get_named_data(
+        self, topic: str, content_type: str | None = None, from_now: bool = False
+    ) -> AsyncIterator[bytes]:
+        """Follow a topic (made with `content_type` if missing): everything it keeps, then
+        live, until its stream is ended or it is deleted; `from_now` skips what it keeps."""
+        return self.transport.stream(self._read_topic(topic, content_type, from_now))
+
     # sequencers and components
     async def list_sequencers(self) -> list[dict[str, Any]]:
         """Every sequencer with its state and step list."""
@@ -160,10 +192,15 @@ class AsyncSequenceClient(SequenceCalls):
         args: list[Any] | None = None,
         limits: dict[str, Any] | None = None,
         instance_id: str | None = None,
+        output_topic: str | None = None,
+        input_topic: str | None = None,
     ) -> AsyncInstanceClient:
         """Start an instance; `args` are spread into `run(context, input, *args)` with their
-        JSON types. Returns once the instance can take input."""
-        answer = await self.host.transport.call(self._start(app_config, args, limits, instance_id))
+        JSON types; `output_topic` publishes its output to that topic, `input_topic` feeds it
+        that topic as input. Returns once the instance can take input."""
+        answer = await self.host.transport.call(
+            self._start(app_config, args, limits, instance_id, output_topic, input_topic)
+        )
         return AsyncInstanceClient(answer["id"], self.host)
 
     async def list_instances(self) -> list[str]:

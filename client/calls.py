@@ -67,7 +67,8 @@ def step_commands(steps: Steps) -> list[dict[str, Any]]:
 
 
 class HostCalls:
-    """Host-level routes: version, load, log, sequences, instances, sequencers, components."""
+    """Host-level routes: version, load, log, sequences, instances, topics, sequencers,
+    components."""
 
     def _version(self) -> Call:
         return Call("GET", "/version")
@@ -106,6 +107,34 @@ class HostCalls:
     def _entities(self) -> Call:
         return Call("GET", "/entities")
 
+    def _topics(self) -> Call:
+        return Call("GET", "/topics")
+
+    def _create_topic(self, name: str, content_type: str) -> Call:
+        return Call("POST", "/topics", json={"id": name, "content-type": content_type})
+
+    def _delete_topic(self, name: str) -> Call:
+        return Call("DELETE", f"/topics/{seg(name)}")
+
+    def _send_topic(self, name: str, data: InputData, content_type: str | None, end: bool) -> Call:
+        # No Content-Type means the topic's own (application/x-ndjson for a new one).
+        headers = {"Content-Type": content_type} if content_type else {}
+        if end:
+            headers["x-end-stream"] = "true"
+        return Call(
+            "POST", f"/topic/{seg(name)}", content=input_body(data), headers=headers, timeout=WAIT
+        )
+
+    def _read_topic(self, name: str, content_type: str | None, from_now: bool) -> Call:
+        # The hub takes a topic type named in Accept as the type of a topic the read makes.
+        return Call(
+            "GET",
+            f"/topic/{seg(name)}",
+            params={"from": "now"} if from_now else {},
+            headers={"Accept": content_type or "*/*"},
+            timeout=WAIT,
+        )
+
     def _sequencers(self) -> Call:
         return Call("GET", "/sequencers")
 
@@ -133,6 +162,8 @@ class SequenceCalls:
         args: list[Any] | None,
         limits: dict[str, Any] | None,
         instance_id: str | None,
+        output_topic: str | None = None,
+        input_topic: str | None = None,
     ) -> Call:
         # appConfig and args always go along: STH's own runners crashed without them.
         body: dict[str, Any] = {"appConfig": app_config or {}, "args": list(args or [])}
@@ -140,6 +171,10 @@ class SequenceCalls:
             body["limits"] = limits
         if instance_id:
             body["instanceId"] = instance_id
+        if output_topic:
+            body["outputTopic"] = output_topic
+        if input_topic:
+            body["inputTopic"] = input_topic
         return Call("POST", f"/sequence/{seg(self.id)}/start", json=body, timeout=WAIT)
 
     def _overwrite(self, source: PackageSource) -> Call:

@@ -101,14 +101,14 @@ class Commands:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from client import cli_hub, cli_inst, cli_sequencers
+    from client import cli_hub, cli_inst, cli_sequencers, cli_topic
 
     common = common_options()
     parser = argparse.ArgumentParser(
         prog="si",
         parents=[common],
         description="Sequence Hub command line: pack, send and start sequences, follow "
-        "instances, steer sequencers.",
+        "instances, send to and follow topics, steer sequencers.",
         epilog="'-' in place of an id means the last package packed, sequence sent or "
         "instance started. Settings: si config print.",
     )
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     root = Commands(parser, common, "commands")
     cli_hub.register(root)
     cli_inst.register(root)
+    cli_topic.register(root)
     cli_sequencers.register(root)
     return parser
 

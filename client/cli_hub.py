@@ -135,6 +135,8 @@ def _start(ctx: Context, seq_id: str) -> str:
         args=start_args(ctx),
         limits=_limits(ctx),
         instance_id=ctx.args.instance_id,
+        output_topic=ctx.args.output_topic,
+        input_topic=ctx.args.input_topic,
     )
     config.remember(sequence=seq_id, instance=inst.id)
     return inst.id
@@ -270,6 +272,8 @@ def _add_start_options(parser: Any) -> None:
     )
     parser.add_argument("--limits", metavar="JSON", help="limits, like '{\"memory\": 256}'")
     parser.add_argument("--instance-id", metavar="ID", help="choose the instance id")
+    parser.add_argument("--output-topic", metavar="TOPIC", help="publish the output to TOPIC")
+    parser.add_argument("--input-topic", metavar="TOPIC", help="read the input from TOPIC")
 
 
 def register(root: Commands) -> None:

@@ -4,11 +4,10 @@ restart."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client import config
-from client.cli_output import key_values, parse_value, short_time, stdin_chunks, table
+from client.cli_output import data_source, key_values, parse_value, short_time, table
 
 if TYPE_CHECKING:
     from client.cli import Commands, Context
@@ -76,27 +75,21 @@ def inst_stream(ctx: Context) -> None:
     ctx.out.write_stream(_inst(ctx).get_stream(ctx.args.stream))
 
 
-def _data(ctx: Context) -> Any:
-    if ctx.args.file and ctx.args.file != "-":
-        return Path(ctx.args.file).open("rb")
-    return stdin_chunks()
-
-
 def _end(ctx: Context) -> bool | None:
     return ctx.args.end
 
 
 def inst_input(ctx: Context) -> None:
-    answer = _inst(ctx).send_input(_data(ctx), ctx.args.type, _end(ctx))
+    answer = _inst(ctx).send_input(data_source(ctx.args.file), ctx.args.type, _end(ctx))
     ctx.out.show(answer, "")
 
 
 def inst_inout(ctx: Context) -> None:
-    ctx.out.write_stream(_inst(ctx).inout(_data(ctx), ctx.args.type, _end(ctx)))
+    ctx.out.write_stream(_inst(ctx).inout(data_source(ctx.args.file), ctx.args.type, _end(ctx)))
 
 
 def inst_stdin(ctx: Context) -> None:
-    answer = _inst(ctx).send_stdin(_data(ctx), _end(ctx))
+    answer = _inst(ctx).send_stdin(data_source(ctx.args.file), _end(ctx))
     ctx.out.show(answer, "")
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from client.errors import HubClientError
 
@@ -17,6 +18,14 @@ def stdin_chunks() -> Iterator[bytes]:
     read = getattr(sys.stdin.buffer, "read1", sys.stdin.buffer.read)
     while chunk := read(65536):
         yield chunk
+
+
+def data_source(path: str | None) -> Iterator[bytes] | IO[bytes]:
+    """What `input`, `stdin` and `topic send` send: the file at `path`, or standard input for
+    none or `-`."""
+    if path and path != "-":
+        return Path(path).open("rb")
+    return stdin_chunks()
 
 
 def parse_value(text: str) -> Any:

@@ -14,12 +14,14 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from client import HostClient
 from client.pack import pack
 from tests.client.conftest import FOREVER, LIFECYCLE_DIR, package
 from tests.conftest import IN_CI, ROOT, Hub, wait_for
@@ -362,3 +364,52 @@ def test_scramjet_pypi_client_with_a_bearer_token(
     scramjet_pypi: Path, hub: Hub, people, packages: Packages, tmp_path: Path
 ) -> None:
     _check_pypi(_pypi_flow(scramjet_pypi, hub.api, packages, tmp_path, token=people["admin"].token))
+
+
+# topics (docs/topics.md)
+
+
+def test_scramjet_cli_topics(scramjet_si: ScramjetSi, anon_hub: Hub, tmp_path: Path) -> None:
+    sj = scramjet_si
+    name = f"sj-{uuid.uuid4().hex[:10]}"
+    # 0.26.1's `topic get` follows the topic; its `topic send` (text/plain unless -t) cannot
+    # end it, so this reader ends when another client does.
+    reader = subprocess.Popen(
+        [str(sj.bin), "topic", "get", name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=sj.workdir,
+        env=sj.env,
+    )
+    with HostClient(anon_hub.api) as host:
+        wait_for(lambda: topic_of(host, name)["consumers"], what="Scramjet's si to read")
+        data = tmp_path / "lines.txt"
+        data.write_bytes(b"one\ntwo\n")
+        sj("topic", "send", name, str(data), "-t", "application/x-ndjson")
+        sj("topic", "send", name, "-t", "application/x-ndjson", input=b"three\n")
+        listed = [t for t in sj.json("topic", "ls") if t["topic"] == name]  # type: ignore[union-attr]
+        assert listed and listed[0]["contentType"] == "application/x-ndjson"
+        host.send_named_data(name, b"", end=True)
+    stdout, stderr = reader.communicate(timeout=60)
+    assert reader.returncode == 0, stderr.decode(errors="replace")
+    assert stdout == b"one\ntwo\nthree\n"
+
+
+def test_scramjet_api_client_topics(scramjet_npm: Path, anon_hub: Hub) -> None:
+    name = f"sj-{uuid.uuid4().hex[:10]}"
+    done = run_flow(
+        ["node", str(SCRIPTS / "topics_flow.js"), anon_hub.api, name],
+        env={**os.environ, "NODE_PATH": str(scramjet_npm)},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    seen = json.loads(done.stdout)
+    assert seen["sent"] == {"accepted": True, "bytes": 18, "end": False}
+    assert seen["ended"]["end"] is True
+    assert seen["data"] == '{"a": 1}\n{"a": 2}\n{"a": 3}\n'
+    listed = [t for t in seen["topics"] if t["topic"] == name]
+    assert listed and listed[0]["contentType"] == "application/x-ndjson"
+
+
+def topic_of(host: HostClient, name: str) -> dict:
+    return next((t for t in host.get_topics() if t["topic"] == name), {"consumers": 0})
