@@ -35,6 +35,7 @@ class Links:
 
     output_topic: str = ""
     input_topic: str = ""
+    input_from: str = ""  # the topic's entry id the start request named: read after it
     input_type: str = ""  # what the sequence asked its input to be decoded as
     aligner: topics.LineAligner | None = None
     members: list[tuple[str, str, str]] = field(default_factory=list)  # (topic, role, member)
@@ -46,6 +47,7 @@ def from_start(req: dict[str, Any]) -> Links:
     return Links(
         output_topic=str(req.get("outputTopic") or ""),
         input_topic=str(req.get("inputTopic") or ""),
+        input_from=str(req.get("inputFrom") or ""),
     )
 
 
@@ -55,6 +57,11 @@ def check_start_fields(req: dict[str, Any]) -> None:
         value = req.get(name)
         if value not in (None, "") and not topics.is_name(value):
             raise ValueError(f"{name} {value!r} is not a topic's name")
+    cursor = req.get("inputFrom")
+    if cursor not in (None, "") and not (
+        isinstance(cursor, str) and topics.ENTRY_ID.fullmatch(cursor)
+    ):
+        raise ValueError(f"inputFrom {cursor!r} is not a topic's entry id")
 
 
 async def prepare(links: Links) -> None:
@@ -167,7 +174,9 @@ async def _feed_input(child: Child, name: str) -> None:
     kind = links.input_type or topic.content_type
     pipe.write(f"Content-Type: {kind}\r\n\r\n".encode())
     child.input_header_sent = True
-    async for chunk in topics.read(name, since="start"):
+    # A topic the start named is read from where it stood at the start (input_from); one the
+    # code declared (the only other kind: a second one is refused), from its last end.
+    async for chunk in topics.read(name, since="start", after=links.input_from or None):
         if pipe.is_closing():
             return
         pipe.write(chunk)

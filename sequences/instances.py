@@ -199,6 +199,7 @@ def start_request(
     timeout: float,
     dest: str,
     sequencer: Sequencer | None = None,
+    input_from: str = "",
 ) -> bytes:
     """What a worker needs to start the instance without reading the database (it does read
     it when it has not unpacked the package yet). Past `expires` the web stopped waiting.
@@ -214,6 +215,7 @@ def start_request(
         "limits": instance.limits,
         "outputTopic": instance.output_topic,
         "inputTopic": instance.input_topic,
+        "inputFrom": input_from,
         "sequence": {
             "id": seq.id,
             "sha256": seq.sha256,
@@ -245,6 +247,11 @@ async def push_start(
     # The row was made a moment ago with its sequence; only deleting the sequence unsets it.
     seq = cast(Sequence, instance.sequence)
     request = start_request(instance, seq, token, wait, dest, sequencer)
+    if instance.input_topic:
+        # The worker reads the topic from where it stands now, not from where it stands when
+        # the child is up: what a client sends (and ends) right after the start is not lost.
+        cursor = await topics.start_cursor(instance.input_topic)
+        request = start_request(instance, seq, token, wait, dest, sequencer, cursor)
     if fresh:
         pipe = live.async_client().pipeline(transaction=False)
         pipe.delete(*live.instance_keys(instance.id))

@@ -339,6 +339,16 @@ async def _start_id(client: aredis.Redis, name: str, since: str) -> bytes | str:
     return await _ended(client, name) or "0-0"
 
 
+ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+async def start_cursor(name: str) -> str:
+    """Where a reader `since="start"` would begin now (after the topic's last end), as an
+    entry id: a reader that starts later from it misses nothing sent in between."""
+    ended = await _ended(live.async_client(), check_name(name))
+    return ended.decode() if ended else "0-0"
+
+
 async def read(
     name: str, since: str = "start", after: bytes | str | None = None
 ) -> AsyncIterator[bytes]:

@@ -91,9 +91,8 @@ def test_sequences_publish_to_and_read_from_topics(host: HostClient) -> None:
 
     host.create_topic(fed, "text/plain")
     echo = host.send_sequence(package(ECHO)).start(input_topic=fed)
-    # A reader that comes after an end starts after it (docs/topics.md): end only once the
-    # hub feeds the topic to the sequence.
-    wait_for(lambda: listed(host, fed)["consumers"] >= 1, what="the sequence to read the topic")
+    # Sent and ended the moment the start returns: the sequence still reads all of it (the
+    # start fixed where its input begins, whenever the worker begins to read).
     host.send_named_data(fed, b"a\nb\n", end=True)
     assert b"".join(echo.get_stream("output")) == b"echo:a\necho:b\n"
 
