@@ -72,6 +72,7 @@ async def finish(sup: Supervisor, child: Child) -> None:
     code = child.exit_code if child.exit_code is not None else protocol.UNKNOWN_EXIT
     status, reason = outcome(code, child.killed, child.stopped)
     sup.children.pop(child.iid, None)
+    sup.room_changed()
     child.finished = True
     now = timezone.now()
     _end_streams(sup, child, status, code, reason, now)

@@ -48,6 +48,7 @@ from sequences.sequencers import MAX_NAME, NAME_RE
 log = logging.getLogger(__name__)
 
 DEFAULT_NPROC = 1024  # processes and threads of an instance running as a leased user id
+MIN_FREE_MEMORY = 128 << 20  # below this a worker takes no start
 
 
 # Who starts the child of a start of another kind than "sequence" once the intake checked and
@@ -142,6 +143,11 @@ class Supervisor:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub-supervisor", daemon=True)
         self._stopping = False
+        # Starts popped and not yet ended (answered): with the children, what fills the places.
+        self._starting = 0
+        self._room = asyncio.Event()  # set when a place may have come free
+        self._room_dirty = False
+        self._room_task: asyncio.Task | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -194,6 +200,8 @@ class Supervisor:
             await asyncio.sleep(0.05)
         await self.forkserver.close()
         await self.redis.delete(live.worker_key(self.name))
+        for queue in self.queues:
+            await cast("Awaitable[int]", self.redis.hdel(live.room_key(queue), self.name))
 
     def _register_worker(self) -> None:
         now = timezone.now()
@@ -219,6 +227,7 @@ class Supervisor:
                 await self.redis.set(
                     live.worker_key(self.name), len(self.children), ex=int(settings.HUB_LOST_AFTER)
                 )
+                await self._write_room()
                 self.writer.call(
                     functools.partial(self._record_beat, len(self.children), timezone.now())
                 )
@@ -229,11 +238,44 @@ class Supervisor:
     def _record_beat(self, running: int, now: datetime) -> None:
         Worker.objects.filter(name=self.name).update(last_seen=now, running=running)
 
+    # -- room -----------------------------------------------------------------------------
+    def free_places(self) -> int:
+        """How many more starts this worker can take now: 0 when it is full (its children and
+        the starts it popped fill its capacity), short of memory, or stopping."""
+        if self._stopping or psutil.virtual_memory().available < MIN_FREE_MEMORY:
+            return 0
+        return max(0, self.capacity - len(self.children) - self._starting)
+
+    def room_changed(self) -> None:
+        """On the loop, when a start is popped or answered or a child ends: wake the start loop
+        and publish the free places (coalesced: one write for a burst of changes)."""
+        self._room.set()
+        self._room_dirty = True
+        if self._room_task is None or self._room_task.done():
+            self._room_task = self.loop.create_task(self._publish_room())
+
+    async def _publish_room(self) -> None:
+        while self._room_dirty:
+            self._room_dirty = False
+            try:
+                await self._write_room()
+            except Exception:
+                log.exception("could not publish the worker's free places")
+
+    async def _write_room(self) -> None:
+        """Tell the web how many starts this worker can take, for each queue it serves; the
+        entry lapses with the heartbeat, so a dead worker's places do not count."""
+        value = live.room_value(self.free_places(), time.time() + settings.HUB_LOST_AFTER)
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in self.queues:
+            pipe.hset(live.room_key(queue), self.name, value)
+        await pipe.execute()
+
     # -- start ----------------------------------------------------------------------------
     def check_capacity(self) -> None:
         if len(self.children) >= self.capacity:
             raise Refused(f"worker {self.name} is at its capacity of {self.capacity} instances")
-        if psutil.virtual_memory().available < 128 << 20:
+        if psutil.virtual_memory().available < MIN_FREE_MEMORY:
             raise Refused(f"worker {self.name} has less than 128 MiB of memory free")
 
     async def spawn(
@@ -285,6 +327,7 @@ class Supervisor:
             close_fds(child_fds)
         self.children[iid] = child
         self.by_pid[child.pid] = child
+        self.room_changed()
         if record_start:
             self.writer.update(
                 iid,
@@ -421,10 +464,19 @@ class Supervisor:
         """Start requests the web pushes on its queue's list, for instances and sequencer
         scripts alike: no Celery dispatch, no database read for an instance, whose reply goes
         out as soon as the child is forked (the row is updated by the writer, in order with the
-        child's own messages). A script's reply waits until its actor has it loaded."""
+        child's own messages). A script's reply waits until its actor has it loaded.
+
+        A worker pops a start only while it has a free place (and memory): a full worker
+        leaves the list to workers with room, and pops again when a child ends."""
         keys = [live.start_key(queue) for queue in self.queues]
         client = live.async_client()
         while not self._stopping:
+            if self.free_places() <= 0:
+                self._room.clear()
+                # Memory is not an event: look again within a second even if no child ends.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), 1.0)
+                continue
             try:
                 item = await client.blpop(keys, timeout=5)
             except Exception:
@@ -438,7 +490,16 @@ class Supervisor:
                 except (live.Forged, ValueError):
                     log.warning("dropped a start request that the hub did not write")
                     continue
-                self.loop.create_task(self._guard(self._start_requested(header), header))
+                self._starting += 1
+                self.room_changed()
+                self.loop.create_task(self._take_start(header))
+
+    async def _take_start(self, header: dict[str, Any]) -> None:
+        try:
+            await self._guard(self._start_requested(header), header)
+        finally:
+            self._starting -= 1
+            self.room_changed()
 
     async def _start_requested(self, req: dict[str, Any]) -> None:
         try:

@@ -11,6 +11,8 @@ Live data goes worker → Redis → web; the database holds the durable copy.
 - `hub:reply:<token>`     list: one reply to a request that waits for it
 - `hub:claim:<iid>`       the worker that took an instance's start: a replayed start finds it
 - `hub:worker:<name>`     heartbeat key, expires when the worker stops answering
+- `hub:room:<queue>`      hash: worker name -> "<free places> <unix time it lapses>", written by
+                          each worker serving the queue when its room changes and at each beat
 - `hub:log`               Redis stream of host log lines
 - `hub:auth:generation`   counter that token, user and group changes bump (accounts.identity)
 - `hub:topic:<name>`      Redis stream of a topic's chunks `{d: bytes}`, and signed end entries
@@ -74,6 +76,28 @@ def control_key(worker: str) -> str:
 
 def start_key(queue: str) -> str:
     return f"hub:start:{queue}"
+
+
+def room_key(queue: str) -> str:
+    return f"hub:room:{queue}"
+
+
+def room_value(free: int, lapses: float) -> str:
+    return f"{int(free)} {lapses:.3f}"
+
+
+def live_room(entries: dict[bytes, bytes], now: float) -> dict[str, int]:
+    """The free places of each worker whose entry in a `hub:room:<queue>` hash has not lapsed
+    (a worker that died stops refreshing its entry)."""
+    room: dict[str, int] = {}
+    for name, value in entries.items():
+        try:
+            free, lapses = value.split()
+            if float(lapses) >= now:
+                room[name.decode()] = int(free)
+        except ValueError:
+            continue
+    return room
 
 
 OWNER_TTL = 120  # seconds; the worker's batched database write lands long before
