@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -241,9 +241,20 @@ async def push_start(
 
     The request goes straight to the list a worker's supervisor pops, not through a Celery
     task: one push, one blocking pop for the answer. Instances and sequencer scripts alike.
+
+    A worker pops a start only while it has a free place, so a full cluster would leave the
+    request on the list until `wait` runs out. Workers publish their free places
+    (`hub:room:<queue>`): when every live worker says 0, the start is refused at once with
+    507, before the push or while it waits unpopped (taken back off the list, so no worker
+    can start it after). No live worker at all is not "full": the web waits and answers
+    NO_WORKER as before.
     """
     token = live.new_token()
-    dest = live.start_key(settings.CELERY_TASK_DEFAULT_QUEUE)
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    dest = live.start_key(queue)
+    full = await cluster_full(queue)
+    if full is not None:
+        return await _refuse_full(instance, full)
     # The row was made a moment ago with its sequence; only deleting the sequence unsets it.
     seq = cast(Sequence, instance.sequence)
     request = start_request(instance, seq, token, wait, dest, sequencer)
@@ -259,7 +270,44 @@ async def push_start(
         await pipe.execute()
     else:
         await live.async_client().rpush(dest, request)
-    return await wait_reply(token, wait)
+    client = live.async_client()
+    deadline = time.monotonic() + wait
+    step = 0.2
+    while (remaining := deadline - time.monotonic()) > 0:
+        answer = await wait_reply(token, min(step, remaining))
+        if answer is not None:
+            return answer
+        step = min(step * 2, 2.0)
+        full = await cluster_full(queue)
+        # LREM takes the request back only if no worker popped it: then none ever will.
+        # (redis-py types the value as str; it sends bytes as they are.)
+        if full is not None and await client.lrem(dest, 1, cast(str, request)):
+            return await _refuse_full(instance, full)
+    return None
+
+
+async def cluster_full(queue: str) -> str | None:
+    """Why no worker serving `queue` can take a start now (every live worker published 0 free
+    places), or None: some worker has room, or no worker published anything (none running)."""
+    try:
+        entries = await cast(
+            "Awaitable[dict[bytes, bytes]]", live.async_client().hgetall(live.room_key(queue))
+        )
+    except RedisError:
+        return None
+    room = live.live_room(entries, time.time())
+    if not room or any(free > 0 for free in room.values()):
+        return None
+    return (
+        f"every worker of queue {queue} is at its capacity ({len(room)} live, no free place): "
+        "try again when an instance ends"
+    )
+
+
+async def _refuse_full(instance: Instance, reason: str) -> dict[str, Any]:
+    """The answer a worker gives a start it cannot take, for a start no worker took."""
+    await db_call(record_failed_start, instance.id, Exit.REFUSED, reason, waiting_only=True)
+    return {"ok": False, "status": 507, "code": "INSUFFICIENT_RESOURCES", "error": reason}
 
 
 async def start(

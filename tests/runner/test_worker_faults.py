@@ -90,7 +90,9 @@ def test_over_the_worker_capacity_start_answers_507(private_hub):
     hub = private_hub(worker_env={"HUB_WORKER_CAPACITY": "1"})
     seq = upload(hub.api, python_package(FOREVER))
     first = _start(hub.api, seq)
+    began = time.monotonic()
     response = hub.api.post(f"/sequence/{seq}/start", json={})
+    assert time.monotonic() - began < 5  # at once, not after HUB_START_TIMEOUT
     assert response.status_code == 507
     assert response.json()["code"] == "INSUFFICIENT_RESOURCES"
     assert "capacity" in response.json()["error"]
