@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import redis
 from asgiref.sync import sync_to_async
 
 from core.db_threads import db_call
@@ -25,6 +26,10 @@ BLOCK_MS = 2000
 # much silence: the end normally arrives as an eof entry in the stream itself.
 FOLLOW_BLOCK_MS = 10_000
 REDIS_BATCH = 200
+# A reader that lost Redis retries after this long, doubling up to the cap, while the
+# instance runs; meanwhile it reads what the database has.
+REDIS_RETRY_FIRST = 0.25
+REDIS_RETRY_CAP = 2.0
 
 
 def _db_chunks(iid: str, stream: str, start: int, stop: int | None) -> list[tuple[int, bytes]]:
@@ -68,16 +73,8 @@ async def follow(
             yield data
         return
     # Ended: the database has everything.
-    while True:
-        rows = await adb_chunks(iid, stream, cursor, None)
-        before = cursor
-        for seq, data in rows:
-            if seq != cursor:
-                break
-            yield data
-            cursor += 1
-        if len(rows) < DB_BATCH or cursor == before:
-            break
+    async for _seq, data in _db_from(iid, stream, cursor):
+        yield data
 
 
 async def next_chunk(iid: str, stream: str) -> int:
@@ -106,11 +103,32 @@ async def _follow_redis(iid: str, stream: str, cursor: int) -> AsyncIterator[byt
     client = live.async_client()
     key = live.stream_key(iid, stream)
     last_id: str | bytes = "0-0"
+    delay = REDIS_RETRY_FIRST
     while True:
-        reply = await client.xread({key: last_id}, count=REDIS_BATCH, block=FOLLOW_BLOCK_MS)
+        try:
+            reply = await client.xread({key: last_id}, count=REDIS_BATCH, block=FOLLOW_BLOCK_MS)
+        except (redis.ConnectionError, redis.TimeoutError):
+            # Redis is away (the client's own quick retries are spent). The database has every
+            # chunk, written in order: give what it has from the cursor on, and end if the row
+            # said "ended" before we read (then the database had everything). Otherwise wait,
+            # longer each time, and try Redis again.
+            ended = not await ais_live(iid)
+            async for seq, data in _db_from(iid, stream, cursor):
+                yield data
+                cursor = seq + 1
+            if ended:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REDIS_RETRY_CAP)
+            # A restarted Redis holds a new stream whose entry ids may be below the last one
+            # read: read it from the start; entries before the cursor are skipped by number.
+            last_id = "0-0"
+            continue
+        delay = REDIS_RETRY_FIRST
         if not reply:
             # Silence: the end always comes as an eof entry (the worker's, or detect_lost's
-            # for a dead worker), so the database is asked only now and then.
+            # for a dead worker), so the database is asked only now and then. (An eof entry
+            # written while Redis was away is lost: this is how such a reader ends.)
             if not await ais_live(iid):
                 async for data in _rest_from_database(iid, stream, cursor, None):
                     yield data
@@ -134,6 +152,20 @@ async def _follow_redis(iid: str, stream: str, cursor: int) -> AsyncIterator[byt
                 cursor = seq
             yield fields[b"d"]
             cursor = seq + 1
+
+
+async def _db_from(iid: str, stream: str, cursor: int) -> AsyncIterator[tuple[int, bytes]]:
+    """(number, chunk) pairs the database holds from `cursor` on, up to the first missing one."""
+    while True:
+        rows = await adb_chunks(iid, stream, cursor, None)
+        before = cursor
+        for seq, data in rows:
+            if seq != cursor:
+                return
+            yield seq, data
+            cursor += 1
+        if len(rows) < DB_BATCH or cursor == before:
+            return
 
 
 async def _rest_from_database(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import httpx
@@ -156,6 +157,77 @@ def test_a_redis_restart_mid_run(private_hub, private_redis: PrivateRedis, monke
         assert_contiguous(seen, iid)
         assert hub.api.post(f"/instance/{iid}/_kill", json={}).status_code == 202
         assert wait_ended(hub.api, iid)["terminated"]["reason"] == "Instance killed"
+
+
+COUNT = """
+import asyncio
+async def run(context, input, upto='10'):
+    for n in range(1, int(upto) + 1):
+        print("alive", n, flush=True)
+        await asyncio.sleep(0.2)
+    return "done"
+"""
+
+
+class Reader(threading.Thread):
+    """Follows an instance's stdout from the start on a connection of its own."""
+
+    def __init__(self, api: httpx.Client, iid: str) -> None:
+        super().__init__(daemon=True)
+        self.api, self.iid = api, iid
+        self.text = ""
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            url = f"/instance/{self.iid}/stdout"
+            with (
+                httpx.Client(base_url=self.api.base_url, headers=self.api.headers) as client,
+                client.stream("GET", url, timeout=90) as stream,
+            ):
+                for piece in stream.iter_text():
+                    self.text += piece
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def seen(self) -> list[int]:
+        return counters(self.text[: self.text.rfind("\n") + 1])
+
+
+def test_readers_follow_through_a_redis_restart(private_hub, private_redis: PrivateRedis):
+    """Readers attached before Redis dies: one of an instance that ends while Redis is away
+    ends from the database; one of an instance that outlives the outage resumes from Redis.
+    Neither shows a line twice or skips one, and both end when their instance does."""
+    env = {"REDIS_URL": private_redis.url}
+    hub = private_hub(web_env=env, worker_env=env)
+    seq = upload(hub.api, python_package(COUNT))
+    short = start(hub.api, seq, {"args": ["15"]})  # ~3 s
+    long = start(hub.api, seq, {"args": ["80"]})  # ~16 s
+    readers = {iid: Reader(hub.api, iid) for iid in (short, long)}
+    for reader in readers.values():
+        reader.start()
+    wait_for(lambda: all(len(r.seen()) >= 3 for r in readers.values()), timeout=30, what="lines")
+
+    assert private_redis.proc is not None
+    private_redis.proc.kill()  # no goodbye, nothing kept
+    private_redis.proc.wait()
+    private_redis.proc = None
+    down_at = time.monotonic()
+    # The short one ends while Redis is away: its reader ends, from the database.
+    readers[short].join(timeout=20)
+    assert not readers[short].is_alive(), f"reader of {short} hangs: {readers[short].seen()}"
+    assert readers[short].error is None, readers[short].error
+    assert readers[short].seen() == list(range(1, 16))
+    assert info(hub.api, short)["status"] == "completed"
+    time.sleep(max(0.0, 4 - (time.monotonic() - down_at)))
+    assert info(hub.api, long)["status"] == "running"  # it outlives the outage
+    private_redis.start()
+
+    readers[long].join(timeout=60)
+    assert not readers[long].is_alive(), f"reader of {long} hangs: {readers[long].seen()}"
+    assert readers[long].error is None, readers[long].error
+    assert readers[long].seen() == list(range(1, 81))
+    assert wait_ended(hub.api, long)["status"] == "completed"
 
 
 def forget_workers(server: PrivateRedis) -> None:
