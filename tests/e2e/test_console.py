@@ -13,10 +13,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from playwright import sync_api as playwright_api
 
 from tests.packaging import python_package
 
-playwright_api = pytest.importorskip("playwright.sync_api")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 ROOT = Path(__file__).resolve().parent.parent.parent
 
