@@ -257,12 +257,10 @@ async def push_start(
         return await _refuse_full(instance, full)
     # The row was made a moment ago with its sequence; only deleting the sequence unsets it.
     seq = cast(Sequence, instance.sequence)
-    request = start_request(instance, seq, token, wait, dest, sequencer)
-    if instance.input_topic:
-        # The worker reads the topic from where it stands now, not from where it stands when
-        # the child is up: what a client sends (and ends) right after the start is not lost.
-        cursor = await topics.start_cursor(instance.input_topic)
-        request = start_request(instance, seq, token, wait, dest, sequencer, cursor)
+    # The worker reads an input topic from where it stands now, not from where it stands when
+    # the child is up: what a client sends (and ends) right after the start is not lost.
+    cursor = await topics.start_cursor(instance.input_topic) if instance.input_topic else ""
+    request = start_request(instance, seq, token, wait, dest, sequencer, cursor)
     if fresh:
         pipe = live.async_client().pipeline(transaction=False)
         pipe.delete(*live.instance_keys(instance.id))
