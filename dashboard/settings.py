@@ -245,6 +245,13 @@ LOGGING = {
 }
 
 # The hub's own knobs.
+# Passwords set through the console's Users page (and `manage.py changepassword`).
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
 HUB_ANONYMOUS_ROLE = env.str("HUB_ANONYMOUS_ROLE", default="none")
 if HUB_ANONYMOUS_ROLE not in {"none", "viewer", "operator", "admin"}:
     raise ValueError("HUB_ANONYMOUS_ROLE must be one of none, viewer, operator, admin")
