@@ -6,8 +6,11 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from html import unescape
+from io import StringIO
 
+import pytest
 from django.contrib.auth.models import User
+from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 
@@ -154,3 +157,16 @@ def test_failed_log_ins_are_audited_with_the_name_and_address(db, users):
     entry = AuditEntry.objects.get(action="login", outcome="refused")
     assert entry.target == users["viewer"].username and entry.actor == "anonymous"
     assert entry.detail == {"reason": "bad credentials", "address": "127.0.0.1"}
+
+
+def test_hub_token_makes_a_lapsing_token_with_a_role_and_refuses_more_than_the_owner(users):
+    out = StringIO()
+    call_command(
+        "hub_token", users["admin"].username, "--days", "30", "--role", "viewer", stdout=out
+    )
+    token = ApiToken.objects.get(prefix=out.getvalue().strip()[:8])
+    assert token.role == "viewer" and timedelta(days=29) < token.expires - timezone.now()
+    with pytest.raises(CommandError, match="may not hold more than its owner"):
+        call_command("hub_token", users["viewer"].username, "--role", "admin", stdout=out)
+    with pytest.raises(CommandError, match="positive number of days"):
+        call_command("hub_token", users["viewer"].username, "--days", "0", stdout=out)
