@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -25,7 +26,9 @@ def _sequences() -> list[Sequence]:
         Sequence.objects.annotate(
             n_instances=Count("instances"),
             n_live=Count("instances", filter=Q(instances__status__in=LIVE_STATUSES)),
-        ).select_related("uploaded_by")
+        )
+        .select_related("uploaded_by")
+        .order_by("-created")  # annotate() drops Meta.ordering: newest first, as the API lists
     )
 
 
@@ -54,6 +57,16 @@ def sequence_upload(request: HtmxHttpRequest) -> HttpResponse:
         )
     audit(request.user, "sequence.upload", seq.id, name=seq.name, sha256=seq.sha256)
     text = f"Uploaded {seq.name or upload.name} {seq.version} as {seq.id}."
+    same = catalog.same_package(seq)
+    if same:
+        first = same[0]
+        messages.warning(
+            request,
+            f"This package is identical (same sha256) to sequence {first.id}, uploaded "
+            f"{first.created:%Y-%m-%d %H:%M %Z}"
+            + (f" and {len(same) - 1} more" if len(same) > 1 else "")
+            + ": you may want to delete this copy and use that one.",
+        )
     return _redirect_with(request, text, reverse("sequence", args=[seq.id]))
 
 
@@ -82,7 +95,19 @@ def sequence_detail(request: HttpRequest, seq_id: str) -> HttpResponse:
     seq = _get(seq_id)
     if seq is None:
         return render(request, "404.html", {"what": f"Sequence {seq_id}"}, status=404)
-    return render(request, "sequences/detail.html", _detail_context(seq))
+    form = None
+    again = seq.instances.filter(pk=request.GET.get("again", "")).first()
+    if again is not None:
+        # "Run again": the start form filled with that instance's args and appConfig, to read
+        # (and change) before pressing Start.
+        form = StartForm(
+            initial={
+                "args_mode": "json",
+                "args_json": json.dumps(again.args),
+                "app_config": json.dumps(again.app_config) if again.app_config else "",
+            }
+        )
+    return render(request, "sequences/detail.html", _detail_context(seq, form))
 
 
 def _get(seq_id: str) -> Sequence | None:
@@ -106,7 +131,15 @@ def sequence_delete(request: HtmxHttpRequest, seq_id: str) -> HttpResponse:
     except HubError as exc:
         audit(request.user, "sequence.delete", seq_id, outcome="refused", error=exc.message)
         fallback = reverse("sequence", args=[seq_id])
-        return feedback(request, "error", exc.message, fallback, exc.status)
+        text = exc.message
+        if exc.code == "SEQUENCE_IN_USE":
+            # The API's message names its header; here the form's checkbox is the way.
+            running = len(catalog.live_instance_ids(seq))
+            text = (
+                f"Sequence {seq.name or seq_id} has {running} running instance(s): tick "
+                "“force: kill running instances first” and delete again, or stop them first."
+            )
+        return feedback(request, "error", text, fallback, exc.status)
     audit(request.user, "sequence.delete", seq_id, force=force)
     text = f"Deleted sequence {seq.name or seq_id}."
     return _redirect_with(request, text, reverse("sequences"))
