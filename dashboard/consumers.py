@@ -402,7 +402,7 @@ class SequencerConsumer(LiveConsumer):
         context = {**sequencer_pages.detail_context(row), **self.base_context(), "oob": True}
         names = ["state", "steps", "history"]
         if context["can_operate"]:
-            names.append("step-select")  # only operators have the editor it lives in
+            names += ["step-select", "editor-buttons"]  # only operators have the editor
         return render_fragments([(f"sequencers/detail.html#{n}", context) for n in names])
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from datetime import timedelta
 from html import unescape
 
 import pytest
 from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client, override_settings
+from django.utils import timezone
 
 from tests.dashboard.conftest import PASSWORD
 from tests.packaging import package_bytes, python_package
@@ -406,8 +408,16 @@ def killed_sequencer(db, sequence):
     row = Sequencer.objects.create(
         prefix="ESW.test", script=sequence, state="Killed", has_step_list=True
     )
+    began = timezone.now() - timedelta(seconds=5)
     Step.objects.create(
-        sequencer=row, position=0, step_id="s1", type="Setup", command="move", status="Success"
+        sequencer=row,
+        position=0,
+        step_id="s1",
+        type="Setup",
+        command="move",
+        status="Success",
+        started=began,
+        ended=began + timedelta(seconds=1.5),
     )
     return row
 
@@ -416,6 +426,10 @@ def test_the_sequencer_page_shows_steps_and_disables_refused_buttons(clients, ki
     html = clients["operator"].get(f"/sequencers/{killed_sequencer.id}/").content.decode()
     assert "ESW.test" in html and "<b>Setup</b> move" in html
     assert re.search(r'data-command="startSequence"[^>]*disabled', html)
+    # The editor's buttons, Step and Reload too: Killed takes nothing.
+    for name in ("loadSequence", "submit", "add", "replace", "stepThrough", "reload"):
+        assert re.search(rf'data-command="{name}"[^>]*disabled', html), name
+    assert "took 1.5 s" in html
     # By prefix as well as by id.
     assert clients["viewer"].get("/sequencers/ESW.test/").status_code == 200
 
@@ -608,3 +622,22 @@ def test_run_again_fills_the_start_form_with_the_instances_args_and_app_config(
     form = unescape(clients["operator"].get(link.split("#")[0]).content.decode())
     assert '>["a", 1]</textarea>' in form and '>{"k": [1, 2]}</textarea>' in form
     assert 'value="json" checked' in form
+
+
+def test_step_through_and_reload_are_offered_only_where_they_apply():
+    from dashboard.views.sequencers import _page_commands
+
+    def step(status: str, bp: bool = False) -> dict:
+        return {"status": status, "hasBreakpoint": bp}
+
+    running = {"resume", "pause", "add"}
+    paused = [step("Success"), step("Pending", True), step("Pending")]
+    assert _page_commands(running, paused) == {"stepThrough": True, "reload": False}
+    going = [step("Success"), step("InFlight"), step("Pending")]
+    assert _page_commands(running, going)["stepThrough"] is False
+    done = [step("Success"), step("Failure")]
+    assert _page_commands({"loadSequence", "goOffline"}, done) == {
+        "stepThrough": False,
+        "reload": True,
+    }
+    assert _page_commands({"loadSequence"}, [])["reload"] is False
