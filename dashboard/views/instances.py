@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from asgiref.sync import sync_to_async
 from django.db.models import Q
@@ -16,47 +17,74 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import push_url
 
 from accounts.access import audit
 from dashboard import logs
 from dashboard.forms import EventForm, InputForm, StopForm, first_error
+from dashboard.paging import keyset_page
 from dashboard.views.common import HtmxHttpRequest, feedback, role_page
 from sequences import instances, streams
 from sequences.errors import HubError
 from sequences.models import LIVE_STATUSES, Instance, InstanceEvent, InstanceStatus, Sequence
 
-LIST_LIMIT = 200
+LIST_LIMIT = 100
+LIST_PARAMS = ("status", "sequence", "q", "order", "next", "prev")
 
 
-def list_context(status: str, sequence: str) -> dict[str, Any]:
-    rows = Instance.objects.select_related("sequence").order_by("-created")
+def list_params(query: Any) -> dict[str, str]:
+    """The list's filters, search, order and page from a query string (a QueryDict or the
+    parsed query of a socket's URL), so the page, its links and its socket agree."""
+    found = {}
+    for name in LIST_PARAMS:
+        value = query.get(name, "")
+        value = value[0] if isinstance(value, list) else value
+        found[name] = str(value or "").strip()[:200]
+    return found
+
+
+def list_context(params: dict[str, str]) -> dict[str, Any]:
+    status, sequence, q = params.get("status", ""), params.get("sequence", ""), params.get("q", "")
+    rows = Instance.objects.select_related("sequence")
     if status == "live":
         rows = rows.filter(status__in=LIVE_STATUSES)
     elif status:
         rows = rows.filter(status=status)
     if sequence:
         rows = rows.filter(Q(sequence_id=sequence) | Q(sequence_name=sequence))
+    if q:
+        # An id (or its start, as the list shows it) or a part of the sequence's name.
+        rows = rows.filter(Q(id__startswith=q) | Q(sequence_name__icontains=q))
+    oldest = params.get("order") == "oldest"
+    page = keyset_page(rows, params, size=LIST_LIMIT, ascending=oldest)
     return {
-        "instances": list(rows[:LIST_LIMIT]),
+        "instances": page.rows,
+        "page": page,
         "limit": LIST_LIMIT,
         "status": status,
         "sequence": sequence,
+        "q": q,
+        "order": "oldest" if oldest else "newest",
+        "query": urlencode({k: v for k, v in params.items() if v}),
+        "filtered": bool(status or sequence or q),
         "statuses": ["live", *InstanceStatus.values],
-        "sequences": list(Sequence.objects.values_list("id", "name")[:200]),
+        "sequences": list(Sequence.objects.order_by("name").values_list("id", "name")[:500]),
     }
 
 
 @require_GET
 @role_page("viewer")
 def instance_list(request: HtmxHttpRequest) -> HttpResponse:
-    status = request.GET.get("status", "")
-    sequence = request.GET.get("sequence", "")
-    context = list_context(status, sequence)
-    # The filter form asks htmx for the rows only: the same template's partial.
-    template = "instances/list.html"
-    if request.htmx and request.GET.get("partial") == "rows":
-        template += "#rows"
-    return render(request, template, context)
+    context = list_context(list_params(request.GET))
+    # The filter form and the page links ask htmx for the rows only (the same template's
+    # partial), and the address bar follows, so a reload or a shared link shows the same list.
+    if request.htmx and request.htmx.target == "rows":
+        response = render(request, "instances/list.html#rows", context)
+        push_url(
+            response, reverse("instances") + (f"?{context['query']}" if context["query"] else "")
+        )
+        return response
+    return render(request, "instances/list.html", context)
 
 
 def _get(iid: str) -> Instance | None:

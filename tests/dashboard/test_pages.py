@@ -120,16 +120,62 @@ def test_load_earlier_returns_the_lines_before_a_place(clients, ended_instance):
     assert "start of stdout" in html  # nothing earlier: the button says so
 
 
-def test_the_rows_partial_is_only_the_rows(clients, ended_instance):
-    response = clients["viewer"].get(
-        "/instances/?partial=rows&status=completed", HTTP_HX_REQUEST="true"
-    )
+def test_the_rows_partial_is_only_the_rows_and_the_address_follows(clients, ended_instance):
+    rows = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "rows"}
+    response = clients["viewer"].get("/instances/?status=completed", **rows)
     html = response.content.decode()
     assert html.lstrip().startswith('<div id="rows"')
     assert ended_instance.id in html
     assert "<html" not in html
-    empty = clients["viewer"].get("/instances/?partial=rows&status=running", HTTP_HX_REQUEST="true")
+    # The address bar takes the query, so a reload or a shared link shows this list.
+    assert response["HX-Push-Url"] == "/instances/?status=completed"
+    empty = clients["viewer"].get("/instances/?status=running", **rows)
     assert ended_instance.id not in empty.content.decode()
+    # A reload of the pushed address: the whole page, with the filter chosen.
+    page = clients["viewer"].get("/instances/?status=completed").content.decode()
+    assert '<option value="completed" selected>' in page and ended_instance.id in page
+
+
+def _many_instances(sequence, count: int) -> list[str]:
+    """`count` ended instances, one a second apart, the newest first in the returned ids."""
+    from sequences.models import Instance
+
+    start = timezone.now() - timedelta(hours=1)
+    made = Instance.objects.bulk_create(
+        Instance(sequence=sequence, sequence_name=sequence.name, status="completed")
+        for _ in range(count)
+    )
+    for n, row in enumerate(made):
+        Instance.objects.filter(pk=row.pk).update(created=start + timedelta(seconds=n))
+    return [row.pk for row in reversed(made)]
+
+
+def test_the_instance_list_pages_by_keyset_with_its_filters_in_the_links(clients, sequence):
+    ids = _many_instances(sequence, 230)
+    viewer = clients["viewer"]
+
+    def shown(html: str) -> list[str]:
+        return re.findall(r'<tr id="row-([^"]+)"', html)
+
+    first = viewer.get("/instances/?status=completed").content.decode()
+    assert shown(first) == ids[:100]
+    assert 'data-page="prev"' not in first and 'data-page="first"' not in first
+    nxt = unescape(re.search(r'href="([^"]+)" hx-get="[^"]+" [^>]*data-page="next"', first)[1])
+    assert "status=completed" in nxt and "next=" in nxt
+    second = viewer.get("/instances/" + nxt).content.decode()
+    assert shown(second) == ids[100:200]
+    nxt = unescape(re.search(r'href="([^"]+)" hx-get="[^"]+" [^>]*data-page="next"', second)[1])
+    third = viewer.get("/instances/" + nxt).content.decode()
+    assert shown(third) == ids[200:] and 'data-page="next"' not in third
+    back = unescape(re.search(r'href="([^"]+)" hx-get="[^"]+" [^>]*data-page="prev"', third)[1])
+    assert shown(viewer.get("/instances/" + back).content.decode()) == ids[100:200]
+    # Oldest first, searched by the start of an id, and a cursor the hub did not make.
+    oldest = viewer.get("/instances/?order=oldest").content.decode()
+    assert shown(oldest) == ids[::-1][:100]
+    assert shown(viewer.get(f"/instances/?q={ids[7][:12]}").content.decode()) == [ids[7]]
+    assert shown(viewer.get("/instances/?next=garbage").content.decode()) == ids[:100]
+    # The socket of the page follows the same query.
+    assert "/ws/instances/?status=completed&amp;next=" in second
 
 
 # -- logging in ------------------------------------------------------------------------------
