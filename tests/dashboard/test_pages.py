@@ -136,6 +136,22 @@ def test_the_rows_partial_is_only_the_rows_and_the_address_follows(clients, ende
     assert '<option value="completed" selected>' in page and ended_instance.id in page
 
 
+def test_the_audit_log_pages_by_keyset(clients, users):
+    from accounts.models import AuditEntry
+
+    AuditEntry.objects.bulk_create(
+        AuditEntry(actor="bot", action="instance.kill", target=f"t-{n:03d}") for n in range(150)
+    )
+    first = clients["viewer"].get("/audit/?actor=bot").content.decode()
+    targets = re.findall(r">(t-\d{3})<", first)
+    assert len(targets) == 100
+    nxt = unescape(re.search(r'href="([^"]+)" hx-get="[^"]+" [^>]*data-page="next"', first)[1])
+    second = clients["viewer"].get("/audit/" + nxt).content.decode()
+    rest = re.findall(r">(t-\d{3})<", second)
+    assert len(rest) == 50 and not set(rest) & set(targets)
+    assert 'data-page="next"' not in second
+
+
 def _many_instances(sequence, count: int) -> list[str]:
     """`count` ended instances, one a second apart, the newest first in the returned ids."""
     from sequences.models import Instance
@@ -410,8 +426,12 @@ def test_the_audit_log_filters(clients, users):
     audit(users["operator"], "instance.kill", "inst-i1", outcome="refused")
     html = clients["viewer"].get("/audit/?action=instance.").content.decode()
     assert "instance.kill" in html and "sequence.upload</td>" not in html
-    html = clients["viewer"].get("/audit/?outcome=refused&partial=rows", HTTP_HX_REQUEST="true")
+    html = clients["viewer"].get(
+        "/audit/?outcome=refused", HTTP_HX_REQUEST="true", HTTP_HX_TARGET="rows"
+    )
+    assert html["HX-Push-Url"] == "/audit/?outcome=refused"
     assert i1 in html.content.decode() and s1 not in html.content.decode()
+    assert "<html" not in html.content.decode()
     html = clients["viewer"].get(f"/audit/?actor={users['admin'].username}").content.decode()
     assert s1 in html and i1 not in html
 
