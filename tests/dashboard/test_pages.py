@@ -660,6 +660,34 @@ def test_sequences_are_listed_newest_first(clients, users):
     assert places == sorted(places, reverse=True)
 
 
+def test_sequences_are_grouped_by_name_with_their_versions_and_page(clients, users):
+    from sequences import catalog
+    from sequences.models import Sequence
+
+    def upload(name: str, version: str) -> Sequence:
+        meta = {"name": name, "version": version, "main": "main.py", "engines": {"python3": "3"}}
+        code = {"main.py": f"def run(context, input, *args):\n    print({version!r})\n"}
+        return catalog.add_sequence(catalog.spool_upload([package_bytes(code, meta)]), None)
+
+    a1, b1, a2 = upload("alpha", "1.0.0"), upload("beta", "1.0.0"), upload("alpha", "2.0.0")
+    html = clients["viewer"].get("/sequences/").content.decode()
+    # alpha's newest upload is the newest of all: its group first, 2.0.0 in the row, 1.0.0
+    # folded under it; beta after.
+    assert html.index('data-group="alpha"') < html.index('data-group="beta"')
+    assert "+1 older" in html and "1 older version of alpha" in html
+    assert html.index(a2.id) < html.index(a1.id) < html.index(b1.id)
+    searched = clients["viewer"].get("/sequences/?q=bet").content.decode()
+    assert 'data-group="beta"' in searched and 'data-group="alpha"' not in searched
+    for n in range(55):
+        upload(f"many-{n:02d}", "0.1.0")
+    first = clients["viewer"].get("/sequences/").content.decode()
+    assert first.count("data-group=") == 50
+    nxt = unescape(re.search(r'href="([^"]+)" data-page="next"', first)[1])
+    rest = clients["viewer"].get("/sequences/" + nxt).content.decode()
+    assert rest.count("data-group=") == 7  # 57 names in all
+    assert 'data-group="alpha"' in rest and 'data-group="many-54"' not in rest
+
+
 def test_an_upload_identical_to_a_stored_one_is_kept_and_named_a_duplicate(clients, users):
     from accounts.models import ApiToken
 
