@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlencode
 
 from django.db import models
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 
 M = TypeVar("M", bound=models.Model)
 
@@ -64,19 +64,25 @@ def keyset_page(
     order = [field, "pk"] if ascending else [f"-{field}", "-pk"]
     reverse_order = [f"-{field}", "-pk"] if ascending else [field, "pk"]
 
-    def beyond(key: tuple[Any, str], op: str) -> Q:
+    def beyond(rows: QuerySet[M], key: tuple[Any, str], op: str) -> QuerySet[M]:
+        # `value op= v` and not (`value = v` with the pk on the wrong side): the first part
+        # is a range the index on `field` serves; `(value op v) OR (value = v AND pk op p)`
+        # reads the same rows but makes SQLite scan the whole table.
         value, pk = key
-        return Q(**{f"{field}__{op}": value}) | Q(**{field: value, f"pk__{op}": pk})
+        wrong_side = "gte" if op == "lt" else "lte"
+        return rows.filter(**{f"{field}__{op}e": value}).exclude(
+            **{field: value, f"pk__{wrong_side}": pk}
+        )
 
     nxt = _parse(params.get("next", ""), model_field)
     prv = _parse(params.get("prev", ""), model_field) if nxt is None else None
     if prv is not None:
-        found = list(rows.filter(beyond(prv, back)).order_by(*reverse_order)[: size + 1])
+        found = list(beyond(rows, prv, back).order_by(*reverse_order)[: size + 1])
         more_before, more_after = len(found) > size, True
         items = found[:size][::-1]
     else:
         if nxt is not None:
-            rows = rows.filter(beyond(nxt, forward))
+            rows = beyond(rows, nxt, forward)
         found = list(rows.order_by(*order)[: size + 1])
         more_before, more_after = nxt is not None, len(found) > size
         items = found[:size]
