@@ -259,6 +259,10 @@ HUB_UPLOAD_MAX_BYTES = env.int("HUB_UPLOAD_MAX_BYTES", default=256 * 1024 * 1024
 HUB_START_TIMEOUT = env.float("HUB_START_TIMEOUT", default=30.0)
 HUB_LOST_AFTER = env.float("HUB_LOST_AFTER", default=15.0)
 HUB_LOGIN_ATTEMPTS = env.int("HUB_LOGIN_ATTEMPTS", default=10)
+# Console log search (dashboard/search.py): searches at once per web process, and the time one
+# may take before it answers with what it found so far.
+HUB_SEARCH_CONCURRENCY = env.int("HUB_SEARCH_CONCURRENCY", default=2)
+HUB_SEARCH_SECONDS = env.float("HUB_SEARCH_SECONDS", default=10.0)
 
 
 def _networks(entries: list[str]) -> list[str]:
