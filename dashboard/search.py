@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import threading
 import time
+import uuid
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -219,6 +222,28 @@ class Scanner:
         self._carry = (self._carry + low[-keep:])[-keep:] if keep else ""
 
 
+def stored_chunks(iid: str, stream: str) -> Generator[bytes, None, None]:
+    """Every stored chunk of a stream in order, a few at a time.
+
+    On PostgreSQL through a server-side cursor in binary: the ORM's text transfer of bytea
+    (hex, twice the bytes, decoded on this side) took four times as long for 100 MB."""
+    rows = StreamChunk.objects.filter(instance_id=iid, stream=stream).order_by("seq")
+    data_only = rows.values_list("data", flat=True)
+    if connection.vendor != "postgresql":
+        for data in data_only.iterator(chunk_size=ROWS_PER_FETCH):
+            yield bytes(data)
+        return
+    sql, params = data_only.query.sql_with_params()
+    connection.ensure_connection()
+    pg = connection.connection
+    name = f"hub_search_{uuid.uuid4().hex}"
+    with pg.transaction(), pg.cursor(name=name, binary=True) as cursor:
+        cursor.itersize = ROWS_PER_FETCH
+        cursor.execute(sql, params)
+        for (data,) in cursor:
+            yield data
+
+
 def search_stream(
     iid: str, stream: str, needle: str, seconds: float | None = None, limit: int = MAX_RESULTS
 ) -> SearchResult:
@@ -229,15 +254,15 @@ def search_stream(
     deadline = began + budget
     scanner = Scanner(needle, limit)
     result = SearchResult()
-    rows = StreamChunk.objects.filter(instance_id=iid, stream=stream).order_by("seq")
-    for data in rows.values_list("data", flat=True).iterator(chunk_size=ROWS_PER_FETCH):
-        scanner.feed(data)
-        result.scanned += len(data)
-        if scanner.full:
-            break
-        if time.monotonic() > deadline:
-            result.complete = False
-            break
+    with contextlib.closing(stored_chunks(iid, stream)) as chunks:
+        for data in chunks:
+            scanner.feed(data)
+            result.scanned += len(data)
+            if scanner.full:
+                break
+            if time.monotonic() > deadline:
+                result.complete = False
+                break
     result.found = scanner.finish()
     result.seconds = time.monotonic() - began
     return result
