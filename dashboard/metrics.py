@@ -64,6 +64,14 @@ STARTS = Counter(
     ["kind", "outcome"],
     registry=REGISTRY,
 )
+REFUSALS = Counter(
+    "hub_start_refusals",
+    "Start requests (API and console) this web process refused, by code: before any push "
+    "(INSUFFICIENT_RESOURCES for HUB_MAX_INSTANCES, NOT_FOUND, INSTANCE_EXISTS) or after (the "
+    "worker's refusal, NO_WORKER); bodies that do not parse are not counted",
+    ["code"],
+    registry=REGISTRY,
+)
 START_SECONDS = Histogram(
     "hub_start_seconds",
     "Time from pushing a start to the worker's answer (the instance can take input), as this "
@@ -79,7 +87,12 @@ def _count_start(kind: str, outcome: str, seconds: float) -> None:
     START_SECONDS.labels(result="ok" if outcome == "ok" else "refused").observe(seconds)
 
 
+def _count_refusal(code: str) -> None:
+    REFUSALS.labels(code=code).inc()
+
+
 start_watch.listen(_count_start)
+start_watch.listen_refusals(_count_refusal)
 
 
 # -- the cluster, at scrape time -------------------------------------------------------------

@@ -309,6 +309,7 @@ async def _refuse_full(instance: Instance, reason: str) -> dict[str, Any]:
     return {"ok": False, "status": 507, "code": "INSUFFICIENT_RESOURCES", "error": reason}
 
 
+@start_watch.refusals
 async def start(
     seq: Sequence | str, req: StartRequest, user: Any, kind: str = "sequence"
 ) -> Instance:

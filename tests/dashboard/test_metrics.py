@@ -204,10 +204,15 @@ def test_a_refused_start_and_a_token_over_http(tmp_path, people):
         with httpx.Client(base_url=url + "/api/v1", headers=people["admin"].headers()) as api:
             seq = upload(api, python_package(TICKER))
             answer = api.post(f"/sequence/{seq}/start", json={}, timeout=30)
+            unknown = api.post("/sequence/no-such-sequence/start", json={}, timeout=30)
         assert answer.status_code == 503 and answer.json()["code"] == "NO_WORKER"
+        assert unknown.status_code == 404
         samples = scrape(url, **auth)
         assert value(samples, "hub_starts_total", kind="sequence", outcome="NO_WORKER") == 1
         assert value(samples, "hub_start_seconds_count", result="refused") == 1
+        # Every refusal a start request got, the one refused before any push included.
+        assert value(samples, "hub_start_refusals_total", code="NO_WORKER") == 1
+        assert value(samples, "hub_start_refusals_total", code="NOT_FOUND") == 1
         assert 1 <= value(samples, "hub_start_seconds_sum", result="refused") < 5
         assert value(samples, "hub_start_seconds_bucket", result="refused", le="0.5") == 0
         assert value(samples, "hub_start_queue_depth", queue=queue) == 1
