@@ -20,11 +20,11 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import push_url
 
 from accounts.access import audit
-from dashboard import logs
+from dashboard import logs, search
 from dashboard.forms import EventForm, InputForm, StopForm, first_error
 from dashboard.paging import keyset_page
 from dashboard.views.common import HtmxHttpRequest, feedback, role_page
-from sequences import instances, streams
+from sequences import instances
 from sequences.errors import HubError
 from sequences.models import LIVE_STATUSES, Instance, InstanceEvent, InstanceStatus, Sequence
 
@@ -171,25 +171,40 @@ def log_download(request: HttpRequest, iid: str, stream: str) -> HttpResponseBas
 
 @require_GET
 @role_page("viewer")
-def log_search(request: HtmxHttpRequest, iid: str) -> HttpResponse:
-    """Server-side search over the whole stream, not only the lines on screen."""
+async def log_search(request: HtmxHttpRequest, iid: str) -> HttpResponse:
+    """Server-side search over the whole stream, not only the lines on screen: linear in the
+    stream, bounded in time, results and searches at once (dashboard/search.py)."""
     stream = request.GET.get("stream", "stdout")
     needle = request.GET.get("q", "")
-    instance = _get(iid)
+    instance = await _aget(iid)
     if stream not in logs.STREAMS or instance is None:
         return HttpResponseBadRequest("unknown instance or stream")
-    found = streams.search_lines(iid, stream, needle, limit=500) if needle else []
-    results = [
-        {"number": number, "html": line.html}
-        for (number, _), line in zip(
-            found, logs.render_lines(((0, 0), text.encode()) for _, text in found), strict=True
-        )
-    ]
-    context = {"instance": instance, "stream": stream, "q": needle, "results": results}
+    context: dict[str, Any] = {"instance": instance, "stream": stream, "q": needle}
+    status = 200
+    if needle:
+        try:
+            result = await search.search(iid, stream, needle)
+        except search.BadNeedle as exc:
+            context["refused"], status = str(exc), 400
+        except search.SearchBusy as exc:
+            context["refused"], status = str(exc), 429
+        else:
+            context.update(result=result, results=_search_lines(result.found))
     template = "instances/search.html"
     if request.htmx:
         template += "#results"
-    return render(request, template, context)
+    response = await sync_to_async(render)(request, template, context, status=status)
+    if status == 429:
+        response["Retry-After"] = "2"
+    return response
+
+
+def _search_lines(found: list[search.Found]) -> list[dict[str, Any]]:
+    rendered = logs.render_lines(((0, 0), f.text.encode()) for f in found)
+    return [
+        {"number": f.number, "html": line.html, "before": f.cut_before, "after": f.cut_after}
+        for f, line in zip(found, rendered, strict=True)
+    ]
 
 
 # -- actions: each answers inline for htmx, or with a message and a redirect without JS ------

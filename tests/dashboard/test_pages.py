@@ -100,6 +100,9 @@ def test_download_returns_the_raw_bytes(clients, ended_instance):
     assert "attachment" in response["Content-Disposition"]
 
 
+# Searches run on threads of their own (dashboard/search.py), with connections of their own:
+# the rows must be committed for them to see.
+@pytest.mark.django_db(transaction=True)
 def test_search_looks_through_the_whole_stream(clients, ended_instance):
     response = clients["viewer"].get(
         f"/instances/{ended_instance.id}/search/?stream=stdout&q=LINE", HTTP_HX_REQUEST="true"
