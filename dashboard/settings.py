@@ -257,6 +257,8 @@ if HUB_ANONYMOUS_ROLE not in {"none", "viewer", "operator", "admin"}:
     raise ValueError("HUB_ANONYMOUS_ROLE must be one of none, viewer, operator, admin")
 HUB_MAX_INSTANCES = env.int("HUB_MAX_INSTANCES", default=1000)
 HUB_WORKER_CAPACITY = env.int("HUB_WORKER_CAPACITY", default=1000)
+# "gpu,zone=a": what a start's placement may ask of this worker (sequences/placement.py).
+HUB_WORKER_LABELS = env.list("HUB_WORKER_LABELS", default=[])
 HUB_INSTANCE_RETENTION = parse_duration(env.str("HUB_INSTANCE_RETENTION", default="1d"))
 HUB_TOPIC_RETENTION = parse_duration(env.str("HUB_TOPIC_RETENTION", default="1h"))
 HUB_TOPIC_MAX_CHUNKS = env.int("HUB_TOPIC_MAX_CHUNKS", default=10_000)

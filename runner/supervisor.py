@@ -39,9 +39,9 @@ from runner.forkserver import ForkServer, ParentEnds, close_fds, make_child_fds
 from runner.outbox import Outbox
 from runner.outcomes import Notifier
 from runner.packagecache import cache_root
-from sequences import live
+from sequences import live, placement
 from sequences.errors import HubError
-from sequences.instances import clean_limits
+from sequences.instances import clean_limits, record_failed_start
 from sequences.models import Instance, InstanceStatus, Sequence, Worker
 from sequences.sequencers import MAX_NAME, NAME_RE
 
@@ -126,6 +126,9 @@ class Supervisor:
         self.capacity = capacity or settings.HUB_WORKER_CAPACITY
         # The Celery queues this worker serves: it takes their direct start requests too.
         self.queues = queues or [settings.CELERY_TASK_DEFAULT_QUEUE]
+        # What a start's placement may ask of this worker (HUB_WORKER_LABELS); a malformed
+        # label stops the worker here rather than make it a worker no placement can name.
+        self.labels = placement.worker_labels(settings.HUB_WORKER_LABELS)
         self.children: dict[str, Child] = {}
         self.by_pid: dict[int, Child] = {}
         self.loop = asyncio.new_event_loop()
@@ -216,6 +219,7 @@ class Supervisor:
                     "last_seen": now,
                     "running": 0,
                     "sandbox": self.sandbox,
+                    "labels": self.labels,
                 },
             )
 
@@ -265,7 +269,12 @@ class Supervisor:
     async def _write_room(self) -> None:
         """Tell the web how many starts this worker can take, for each queue it serves; the
         entry lapses with the heartbeat, so a dead worker's places do not count."""
-        value = live.room_value(self.free_places(), time.time() + settings.HUB_LOST_AFTER)
+        value = live.room_value(
+            self.free_places(),
+            time.time() + settings.HUB_LOST_AFTER,
+            self.labels,
+            psutil.virtual_memory().available >> 20,
+        )
         pipe = self.redis.pipeline(transaction=False)
         for queue in self.queues:
             pipe.hset(live.room_key(queue), self.name, value)
@@ -467,8 +476,10 @@ class Supervisor:
         child's own messages). A script's reply waits until its actor has it loaded.
 
         A worker pops a start only while it has a free place (and memory): a full worker
-        leaves the list to workers with room, and pops again when a child ends."""
-        keys = [live.start_key(queue) for queue in self.queues]
+        leaves the list to workers with room, and pops again when a child ends. It pops the
+        starts the web placed on it (its own lists) before those any worker may take."""
+        keys = [live.placed_start_key(queue, self.name) for queue in self.queues]
+        keys += [live.start_key(queue) for queue in self.queues]
         client = live.async_client()
         while not self._stopping:
             if self.free_places() <= 0:
@@ -510,6 +521,22 @@ class Supervisor:
         if float(req.get("expires", 0)) < time.time():
             return  # the web stopped waiting and recorded the failure itself
         kind = str(req.get("kind", "sequence"))
+        # The web chose this worker for the placement; it is checked here again, as every
+        # field is, and a start this worker may not run is refused, never run.
+        misfit = placement.misfit(
+            placement.parse_placement(req.get("placement")), self.name, self.labels
+        )
+        if misfit is not None:
+            reason = f"{misfit}: not started"
+            # Only a waiting row: the same signed request replayed later finds it started.
+            self.writer.call(
+                functools.partial(record_failed_start, iid, Exit.REFUSED, reason, waiting_only=True)
+            )
+            await self.reply(
+                token,
+                {"ok": False, "status": 507, "code": "INSUFFICIENT_RESOURCES", "error": reason},
+            )
+            return
         try:
             self.check_capacity()
             # One start per request: a replay (the same signed request pushed again) finds
@@ -717,6 +744,7 @@ def check_start(req: dict[str, Any]) -> tuple[str, str]:
     topic_links.check_start_fields(req)
     try:
         clean_limits(req.get("limits") or {})
+        placement.parse_placement(req.get("placement"))
     except HubError as exc:
         raise ValueError(exc.message) from None
     return iid, token
