@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -146,8 +147,10 @@ class Supervisor:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub-supervisor", daemon=True)
         self._stopping = False
-        # Starts popped and not yet ended (answered): with the children, what fills the places.
-        self._starting = 0
+        # Starts popped and not yet ended (answered), by instance id: with the children, what
+        # fills the places. By id, because a start's child joins the children before its start
+        # is answered, and counted twice it made a worker near its capacity say it was full.
+        self._starting: Counter[str] = Counter()
         self._room = asyncio.Event()  # set when a place may have come free
         self._room_dirty = False
         self._room_task: asyncio.Task | None = None
@@ -248,7 +251,7 @@ class Supervisor:
         the starts it popped fill its capacity), short of memory, or stopping."""
         if self._stopping or psutil.virtual_memory().available < MIN_FREE_MEMORY:
             return 0
-        return max(0, self.capacity - len(self.children) - self._starting)
+        return max(0, self.capacity - len(self.children.keys() | self._starting.keys()))
 
     def room_changed(self) -> None:
         """On the loop, when a start is popped or answered or a child ends: wake the start loop
@@ -501,15 +504,18 @@ class Supervisor:
                 except (live.Forged, ValueError):
                     log.warning("dropped a start request that the hub did not write")
                     continue
-                self._starting += 1
+                iid = str(header.get("id"))
+                self._starting[iid] += 1
                 self.room_changed()
-                self.loop.create_task(self._take_start(header))
+                self.loop.create_task(self._take_start(iid, header))
 
-    async def _take_start(self, header: dict[str, Any]) -> None:
+    async def _take_start(self, iid: str, header: dict[str, Any]) -> None:
         try:
             await self._guard(self._start_requested(header), header)
         finally:
-            self._starting -= 1
+            self._starting[iid] -= 1
+            if self._starting[iid] <= 0:
+                del self._starting[iid]
             self.room_changed()
 
     async def _start_requested(self, req: dict[str, Any]) -> None:
