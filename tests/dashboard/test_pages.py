@@ -565,7 +565,6 @@ def test_the_instance_page_links_a_restart_both_ways(clients, ended_instance):
     assert "Restarted as" not in new
 
 
-
 def test_pages_show_a_workers_labels_and_an_instances_placement(clients, ended_instance):
     from django.utils import timezone
 
