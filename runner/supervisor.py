@@ -127,9 +127,9 @@ class Supervisor:
         self.capacity = capacity or settings.HUB_WORKER_CAPACITY
         # The Celery queues this worker serves: it takes their direct start requests too.
         self.queues = queues or [settings.CELERY_TASK_DEFAULT_QUEUE]
-        # What a start's placement may ask of this worker (HUB_WORKER_LABELS); a malformed
-        # label stops the worker here rather than make it a worker no placement can name.
-        self.labels = placement.worker_labels(settings.HUB_WORKER_LABELS)
+        # What a start's placement may ask of this worker (HUB_WORKER_LABELS, checked by the
+        # settings: a malformed label stops the process before it serves anything).
+        self.labels: list[str] = list(settings.HUB_WORKER_LABELS)
         self.children: dict[str, Child] = {}
         self.by_pid: dict[int, Child] = {}
         self.loop = asyncio.new_event_loop()

@@ -11,25 +11,17 @@ placement again when it pops it. The web (`instances.push_start`) and the worker
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core.labels import LABEL_RULE, is_label
 from sequences.errors import HubError
 from sequences.live import WorkerRoom
 
-# A label is `key` or `key=value`: no comma (the setting's separator), no space.
-LABEL_RE = re.compile(r"[A-Za-z0-9_.:/-]+(=[A-Za-z0-9_.:/-]*)?")
-LABEL_RULE = "up to 128 letters, digits, '_', '.', ':', '/' or '-', as key or key=value"
-MAX_LABEL = 128
 MAX_LABELS = 32
 MAX_WORKER_NAME = 200  # Worker.name's length
 PLACEMENT_KEYS = ("labels", "worker")
-
-
-def is_label(value: object) -> bool:
-    return isinstance(value, str) and len(value) <= MAX_LABEL and bool(LABEL_RE.fullmatch(value))
 
 
 @dataclass(frozen=True)
@@ -100,21 +92,6 @@ def parse_placement(value: Any, field: str = "placement") -> Placement:
         )
     # Order and repeats do not change where a start may run.
     return Placement(labels=tuple(dict.fromkeys(labels)), worker=worker)
-
-
-def worker_labels(entries: Iterable[str]) -> list[str]:
-    """A worker's labels from `HUB_WORKER_LABELS` (already split at commas); ValueError
-    naming a malformed one, so the worker does not start with labels no start can name."""
-    labels: list[str] = []
-    for entry in entries:
-        entry = entry.strip()
-        if not entry:
-            continue
-        if not is_label(entry):
-            raise ValueError(f"HUB_WORKER_LABELS: {entry!r} is not a label: {LABEL_RULE}")
-        if entry not in labels:
-            labels.append(entry)
-    return labels
 
 
 def misfit(placement: Placement, name: str, labels: Iterable[str]) -> str | None:

@@ -5,16 +5,21 @@ test_placement.py)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 
 import pytest
 
+from core.labels import worker_labels
 from sequences import live
 from sequences.errors import HubError
 from sequences.instances import parse_start
 from sequences.live import WorkerRoom
-from sequences.placement import Placement, choose, misfit, worker_labels
+from sequences.placement import Placement, choose, misfit
+from tests.conftest import ROOT
 
 
 def start_body(placement: object) -> bytes:
@@ -62,6 +67,24 @@ def test_worker_labels_come_from_the_setting() -> None:
     ]
     with pytest.raises(ValueError, match="HUB_WORKER_LABELS: 'two words' is not a label"):
         worker_labels(["two words"])
+
+
+def test_a_hub_process_with_a_malformed_label_does_not_start() -> None:
+    """Settings refuse it, so no worker serves with labels no start can name."""
+    env = {
+        **os.environ,
+        "HUB_WORKER_LABELS": "gpu,zone a",
+        "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "HUB_WORKER_LABELS: 'zone a' is not a label" in done.stderr.decode()
 
 
 def test_misfit_says_what_the_worker_lacks() -> None:
