@@ -294,7 +294,11 @@ def _add_start_options(parser: Any) -> None:
         help="run only on a worker that has LABEL (HUB_WORKER_LABELS: gpu, zone=a); repeat it "
         "for several, all needed",
     )
-    parser.add_argument("--worker", metavar="NAME", help="run only on the worker named NAME")
+    parser.add_argument(
+        "--worker",
+        metavar="NAME",
+        help="run only on the worker NAME, or on a worker of the host NAME",
+    )
 
 
 def register(root: Commands) -> None:

@@ -130,6 +130,7 @@ class Supervisor:
         # What a start's placement may ask of this worker (HUB_WORKER_LABELS, checked by the
         # settings: a malformed label stops the process before it serves anything).
         self.labels: list[str] = list(settings.HUB_WORKER_LABELS)
+        self.host = socket.gethostname()  # a placement may name it instead of the worker
         self.children: dict[str, Child] = {}
         self.by_pid: dict[int, Child] = {}
         self.loop = asyncio.new_event_loop()
@@ -277,6 +278,7 @@ class Supervisor:
             time.time() + settings.HUB_LOST_AFTER,
             self.labels,
             psutil.virtual_memory().available >> 20,
+            self.host,
         )
         pipe = self.redis.pipeline(transaction=False)
         for queue in self.queues:
@@ -530,7 +532,7 @@ class Supervisor:
         # The web chose this worker for the placement; it is checked here again, as every
         # field is, and a start this worker may not run is refused, never run.
         misfit = placement.misfit(
-            placement.parse_placement(req.get("placement")), self.name, self.labels
+            placement.parse_placement(req.get("placement")), self.name, self.labels, self.host
         )
         if misfit is not None:
             reason = f"{misfit}: not started"

@@ -14,9 +14,10 @@ Live data goes worker → Redis → web; the database holds the durable copy.
 - `hub:claim:<iid>`       the worker that took an instance's start: a replayed start finds it
 - `hub:worker:<name>`     heartbeat key, expires when the worker stops answering
 - `hub:room:<queue>`      hash: worker name -> "<free places> <unix time it lapses> <json>", the
-                          JSON `{"labels": [...], "mem": MiB available}`, written by each worker
-                          serving the queue when its room changes and at each beat (an entry
-                          without the JSON is a worker that reads only the shared list)
+                          JSON `{"labels": [...], "mem": MiB available, "host": name}`, written
+                          by each worker serving the queue when its room changes and at each
+                          beat (an entry without the JSON: a worker that reads only the shared
+                          list)
 - `hub:log`               Redis stream of host log lines
 - `hub:auth:generation`   counter that token, user and group changes bump (accounts.identity)
 - `hub:topic:<name>`      Redis stream of a topic's chunks `{d: bytes}`, and signed end entries
@@ -92,27 +93,32 @@ def placed_start_key(queue: str, worker: str) -> str:
 
 
 def room_value(
-    free: int, lapses: float, labels: list[str] | None = None, memory_mb: int | None = None
+    free: int,
+    lapses: float,
+    labels: list[str] | None = None,
+    memory_mb: int | None = None,
+    host: str = "",
 ) -> str:
     """A worker's entry in `hub:room:<queue>`. With `labels` (even none) the entry says the
     worker reads its own start list (placed_start_key) and checks placements."""
     value = f"{int(free)} {lapses:.3f}"
     if labels is None:
         return value
-    detail = {"labels": labels, "mem": -1 if memory_mb is None else int(memory_mb)}
+    detail = {"labels": labels, "mem": -1 if memory_mb is None else int(memory_mb), "host": host}
     return f"{value} {json.dumps(detail, separators=(',', ':'))}"
 
 
 @dataclass(frozen=True)
 class WorkerRoom:
     """One live worker's published room: free places, labels, memory available (MiB, -1
-    unknown), and whether it reads a start list of its own (`own_list`)."""
+    unknown), its host's name, and whether it reads a start list of its own (`own_list`)."""
 
     name: str
     free: int
     labels: tuple[str, ...] = ()
     memory_mb: int = -1
     own_list: bool = False
+    host: str = ""
 
 
 def live_rooms(entries: dict[bytes, bytes], now: float) -> list[WorkerRoom]:
@@ -131,7 +137,11 @@ def live_rooms(entries: dict[bytes, bytes], now: float) -> list[WorkerRoom]:
                 if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
                     continue
                 room = replace(
-                    room, labels=tuple(labels), memory_mb=int(detail["mem"]), own_list=True
+                    room,
+                    labels=tuple(labels),
+                    memory_mb=int(detail["mem"]),
+                    own_list=True,
+                    host=str(detail.get("host", "")),
                 )
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             continue

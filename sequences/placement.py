@@ -30,7 +30,7 @@ class Placement:
     `worker` when that is set. The empty placement fits every worker."""
 
     labels: tuple[str, ...] = ()
-    worker: str = ""
+    worker: str = ""  # a worker's name, or its host's
 
     def __bool__(self) -> bool:
         return bool(self.labels or self.worker)
@@ -49,7 +49,7 @@ class Placement:
         if self.labels:
             parts.append(f"labels {', '.join(self.labels)}")
         if self.worker:
-            parts.append(f"name {self.worker}")
+            parts.append(f"name or host {self.worker}")
         return " and ".join(parts) or "no placement"
 
 
@@ -94,9 +94,11 @@ def parse_placement(value: Any, field: str = "placement") -> Placement:
     return Placement(labels=tuple(dict.fromkeys(labels)), worker=worker)
 
 
-def misfit(placement: Placement, name: str, labels: Iterable[str]) -> str | None:
-    """Why the worker `name` with `labels` may not run a start placed so, or None."""
-    if placement.worker and placement.worker != name:
+def misfit(placement: Placement, name: str, labels: Iterable[str], host: str = "") -> str | None:
+    """Why the worker `name` on `host` with `labels` may not run a start placed so, or None.
+    `placement.worker` names the worker or its host (a worker's name changes when it
+    restarts; its host's stays)."""
+    if placement.worker and placement.worker not in (name, host):
         return f"the start is for worker {placement.worker}, not {name}"
     lacking = [label for label in placement.labels if label not in set(labels)]
     if lacking:
@@ -137,7 +139,7 @@ def choose(
     `skip`: workers that did not take this start when offered (unless no other is left)."""
     if not rooms:
         return Choice()
-    fitting = [r for r in rooms if misfit(placement, r.name, r.labels) is None]
+    fitting = [r for r in rooms if misfit(placement, r.name, r.labels, r.host) is None]
     if placement:
         # A worker that does not publish its labels (an older one) cannot check a placement.
         fitting = [r for r in fitting if r.own_list]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 import uuid
 from collections import Counter
@@ -188,6 +189,10 @@ def test_placement_by_labels_and_by_name(private_hub, tmp_path):
     both = {"labels": ["zone=b", "gpu"], "worker": gpu}
     also = _try_start(hub.api, seq, {"placement": both}).json()["id"]
     assert [_worker(hub.api, iid) for iid in (on_gpu, in_a, named, also)] == [gpu, plain, gpu, gpu]
+    # A host's name stands for its workers (a worker's own name changes when it restarts).
+    host = {"worker": socket.gethostname(), "labels": ["zone=a"]}
+    on_host = _try_start(hub.api, seq, {"placement": host}).json()["id"]
+    assert _worker(hub.api, on_host) == plain
     assert hub.api.get(f"/instance/{on_gpu}").json()["placement"] == {"labels": ["gpu"]}
     # The labels are kept on each worker's row too (the console and the API show them).
     wait_for(
@@ -205,7 +210,7 @@ def test_placement_by_labels_and_by_name(private_hub, tmp_path):
     assert "no live worker" in error and "has labels gpu, zone=a" in error, error
     assert f"{plain} [zone=a]" in error and f"{gpu} [gpu, zone=b]" in error, error
     answer = _try_start(hub.api, seq, {"placement": {"worker": "no-such-worker"}})
-    assert answer.status_code == 507 and "name no-such-worker" in answer.json()["error"]
+    assert answer.status_code == 507 and "name or host no-such-worker" in answer.json()["error"]
     # A malformed placement is refused before anything is made, naming the field.
     answer = _try_start(hub.api, seq, {"placement": {"labels": ["gpu", 7]}})
     assert answer.status_code == 422, answer.text
@@ -216,7 +221,7 @@ def test_placement_by_labels_and_by_name(private_hub, tmp_path):
     # A restart keeps the placement.
     again = hub.api.post(f"/instance/{on_gpu}/restart", json={}).json()["id"]
     assert _worker(hub.api, again) == gpu
-    _kill_all(hub.api, [again, in_a, named, also])
+    _kill_all(hub.api, [again, in_a, named, also, on_host])
 
 
 def test_a_worker_refuses_a_start_placed_on_it_that_it_does_not_fit(private_hub):

@@ -93,19 +93,21 @@ def test_misfit_says_what_the_worker_lacks() -> None:
     assert misfit(wanted, "w1", ["zone=a"]) == "worker w1 does not have labels gpu"
     assert misfit(Placement(worker="w2"), "w1", ["gpu"]) == "the start is for worker w2, not w1"
     assert misfit(Placement(), "w1", []) is None
+    # A worker's name changes when it restarts; its host's name may be given instead.
+    assert misfit(Placement(worker="node7"), "node7-4121-9f3a2c", [], host="node7") is None
 
 
 def test_room_entries_old_and_new_lapse_and_parse() -> None:
     now = time.time()
     entries = {
-        b"new": live.room_value(3, now + 5, ["gpu"], 2048).encode(),
+        b"new": live.room_value(3, now + 5, ["gpu"], 2048, host="node7").encode(),
         b"old": live.room_value(2, now + 5).encode(),
         b"gone": live.room_value(9, now - 1, [], 100).encode(),
         b"junk": b"three 12",
         b"junkjson": f"1 {now + 5} [1]".encode(),
     }
     assert live.live_rooms(entries, now) == [
-        WorkerRoom("new", 3, ("gpu",), 2048, own_list=True),
+        WorkerRoom("new", 3, ("gpu",), 2048, own_list=True, host="node7"),
         WorkerRoom("old", 2),
     ]
     assert live.live_room(entries, now) == {"new": 3, "old": 2}
@@ -146,11 +148,11 @@ def test_placement_limits_the_choice_and_names_the_reason() -> None:
     assert refused == (
         "no live worker of queue q has labels tpu (live: w1 [zone=a], w2 [gpu, zone=b], w3 [gpu])"
     )
-    assert "has name w9" in choose(rooms, Placement(worker="w9"), "q").refusal
+    assert "has name or host w9" in choose(rooms, Placement(worker="w9"), "q").refusal
     full = choose(rooms, Placement(labels=("gpu", "zone=b")), "q", skip=()).worker
     assert full == "w2"
     refused = choose(rooms, Placement(worker="w3"), "q").refusal
-    assert refused.startswith("every worker of queue q that has name w3 is at its capacity")
+    assert refused.startswith("every worker of queue q that has name or host w3 is at its capacity")
 
 
 def test_full_only_when_every_live_worker_is() -> None:
