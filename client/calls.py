@@ -164,6 +164,7 @@ class SequenceCalls:
         instance_id: str | None,
         output_topic: str | None = None,
         input_topic: str | None = None,
+        placement: dict[str, Any] | None = None,
     ) -> Call:
         # appConfig and args always go along: STH's own runners crashed without them.
         body: dict[str, Any] = {"appConfig": app_config or {}, "args": list(args or [])}
@@ -175,6 +176,8 @@ class SequenceCalls:
             body["outputTopic"] = output_topic
         if input_topic:
             body["inputTopic"] = input_topic
+        if placement:
+            body["placement"] = placement
         return Call("POST", f"/sequence/{seg(self.id)}/start", json=body, timeout=WAIT)
 
     def _overwrite(self, source: PackageSource) -> Call:

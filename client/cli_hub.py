@@ -128,6 +128,15 @@ def _limits(ctx: Context) -> dict[str, Any] | None:
     return value
 
 
+def _placement(ctx: Context) -> dict[str, Any] | None:
+    placement: dict[str, Any] = {}
+    if ctx.args.placement_labels:
+        placement["labels"] = list(ctx.args.placement_labels)
+    if ctx.args.worker:
+        placement["worker"] = ctx.args.worker
+    return placement or None
+
+
 def _start(ctx: Context, seq_id: str) -> str:
     seq = ctx.host.get_sequence_client(seq_id)
     inst = seq.start(
@@ -137,6 +146,7 @@ def _start(ctx: Context, seq_id: str) -> str:
         instance_id=ctx.args.instance_id,
         output_topic=ctx.args.output_topic,
         input_topic=ctx.args.input_topic,
+        placement=_placement(ctx),
     )
     config.remember(sequence=seq_id, instance=inst.id)
     return inst.id
@@ -274,6 +284,21 @@ def _add_start_options(parser: Any) -> None:
     parser.add_argument("--instance-id", metavar="ID", help="choose the instance id")
     parser.add_argument("--output-topic", metavar="TOPIC", help="publish the output to TOPIC")
     parser.add_argument("--input-topic", metavar="TOPIC", help="read the input from TOPIC")
+    parser.add_argument(
+        "--placement-label",
+        "--label",
+        dest="placement_labels",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help="run only on a worker that has LABEL (HUB_WORKER_LABELS: gpu, zone=a); repeat it "
+        "for several, all needed",
+    )
+    parser.add_argument(
+        "--worker",
+        metavar="NAME",
+        help="run only on the worker NAME, or on a worker of the host NAME",
+    )
 
 
 def register(root: Commands) -> None:

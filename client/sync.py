@@ -188,12 +188,14 @@ class SequenceClient(SequenceCalls):
         instance_id: str | None = None,
         output_topic: str | None = None,
         input_topic: str | None = None,
+        placement: dict[str, Any] | None = None,
     ) -> InstanceClient:
         """Start an instance; `args` are spread into `run(context, input, *args)` with their
         JSON types; `output_topic` publishes its output to that topic, `input_topic` feeds it
-        that topic as input. Returns once the instance can take input."""
+        that topic as input; `placement` (`{"labels": ["gpu"], "worker": "<name>"}`, either key
+        optional) names the workers that may run it. Returns once the instance can take input."""
         answer = self.host.transport.call(
-            self._start(app_config, args, limits, instance_id, output_topic, input_topic)
+            self._start(app_config, args, limits, instance_id, output_topic, input_topic, placement)
         )
         return InstanceClient(answer["id"], self.host)
 

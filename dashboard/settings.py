@@ -10,6 +10,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from core.labels import worker_labels
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 # Problems with the configuration that `dashboard.exposure` reports (runhub, the web's log and
@@ -257,6 +259,8 @@ if HUB_ANONYMOUS_ROLE not in {"none", "viewer", "operator", "admin"}:
     raise ValueError("HUB_ANONYMOUS_ROLE must be one of none, viewer, operator, admin")
 HUB_MAX_INSTANCES = env.int("HUB_MAX_INSTANCES", default=1000)
 HUB_WORKER_CAPACITY = env.int("HUB_WORKER_CAPACITY", default=1000)
+# "gpu,zone=a": what a start's placement may ask of this worker (sequences/placement.py).
+HUB_WORKER_LABELS = worker_labels(env.list("HUB_WORKER_LABELS", default=[]))
 HUB_INSTANCE_RETENTION = parse_duration(env.str("HUB_INSTANCE_RETENTION", default="1d"))
 HUB_TOPIC_RETENTION = parse_duration(env.str("HUB_TOPIC_RETENTION", default="1h"))
 HUB_TOPIC_MAX_CHUNKS = env.int("HUB_TOPIC_MAX_CHUNKS", default=10_000)

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,9 +40,9 @@ from runner.forkserver import ForkServer, ParentEnds, close_fds, make_child_fds
 from runner.outbox import Outbox
 from runner.outcomes import Notifier
 from runner.packagecache import cache_root
-from sequences import live
+from sequences import live, placement
 from sequences.errors import HubError
-from sequences.instances import clean_limits
+from sequences.instances import clean_limits, record_failed_start
 from sequences.models import Instance, InstanceStatus, Sequence, Worker
 from sequences.sequencers import MAX_NAME, NAME_RE
 
@@ -126,6 +127,10 @@ class Supervisor:
         self.capacity = capacity or settings.HUB_WORKER_CAPACITY
         # The Celery queues this worker serves: it takes their direct start requests too.
         self.queues = queues or [settings.CELERY_TASK_DEFAULT_QUEUE]
+        # What a start's placement may ask of this worker (HUB_WORKER_LABELS, checked by the
+        # settings: a malformed label stops the process before it serves anything).
+        self.labels: list[str] = list(settings.HUB_WORKER_LABELS)
+        self.host = socket.gethostname()  # a placement may name it instead of the worker
         self.children: dict[str, Child] = {}
         self.by_pid: dict[int, Child] = {}
         self.loop = asyncio.new_event_loop()
@@ -143,8 +148,10 @@ class Supervisor:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub-supervisor", daemon=True)
         self._stopping = False
-        # Starts popped and not yet ended (answered): with the children, what fills the places.
-        self._starting = 0
+        # Starts popped and not yet ended (answered), by instance id: with the children, what
+        # fills the places. By id, because a start's child joins the children before its start
+        # is answered, and counted twice it made a worker near its capacity say it was full.
+        self._starting: Counter[str] = Counter()
         self._room = asyncio.Event()  # set when a place may have come free
         self._room_dirty = False
         self._room_task: asyncio.Task | None = None
@@ -216,6 +223,7 @@ class Supervisor:
                     "last_seen": now,
                     "running": 0,
                     "sandbox": self.sandbox,
+                    "labels": self.labels,
                 },
             )
 
@@ -244,7 +252,7 @@ class Supervisor:
         the starts it popped fill its capacity), short of memory, or stopping."""
         if self._stopping or psutil.virtual_memory().available < MIN_FREE_MEMORY:
             return 0
-        return max(0, self.capacity - len(self.children) - self._starting)
+        return max(0, self.capacity - len(self.children.keys() | self._starting.keys()))
 
     def room_changed(self) -> None:
         """On the loop, when a start is popped or answered or a child ends: wake the start loop
@@ -265,7 +273,13 @@ class Supervisor:
     async def _write_room(self) -> None:
         """Tell the web how many starts this worker can take, for each queue it serves; the
         entry lapses with the heartbeat, so a dead worker's places do not count."""
-        value = live.room_value(self.free_places(), time.time() + settings.HUB_LOST_AFTER)
+        value = live.room_value(
+            self.free_places(),
+            time.time() + settings.HUB_LOST_AFTER,
+            self.labels,
+            psutil.virtual_memory().available >> 20,
+            self.host,
+        )
         pipe = self.redis.pipeline(transaction=False)
         for queue in self.queues:
             pipe.hset(live.room_key(queue), self.name, value)
@@ -467,8 +481,10 @@ class Supervisor:
         child's own messages). A script's reply waits until its actor has it loaded.
 
         A worker pops a start only while it has a free place (and memory): a full worker
-        leaves the list to workers with room, and pops again when a child ends."""
-        keys = [live.start_key(queue) for queue in self.queues]
+        leaves the list to workers with room, and pops again when a child ends. It pops the
+        starts the web placed on it (its own lists) before those any worker may take."""
+        keys = [live.placed_start_key(queue, self.name) for queue in self.queues]
+        keys += [live.start_key(queue) for queue in self.queues]
         client = live.async_client()
         while not self._stopping:
             if self.free_places() <= 0:
@@ -490,15 +506,18 @@ class Supervisor:
                 except (live.Forged, ValueError):
                     log.warning("dropped a start request that the hub did not write")
                     continue
-                self._starting += 1
+                iid = str(header.get("id"))
+                self._starting[iid] += 1
                 self.room_changed()
-                self.loop.create_task(self._take_start(header))
+                self.loop.create_task(self._take_start(iid, header))
 
-    async def _take_start(self, header: dict[str, Any]) -> None:
+    async def _take_start(self, iid: str, header: dict[str, Any]) -> None:
         try:
             await self._guard(self._start_requested(header), header)
         finally:
-            self._starting -= 1
+            self._starting[iid] -= 1
+            if self._starting[iid] <= 0:
+                del self._starting[iid]
             self.room_changed()
 
     async def _start_requested(self, req: dict[str, Any]) -> None:
@@ -510,6 +529,22 @@ class Supervisor:
         if float(req.get("expires", 0)) < time.time():
             return  # the web stopped waiting and recorded the failure itself
         kind = str(req.get("kind", "sequence"))
+        # The web chose this worker for the placement; it is checked here again, as every
+        # field is, and a start this worker may not run is refused, never run.
+        misfit = placement.misfit(
+            placement.parse_placement(req.get("placement")), self.name, self.labels, self.host
+        )
+        if misfit is not None:
+            reason = f"{misfit}: not started"
+            # Only a waiting row: the same signed request replayed later finds it started.
+            self.writer.call(
+                functools.partial(record_failed_start, iid, Exit.REFUSED, reason, waiting_only=True)
+            )
+            await self.reply(
+                token,
+                {"ok": False, "status": 507, "code": "INSUFFICIENT_RESOURCES", "error": reason},
+            )
+            return
         try:
             self.check_capacity()
             # One start per request: a replay (the same signed request pushed again) finds
@@ -717,6 +752,7 @@ def check_start(req: dict[str, Any]) -> tuple[str, str]:
     topic_links.check_start_fields(req)
     try:
         clean_limits(req.get("limits") or {})
+        placement.parse_placement(req.get("placement"))
     except HubError as exc:
         raise ValueError(exc.message) from None
     return iid, token

@@ -8,9 +8,11 @@ path), and routes control messages to the worker that owns the instance, also th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterable, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,7 +27,7 @@ from redis.exceptions import RedisError
 
 from core.db_threads import db_call
 from core.protocol import Exit
-from sequences import live, start_watch, topics
+from sequences import live, placement, start_watch, topics
 from sequences.catalog import get_sequence
 from sequences.errors import HubError, not_found
 from sequences.models import (
@@ -36,6 +38,7 @@ from sequences.models import (
     Sequence,
     Sequencer,
 )
+from sequences.placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,8 @@ class StartRequest:
     input_topic: str = ""
     # Set by `restart`, never from a body: the instance this start restarts.
     restarted_from: str | None = None
+    # Where it may run: worker labels and/or a worker's name (sequences/placement.py).
+    placement: Placement = dataclasses.field(default_factory=Placement)
 
 
 def invalid(message: str) -> HubError:
@@ -61,7 +66,7 @@ def invalid(message: str) -> HubError:
 
 def parse_start(raw: bytes) -> StartRequest:
     """Validate a start body: `{appConfig?, args?, instanceId?, limits?, outputTopic?,
-    inputTopic?}`."""
+    inputTopic?, placement?}`."""
     if len(raw) > MAX_ARGS_BYTES:
         raise invalid(f"start body is over {MAX_ARGS_BYTES} bytes")
     if raw.strip():
@@ -97,6 +102,7 @@ def parse_start(raw: bytes) -> StartRequest:
     for field, name in named.items():
         if name and not topics.is_name(name):
             raise invalid(f"{field} must be a topic's name: {topics.NAME_RULE}")
+    placed = placement.parse_placement(body.get("placement"))
     return StartRequest(
         args=args,
         app_config=app_config,
@@ -104,6 +110,7 @@ def parse_start(raw: bytes) -> StartRequest:
         limits=limits,
         output_topic=named["outputTopic"],
         input_topic=named["inputTopic"],
+        placement=placed,
     )
 
 
@@ -174,6 +181,7 @@ def _create(seq: Sequence | str, req: StartRequest, user: Any, kind: str) -> Ins
             output_topic=req.output_topic,
             input_topic=req.input_topic,
             restarted_from_id=req.restarted_from,
+            placement=req.placement.to_json(),
             **fields,
         )
     except IntegrityError as exc:
@@ -192,15 +200,14 @@ def effective_args(args: list[Any], seq: Sequence) -> list[Any]:
     return args if args or not isinstance(default, list) else default
 
 
-def start_request(
+def start_header(
     instance: Instance,
     seq: Sequence,
     token: str,
     timeout: float,
-    dest: str,
     sequencer: Sequencer | None = None,
     input_from: str = "",
-) -> bytes:
+) -> dict[str, Any]:
     """What a worker needs to start the instance without reading the database (it does read
     it when it has not unpacked the package yet). Past `expires` the web stopped waiting.
     A sequencer's script (kind "script") names its sequencer, whose actor takes the child."""
@@ -224,9 +231,33 @@ def start_request(
             "config": seq.config,
         },
     }
+    if instance.placement:
+        header["placement"] = instance.placement
     if sequencer is not None:
         header["sequencer"] = {"id": sequencer.id, "prefix": sequencer.prefix}
+    return header
+
+
+def start_request(
+    instance: Instance,
+    seq: Sequence,
+    token: str,
+    timeout: float,
+    dest: str,
+    sequencer: Sequencer | None = None,
+    input_from: str = "",
+) -> bytes:
+    """The start request (start_header) signed for the list `dest`."""
+    header = start_header(instance, seq, token, timeout, sequencer, input_from)
     return live.encode_control(dest, header)
+
+
+# How long a worker chosen for a start has to pop it before the web takes it back and places
+# it again: a worker with a free place pops at once; one that does not died or filled up.
+PLACE_WAIT = 1.0
+# Starts this process has offered to each worker and not seen taken back or answered: the
+# room a worker published does not show them yet, so a burst of starts spreads.
+_placing: Counter[str] = Counter()
 
 
 @start_watch.watched
@@ -236,41 +267,106 @@ async def push_start(
     sequencer: Sequencer | None = None,
     fresh: bool = False,
 ) -> dict[str, Any] | None:
-    """Push the start of `instance` (its row made, its `sequence` loaded) on the start list of
-    the workers' queue, and wait up to `wait` seconds for the worker's answer (None: nobody
+    """Push the start of `instance` (its row made, its `sequence` loaded) to a worker of the
+    workers' queue, and wait up to `wait` seconds for the worker's answer (None: nobody
     answered). `fresh`: first drop the live streams an earlier instance of the same id left.
 
-    The request goes straight to the list a worker's supervisor pops, not through a Celery
+    The request goes straight to a list a worker's supervisor pops, not through a Celery
     task: one push, one blocking pop for the answer. Instances and sequencer scripts alike.
 
-    A worker pops a start only while it has a free place, so a full cluster would leave the
-    request on the list until `wait` runs out. Workers publish their free places
-    (`hub:room:<queue>`): when every live worker says 0, the start is refused at once with
-    507, before the push or while it waits unpopped (taken back off the list, so no worker
-    can start it after). No live worker at all is not "full": the web waits and answers
-    NO_WORKER as before.
+    Placement: workers publish their free places, memory and labels (`hub:room:<queue>`).
+    The web picks one that fits the start's placement and has a free place
+    (`placement.choose`) and pushes the start onto that worker's own list
+    (`hub:startto:<queue>:<worker>`); a worker that does not pop it within PLACE_WAIT (it
+    died, or filled up meanwhile) has it taken back, and the start is placed again. When no
+    live worker fits, or every one that fits is full, the start is refused at once with 507
+    and the reason. No live worker at all is not "full": the web waits and answers NO_WORKER
+    as before (a start without placement goes to the queue's shared list meanwhile, which
+    any worker pops, as do older workers that publish no labels).
     """
     token = live.new_token()
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    dest = live.start_key(queue)
-    full = await cluster_full(queue)
-    if full is not None:
-        return await _refuse_full(instance, full)
     # The row was made a moment ago with its sequence; only deleting the sequence unsets it.
     seq = cast(Sequence, instance.sequence)
+    placed = placement.parse_placement(instance.placement or None)
     # The worker reads an input topic from where it stands now, not from where it stands when
     # the child is up: what a client sends (and ends) right after the start is not lost.
     cursor = await topics.start_cursor(instance.input_topic) if instance.input_topic else ""
-    request = start_request(instance, seq, token, wait, dest, sequencer, cursor)
+    header = start_header(instance, seq, token, wait, sequencer, cursor)
     if fresh:
-        pipe = live.async_client().pipeline(transaction=False)
-        pipe.delete(*live.instance_keys(instance.id))
-        pipe.rpush(dest, request)
-        await pipe.execute()
-    else:
-        await live.async_client().rpush(dest, request)
-    client = live.async_client()
+        await live.async_client().delete(*live.instance_keys(instance.id))
+    memory = instance.limits.get("memory") if isinstance(instance.limits, dict) else None
     deadline = time.monotonic() + wait
+    skip: set[str] = set()
+    while (remaining := deadline - time.monotonic()) > 0:
+        choice = placement.choose(await read_rooms(queue), placed, queue, memory, _placing, skip)
+        if choice.refusal:
+            return await _refuse_full(instance, choice.refusal)
+        if choice.worker:
+            taken, answer = await _offer(choice.worker, queue, header, token, deadline)
+            if taken:
+                return answer
+            skip.add(choice.worker)
+        elif placed:
+            # No worker published its room (none running, or only older ones): a placed
+            # start waits for one that can check its placement.
+            await asyncio.sleep(min(0.5, remaining))
+        else:
+            return await _push_shared(instance, queue, header, token, deadline)
+    return None
+
+
+async def read_rooms(queue: str) -> list[live.WorkerRoom]:
+    """The room each live worker serving `queue` published; none if Redis cannot say."""
+    try:
+        entries = await cast(
+            "Awaitable[dict[bytes, bytes]]", live.async_client().hgetall(live.room_key(queue))
+        )
+    except RedisError:
+        return []
+    return live.live_rooms(entries, time.time())
+
+
+async def _offer(
+    worker: str, queue: str, header: dict[str, Any], token: str, deadline: float
+) -> tuple[bool, dict[str, Any] | None]:
+    """Push the start onto `worker`'s own list: (True, its answer or None at the deadline)
+    once it popped the start; (False, None) when it did not within PLACE_WAIT and the start
+    was taken back (LREM: only if it is still there, so never both run and placed again)."""
+    dest = live.placed_start_key(queue, worker)
+    request = live.encode_control(dest, header)
+    client = live.async_client()
+    _placing[worker] += 1
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.rpush(dest, request)
+        # A worker that died leaves its list: it goes when no web can be waiting on it.
+        pipe.expire(dest, int(float(header["expires"]) - time.time()) + 60)
+        await pipe.execute()
+        answer = await wait_reply(token, min(PLACE_WAIT, max(0.01, deadline - time.monotonic())))
+        if answer is not None:
+            return True, answer
+        # (redis-py types the value as str; it sends bytes as they are.)
+        if await client.lrem(dest, 1, cast(str, request)):
+            return False, None
+    finally:
+        _placing[worker] -= 1
+        if _placing[worker] <= 0:
+            del _placing[worker]
+    remaining = deadline - time.monotonic()
+    return True, (await wait_reply(token, remaining) if remaining > 0 else None)
+
+
+async def _push_shared(
+    instance: Instance, queue: str, header: dict[str, Any], token: str, deadline: float
+) -> dict[str, Any] | None:
+    """The start on the queue's shared list, which every worker serving the queue pops (those
+    that publish no labels too): while it waits unpopped and every live worker says it is
+    full, it is taken back and refused."""
+    dest = live.start_key(queue)
+    request = live.encode_control(dest, header)
+    client = live.async_client()
+    await client.rpush(dest, request)
     step = 0.2
     while (remaining := deadline - time.monotonic()) > 0:
         answer = await wait_reply(token, min(step, remaining))
@@ -288,13 +384,7 @@ async def push_start(
 async def cluster_full(queue: str) -> str | None:
     """Why no worker serving `queue` can take a start now (every live worker published 0 free
     places), or None: some worker has room, or no worker published anything (none running)."""
-    try:
-        entries = await cast(
-            "Awaitable[dict[bytes, bytes]]", live.async_client().hgetall(live.room_key(queue))
-        )
-    except RedisError:
-        return None
-    room = live.live_room(entries, time.time())
+    room = {r.name: r.free for r in await read_rooms(queue)}
     if not room or any(free > 0 for free in room.values()):
         return None
     return (
@@ -446,6 +536,7 @@ def info(instance: Instance) -> dict[str, Any]:
         "created": instance.created.isoformat(),
         "started": instance.started.isoformat() if instance.started else None,
         "ended": instance.ended.isoformat() if instance.ended else None,
+        "placement": instance.placement or None,
         "restartedFrom": instance.restarted_from_id,
         # Annotated by `with_links`; an instance read some other way shows none.
         "restartedAs": getattr(instance, "restarted_as", None),
@@ -477,6 +568,7 @@ async def restart(iid: str, user: Any) -> Instance:
         output_topic=old.output_topic,
         input_topic=old.input_topic,
         restarted_from=old.id,
+        placement=placement.parse_placement(old.placement or None),
     )
     if old.is_live:
         try:

@@ -7,12 +7,17 @@ Live data goes worker → Redis → web; the database holds the durable copy.
 - `hub:evlast:<iid>`      hash: last message per event name
 - `hub:ctl:<worker>`      list: control messages for one worker's supervisor
 - `hub:start:<queue>`     list: start requests any supervisor serving that queue takes
+- `hub:startto:<queue>:<worker>`  list: start requests the web placed on one worker (it pops
+                          this list before the shared one; the web takes back what it leaves)
 - `hub:owner:<iid>`       the worker that just started an instance, until its row says so
 - `hub:reply:<token>`     list: one reply to a request that waits for it
 - `hub:claim:<iid>`       the worker that took an instance's start: a replayed start finds it
 - `hub:worker:<name>`     heartbeat key, expires when the worker stops answering
-- `hub:room:<queue>`      hash: worker name -> "<free places> <unix time it lapses>", written by
-                          each worker serving the queue when its room changes and at each beat
+- `hub:room:<queue>`      hash: worker name -> "<free places> <unix time it lapses> <json>", the
+                          JSON `{"labels": [...], "mem": MiB available, "host": name}`, written
+                          by each worker serving the queue when its room changes and at each
+                          beat (an entry without the JSON: a worker that reads only the shared
+                          list)
 - `hub:log`               Redis stream of host log lines
 - `hub:stats:stream-bytes`  hash: stream name -> bytes of output workers have streamed, counted
                           as they write them (the web's /metrics reads it)
@@ -36,6 +41,7 @@ import hashlib
 import hmac
 import json
 import uuid
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import TYPE_CHECKING, Any, cast
 
@@ -91,22 +97,71 @@ def stream_bytes_key() -> str:
     return STREAM_BYTES
 
 
-def room_value(free: int, lapses: float) -> str:
-    return f"{int(free)} {lapses:.3f}"
+def placed_start_key(queue: str, worker: str) -> str:
+    return f"hub:startto:{queue}:{worker}"
+
+
+def room_value(
+    free: int,
+    lapses: float,
+    labels: list[str] | None = None,
+    memory_mb: int | None = None,
+    host: str = "",
+) -> str:
+    """A worker's entry in `hub:room:<queue>`. With `labels` (even none) the entry says the
+    worker reads its own start list (placed_start_key) and checks placements."""
+    value = f"{int(free)} {lapses:.3f}"
+    if labels is None:
+        return value
+    detail = {"labels": labels, "mem": -1 if memory_mb is None else int(memory_mb), "host": host}
+    return f"{value} {json.dumps(detail, separators=(',', ':'))}"
+
+
+@dataclass(frozen=True)
+class WorkerRoom:
+    """One live worker's published room: free places, labels, memory available (MiB, -1
+    unknown), its host's name, and whether it reads a start list of its own (`own_list`)."""
+
+    name: str
+    free: int
+    labels: tuple[str, ...] = ()
+    memory_mb: int = -1
+    own_list: bool = False
+    host: str = ""
+
+
+def live_rooms(entries: dict[bytes, bytes], now: float) -> list[WorkerRoom]:
+    """The entries of a `hub:room:<queue>` hash that have not lapsed (a worker that died stops
+    refreshing its entry), by worker name; malformed ones are left out."""
+    rooms: list[WorkerRoom] = []
+    for name, value in entries.items():
+        try:
+            free, lapses, *rest = value.decode().split(maxsplit=2)
+            if float(lapses) < now:
+                continue
+            room = WorkerRoom(name=name.decode(), free=int(free))
+            if rest:
+                detail = json.loads(rest[0])
+                labels = detail["labels"]
+                if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+                    continue
+                room = replace(
+                    room,
+                    labels=tuple(labels),
+                    memory_mb=int(detail["mem"]),
+                    own_list=True,
+                    host=str(detail.get("host", "")),
+                )
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            continue
+        rooms.append(room)
+    return sorted(rooms, key=lambda r: r.name)
 
 
 def live_room(entries: dict[bytes, bytes], now: float) -> dict[str, int]:
     """The free places of each worker whose entry in a `hub:room:<queue>` hash has not lapsed
     (a worker that died stops refreshing its entry)."""
-    room: dict[str, int] = {}
-    for name, value in entries.items():
-        try:
-            free, lapses = value.split()
-            if float(lapses) >= now:
-                room[name.decode()] = int(free)
-        except ValueError:
-            continue
-    return room
+    return {room.name: room.free for room in live_rooms(entries, now)}
 
 
 OWNER_TTL = 120  # seconds; the worker's batched database write lands long before

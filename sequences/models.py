@@ -78,6 +78,8 @@ class Instance(models.Model):
     # requires): named in the start body, or declared by the sequence and granted by its worker.
     output_topic = models.CharField(max_length=128, blank=True)
     input_topic = models.CharField(max_length=128, blank=True)
+    # Where it may run (sequences/placement.py): {"labels": [...], "worker": name}, or {}.
+    placement = models.JSONField(default=dict, blank=True)
     status = models.CharField(
         max_length=20, choices=InstanceStatus.choices, default=InstanceStatus.INITIALIZING
     )
@@ -162,6 +164,8 @@ class Worker(models.Model):
     # What confines its children, as the worker found it at start (runner/launch.py:
     # sandbox_report): {"summary", "landlock", "closed_ports", "user", "network", "cgroups"}.
     sandbox = models.JSONField(default=dict, blank=True)
+    # Its HUB_WORKER_LABELS ("gpu", "zone=a"), which a start's placement may ask for.
+    labels = models.JSONField(default=list, blank=True)
 
     def __str__(self) -> str:
         return self.name

@@ -75,6 +75,11 @@ class Limits(Schema):
     gpu: bool = False
 
 
+class Placement(Schema):
+    labels: list[str] = Field([], description="labels every one of which the worker must have")
+    worker: str | SkipJsonSchema[None] = Field(None, description="the worker's name")
+
+
 class StartBody(Schema):
     appConfig: dict[str, Any] = {}
     args: list[Any] = []
@@ -82,6 +87,9 @@ class StartBody(Schema):
     limits: Limits | SkipJsonSchema[None] = None
     outputTopic: str | SkipJsonSchema[None] = Field(None, description="publish output there")
     inputTopic: str | SkipJsonSchema[None] = Field(None, description="read input from there")
+    placement: Placement | SkipJsonSchema[None] = Field(
+        None, description="which workers may run it (HUB_WORKER_LABELS, worker names)"
+    )
 
 
 class ControlBody(Schema):

@@ -395,3 +395,24 @@ def test_restart_and_inout(si, tmp_path: Path) -> None:
     si("seq", "start", "-")
     echoed = si("inst", "inout", "-", input=b"a\nb\n")
     assert out(echoed) == "echo:a\necho:b\n"
+
+
+def test_start_with_a_placement(si, tmp_path: Path) -> None:
+    """`--placement-label` and `--worker` reach the hub: a label no worker has is refused
+    with the reason, a worker's name puts the instance there."""
+    si("seq", "send", str(write_package(tmp_path, FOREVER)))
+    refused = si("seq", "start", "-", "--placement-label", "gpu", "--json", check=False)
+    assert refused.returncode == 1
+    answer = json.loads(err(refused))
+    assert (answer["status"], answer["code"]) == (507, "INSUFFICIENT_RESOURCES")
+    assert "no live worker" in answer["error"] and "has labels gpu" in answer["error"]
+    first = out(si("seq", "start", "-")).strip()
+    worker = wait_for(
+        lambda: json.loads(out(si("inst", "info", first, "--json")))["worker"],
+        what="the worker of the first instance",
+    )
+    placed = out(si("seq", "start", "-", "--worker", worker)).strip()
+    info = json.loads(out(si("inst", "info", placed, "--json")))
+    assert info["placement"] == {"worker": worker}
+    for iid in (first, placed):
+        si("inst", "kill", iid)

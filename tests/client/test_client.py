@@ -277,6 +277,25 @@ def test_delete_in_use_conflicts_unless_forced(host: HostClient) -> None:
     assert seq.id not in {s["id"] for s in host.list_sequences()}
 
 
+def test_start_with_a_placement(host: HostClient) -> None:
+    seq = host.send_sequence(package(FOREVER))
+    with pytest.raises(HubClientError) as info:
+        seq.start(placement={"labels": ["gpu"]})
+    assert (info.value.status, info.value.code) == (507, "INSUFFICIENT_RESOURCES")
+    assert "has labels gpu" in info.value.message
+    with pytest.raises(HubClientError) as info:
+        seq.start(placement={"labels": ["gpu"], "zone": "a"})
+    assert (info.value.status, info.value.code) == (422, "INVALID_CONFIG")
+    assert info.value.message == "placement.zone is not a placement field: use labels, worker"
+    first = seq.start()
+    running(first)
+    worker = first.get_info()["worker"]
+    placed = seq.start(placement={"worker": worker})
+    assert placed.get_info()["placement"] == {"worker": worker}
+    for inst in (first, placed):
+        inst.kill()
+
+
 def test_refusals_carry_status_code_and_message(host: HostClient, hub, people) -> None:
     with pytest.raises(HubClientError) as info:
         host.get_sequence_client("no-such-sequence").start()

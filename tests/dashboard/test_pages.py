@@ -568,6 +568,21 @@ def test_the_instance_page_links_a_restart_both_ways(clients, ended_instance):
     assert "Restarted as" not in new
 
 
+def test_pages_show_a_workers_labels_and_an_instances_placement(clients, ended_instance):
+    from django.utils import timezone
+
+    from sequences.models import Instance, Worker
+
+    Worker.objects.create(
+        name="w-gpu", hostname="h", pid=1, capacity=4, last_seen=timezone.now(), labels=["gpu"]
+    )
+    overview = clients["viewer"].get("/").content.decode()
+    assert re.search(r"w-gpu\s*<code[^>]*>gpu</code>", overview), overview
+    Instance.objects.filter(pk=ended_instance.pk).update(placement={"labels": ["gpu"]})
+    page = clients["viewer"].get(f"/instances/{ended_instance.id}/").content.decode()
+    assert "Placement" in page and "gpu" in page
+
+
 # -- topics ----------------------------------------------------------------------------------
 
 HOSTILE = (
