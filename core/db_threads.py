@@ -38,9 +38,25 @@ _thread_state = threading.local()
 def _run_db(call: Callable[[], T]) -> T:
     try:
         return call()
-    except DatabaseError:
+    except (InterfaceError, OperationalError):
+        dead = _connection_dead()
         connection.close()  # a broken connection must not serve the next call
+        if not dead:
+            raise
+        # The thread's connection had died under it (the database restarted since its last
+        # call): the call failed on its first statement, so it ran nowhere; once more on a
+        # fresh one. (The pool checks the connections it hands out, but these threads keep
+        # theirs from call to call.)
+        return call()
+    except DatabaseError:
+        connection.close()
         raise
+
+
+def _connection_dead() -> bool:
+    """Whether the thread's connection is broken (psycopg marks one whose server went)."""
+    raw = connection.connection
+    return raw is None or bool(getattr(raw, "broken", False) or getattr(raw, "closed", False))
 
 
 async def db_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import redis
 from asgiref.sync import sync_to_async
+from django.db import InterfaceError, OperationalError
 
 from core.db_threads import db_call
 from sequences import live
@@ -30,6 +32,10 @@ REDIS_BATCH = 200
 # instance runs; meanwhile it reads what the database has.
 REDIS_RETRY_FIRST = 0.25
 REDIS_RETRY_CAP = 2.0
+# A reader whose database read fails because the database is away (restarting) waits for it,
+# backing off to the cap, this long at most before its stream breaks.
+DB_WAIT = 120.0
+T = TypeVar("T")
 
 
 def _db_chunks(iid: str, stream: str, start: int, stop: int | None) -> list[tuple[int, bytes]]:
@@ -43,14 +49,29 @@ def _is_live(iid: str) -> bool:
     return Instance.objects.filter(pk=iid, status__in=LIVE_STATUSES).exists()
 
 
+async def _db_read(fn: Callable[..., T], *args: Any) -> T:
+    """A database read of a reader that follows a stream: while the database is away it waits
+    (up to DB_WAIT) rather than break a stream whose chunks will all be there once it is back."""
+    delay = REDIS_RETRY_FIRST
+    deadline = time.monotonic() + DB_WAIT
+    while True:
+        try:
+            return await db_call(fn, *args)
+        except (InterfaceError, OperationalError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REDIS_RETRY_CAP)
+
+
 async def adb_chunks(
     iid: str, stream: str, start: int, stop: int | None
 ) -> list[tuple[int, bytes]]:
-    return await db_call(_db_chunks, iid, stream, start, stop)
+    return await _db_read(_db_chunks, iid, stream, start, stop)
 
 
 async def ais_live(iid: str) -> bool:
-    return await db_call(_is_live, iid)
+    return await _db_read(_is_live, iid)
 
 
 async def follow(
