@@ -146,7 +146,8 @@ class DbWriter:
                 delay = min(delay * 2, RETRY_CAP)
                 continue
             if since:
-                log.warning("database back after %.1f s; %s written", time.monotonic() - since, what)
+                waited = time.monotonic() - since
+                log.warning("database back after %.1f s; %s written", waited, what)
             return result
 
     def _write_merged(self, items: list[tuple[str, Any]]) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 import uuid
 from functools import cache
 from typing import TYPE_CHECKING, Any, cast
@@ -147,20 +148,37 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
-# Blocking reads (BLPOP, XREAD BLOCK) wait longer than any fixed socket timeout would allow.
+# Every blocking command the hub sends (XREAD BLOCK, BLPOP) waits at most 15 s; a read that
+# has not answered this long after it was sent finds Redis frozen or cut off (packets dropped,
+# not refused: nothing else would ever end the wait). Readers that follow a stream give up
+# sooner, a few seconds after their own block (streams.blocking_read).
+READ_TIMEOUT = 20.0
 CLIENT_OPTIONS: dict[str, Any] = {
-    "socket_timeout": None,
+    "socket_timeout": READ_TIMEOUT,
     "socket_connect_timeout": 5,
-    "health_check_interval": 30,
+    # A connection idle for this long is PINGed before its next command.
+    "health_check_interval": 10,
+    # An idle pooled connection to a host that vanished is found by TCP itself.
+    "socket_keepalive": True,
+    "socket_keepalive_options": {
+        socket.TCP_KEEPIDLE: 10,
+        socket.TCP_KEEPINTVL: 5,
+        socket.TCP_KEEPCNT: 3,
+    },
 }
 
 
 def _retrying(retry_class: type) -> dict[str, Any]:
     """A client made by from_url retries nothing: after a Redis restart, the first command on
-    each pooled connection (stale, from before) failed. A few quick retries reconnect."""
+    each pooled connection (stale, from before) failed. A few quick retries reconnect. A
+    timeout is not retried: Redis did not answer for READ_TIMEOUT, and five more waits as long
+    would only hold the caller, whose own retry (backing off, falling back to the database)
+    knows better."""
     return {
-        "retry": retry_class(ExponentialBackoff(cap=0.5, base=0.02), 5),
-        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "retry": retry_class(
+            ExponentialBackoff(cap=0.5, base=0.02), 5, supported_errors=(redis.ConnectionError,)
+        ),
+        "retry_on_error": [redis.ConnectionError],
     }
 
 
