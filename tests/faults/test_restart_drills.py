@@ -189,8 +189,14 @@ def standalone_hub(tmp_path: Path) -> Iterator:
         env = {"HUB_QUEUE": f"drill-{uuid.uuid4().hex[:6]}", **env}
         full = hub_env(**env)
         manage = [sys.executable, "manage.py"]
-        subprocess.run([*manage, "hub_init"], cwd=ROOT, env=full, check=True, timeout=180,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*manage, "hub_init"],
+            cwd=ROOT,
+            env=full,
+            check=True,
+            timeout=180,
+            stdout=subprocess.DEVNULL,
+        )
         token = subprocess.run(
             [*manage, "hub_token", "admin", "--name", "drill"],
             cwd=ROOT,
@@ -228,12 +234,16 @@ def test_a_postgresql_restart_mid_stream(private_postgres: PrivatePostgres, stan
     seq = upload(hub.api, python_package(NUMBERED))
     short = start(hub.api, seq, {"args": ["30", "0.05"]})  # ends while the database is away
     longs = [start(hub.api, seq, {"args": ["120", "0.05"]}) for _ in range(3)]  # ~6 s
-    followers = {iid: Follower(str(hub.api.base_url), dict(hub.api.headers), iid)
-                 for iid in (short, *longs)}
+    followers = {
+        iid: Follower(str(hub.api.base_url), dict(hub.api.headers), iid) for iid in (short, *longs)
+    }
     for follower in followers.values():
         follower.start()
-    wait_for(lambda: all(len(f.seen()) >= 5 for f in followers.values()), timeout=30,
-             what="lines before the stop")
+    wait_for(
+        lambda: all(len(f.seen()) >= 5 for f in followers.values()),
+        timeout=30,
+        what="lines before the stop",
+    )
 
     private_postgres.stop("fast")  # every session ends, as in a restart
     down_at = time.monotonic()
@@ -261,3 +271,145 @@ def test_a_postgresql_restart_mid_stream(private_postgres: PrivatePostgres, stan
     # The worker goes on taking starts.
     after = start(hub.api, seq, {"args": ["3", "0.01"]})
     assert wait_ended(hub.api, after)["status"] == "completed"
+
+
+# -- Redis restarted, or frozen ---------------------------------------------------------------
+
+# Prints `line N` and emits the event `tick` with N, `every` seconds apart.
+TICKING = """
+import asyncio
+async def run(context, input, upto='50', every='0.1'):
+    for n in range(1, int(upto) + 1):
+        print("line", n, flush=True)
+        context.emit("tick", n)
+        await asyncio.sleep(float(every))
+    return "done"
+"""
+
+
+class Collector(threading.Thread):
+    """Reads one streaming GET to its end, on a connection of its own; the text, or the error."""
+
+    def __init__(self, api: httpx.Client, path: str, timeout: float = 60) -> None:
+        super().__init__(daemon=True)
+        self.api, self.path, self.timeout = api, path, timeout
+        self.text = ""
+        self.status: int | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with (
+                httpx.Client(base_url=self.api.base_url, headers=self.api.headers) as client,
+                client.stream("GET", self.path, timeout=self.timeout) as stream,
+            ):
+                self.status = stream.status_code
+                for piece in stream.iter_text():
+                    self.text += piece
+        except BaseException as exc:  # reported by the drill
+            self.error = exc
+
+    def lines(self) -> list[str]:
+        return self.text[: self.text.rfind("\n") + 1].splitlines()
+
+
+def test_a_redis_restart_with_every_kind_of_reader(private_hub, private_redis: PrivateRedis):
+    """Redis is killed (nothing kept) and started again 4 s later while readers follow: an
+    instance's stdout and its events, the host log and a topic. Each resumes after the restart
+    without a repeat, and the ones of an instance end when it does; the last event is answered
+    from the database while Redis is away, and a `once` asked then gets the next one after."""
+    env = {"REDIS_URL": private_redis.url}
+    hub = private_hub(web_env=env, worker_env=env)
+    seq = upload(hub.api, python_package(TICKING))
+    iid = start(hub.api, seq, {"args": ["100", "0.1"]})  # ~10 s
+    assert hub.api.post("/topics", json={"id": "drill", "content-type": "text/plain"}).is_success
+    readers = {
+        "stdout": Collector(hub.api, f"/instance/{iid}/stdout"),
+        "events": Collector(hub.api, f"/instance/{iid}/events/tick"),
+        "log": Collector(hub.api, "/log"),
+        "topic": Collector(hub.api, "/topic/drill"),
+    }
+    for reader in readers.values():
+        reader.start()
+    wait_for(
+        lambda: len(numbers(readers["stdout"].text)) >= 5 and readers["events"].lines(),
+        timeout=20,
+        what="lines and events before the restart",
+    )
+    assert hub.api.post("/topic/drill", content=b"before\n").is_success
+    wait_for(lambda: "before" in readers["topic"].text, timeout=10, what="the topic's first line")
+
+    assert private_redis.proc is not None
+    private_redis.proc.kill()  # no goodbye, nothing kept
+    private_redis.proc.wait()
+    private_redis.proc = None
+    down_at = time.monotonic()
+    # The last event comes from the database; a `once` waits for Redis.
+    last = hub.api.get(f"/instance/{iid}/event/tick", timeout=15)
+    assert last.status_code == 200 and last.json() >= 5, last.text
+    once = Collector(hub.api, f"/instance/{iid}/once/tick")
+    once.start()
+    time.sleep(max(0.0, 4 - (time.monotonic() - down_at)))
+    assert info(hub.api, iid)["status"] == "running"
+    private_redis.start()
+    ticked_after = hub.api.get(f"/instance/{iid}/event/tick").json()
+
+    once.join(timeout=20)
+    assert once.error is None and once.status == 200, (once.error, once.text)
+    assert int(once.text) >= last.json()  # an event emitted after it asked
+    assert hub.api.post("/topic/drill", content=b"after\n").is_success
+    # An instance started now is in the host log, which its reader follows after the restart.
+    plain = upload(hub.api, python_package("def run(context, input):\n    return 'ok'\n"))
+    other = start(hub.api, plain)
+    wait_for(
+        lambda: f"instance {other} started" in readers["log"].text,
+        timeout=20,
+        what="a host log line after the restart",
+    )
+    wait_for(lambda: "after" in readers["topic"].text, timeout=20, what="the topic after")
+    assert readers["topic"].text.splitlines() == ["before", "after"]
+
+    for name in ("stdout", "events"):
+        readers[name].join(timeout=30)
+        assert not readers[name].is_alive(), f"the {name} reader hangs"
+        assert readers[name].error is None, (name, readers[name].error)
+    assert wait_ended(hub.api, iid)["status"] == "completed"
+    assert numbers(readers["stdout"].text) == list(range(1, 101))
+    ticks = [int(line) for line in readers["events"].lines()]
+    assert ticks == sorted(set(ticks)), "events repeated or out of order"
+    assert ticks[-1] == 100 and ticked_after in ticks  # it went on after the restart
+
+
+def test_a_frozen_redis_does_not_hang_readers(private_hub, private_redis: PrivateRedis):
+    """Redis stops answering (SIGSTOP: connections stay open, nothing comes back, as in a
+    network partition) for longer than a reader blocks: the reader of an instance that ended
+    meanwhile ends, from the database, before Redis answers again; the reader of one that goes
+    on resumes once it does. No line is lost or repeated."""
+    env = {"REDIS_URL": private_redis.url}
+    hub = private_hub(web_env=env, worker_env=env)
+    seq = upload(hub.api, python_package(NUMBERED))
+    short = start(hub.api, seq, {"args": ["30", "0.1"]})  # ends ~2 s into the freeze
+    long = start(hub.api, seq, {"args": ["170", "0.1"]})  # outlives it
+    readers = {iid: Collector(hub.api, f"/instance/{iid}/stdout") for iid in (short, long)}
+    for reader in readers.values():
+        reader.start()
+    wait_for(
+        lambda: all(len(numbers(r.text)) >= 10 for r in readers.values()),
+        timeout=20,
+        what="lines before the freeze",
+    )
+    assert private_redis.proc is not None
+    os.kill(private_redis.proc.pid, signal.SIGSTOP)
+    try:
+        frozen_at = time.monotonic()
+        readers[short].join(timeout=17)
+        assert not readers[short].is_alive(), "the reader hangs on a frozen Redis"
+        assert time.monotonic() - frozen_at < 16
+    finally:
+        os.kill(private_redis.proc.pid, signal.SIGCONT)
+    assert readers[short].error is None, readers[short].error
+    assert numbers(readers[short].text) == list(range(1, 31))
+    readers[long].join(timeout=30)
+    assert not readers[long].is_alive() and readers[long].error is None, readers[long].error
+    assert numbers(readers[long].text) == list(range(1, 171))
+    assert wait_ended(hub.api, long)["status"] == "completed"
