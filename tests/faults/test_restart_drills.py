@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -412,4 +413,128 @@ def test_a_frozen_redis_does_not_hang_readers(private_hub, private_redis: Privat
     readers[long].join(timeout=30)
     assert not readers[long].is_alive() and readers[long].error is None, readers[long].error
     assert numbers(readers[long].text) == list(range(1, 171))
+    assert wait_ended(hub.api, long)["status"] == "completed"
+
+
+# -- the web restarted ------------------------------------------------------------------------
+
+
+class ClientFollower(threading.Thread):
+    """`InstanceClient.get_lines("stdout")` of the Python client, to the end."""
+
+    def __init__(self, url: str, token: str, iid: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.token, self.iid = url, token, iid
+        self.lines: list[str] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from client import HostClient
+
+        try:
+            with HostClient(self.url, self.token) as host:
+                for line in host.get_instance_client(self.iid).get_lines("stdout"):
+                    self.lines.append(line)
+        except BaseException as exc:  # reported by the drill
+            self.error = exc
+
+
+def test_a_web_restart_while_clients_follow(private_hub, people, tmp_path):
+    """The web (daphne) is stopped as a service manager restarts it (SIGTERM) and started again
+    while clients follow. A bare HTTP stream breaks; the Python client and `si inst stdout`
+    reconnect and resume, every line once; the console's page (a real Chromium running the
+    htmx WebSocket extension) sees an abnormal close, reconnects by itself, and heals from the
+    snapshot: the instance that ended meanwhile shows completed, with all its lines."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.e2e.conftest import chromium
+
+    browser_path = chromium()
+    if browser_path is None:
+        message = "no Chromium: `apt-get install chromium` or `python -m playwright install`"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    hub = private_hub()
+    url = f"http://127.0.0.1:{hub.web.port}"
+    admin = people["admin"]
+    seq = upload(hub.api, python_package(NUMBERED))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=browser_path, args=["--no-sandbox", "--headless", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(20_000)
+            page.goto(url + "/login/")
+            page.fill("input[name=username]", admin.username)
+            page.fill("input[name=password]", admin.password)
+            page.click("button.primary")
+            page.wait_for_url(url + "/")
+            short = start(hub.api, seq, {"args": ["40", "0.1"]})  # ends while the web is down
+            long = start(hub.api, seq, {"args": ["120", "0.1"]})  # outlives the restart
+
+            bare = Collector(hub.api, f"/instance/{long}/stdout")
+            library = ClientFollower(url, admin.token, long)
+            cli = subprocess.Popen(
+                [sys.executable, "-m", "client.cli", "inst", "stdout", long],
+                cwd=ROOT,
+                env={
+                    **os.environ,
+                    "HOME": str(tmp_path),
+                    "SI_API_URL": url,
+                    "SI_TOKEN": admin.token,
+                },
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            cli_out: list[bytes] = []
+            cli_reader = threading.Thread(target=lambda: cli_out.extend(cli.stdout), daemon=True)
+            cli_reader.start()
+            bare.start()
+            library.start()
+            page.goto(f"{url}/instances/{short}/")
+            live = page.locator("[data-live]").first
+            expect(live).to_have_class(re.compile("ws-open"))
+            page.evaluate(
+                """() => { window.closes = [];
+                document.addEventListener("htmx:wsClose",
+                    e => window.closes.push(e.detail.event.code)); }"""
+            )
+            wait_for(
+                lambda: len(numbers(bare.text)) >= 10 and len(library.lines) and len(cli_out),
+                timeout=20,
+                what="every client to follow",
+            )
+
+            assert info(hub.api, long)["status"] == "running"
+            stop_process(hub.web.proc)  # SIGTERM, as systemd or a rolling upgrade does
+            down_at = time.monotonic()
+            bare.join(timeout=10)
+            assert bare.error is not None, "a bare stream cannot outlive its server"
+            expect(live).to_have_class(re.compile("ws-closed"))
+            # Codes the htmx extension reconnects after (1006: the connection dropped).
+            codes = page.evaluate("window.closes")
+            assert codes and all(c in (1006, 1011, 1012, 1013) for c in codes), codes
+            time.sleep(max(0.0, 5 - (time.monotonic() - down_at)))
+            hub.web = start_web(tmp_path, hub.web.port, HUB_QUEUE=hub.queue)
+
+            # The page reconnects by itself and heals from the snapshot.
+            expect(live).to_have_class(re.compile("ws-open"), timeout=30_000)
+            expect(page.locator("#inst-status [data-status]")).to_have_attribute(
+                "data-status", "completed"
+            )
+            lines = page.locator("#log-stdout-lines")
+            expect(lines).to_contain_text("line 40")  # the snapshot's lines follow its status
+            shown = lines.inner_text()
+            assert numbers(shown + "\n") == list(range(1, 41)), shown
+        finally:
+            browser.close()
+
+    library.join(timeout=40)
+    assert not library.is_alive() and library.error is None, library.error
+    assert numbers("\n".join(library.lines) + "\n") == list(range(1, 121))
+    assert cli.wait(timeout=40) == 0, cli.stderr.read() if cli.stderr else ""
+    cli_reader.join(timeout=10)
+    assert numbers(b"".join(cli_out).decode()) == list(range(1, 121))
     assert wait_ended(hub.api, long)["status"] == "completed"
