@@ -43,10 +43,11 @@ def _run_db(call: Callable[[], T]) -> T:
         connection.close()  # a broken connection must not serve the next call
         if not dead:
             raise
-        # The thread's connection had died under it (the database restarted since its last
-        # call): the call failed on its first statement, so it ran nowhere; once more on a
-        # fresh one. (The pool checks the connections it hands out, but these threads keep
-        # theirs from call to call.)
+        # The thread's connection had died (the database restarted since its last call; the
+        # pool checks the connections it hands out, but these threads keep theirs from call to
+        # call): the call failed on its first statement and ran nowhere, so once more on a
+        # fresh one. (Should the database die in the middle of a call that writes several
+        # times outside a transaction, the writes before would be made twice.)
         return call()
     except DatabaseError:
         connection.close()
