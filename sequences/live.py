@@ -161,9 +161,9 @@ CLIENT_OPTIONS: dict[str, Any] = {
     # An idle pooled connection to a host that vanished is found by TCP itself.
     "socket_keepalive": True,
     "socket_keepalive_options": {
-        socket.TCP_KEEPIDLE: 10,
-        socket.TCP_KEEPINTVL: 5,
-        socket.TCP_KEEPCNT: 3,
+        option: value
+        for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+        if (option := getattr(socket, name, None)) is not None  # not every system has them
     },
 }
 
