@@ -158,7 +158,9 @@ CLIENT_OPTIONS: dict[str, Any] = {
     "socket_connect_timeout": 5,
     # A connection idle for this long is PINGed before its next command.
     "health_check_interval": 10,
-    # An idle pooled connection to a host that vanished is found by TCP itself.
+}
+# Over TCP, an idle pooled connection to a host that vanished is found by TCP itself.
+TCP_OPTIONS: dict[str, Any] = {
     "socket_keepalive": True,
     "socket_keepalive_options": {
         option: value
@@ -166,6 +168,12 @@ CLIENT_OPTIONS: dict[str, Any] = {
         if (option := getattr(socket, name, None)) is not None  # not every system has them
     },
 }
+
+
+def client_options(url: str) -> dict[str, Any]:
+    """CLIENT_OPTIONS, and TCP_OPTIONS for a TCP URL (a Unix socket's connection takes none)."""
+    tcp = url.startswith(("redis://", "rediss://"))
+    return {**CLIENT_OPTIONS, **(TCP_OPTIONS if tcp else {})}
 
 
 def _retrying(retry_class: type) -> dict[str, Any]:
@@ -184,7 +192,8 @@ def _retrying(retry_class: type) -> dict[str, Any]:
 
 @cache
 def sync_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, **CLIENT_OPTIONS, **_retrying(Retry))
+    options = client_options(settings.REDIS_URL)
+    return redis.Redis.from_url(settings.REDIS_URL, **options, **_retrying(Retry))
 
 
 _async_clients: dict[int, aredis.Redis] = {}
@@ -198,7 +207,10 @@ def async_client() -> aredis.Redis:
     client = _async_clients.get(id(loop))
     if client is None:
         client = aredis.Redis.from_url(
-            settings.REDIS_URL, max_connections=2000, **CLIENT_OPTIONS, **_retrying(AsyncRetry)
+            settings.REDIS_URL,
+            max_connections=2000,
+            **client_options(settings.REDIS_URL),
+            **_retrying(AsyncRetry),
         )
         _async_clients[id(loop)] = client
     return client
