@@ -61,7 +61,8 @@ def _connection_dead() -> bool:
 
 
 async def db_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`fn(*args, **kwargs)` on a database thread, awaited."""
+    """`fn(*args, **kwargs)` on a database thread, awaited; tried once more on a fresh
+    connection only when the thread's own connection had died (a database restart)."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_db_threads, _run_db, functools.partial(fn, *args, **kwargs))
 
@@ -81,13 +82,14 @@ def _run_db_retrying(call: Callable[[], T]) -> T:
 
 
 async def db_call_retrying(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`db_call`, tried once more on a fresh connection when the connection was lost or the
-    database was busy too long; the thread's connection is also renewed when it is old. Only
-    for a call that is one transaction, so that a failed try leaves nothing behind.
+    """`db_call`, tried once more on a fresh connection also when the database failed the
+    call for being busy too long or going away during it; the thread's connection is also
+    renewed when it is old. Only for a call that is one transaction, so that a failed try
+    leaves nothing behind.
 
     The worker's sequencer actors need it and web requests do not: an actor's command comes
     once, over a worker that lives across database restarts, while a failed web request
-    reaches its client, and the next one finds a fresh connection (_run_db closed the old)."""
+    reaches its client (503 DATABASE_UNAVAILABLE), which may send it again."""
     loop = asyncio.get_running_loop()
     call = functools.partial(fn, *args, **kwargs)
     return await loop.run_in_executor(_db_threads, _run_db_retrying, call)
