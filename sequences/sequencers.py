@@ -62,6 +62,7 @@ from sequences.statemachine import (
 )
 from sequences.statemachine import query as query_snapshot
 from sequences.statemachine import query_final as query_final_snapshot
+from sequences.streams import REDIS_AWAY, Backoff, blocking_read
 
 if TYPE_CHECKING:
     import redis.asyncio as aredis
@@ -208,7 +209,13 @@ async def query_final(row: Sequencer, run_id: str, timeout: float = 60.0) -> dic
             return Started(run_id).to_json()
         # Woken by the next change notice; the database stays the truth (notices may be lost).
         block = int(min(remaining, 5.0) * 1000) or 1
-        entries = live.read_entries(await client.xread({key: cursor}, count=100, block=block))
+        try:
+            reply = await blocking_read(client.xread({key: cursor}, count=100, block=block), block)
+        except REDIS_AWAY:
+            # Redis is away: no notice comes, so look at the database again shortly.
+            await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            continue
+        entries = live.read_entries(reply)
         if entries:
             cursor = entries[-1][0]
 
@@ -228,8 +235,17 @@ async def events(row: Sequencer, idle_check: float = 15.0) -> AsyncIterator[dict
     version = first["version"]
     yield first
     state = first["state"]
+    backoff = Backoff()
     while state != State.KILLED:
-        reply = await client.xread({key: cursor}, count=100, block=int(idle_check * 1000))
+        block = int(idle_check * 1000)
+        try:
+            reply = await blocking_read(client.xread({key: cursor}, count=100, block=block), block)
+            backoff.reset()
+        except REDIS_AWAY:
+            # Redis is away: wait, then look at the database as after a quiet spell. Notices
+            # sent meanwhile are lost; the version check finds the change they announced.
+            await backoff.wait()
+            reply = None
         if not reply:
             # Quiet: make sure no notice was lost and the process still lives.
             current = await aget_sequencer(row.id)
