@@ -19,8 +19,10 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Iterable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+import redis
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import IntegrityError
@@ -48,6 +50,7 @@ from sequences.models import (
     SequenceComponent,
     Sequencer,
     SequencerTransition,
+    Worker,
 )
 from sequences.statemachine import (
     CommandName,
@@ -158,6 +161,19 @@ def transitions(row: Sequencer, limit: int = 200) -> list[dict[str, Any]]:
     ]
 
 
+def _worker_beats(client: redis.Redis, name: str) -> bool:
+    """Whether the worker still answers: its heartbeat key, or, when Redis is away or was just
+    restarted (every key gone until the next beat), the database's copy of the heartbeat.
+    Judging by the key alone killed every sequencer read in the moment after a restart."""
+    try:
+        if client.exists(live.worker_key(name)):
+            return True
+    except (redis.ConnectionError, redis.TimeoutError):
+        pass
+    beating = timezone.now() - timedelta(seconds=settings.HUB_LOST_AFTER)
+    return Worker.objects.filter(name=name, last_seen__gte=beating).exists()
+
+
 def heal(rows: list[Sequencer]) -> list[Sequencer]:
     """Mark Killed the sequencers whose process is gone: its instance ended, or its worker's
     heartbeat expired. Returns the rows, re-read where they changed."""
@@ -176,7 +192,7 @@ def heal(rows: list[Sequencer]) -> list[Sequencer]:
             reason = f"its process ended: {instance.reason or instance.status}"
         elif instance.worker:
             if instance.worker not in alive:
-                alive[instance.worker] = bool(client.exists(live.worker_key(instance.worker)))
+                alive[instance.worker] = _worker_beats(client, instance.worker)
             if not alive[instance.worker]:
                 reason = f"process lost: worker {instance.worker} stopped answering"
         if reason is None:
@@ -221,7 +237,12 @@ async def query_final(row: Sequencer, run_id: str, timeout: float = 60.0) -> dic
 
 
 async def _stream_end(client: aredis.Redis, key: str) -> str:
-    last = live.range_entries(await client.xrevrange(key, count=1))
+    """Where a reader of the notices "from now" starts: the newest entry's id. With Redis away,
+    the start: the notices only wake the reader, which skips what it has by version."""
+    try:
+        last = live.range_entries(await client.xrevrange(key, count=1))
+    except REDIS_AWAY:
+        return "0-0"
     return last[0][0].decode() if last else "0-0"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import re
 import shutil
@@ -542,3 +543,43 @@ def test_a_web_restart_while_clients_follow(private_hub, people, tmp_path):
     cli_reader.join(timeout=10)
     assert numbers(b"".join(cli_out).decode()) == list(range(1, 121))
     assert wait_ended(hub.api, long)["status"] == "completed"
+
+
+def test_a_redis_restart_under_a_sequencer_events_reader(private_hub, private_redis):
+    """A sequencer's events stream, open when Redis is killed, stays open, reports the change
+    made after the restart (the database's version check finds it even if no notice came) and
+    ends when the sequencer is Killed; `queryFinal` asked during the outage answers after it."""
+    from tests.sequences.sequencer_kit import Kit, setup
+
+    env = {"REDIS_URL": private_redis.url}
+    hub = private_hub(web_env=env, worker_env=env)
+    kit = Kit(hub.api, hub.api)
+    try:
+        sid = kit.load()["id"]
+        run_id = kit.send(sid, "submit", {"commands": [setup("move", sleep=6)]})["runId"]
+        reader = Collector(hub.api, f"/sequencer/{sid}/events")
+        reader.start()
+        wait_for(lambda: '"Running"' in reader.text, timeout=15, what="the events stream")
+        final = Collector(hub.api, f"/sequencer/{sid}/queryFinal/{run_id}?timeout=40")
+
+        assert private_redis.proc is not None
+        private_redis.proc.kill()
+        private_redis.proc.wait()
+        private_redis.proc = None
+        final.start()  # asked while Redis is away
+        time.sleep(3)
+        private_redis.start()
+
+        final.join(timeout=45)
+        assert final.status == 200 and '"Completed"' in final.text, (final.error, final.text)
+        kit.send(sid, "shutdown")
+        reader.join(timeout=30)
+        assert not reader.is_alive(), "the events stream must end once the sequencer is Killed"
+        assert reader.error is None, reader.error
+        lines = [json.loads(line) for line in reader.lines()]
+        versions = [line["version"] for line in lines]
+        assert versions == sorted(set(versions)), "a change twice, or out of order"
+        assert lines[-1]["state"] == "Killed"
+        assert "Idle" in [line["state"] for line in lines[1:]]  # the run ended meanwhile
+    finally:
+        kit.cleanup()
