@@ -206,7 +206,9 @@ class InstanceCalls:
     def _stream(self, name: str) -> Call:
         if name not in STREAMS:
             raise ValueError(f"no stream {name!r}: choose one of {', '.join(STREAMS)}")
-        return Call("GET", self._path(f"/{name}"), timeout=WAIT, headers={"Accept": "*/*"})
+        return Call(
+            "GET", self._path(f"/{name}"), timeout=WAIT, headers={"Accept": "*/*"}, resume=True
+        )
 
     def _send(self, stream: str, data: InputData, content_type: str, end: bool | None) -> Call:
         """A body for `stream`: `input`, `stdin`, or `inout` (input, answered with output)."""

@@ -38,13 +38,31 @@ _thread_state = threading.local()
 def _run_db(call: Callable[[], T]) -> T:
     try:
         return call()
-    except DatabaseError:
+    except (InterfaceError, OperationalError):
+        dead = _connection_dead()
         connection.close()  # a broken connection must not serve the next call
+        if not dead:
+            raise
+        # The thread's connection had died (the database restarted since its last call; the
+        # pool checks the connections it hands out, but these threads keep theirs from call to
+        # call): the call failed on its first statement and ran nowhere, so once more on a
+        # fresh one. (Should the database die in the middle of a call that writes several
+        # times outside a transaction, the writes before would be made twice.)
+        return call()
+    except DatabaseError:
+        connection.close()
         raise
 
 
+def _connection_dead() -> bool:
+    """Whether the thread's connection is broken (psycopg marks one whose server went)."""
+    raw = connection.connection
+    return raw is None or bool(getattr(raw, "broken", False) or getattr(raw, "closed", False))
+
+
 async def db_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`fn(*args, **kwargs)` on a database thread, awaited."""
+    """`fn(*args, **kwargs)` on a database thread, awaited; tried once more on a fresh
+    connection only when the thread's own connection had died (a database restart)."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_db_threads, _run_db, functools.partial(fn, *args, **kwargs))
 
@@ -64,13 +82,14 @@ def _run_db_retrying(call: Callable[[], T]) -> T:
 
 
 async def db_call_retrying(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`db_call`, tried once more on a fresh connection when the connection was lost or the
-    database was busy too long; the thread's connection is also renewed when it is old. Only
-    for a call that is one transaction, so that a failed try leaves nothing behind.
+    """`db_call`, tried once more on a fresh connection also when the database failed the
+    call for being busy too long or going away during it; the thread's connection is also
+    renewed when it is old. Only for a call that is one transaction, so that a failed try
+    leaves nothing behind.
 
     The worker's sequencer actors need it and web requests do not: an actor's command comes
     once, over a worker that lives across database restarts, while a failed web request
-    reaches its client, and the next one finds a fresh connection (_run_db closed the old)."""
+    reaches its client (503 DATABASE_UNAVAILABLE), which may send it again."""
     loop = asyncio.get_running_loop()
     call = functools.partial(fn, *args, **kwargs)
     return await loop.run_in_executor(_db_threads, _run_db_retrying, call)

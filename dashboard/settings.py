@@ -149,8 +149,13 @@ else:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,
         "max_size": env.int("HUB_DB_POOL_SIZE", default=20),
-        "timeout": 30,
+        # How long a request waits for a connection. While the database is down every request
+        # waits this long before its error (503), so it is short; a web this busy is overloaded.
+        "timeout": 5,
     }
+    # A pooled connection is checked (one empty round trip) as it leaves the pool: after a
+    # database restart every pooled one is dead, and each would fail a request.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 

@@ -4,6 +4,12 @@ Chunks from every instance are batched into few `bulk_create` calls, and everyth
 between two `call`s is written in one transaction (status changes of one instance merged into
 one UPDATE); a status change is never visible before the chunks queued before it, so "ended" in
 the database means "all output stored".
+
+When the database is away (restarted, unreachable, locked too long) a batch is tried again, on a
+fresh connection, backing off to every RETRY_CAP seconds, until it is written: nothing queued is
+dropped and the order holds. Meanwhile the queue grows and `pending_bytes` with it, which makes
+the supervisor stop reading children (runner/outbox.py), so memory stays bounded. Only a batch
+the database refuses for what it holds (a row it cannot take) is split, and that row dropped.
 """
 
 from __future__ import annotations
@@ -15,13 +21,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 
 from sequences.models import Instance, InstanceEvent, StreamChunk
 
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 500
+# Back-off while the database is away: first retry after RETRY_FIRST seconds, doubling to the cap.
+RETRY_FIRST = 0.2
+RETRY_CAP = 2.0
+# Errors that say "the database, or the connection to it, is away", not "this row is wrong".
+UNAVAILABLE = (InterfaceError, OperationalError)
 
 
 class DbWriter:
@@ -79,7 +90,7 @@ class DbWriter:
                 self._write_segment(segment)
                 segment = []
                 try:
-                    item()
+                    self._until_available(item, "call")
                 except Exception:
                     log.exception("database writer call failed")
                     connection.close()
@@ -94,9 +105,13 @@ class DbWriter:
         # every time under CONN_MAX_AGE=0, and a reconnect costs more than a batch).
         if not items:
             return
-        try:
+
+        def write() -> None:
             with transaction.atomic():
                 self._write_merged(items)
+
+        try:
+            self._until_available(write, f"{len(items)} rows")
         except Exception:
             log.exception("database writer failed on %d rows; writing them one by one", len(items))
             connection.close()
@@ -108,6 +123,32 @@ class DbWriter:
                 except Exception:
                     log.exception("database writer dropped a %s", item[0])
                     connection.close()
+
+    def _until_available(self, fn: Callable[[], Any], what: str) -> Any:
+        """`fn()`, tried again on a fresh connection for as long as the database is away; any
+        other error is raised. `fn` must be one transaction (or idempotent), so that a failed
+        try leaves nothing behind."""
+        delay = RETRY_FIRST
+        since = logged = 0.0
+        while True:
+            try:
+                result = fn()
+            except UNAVAILABLE:
+                connection.close()  # the next try opens a fresh one
+                now = time.monotonic()
+                if not since:
+                    since = logged = now
+                    log.warning("database unavailable; holding %s until it is back", what)
+                elif now - logged > 30:
+                    logged = now
+                    log.warning("database unavailable for %.0f s; still holding", now - since)
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_CAP)
+                continue
+            if since:
+                waited = time.monotonic() - since
+                log.warning("database back after %.1f s; %s written", waited, what)
+            return result
 
     def _write_merged(self, items: list[tuple[str, Any]]) -> None:
         """Chunks, then events, then one UPDATE per instance with its queued changes merged in

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import redis
 import redis.asyncio as aredis
 
 from runner.dbwriter import DbWriter
@@ -32,6 +34,13 @@ ENDED_STREAM_TTL = 600  # seconds an ended instance's live streams stay for late
 # 1M short lines still went through at 1.6M lines/s (bench/README.md).
 PAUSE_BYTES = 4 << 20
 RESUME_CHECK_SECONDS = 0.05
+# While Redis is away (restarting, cut off) what could not be written is held and tried again,
+# backing off from RETRY_FIRST to RETRY_CAP seconds, for HOLD_SECONDS; then it is dropped:
+# stream chunks and events are in the database (readers read them there), but a topic's chunks,
+# end entries (readers end on the database's status instead) and expiries are not.
+RETRY_FIRST = 0.1
+RETRY_CAP = 2.0
+HOLD_SECONDS = 30.0
 
 
 class Outbox:
@@ -51,6 +60,8 @@ class Outbox:
         self._entries: list[tuple[str, dict[FieldT, EncodableT] | bytes | None]] = []
         self._bytes = 0
         self._flushing = False
+        self._away_since: float | None = None
+        self._retry_delay = RETRY_FIRST
 
     def add(self, key: str, fields: dict[FieldT, EncodableT], size: int = 0) -> None:
         """Queue an XADD of `fields` to the stream `key`; `size`: bytes of a child's output,
@@ -105,8 +116,22 @@ class Outbox:
                     pipe.hincrby(live.stream_bytes_key(), stream, size)
                 try:
                     await pipe.execute()
+                except (redis.ConnectionError, redis.TimeoutError):
+                    # Redis is away. (A pipeline cut off midway may have written some: sent
+                    # again, a reader skips a stream chunk it has by its number.)
+                    if self._hold(batch):
+                        del batch, pipe
+                        await asyncio.sleep(self._retry_delay)
+                        self._retry_delay = min(self._retry_delay * 2, RETRY_CAP)
+                        continue
+                    log.exception("dropped %d live entries: Redis stayed away", len(batch))
                 except Exception:
-                    log.exception("could not write %d live chunks to Redis", len(batch))
+                    log.exception("could not write %d live entries to Redis", len(batch))
+                else:
+                    if self._away_since is not None:
+                        log.warning("Redis back; the live entries held meanwhile are written")
+                    self._away_since = None
+                    self._retry_delay = RETRY_FIRST
                 del batch, pipe
                 self._bytes -= batch_bytes
                 if self.paused and self.waiting_bytes() < PAUSE_BYTES // 2:
@@ -115,6 +140,20 @@ class Outbox:
             self._flushing = False
         if self.paused:
             self.loop.call_later(RESUME_CHECK_SECONDS, self._check_resume)
+
+    def _hold(self, batch: list[tuple[str, dict[FieldT, EncodableT] | bytes | None]]) -> bool:
+        """After a failed write: put `batch` back in front, to be tried again, unless Redis has
+        been away for HOLD_SECONDS (then it is dropped: the caller logs it)."""
+        now = time.monotonic()
+        if self._away_since is None:
+            self._away_since = now
+            log.warning("Redis unavailable; holding live entries for up to %d s", HOLD_SECONDS)
+        if now - self._away_since > HOLD_SECONDS:
+            self._away_since = now  # hold the next ones again, as long
+            return False
+        # Their bytes stay counted, so children pause when too much waits.
+        self._entries[:0] = batch
+        return True
 
     def _check_resume(self) -> None:
         if self.paused and self.waiting_bytes() < PAUSE_BYTES // 2:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 import uuid
 from dataclasses import dataclass, replace
 from functools import cache
@@ -211,26 +212,52 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
-# Blocking reads (BLPOP, XREAD BLOCK) wait longer than any fixed socket timeout would allow.
+# Every blocking command the hub sends (XREAD BLOCK, BLPOP) waits at most 15 s; a read that
+# has not answered this long after it was sent finds Redis frozen or cut off (packets dropped,
+# not refused: nothing else would ever end the wait). Readers that follow a stream give up
+# sooner, a few seconds after their own block (streams.blocking_read).
+READ_TIMEOUT = 20.0
 CLIENT_OPTIONS: dict[str, Any] = {
-    "socket_timeout": None,
+    "socket_timeout": READ_TIMEOUT,
     "socket_connect_timeout": 5,
-    "health_check_interval": 30,
+    # A connection idle for this long is PINGed before its next command.
+    "health_check_interval": 10,
 }
+# Over TCP, an idle pooled connection to a host that vanished is found by TCP itself.
+TCP_OPTIONS: dict[str, Any] = {
+    "socket_keepalive": True,
+    "socket_keepalive_options": {
+        option: value
+        for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+        if (option := getattr(socket, name, None)) is not None  # not every system has them
+    },
+}
+
+
+def client_options(url: str) -> dict[str, Any]:
+    """CLIENT_OPTIONS, and TCP_OPTIONS for a TCP URL (a Unix socket's connection takes none)."""
+    tcp = url.startswith(("redis://", "rediss://"))
+    return {**CLIENT_OPTIONS, **(TCP_OPTIONS if tcp else {})}
 
 
 def _retrying(retry_class: type) -> dict[str, Any]:
     """A client made by from_url retries nothing: after a Redis restart, the first command on
-    each pooled connection (stale, from before) failed. A few quick retries reconnect."""
+    each pooled connection (stale, from before) failed. A few quick retries reconnect. A
+    timeout is not retried: Redis did not answer for READ_TIMEOUT, and five more waits as long
+    would only hold the caller, whose own retry (backing off, falling back to the database)
+    knows better."""
     return {
-        "retry": retry_class(ExponentialBackoff(cap=0.5, base=0.02), 5),
-        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "retry": retry_class(
+            ExponentialBackoff(cap=0.5, base=0.02), 5, supported_errors=(redis.ConnectionError,)
+        ),
+        "retry_on_error": [redis.ConnectionError],
     }
 
 
 @cache
 def sync_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, **CLIENT_OPTIONS, **_retrying(Retry))
+    options = client_options(settings.REDIS_URL)
+    return redis.Redis.from_url(settings.REDIS_URL, **options, **_retrying(Retry))
 
 
 @cache
@@ -251,7 +278,10 @@ def async_client() -> aredis.Redis:
     client = _async_clients.get(id(loop))
     if client is None:
         client = aredis.Redis.from_url(
-            settings.REDIS_URL, max_connections=2000, **CLIENT_OPTIONS, **_retrying(AsyncRetry)
+            settings.REDIS_URL,
+            max_connections=2000,
+            **client_options(settings.REDIS_URL),
+            **_retrying(AsyncRetry),
         )
         _async_clients[id(loop)] = client
     return client

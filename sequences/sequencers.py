@@ -19,8 +19,10 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Iterable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+import redis
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import IntegrityError
@@ -48,6 +50,7 @@ from sequences.models import (
     SequenceComponent,
     Sequencer,
     SequencerTransition,
+    Worker,
 )
 from sequences.statemachine import (
     CommandName,
@@ -62,6 +65,7 @@ from sequences.statemachine import (
 )
 from sequences.statemachine import query as query_snapshot
 from sequences.statemachine import query_final as query_final_snapshot
+from sequences.streams import REDIS_AWAY, Backoff, blocking_read
 
 if TYPE_CHECKING:
     import redis.asyncio as aredis
@@ -157,6 +161,19 @@ def transitions(row: Sequencer, limit: int = 200) -> list[dict[str, Any]]:
     ]
 
 
+def _worker_beats(client: redis.Redis, name: str) -> bool:
+    """Whether the worker still answers: its heartbeat key, or, when Redis is away or was just
+    restarted (every key gone until the next beat), the database's copy of the heartbeat.
+    Judging by the key alone killed every sequencer read in the moment after a restart."""
+    try:
+        if client.exists(live.worker_key(name)):
+            return True
+    except (redis.ConnectionError, redis.TimeoutError):
+        pass
+    beating = timezone.now() - timedelta(seconds=settings.HUB_LOST_AFTER)
+    return Worker.objects.filter(name=name, last_seen__gte=beating).exists()
+
+
 def heal(rows: list[Sequencer]) -> list[Sequencer]:
     """Mark Killed the sequencers whose process is gone: its instance ended, or its worker's
     heartbeat expired. Returns the rows, re-read where they changed."""
@@ -175,7 +192,7 @@ def heal(rows: list[Sequencer]) -> list[Sequencer]:
             reason = f"its process ended: {instance.reason or instance.status}"
         elif instance.worker:
             if instance.worker not in alive:
-                alive[instance.worker] = bool(client.exists(live.worker_key(instance.worker)))
+                alive[instance.worker] = _worker_beats(client, instance.worker)
             if not alive[instance.worker]:
                 reason = f"process lost: worker {instance.worker} stopped answering"
         if reason is None:
@@ -208,13 +225,24 @@ async def query_final(row: Sequencer, run_id: str, timeout: float = 60.0) -> dic
             return Started(run_id).to_json()
         # Woken by the next change notice; the database stays the truth (notices may be lost).
         block = int(min(remaining, 5.0) * 1000) or 1
-        entries = live.read_entries(await client.xread({key: cursor}, count=100, block=block))
+        try:
+            reply = await blocking_read(client.xread({key: cursor}, count=100, block=block), block)
+        except REDIS_AWAY:
+            # Redis is away: no notice comes, so look at the database again shortly.
+            await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            continue
+        entries = live.read_entries(reply)
         if entries:
             cursor = entries[-1][0]
 
 
 async def _stream_end(client: aredis.Redis, key: str) -> str:
-    last = live.range_entries(await client.xrevrange(key, count=1))
+    """Where a reader of the notices "from now" starts: the newest entry's id. With Redis away,
+    the start: the notices only wake the reader, which skips what it has by version."""
+    try:
+        last = live.range_entries(await client.xrevrange(key, count=1))
+    except REDIS_AWAY:
+        return "0-0"
     return last[0][0].decode() if last else "0-0"
 
 
@@ -228,8 +256,17 @@ async def events(row: Sequencer, idle_check: float = 15.0) -> AsyncIterator[dict
     version = first["version"]
     yield first
     state = first["state"]
+    backoff = Backoff()
     while state != State.KILLED:
-        reply = await client.xread({key: cursor}, count=100, block=int(idle_check * 1000))
+        block = int(idle_check * 1000)
+        try:
+            reply = await blocking_read(client.xread({key: cursor}, count=100, block=block), block)
+            backoff.reset()
+        except REDIS_AWAY:
+            # Redis is away: wait, then look at the database as after a quiet spell. Notices
+            # sent meanwhile are lost; the version check finds the change they announced.
+            await backoff.wait()
+            reply = None
         if not reply:
             # Quiet: make sure no notice was lost and the process still lives.
             current = await aget_sequencer(row.id)

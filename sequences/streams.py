@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis
 from asgiref.sync import sync_to_async
+from django.db import InterfaceError, OperationalError
 
 from core.db_threads import db_call
 from sequences import live
@@ -30,6 +32,39 @@ REDIS_BATCH = 200
 # instance runs; meanwhile it reads what the database has.
 REDIS_RETRY_FIRST = 0.25
 REDIS_RETRY_CAP = 2.0
+# A reader whose database read fails because the database is away (restarting) waits for it,
+# backing off to the cap, this long at most before its stream breaks.
+DB_WAIT = 120.0
+# A blocking read (XREAD BLOCK) that has not answered this long after its block ended finds
+# Redis frozen or cut off: the reader treats it as gone (retries, reads the database).
+READ_GRACE = 3.0
+# What a reader counts as "Redis is away": refused, reset, or silent past its deadline.
+REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError)
+T = TypeVar("T")
+
+
+async def blocking_read(call: Awaitable[T], block_ms: int) -> T:
+    """`call`, a blocking read of `block_ms`, given up READ_GRACE seconds after the block
+    would have ended (redis.TimeoutError): a frozen or partitioned Redis accepts the command
+    and never answers. (Cancelling it drops its connection, which no other command shares.)"""
+    try:
+        return await asyncio.wait_for(call, block_ms / 1000 + READ_GRACE)
+    except TimeoutError:
+        raise redis.TimeoutError("Redis did not answer a blocking read in time") from None
+
+
+class Backoff:
+    """Waits between tries while Redis is away: REDIS_RETRY_FIRST, doubling to the cap."""
+
+    def __init__(self) -> None:
+        self.delay = REDIS_RETRY_FIRST
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, REDIS_RETRY_CAP)
+
+    def reset(self) -> None:
+        self.delay = REDIS_RETRY_FIRST
 
 
 def _db_chunks(iid: str, stream: str, start: int, stop: int | None) -> list[tuple[int, bytes]]:
@@ -43,14 +78,29 @@ def _is_live(iid: str) -> bool:
     return Instance.objects.filter(pk=iid, status__in=LIVE_STATUSES).exists()
 
 
+async def _db_read(fn: Callable[..., T], *args: Any) -> T:
+    """A database read of a reader that follows a stream: while the database is away it waits
+    (up to DB_WAIT) rather than break a stream whose chunks will all be there once it is back."""
+    delay = REDIS_RETRY_FIRST
+    deadline = time.monotonic() + DB_WAIT
+    while True:
+        try:
+            return await db_call(fn, *args)
+        except (InterfaceError, OperationalError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REDIS_RETRY_CAP)
+
+
 async def adb_chunks(
     iid: str, stream: str, start: int, stop: int | None
 ) -> list[tuple[int, bytes]]:
-    return await db_call(_db_chunks, iid, stream, start, stop)
+    return await _db_read(_db_chunks, iid, stream, start, stop)
 
 
 async def ais_live(iid: str) -> bool:
-    return await db_call(_is_live, iid)
+    return await _db_read(_is_live, iid)
 
 
 async def follow(
@@ -81,12 +131,18 @@ async def next_chunk(iid: str, stream: str) -> int:
     """The number the next chunk of the stream will get: where a reader "from now" starts
     (`follow(iid, stream, cursor=next_chunk(...))`)."""
     key = live.stream_key(iid, stream)
-    for _entry_id, fields in live.range_entries(await live.async_client().xrevrange(key, count=1)):
+    try:
+        newest = live.range_entries(await live.async_client().xrevrange(key, count=1))
+    except REDIS_AWAY:
+        # Redis is away: the database's count. It may lag the live stream by a batch, so a
+        # reader "from now" may also get the last chunks written before: none is skipped.
+        newest = []
+    for _entry_id, fields in newest:
         if b"s" in fields:
             return int(fields[b"s"]) + 1
         if b"n" in fields and live.is_end(key, fields):  # the end, with the count of chunks
             return int(fields[b"n"])
-    return await db_call(_db_chunk_count, iid, stream)
+    return await _db_read(_db_chunk_count, iid, stream)
 
 
 def _db_chunk_count(iid: str, stream: str) -> int:
@@ -106,8 +162,11 @@ async def _follow_redis(iid: str, stream: str, cursor: int) -> AsyncIterator[byt
     delay = REDIS_RETRY_FIRST
     while True:
         try:
-            reply = await client.xread({key: last_id}, count=REDIS_BATCH, block=FOLLOW_BLOCK_MS)
-        except (redis.ConnectionError, redis.TimeoutError):
+            reply = await blocking_read(
+                client.xread({key: last_id}, count=REDIS_BATCH, block=FOLLOW_BLOCK_MS),
+                FOLLOW_BLOCK_MS,
+            )
+        except REDIS_AWAY:
             # Redis is away (the client's own quick retries are spent). The database has every
             # chunk, written in order: give what it has from the cursor on, and end if the row
             # said "ended" before we read (then the database had everything). Otherwise wait,
@@ -219,22 +278,40 @@ alast_event = sync_to_async(_last_event)
 
 
 async def last_event(iid: str, name: str) -> tuple[bool, Any]:
-    raw = live.as_bytes(await live.async_client().hget(live.last_events_key(iid), name))
+    try:
+        raw = live.as_bytes(await live.async_client().hget(live.last_events_key(iid), name))
+    except REDIS_AWAY:
+        raw = None  # the database keeps every event
     if raw is not None:
         return True, json.loads(raw)
     return await alast_event(iid, name)
 
 
 async def events(iid: str, name: str, since: str = "$") -> AsyncIterator[Any]:
-    """Messages of the named event emitted from now on, until the instance ends."""
+    """Messages of the named event emitted from now on, until the instance ends.
+
+    While Redis is away the reader retries, backing off, and ends if the instance ends. It
+    keeps its place: entry ids are times, so what a restarted Redis receives after the outage
+    (the worker's outbox holds what it could not send) comes after it. Events a restart took
+    before this reader read them are not seen; `last_event` finds them in the database."""
     client = live.async_client()
     key = live.events_key(iid)
-    last_id: str | bytes = since
-    if since == "$":
-        info = await client.xinfo_stream(key) if await client.exists(key) else None
-        last_id = info["last-generated-id"].decode() if info else "0-0"
+    last_id: str | bytes | None = None if since == "$" else since
+    backoff = Backoff()
     while True:
-        reply = await client.xread({key: last_id}, count=100, block=BLOCK_MS)
+        try:
+            if last_id is None:
+                info = await client.xinfo_stream(key) if await client.exists(key) else None
+                last_id = info["last-generated-id"].decode() if info else "0-0"
+            reply = await blocking_read(
+                client.xread({key: last_id}, count=100, block=BLOCK_MS), BLOCK_MS
+            )
+        except REDIS_AWAY:
+            if not await ais_live(iid):
+                return
+            await backoff.wait()
+            continue
+        backoff.reset()
         if not reply:
             if not await ais_live(iid):
                 return
@@ -251,23 +328,42 @@ async def next_event(iid: str, name: str) -> tuple[bool, Any]:
     return False, None
 
 
+HOST_LOG_BLOCK_MS = 15_000
+
+
 async def host_log(backlog: int = 100) -> AsyncIterator[bytes]:
-    """The hub's own log: the last lines, then new ones as they come (endless)."""
+    """The hub's own log: the last lines, then new ones as they come (endless). While Redis is
+    away it yields nothing (b"", which keeps the response open) and retries, backing off; the
+    lines logged meanwhile are lost with it, the ones after come."""
     client = live.async_client()
-    recent = live.range_entries(await client.xrevrange(live.HOST_LOG, count=backlog))
-    last_id: str | bytes = recent[0][0] if recent else "$"
-    for _entry_id, fields in reversed(recent):
-        yield fields[b"d"]
-    if last_id == "$":
-        info = (
-            await client.xinfo_stream(live.HOST_LOG) if await client.exists(live.HOST_LOG) else None
-        )
-        last_id = info["last-generated-id"] if info else "0-0"
+    last_id: str | bytes | None = None
+    backoff = Backoff()
     while True:
-        reply = await client.xread({live.HOST_LOG: last_id}, count=200, block=15000)
+        try:
+            if last_id is None:
+                recent = live.range_entries(await client.xrevrange(live.HOST_LOG, count=backlog))
+                for _entry_id, fields in reversed(recent):
+                    yield fields[b"d"]
+                last_id = recent[0][0] if recent else await _host_log_end(client)
+            reply = await blocking_read(
+                client.xread({live.HOST_LOG: last_id}, count=200, block=HOST_LOG_BLOCK_MS),
+                HOST_LOG_BLOCK_MS,
+            )
+        except REDIS_AWAY:
+            yield b""
+            await backoff.wait()
+            continue
+        backoff.reset()
         if not reply:
             yield b""
             continue
         for entry_id, fields in live.read_entries(reply):
             last_id = entry_id
             yield fields[b"d"]
+
+
+async def _host_log_end(client: Any) -> str | bytes:
+    if not await client.exists(live.HOST_LOG):
+        return "0-0"
+    info = await client.xinfo_stream(live.HOST_LOG)
+    return info["last-generated-id"] if info else "0-0"

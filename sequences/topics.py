@@ -28,6 +28,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from sequences import live
 from sequences.errors import HubError
+from sequences.streams import REDIS_AWAY, Backoff, blocking_read
 
 if TYPE_CHECKING:
     from redis.typing import XReadResponse
@@ -363,7 +364,9 @@ async def read(
     async def fetch() -> Any:
         if not cursor:
             cursor.append(after if after is not None else await _start_id(client, name, since))
-        reply = await client.xread({key: cursor[0]}, count=READ_BATCH, block=BLOCK_MS)
+        reply = await blocking_read(
+            client.xread({key: cursor[0]}, count=READ_BATCH, block=BLOCK_MS), BLOCK_MS
+        )
         entries = live.read_entries(reply)
         if entries:
             cursor[0] = entries[-1][0]
@@ -394,9 +397,18 @@ async def read_shared(name: str, group: str, since: str = "start") -> AsyncItera
                 if "BUSYGROUP" not in str(exc):
                     raise
             made.append(True)
-        reply = await client.xreadgroup(
-            group, member, {key: ">"}, count=SHARED_BATCH, block=BLOCK_MS, noack=True
-        )
+        try:
+            reply = await blocking_read(
+                client.xreadgroup(
+                    group, member, {key: ">"}, count=SHARED_BATCH, block=BLOCK_MS, noack=True
+                ),
+                BLOCK_MS,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            made.clear()  # Redis restarted and lost the group: make it again, then read
+            return []
         # XREADGROUP answers in XREAD's shape; redis-py types it apart.
         return live.read_entries(cast("XReadResponse", reply))
 
@@ -413,7 +425,12 @@ async def _follow(
 ) -> AsyncIterator[bytes]:
     """The chunks `fetch` brings, registered as a consumer, until an end the hub signed or the
     topic's deletion. An end one reader of a group took is seen by the others through the
-    topic's `ended` mark."""
+    topic's `ended` mark.
+
+    While Redis is away the reader waits, retrying with back-off, and keeps its place (entry
+    ids are times: what a restarted Redis receives comes after it). A topic lives only in
+    Redis, so a restart takes what it held; the reader makes it again, with its content type,
+    as a reader of a missing topic does, and reads what producers send from then on."""
     topic = await get(name, client)
     if topic is None:
         return
@@ -421,18 +438,30 @@ async def _follow(
     ended_before = await _ended(client, name)
     member = await attach(name, CONSUMER, client)
     refreshed = time.monotonic()
+    backoff = Backoff()
+    away = False
     try:
         while True:
-            entries = await fetch()
-            if time.monotonic() - refreshed > PEER_REFRESH:
-                await refresh(name, CONSUMER, member, client)
-                refreshed = time.monotonic()
-            if not entries:
-                now = await get(name, client)
-                if now is None or now.created != topic.created:
-                    return  # deleted (and perhaps made again): this reader's topic is gone
-                if await _ended(client, name) != ended_before:
-                    return
+            try:
+                entries = await fetch()
+                if time.monotonic() - refreshed > PEER_REFRESH:
+                    await refresh(name, CONSUMER, member, client)
+                    refreshed = time.monotonic()
+                if away:  # back after an outage, which may have been a restart
+                    away = False
+                    backoff.reset()
+                    topic, _ = await ensure(name, topic.content_type, topic.origin, client)
+                    await refresh(name, CONSUMER, member, client)
+                if not entries:
+                    now = await get(name, client)
+                    if now is None or now.created != topic.created:
+                        return  # deleted (and perhaps made again): this reader's topic is gone
+                    if await _ended(client, name) != ended_before:
+                        return
+                    continue
+            except REDIS_AWAY:
+                away = True
+                await backoff.wait()
                 continue
             for _entry_id, fields in entries:
                 if b"eof" in fields:
@@ -443,7 +472,8 @@ async def _follow(
                 if data:
                     yield data
     finally:
-        await detach(name, CONSUMER, member, client)
+        with contextlib.suppress(RedisError, OSError):
+            await detach(name, CONSUMER, member, client)
 
 
 async def _ended(client: aredis.Redis, name: str) -> bytes | None:

@@ -1,6 +1,6 @@
 """REST API v1: wire-compatible with Scramjet Transform Hub, plus sequencers and components."""
 
-from django.db import DataError
+from django.db import DataError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -71,6 +71,19 @@ def on_data_error(request: HttpRequest, exc: DataError) -> HttpResponse:
         {"error": "text may not contain NUL (0x00) characters", "code": "INVALID_REQUEST"},
         status=400,
     )
+
+
+@api.exception_handler(OperationalError)
+@api.exception_handler(InterfaceError)
+def on_database_unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
+    # The database restarting or unreachable (or, on SQLite, locked too long): the request may
+    # be tried again, unlike a 500. What the hub keeps in Redis is still served meanwhile.
+    response = JsonResponse(
+        {"error": "the database is unavailable; try again shortly", "code": "DATABASE_UNAVAILABLE"},
+        status=503,
+    )
+    response["Retry-After"] = "2"
+    return response
 
 
 @api.exception_handler(HttpError)
