@@ -59,7 +59,8 @@ def breakable(value: Any) -> str:
 def when(value: datetime | str | None, fmt: str = "Y-m-d H:i") -> str:
     """A moment as `<time>`: the absolute time in the hub's zone with the zone named (what a
     page without JS shows, and the hover title), which console.js turns into "3 min ago" and
-    keeps ticking. `fmt` is Django's date format of the visible text: `{{ e.created|when:"H:i:s" }}`.
+    keeps ticking. `fmt` is Django's date format of the visible text:
+    `{{ e.created|when:"H:i:s" }}`.
     An ISO 8601 string (a time kept in JSON) is read first; anything unreadable shows as it is.
     """
     from django.utils.dateformat import format as date_format
