@@ -4,6 +4,7 @@ lapsing and capped to a role) and, for admins, the users and their roles."""
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
@@ -13,6 +14,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import push_url
 
 from accounts.access import (
     AccessError,
@@ -25,15 +27,17 @@ from accounts.access import (
 )
 from accounts.models import ApiToken, AuditEntry
 from dashboard.forms import RoleForm, TokenForm, UserForm, first_error
+from dashboard.paging import keyset_page
 from dashboard.views.common import HtmxHttpRequest, role_page
 
-AUDIT_PAGE = 200
+AUDIT_PAGE = 100
 
 
 @require_GET
 @role_page("viewer")
 def audit_log(request: HtmxHttpRequest) -> HttpResponse:
-    filters = {k: request.GET.get(k, "").strip() for k in ("actor", "action", "target", "outcome")}
+    fields = ("actor", "action", "target", "outcome")
+    filters = {k: request.GET.get(k, "").strip()[:200] for k in fields}
     rows = AuditEntry.objects.all()
     if filters["actor"]:
         rows = rows.filter(actor__icontains=filters["actor"])
@@ -43,16 +47,25 @@ def audit_log(request: HtmxHttpRequest) -> HttpResponse:
         rows = rows.filter(target__icontains=filters["target"])
     if filters["outcome"]:
         rows = rows.filter(outcome=filters["outcome"])
+    cursors = {k: request.GET.get(k, "") for k in ("next", "prev")}
+    page = keyset_page(rows, {**filters, **cursors}, size=AUDIT_PAGE)
     context = {
-        "entries": list(rows[:AUDIT_PAGE]),
+        "entries": page.rows,
+        "page": page,
         "filters": filters,
         "limit": AUDIT_PAGE,
-        "actions": sorted(set(AuditEntry.objects.values_list("action", flat=True).distinct())),
+        # order_by("action"): with the model's ordering, DISTINCT would be over every row.
+        "actions": list(
+            AuditEntry.objects.order_by("action").values_list("action", flat=True).distinct()
+        ),
     }
-    template = "access/audit.html"
-    if request.htmx and request.GET.get("partial") == "rows":
-        template += "#rows"
-    return render(request, template, context)
+    if request.htmx and request.htmx.target == "rows":
+        # Only the rows; the address bar takes the filters, so a reload keeps them.
+        response = render(request, "access/audit.html#rows", context)
+        query = urlencode({k: v for k, v in {**filters, **cursors}.items() if v})
+        push_url(response, reverse("audit") + (f"?{query}" if query else ""))
+        return response
+    return render(request, "access/audit.html", context)
 
 
 def _visible_tokens(request: HttpRequest) -> list[ApiToken]:

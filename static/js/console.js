@@ -336,7 +336,7 @@
     ["a", "audit log", "/audit/"]
   ];
   // In this order: a box a page marks as its search, then the usual suspects.
-  var SEARCH_BOXES = ["[data-search-box]", "input[type=search]", "input[name=q]", ".filters input:not([type=hidden])", ".filters select"];
+  var SEARCH_BOXES = ["[data-search]", "input[type=search]", "input[name=q]", ".filters input:not([type=hidden])", ".filters select"];
   var pendingG = 0;
 
   function typing(el) {
