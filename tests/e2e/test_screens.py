@@ -298,6 +298,10 @@ def test_keyboard_shortcuts(hub, people, browser):
     expect(actor).to_have_value("g?ga")
     expect(page).to_have_url(hub.url + "/audit/")
     expect(page.locator("dialog.keys")).to_have_count(0)
+    # A page's own search box comes first.
+    screen.go("/sequences/")
+    page.keyboard.press("/")
+    expect(page.locator("[data-search]")).to_be_focused()
     # `?` opens the help, Esc closes it.
     page.locator("h1").click()
     page.keyboard.press("?")
