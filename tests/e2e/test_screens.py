@@ -112,7 +112,9 @@ class Screen:
             ),
         )
         self.page.goto(url + "/login/")
+        self.fits("login", DESKTOP)
         self.fits("login", PHONE)
+        self.page.set_viewport_size(DESKTOP)
         self.page.fill("input[name=username]", person.username)
         self.page.fill("input[name=password]", person.password)
         self.page.click("button.primary")
