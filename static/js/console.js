@@ -1,5 +1,6 @@
 /* Sequence Hub console: small behaviours on top of htmx. Every page works without this file;
-   it adds tabs, following logs, bounded log windows, drag and drop, and confirmations.
+   it adds tabs, following logs, bounded log windows, drag and drop, confirmations, the phone
+   menu, keyboard shortcuts and relative times.
    No inline script or handler attributes anywhere: the CSP allows only files like this one. */
 (function () {
   "use strict";
@@ -300,7 +301,160 @@
     reader.readAsText(input.files[0]);
   });
 
+  // -- the nav as a menu on narrow screens (the CSS shows the button there only) ----------------
+  function menuToggle() { return document.querySelector("[data-menu-toggle]"); }
+  function setMenu(open, focusButton) {
+    var button = menuToggle();
+    var menu = button && document.getElementById(button.getAttribute("aria-controls"));
+    if (!menu) return;
+    menu.classList.toggle("open", open);
+    button.setAttribute("aria-expanded", open ? "true" : "false");
+    if (open) {
+      var first = menu.querySelector("a");
+      if (first) first.focus();
+    } else if (focusButton) {
+      button.focus();
+    }
+  }
+  function menuOpen() { var b = menuToggle(); return !!b && b.getAttribute("aria-expanded") === "true"; }
+
+  document.addEventListener("click", function (e) {
+    if (e.target.closest("[data-menu-toggle]")) { setMenu(!menuOpen(), false); return; }
+    if (e.target.closest("[data-shortcuts]")) { showHelp(); return; }
+    // A click outside the open menu closes it, as menus do.
+    if (menuOpen() && !e.target.closest("#menu")) setMenu(false, false);
+  });
+
+  // -- keyboard shortcuts: / search, ? help, g then a letter to go somewhere -----------------------
+  var GO = [
+    ["o", "overview", ".brand"],
+    ["s", "sequences", "/sequences/"],
+    ["i", "instances", "/instances/"],
+    ["q", "sequencers", "/sequencers/"],
+    ["c", "components", "/components/"],
+    ["t", "topics", "/topics/"],
+    ["a", "audit log", "/audit/"]
+  ];
+  // In this order: a box a page marks as its search, then the usual suspects.
+  var SEARCH_BOXES = ["[data-search]", "input[type=search]", "input[name=q]", ".filters input:not([type=hidden])", ".filters select"];
+  var pendingG = 0;
+
+  function typing(el) {
+    if (!el || !el.closest) return false;
+    return !!el.closest("input, textarea, select, [contenteditable]:not([contenteditable=false])");
+  }
+
+  function goTo(letter) {
+    for (var i = 0; i < GO.length; i++) {
+      if (GO[i][0] !== letter) continue;
+      var where = GO[i][2];
+      // The nav's own links, so a hub served under a path prefix goes to the right place.
+      var link = where.charAt(0) === "." ? document.querySelector(where)
+        : $all(".nav a, a").filter(function (a) { return a.pathname && a.pathname.slice(-where.length) === where; })[0];
+      location.href = link ? link.href : where.charAt(0) === "." ? "/" : where;
+      return true;
+    }
+    return false;
+  }
+
+  var help = null;
+  function showHelp() {
+    if (!help) {
+      help = document.createElement("dialog");
+      help.className = "keys";
+      help.setAttribute("aria-label", "Keyboard shortcuts");
+      var h = document.createElement("h2");
+      h.textContent = "Keyboard shortcuts";
+      help.appendChild(h);
+      var list = document.createElement("dl");
+      var rows = [["/", "search or filter this page"], ["?", "this help"], ["Esc", "close this help or the menu"]];
+      GO.forEach(function (g) { rows.push(["g " + g[0], "go to " + g[1]]); });
+      rows.forEach(function (row) {
+        var dt = document.createElement("dt");
+        row[0].split(" ").forEach(function (k) {
+          var kbd = document.createElement("kbd");
+          kbd.textContent = k;
+          dt.appendChild(kbd);
+          dt.appendChild(document.createTextNode(" "));
+        });
+        var dd = document.createElement("dd");
+        dd.textContent = row[1];
+        list.appendChild(dt);
+        list.appendChild(dd);
+      });
+      help.appendChild(list);
+      var p = document.createElement("p");
+      p.className = "muted small";
+      p.textContent = "Not while typing in a field.";
+      help.appendChild(p);
+      var close = document.createElement("button");
+      close.type = "button";
+      close.textContent = "Close";
+      close.addEventListener("click", function () { help.close(); });
+      help.appendChild(close);
+      // A click on the backdrop (the dialog itself, outside its content) closes it too.
+      help.addEventListener("click", function (e) { if (e.target === help) help.close(); });
+      document.body.appendChild(help);
+    }
+    if (!help.open) help.showModal(); // Esc closes a modal dialog natively
+  }
+
+  document.addEventListener("keydown", function (e) {
+    if (e.key === "Escape" && menuOpen()) { setMenu(false, true); return; }
+    if (e.ctrlKey || e.metaKey || e.altKey || e.defaultPrevented || typing(e.target)) return;
+    if (help && help.open) return;
+    var now = Date.now();
+    if (pendingG && now - pendingG < 1500) {
+      pendingG = 0;
+      if (goTo(e.key)) { e.preventDefault(); }
+      return;
+    }
+    pendingG = 0;
+    if (e.key === "/") {
+      var box = null;
+      for (var i = 0; i < SEARCH_BOXES.length && !box; i++) {
+        box = $all(SEARCH_BOXES[i]).filter(function (el) { return el.offsetParent !== null && !el.disabled; })[0] || null;
+      }
+      if (box) { e.preventDefault(); box.focus(); if (box.select) box.select(); }
+    } else if (e.key === "?") {
+      e.preventDefault();
+      showHelp();
+    } else if (e.key === "g") {
+      pendingG = now;
+    }
+  });
+
+  // -- times: the server writes the absolute time with its zone; here it reads "3 min ago" -------
+  // (the absolute time stays as the element's title, for hovering).
+  function ago(seconds) {
+    var future = seconds < 0;
+    var s = Math.abs(seconds);
+    var text;
+    if (s < 10) return "just now";
+    if (s < 60) text = Math.floor(s) + " s";
+    else if (s < 3600) text = Math.floor(s / 60) + " min";
+    else if (s < 86400) text = Math.floor(s / 3600) + " h";
+    else if (s < 86400 * 60) text = Math.floor(s / 86400) + " d";
+    else if (s < 86400 * 730) text = Math.floor(s / (86400 * 30.44)) + " mo";
+    else text = Math.floor(s / (86400 * 365.25)) + " y";
+    return future ? "in " + text : text + " ago";
+  }
+
+  function renderTimes(root) {
+    var now = Date.now();
+    $all("time[data-when]", root).forEach(function (el) {
+      var at = Date.parse(el.getAttribute("datetime"));
+      if (isNaN(at)) return;
+      var text = ago((now - at) / 1000);
+      if (el.textContent !== text) el.textContent = text;
+    });
+  }
+  document.addEventListener("htmx:load", function (e) { renderTimes(e.target); });
+  document.addEventListener("htmx:wsAfterMessage", function () { renderTimes(document); });
+  setInterval(function () { if (!document.hidden) renderTimes(document); }, 5000);
+
   function init() {
+    renderTimes(document);
     initDropzones();
     $all("[data-add-arg]").forEach(function (b) { b.hidden = false; });
     $all("[data-pane]").forEach(function (pane) {
