@@ -76,6 +76,7 @@ from dashboard.processes import stop_process, web_argv, worker_argv
 from tests.conftest import (
     BIN,
     IN_CI,
+    READIED,
     ROOT,
     Person,
     ProcessHandle,
@@ -159,15 +160,17 @@ class Forwarder:
                 with contextlib.suppress(Exception):
                     dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     def stop(self) -> None:
         async def close() -> None:
             if self.server is not None:
                 self.server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=5)
@@ -220,6 +223,21 @@ def _kill_namespace(ns: str) -> None:
         time.sleep(0.05)
 
 
+def ready_data_dirs(env: dict[str, str], folders: list[Path]) -> None:
+    """Ready data folders as `hub_init` does, all in one process (starting Django once takes
+    seconds on a busy machine), and tell hub_env they are."""
+    code = (
+        "import sys; from pathlib import Path; import django; django.setup()\n"
+        "from django.conf import settings; from dashboard.data_dir import prepare_data_dir\n"
+        "for folder in sys.argv[1:]:\n"
+        "    settings.HUB_DATA_DIR = Path(folder)\n"
+        "    prepare_data_dir()\n"
+    )
+    argv = [sys.executable, "-c", code, *map(str, folders)]
+    subprocess.run(argv, cwd=ROOT, env=env, check=True, timeout=120)
+    READIED.update(str(folder) for folder in folders)
+
+
 # -- hosts and the cluster ---------------------------------------------------------------------
 
 
@@ -247,15 +265,18 @@ class Host:
 
     def start(self) -> None:
         """Make the namespace when there is none, start the worker, wait until it takes starts."""
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
         if self.cluster.mode == "netns" and not self.netns:
             self._make_namespace()
         env = hub_env(**self.cluster.env, HUB_DATA_DIR=str(self.data_dir), **self.env)
         if self.cluster.mode == "netns":
             env.update(self.cluster.env_in_namespaces)
-        log = self.cluster.tmp / f"{self.name}-{self.restarts}.log"
-        argv = worker_argv(
-            BIN, self.cluster.queue, 8, "-l", "INFO", "-n", f"{self.name}-{uuid.uuid4().hex[:6]}@%h"
-        )
+        log = (self.cluster.host_dir or self.cluster.tmp) / f"{self.name}-{self.restarts}.log"
+        node = f"{self.name}-{uuid.uuid4().hex[:6]}@%h"
+        argv = worker_argv(BIN, self.cluster.queue, 8, "-l", "INFO", "-n", node)
         if self.netns:
             # nsenter enters the network namespace only (`ip netns exec` also remounts /sys,
             # which hides the cgroup hierarchy the worker makes instance groups in).
@@ -269,24 +290,23 @@ class Host:
             start_new_session=True,
         )
         self.worker = ProcessHandle(proc, log)
-        self.worker_name = self._registered_name()
-        wait_for(
-            lambda: self.worker_name in self.cluster.free_places(),
-            timeout=30,
-            what=f"{self.name}'s worker to publish its room",
-        )
+        self.worker_name = ""
 
-    def _registered_name(self) -> str:
-        from sequences.models import Worker
+    def wait_ready(self) -> None:
+        """Until the worker publishes its room: it takes starts from then on. Its supervisor's
+        name is `<hostname>-<pid>-<random>` (runner/supervisor.py), and nsenter execs the
+        worker, so the pid is the one started."""
 
-        def name() -> str:
+        def published() -> str:
             assert self.worker is not None
             if self.worker.proc.poll() is not None:
                 raise AssertionError(f"{self.name}'s worker exited: {self.log()[-3000:]}")
-            row = Worker.objects.filter(pid=self.pid, stopped__isnull=True).first()
-            return row.name if row is not None else ""
+            mark = f"-{self.pid}-"
+            return next((name for name in self.cluster.free_places() if mark in name), "")
 
-        return wait_for(name, timeout=60, interval=0.2, what=f"{self.name}'s worker to register")
+        self.worker_name = wait_for(
+            published, timeout=60, interval=0.2, what=f"{self.name}'s worker to take starts"
+        )
 
     def _make_namespace(self) -> None:
         cluster = self.cluster
@@ -355,7 +375,6 @@ class Host:
 @dataclass
 class Cluster:
     tmp: Path
-    admin: Person
     storage: str = "folder"
     extra_env: dict[str, str] = field(default_factory=dict)
     mode: str = "processes"
@@ -373,9 +392,12 @@ class Cluster:
     bucket: str = ""
     s3: Any = None
     lost_after: float = LOST_AFTER
+    host_dir: Path | None = None  # the current test's: hosts' data folders and logs
+    host_count: int = 0
     _processes: list[subprocess.Popen] = field(default_factory=list)
     _forwarders: list[Forwarder] = field(default_factory=list)
     _api: httpx.Client | None = None
+    url: str = ""  # the web's
     redis: redis.Redis | None = None  # type: ignore[type-arg]
 
     @property
@@ -404,6 +426,7 @@ class Cluster:
         }
         if self.mode == "netns":
             self.env_in_namespaces = {"DATABASE_URL": self._database_from_namespaces()}
+        ready_data_dirs(hub_env(**self.env), [self.tmp / "beat", self.tmp / "web"])
         self._start_beat()
         self._start_web()
 
@@ -538,17 +561,35 @@ class Cluster:
                 return False
 
         wait_for(up, timeout=30, what="the cluster's web to answer")
-        self._api = httpx.Client(base_url=url + "/api/v1", headers=self.admin.headers(), timeout=60)
+        self.url = url
+
+    def log_in(self, admin: Person) -> None:
+        """`api` as this test's admin."""
+        if self._api is not None:
+            self._api.close()
+        self._api = httpx.Client(base_url=self.url + "/api/v1", headers=admin.headers(), timeout=60)
 
     # -- use ----------------------------------------------------------------------------
 
     def add_host(self, name: str | None = None, **env: str) -> Host:
-        index = len(self.hosts) + 1
-        name = name or f"h{index}"
-        host = Host(self, name, index, self.tmp / f"host-{name}", env)
-        self.hosts.append(host)
-        host.start()
-        return host
+        return self.add_hosts(1, name=name, **env)[0]
+
+    def add_hosts(self, count: int, name: str | None = None, **env: str) -> list[Host]:
+        """`count` hosts, started side by side (a worker takes seconds to start)."""
+        hosts = []
+        folder = self.host_dir or self.tmp
+        for _ in range(count):
+            self.host_count += 1
+            index = self.host_count
+            label = name or f"h{index}"
+            hosts.append(Host(self, label, index, folder / f"host-{label}", env))
+        ready_data_dirs(hub_env(**self.env), [host.data_dir for host in hosts])
+        for host in hosts:
+            self.hosts.append(host)
+            host.launch()
+        for host in hosts:
+            host.wait_ready()
+        return hosts
 
     def free_places(self) -> dict[str, int]:
         from sequences import live
@@ -564,15 +605,27 @@ class Cluster:
 
     # -- stop ---------------------------------------------------------------------------
 
-    def close(self) -> None:
-        if self._api is not None:
-            self._api.close()
+    def drop_hosts(self) -> None:
+        """Kill the current test's hosts, and forget them in Redis (their heartbeats and room
+        would lapse within HUB_LOST_AFTER; the next test should not wait for that)."""
+        from sequences import live
+
         for host in self.hosts:
             with contextlib.suppress(Exception):
                 host.kill()
+            if host.worker_name and self.redis is not None:
+                with contextlib.suppress(redis.RedisError):
+                    self.redis.hdel(live.room_key(self.queue), host.worker_name)
+                    self.redis.delete(live.worker_key(host.worker_name))
+        self.hosts = []
+
+    def close(self) -> None:
+        if self._api is not None:
+            self._api.close()
+        self.drop_hosts()
         for proc in reversed(self._processes):
             with contextlib.suppress(Exception):
-                stop_process(proc, timeout=5)
+                stop_process(proc, timeout=3)
         for forwarder in self._forwarders:
             forwarder.stop()
         for ns in self.names["namespaces"]:
@@ -583,22 +636,75 @@ class Cluster:
         _forget(self.rid)
 
 
-@pytest.fixture
-def cluster(request, tmp_path: Path, people: dict[str, Person]) -> Iterator[Cluster]:
-    options = dict(getattr(request, "param", None) or {})
-    bed = Cluster(
-        tmp_path,
-        people["admin"],
-        storage=options.get("storage", "folder"),
-        extra_env=dict(options.get("env", {})),
-    )
+def _admin(rid: str) -> Person:
+    """An admin with an API token (committed: the web must see it)."""
+    from django.contrib.auth.models import Group, User
+
+    from accounts.access import ensure_groups
+    from accounts.models import ApiToken
+    from tests.conftest import password_hash
+
+    ensure_groups()
+    user = User.objects.create(username=f"cluster-admin-{rid}", password=password_hash())
+    user.groups.add(Group.objects.get(name="admin"))
+    _, raw = ApiToken.issue(user, "cluster tests")
+    return Person(user.username, "admin", raw)
+
+
+@pytest.fixture(scope="module")
+def cluster_beds(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[dict]:
+    """The clusters of a test module, one per set of options, started on first use: Redis,
+    the database forwarder, moto, beat and the web outlive a test; hosts do not."""
+    beds: dict[str, Cluster] = {}
+    with django_db_blocker.unblock():
+        admin = _admin(uuid.uuid4().hex[:6])
     try:
-        bed.start()
-        mode = bed.mode if bed.mode == "netns" else f"processes ({bed.why_not_netns})"
-        print(f"cluster test bed: mode {mode}, storage {bed.storage}, run {bed.rid}")
+        yield {"beds": beds, "tmp": tmp_path_factory, "admin": admin}
+    finally:
+        for bed in beds.values():
+            bed.close()
+        # What the clusters wrote, gone, as every database test leaves it (a test marked
+        # `django_db` without transaction=True leaves the processes' writes in place).
+        from django.core.management import call_command
+
+        with django_db_blocker.unblock():
+            call_command("flush", interactive=False, verbosity=0)
+
+
+@pytest.fixture
+def cluster(request, cluster_beds: dict, tmp_path: Path, django_db_blocker) -> Iterator[Cluster]:
+    options = dict(getattr(request, "param", None) or {})
+    admin = cluster_beds["admin"]
+    with django_db_blocker.unblock():
+        from django.contrib.auth.models import User
+
+        if not User.objects.filter(username=admin.username).exists():
+            # A test marked django_db(transaction=True) flushed the database after it: this
+            # one is not in a transaction either, so a new admin is committed at once.
+            admin = cluster_beds["admin"] = _admin(uuid.uuid4().hex[:6])
+    options = {"storage": options.get("storage", "folder"), "env": dict(options.get("env", {}))}
+    key = json.dumps(options, sort_keys=True)
+    bed = cluster_beds["beds"].get(key)
+    if bed is None:
+        bed = Cluster(
+            cluster_beds["tmp"].mktemp("cluster"),
+            storage=options.get("storage", "folder"),
+            extra_env=dict(options.get("env", {})),
+        )
+        try:
+            bed.start()
+        except BaseException:
+            bed.close()
+            raise
+        cluster_beds["beds"][key] = bed
+    mode = bed.mode if bed.mode == "netns" else f"processes ({bed.why_not_netns})"
+    print(f"cluster test bed: mode {mode}, storage {bed.storage}, run {bed.rid}")
+    bed.host_dir = tmp_path
+    bed.log_in(admin)
+    try:
         yield bed
     finally:
-        bed.close()
+        bed.drop_hosts()
 
 
 def needs_netns(bed: Cluster) -> None:

@@ -16,7 +16,9 @@ from tests.cluster.conftest import Cluster, needs_netns
 from tests.conftest import wait_for
 from tests.packaging import python_package, upload
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
+# The cluster's processes write the test database all along: no flush between tests, one at
+# the end of the module (tests/cluster/conftest.py).
+pytestmark = [pytest.mark.django_db, pytest.mark.timeout(120)]
 
 # Prints the address it reaches the cluster's gateway from (its host's, in a namespace), then
 # counts, forever.
@@ -106,7 +108,7 @@ def kill_all(api: httpx.Client, ids: list[str]) -> None:
 )
 def test_instances_run_on_workers_of_different_hosts_from_shared_storage(cluster: Cluster):
     bed = cluster
-    hosts = [bed.add_host(HUB_WORKER_CAPACITY="1") for _ in range(2)]
+    hosts = bed.add_hosts(2, HUB_WORKER_CAPACITY="1")
     seq = upload(bed.api, python_package(WHERE_AND_COUNT))
     sha = bed.api.get(f"/sequence/{seq}").json()["sha256"]
     # The package is in the shared storage, and nowhere else.
@@ -116,7 +118,7 @@ def test_instances_run_on_workers_of_different_hosts_from_shared_storage(cluster
     else:
         assert bed.storage_dir is not None
         assert (bed.storage_dir / "packages" / f"{sha}.tar.gz").is_file()
-    assert not (bed.tmp / "web" / "storage").exists()
+    assert not (bed.tmp / "web" / "storage").exists()  # the web keeps no copy of its own
 
     # One place on each host: two starts run one on each.
     ids = [started(bed, seq) for _ in hosts]
@@ -187,8 +189,7 @@ def test_starts_go_to_hosts_with_free_places_and_507_only_when_all_are_full(clus
 
 def test_a_killed_host_leaves_its_instances_lost_and_the_other_host_running(cluster: Cluster):
     bed = cluster
-    doomed = bed.add_host(HUB_WORKER_CAPACITY="2")
-    survivor = bed.add_host(HUB_WORKER_CAPACITY="2")
+    doomed, survivor = bed.add_hosts(2, HUB_WORKER_CAPACITY="2")
     seq = upload(bed.api, python_package(WHERE_AND_COUNT))
     ids = [started(bed, seq) for _ in range(4)]
     on = {iid: bed.host_of(worker_of(bed.api, iid)) for iid in ids}
@@ -232,8 +233,7 @@ def test_a_killed_host_leaves_its_instances_lost_and_the_other_host_running(clus
 def test_a_partitioned_host_is_lost_and_ends_its_instances_when_it_is_back(cluster: Cluster):
     bed = cluster
     needs_netns(bed)
-    cut = bed.add_host(HUB_WORKER_CAPACITY="1")
-    other = bed.add_host(HUB_WORKER_CAPACITY="1")
+    cut, other = bed.add_hosts(2, HUB_WORKER_CAPACITY="1")
     seq = upload(bed.api, python_package(WHERE_AND_COUNT))
     ids = [started(bed, seq) for _ in range(2)]
     on = {bed.host_of(worker_of(bed.api, iid)).name: iid for iid in ids}
