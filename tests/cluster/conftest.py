@@ -58,6 +58,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -392,7 +393,11 @@ class Cluster:
     bucket: str = ""
     s3: Any = None
     lost_after: float = LOST_AFTER
-    host_dir: Path | None = None  # the current test's: hosts' data folders and logs
+    host_dir: Path | None = None  # the current test's: hosts' logs
+    # The data folders (web, beat, hosts, the shared package folder). Not under pytest's
+    # tmp_path, which only root may pass through: children run as users of their own
+    # (HUB_RUN_AS=auto, as in production) only when the data folder is passable (0711).
+    data: Path = field(default_factory=Path)
     host_count: int = 0
     _processes: list[subprocess.Popen] = field(default_factory=list)
     _forwarders: list[Forwarder] = field(default_factory=list)
@@ -409,6 +414,8 @@ class Cluster:
 
     def start(self) -> None:
         self.queue = f"cluster-{self.rid}"
+        self.data = Path(tempfile.mkdtemp(prefix=f"hub-cluster-{self.rid}-"))
+        self.data.chmod(0o711)
         reason = namespaces_work()
         self.mode = "netns" if not reason else "processes"
         self.why_not_netns = reason
@@ -426,7 +433,7 @@ class Cluster:
         }
         if self.mode == "netns":
             self.env_in_namespaces = {"DATABASE_URL": self._database_from_namespaces()}
-        ready_data_dirs(hub_env(**self.env), [self.tmp / "beat", self.tmp / "web"])
+        ready_data_dirs(hub_env(**self.env), [self.data / "beat", self.data / "web"])
         self._start_beat()
         self._start_web()
 
@@ -495,7 +502,7 @@ class Cluster:
 
     def _storage_env(self) -> dict[str, str]:
         if self.storage == "folder":
-            self.storage_dir = self.tmp / "shared-packages"
+            self.storage_dir = self.data / "shared-packages"
             return {"HUB_STORAGE_DIR": str(self.storage_dir)}
         if self.storage != "s3":
             raise ValueError(f"unknown cluster storage {self.storage!r}")
@@ -540,7 +547,7 @@ class Cluster:
         }
 
     def _start_beat(self) -> None:
-        data = self.tmp / "beat"
+        data = self.data / "beat"
         env = hub_env(**self.env, HUB_DATA_DIR=str(data))
         argv = [str(BIN / "celery"), "-A", "dashboard", "beat", "-l", "INFO"]
         argv += ["-s", str(data / "celerybeat-schedule")]
@@ -548,7 +555,7 @@ class Cluster:
 
     def _start_web(self) -> None:
         port = free_port()
-        env = hub_env(**self.env, HUB_DATA_DIR=str(self.tmp / "web"))
+        env = hub_env(**self.env, HUB_DATA_DIR=str(self.data / "web"))
         handle = self._spawn("web", web_argv(BIN, "127.0.0.1", port), env)
         url = f"http://127.0.0.1:{port}"
 
@@ -577,12 +584,11 @@ class Cluster:
     def add_hosts(self, count: int, name: str | None = None, **env: str) -> list[Host]:
         """`count` hosts, started side by side (a worker takes seconds to start)."""
         hosts = []
-        folder = self.host_dir or self.tmp
         for _ in range(count):
             self.host_count += 1
             index = self.host_count
             label = name or f"h{index}"
-            hosts.append(Host(self, label, index, folder / f"host-{label}", env))
+            hosts.append(Host(self, label, index, self.data / f"host-{index}-{label}", env))
         ready_data_dirs(hub_env(**self.env), [host.data_dir for host in hosts])
         for host in hosts:
             self.hosts.append(host)
@@ -634,6 +640,8 @@ class Cluster:
         for link in reversed(self.names["links"]):
             _ip("link", "del", link, check=False)
         _forget(self.rid)
+        if self.data.name.startswith("hub-cluster-"):
+            shutil.rmtree(self.data, ignore_errors=True)
 
 
 def _admin(rid: str) -> Person:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+import psutil
 import pytest
 
 from tests.cluster.conftest import Cluster, needs_netns
@@ -118,7 +119,7 @@ def test_instances_run_on_workers_of_different_hosts_from_shared_storage(cluster
     else:
         assert bed.storage_dir is not None
         assert (bed.storage_dir / "packages" / f"{sha}.tar.gz").is_file()
-    assert not (bed.tmp / "web" / "storage").exists()  # the web keeps no copy of its own
+    assert not (bed.data / "web" / "storage").exists()  # the web keeps no copy of its own
 
     # One place on each host: two starts run one on each.
     ids = [started(bed, seq) for _ in hosts]
@@ -230,7 +231,11 @@ def test_a_killed_host_leaves_its_instances_lost_and_the_other_host_running(clus
 # -- 4: a host cut from the network, and back ---------------------------------------------------
 
 
-def test_a_partitioned_host_is_lost_and_ends_its_instances_when_it_is_back(cluster: Cluster):
+def test_a_partitioned_host_is_lost_and_its_instance_stays_lost_when_it_is_back(
+    cluster: Cluster,
+):
+    """What a partition does today, asserted, gap included (docs/operations.md, "A worker's
+    host is cut off")."""
     bed = cluster
     needs_netns(bed)
     cut, other = bed.add_hosts(2, HUB_WORKER_CAPACITY="1")
@@ -239,6 +244,7 @@ def test_a_partitioned_host_is_lost_and_ends_its_instances_when_it_is_back(clust
     on = {bed.host_of(worker_of(bed.api, iid)).name: iid for iid in ids}
     away, kept = on[cut.name], on[other.name]
     written_before = counts_past(bed.api, away, 1)
+    child = info(bed.api, away)["pid"]
 
     cut.partition()
     wait_for(
@@ -248,20 +254,28 @@ def test_a_partitioned_host_is_lost_and_ends_its_instances_when_it_is_back(clust
         what="the cut host's instance to be lost",
     )
     assert info(bed.api, kept)["status"] == "running"
-    # The cut host's worker runs on, unaware, its child still counting.
+    # The cut host runs on, unaware: its worker and the child, still counting.
     assert cut.worker is not None and cut.worker.proc.poll() is None
+    assert psutil.pid_exists(child)
 
     cut.heal()
-    # Back on the network, the worker beats again and takes starts again...
+    # Back on the network, the worker beats again...
     wait_for(lambda: cut.worker_name in bed.free_places(), timeout=20, what="its heartbeat back")
-    # ...and its instance stays lost: what it printed meanwhile is not appended to a stream
-    # that ended, and its late outcome does not overwrite `lost`.
     time.sleep(2)
+    # ...and the instance stays lost: the worker's late writes do not overwrite the outcome,
+    # and a reader gets what was written before the cut, then the stream ends.
     data = info(bed.api, away)
     assert data["status"] == "lost", data
     assert "stopped answering" in data["terminated"]["reason"]
     with bed.api.stream("GET", f"/instance/{away}/stdout", timeout=10) as r:
         text = r.read().decode()
-    assert f"alive {written_before}" in text
+    assert f"alive {written_before}\n" in text
     assert info(bed.api, kept)["status"] == "running"
+    # The gap (issue 16, node loss): nothing tells the worker that its instance was given up.
+    # The child runs on and holds the host's only place, and the hub no longer controls it
+    # (a kill answers 409, the instance not being live). When the worker learns to end such
+    # instances, these three flip.
+    assert psutil.pid_exists(child)
+    assert bed.free_places()[cut.worker_name] == 0
+    assert bed.api.post(f"/instance/{away}/_kill", json={}).status_code == 409
     kill_all(bed.api, [kept])
