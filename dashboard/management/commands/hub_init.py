@@ -1,9 +1,9 @@
 """`python manage.py hub_init`: what a hub needs before it starts, made once and kept.
 
 The data folder (its modes, the secret key, the embedded Redis's password: dashboard/data_dir.py),
-a check that the package storage answers (dashboard/package_storage.py), the database's tables, the role groups and, the first time, an admin account. Settings only
-read, so this runs before anything else (`make run`, `make migrate`; runhub at every start);
-safe to run again.
+a check that the package storage answers (dashboard/package_storage.py), the database's tables,
+the role groups and, the first time, an admin account. Settings only read, so this runs before
+anything else (`make run`, `make migrate`; runhub at every start); safe to run again.
 """
 
 import os
