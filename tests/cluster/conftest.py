@@ -11,24 +11,29 @@ Celery beat run in the root namespace, beat finding lost instances as in product
 
 Where namespaces cannot be made (not root, no `ip`), hosts are plain processes with data
 folders of their own on 127.0.0.1: `cluster.mode` says which ("netns" or "processes"), and the
-fixture prints it. A test that needs what only namespaces give (a partition) fails in CI and
-is skipped elsewhere, saying so; it is never skipped silently.
+fixture prints it (`CLUSTER_TEST_MODE=processes` forces the fallback, to try it). A test that
+needs what only namespaces give (a partition) fails in CI and is skipped elsewhere, saying so;
+it is never skipped silently.
 
 The API, kept small on purpose (other tests build on it):
 
-    cluster                      the fixture; a `Cluster`, web, beat and Redis started, no host
-                                 yet. Options by indirect parametrization:
-                                 `@pytest.mark.parametrize("cluster", [{"storage": "s3"}],
-                                 indirect=True)`, keys `storage` ("folder", the default, or
-                                 "s3") and `env` (settings for every hub process).
+    cluster                      the fixture: a `Cluster` with its web, beat and Redis running
+                                 and no host yet. Mark the tests `pytest.mark.django_db` (the
+                                 cluster's processes write the test database; the module's
+                                 clusters are shared by its tests, hosts are not). Options by
+                                 indirect parametrization, `@pytest.mark.parametrize("cluster",
+                                 [{"storage": "s3"}], indirect=True)`: `storage` ("folder", the
+                                 default, or "s3") and `env` (settings for every hub process).
     cluster.add_host(name=None, **env) -> Host
-                                 a host with a running worker that takes starts (extra
-                                 settings such as HUB_WORKER_CAPACITY="2" for its worker)
+    cluster.add_hosts(count, **env) -> [Host]
+                                 hosts whose worker takes starts (started side by side); `env`
+                                 is more settings for their workers (HUB_WORKER_CAPACITY="2")
     cluster.api                  httpx.Client on the web's /api/v1 with an admin token
-    cluster.mode, .hosts, .queue, .redis (a client of the cluster's Redis), .lost_after,
-    cluster.env                  the settings every hub process of the cluster gets
-    cluster.free_places()        {worker name: free places} as the workers publish them
-    cluster.host_of(worker_name) the Host running that worker
+    cluster.mode, .hosts, .queue, .env (what every hub process gets), .lost_after,
+    cluster.redis                a client of the cluster's Redis (from the test process)
+    cluster.gateway              the address hosts reach the shared services at
+    cluster.free_places()        {worker name: free places}, as the workers publish them
+    cluster.host_of(worker_name) the Host running that worker (an instance's `worker`)
     cluster.s3, cluster.bucket   a boto3 client on the moto server and the bucket (s3 only)
     cluster.storage_dir          the shared package folder (folder storage only)
 
@@ -37,7 +42,8 @@ The API, kept small on purpose (other tests build on it):
     host.kill()                  SIGKILL every process of the host, then tear its namespace
                                  down: the host vanishes without a word
     host.partition() / heal()    its link down / up: it keeps running, cut from Redis, the
-                                 database and storage (netns mode only)
+                                 database and storage (netns mode only: call
+                                 `needs_netns(cluster)` first)
     host.restart()               a new worker on the same data folder (and a namespace made
                                  anew when it was killed); worker_name changes
 
@@ -107,6 +113,8 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def namespaces_work() -> str:
     """ "" when this process may make network namespaces and links, else why not."""
+    if os.environ.get("CLUSTER_TEST_MODE") == "processes":
+        return "CLUSTER_TEST_MODE=processes"
     if os.geteuid() != 0:
         return "not root"
     if shutil.which("ip") is None or shutil.which("nsenter") is None:

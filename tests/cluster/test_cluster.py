@@ -157,32 +157,28 @@ def test_instances_run_on_workers_of_different_hosts_from_shared_storage(cluster
 
 def test_starts_go_to_hosts_with_free_places_and_507_only_when_all_are_full(cluster: Cluster):
     bed = cluster
-    small = bed.add_host(HUB_WORKER_CAPACITY="1")
-    large = bed.add_host(HUB_WORKER_CAPACITY="2")
+    hosts = bed.add_hosts(2, HUB_WORKER_CAPACITY="2")
     seq = upload(bed.api, python_package(WHERE_AND_COUNT))
-    first = started(bed, seq)
-    first_host = bed.host_of(worker_of(bed.api, first))
-    ids = [first]
-    # Whichever host took the first start, the next two fill what is left, and none is
-    # refused while a place is free anywhere.
-    for _ in range(2):
-        ids.append(started(bed, seq))
+    # Four places in the cluster: four starts, none refused, two on each host (a full host
+    # leaves starts to the other).
+    ids = [started(bed, seq) for _ in range(4)]
     placed = [bed.host_of(worker_of(bed.api, iid)).name for iid in ids]
-    assert placed.count(small.name) == 1 and placed.count(large.name) == 2, placed
+    assert sorted(placed) == sorted(h.name for h in hosts for _ in range(2)), placed
     wait_for(lambda: set(bed.free_places().values()) == {0}, what="both hosts to say full")
     began = time.monotonic()
     response = start(bed.api, seq)
     assert response.status_code == 507, response.text
     assert response.json()["code"] == "INSUFFICIENT_RESOURCES"
     assert time.monotonic() - began < 5
-    # A place frees on the small host: the next start goes there, whatever the other says.
-    on_small = ids[placed.index(small.name)]
-    bed.api.post(f"/instance/{on_small}/_kill", json={})
-    wait_for(lambda: bed.free_places().get(small.worker_name) == 1, what="the freed place")
-    again = started(bed, seq)
-    assert bed.host_of(worker_of(bed.api, again)) is small
-    assert first_host in (small, large)
-    kill_all(bed.api, [*ids, again])
+    # A place frees on one host: the next start goes there.
+    for host in hosts:
+        freed = ids[placed.index(host.name)]
+        bed.api.post(f"/instance/{freed}/_kill", json={})
+        wait_for(lambda h=host: bed.free_places().get(h.worker_name) == 1, what="a free place")
+        again = started(bed, seq)
+        assert bed.host_of(worker_of(bed.api, again)) is host
+        ids.append(again)
+    kill_all(bed.api, ids)
 
 
 # -- 3: a host vanishes ------------------------------------------------------------------------
@@ -225,7 +221,15 @@ def test_a_killed_host_leaves_its_instances_lost_and_the_other_host_running(clus
     wait_for(lambda: doomed.worker_name not in bed.free_places(), what="the dead host's room")
     assert start(bed.api, seq).status_code == 507
     print(f"lost {took:.1f} s after the kill (HUB_LOST_AFTER={bed.lost_after})")
-    kill_all(bed.api, kept)
+    # The host comes back (a namespace made anew, the same data folder and cache): a new
+    # worker, which takes the next start.
+    gone = doomed.worker_name
+    doomed.restart()
+    assert doomed.worker_name != gone
+    again = started(bed, seq)
+    assert bed.host_of(worker_of(bed.api, again)) is doomed
+    assert printed_from(bed.api, again) == doomed.address
+    kill_all(bed.api, [*kept, again])
 
 
 # -- 4: a host cut from the network, and back ---------------------------------------------------
