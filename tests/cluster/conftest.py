@@ -33,6 +33,7 @@ The API, kept small on purpose (other tests build on it):
     cluster.redis                a client of the cluster's Redis (from the test process)
     cluster.gateway              the address hosts reach the shared services at
     cluster.free_places()        {worker name: free places}, as the workers publish them
+    cluster.diagnosis()          a line to add to a failed wait (queue, places, beat's tasks)
     cluster.host_of(worker_name) the Host running that worker (an instance's `worker`)
     cluster.s3, cluster.bucket   a boto3 client on the moto server and the bucket (s3 only)
     cluster.storage_dir          the shared package folder (folder storage only)
@@ -610,6 +611,20 @@ class Cluster:
 
         assert self.redis is not None
         return live.live_room(self.redis.hgetall(live.room_key(self.queue)), time.time())
+
+    def diagnosis(self) -> str:
+        """What a failed wait should say about the cluster: its Celery queue (beat's tasks
+        waiting), the free places, and when each host's worker last took one of beat's tasks."""
+        assert self.redis is not None
+        lines = [
+            f"celery queue {self.queue}: {self.redis.llen(self.queue)} waiting, "
+            f"{self.redis.hlen('unacked')} unacked; free places {self.free_places()}"
+        ]
+        for host in self.hosts:
+            taken = [line for line in host.log().splitlines() if "] received" in line]
+            last = taken[-1][1:24] if taken else "never"
+            lines.append(f"{host.name} ({host.worker_name}): took {len(taken)}, last {last}")
+        return "; ".join(lines)
 
     def host_of(self, worker_name: str) -> Host:
         for host in self.hosts:

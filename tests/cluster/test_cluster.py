@@ -96,6 +96,20 @@ def printed_from(api: httpx.Client, iid: str) -> str:
     return found.group(1)
 
 
+def wait_lost(bed: Cluster, ids: list[str], what: str) -> None:
+    """Until the instances are `lost`: beat checks every 5 s (dashboard/settings.py) for
+    workers silent for HUB_LOST_AFTER, so within both and a little slack."""
+    try:
+        wait_for(
+            lambda: all(info(bed.api, i)["status"] == "lost" for i in ids),
+            timeout=bed.lost_after + 5 + 3,
+            interval=0.2,
+            what=f"{what} to be lost",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc} ({bed.diagnosis()})") from None
+
+
 def kill_all(api: httpx.Client, ids: list[str]) -> None:
     for iid in ids:
         api.post(f"/instance/{iid}/_kill", json={})
@@ -197,14 +211,7 @@ def test_a_killed_host_leaves_its_instances_lost_and_the_other_host_running(clus
 
     doomed.kill()
     killed_at = time.monotonic()
-    # Beat checks every 5 s (dashboard/settings.py) for heartbeats older than HUB_LOST_AFTER.
-    within = bed.lost_after + 5 + 3
-    wait_for(
-        lambda: all(info(bed.api, i)["status"] == "lost" for i in lost),
-        timeout=within,
-        interval=0.2,
-        what="the killed host's instances to be lost",
-    )
+    wait_lost(bed, lost, "the killed host's instances")
     took = time.monotonic() - killed_at
     for iid in lost:
         data = info(bed.api, iid)
@@ -251,12 +258,7 @@ def test_a_partitioned_host_is_lost_and_its_instance_stays_lost_when_it_is_back(
     child = info(bed.api, away)["pid"]
 
     cut.partition()
-    wait_for(
-        lambda: info(bed.api, away)["status"] == "lost",
-        timeout=bed.lost_after + 5 + 3,
-        interval=0.2,
-        what="the cut host's instance to be lost",
-    )
+    wait_lost(bed, [away], "the cut host's instance")
     assert info(bed.api, kept)["status"] == "running"
     # The cut host runs on, unaware: its worker and the child, still counting.
     assert cut.worker is not None and cut.worker.proc.poll() is None
