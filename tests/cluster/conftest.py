@@ -408,6 +408,7 @@ class Cluster:
     # (HUB_RUN_AS=auto, as in production) only when the data folder is passable (0711).
     data: Path = field(default_factory=Path)
     host_count: int = 0
+    dead_connections: int = 0  # Redis connections of dropped hosts Redis still held (drop_hosts)
     _processes: list[subprocess.Popen] = field(default_factory=list)
     _forwarders: list[Forwarder] = field(default_factory=list)
     _api: httpx.Client | None = None
@@ -620,6 +621,16 @@ class Cluster:
             f"celery queue {self.queue}: {self.redis.llen(self.queue)} waiting, "
             f"{self.redis.hlen('unacked')} unacked; free places {self.free_places()}"
         ]
+        from sequences import live
+
+        blocked = self.redis.client_list()
+        waiting = sorted(
+            f"{c['addr']} {c['cmd']} idle {c['idle']}" for c in blocked if c["flags"] == "b"
+        )
+        lines.append(
+            f"start list {self.redis.llen(live.start_key(self.queue))} long; blocked clients "
+            f"{waiting}"
+        )
         for host in self.hosts:
             taken = [line for line in host.log().splitlines() if "] received" in line]
             last = taken[-1][1:24] if taken else "never"
@@ -646,6 +657,17 @@ class Cluster:
                 with contextlib.suppress(redis.RedisError):
                     self.redis.hdel(live.room_key(self.queue), host.worker_name)
                     self.redis.delete(live.worker_key(host.worker_name))
+        if self.mode == "netns" and self.redis is not None:
+            # A host that vanished can leave connections Redis still holds open (no FIN reached
+            # it), one of them blocked on the start list: Redis hands the next start to the
+            # longest-waiting client, that dead one, and the start is gone. Close them, so a
+            # test does not inherit the last one's dead hosts.
+            gone = {host.address for host in self.hosts}
+            with contextlib.suppress(redis.RedisError):
+                for client in self.redis.client_list():
+                    if client["addr"].rsplit(":", 1)[0] in gone:
+                        self.dead_connections += 1
+                        self.redis.client_kill_filter(_id=client["id"])
         self.hosts = []
 
     def close(self) -> None:
@@ -729,7 +751,10 @@ def cluster(request, cluster_beds: dict, tmp_path: Path, django_db_blocker) -> I
             raise
         cluster_beds["beds"][key] = bed
     mode = bed.mode if bed.mode == "netns" else f"processes ({bed.why_not_netns})"
-    print(f"cluster test bed: mode {mode}, storage {bed.storage}, run {bed.rid}")
+    print(
+        f"cluster test bed: mode {mode}, storage {bed.storage}, run {bed.rid}, "
+        f"dead connections closed so far {bed.dead_connections}"
+    )
     bed.host_dir = tmp_path
     bed.log_in(admin)
     try:

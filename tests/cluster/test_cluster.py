@@ -46,7 +46,7 @@ def start(api: httpx.Client, seq: str, body: dict | None = None) -> httpx.Respon
 
 def started(bed: Cluster, seq: str) -> str:
     response = start(bed.api, seq, {"args": [bed.gateway]})
-    assert response.status_code == 200, response.text
+    assert response.status_code == 200, f"{response.text} ({bed.diagnosis()})"
     return response.json()["id"]
 
 
@@ -195,50 +195,6 @@ def test_starts_go_to_hosts_with_free_places_and_507_only_when_all_are_full(clus
     kill_all(bed.api, ids)
 
 
-# -- 3: a host vanishes ------------------------------------------------------------------------
-
-
-def test_a_killed_host_leaves_its_instances_lost_and_the_other_host_running(cluster: Cluster):
-    bed = cluster
-    doomed, survivor = bed.add_hosts(2, HUB_WORKER_CAPACITY="2")
-    seq = upload(bed.api, python_package(WHERE_AND_COUNT))
-    ids = [started(bed, seq) for _ in range(4)]
-    on = {iid: bed.host_of(worker_of(bed.api, iid)) for iid in ids}
-    lost = [iid for iid in ids if on[iid] is doomed]
-    kept = [iid for iid in ids if on[iid] is survivor]
-    assert len(lost) == 2 and len(kept) == 2
-    before = {iid: counts_past(bed.api, iid, 1) for iid in ids}
-
-    doomed.kill()
-    killed_at = time.monotonic()
-    wait_lost(bed, lost, "the killed host's instances")
-    took = time.monotonic() - killed_at
-    for iid in lost:
-        data = info(bed.api, iid)
-        assert "stopped answering" in data["terminated"]["reason"], data
-        # A reader gets what was written before, then the stream ends (no follower hangs).
-        with bed.api.stream("GET", f"/instance/{iid}/stdout", timeout=10) as r:
-            text = r.read().decode()
-        assert "alive 2" in text
-    # The other host's instances went on all along, and still do.
-    for iid in kept:
-        assert info(bed.api, iid)["status"] == "running"
-        counts_past(bed.api, iid, before[iid] + 10)  # two seconds more, at least
-    # New starts go to the survivor, which has no place left: the cluster is full.
-    wait_for(lambda: doomed.worker_name not in bed.free_places(), what="the dead host's room")
-    assert start(bed.api, seq).status_code == 507
-    print(f"lost {took:.1f} s after the kill (HUB_LOST_AFTER={bed.lost_after})")
-    # The host comes back (a namespace made anew, the same data folder and cache): a new
-    # worker, which takes the next start.
-    gone = doomed.worker_name
-    doomed.restart()
-    assert doomed.worker_name != gone
-    again = started(bed, seq)
-    assert bed.host_of(worker_of(bed.api, again)) is doomed
-    assert printed_from(bed.api, again) == doomed.address
-    kill_all(bed.api, [*kept, again])
-
-
 # -- 4: a host cut from the network, and back ---------------------------------------------------
 
 
@@ -285,3 +241,47 @@ def test_a_partitioned_host_is_lost_and_its_instance_stays_lost_when_it_is_back(
     assert bed.free_places()[cut.worker_name] == 0
     assert bed.api.post(f"/instance/{away}/_kill", json={}).status_code == 409
     kill_all(bed.api, [kept])
+
+
+# -- 3: a host vanishes, and comes back -------------------------------------------------------
+
+
+def test_a_killed_host_leaves_its_instances_lost_and_the_other_host_running(cluster: Cluster):
+    bed = cluster
+    doomed, survivor = bed.add_hosts(2, HUB_WORKER_CAPACITY="2")
+    seq = upload(bed.api, python_package(WHERE_AND_COUNT))
+    ids = [started(bed, seq) for _ in range(4)]
+    on = {iid: bed.host_of(worker_of(bed.api, iid)) for iid in ids}
+    lost = [iid for iid in ids if on[iid] is doomed]
+    kept = [iid for iid in ids if on[iid] is survivor]
+    assert len(lost) == 2 and len(kept) == 2
+    before = {iid: counts_past(bed.api, iid, 1) for iid in ids}
+
+    doomed.kill()
+    killed_at = time.monotonic()
+    wait_lost(bed, lost, "the killed host's instances")
+    took = time.monotonic() - killed_at
+    for iid in lost:
+        data = info(bed.api, iid)
+        assert "stopped answering" in data["terminated"]["reason"], data
+        # A reader gets what was written before, then the stream ends (no follower hangs).
+        with bed.api.stream("GET", f"/instance/{iid}/stdout", timeout=10) as r:
+            text = r.read().decode()
+        assert "alive 2" in text
+    # The other host's instances went on all along, and still do.
+    for iid in kept:
+        assert info(bed.api, iid)["status"] == "running"
+        counts_past(bed.api, iid, before[iid] + 10)  # two seconds more, at least
+    # New starts go to the survivor, which has no place left: the cluster is full.
+    wait_for(lambda: doomed.worker_name not in bed.free_places(), what="the dead host's room")
+    assert start(bed.api, seq).status_code == 507
+    print(f"lost {took:.1f} s after the kill (HUB_LOST_AFTER={bed.lost_after})")
+    # The host comes back (a namespace made anew, the same data folder and cache): a new
+    # worker, which takes the next start.
+    gone = doomed.worker_name
+    doomed.restart()
+    assert doomed.worker_name != gone
+    again = started(bed, seq)
+    assert bed.host_of(worker_of(bed.api, again)) is doomed
+    assert printed_from(bed.api, again) == doomed.address
+    kill_all(bed.api, [*kept, again])
