@@ -69,9 +69,13 @@ def prepare_data_dir() -> bool:
     # listing. Made here with their modes, so that whatever makes them later (an upload's
     # spool in tmp/, say) finds them closed.
     close(data, 0o711)
-    for name, mode in (("storage", 0o700), ("tmp", 0o700), ("cache", 0o711)):
+    for name, mode in (("tmp", 0o700), ("cache", 0o711)):
         (data / name).mkdir(mode=mode, exist_ok=True)
         close(data / name, mode)
+    # The package folder (HUB_STORAGE_DIR; none when packages are kept in a bucket): the hub's.
+    if settings.HUB_STORAGE_DIR is not None:
+        settings.HUB_STORAGE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        close(settings.HUB_STORAGE_DIR, 0o700)
 
     env_closed = close_env_file(settings.BASE_DIR / ".env")
 

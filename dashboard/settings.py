@@ -5,12 +5,14 @@ are made by `manage.py hub_init` (dashboard/data_dir.py), which `make run` runs 
 """
 
 import ipaddress
+import os
 from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from core.labels import worker_labels
+from dashboard.package_storage import FOLDER_BACKEND, package_storage
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -216,13 +218,19 @@ CELERY_BEAT_SCHEDULE = {
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(HUB_DATA_DIR / "celerybeat-schedule")
 
+# Uploaded packages: a folder (HUB_STORAGE_DIR, shared when workers run on several machines) or
+# an S3-compatible bucket (HUB_S3_*); checked here, so a wrong setting stops every process at
+# start with its name (dashboard/package_storage.py).
 STORAGES = {
-    "default": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage",
-        "OPTIONS": {"location": str(HUB_DATA_DIR / "storage")},
-    },
+    "default": package_storage(os.environ, HUB_DATA_DIR),
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# The package folder, when packages are kept in one (hub_init makes it; children never see it).
+HUB_STORAGE_DIR = (
+    Path(STORAGES["default"]["OPTIONS"]["location"])
+    if STORAGES["default"]["BACKEND"] == FOLDER_BACKEND
+    else None
+)
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = HUB_DATA_DIR / "static"

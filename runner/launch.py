@@ -153,6 +153,8 @@ def sandbox_config() -> dict[str, Any] | None:
     if not settings.HUB_SANDBOX:
         return None
     hidden = [str(settings.BASE_DIR), sys.prefix, str(settings.HUB_DATA_DIR)]
+    if settings.HUB_STORAGE_DIR is not None:  # a package folder outside the data folder
+        hidden.append(str(settings.HUB_STORAGE_DIR))
     files = [str(RUNTIME_DIR / "node_runtime.js")]
     library = python_library()
     if library is not None:

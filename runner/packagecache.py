@@ -1,7 +1,8 @@
 """Packages unpacked once per worker node, keyed by sha256, fetched through Django's storage.
 
 A worker on another machine with no shared disk works: it copies the archive from the storage
-backend the first time it needs it.
+backend (a shared folder or an S3 bucket: dashboard/package_storage.py) the first time it needs
+it, checks it against the sha256 recorded at upload, and unpacks it into its own cache.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from django.conf import settings
 
 from sequences import catalog
 from sequences.models import Sequence
-from sequences.packages import extract_package, inspect_package
+from sequences.packages import PackageError, extract_package, inspect_package
 
 _lock = threading.Lock()
 
@@ -46,6 +47,14 @@ def ensure_unpacked(seq: Sequence) -> Path:
                 max_files=settings.HUB_PACKAGE_MAX_FILES,
                 max_bytes=settings.HUB_PACKAGE_MAX_BYTES,
             )
+            # What storage handed back must be what was uploaded: a shared folder or bucket
+            # is written by more than this hub, and a cache entry, once made, is trusted.
+            if info.sha256 != seq.sha256:
+                raise PackageError(
+                    "CHECKSUM_MISMATCH",
+                    f"the package {seq.storage_name} in storage does not match the sha256 "
+                    f"recorded at upload ({seq.sha256[:12]}…, storage has {info.sha256[:12]}…)",
+                )
             extract_package(archive, dest, info)
     return dest
 

@@ -13,6 +13,7 @@ from datetime import timedelta
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
+from django.db.models import Max
 from django.utils import timezone
 
 from core.protocol import STREAMS, Exit
@@ -20,7 +21,7 @@ from runner import sequencer_actor
 from runner.supervisor import current_supervisor, get_supervisor
 from sequences import live, sequencers_lost, topics
 from sequences.instances import record_failed_start
-from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, Worker
+from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, StreamChunk, Worker
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def mark_lost(worker: str, reason: str) -> int:
         ended=now,
         remove_at=now + timedelta(seconds=settings.HUB_INSTANCE_RETENTION),
     )
+    keep_live_tail(ids)
     client = live.sync_client()
     pipe = client.pipeline(transaction=False)
     for iid in ids:
@@ -113,6 +115,42 @@ def mark_lost(worker: str, reason: str) -> int:
     if ids:
         sequencers_lost.on_instances_lost(ids, reason)
     return len(ids)
+
+
+def keep_live_tail(ids: list[str]) -> int:
+    """Write to the database the chunks a dead worker had put in Redis but not yet in the
+    database (its writer batches); the number written.
+
+    Readers saw them live; once the instance has ended it is read from the database only
+    (sequences/streams.py), so without this the last lines a reader could read before are gone
+    from every later read (seen on the cluster test bed: a host killed right after printing).
+    A worker that was only cut off and comes back writes the same chunks again: ignored."""
+    client = live.sync_client()
+    kept = dict.fromkeys(((iid, stream) for iid in ids for stream in STREAMS), -1)
+    rows = (
+        StreamChunk.objects.filter(instance_id__in=ids)
+        .values("instance_id", "stream")
+        .annotate(last=Max("seq"))
+    )
+    for row in rows:
+        kept[(row["instance_id"], row["stream"])] = row["last"]
+    missing: list[StreamChunk] = []
+    for (iid, stream), last in kept.items():
+        # Newest first, a page at a time, back to what the database has.
+        key, before = live.stream_key(iid, stream), b"+"
+        while True:
+            page = live.range_entries(client.xrevrange(key, max=before, count=64))
+            chunks = {int(f[b"s"]): f[b"d"] for _, f in page if b"s" in f and b"d" in f}
+            missing += [
+                StreamChunk(instance_id=iid, stream=stream, seq=seq, data=data)
+                for seq, data in chunks.items()
+                if seq > last
+            ]
+            if len(page) < 64 or (chunks and min(chunks) <= last):
+                break
+            before = b"(" + page[-1][0]
+    StreamChunk.objects.bulk_create(missing, ignore_conflicts=True)
+    return len(missing)
 
 
 @shared_task(name="runner.tasks.prune_ended", ignore_result=True)

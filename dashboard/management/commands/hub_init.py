@@ -1,9 +1,9 @@
 """`python manage.py hub_init`: what a hub needs before it starts, made once and kept.
 
 The data folder (its modes, the secret key, the embedded Redis's password: dashboard/data_dir.py),
-the database's tables, the role groups and, the first time, an admin account. Settings only
-read, so this runs before anything else (`make run`, `make migrate`; runhub at every start);
-safe to run again.
+a check that the package storage answers (dashboard/package_storage.py), the database's tables,
+the role groups and, the first time, an admin account. Settings only read, so this runs before
+anything else (`make run`, `make migrate`; runhub at every start); safe to run again.
 """
 
 import os
@@ -13,10 +13,11 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from accounts.access import ensure_groups
 from dashboard.data_dir import prepare_data_dir
+from dashboard.package_storage import StorageSettingError, check_reachable
 
 
 class Command(BaseCommand):
@@ -29,6 +30,12 @@ class Command(BaseCommand):
         # The secrets made here are for the processes started after this one: this one needs
         # none (migrations and password hashes use no SECRET_KEY).
         prepare_data_dir()
+        # A bucket that does not answer, or a folder that cannot be written, stops the start
+        # here, named, rather than at the first upload.
+        try:
+            check_reachable()
+        except StorageSettingError as exc:
+            raise CommandError(str(exc)) from None
         call_command("migrate", interactive=False, verbosity=verbosity)
         ensure_groups()
         users = get_user_model().objects
