@@ -96,6 +96,7 @@ class Child:
     lease: isolation.UidLease | None = None  # the user id it runs as, while it lives
     cgroups: list[str] = field(default_factory=list)  # its groups, for limits.cpu and .pids
     links: topic_links.Links | None = None  # the topics it publishes to and reads from
+    end_note: str = ""  # why the hub ended it, added to its outcome's reason (a drain)
 
 
 class Pump(asyncio.Protocol):
@@ -148,6 +149,8 @@ class Supervisor:
         self._room = asyncio.Event()  # set when a place may have come free
         self._room_dirty = False
         self._room_task: asyncio.Task | None = None
+        # Set by a drain (runner/drain.py): no more starts; the worker exits once empty.
+        self.draining = False
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -241,8 +244,10 @@ class Supervisor:
     # -- room -----------------------------------------------------------------------------
     def free_places(self) -> int:
         """How many more starts this worker can take now: 0 when it is full (its children and
-        the starts it popped fill its capacity), short of memory, or stopping."""
-        if self._stopping or psutil.virtual_memory().available < MIN_FREE_MEMORY:
+        the starts it popped fill its capacity), short of memory, stopping or draining."""
+        if self._stopping or self.draining:
+            return 0
+        if psutil.virtual_memory().available < MIN_FREE_MEMORY:
             return 0
         return max(0, self.capacity - len(self.children) - self._starting)
 
@@ -265,7 +270,8 @@ class Supervisor:
     async def _write_room(self) -> None:
         """Tell the web how many starts this worker can take, for each queue it serves; the
         entry lapses with the heartbeat, so a dead worker's places do not count."""
-        value = live.room_value(self.free_places(), time.time() + settings.HUB_LOST_AFTER)
+        lapses = time.time() + settings.HUB_LOST_AFTER
+        value = live.room_value(self.free_places(), lapses, draining=self.draining)
         pipe = self.redis.pipeline(transaction=False)
         for queue in self.queues:
             pipe.hset(live.room_key(queue), self.name, value)
@@ -484,6 +490,11 @@ class Supervisor:
                 await asyncio.sleep(1)
                 continue
             took = live.popped_from(item)
+            if took is not None and self.draining:
+                # Popped while a drain began: back to the head of its list, as it came (still
+                # signed for that list), for a worker that stays.
+                await client.lpush(took[0], cast(str, took[1]))
+                continue
             if took is not None:
                 try:
                     header, _ = live.decode_control(*took)

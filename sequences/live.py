@@ -12,7 +12,8 @@ Live data goes worker → Redis → web; the database holds the durable copy.
 - `hub:claim:<iid>`       the worker that took an instance's start: a replayed start finds it
 - `hub:worker:<name>`     heartbeat key, expires when the worker stops answering
 - `hub:room:<queue>`      hash: worker name -> "<free places> <unix time it lapses>", written by
-                          each worker serving the queue when its room changes and at each beat
+                          each worker serving the queue when its room changes and at each beat;
+                          "0 <lapses> draining" while the worker drains
 - `hub:log`               Redis stream of host log lines
 - `hub:auth:generation`   counter that token, user and group changes bump (accounts.identity)
 - `hub:topic:<name>`      Redis stream of a topic's chunks `{d: bytes}`, and signed end entries
@@ -82,18 +83,26 @@ def room_key(queue: str) -> str:
     return f"hub:room:{queue}"
 
 
-def room_value(free: int, lapses: float) -> str:
+DRAINING = "draining"
+
+
+def room_value(free: int, lapses: float, draining: bool = False) -> str:
+    """A worker's entry in `hub:room:<queue>`; a draining worker's says 0 and why."""
+    if draining:
+        return f"0 {lapses:.3f} {DRAINING}"
     return f"{int(free)} {lapses:.3f}"
 
 
 def live_room(entries: dict[bytes, bytes], now: float) -> dict[str, int]:
     """The free places of each worker whose entry in a `hub:room:<queue>` hash has not lapsed
-    (a worker that died stops refreshing its entry)."""
+    (a worker that died stops refreshing its entry). A draining worker is left out: it is
+    going away, so it is neither room nor a reason to call the cluster full (a start waits
+    for the worker that takes its place)."""
     room: dict[str, int] = {}
     for name, value in entries.items():
         try:
-            free, lapses = value.split()
-            if float(lapses) >= now:
+            free, lapses, *flags = value.split()
+            if float(lapses) >= now and DRAINING.encode() not in flags:
                 room[name.decode()] = int(free)
         except ValueError:
             continue

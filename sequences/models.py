@@ -157,6 +157,11 @@ class Worker(models.Model):
     # What confines its children, as the worker found it at start (runner/launch.py:
     # sandbox_report): {"summary", "landlock", "closed_ports", "user", "network", "cgroups"}.
     sandbox = models.JSONField(default=dict, blank=True)
+    # A drain (`POST /worker/:name/drain`): when the worker took it and until when its
+    # instances may run; `drained` when the last one ended and the worker went on to exit.
+    draining = models.DateTimeField(null=True, blank=True)
+    drain_deadline = models.DateTimeField(null=True, blank=True)
+    drained = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return self.name

@@ -1,0 +1,239 @@
+"""Draining workers: a drained worker takes no more starts, lets its instances finish (or stops
+them and its sequencers at the deadline, saying why), then exits; a rolling restart of every
+worker under a steady load of starts loses no start and no line."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ProcessHandle, start_worker, wait_for
+from tests.packaging import python_package, upload
+from tests.sequences.sequencer_kit import example_package
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LINES = 15
+COUNTER = f"""
+import time
+def run(context, input, *args):
+    for i in range({LINES}):
+        print(f"line {{i}}", flush=True)
+        time.sleep(0.03)
+"""
+FOREVER = """
+import asyncio
+async def run(context, input):
+    while True:
+        await asyncio.sleep(0.2)
+"""
+EXPECTED = "".join(f"line {i}\n" for i in range(LINES)).encode()
+
+
+def _workers(api: httpx.Client) -> list[dict]:
+    response = api.get("/workers")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _name_of(api: httpx.Client, handle: ProcessHandle) -> str:
+    """The name the worker process `handle` registered with."""
+    return wait_for(
+        lambda: next((w["name"] for w in _workers(api) if w["pid"] == handle.proc.pid), None),
+        timeout=40,
+        what=f"worker pid {handle.proc.pid} to register",
+    )
+
+
+def _room(queue: str) -> dict[str, int]:
+    from sequences import live
+
+    return live.live_room(live.sync_client().hgetall(live.room_key(queue)), time.time())
+
+
+def _has_room(queue: str, name: str) -> bool:
+    return _room(queue).get(name, 0) > 0
+
+
+def _info(api: httpx.Client, iid: str) -> dict:
+    response = api.get(f"/instance/{iid}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _ended(api: httpx.Client, iid: str, timeout: float = 40) -> dict:
+    return wait_for(
+        lambda: (d := _info(api, iid))["status"] in ("completed", "errored", "lost") and d,
+        timeout=timeout,
+        what=f"instance {iid} to end",
+    )
+
+
+def _exits(handle: ProcessHandle, timeout: float = 60) -> int:
+    wait_for(lambda: handle.proc.poll() is not None, timeout=timeout, what="the worker to exit")
+    return handle.proc.returncode
+
+
+class Load:
+    """Starts, one after another, from a thread, until stopped: what each answered, and when
+    (to tell starts before and after a drain apart)."""
+
+    def __init__(self, api_url: str, headers: dict[str, str], seq: str) -> None:
+        self.api = httpx.Client(base_url=api_url, headers=headers, timeout=150)
+        self.seq = seq
+        self.started: list[tuple[float, str]] = []  # (when the start was sent, id)
+        self.refused: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(120)
+        self.api.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            sent = time.monotonic()
+            response = self.api.post(f"/sequence/{self.seq}/start", json={})
+            if response.status_code == 200:
+                self.started.append((sent, response.json()["id"]))
+            else:
+                self.refused.append(f"{response.status_code} {response.text[:200]}")
+            time.sleep(0.1)
+
+
+def test_drain_refusals(private_hub, people):
+    """404 for an unknown worker (before the body is read), 400 naming the deadline, 403 for
+    an operator; none of them drains anything."""
+    hub = private_hub()
+    name = _name_of(hub.api, hub.workers[0])
+    response = hub.api.post("/worker/nobody-here/drain", json={"deadline": "soon"})
+    assert response.status_code == 404, response.text
+    assert response.json()["code"] == "WORKER_NOT_FOUND"
+    assert hub.api.get("/worker/nobody-here").status_code == 404
+    for bad in ("soon", -1, True, 1e12):
+        response = hub.api.post(f"/worker/{name}/drain", json={"deadline": bad})
+        assert response.status_code == 400, response.text
+        assert "deadline" in response.json()["error"]
+    response = hub.api.post(f"/worker/{name}/drain", content=b"[1]")
+    assert response.status_code == 400, response.text
+    operator = {"Authorization": f"Bearer {people['operator'].token}"}
+    response = httpx.post(
+        f"{hub.api.base_url}worker/{name}/drain", json={"deadline": 1}, headers=operator
+    )
+    assert response.status_code == 403, response.text
+    shown = hub.api.get(f"/worker/{name}").json()
+    assert shown["state"] == "live" and shown["draining"] is None
+    assert hub.workers[0].proc.poll() is None
+
+
+def test_deadline_stops_instances_and_sequencers_and_a_waiting_start_goes_to_the_next_worker(
+    private_hub, tmp_path
+):
+    from accounts.models import AuditEntry
+
+    hub = private_hub(web_env={"HUB_START_TIMEOUT": "120"})
+    first = hub.workers[0]
+    name = _name_of(hub.api, first)
+    seq = upload(hub.api, python_package(FOREVER))
+    response = hub.api.post(f"/sequence/{seq}/start", json={})
+    assert response.status_code == 200, response.text
+    iid = response.json()["id"]
+    comp = f"TST.drain{int(time.time() * 1000) % 100000}"
+    assert hub.api.post("/components", json={"name": comp}).status_code == 201
+    script = upload(hub.api, example_package("darknight"))
+    response = hub.api.post(
+        f"/component/{comp}/load-script", json={"sequence": script, "prefix": f"{comp}.seq"}
+    )
+    assert response.status_code == 200, response.text
+    sequencer = response.json()["sequencer"]
+    detail = wait_for(
+        lambda: (d := hub.api.get(f"/worker/{name}").json())["instances"] and d,
+        what="the worker to list its instance",
+    )
+    assert detail["instances"] == [iid]
+    assert [s["id"] for s in detail["sequencers"]] == [sequencer["id"]]
+
+    response = hub.api.post(f"/worker/{name}/drain", json={"deadline": 1})
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "draining"
+    assert AuditEntry.objects.filter(action="worker.drain", target=name, outcome="ok").exists()
+    # The only worker drains: a start now waits (not 507) for the worker that takes its place.
+    answers: list[httpx.Response] = []
+
+    def start_one() -> None:
+        with httpx.Client(base_url=hub.api.base_url, headers=hub.api.headers, timeout=150) as api:
+            answers.append(api.post(f"/sequence/{seq}/start", json={}))
+
+    waiting = threading.Thread(target=start_one)
+    waiting.start()
+    ended = _ended(hub.api, iid)
+    assert ended["status"] == "completed"
+    reason = ended["terminated"]["reason"]
+    assert "drained" in reason and name in reason, ended
+    killed = wait_for(
+        lambda: (s := hub.api.get(f"/sequencer/{sequencer['id']}").json())["state"] == "Killed"
+        and s,
+        what="the sequencer to end Killed",
+    )
+    assert "drained" in killed["reason"] and name in killed["reason"], killed
+    assert _exits(first) == 0
+    row = hub.api.get(f"/worker/{name}").json()
+    assert row["state"] == "drained" and row["drained"], row
+    assert waiting.is_alive()  # nobody took it: it waits for a worker
+    hub.workers.append(start_worker(tmp_path, "worker2", HUB_QUEUE=hub.queue))
+    waiting.join(60)
+    assert answers and answers[0].status_code == 200, answers and answers[0].text
+    second = _name_of(hub.api, hub.workers[1])
+    started = answers[0].json()["id"]
+    assert wait_for(lambda: _info(hub.api, started)["worker"], what="its worker") == second
+    hub.api.post(f"/instance/{started}/_kill", json={})
+    # A drained worker cannot be drained again.
+    response = hub.api.post(f"/worker/{name}/drain", json={})
+    assert response.status_code == 409, response.text
+
+
+def test_rolling_restart_under_load_loses_no_start_and_no_line(private_hub, tmp_path):
+    hub = private_hub()
+    seq = upload(hub.api, python_package(COUNTER))
+    handles = [hub.workers[0], start_worker(tmp_path, "w-b", HUB_QUEUE=hub.queue)]
+    hub.workers.append(handles[1])
+    names = [_name_of(hub.api, h) for h in handles]
+    wait_for(lambda: all(_has_room(hub.queue, n) for n in names), what="both workers' room")
+    drained_at: dict[str, float] = {}
+    with Load(str(hub.api.base_url), dict(hub.api.headers), seq) as load:
+        time.sleep(2)
+        for round_, (handle, name) in enumerate(zip(list(handles), names, strict=True)):
+            response = hub.api.post(f"/worker/{name}/drain", json={"deadline": 60})
+            assert response.status_code == 200, response.text
+            drained_at[name] = time.monotonic()
+            assert _room(hub.queue).get(name) is None  # not room, not "full"
+            assert _exits(handle) == 0
+            replacement = start_worker(tmp_path, f"w-next{round_}", HUB_QUEUE=hub.queue)
+            hub.workers.append(replacement)
+            new_name = _name_of(hub.api, replacement)
+            wait_for(lambda n=new_name: _has_room(hub.queue, n), timeout=40, what="its room")
+            time.sleep(1)
+    assert not load.refused, load.refused
+    assert len(load.started) > 20
+    workers_of = {}
+    for _, iid in load.started:
+        done = _ended(hub.api, iid)
+        assert done["status"] == "completed", done
+        workers_of[iid] = done["worker"]
+        stdout = hub.api.get(f"/instance/{iid}/stdout")
+        assert stdout.content == EXPECTED, (iid, stdout.content)
+    # No start sent after a worker took its drain ran on that worker.
+    for sent, iid in load.started:
+        for name, at in drained_at.items():
+            if sent > at:
+                assert workers_of[iid] != name, (iid, name)
+    for name in names:
+        assert hub.api.get(f"/worker/{name}").json()["state"] == "drained"
