@@ -106,7 +106,7 @@ class Load:
                 self.started.append((sent, response.json()["id"]))
             else:
                 self.refused.append(f"{response.status_code} {response.text[:200]}")
-            time.sleep(0.1)
+            time.sleep(0.25)
 
 
 def test_drain_refusals(private_hub, people):
@@ -179,8 +179,9 @@ def test_deadline_stops_instances_and_sequencers_and_a_waiting_start_goes_to_the
     reason = ended["terminated"]["reason"]
     assert "drained" in reason and name in reason, ended
     killed = wait_for(
-        lambda: (s := hub.api.get(f"/sequencer/{sequencer['id']}").json())["state"] == "Killed"
-        and s,
+        lambda: (
+            (s := hub.api.get(f"/sequencer/{sequencer['id']}").json())["state"] == "Killed" and s
+        ),
         what="the sequencer to end Killed",
     )
     assert "drained" in killed["reason"] and name in killed["reason"], killed
