@@ -4,12 +4,15 @@ worker under a steady load of starts loses no start and no line."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
 import httpx
 import pytest
 
+from client import HostClient
+from tests.client.conftest import make_si
 from tests.conftest import ProcessHandle, start_worker, wait_for
 from tests.packaging import python_package, upload
 from tests.sequences.sequencer_kit import example_package
@@ -109,7 +112,7 @@ class Load:
             time.sleep(0.25)
 
 
-def test_drain_refusals(private_hub, people):
+def test_drain_refusals(private_hub, people, tmp_path):
     """404 for an unknown worker (before the body is read), 400 naming the deadline, 403 for
     an operator; none of them drains anything."""
     hub = private_hub()
@@ -129,13 +132,20 @@ def test_drain_refusals(private_hub, people):
         f"{hub.api.base_url}worker/{name}/drain", json={"deadline": 1}, headers=operator
     )
     assert response.status_code == 403, response.text
+    si = make_si(tmp_path, str(hub.api.base_url), people["admin"].token)
+    listed = json.loads(si("--json", "worker", "ls").stdout)
+    assert [w["state"] for w in listed if w["name"] == name] == ["live"]
+    result = si("worker", "drain", "nobody-here", check=False)
+    assert result.returncode == 1 and b"WORKER_NOT_FOUND" in result.stderr + result.stdout
+    result = si("worker", "drain", name, "--deadline", "soon", check=False)
+    assert result.returncode == 2 and b"seconds" in result.stderr
     shown = hub.api.get(f"/worker/{name}").json()
     assert shown["state"] == "live" and shown["draining"] is None
     assert hub.workers[0].proc.poll() is None
 
 
 def test_deadline_stops_instances_and_sequencers_and_a_waiting_start_goes_to_the_next_worker(
-    private_hub, tmp_path
+    private_hub, tmp_path, people
 ):
     from accounts.models import AuditEntry
 
@@ -161,9 +171,9 @@ def test_deadline_stops_instances_and_sequencers_and_a_waiting_start_goes_to_the
     assert detail["instances"] == [iid]
     assert [s["id"] for s in detail["sequencers"]] == [sequencer["id"]]
 
-    response = hub.api.post(f"/worker/{name}/drain", json={"deadline": 1})
-    assert response.status_code == 200, response.text
-    assert response.json()["state"] == "draining"
+    si = make_si(tmp_path / "si", str(hub.api.base_url), people["admin"].token)
+    taken = json.loads(si("--json", "worker", "drain", name, "--deadline", "1").stdout)
+    assert taken["state"] == "draining" and taken["name"] == name
     assert AuditEntry.objects.filter(action="worker.drain", target=name, outcome="ok").exists()
     # The only worker drains: a start now waits (not 507) for the worker that takes its place.
     answers: list[httpx.Response] = []
@@ -201,7 +211,7 @@ def test_deadline_stops_instances_and_sequencers_and_a_waiting_start_goes_to_the
     assert response.status_code == 409, response.text
 
 
-def test_rolling_restart_under_load_loses_no_start_and_no_line(private_hub, tmp_path):
+def test_rolling_restart_under_load_loses_no_start_and_no_line(private_hub, tmp_path, people):
     hub = private_hub()
     seq = upload(hub.api, python_package(COUNTER))
     handles = [hub.workers[0], start_worker(tmp_path, "w-b", HUB_QUEUE=hub.queue)]
@@ -209,11 +219,12 @@ def test_rolling_restart_under_load_loses_no_start_and_no_line(private_hub, tmp_
     names = [_name_of(hub.api, h) for h in handles]
     wait_for(lambda: all(_has_room(hub.queue, n) for n in names), what="both workers' room")
     drained_at: dict[str, float] = {}
+    client = HostClient(str(hub.api.base_url), token=people["admin"].token)
     with Load(str(hub.api.base_url), dict(hub.api.headers), seq) as load:
         time.sleep(2)
         for round_, (handle, name) in enumerate(zip(list(handles), names, strict=True)):
-            response = hub.api.post(f"/worker/{name}/drain", json={"deadline": 60})
-            assert response.status_code == 200, response.text
+            taken = client.drain_worker(name, deadline=60)
+            assert taken["state"] == "draining"
             drained_at[name] = time.monotonic()
             assert _room(hub.queue).get(name) is None  # not room, not "full"
             assert _exits(handle) == 0
@@ -237,4 +248,5 @@ def test_rolling_restart_under_load_loses_no_start_and_no_line(private_hub, tmp_
             if sent > at:
                 assert workers_of[iid] != name, (iid, name)
     for name in names:
-        assert hub.api.get(f"/worker/{name}").json()["state"] == "drained"
+        assert client.get_worker(name)["state"] == "drained"
+    client.close()
