@@ -96,6 +96,8 @@ async def _drain(sup: Supervisor) -> None:
         sup.host_log(f"worker {sup.name} drained: exiting")
     except Exception:
         log.exception("draining worker %s failed; exiting all the same", sup.name)
+    if sup._stopping:
+        return  # shut down meanwhile (SIGTERM from outside): a second signal would be cold
     # Celery's warm shutdown of this process: worker_shutdown ends the supervisor.
     os.kill(os.getpid(), signal.SIGTERM)
 

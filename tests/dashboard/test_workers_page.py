@@ -148,3 +148,34 @@ def test_an_admin_drains_a_worker(clients, worker_row):
     ).exists()
     html = clients["viewer"].get("/workers/").content.decode()
     assert 'class="badge s-draining"' in html and "is stopped at" in html
+
+
+async def test_the_workers_socket_sends_the_cards_and_refuses_strangers(users, worker_row):
+    """The page's socket: a snapshot of the cards, again when an instance changes."""
+    from asgiref.sync import sync_to_async
+    from channels.layers import get_channel_layer
+    from django.test import Client
+
+    from sequences import notices
+    from tests.dashboard.test_consumers import communicator, receive_until
+
+    def cookie(user) -> str:
+        client = Client()
+        client.force_login(user)
+        return f"sessionid={client.cookies['sessionid'].value}"
+
+    strangers = communicator("/ws/workers/", "")
+    connected, code = await strangers.connect()
+    assert not connected and code == 4003
+    comm = communicator("/ws/workers/", await sync_to_async(cookie)(users["viewer"]))
+    connected, _ = await comm.connect()
+    assert connected
+    snapshot = await receive_until(comm, 'id="workers-cards"')
+    assert worker_row.name in snapshot and "/drain/" not in snapshot
+    await get_channel_layer().group_send(
+        notices.INSTANCES, {"type": notices.INSTANCE_CHANGED, "id": "x"}
+    )
+    # Sooner than the 5 s look: the notice, not the poll.
+    again = await receive_until(comm, 'id="workers-cards"', timeout=3)
+    assert worker_row.name in again
+    await comm.disconnect()
