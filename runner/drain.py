@@ -50,7 +50,9 @@ async def drain(sup: Supervisor, header: dict[str, Any], payload: bytes) -> None
     _deadlines[sup.name] = min(deadline, _deadlines.get(sup.name, deadline))
     first = not sup.draining
     sup.draining = True
-    sup.room_changed()  # 0 free places and the flag, published now
+    sup.room_changed()  # wakes the start loop, which then pops nothing
+    # 0 free places and the flag, in Redis before the web hears the drain was taken.
+    await sup._write_room()
     if first:
         sup.host_log(f"worker {sup.name} draining: {len(sup.children)} running, {seconds:g} s")
         log.warning("worker %s draining (deadline in %g s)", sup.name, seconds)

@@ -46,7 +46,7 @@ def _name_of(api: httpx.Client, handle: ProcessHandle) -> str:
     """The name the worker process `handle` registered with."""
     return wait_for(
         lambda: next((w["name"] for w in _workers(api) if w["pid"] == handle.proc.pid), None),
-        timeout=40,
+        timeout=90,
         what=f"worker pid {handle.proc.pid} to register",
     )
 
@@ -231,7 +231,7 @@ def test_rolling_restart_under_load_loses_no_start_and_no_line(private_hub, tmp_
             replacement = start_worker(tmp_path, f"w-next{round_}", HUB_QUEUE=hub.queue)
             hub.workers.append(replacement)
             new_name = _name_of(hub.api, replacement)
-            wait_for(lambda n=new_name: _has_room(hub.queue, n), timeout=40, what="its room")
+            wait_for(lambda n=new_name: _has_room(hub.queue, n), timeout=90, what="its room")
             time.sleep(1)
     assert not load.refused, load.refused
     assert len(load.started) > 20
