@@ -1,6 +1,7 @@
-"""Draining workers: a drained worker takes no more starts, lets its instances finish (or stops
-them and its sequencers at the deadline, saying why), then exits; a rolling restart of every
-worker under a steady load of starts loses no start and no line."""
+"""Draining workers: refusals (404, 400 naming the deadline, 403); a drained worker takes no
+more starts, lets its instances finish (or stops them and its sequencers at the deadline, saying
+why), then exits; a rolling restart of every worker under a steady load of starts loses no start
+and no line; runhub replaces a drained worker."""
 
 from __future__ import annotations
 
@@ -112,11 +113,9 @@ class Load:
             time.sleep(0.25)
 
 
-def test_drain_refusals(private_hub, people, tmp_path):
+def _check_refusals(hub, name: str, people, si) -> None:
     """404 for an unknown worker (before the body is read), 400 naming the deadline, 403 for
     an operator; none of them drains anything."""
-    hub = private_hub()
-    name = _name_of(hub.api, hub.workers[0])
     response = hub.api.post("/worker/nobody-here/drain", json={"deadline": "soon"})
     assert response.status_code == 404, response.text
     assert response.json()["code"] == "WORKER_NOT_FOUND"
@@ -132,7 +131,6 @@ def test_drain_refusals(private_hub, people, tmp_path):
         f"{hub.api.base_url}worker/{name}/drain", json={"deadline": 1}, headers=operator
     )
     assert response.status_code == 403, response.text
-    si = make_si(tmp_path, str(hub.api.base_url), people["admin"].token)
     listed = json.loads(si("--json", "worker", "ls").stdout)
     assert [w["state"] for w in listed if w["name"] == name] == ["live"]
     result = si("worker", "drain", "nobody-here", check=False)
@@ -152,6 +150,8 @@ def test_deadline_stops_instances_and_sequencers_and_a_waiting_start_goes_to_the
     hub = private_hub(web_env={"HUB_START_TIMEOUT": "120"})
     first = hub.workers[0]
     name = _name_of(hub.api, first)
+    si = make_si(tmp_path / "si", str(hub.api.base_url), people["admin"].token)
+    _check_refusals(hub, name, people, si)
     seq = upload(hub.api, python_package(FOREVER))
     response = hub.api.post(f"/sequence/{seq}/start", json={})
     assert response.status_code == 200, response.text
@@ -171,7 +171,6 @@ def test_deadline_stops_instances_and_sequencers_and_a_waiting_start_goes_to_the
     assert detail["instances"] == [iid]
     assert [s["id"] for s in detail["sequencers"]] == [sequencer["id"]]
 
-    si = make_si(tmp_path / "si", str(hub.api.base_url), people["admin"].token)
     taken = json.loads(si("--json", "worker", "drain", name, "--deadline", "1").stdout)
     assert taken["state"] == "draining" and taken["name"] == name
     assert AuditEntry.objects.filter(action="worker.drain", target=name, outcome="ok").exists()
