@@ -293,7 +293,8 @@ async def cluster_full(queue: str) -> str | None:
         )
     except RedisError:
         return None
-    room = live.live_room(entries, time.time())
+    # A draining worker is not "full": with it alone, a start waits for its replacement.
+    room = live.live_room(entries, time.time(), draining=False)
     if not room or any(free > 0 for free in room.values()):
         return None
     return (

@@ -93,16 +93,16 @@ def room_value(free: int, lapses: float, draining: bool = False) -> str:
     return f"{int(free)} {lapses:.3f}"
 
 
-def live_room(entries: dict[bytes, bytes], now: float) -> dict[str, int]:
+def live_room(entries: dict[bytes, bytes], now: float, draining: bool = True) -> dict[str, int]:
     """The free places of each worker whose entry in a `hub:room:<queue>` hash has not lapsed
-    (a worker that died stops refreshing its entry). A draining worker is left out: it is
-    going away, so it is neither room nor a reason to call the cluster full (a start waits
-    for the worker that takes its place)."""
+    (a worker that died stops refreshing its entry). A draining worker says 0; `draining=False`
+    leaves it out: it is going away, so it is neither room nor a reason to call the cluster
+    full (a start waits for the worker that takes its place)."""
     room: dict[str, int] = {}
     for name, value in entries.items():
         try:
             free, lapses, *flags = value.split()
-            if float(lapses) >= now and DRAINING.encode() not in flags:
+            if float(lapses) >= now and (draining or DRAINING.encode() not in flags):
                 room[name.decode()] = int(free)
         except ValueError:
             continue

@@ -52,10 +52,11 @@ def _name_of(api: httpx.Client, handle: ProcessHandle) -> str:
     )
 
 
-def _room(queue: str) -> dict[str, int]:
+def _room(queue: str, draining: bool = True) -> dict[str, int]:
     from sequences import live
 
-    return live.live_room(live.sync_client().hgetall(live.room_key(queue)), time.time())
+    entries = live.sync_client().hgetall(live.room_key(queue))
+    return live.live_room(entries, time.time(), draining)
 
 
 def _has_room(queue: str, name: str) -> bool:
@@ -225,7 +226,8 @@ def test_rolling_restart_under_load_loses_no_start_and_no_line(private_hub, tmp_
             taken = client.drain_worker(name, deadline=60)
             assert taken["state"] == "draining"
             drained_at[name] = time.monotonic()
-            assert _room(hub.queue).get(name) is None  # not room, not "full"
+            assert _room(hub.queue).get(name) == 0
+            assert name not in _room(hub.queue, draining=False)  # not room, not "full"
             assert _exits(handle) == 0
             replacement = start_worker(tmp_path, f"w-next{round_}", HUB_QUEUE=hub.queue)
             hub.workers.append(replacement)
