@@ -94,6 +94,11 @@ EXIT_REASONS: dict[int, Outcome] = {
     Exit.REFUSED: Outcome(True, "Refused for resources"),
 }
 STOP_TIMEOUT = Outcome(False, "Instance stopped: killed after the stop timeout")
+# A worker's orderly stop (SIGTERM or SIGINT of the worker, or of runhub) killed it: not a
+# request made on the instance, so a restart policy restarts it (docs/operations.md).
+WORKER_SHUTDOWN = Outcome(False, "Instance killed: worker shutdown")
+# Its worker's heartbeat lapsed (killed, its machine gone): the instance ends `lost`.
+WORKER_LOST = "worker {worker} stopped answering"
 
 
 def outcome(code: int, killed: bool, stopped: bool) -> Outcome:

@@ -36,6 +36,7 @@ from sequences.models import (
     Sequence,
     Sequencer,
 )
+from sequences.restart_policy import NEVER, RestartPolicy, parse_restart
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class StartRequest:
     input_topic: str = ""
     # Set by `restart`, never from a body: the instance this start restarts.
     restarted_from: str | None = None
+    # `restart` in the body (sequences/restart_policy.py); the count is set by restarts only.
+    restart: RestartPolicy = NEVER
+    restart_count: int = 0
 
 
 def invalid(message: str) -> HubError:
@@ -61,7 +65,7 @@ def invalid(message: str) -> HubError:
 
 def parse_start(raw: bytes) -> StartRequest:
     """Validate a start body: `{appConfig?, args?, instanceId?, limits?, outputTopic?,
-    inputTopic?}`."""
+    inputTopic?, restart?}`."""
     if len(raw) > MAX_ARGS_BYTES:
         raise invalid(f"start body is over {MAX_ARGS_BYTES} bytes")
     if raw.strip():
@@ -97,6 +101,7 @@ def parse_start(raw: bytes) -> StartRequest:
     for field, name in named.items():
         if name and not topics.is_name(name):
             raise invalid(f"{field} must be a topic's name: {topics.NAME_RULE}")
+    restart = parse_restart(body.get("restart"))
     return StartRequest(
         args=args,
         app_config=app_config,
@@ -104,6 +109,7 @@ def parse_start(raw: bytes) -> StartRequest:
         limits=limits,
         output_topic=named["outputTopic"],
         input_topic=named["inputTopic"],
+        restart=restart,
     )
 
 
@@ -174,6 +180,10 @@ def _create(seq: Sequence | str, req: StartRequest, user: Any, kind: str) -> Ins
             output_topic=req.output_topic,
             input_topic=req.input_topic,
             restarted_from_id=req.restarted_from,
+            restart_policy=req.restart.policy,
+            restart_max=req.restart.max,
+            restart_backoff=req.restart.backoff,
+            restart_count=req.restart_count,
             **fields,
         )
     except IntegrityError as exc:
@@ -183,6 +193,11 @@ def _create(seq: Sequence | str, req: StartRequest, user: Any, kind: str) -> Ins
         raise HubError(
             409, "ALREADY_RESTARTED", f"Instance {req.restarted_from} was restarted already"
         ) from None
+
+
+def create_row(seq: Sequence | str, req: StartRequest, user: Any, kind: str) -> Instance:
+    """The row of a start, without pushing it (restart policies push it themselves)."""
+    return _create(seq, req, user, kind)
 
 
 def effective_args(args: list[Any], seq: Sequence) -> list[Any]:
@@ -447,17 +462,26 @@ def info(instance: Instance) -> dict[str, Any]:
         "restartedFrom": instance.restarted_from_id,
         # Annotated by `with_links`; an instance read some other way shows none.
         "restartedAs": getattr(instance, "restarted_as", None),
+        "restart": {**restart_policy_of(instance).to_json(), "count": instance.restart_count},
     }
     if instance.exit_code is not None or instance.status == InstanceStatus.LOST:
         data["terminated"] = {"exitcode": instance.exit_code, "reason": instance.reason}
     return data
 
 
+def restart_policy_of(instance: Instance) -> RestartPolicy:
+    """The restart policy its start gave (never, for an instance made before policies)."""
+    if instance.restart_policy == NEVER.policy:
+        return NEVER
+    return RestartPolicy(instance.restart_policy, instance.restart_max, instance.restart_backoff)
+
+
 async def restart(iid: str, user: Any) -> Instance:
     """Start the sequence of instance `iid` again with its args, appConfig and limits, as a
     new instance linked to it (`restarted_from`); a live `iid` is killed first, and its end
     awaited, so the two never run together. An instance is restarted once: restart the new
-    one next time.
+    one next time. The copy keeps the restart policy, with its count back at 0: a restart
+    asked for by an operator starts a new chain.
     """
     old = await aget_instance(iid)
     if old.kind != "sequence":
@@ -475,6 +499,7 @@ async def restart(iid: str, user: Any) -> Instance:
         output_topic=old.output_topic,
         input_topic=old.input_topic,
         restarted_from=old.id,
+        restart=restart_policy_of(old),
     )
     if old.is_live:
         try:

@@ -75,6 +75,13 @@ class Limits(Schema):
     gpu: bool = False
 
 
+class Restart(Schema):
+    # sequences/restart_policy.py decides; docs/api.md and docs/operations.md say when.
+    policy: Literal["never", "on-failure", "always"] = "never"
+    max: int = Field(3, ge=0, le=100, description="restarts in a row, at most")
+    backoff: float = Field(1, ge=0, le=300, description="seconds before the first, doubling")
+
+
 class StartBody(Schema):
     appConfig: dict[str, Any] = {}
     args: list[Any] = []
@@ -82,6 +89,7 @@ class StartBody(Schema):
     limits: Limits | SkipJsonSchema[None] = None
     outputTopic: str | SkipJsonSchema[None] = Field(None, description="publish output there")
     inputTopic: str | SkipJsonSchema[None] = Field(None, description="read input from there")
+    restart: Restart | SkipJsonSchema[None] = None
 
 
 class ControlBody(Schema):
