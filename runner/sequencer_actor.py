@@ -322,7 +322,7 @@ class SequencerActor:
         if not self.loaded.done():
             why = f"the script failed to load: {item.reason} (exit code {item.code})"
         elif getattr(self.sup, "_stopping", False):
-            why = f"its worker {self.sup.name} shut down"
+            why = f"worker shutdown: its worker {self.sup.name} shut down"
         else:
             why = f"its process ended: {item.reason} (exit code {item.code})"
         applied = await self._apply(
