@@ -96,8 +96,9 @@ def test_which_ends_are_restarted_under_each_policy():
         ("completed", 137, "Instance killed", (False, False, False)),  # an operator's kill
         ("completed", 138, "Instance stopped", (False, False, False)),  # an operator's stop
     ]
+    policies = ("never", "on-failure", "always")
     for status, code, reason, expected in cases:
-        got = tuple(wants_restart(p, status, code, reason) for p in ("never", "on-failure", "always"))
+        got = tuple(wants_restart(p, status, code, reason) for p in policies)
         assert got == expected, (status, reason)
     assert [delay(1, n) for n in range(4)] == [1, 2, 4, 8]
     assert delay(1, 40) == 300
