@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from core.db_threads import db_call
 from core.protocol import WORKER_SHUTDOWN, Exit
-from sequences import hub_events, instances
+from sequences import hub_events, instances, live
 from sequences.errors import HubError
 from sequences.models import Instance, InstanceStatus
 from sequences.restart_policy import RESTARTING, RestartPolicy, delay, wants_restart
@@ -108,7 +108,10 @@ def _make_copy(old: Instance) -> Instance | None:
 
 
 async def _start_all(copies: list[Instance]) -> None:
-    await asyncio.gather(*(_start(copy) for copy in copies))
+    try:
+        await asyncio.gather(*(_start(copy) for copy in copies))
+    finally:
+        await live.close_async_client()  # this loop ends with the call (async_to_sync)
 
 
 async def _start(copy: Instance) -> None:
