@@ -393,13 +393,19 @@ def hosted_sequencer(comp: SequenceComponent) -> Sequencer | None:
     return None if row is None else heal([row])[0]
 
 
-def component_json(comp: SequenceComponent) -> dict[str, Any]:
-    """`{name, state, sequencer}` (GetStatus and the component list)."""
+def hosted_now(comp: SequenceComponent) -> Sequencer | None:
+    """`hosted_sequencer` for readers: a sequencer found dead just now (healed) freed its
+    component (sequencer_store.apply), so `comp` is read again and hosts nothing."""
     hosted = hosted_sequencer(comp)
     if hosted is not None and hosted.state == State.KILLED:
-        # Healed just now: killing it freed the component (sequencer_store.apply).
         comp.refresh_from_db()
         hosted = hosted_sequencer(comp)
+    return hosted
+
+
+def component_json(comp: SequenceComponent) -> dict[str, Any]:
+    """`{name, state, sequencer}` (GetStatus and the component list)."""
+    hosted = hosted_now(comp)
     return {
         "name": comp.name,
         "state": comp.state,
