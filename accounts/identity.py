@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 from redis.exceptions import RedisError
 
 from accounts.access import user_from_token, user_role
@@ -33,6 +34,7 @@ class Identity:
     user: Any
     role: str
     looked_up: float
+    lapses: float = float("inf")  # monotonic time the token expires: not remembered past it
 
 
 _remembered: dict[str, Identity] = {}
@@ -43,7 +45,10 @@ def _lookup(raw: str) -> Identity | None:
     user = user_from_token(raw)
     if user is None:
         return None
-    return Identity(user=user, role=user_role(user), looked_up=time.monotonic())
+    now = time.monotonic()
+    expires = getattr(user, "_hub_token_expires", None)
+    lapses = now + (expires - timezone.now()).total_seconds() if expires else float("inf")
+    return Identity(user=user, role=user_role(user), looked_up=now, lapses=lapses)
 
 
 # After a failed read, the counter is not asked for this long: while Redis is away, requests
@@ -91,7 +96,8 @@ def _recall(digest: str, current: bytes | None) -> Identity | None:
         _remembered.clear()
         _generation = current
     known = _remembered.get(digest)
-    if known is not None and time.monotonic() - known.looked_up < REMEMBER_SECONDS:
+    now = time.monotonic()
+    if known is not None and now - known.looked_up < REMEMBER_SECONDS and now < known.lapses:
         return known
     return None
 

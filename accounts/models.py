@@ -2,6 +2,7 @@
 
 import hashlib
 import secrets
+from datetime import datetime
 
 from django.conf import settings
 from django.db import models
@@ -23,6 +24,11 @@ class ApiToken(models.Model):
     created = models.DateTimeField(auto_now_add=True)
     last_used = models.DateTimeField(null=True, blank=True)
     revoked = models.DateTimeField(null=True, blank=True)
+    # None: it never lapses. After this moment the token is refused like a revoked one.
+    expires = models.DateTimeField(null=True, blank=True)
+    # "": it acts with its owner's role. Else it acts with at most this role, even when its
+    # owner holds a higher one (a read-only token for a dashboard, say).
+    role = models.CharField(max_length=10, blank=True, default="")
 
     class Meta:
         ordering = ["-created"]
@@ -31,11 +37,24 @@ class ApiToken(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
     @classmethod
-    def issue(cls, user: object, name: str) -> tuple["ApiToken", str]:
-        """Create a token; the raw value is returned once and never stored."""
+    def issue(
+        cls, user: object, name: str, expires: datetime | None = None, role: str = ""
+    ) -> tuple["ApiToken", str]:
+        """Create a token; the raw value is returned once and never stored. The caller checks
+        that `role` is at most the owner's (accounts.access.issue_token)."""
         raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        token = cls.objects.create(user=user, name=name, prefix=raw[:8], token_hash=hash_token(raw))
+        token = cls.objects.create(
+            user=user,
+            name=name,
+            prefix=raw[:8],
+            token_hash=hash_token(raw),
+            expires=expires,
+            role=role,
+        )
         return token, raw
+
+    def lapsed(self, now: datetime) -> bool:
+        return self.expires is not None and self.expires <= now
 
 
 class AuditEntry(models.Model):

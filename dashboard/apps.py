@@ -22,6 +22,9 @@ class DashboardConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Counts the starts this process pushes from the first one on (sequences.start_watch).
+        from dashboard import metrics  # noqa: F401
+
         if _running(HUB_SERVERS):
             # At start, not at the first request or task that would sign something.
             from dashboard.data_dir import missing_secrets_error

@@ -212,14 +212,13 @@ class OverviewConsumer(LiveConsumer):
 class InstanceListConsumer(LiveConsumer):
     async def setup(self) -> None:
         query = parse_qs(self.scope.get("query_string", b"").decode())
-        self.status = (query.get("status") or [""])[0]
-        self.sequence = (query.get("sequence") or [""])[0]
+        self.params = instance_pages.list_params(query)
 
     def watch_groups(self) -> list[str]:
         return [notices.INSTANCES]
 
     def fragments(self) -> str:
-        context = {**instance_pages.list_context(self.status, self.sequence), **self.base_context()}
+        context = {**instance_pages.list_context(self.params), **self.base_context()}
         return render_to_string("instances/_rows_table.html", context)
 
 
@@ -402,7 +401,7 @@ class SequencerConsumer(LiveConsumer):
         context = {**sequencer_pages.detail_context(row), **self.base_context(), "oob": True}
         names = ["state", "steps", "history"]
         if context["can_operate"]:
-            names.append("step-select")  # only operators have the editor it lives in
+            names += ["step-select", "editor-buttons"]  # only operators have the editor
         return render_fragments([(f"sequencers/detail.html#{n}", context) for n in names])
 
 

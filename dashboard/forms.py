@@ -6,6 +6,9 @@ import json
 from typing import Any
 
 from django import forms
+from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.http import QueryDict
 
 from sequences.errors import HubError
@@ -100,8 +103,39 @@ class StopForm(forms.Form):
     keepalive = forms.BooleanField(required=False)
 
 
+TOKEN_LIFETIMES = [("", "never"), ("1", "1 day"), ("7", "7 days"), ("30", "30 days")]
+TOKEN_LIFETIMES += [("90", "90 days"), ("365", "1 year")]
+ROLE_CHOICES = [("viewer", "viewer"), ("operator", "operator"), ("admin", "admin")]
+
+
 class TokenForm(forms.Form):
     name = forms.CharField(max_length=100)
+    expires_in = forms.ChoiceField(choices=TOKEN_LIFETIMES, required=False, label="expires in")
+    role = forms.ChoiceField(choices=[("", "my role"), *ROLE_CHOICES], required=False)
+
+
+class UserForm(forms.Form):
+    """A new console user: Django's own username and password rules apply."""
+
+    username = forms.CharField(max_length=150)
+    password = forms.CharField(widget=forms.PasswordInput, min_length=8, max_length=200)
+    role = forms.ChoiceField(choices=ROLE_CHOICES, initial="viewer")
+
+    def clean_username(self) -> str:
+        name = self.cleaned_data["username"].strip()
+        UnicodeUsernameValidator()(name)
+        if get_user_model().objects.filter(username__iexact=name).exists():
+            raise forms.ValidationError(f"a user named {name!r} already exists")
+        return name
+
+    def clean_password(self) -> str:
+        password = self.cleaned_data["password"]
+        validate_password(password)
+        return password
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=ROLE_CHOICES)
 
 
 class StepsForm(forms.Form):

@@ -46,6 +46,10 @@ urlpatterns = [
     path("tokens/", access_pages.tokens, name="tokens"),
     path("tokens/new/", access_pages.token_create, name="token-create"),
     path("tokens/<int:token_id>/revoke/", access_pages.token_revoke, name="token-revoke"),
+    path("users/", access_pages.users, name="users"),
+    path("users/new/", access_pages.user_create, name="user-create"),
+    path("users/<int:user_id>/role/", access_pages.user_role_change, name="user-role"),
+    path("users/<int:user_id>/active/", access_pages.user_active, name="user-active"),
 ]
 
 urlpatterns += [

@@ -245,6 +245,13 @@ LOGGING = {
 }
 
 # The hub's own knobs.
+# Passwords set through the console's Users page (and `manage.py changepassword`).
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
 HUB_ANONYMOUS_ROLE = env.str("HUB_ANONYMOUS_ROLE", default="none")
 if HUB_ANONYMOUS_ROLE not in {"none", "viewer", "operator", "admin"}:
     raise ValueError("HUB_ANONYMOUS_ROLE must be one of none, viewer, operator, admin")
@@ -259,22 +266,30 @@ HUB_UPLOAD_MAX_BYTES = env.int("HUB_UPLOAD_MAX_BYTES", default=256 * 1024 * 1024
 HUB_START_TIMEOUT = env.float("HUB_START_TIMEOUT", default=30.0)
 HUB_LOST_AFTER = env.float("HUB_LOST_AFTER", default=15.0)
 HUB_LOGIN_ATTEMPTS = env.int("HUB_LOGIN_ATTEMPTS", default=10)
+# Console log search (dashboard/search.py): searches at once per web process, and the time one
+# may take before it answers with what it found so far.
+HUB_SEARCH_CONCURRENCY = env.int("HUB_SEARCH_CONCURRENCY", default=2)
+HUB_SEARCH_SECONDS = env.float("HUB_SEARCH_SECONDS", default=10.0)
 
 
-def _networks(entries: list[str]) -> list[str]:
+def _networks(name: str) -> list[str]:
+    entries: list[str] = env.list(name, default=[])
     for entry in entries:
         try:
             ipaddress.ip_network(entry, strict=False)
         except ValueError:
-            raise ValueError(
-                f"HUB_TRUSTED_PROXIES: {entry!r} is not an address or network (CIDR)"
-            ) from None
+            raise ValueError(f"{name}: {entry!r} is not an address or network (CIDR)") from None
     return entries
 
 
 # Peers whose X-Forwarded-For is believed (dashboard/views/common.py:client_ip); anyone else's
 # is ignored, so a client cannot choose the address the login limit counts it under.
-HUB_TRUSTED_PROXIES = _networks(env.list("HUB_TRUSTED_PROXIES", default=[]))
+HUB_TRUSTED_PROXIES = _networks("HUB_TRUSTED_PROXIES")
+# Who may read /metrics (dashboard/metrics.py): a client sending this token as a Bearer, or one
+# from these addresses (CIDRs, the client's address as HUB_TRUSTED_PROXIES tells it). Neither
+# set: this machine only, and not through a proxy.
+HUB_METRICS_TOKEN = env.str("HUB_METRICS_TOKEN", default="")
+HUB_METRICS_ALLOW = _networks("HUB_METRICS_ALLOW")
 # Isolation of sequence code (runner/isolation.py, docs/operations.md): "auto" runs each child
 # as a user id of its own when the worker is root; "none" keeps the worker's user; a user name
 # runs every child as that user.

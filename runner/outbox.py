@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aredis
 
 from runner.dbwriter import DbWriter
-from sequences import topics
+from sequences import live, topics
 
 if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
@@ -90,6 +90,7 @@ class Outbox:
                 batch, self._entries = self._entries, []
                 batch_bytes = self._bytes  # counted until Redis has them
                 pipe = self.redis.pipeline(transaction=False)
+                streamed: dict[str, int] = {}  # bytes per stream name, for /metrics
                 for key, fields in batch:
                     if fields is None:
                         pipe.expire(key, ENDED_STREAM_TTL)
@@ -97,6 +98,11 @@ class Outbox:
                         topics.queue_publish(pipe, key, [fields])
                     else:
                         pipe.xadd(key, fields, maxlen=REDIS_MAXLEN, approximate=True)
+                        if "s" in fields and isinstance(data := fields.get("d"), bytes):
+                            stream = key.rsplit(":", 1)[1]  # stream_key ends with it
+                            streamed[stream] = streamed.get(stream, 0) + len(data)
+                for stream, size in streamed.items():
+                    pipe.hincrby(live.stream_bytes_key(), stream, size)
                 try:
                     await pipe.execute()
                 except Exception:

@@ -94,6 +94,12 @@ def add_sequence(path: Path, user: Any, replaces: Sequence | None = None) -> Seq
     )
 
 
+def same_package(seq: Sequence) -> list[Sequence]:
+    """Other stored sequences made from the very same package (same sha256), oldest first: an
+    upload that repeats one is kept (STH gives every upload an id), and the uploader is told."""
+    return list(Sequence.objects.filter(sha256=seq.sha256).exclude(pk=seq.pk).order_by("created"))
+
+
 def get_sequence(ident: str) -> Sequence:
     """By id, or by name (the newest upload with that name), as STH HEAD allows."""
     seq = Sequence.objects.filter(pk=ident).first()

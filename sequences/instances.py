@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from core.db_threads import db_call
 from core.protocol import Exit
-from sequences import live, topics
+from sequences import live, start_watch, topics
 from sequences.catalog import get_sequence
 from sequences.errors import HubError, not_found
 from sequences.models import (
@@ -244,6 +244,7 @@ def start_request(
     return live.encode_control(dest, header)
 
 
+@start_watch.watched
 async def push_start(
     instance: Instance,
     wait: float,
@@ -323,6 +324,7 @@ async def _refuse_full(instance: Instance, reason: str) -> dict[str, Any]:
     return {"ok": False, "status": 507, "code": "INSUFFICIENT_RESOURCES", "error": reason}
 
 
+@start_watch.refusals
 async def start(
     seq: Sequence | str, req: StartRequest, user: Any, kind: str = "sequence"
 ) -> Instance:

@@ -14,6 +14,8 @@ Live data goes worker → Redis → web; the database holds the durable copy.
 - `hub:room:<queue>`      hash: worker name -> "<free places> <unix time it lapses>", written by
                           each worker serving the queue when its room changes and at each beat
 - `hub:log`               Redis stream of host log lines
+- `hub:stats:stream-bytes`  hash: stream name -> bytes of output workers have streamed, counted
+                          as they write them (the web's /metrics reads it)
 - `hub:auth:generation`   counter that token, user and group changes bump (accounts.identity)
 - `hub:topic:<name>`      Redis stream of a topic's chunks `{d: bytes}`, and signed end entries
                           `{eof: 1}` (sequences/topics.py)
@@ -80,6 +82,13 @@ def start_key(queue: str) -> str:
 
 def room_key(queue: str) -> str:
     return f"hub:room:{queue}"
+
+
+STREAM_BYTES = "hub:stats:stream-bytes"
+
+
+def stream_bytes_key() -> str:
+    return STREAM_BYTES
 
 
 def room_value(free: int, lapses: float) -> str:
@@ -167,6 +176,13 @@ def _retrying(retry_class: type) -> dict[str, Any]:
 @cache
 def sync_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, **CLIENT_OPTIONS, **_retrying(Retry))
+
+
+@cache
+def probe_client() -> redis.Redis:
+    """For /health and /metrics: a short timeout and no retries, so that a Redis that is down
+    is reported as down within a few seconds, not waited for."""
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
 
 
 _async_clients: dict[int, aredis.Redis] = {}

@@ -108,7 +108,12 @@ class Instance(models.Model):
 
     class Meta:
         ordering = ["-created"]
-        indexes = [models.Index(fields=["status"])]
+        # The console's lists: one status (or one sequence's runs), newest first, a keyset
+        # page at a time; the status one also serves the overview's counts by status.
+        indexes = [
+            models.Index(fields=["status", "created"], name="inst_status_created"),
+            models.Index(fields=["sequence", "created"], name="inst_sequence_created"),
+        ]
 
     def __str__(self) -> str:
         return self.id

@@ -201,28 +201,6 @@ async def _fill_gap(iid: str, stream: str, start: int, stop: int) -> AsyncIterat
             waited += 0.02
 
 
-def search_lines(iid: str, stream: str, needle: str, limit: int = 500) -> list[tuple[int, str]]:
-    """Server-side search over a whole stream: (line number, line) pairs containing `needle`."""
-    needle_l = needle.lower()
-    found: list[tuple[int, str]] = []
-    number = 0
-    tail = b""
-    rows = StreamChunk.objects.filter(instance_id=iid, stream=stream).order_by("seq")
-    for data in rows.values_list("data", flat=True).iterator(chunk_size=64):
-        lines = (tail + bytes(data)).split(b"\n")
-        tail = lines.pop()
-        for raw in lines:
-            number += 1
-            text = raw.decode("utf-8", "replace")
-            if needle_l in text.lower():
-                found.append((number, text))
-                if len(found) >= limit:
-                    return found
-    if tail and needle_l in tail.decode("utf-8", "replace").lower():
-        found.append((number + 1, tail.decode("utf-8", "replace")))
-    return found
-
-
 # -- events -------------------------------------------------------------------------------
 
 

@@ -33,7 +33,12 @@ def _upload(request: ApiRequest, replaces: Any = None) -> dict[str, Any]:
         audit(user, "sequence.upload", outcome="refused", via="api", error=str(exc))
         raise
     audit(user, "sequence.upload", seq.id, via="api", name=seq.name, sha256=seq.sha256)
-    return {"id": seq.id}
+    answer: dict[str, Any] = {"id": seq.id}
+    same = catalog.same_package(seq)
+    if same:
+        # Beyond STH's answer (its clients read only "id"): the sequences this repeats.
+        answer["duplicateOf"] = [other.id for other in same]
+    return answer
 
 
 @router.post(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime
 from typing import Any
@@ -25,7 +26,13 @@ def compact_json(value: Any) -> str:
 @register.filter
 def lower_class(value: Any) -> str:
     """A status or state as a CSS class: `InFlight` -> `s-inflight`."""
-    return "s-" + "".join(ch for ch in str(value).lower() if ch.isalnum())
+    return _status_class(str(value))
+
+
+@functools.lru_cache(maxsize=256)
+def _status_class(value: str) -> str:
+    # Once per distinct status: a list page asks for the same few hundreds of times.
+    return "s-" + "".join(ch for ch in value.lower() if ch.isalnum())
 
 
 @register.simple_tag

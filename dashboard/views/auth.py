@@ -68,6 +68,15 @@ def login_view(request: HttpRequest) -> HttpResponse:
             audit(form.get_user(), "login", username, address=address)
             return HttpResponseRedirect(_safe_next(request, next_url))
         else:
+            # Who tried which name from where: an operator sees guessing in the audit log.
+            audit(
+                None,
+                "login",
+                username[:150],
+                outcome="refused",
+                reason="bad credentials",
+                address=address,
+            )
             # add() starts the 15-minute window; incr() keeps it.
             if not cache.add(key, 1, LOCKOUT_SECONDS):
                 try:

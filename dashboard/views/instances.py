@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from asgiref.sync import sync_to_async
 from django.db.models import Q
@@ -16,47 +17,77 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import push_url
 
 from accounts.access import audit
-from dashboard import logs
+from dashboard import logs, search
 from dashboard.forms import EventForm, InputForm, StopForm, first_error
+from dashboard.paging import keyset_page
 from dashboard.views.common import HtmxHttpRequest, feedback, role_page
-from sequences import instances, streams
+from sequences import instances
 from sequences.errors import HubError
 from sequences.models import LIVE_STATUSES, Instance, InstanceEvent, InstanceStatus, Sequence
 
-LIST_LIMIT = 200
+LIST_LIMIT = 100
+LIST_PARAMS = ("status", "sequence", "q", "order", "next", "prev")
+LIST_COLUMNS: tuple[str, ...] = ("id", "sequence", "sequence_name", "kind", "status")
+LIST_COLUMNS += ("exit_code", "created", "started", "ended")
 
 
-def list_context(status: str, sequence: str) -> dict[str, Any]:
-    rows = Instance.objects.select_related("sequence").order_by("-created")
+def list_params(query: Any) -> dict[str, str]:
+    """The list's filters, search, order and page from a query string (a QueryDict or the
+    parsed query of a socket's URL), so the page, its links and its socket agree."""
+    found = {}
+    for name in LIST_PARAMS:
+        value = query.get(name, "")
+        value = value[0] if isinstance(value, list) else value
+        found[name] = str(value or "").strip()[:200]
+    return found
+
+
+def list_context(params: dict[str, str]) -> dict[str, Any]:
+    status, sequence, q = params.get("status", ""), params.get("sequence", ""), params.get("q", "")
+    # Only what a row shows: the JSON columns (args, appConfig, limits) cost a decode each.
+    rows = Instance.objects.only(*LIST_COLUMNS)
     if status == "live":
         rows = rows.filter(status__in=LIVE_STATUSES)
     elif status:
         rows = rows.filter(status=status)
     if sequence:
         rows = rows.filter(Q(sequence_id=sequence) | Q(sequence_name=sequence))
+    if q:
+        # An id (or its start, as the list shows it) or a part of the sequence's name.
+        rows = rows.filter(Q(id__startswith=q) | Q(sequence_name__icontains=q))
+    oldest = params.get("order") == "oldest"
+    page = keyset_page(rows, params, size=LIST_LIMIT, ascending=oldest)
     return {
-        "instances": list(rows[:LIST_LIMIT]),
+        "instances": page.rows,
+        "page": page,
         "limit": LIST_LIMIT,
         "status": status,
         "sequence": sequence,
+        "q": q,
+        "order": "oldest" if oldest else "newest",
+        "query": urlencode({k: v for k, v in params.items() if v}),
+        "filtered": bool(status or sequence or q),
         "statuses": ["live", *InstanceStatus.values],
-        "sequences": list(Sequence.objects.values_list("id", "name")[:200]),
+        "sequences": list(Sequence.objects.order_by("name").values_list("id", "name")[:500]),
     }
 
 
 @require_GET
 @role_page("viewer")
 def instance_list(request: HtmxHttpRequest) -> HttpResponse:
-    status = request.GET.get("status", "")
-    sequence = request.GET.get("sequence", "")
-    context = list_context(status, sequence)
-    # The filter form asks htmx for the rows only: the same template's partial.
-    template = "instances/list.html"
-    if request.htmx and request.GET.get("partial") == "rows":
-        template += "#rows"
-    return render(request, template, context)
+    context = list_context(list_params(request.GET))
+    # The filter form and the page links ask htmx for the rows only (the same template's
+    # partial), and the address bar follows, so a reload or a shared link shows the same list.
+    if request.htmx and request.htmx.target == "rows":
+        response = render(request, "instances/list.html#rows", context)
+        push_url(
+            response, reverse("instances") + (f"?{context['query']}" if context["query"] else "")
+        )
+        return response
+    return render(request, "instances/list.html", context)
 
 
 def _get(iid: str) -> Instance | None:
@@ -140,25 +171,40 @@ def log_download(request: HttpRequest, iid: str, stream: str) -> HttpResponseBas
 
 @require_GET
 @role_page("viewer")
-def log_search(request: HtmxHttpRequest, iid: str) -> HttpResponse:
-    """Server-side search over the whole stream, not only the lines on screen."""
+async def log_search(request: HtmxHttpRequest, iid: str) -> HttpResponse:
+    """Server-side search over the whole stream, not only the lines on screen: linear in the
+    stream, bounded in time, results and searches at once (dashboard/search.py)."""
     stream = request.GET.get("stream", "stdout")
     needle = request.GET.get("q", "")
-    instance = _get(iid)
+    instance = await _aget(iid)
     if stream not in logs.STREAMS or instance is None:
         return HttpResponseBadRequest("unknown instance or stream")
-    found = streams.search_lines(iid, stream, needle, limit=500) if needle else []
-    results = [
-        {"number": number, "html": line.html}
-        for (number, _), line in zip(
-            found, logs.render_lines(((0, 0), text.encode()) for _, text in found), strict=True
-        )
-    ]
-    context = {"instance": instance, "stream": stream, "q": needle, "results": results}
+    context: dict[str, Any] = {"instance": instance, "stream": stream, "q": needle}
+    status = 200
+    if needle:
+        try:
+            result = await search.search(iid, stream, needle)
+        except search.BadNeedle as exc:
+            context["refused"], status = str(exc), 400
+        except search.SearchBusy as exc:
+            context["refused"], status = str(exc), 429
+        else:
+            context.update(result=result, results=_search_lines(result.found))
     template = "instances/search.html"
     if request.htmx:
         template += "#results"
-    return render(request, template, context)
+    response = await sync_to_async(render)(request, template, context, status=status)
+    if status == 429:
+        response["Retry-After"] = "2"
+    return response
+
+
+def _search_lines(found: list[search.Found]) -> list[dict[str, Any]]:
+    rendered = logs.render_lines(((0, 0), f.text.encode()) for f in found)
+    return [
+        {"number": f.number, "html": line.html, "before": f.cut_before, "after": f.cut_after}
+        for f, line in zip(found, rendered, strict=True)
+    ]
 
 
 # -- actions: each answers inline for htmx, or with a message and a redirect without JS ------

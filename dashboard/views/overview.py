@@ -24,7 +24,7 @@ SEQUENCER_STATES = ("Idle", "Loaded", "Running", "Processing", "Offline", "Kille
 def overview_context() -> dict[str, Any]:
     """Everything the overview shows; the live consumer renders the same partials from it."""
     by_status = dict(
-        Instance.objects.values_list("status").annotate(n=Count("id")).values_list("status", "n")
+        Instance.objects.values_list("status").annotate(n=Count("*")).values_list("status", "n")
     )
     sequencer_states = dict.fromkeys(SEQUENCER_STATES, 0)
     for state, processing in Sequencer.objects.values_list("state", "processing"):

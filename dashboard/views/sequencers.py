@@ -39,7 +39,19 @@ BUTTONS = [
 WITH_STEPS = {"loadSequence", "submit", "add", "prepend"}
 WITH_ID_AND_STEPS = {"replace", "insertAfter"}
 WITH_ID = {"delete", "addBreakpoint", "removeBreakpoint"}
-PAGE_ONLY = {"duplicate"}  # insertAfter with a copy of the step
+# Page commands made of API commands: "duplicate" is insertAfter with a copy of the step;
+# "stepThrough" (ESW's Step) runs the next pending step and pauses before the one after it;
+# "reload" loads the finished (or failed) list again, with fresh step ids.
+PAGE_ONLY = {"duplicate", "stepThrough", "reload"}
+# The editor's buttons, each enabled when the shown state accepts the command it sends.
+EDITOR_BUTTONS = [
+    ("loadSequence", "Load", "primary"),
+    ("submit", "Load and start", ""),
+    ("add", "Add at end", ""),
+    ("prepend", "Prepend", ""),
+    ("insertAfter", "Insert after target", ""),
+    ("replace", "Replace target", ""),
+]
 
 
 def list_context() -> dict[str, Any]:
@@ -55,10 +67,55 @@ def sequencer_list(request: HttpRequest) -> HttpResponse:
     return render(request, "sequencers/list.html", list_context())
 
 
+def _with_durations(row: Sequencer, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each step with how long it ran (`took`, finished steps) or since when (`since`)."""
+    times = {r.step_id: (r.started, r.ended) for r in row.steps.only("step_id", "started", "ended")}
+    shown = []
+    for step in steps:
+        started, ended = times.get(step["id"], (None, None))
+        extra: dict[str, Any] = {}
+        if started is not None and ended is not None:
+            extra["took"] = _took((ended - started).total_seconds())
+        elif started is not None:
+            extra["since"] = started
+        shown.append({**step, **extra})
+    return shown
+
+
+def _took(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
+def _page_commands(accepted: set[str], steps: list[dict[str, Any]]) -> dict[str, bool]:
+    pending = [s for s in steps if s["status"] == "Pending"]
+    finished = bool(steps) and not pending and all(s["status"] != "InFlight" for s in steps)
+    return {
+        # At a breakpoint (or paused) with something left to run: release one step.
+        "stepThrough": "resume" in accepted and bool(pending) and pending[0]["hasBreakpoint"],
+        "reload": "loadSequence" in accepted and finished,
+    }
+
+
+def _paused_before(state: str, steps: list[dict[str, Any]]) -> int | None:
+    """The 1-based number of the step a running list waits before (its breakpoint), if any:
+    "Running" alone would hide that nothing runs."""
+    if state != "Running" or any(s["status"] == "InFlight" for s in steps):
+        return None
+    for number, step in enumerate(steps, 1):
+        if step["status"] == "Pending":
+            return number if step["hasBreakpoint"] else None
+    return None
+
+
 def detail_context(row: Sequencer) -> dict[str, Any]:
     data = sequencers.describe(row)
     accepted = set(sequencers.accepted_commands(row))
-    steps = data.get("stepList") or []
+    steps = _with_durations(row, data.get("stepList") or [])
+    page = _page_commands(accepted, steps)
     return {
         "sq": row,
         "data": data,
@@ -67,6 +124,10 @@ def detail_context(row: Sequencer) -> dict[str, Any]:
         "pending_ids": [s["id"] for s in steps if s["status"] == "Pending"],
         "accepted": accepted,
         "buttons": [(name, label, name in accepted) for name, label in BUTTONS],
+        "editor_buttons": [(n, label, cls, n in accepted) for n, label, cls in EDITOR_BUTTONS],
+        "can_step": page["stepThrough"],
+        "paused_before": _paused_before(data["state"], steps),
+        "can_reload": page["reload"],
         "can_edit": "add" in accepted,
         "can_load": "loadSequence" in accepted,
         "history": sequencers.transitions(row, limit=100)[::-1],
@@ -116,6 +177,14 @@ def build_body(name: str, form: StepsForm, row: Sequencer) -> tuple[str, Any]:
     data = form.cleaned_data
     step_id = data.get("step_id") or ""
     commands = data.get("commands")
+    if name == "reload":
+        steps = sequencers.describe(row).get("stepList") or []
+        if not steps:
+            raise ValueError("there is no step list to load again")
+        again = [{"type": s["type"], "command": s["command"], "params": s["params"]} for s in steps]
+        return "loadSequence", {"commands": again}
+    if name == "stepThrough":
+        return "resume", None  # the breakpoint after the next step is set first (step_through)
     if name in PAGE_ONLY:
         steps = sequencers.describe(row).get("stepList") or []
         step = next((s for s in steps if s["id"] == step_id), None)
@@ -138,6 +207,24 @@ def build_body(name: str, form: StepsForm, row: Sequencer) -> tuple[str, Any]:
 
 _aget = sync_to_async(_get)
 _aaudit = sync_to_async(audit)
+_adescribe = sync_to_async(sequencers.describe)
+
+
+async def _break_after_next(row: Sequencer, user: Any) -> str | None:
+    """Step through: a breakpoint on the pending step after the next one, so that resuming
+    runs exactly one step and pauses again (nothing to set when only one step is left)."""
+    steps = (await _adescribe(row)).get("stepList") or []
+    pending = [s for s in steps if s["status"] == "Pending"]
+    if not pending or not pending[0]["hasBreakpoint"]:
+        return "the sequencer is not paused before a step"
+    if len(pending) < 2 or pending[1]["hasBreakpoint"]:
+        return None
+    body = {"id": pending[1]["id"]}
+    response, _ = await sequencers.command(row, "addBreakpoint", body, user)
+    await _aaudit(user, "sequencer.addBreakpoint", row.prefix, answer=response, via_step=True)
+    if response.get("type") != "Ok":
+        return explain(response)[1]
+    return None
 
 
 @require_POST
@@ -163,6 +250,10 @@ async def sequencer_command(request: HtmxHttpRequest, ident: str, name: str) -> 
     except ValueError as exc:
         return await answer("error", f"{name}: {exc}.", 400)
     user = await request.auser()
+    if name == "stepThrough":
+        refusal = await _break_after_next(row, user)
+        if refusal is not None:
+            return await answer("error", f"stepThrough: {refusal}", 409)
     try:
         response, status = await sequencers.command(row, command, body, user)
     except HubError as exc:

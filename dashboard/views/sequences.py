@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from asgiref.sync import sync_to_async
 from django.contrib import messages
-from django.db.models import Count, Q
+from django.db.models import Count, Max, Q
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
@@ -17,22 +21,93 @@ from dashboard.forms import StartForm, UploadForm
 from dashboard.views.common import HtmxHttpRequest, feedback, role_page
 from sequences import catalog, instances
 from sequences.errors import HubError
-from sequences.models import LIVE_STATUSES, Sequence
+from sequences.models import LIVE_STATUSES, Instance, Sequence
+
+GROUPS_PAGE = 50
 
 
-def _sequences() -> list[Sequence]:
-    return list(
-        Sequence.objects.annotate(
-            n_instances=Count("instances"),
-            n_live=Count("instances", filter=Q(instances__status__in=LIVE_STATUSES)),
-        ).select_related("uploaded_by")
+def _group_cursor(latest: datetime, name: str) -> str:
+    return f"{latest.isoformat()}~{name}"
+
+
+def _parse_group_cursor(text: str) -> tuple[datetime, str] | None:
+    when, sep, name = text.partition("~")  # an ISO time has no "~"; a name may
+    try:
+        return (datetime.fromisoformat(when), name) if sep else None
+    except ValueError:
+        return None
+
+
+def _groups(params: dict[str, str]) -> dict[str, Any]:
+    """Sequences grouped by name (every upload of a name is a version of it), the group with
+    the newest upload first, a page of groups at a time (keyset on the newest upload, then
+    the name), each group's versions newest first."""
+    names = (
+        Sequence.objects.values("name")
+        .annotate(latest=Max("created"), versions=Count("id"))
+        .order_by("-latest", "name")
     )
+    if params.get("q"):
+        names = names.filter(name__icontains=params["q"])
+    after = _parse_group_cursor(params.get("next", ""))
+    if after is not None:
+        names = names.filter(Q(latest__lt=after[0]) | Q(latest=after[0], name__gt=after[1]))
+    chosen = list(names[: GROUPS_PAGE + 1])
+    more, chosen = len(chosen) > GROUPS_PAGE, chosen[:GROUPS_PAGE]
+    versions = list(
+        Sequence.objects.filter(name__in=[g["name"] for g in chosen])
+        .defer("config", "files", "description")
+        .select_related("uploaded_by")
+        .order_by("-created")
+    )
+    # Instance counts in two grouped queries on Instance's own indexes, not a join of every
+    # instance into the sequences query (which took seconds with 100 000 instances).
+    ids = [seq.id for seq in versions]
+    counted = Instance.objects.filter(sequence_id__in=ids).order_by().values("sequence_id")
+    totals = dict(counted.annotate(n=Count("*")).values_list("sequence_id", "n"))
+    # Live ones are few (bounded by the workers' places): found by status, counted here, so
+    # the database does not walk every instance of these sequences to check its status.
+    lives = Counter(
+        Instance.objects.filter(status__in=LIVE_STATUSES, sequence_id__in=ids)
+        .order_by()
+        .values_list("sequence_id", flat=True)
+    )
+    by_name: dict[str, list[Sequence]] = {}
+    for seq in versions:
+        seq.n_instances = totals.get(seq.id, 0)  # type: ignore[attr-defined]
+        seq.n_live = lives.get(seq.id, 0)  # type: ignore[attr-defined]
+        by_name.setdefault(seq.name, []).append(seq)
+    groups = []
+    for g in chosen:
+        rows = by_name.get(g["name"], [])
+        if rows:
+            groups.append(
+                {
+                    "name": g["name"],
+                    "newest": rows[0],
+                    "older": rows[1:],
+                    "instances": sum(getattr(r, "n_instances", 0) for r in rows),
+                    "live": sum(getattr(r, "n_live", 0) for r in rows),
+                }
+            )
+    base = {"q": params["q"]} if params.get("q") else {}
+    nxt = ""
+    if more and chosen:
+        last = chosen[-1]
+        nxt = "?" + urlencode({**base, "next": _group_cursor(last["latest"], last["name"])})
+    first = ("?" + urlencode(base)) if after is not None else ""
+    return {
+        "groups": groups,
+        "page": {"next_url": nxt, "prev_url": "", "first_url": first},
+        "q": params.get("q", ""),
+    }
 
 
 @require_GET
 @role_page("viewer")
 def sequence_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "sequences/list.html", {"sequences": _sequences()})
+    params = {k: request.GET.get(k, "").strip()[:300] for k in ("q", "next")}
+    return render(request, "sequences/list.html", _groups(params))
 
 
 @require_POST
@@ -54,6 +129,16 @@ def sequence_upload(request: HtmxHttpRequest) -> HttpResponse:
         )
     audit(request.user, "sequence.upload", seq.id, name=seq.name, sha256=seq.sha256)
     text = f"Uploaded {seq.name or upload.name} {seq.version} as {seq.id}."
+    same = catalog.same_package(seq)
+    if same:
+        first = same[0]
+        messages.warning(
+            request,
+            f"This package is identical (same sha256) to sequence {first.id}, uploaded "
+            f"{first.created:%Y-%m-%d %H:%M %Z}"
+            + (f" and {len(same) - 1} more" if len(same) > 1 else "")
+            + ": you may want to delete this copy and use that one.",
+        )
     return _redirect_with(request, text, reverse("sequence", args=[seq.id]))
 
 
@@ -82,7 +167,19 @@ def sequence_detail(request: HttpRequest, seq_id: str) -> HttpResponse:
     seq = _get(seq_id)
     if seq is None:
         return render(request, "404.html", {"what": f"Sequence {seq_id}"}, status=404)
-    return render(request, "sequences/detail.html", _detail_context(seq))
+    form = None
+    again = seq.instances.filter(pk=request.GET.get("again", "")).first()
+    if again is not None:
+        # "Run again": the start form filled with that instance's args and appConfig, to read
+        # (and change) before pressing Start.
+        form = StartForm(
+            initial={
+                "args_mode": "json",
+                "args_json": json.dumps(again.args),
+                "app_config": json.dumps(again.app_config) if again.app_config else "",
+            }
+        )
+    return render(request, "sequences/detail.html", _detail_context(seq, form))
 
 
 def _get(seq_id: str) -> Sequence | None:
@@ -106,7 +203,15 @@ def sequence_delete(request: HtmxHttpRequest, seq_id: str) -> HttpResponse:
     except HubError as exc:
         audit(request.user, "sequence.delete", seq_id, outcome="refused", error=exc.message)
         fallback = reverse("sequence", args=[seq_id])
-        return feedback(request, "error", exc.message, fallback, exc.status)
+        text = exc.message
+        if exc.code == "SEQUENCE_IN_USE":
+            # The API's message names its header; here the form's checkbox is the way.
+            running = len(catalog.live_instance_ids(seq))
+            text = (
+                f"Sequence {seq.name or seq_id} has {running} running instance(s): tick "
+                "“force: kill running instances first” and delete again, or stop them first."
+            )
+        return feedback(request, "error", text, fallback, exc.status)
     audit(request.user, "sequence.delete", seq_id, force=force)
     text = f"Deleted sequence {seq.name or seq_id}."
     return _redirect_with(request, text, reverse("sequences"))

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from datetime import timedelta
+from html import unescape
 
 import pytest
 from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client, override_settings
+from django.utils import timezone
 
 from tests.dashboard.conftest import PASSWORD
 from tests.packaging import package_bytes, python_package
@@ -97,6 +100,9 @@ def test_download_returns_the_raw_bytes(clients, ended_instance):
     assert "attachment" in response["Content-Disposition"]
 
 
+# Searches run on threads of their own (dashboard/search.py), with connections of their own:
+# the rows must be committed for them to see.
+@pytest.mark.django_db(transaction=True)
 def test_search_looks_through_the_whole_stream(clients, ended_instance):
     response = clients["viewer"].get(
         f"/instances/{ended_instance.id}/search/?stream=stdout&q=LINE", HTTP_HX_REQUEST="true"
@@ -117,16 +123,78 @@ def test_load_earlier_returns_the_lines_before_a_place(clients, ended_instance):
     assert "start of stdout" in html  # nothing earlier: the button says so
 
 
-def test_the_rows_partial_is_only_the_rows(clients, ended_instance):
-    response = clients["viewer"].get(
-        "/instances/?partial=rows&status=completed", HTTP_HX_REQUEST="true"
-    )
+def test_the_rows_partial_is_only_the_rows_and_the_address_follows(clients, ended_instance):
+    rows = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "rows"}
+    response = clients["viewer"].get("/instances/?status=completed", **rows)
     html = response.content.decode()
     assert html.lstrip().startswith('<div id="rows"')
     assert ended_instance.id in html
     assert "<html" not in html
-    empty = clients["viewer"].get("/instances/?partial=rows&status=running", HTTP_HX_REQUEST="true")
+    # The address bar takes the query, so a reload or a shared link shows this list.
+    assert response["HX-Push-Url"] == "/instances/?status=completed"
+    empty = clients["viewer"].get("/instances/?status=running", **rows)
     assert ended_instance.id not in empty.content.decode()
+    # A reload of the pushed address: the whole page, with the filter chosen.
+    page = clients["viewer"].get("/instances/?status=completed").content.decode()
+    assert '<option value="completed" selected>' in page and ended_instance.id in page
+
+
+def test_the_audit_log_pages_by_keyset(clients, users):
+    from accounts.models import AuditEntry
+
+    AuditEntry.objects.bulk_create(
+        AuditEntry(actor="bot", action="instance.kill", target=f"t-{n:03d}") for n in range(150)
+    )
+    first = clients["viewer"].get("/audit/?actor=bot").content.decode()
+    targets = re.findall(r">(t-\d{3})<", first)
+    assert len(targets) == 100
+    nxt = unescape(re.search(r'href="([^"]+)" hx-get="[^"]+" [^>]*data-page="next"', first)[1])
+    second = clients["viewer"].get("/audit/" + nxt).content.decode()
+    rest = re.findall(r">(t-\d{3})<", second)
+    assert len(rest) == 50 and not set(rest) & set(targets)
+    assert 'data-page="next"' not in second
+
+
+def _many_instances(sequence, count: int) -> list[str]:
+    """`count` ended instances, one a second apart, the newest first in the returned ids."""
+    from sequences.models import Instance
+
+    start = timezone.now() - timedelta(hours=1)
+    made = Instance.objects.bulk_create(
+        Instance(sequence=sequence, sequence_name=sequence.name, status="completed")
+        for _ in range(count)
+    )
+    for n, row in enumerate(made):
+        Instance.objects.filter(pk=row.pk).update(created=start + timedelta(seconds=n))
+    return [row.pk for row in reversed(made)]
+
+
+def test_the_instance_list_pages_by_keyset_with_its_filters_in_the_links(clients, sequence):
+    ids = _many_instances(sequence, 230)
+    viewer = clients["viewer"]
+
+    def shown(html: str) -> list[str]:
+        return re.findall(r'<tr id="row-([^"]+)"', html)
+
+    first = viewer.get("/instances/?status=completed").content.decode()
+    assert shown(first) == ids[:100]
+    assert 'data-page="prev"' not in first and 'data-page="first"' not in first
+    nxt = unescape(re.search(r'href="([^"]+)" hx-get="[^"]+" [^>]*data-page="next"', first)[1])
+    assert "status=completed" in nxt and "next=" in nxt
+    second = viewer.get("/instances/" + nxt).content.decode()
+    assert shown(second) == ids[100:200]
+    nxt = unescape(re.search(r'href="([^"]+)" hx-get="[^"]+" [^>]*data-page="next"', second)[1])
+    third = viewer.get("/instances/" + nxt).content.decode()
+    assert shown(third) == ids[200:] and 'data-page="next"' not in third
+    back = unescape(re.search(r'href="([^"]+)" hx-get="[^"]+" [^>]*data-page="prev"', third)[1])
+    assert shown(viewer.get("/instances/" + back).content.decode()) == ids[100:200]
+    # Oldest first, searched by the start of an id, and a cursor the hub did not make.
+    oldest = viewer.get("/instances/?order=oldest").content.decode()
+    assert shown(oldest) == ids[::-1][:100]
+    assert shown(viewer.get(f"/instances/?q={ids[7][:12]}").content.decode()) == [ids[7]]
+    assert shown(viewer.get("/instances/?next=garbage").content.decode()) == ids[:100]
+    # The socket of the page follows the same query.
+    assert "/ws/instances/?status=completed&amp;next=" in second
 
 
 # -- logging in ------------------------------------------------------------------------------
@@ -252,7 +320,10 @@ def test_delete_with_a_live_instance_needs_force(clients, sequence):
 
     Instance.objects.create(sequence=sequence, status="running")
     response = clients["admin"].post(f"/sequences/{sequence.id}/delete/", follow=True)
-    assert "Can&#x27;t remove sequence in use" in response.content.decode()
+    html = unescape(response.content.decode())
+    # The API's refusal names its header; the console's names the form's checkbox.
+    assert "has 1 running instance(s): tick “force: kill running instances first”" in html
+    assert "x-seq-kill-inst" not in html
     assert Sequence.objects.filter(pk=sequence.id).exists()
 
 
@@ -327,7 +398,8 @@ def test_a_token_is_shown_once_and_works_until_revoked(clients, users):
     assert api.get("/api/v1/sequences", HTTP_AUTHORIZATION=f"Bearer {raw}").status_code == 200
     token = ApiToken.objects.get(name="laptop")
     assert (
-        "never" not in clients["viewer"].get("/tokens/").content.decode().split("laptop")[1][:400]
+        "never"
+        not in clients["viewer"].get("/tokens/").content.decode().split("<td>laptop</td>")[1][:400]
     )
     clients["viewer"].post(f"/tokens/{token.id}/revoke/")
     assert api.get("/api/v1/sequences", HTTP_AUTHORIZATION=f"Bearer {raw}").status_code == 401
@@ -357,8 +429,12 @@ def test_the_audit_log_filters(clients, users):
     audit(users["operator"], "instance.kill", "inst-i1", outcome="refused")
     html = clients["viewer"].get("/audit/?action=instance.").content.decode()
     assert "instance.kill" in html and "sequence.upload</td>" not in html
-    html = clients["viewer"].get("/audit/?outcome=refused&partial=rows", HTTP_HX_REQUEST="true")
+    html = clients["viewer"].get(
+        "/audit/?outcome=refused", HTTP_HX_REQUEST="true", HTTP_HX_TARGET="rows"
+    )
+    assert html["HX-Push-Url"] == "/audit/?outcome=refused"
     assert i1 in html.content.decode() and s1 not in html.content.decode()
+    assert "<html" not in html.content.decode()
     html = clients["viewer"].get(f"/audit/?actor={users['admin'].username}").content.decode()
     assert s1 in html and i1 not in html
 
@@ -401,8 +477,16 @@ def killed_sequencer(db, sequence):
     row = Sequencer.objects.create(
         prefix="ESW.test", script=sequence, state="Killed", has_step_list=True
     )
+    began = timezone.now() - timedelta(seconds=5)
     Step.objects.create(
-        sequencer=row, position=0, step_id="s1", type="Setup", command="move", status="Success"
+        sequencer=row,
+        position=0,
+        step_id="s1",
+        type="Setup",
+        command="move",
+        status="Success",
+        started=began,
+        ended=began + timedelta(seconds=1.5),
     )
     return row
 
@@ -411,6 +495,10 @@ def test_the_sequencer_page_shows_steps_and_disables_refused_buttons(clients, ki
     html = clients["operator"].get(f"/sequencers/{killed_sequencer.id}/").content.decode()
     assert "ESW.test" in html and "<b>Setup</b> move" in html
     assert re.search(r'data-command="startSequence"[^>]*disabled', html)
+    # The editor's buttons, Step and Reload too: Killed takes nothing.
+    for name in ("loadSequence", "submit", "add", "replace", "stepThrough", "reload"):
+        assert re.search(rf'data-command="{name}"[^>]*disabled', html), name
+    assert "took 1.5 s" in html
     # By prefix as well as by id.
     assert clients["viewer"].get("/sequencers/ESW.test/").status_code == 200
 
@@ -558,3 +646,95 @@ def test_deleting_a_topic_follows_the_api_role(clients, topic):
     assert response.status_code == 200 and "Deleted topic" in response.content.decode()
     assert async_to_sync(topics.get)(topic["name"]) is None
     assert clients["operator"].post(url, HTTP_HX_REQUEST="true").status_code == 404
+
+
+# -- lists and repeats (issue 17, item 4) ---------------------------------------------------
+
+
+def test_sequences_are_listed_newest_first(clients, users):
+    from sequences import catalog
+
+    made = []
+    for n in range(3):
+        code = f"def run(context, input, *args):\n    print({n})\n"
+        made.append(catalog.add_sequence(catalog.spool_upload([python_package(code)]), None))
+    html = clients["viewer"].get("/sequences/").content.decode()
+    places = [html.index(seq.id) for seq in made]
+    assert places == sorted(places, reverse=True)
+
+
+def test_sequences_are_grouped_by_name_with_their_versions_and_page(clients, users):
+    from sequences import catalog
+    from sequences.models import Sequence
+
+    def upload(name: str, version: str) -> Sequence:
+        meta = {"name": name, "version": version, "main": "main.py", "engines": {"python3": "3"}}
+        code = {"main.py": f"def run(context, input, *args):\n    print({version!r})\n"}
+        return catalog.add_sequence(catalog.spool_upload([package_bytes(code, meta)]), None)
+
+    a1, b1, a2 = upload("alpha", "1.0.0"), upload("beta", "1.0.0"), upload("alpha", "2.0.0")
+    html = clients["viewer"].get("/sequences/").content.decode()
+    # alpha's newest upload is the newest of all: its group first, 2.0.0 in the row, 1.0.0
+    # folded under it; beta after.
+    assert html.index('data-group="alpha"') < html.index('data-group="beta"')
+    assert "+1 older" in html and "1 older version of alpha" in html
+    assert html.index(a2.id) < html.index(a1.id) < html.index(b1.id)
+    searched = clients["viewer"].get("/sequences/?q=bet").content.decode()
+    assert 'data-group="beta"' in searched and 'data-group="alpha"' not in searched
+    for n in range(55):
+        upload(f"many-{n:02d}", "0.1.0")
+    first = clients["viewer"].get("/sequences/").content.decode()
+    assert first.count("data-group=") == 50
+    nxt = unescape(re.search(r'href="([^"]+)" data-page="next"', first)[1])
+    rest = clients["viewer"].get("/sequences/" + nxt).content.decode()
+    assert rest.count("data-group=") == 7  # 57 names in all
+    assert 'data-group="alpha"' in rest and 'data-group="many-54"' not in rest
+
+
+def test_an_upload_identical_to_a_stored_one_is_kept_and_named_a_duplicate(clients, users):
+    from accounts.models import ApiToken
+
+    data = python_package("def run(context, input, *args):\n    print('twin')\n")
+    api = Client()
+    _, raw = ApiToken.issue(users["admin"], "t")
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
+    first = api.post("/api/v1/sequence", data, "application/octet-stream", **auth).json()
+    assert "duplicateOf" not in first
+    second = api.post("/api/v1/sequence", data, "application/octet-stream", **auth).json()
+    assert second["duplicateOf"] == [first["id"]] and second["id"] != first["id"]
+    upload = SimpleUploadedFile("twin.tar.gz", data, "application/gzip")
+    page = clients["admin"].post("/sequences/upload/", {"package": upload}, follow=True)
+    html = page.content.decode()
+    assert f"identical (same sha256) to sequence {first['id']}" in html and "and 1 more" in html
+
+
+def test_run_again_fills_the_start_form_with_the_instances_args_and_app_config(
+    clients, ended_instance
+):
+    ended_instance.app_config = {"k": [1, 2]}
+    ended_instance.save()
+    page = clients["operator"].get(f"/instances/{ended_instance.id}/").content.decode()
+    link = f"/sequences/{ended_instance.sequence_id}/?again={ended_instance.id}#start"
+    assert link in unescape(page)
+    form = unescape(clients["operator"].get(link.split("#")[0]).content.decode())
+    assert '>["a", 1]</textarea>' in form and '>{"k": [1, 2]}</textarea>' in form
+    assert 'value="json" checked' in form
+
+
+def test_step_through_and_reload_are_offered_only_where_they_apply():
+    from dashboard.views.sequencers import _page_commands
+
+    def step(status: str, bp: bool = False) -> dict:
+        return {"status": status, "hasBreakpoint": bp}
+
+    running = {"resume", "pause", "add"}
+    paused = [step("Success"), step("Pending", True), step("Pending")]
+    assert _page_commands(running, paused) == {"stepThrough": True, "reload": False}
+    going = [step("Success"), step("InFlight"), step("Pending")]
+    assert _page_commands(running, going)["stepThrough"] is False
+    done = [step("Success"), step("Failure")]
+    assert _page_commands({"loadSequence", "goOffline"}, done) == {
+        "stepThrough": False,
+        "reload": True,
+    }
+    assert _page_commands({"loadSequence"}, [])["reload"] is False

@@ -211,27 +211,50 @@ def test_drive_a_sequencer_from_the_console(hub, people, browser):
     expect(page.locator("ol.steps li")).to_have_count(4)
     start = page.locator("button[data-command=startSequence]")
     expect(start).to_be_enabled()
+    steps_shown = page.locator("ol.steps li")
+    step_button = page.locator("button[data-command=stepThrough]")
+    expect(step_button).to_be_disabled()
+    # A breakpoint before the second step: the run pauses there.
+    steps_shown.nth(1).locator("button:text('● break')").click()
+    expect(steps_shown.nth(1)).to_have_class(re.compile(r"\bbp\b"))
     start.click()
     expect(page.locator("#sq-feedback")).to_contain_text("Started run")
 
     # The step colours follow the engine: in flight, then success, one by one.
-    expect(page.locator("ol.steps li.st-inflight")).to_have_count(1)
     expect(state).to_have_attribute("data-state", "Running")
+    expect(page.locator("ol.steps li.st-success")).to_have_count(1, timeout=30_000)
     console.shoot("sequencer")
+    # Paused before step 2: Step runs exactly that one and pauses before step 3.
+    expect(page.locator("#sq-state [data-paused-before]")).to_have_text("Paused before step 2")
+    expect(step_button).to_be_enabled()
+    step_button.click()
+    expect(page.locator("ol.steps li.st-success")).to_have_count(2, timeout=30_000)
+    expect(steps_shown.nth(2)).to_have_class(re.compile(r"\bbp\b"))
+    expect(steps_shown.nth(3)).to_have_class(re.compile(r"st-pending"))
+    expect(page.locator("#sq-state [data-paused-before]")).to_have_text("Paused before step 3")
+    expect(state).to_have_attribute("data-state", "Running")
+    page.click("button[data-command=resume]")
     expect(page.locator("ol.steps li.st-success")).to_have_count(4, timeout=30_000)
     expect(state).to_have_attribute("data-state", "Idle")
     expect(page.locator("#log-stdout-lines")).to_contain_text("reading out exposure 1")
+    # Each finished step says how long it ran.
+    expect(page.locator("ol.steps li [data-took]")).to_have_count(4)
 
-    # Offline and back; a command the state refuses is explained.
+    # The finished list loads again, fresh, with one button.
+    page.click("button[data-command=reload]")
+    expect(state).to_have_attribute("data-state", "Loaded")
+    expect(page.locator("ol.steps li.st-pending")).to_have_count(4)
+    page.click("button[data-command=reset]")
+    expect(state).to_have_attribute("data-state", "Idle")
+
+    # Offline and back; the editor's buttons follow what the state accepts.
     page.click("button[data-command=goOffline]")
     expect(state).to_have_attribute("data-state", "Offline")
     expect(page.locator("button[data-command=goOffline]")).to_be_disabled()
-    page.fill("#steps-json", json.dumps([{"type": "Setup", "command": "move"}]))
-    page.click("#sq-editor button:text('Add at end')")
-    expect(page.locator("#sq-feedback")).to_contain_text(
-        "Sequencer can not accept 'Add' message in 'Offline' state"
-    )
+    expect(page.locator("#sq-editor button[data-command=add]")).to_be_disabled()
+    expect(page.locator("#sq-editor button[data-command=loadSequence]")).to_be_disabled()
     page.click("button[data-command=goOnline]")
+    expect(page.locator("#sq-editor button[data-command=loadSequence]")).to_be_enabled()
     expect(state).to_have_attribute("data-state", "Idle")
     expect(page.locator("#sq-history")).to_contain_text("goOnline")
     console.shoot("sequencer-idle")
