@@ -254,17 +254,16 @@ async def next_event(iid: str, name: str) -> tuple[bool, Any]:
 async def host_log(backlog: int = 100) -> AsyncIterator[bytes]:
     """The hub's own log: the last lines, then new ones as they come (endless)."""
     client = live.async_client()
-    recent = live.range_entries(await client.xrevrange(live.HOST_LOG, count=backlog))
+    key = live.host_log_key()
+    recent = live.range_entries(await client.xrevrange(key, count=backlog))
     last_id: str | bytes = recent[0][0] if recent else "$"
     for _entry_id, fields in reversed(recent):
         yield fields[b"d"]
     if last_id == "$":
-        info = (
-            await client.xinfo_stream(live.HOST_LOG) if await client.exists(live.HOST_LOG) else None
-        )
+        info = await client.xinfo_stream(key) if await client.exists(key) else None
         last_id = info["last-generated-id"] if info else "0-0"
     while True:
-        reply = await client.xread({live.HOST_LOG: last_id}, count=200, block=15000)
+        reply = await client.xread({key: last_id}, count=200, block=15000)
         if not reply:
             yield b""
             continue
