@@ -8,25 +8,41 @@ from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 
-app = Celery("dashboard")
+
+class HubCelery(Celery):
+    """Celery whose every broker connection keeps its keys (queues, bindings, fan-out channels)
+    under the hub's namespace, kombu's `global_keyprefix`, so two hubs on one Redis never take
+    each other's tasks. Set at the first connection, not in settings: the hub id comes from the
+    database (sequences/hubs.py), which settings cannot read. Every connection (the worker's,
+    beat's, `celery inspect`'s) is made by one of these two methods."""
+
+    _namespaced = False
+
+    def _namespace(self) -> None:
+        if self._namespaced:
+            return
+        import django
+
+        django.setup()  # done already in a worker or beat; not in `celery inspect`
+        from sequences import live
+
+        options = dict(self.conf.broker_transport_options or {})
+        options["global_keyprefix"] = live.celery_prefix()
+        self.conf.broker_transport_options = options
+        self._namespaced = True
+
+    def connection_for_read(self, url: Any = None, **kwargs: Any) -> Any:
+        self._namespace()
+        return super().connection_for_read(url, **kwargs)
+
+    def connection_for_write(self, url: Any = None, **kwargs: Any) -> Any:
+        self._namespace()
+        return super().connection_for_write(url, **kwargs)
+
+
+app = HubCelery("dashboard")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["runner"])
-
-
-@signals.import_modules.connect(sender=app)
-def _namespace_the_broker(**_: Any) -> None:
-    """Celery's keys (queues, bindings, fan-out channels) under the hub's namespace, so two
-    hubs on one Redis never take each other's tasks. The worker and beat send this before
-    they make a broker connection, after Django's fixup has set Django up; the hub id comes
-    from the database (sequences/hubs.py), which settings could not read."""
-    import django
-
-    django.setup()
-    from sequences import live
-
-    options = dict(app.conf.broker_transport_options or {})
-    options["global_keyprefix"] = live.celery_prefix()
-    app.conf.broker_transport_options = options
 
 
 @signals.worker_init.connect
