@@ -354,3 +354,17 @@ def test_a_message_for_another_hub_is_refused_by_its_mac_check_too(monkeypatch):
     monkeypatch.setattr(live, "_hub_id", "two")
     with pytest.raises(live.OtherHub):
         live.decode_control("somewhere", raw)
+
+
+def test_a_process_on_an_unmigrated_database_stops_and_says_to_run_hub_init(tmp_path):
+    env = hub_env(
+        HUB_DATA_DIR=str(tmp_path / "data"),
+        DATABASE_URL=f"sqlite:///{tmp_path / 'empty.sqlite3'}",
+        HUB_ID="",
+    )
+    code = "import django; django.setup(); from sequences import live; live.hub_id()"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert "ImproperlyConfigured" in done.stderr and "hub_init" in done.stderr, done.stderr
