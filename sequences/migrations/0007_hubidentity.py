@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("sequences", "0005_instance_topics"),
+        ("sequences", "0006_list_indexes"),
     ]
 
     operations = [
