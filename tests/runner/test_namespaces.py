@@ -6,6 +6,7 @@ for the other hub is ignored, and each says at start that it shares its Redis.""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -368,3 +369,32 @@ def test_a_process_on_an_unmigrated_database_stops_and_says_to_run_hub_init(tmp_
     )
     assert done.returncode != 0
     assert "ImproperlyConfigured" in done.stderr and "hub_init" in done.stderr, done.stderr
+
+
+def test_every_key_function_is_in_the_namespace(monkeypatch):
+    """A key function added to live.py later goes through `key()` too, and no module writes a
+    key name of its own: this catches one that does not."""
+    import inspect
+
+    monkeypatch.setattr(live, "_hub_id", "ns-check")
+    functions = [
+        f
+        for name, f in vars(live).items()
+        if inspect.isfunction(f) and name.endswith("_key") and f.__module__ == live.__name__
+    ]
+    assert len(functions) > 15
+    for function in functions:
+        args = ["x"] * len(inspect.signature(function).parameters)
+        assert function(*args).startswith("hub:ns-check:"), function.__name__
+    assert live.celery_prefix().startswith("hub:ns-check:")
+    assert live.cache_key("k", "", 1).startswith("hub:ns-check:")
+    literal = re.compile(r"""f?["']hub:""")
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for folder in ("accounts", "core", "dashboard", "runner", "sequences", "bench")
+        for path in (ROOT / folder).rglob("*.py")
+        if path != ROOT / "sequences" / "live.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if literal.search(line)
+    ]
+    assert not offenders, f"Redis key names outside sequences/live.py: {offenders}"
