@@ -67,8 +67,8 @@ def step_commands(steps: Steps) -> list[dict[str, Any]]:
 
 
 class HostCalls:
-    """Host-level routes: version, load, log, sequences, instances, topics, sequencers,
-    components."""
+    """Host-level routes: version, load, log, sequences, instances, topics, workers,
+    sequencers, components."""
 
     def _version(self) -> Call:
         return Call("GET", "/version")
@@ -134,6 +134,16 @@ class HostCalls:
             headers={"Accept": content_type or "*/*"},
             timeout=WAIT,
         )
+
+    def _workers(self) -> Call:
+        return Call("GET", "/workers")
+
+    def _worker_info(self, name: str) -> Call:
+        return Call("GET", f"/worker/{seg(name)}")
+
+    def _drain_worker(self, name: str, deadline: float | None) -> Call:
+        body = {} if deadline is None else {"deadline": deadline}
+        return Call("POST", f"/worker/{seg(name)}/drain", json=body, timeout=WAIT)
 
     def _sequencers(self) -> Call:
         return Call("GET", "/sequencers")

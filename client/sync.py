@@ -142,6 +142,22 @@ class HostClient(HostCalls):
         live, until its stream is ended or it is deleted; `from_now` skips what it keeps."""
         return self.transport.stream(self._read_topic(topic, content_type, from_now))
 
+    # workers
+    def list_workers(self) -> list[dict[str, Any]]:
+        """Every worker: `[{name, hostname, pid, state, capacity, running, free, load, labels,
+        sandbox, started, lastSeen, stopped, draining, drainDeadline, drained}]`."""
+        return self.transport.call(self._workers())
+
+    def get_worker(self, name: str) -> dict[str, Any]:
+        """One worker, with the ids of the instances it runs and its sequencers."""
+        return self.transport.call(self._worker_info(name))
+
+    def drain_worker(self, name: str, deadline: float | None = None) -> dict[str, Any]:
+        """Drain a worker (admin): it takes no more starts, its instances may run `deadline`
+        seconds more (the hub's default: 300) and are stopped then, and it exits. Answers
+        once the worker took the drain, with its description."""
+        return self.transport.call(self._drain_worker(name, deadline))
+
     # sequencers and components
     def list_sequencers(self) -> list[dict[str, Any]]:
         """Every sequencer with its state and step list."""

@@ -94,6 +94,9 @@ EXIT_REASONS: dict[int, Outcome] = {
     Exit.REFUSED: Outcome(True, "Refused for resources"),
 }
 STOP_TIMEOUT = Outcome(False, "Instance stopped: killed after the stop timeout")
+# A drained worker stops what still runs at the drain's deadline (its instances: the reason
+# of their outcome is followed by this; its sequencers are Killed with it as their reason).
+DRAIN_DEADLINE = "its worker {worker} was drained and the drain's deadline passed"
 
 
 def outcome(code: int, killed: bool, stopped: bool) -> Outcome:

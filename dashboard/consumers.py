@@ -33,6 +33,7 @@ from dashboard.views import instances as instance_pages
 from dashboard.views import overview
 from dashboard.views import sequencers as sequencer_pages
 from dashboard.views import topics as topic_pages
+from dashboard.views import workers as worker_pages
 from sequences import notices, sequencers, streams, topics
 from sequences.errors import HubError
 from sequences.instances import get_instance
@@ -54,6 +55,7 @@ PANE = "instances/_pane.html"  # one stream's log on the page; its partials are 
 # Topics have no notices (a notice per chunk would flood the channel layer, and a rate is a
 # change over time anyway): their page looks at the totals this often.
 TOPIC_POLL_SECONDS = 2.0
+WORKER_POLL_SECONDS = 5.0
 TOPIC_TAIL = "topics/detail.html"
 
 
@@ -539,3 +541,38 @@ class TopicTailConsumer(LiveConsumer):
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+
+
+class WorkerListConsumer(LiveConsumer):
+    """The workers' cards: again when instances or sequencers change (what each runs), and
+    every WORKER_POLL_SECONDS for what no notice announces (heartbeats, free places, drains)."""
+
+    async def setup(self) -> None:
+        self.poller: asyncio.Task | None = None
+
+    def watch_groups(self) -> list[str]:
+        return [notices.INSTANCES, notices.SEQUENCERS]
+
+    def fragments(self) -> str:
+        context = {**worker_pages.list_context(), **self.base_context()}
+        return render_to_string("workers/list.html#cards", context)
+
+    async def send_snapshot(self) -> None:
+        await super().send_snapshot()
+        if self.poller is None:
+            self.poller = asyncio.ensure_future(self.poll())
+
+    async def poll(self) -> None:
+        while True:
+            await asyncio.sleep(WORKER_POLL_SECONDS)
+            try:
+                await super().send_snapshot()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("looking at the workers failed; trying again")
+
+    async def teardown(self) -> None:
+        poller = getattr(self, "poller", None)
+        if poller is not None:
+            poller.cancel()

@@ -11,6 +11,7 @@ from dashboard.views import (
     sequencers,
     sequences,
     topics,
+    workers,
 )
 
 urlpatterns = [
@@ -73,4 +74,7 @@ urlpatterns += [
     path("topics/", topics.topic_list, name="topics"),
     path("topics/<str:name>/", topics.topic_detail, name="topic"),
     path("topics/<str:name>/delete/", topics.topic_delete, name="topic-delete"),
+    # workers
+    path("workers/", workers.worker_list, name="workers"),
+    path("workers/<str:name>/drain/", workers.worker_drain, name="worker-drain"),
 ]

@@ -20,4 +20,5 @@ websocket_urlpatterns: list = [
     _ws("ws/components/", consumers.ComponentListConsumer),
     _ws("ws/topics/", consumers.TopicListConsumer),
     _ws("ws/topics/<str:name>/", consumers.TopicTailConsumer),
+    _ws("ws/workers/", consumers.WorkerListConsumer),
 ]

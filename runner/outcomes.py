@@ -71,6 +71,8 @@ async def finish(sup: Supervisor, child: Child) -> None:
         child.stop_timer.cancel()
     code = child.exit_code if child.exit_code is not None else protocol.UNKNOWN_EXIT
     status, reason = outcome(code, child.killed, child.stopped)
+    if child.end_note:
+        reason = f"{reason}: {child.end_note}"
     sup.children.pop(child.iid, None)
     sup.room_changed()
     child.finished = True

@@ -321,6 +321,8 @@ class SequencerActor:
         ACTORS.pop(self.id, None)
         if not self.loaded.done():
             why = f"the script failed to load: {item.reason} (exit code {item.code})"
+        elif self.child.end_note:
+            why = f"its process was stopped: {self.child.end_note}"
         elif getattr(self.sup, "_stopping", False):
             why = f"its worker {self.sup.name} shut down"
         else:

@@ -97,6 +97,7 @@ class Child:
     lease: isolation.UidLease | None = None  # the user id it runs as, while it lives
     cgroups: list[str] = field(default_factory=list)  # its groups, for limits.cpu and .pids
     links: topic_links.Links | None = None  # the topics it publishes to and reads from
+    end_note: str = ""  # why the hub ended it, added to its outcome's reason (a drain)
 
 
 class Pump(asyncio.Protocol):
@@ -155,6 +156,8 @@ class Supervisor:
         self._room = asyncio.Event()  # set when a place may have come free
         self._room_dirty = False
         self._room_task: asyncio.Task | None = None
+        # Set by a drain (runner/drain.py): no more starts; the worker exits once empty.
+        self.draining = False
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -249,8 +252,10 @@ class Supervisor:
     # -- room -----------------------------------------------------------------------------
     def free_places(self) -> int:
         """How many more starts this worker can take now: 0 when it is full (its children and
-        the starts it popped fill its capacity), short of memory, or stopping."""
-        if self._stopping or psutil.virtual_memory().available < MIN_FREE_MEMORY:
+        the starts it popped fill its capacity), short of memory, stopping or draining."""
+        if self._stopping or self.draining:
+            return 0
+        if psutil.virtual_memory().available < MIN_FREE_MEMORY:
             return 0
         return max(0, self.capacity - len(self.children.keys() | self._starting.keys()))
 
@@ -279,6 +284,7 @@ class Supervisor:
             self.labels,
             psutil.virtual_memory().available >> 20,
             self.host,
+            draining=self.draining,
         )
         pipe = self.redis.pipeline(transaction=False)
         for queue in self.queues:
@@ -500,6 +506,11 @@ class Supervisor:
                 await asyncio.sleep(1)
                 continue
             took = live.popped_from(item)
+            if took is not None and self.draining:
+                # Popped while a drain began: back to the head of its list, as it came (still
+                # signed for that list), for a worker that stays.
+                await client.lpush(took[0], cast(str, took[1]))
+                continue
             if took is not None:
                 try:
                     header, _ = live.decode_control(*took)

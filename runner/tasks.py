@@ -17,13 +17,15 @@ from django.db.models import Max
 from django.utils import timezone
 
 from core.protocol import STREAMS, Exit
-from runner import sequencer_actor
+from runner import drain, sequencer_actor
 from runner.supervisor import current_supervisor, get_supervisor
 from sequences import live, sequencers_lost, topics
 from sequences.instances import record_failed_start
 from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, StreamChunk, Worker
 
 log = logging.getLogger(__name__)
+# Imported for their control operations ("drain", "seqcmd"), registered at import.
+CONTROL_MODULES = (drain, sequencer_actor)
 
 
 @worker_ready.connect

@@ -384,7 +384,8 @@ async def _push_shared(
 async def cluster_full(queue: str) -> str | None:
     """Why no worker serving `queue` can take a start now (every live worker published 0 free
     places), or None: some worker has room, or no worker published anything (none running)."""
-    room = {r.name: r.free for r in await read_rooms(queue)}
+    # A draining worker is not "full": with it alone, a start waits for its replacement.
+    room = {r.name: r.free for r in await read_rooms(queue) if not r.draining}
     if not room or any(free > 0 for free in room.values()):
         return None
     return (

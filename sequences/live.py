@@ -14,10 +14,11 @@ Live data goes worker → Redis → web; the database holds the durable copy.
 - `hub:claim:<iid>`       the worker that took an instance's start: a replayed start finds it
 - `hub:worker:<name>`     heartbeat key, expires when the worker stops answering
 - `hub:room:<queue>`      hash: worker name -> "<free places> <unix time it lapses> <json>", the
-                          JSON `{"labels": [...], "mem": MiB available, "host": name}`, written
-                          by each worker serving the queue when its room changes and at each
-                          beat (an entry without the JSON: a worker that reads only the shared
-                          list)
+                          JSON `{"labels": [...], "mem": MiB available, "host": name}` (and
+                          `"draining": true`, with 0 free places, while the worker drains),
+                          written by each worker serving the queue when its room changes and at
+                          each beat (an entry without the JSON: a worker that reads only the
+                          shared list)
 - `hub:log`               Redis stream of host log lines
 - `hub:stats:stream-bytes`  hash: stream name -> bytes of output workers have streamed, counted
                           as they write them (the web's /metrics reads it)
@@ -108,20 +109,32 @@ def room_value(
     labels: list[str] | None = None,
     memory_mb: int | None = None,
     host: str = "",
+    draining: bool = False,
 ) -> str:
     """A worker's entry in `hub:room:<queue>`. With `labels` (even none) the entry says the
-    worker reads its own start list (placed_start_key) and checks placements."""
+    worker reads its own start list (placed_start_key) and checks placements; a draining
+    worker's says 0 free places and why."""
+    if draining:
+        free = 0
+        labels = labels or []
     value = f"{int(free)} {lapses:.3f}"
     if labels is None:
         return value
-    detail = {"labels": labels, "mem": -1 if memory_mb is None else int(memory_mb), "host": host}
+    detail: dict[str, Any] = {
+        "labels": labels,
+        "mem": -1 if memory_mb is None else int(memory_mb),
+        "host": host,
+    }
+    if draining:
+        detail["draining"] = True
     return f"{value} {json.dumps(detail, separators=(',', ':'))}"
 
 
 @dataclass(frozen=True)
 class WorkerRoom:
     """One live worker's published room: free places, labels, memory available (MiB, -1
-    unknown), its host's name, and whether it reads a start list of its own (`own_list`)."""
+    unknown), its host's name, whether it reads a start list of its own (`own_list`), and
+    whether it is draining (it says 0 free places, and is going away)."""
 
     name: str
     free: int
@@ -129,6 +142,7 @@ class WorkerRoom:
     memory_mb: int = -1
     own_list: bool = False
     host: str = ""
+    draining: bool = False
 
 
 def live_rooms(entries: dict[bytes, bytes], now: float) -> list[WorkerRoom]:
@@ -152,6 +166,7 @@ def live_rooms(entries: dict[bytes, bytes], now: float) -> list[WorkerRoom]:
                     memory_mb=int(detail["mem"]),
                     own_list=True,
                     host=str(detail.get("host", "")),
+                    draining=detail.get("draining") is True,
                 )
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             continue
@@ -159,10 +174,14 @@ def live_rooms(entries: dict[bytes, bytes], now: float) -> list[WorkerRoom]:
     return sorted(rooms, key=lambda r: r.name)
 
 
-def live_room(entries: dict[bytes, bytes], now: float) -> dict[str, int]:
+def live_room(entries: dict[bytes, bytes], now: float, draining: bool = True) -> dict[str, int]:
     """The free places of each worker whose entry in a `hub:room:<queue>` hash has not lapsed
-    (a worker that died stops refreshing its entry)."""
-    return {room.name: room.free for room in live_rooms(entries, now)}
+    (a worker that died stops refreshing its entry). A draining worker says 0; `draining=False`
+    leaves it out: it is going away, so it is neither room nor a reason to call the cluster
+    full (a start waits for the worker that takes its place)."""
+    return {
+        room.name: room.free for room in live_rooms(entries, now) if draining or not room.draining
+    }
 
 
 OWNER_TTL = 120  # seconds; the worker's batched database write lands long before

@@ -166,6 +166,11 @@ class Worker(models.Model):
     sandbox = models.JSONField(default=dict, blank=True)
     # Its HUB_WORKER_LABELS ("gpu", "zone=a"), which a start's placement may ask for.
     labels = models.JSONField(default=list, blank=True)
+    # A drain (`POST /worker/:name/drain`): when the worker took it and until when its
+    # instances may run; `drained` when the last one ended and the worker went on to exit.
+    draining = models.DateTimeField(null=True, blank=True)
+    drain_deadline = models.DateTimeField(null=True, blank=True)
+    drained = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return self.name

@@ -136,7 +136,10 @@ def choose(
     have a free place, the one with the most free places, less the starts this web is
     offering it now (`placing`: what the workers' published room does not show yet), so a
     burst spreads; one with the memory the start's limit names first; ties at random.
-    `skip`: workers that did not take this start when offered (unless no other is left)."""
+    `skip`: workers that did not take this start when offered (unless no other is left).
+    A draining worker is left out: it is going away, so it is neither room nor a reason to
+    refuse (the start waits for the worker that takes its place)."""
+    rooms = [r for r in rooms if not r.draining]
     if not rooms:
         return Choice()
     fitting = [r for r in rooms if misfit(placement, r.name, r.labels, r.host) is None]

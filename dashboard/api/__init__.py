@@ -91,10 +91,11 @@ def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return JsonResponse({"error": str(exc), "code": "REQUEST_ERROR"}, status=exc.status_code)
 
 
-from dashboard.api import hub, instances, sequencers, sequences, topics  # noqa: E402
+from dashboard.api import hub, instances, sequencers, sequences, topics, workers  # noqa: E402
 
 api.add_router("", hub.router)
 api.add_router("", sequences.router)
 api.add_router("", instances.router)
 api.add_router("", sequencers.router)
 api.add_router("", topics.router)
+api.add_router("", workers.router)

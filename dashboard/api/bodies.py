@@ -161,3 +161,12 @@ class ComponentBody(Schema):
 class LoadScriptBody(Schema):
     sequence: str
     prefix: str
+
+
+# -- workers (described only: the domain parses it, after the worker's 404) ------------------
+
+
+class DrainBody(Schema):
+    deadline: float = Field(
+        300, ge=0, description="seconds its instances may still run before they are stopped"
+    )

@@ -46,10 +46,10 @@ def fill(template: str) -> str:
 
 def least_role(method: str, path: str) -> str:
     """The policy docs/api.md states: viewers read; operators run and steer; admins manage
-    sequences and components. A route that should differ says so here, on purpose."""
+    sequences, components and workers. A route that should differ says so here, on purpose."""
     if method == "GET":
         return "viewer"
-    if path.startswith(("/component", "/components")):
+    if path.startswith(("/component", "/components", "/worker/")):
         return "admin"
     if path in ("/sequence", "/sequence/{seq_id}"):
         return "admin"

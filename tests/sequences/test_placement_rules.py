@@ -169,3 +169,22 @@ def test_without_room_data_or_own_lists_the_shared_list_is_used() -> None:
     assert choose([old, room("new", 0)], Placement(), "q").shared
     # ... and cannot check a placement, so a placed start is not given to it.
     assert choose([old], Placement(worker="old"), "q").refusal.startswith("no live worker")
+
+
+def test_a_draining_worker_is_neither_room_nor_full() -> None:
+    now = time.time()
+    entries = {
+        b"d": live.room_value(5, now + 5, ["gpu"], 2048, host="h", draining=True).encode(),
+        b"up": live.room_value(0, now + 5, [], 2048).encode(),
+    }
+    rooms = live.live_rooms(entries, now)
+    assert rooms[0] == WorkerRoom("d", 0, ("gpu",), 2048, own_list=True, host="h", draining=True)
+    assert live.live_room(entries, now) == {"d": 0, "up": 0}
+    assert live.live_room(entries, now, draining=False) == {"up": 0}
+    # Only the full worker counts: the cluster is full.
+    assert choose(rooms, Placement(), "q").refusal.startswith(
+        "every worker of queue q is at its capacity (1 live"
+    )
+    # With only the draining worker left, a start waits for its replacement.
+    assert choose(rooms[:1], Placement(), "q") == choose([], Placement(), "q")
+    assert not choose(rooms[:1], Placement(labels=("gpu",)), "q").refusal

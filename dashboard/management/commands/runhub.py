@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -99,9 +100,11 @@ class Command(BaseCommand):
             "(reset it with: .venv/bin/python manage.py changepassword admin). "
             "Press Ctrl-C to stop."
         )
-        self._supervise(procs)
+        self._supervise(procs, commands["worker"], env)
 
-    def _supervise(self, procs: dict[str, subprocess.Popen]) -> None:
+    def _supervise(
+        self, procs: dict[str, subprocess.Popen], worker: list[str], env: dict[str, str]
+    ) -> None:
         stopping = False
 
         def stop(*_: Any) -> None:
@@ -113,9 +116,15 @@ class Command(BaseCommand):
         failed = None
         while not stopping:
             for name, proc in procs.items():
-                if proc.poll() is not None:
-                    failed = f"{name} exited with code {proc.returncode}"
-                    stopping = True
+                if proc.poll() is None:
+                    continue
+                if name == "worker" and _drained(proc.pid):
+                    # `si worker drain`: a rolling restart of this hub's worker.
+                    self.stdout.write("The worker was drained: starting its replacement")
+                    procs["worker"] = subprocess.Popen(worker, env=env, start_new_session=True)
+                    continue
+                failed = f"{name} exited with code {proc.returncode}"
+                stopping = True
             time.sleep(0.3)
         if failed:
             self.stderr.write(f"Stopping the hub: {failed}")
@@ -126,3 +135,19 @@ class Command(BaseCommand):
         self.stdout.write("Sequence Hub stopped.")
         if failed:
             sys.exit(1)
+
+
+def _drained(pid: int) -> bool:
+    """Whether the worker process `pid` of this machine exited after a drain (it recorded so
+    before it exited)."""
+    from django.db import close_old_connections
+
+    from sequences.models import Worker
+
+    close_old_connections()
+    try:
+        return Worker.objects.filter(
+            pid=pid, hostname=socket.gethostname(), drained__isnull=False
+        ).exists()
+    except Exception:
+        return False
