@@ -173,6 +173,23 @@ def audit(
     _entry(user, action, target, outcome, via, detail).save()
 
 
+HUB_ACTOR = "hub"  # the actor of what the hub did by itself (no user asked)
+
+
+def audit_hub_event(
+    sender: object, action: str, target: str, detail: dict[str, Any], **_: Any
+) -> None:
+    """The receiver of sequences.hub_events: one audit entry, by the hub, via "hub"."""
+    AuditEntry.objects.create(
+        user=None,
+        actor=HUB_ACTOR,
+        action=action,
+        target=str(target)[:200],
+        via="hub",
+        detail=detail,
+    )
+
+
 AUDIT_BATCH_SECONDS = 0.05
 _pending: list[AuditEntry] = []
 

@@ -96,7 +96,13 @@ EXIT_REASONS: dict[int, Outcome] = {
 STOP_TIMEOUT = Outcome(False, "Instance stopped: killed after the stop timeout")
 # A drained worker stops what still runs at the drain's deadline (its instances: the reason
 # of their outcome is followed by this; its sequencers are Killed with it as their reason).
-DRAIN_DEADLINE = "its worker {worker} was drained and the drain's deadline passed"
+DRAINED = "was drained and the drain's deadline passed"
+DRAIN_DEADLINE = "its worker {worker} " + DRAINED
+# A worker's orderly stop (SIGTERM or SIGINT of the worker, or of runhub) killed it: not a
+# request made on the instance, so a restart policy restarts it (docs/operations.md).
+WORKER_SHUTDOWN = Outcome(False, "Instance killed: worker shutdown")
+# Its worker's heartbeat lapsed (killed, its machine gone): the instance ends `lost`.
+WORKER_LOST = "worker {worker} stopped answering"
 
 
 def outcome(code: int, killed: bool, stopped: bool) -> Outcome:

@@ -71,6 +71,10 @@ async def finish(sup: Supervisor, child: Child) -> None:
         child.stop_timer.cancel()
     code = child.exit_code if child.exit_code is not None else protocol.UNKNOWN_EXIT
     status, reason = outcome(code, child.killed, child.stopped)
+    if child.end_reason is not None and code == protocol.Exit.KILLED:
+        # Killed by the hub for a reason of its own (a worker shutdown), not on a request.
+        failed, reason = child.end_reason
+        status = InstanceStatus.ERRORED if failed else InstanceStatus.COMPLETED
     if child.end_note:
         reason = f"{reason}: {child.end_note}"
     sup.children.pop(child.iid, None)

@@ -324,7 +324,7 @@ class SequencerActor:
         elif self.child.end_note:
             why = f"its process was stopped: {self.child.end_note}"
         elif getattr(self.sup, "_stopping", False):
-            why = f"its worker {self.sup.name} shut down"
+            why = f"worker shutdown: its worker {self.sup.name} shut down"
         else:
             why = f"its process ended: {item.reason} (exit code {item.code})"
         applied = await self._apply(

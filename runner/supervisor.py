@@ -33,7 +33,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from core.protocol import STREAMS, Exit, Message
+from core.protocol import STREAMS, WORKER_SHUTDOWN, Exit, Message, Outcome
 from runner import cgroups, control, isolation, launch, outcomes, topic_links
 from runner.dbwriter import DbWriter
 from runner.forkserver import ForkServer, ParentEnds, close_fds, make_child_fds
@@ -98,6 +98,9 @@ class Child:
     cgroups: list[str] = field(default_factory=list)  # its groups, for limits.cpu and .pids
     links: topic_links.Links | None = None  # the topics it publishes to and reads from
     end_note: str = ""  # why the hub ended it, added to its outcome's reason (a drain)
+    # Why the hub killed it, when not on a request made on it (a worker shutdown): the outcome
+    # recorded if it dies of that kill (runner/outcomes.py).
+    end_reason: Outcome | None = None
 
 
 class Pump(asyncio.Protocol):
@@ -149,6 +152,8 @@ class Supervisor:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub-supervisor", daemon=True)
         self._stopping = False
+        # The instances the worker's shutdown killed (its audit entry names them).
+        self.ended_by_shutdown: list[str] = []
         # Starts popped and not yet ended (answered), by instance id: with the children, what
         # fills the places. By id, because a start's child joins the children before its start
         # is answered, and counted twice it made a worker near its capacity say it was full.
@@ -204,6 +209,8 @@ class Supervisor:
     async def _shutdown(self) -> None:
         for child in list(self.children.values()):
             child.killed = True
+            child.end_reason = WORKER_SHUTDOWN
+            self.ended_by_shutdown.append(child.iid)
             self.kill_tree(child)
         deadline = time.monotonic() + 10
         while self.children and time.monotonic() < deadline:
@@ -212,6 +219,11 @@ class Supervisor:
         await self.redis.delete(live.worker_key(self.name))
         for queue in self.queues:
             await cast("Awaitable[int]", self.redis.hdel(live.room_key(queue), self.name))
+        # Gone from the lists of workers at once, not after HUB_LOST_AFTER.
+        stopped = timezone.now()
+        self.writer.call(
+            lambda: Worker.objects.filter(name=self.name).update(stopped=stopped, running=0)
+        )
 
     def _register_worker(self) -> None:
         now = timezone.now()
@@ -233,7 +245,9 @@ class Supervisor:
         self.writer.call(register)
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        # Not once stopping: a beat after the shutdown deleted the key would list the worker
+        # as alive for HUB_LOST_AFTER more.
+        while not self._stopping:
             try:
                 await self.redis.set(
                     live.worker_key(self.name), len(self.children), ex=int(settings.HUB_LOST_AFTER)
@@ -247,7 +261,8 @@ class Supervisor:
             await asyncio.sleep(max(1.0, settings.HUB_LOST_AFTER / 4))
 
     def _record_beat(self, running: int, now: datetime) -> None:
-        Worker.objects.filter(name=self.name).update(last_seen=now, running=running)
+        # `stopped` cleared: a worker that beat detect_lost took for gone (a long stall) is back.
+        Worker.objects.filter(name=self.name).update(last_seen=now, running=running, stopped=None)
 
     # -- room -----------------------------------------------------------------------------
     def free_places(self) -> int:

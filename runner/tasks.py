@@ -8,7 +8,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
@@ -16,12 +17,12 @@ from django.conf import settings
 from django.db.models import Max
 from django.utils import timezone
 
-from core.protocol import STREAMS, Exit
+from core.protocol import STREAMS, WORKER_LOST, Exit
 from runner import drain, sequencer_actor
-from runner.supervisor import current_supervisor, get_supervisor
-from sequences import live, sequencers_lost, topics
+from runner.supervisor import Supervisor, current_supervisor, get_supervisor
+from sequences import hub_events, live, restarts, sequencers_lost, topics
 from sequences.instances import record_failed_start
-from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, StreamChunk, Worker
+from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, Sequencer, StreamChunk, Worker
 
 log = logging.getLogger(__name__)
 # Imported for their control operations ("drain", "seqcmd"), registered at import.
@@ -31,7 +32,9 @@ CONTROL_MODULES = (drain, sequencer_actor)
 @worker_ready.connect
 def _start_supervisor(sender: object = None, **_: object) -> None:
     get_supervisor(_queue_names(sender))
-    detect_lost()
+    # What a worker killed before this one left (its instances lost), not the restarts: they
+    # would hold the worker's start on their answers; the next beat makes them.
+    detect_lost(restart=False)
 
 
 def _queue_names(consumer: object) -> list[str] | None:
@@ -58,11 +61,33 @@ def _stop_supervisor(**_: object) -> None:
 
     with contextlib.suppress(Exception):
         sup.run(drained(), timeout=12)
+    _audit_shutdown(sup)
+
+
+def _audit_shutdown(sup: Supervisor) -> None:
+    """One audit entry per worker shutdown, naming what it ended (the instances and their
+    sequencers), so a hub restart is found in the log rather than guessed from the ends."""
+    ids = sup.ended_by_shutdown
+    try:
+        prefixes = list(
+            Sequencer.objects.filter(instance_id__in=ids).values_list("prefix", flat=True)
+        )
+    except Exception:
+        prefixes = []
+    hub_events.record(
+        "worker.shutdown",
+        sup.name,
+        instances=len(ids),
+        ended=ids[:200],
+        sequencers=prefixes[:200],
+    )
 
 
 @shared_task(name="runner.tasks.detect_lost", ignore_result=True)
-def detect_lost() -> int:
-    """Instances whose worker stopped answering end `lost`, so no one waits on them forever."""
+def detect_lost(restart: bool = True) -> int:
+    """Instances whose worker stopped answering end `lost`, so no one waits on them forever;
+    workers that stopped answering are marked stopped (they leave the lists); then, unless
+    `restart` is False, instances whose restart policy asks for it are started again."""
     client = live.sync_client()
     lost = 0
     workers = set(
@@ -79,7 +104,8 @@ def detect_lost() -> int:
         # copy of the heartbeat says whether the worker is really silent.
         if Worker.objects.filter(name=name, last_seen__gte=beating).exists():
             continue
-        lost += mark_lost(name, f"worker {name} stopped answering")
+        lost += mark_lost(name, WORKER_LOST.format(worker=name))
+    _age_out_workers(client, beating)
     # Starts that never reached a worker.
     cutoff = timezone.now() - timedelta(seconds=settings.HUB_START_TIMEOUT * 2)
     stale = Instance.objects.filter(
@@ -89,17 +115,41 @@ def detect_lost() -> int:
         record_failed_start(
             iid, Exit.LAUNCH_FAILED, "no worker took the start request", waiting_only=True
         )
+    if restart:
+        restarts.restart_due()
     return lost
 
 
+def _age_out_workers(client: Any, beating: datetime) -> None:
+    """Workers silent for HUB_LOST_AFTER (by Redis and by the database) without instances left
+    to mark lost: stopped, so the lists show only live ones. (One with instances was marked by
+    `mark_lost`.)"""
+    silent = Worker.objects.filter(stopped__isnull=True, last_seen__lt=beating)
+    for name in silent.values_list("name", flat=True):
+        if client.exists(live.worker_key(name)):
+            continue
+        if Worker.objects.filter(name=name, stopped__isnull=True, last_seen__lt=beating).update(
+            stopped=timezone.now()
+        ):
+            reason = WORKER_LOST.format(worker=name)
+            hub_events.record(
+                "worker.lost", name, reason=reason, instances=0, ended=[], sequencers=[]
+            )
+
+
 def mark_lost(worker: str, reason: str) -> int:
+    """End `lost` every live instance of a silent worker, close their live streams, mark
+    their sequencers Killed (their components go Idle), stop the worker's row, and write one
+    audit entry for the loss. Safe to run twice at once (several beats): the worker row's
+    update is the claim of the audit entry, and the instances' update is guarded by status."""
     now = timezone.now()
+    first = Worker.objects.filter(name=worker, stopped__isnull=True).update(stopped=now)
     ids = list(
         Instance.objects.filter(status__in=LIVE_STATUSES, worker=worker).values_list(
             "id", flat=True
         )
     )
-    Instance.objects.filter(pk__in=ids).update(
+    ended = Instance.objects.filter(pk__in=ids, status__in=LIVE_STATUSES).update(
         status=InstanceStatus.LOST,
         reason=reason[:500],
         ended=now,
@@ -113,9 +163,18 @@ def mark_lost(worker: str, reason: str) -> int:
             key = live.stream_key(iid, stream)
             pipe.xadd(key, live.sign_end(key, {"eof": 1, "lost": 1}))
     pipe.execute()
-    Worker.objects.filter(name=worker, stopped__isnull=True).update(stopped=now)
+    prefixes: list[str] = []
     if ids:
-        sequencers_lost.on_instances_lost(ids, reason)
+        prefixes = sequencers_lost.on_instances_lost(ids, reason)
+    if first or ended:
+        hub_events.record(
+            "worker.lost",
+            worker,
+            reason=reason,
+            instances=len(ids),
+            ended=ids[:200],
+            sequencers=prefixes[:200],
+        )
     return len(ids)
 
 

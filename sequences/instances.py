@@ -39,6 +39,7 @@ from sequences.models import (
     Sequencer,
 )
 from sequences.placement import Placement
+from sequences.restart_policy import NEVER, RestartPolicy, parse_restart
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ class StartRequest:
     restarted_from: str | None = None
     # Where it may run: worker labels and/or a worker's name (sequences/placement.py).
     placement: Placement = dataclasses.field(default_factory=Placement)
+    # `restart` in the body (sequences/restart_policy.py); the count is set by restarts only.
+    restart: RestartPolicy = NEVER
+    restart_count: int = 0
 
 
 def invalid(message: str) -> HubError:
@@ -66,7 +70,7 @@ def invalid(message: str) -> HubError:
 
 def parse_start(raw: bytes) -> StartRequest:
     """Validate a start body: `{appConfig?, args?, instanceId?, limits?, outputTopic?,
-    inputTopic?, placement?}`."""
+    inputTopic?, placement?, restart?}`."""
     if len(raw) > MAX_ARGS_BYTES:
         raise invalid(f"start body is over {MAX_ARGS_BYTES} bytes")
     if raw.strip():
@@ -103,6 +107,7 @@ def parse_start(raw: bytes) -> StartRequest:
         if name and not topics.is_name(name):
             raise invalid(f"{field} must be a topic's name: {topics.NAME_RULE}")
     placed = placement.parse_placement(body.get("placement"))
+    restart = parse_restart(body.get("restart"))
     return StartRequest(
         args=args,
         app_config=app_config,
@@ -111,6 +116,7 @@ def parse_start(raw: bytes) -> StartRequest:
         output_topic=named["outputTopic"],
         input_topic=named["inputTopic"],
         placement=placed,
+        restart=restart,
     )
 
 
@@ -182,6 +188,10 @@ def _create(seq: Sequence | str, req: StartRequest, user: Any, kind: str) -> Ins
             input_topic=req.input_topic,
             restarted_from_id=req.restarted_from,
             placement=req.placement.to_json(),
+            restart_policy=req.restart.policy,
+            restart_max=req.restart.max,
+            restart_backoff=req.restart.backoff,
+            restart_count=req.restart_count,
             **fields,
         )
     except IntegrityError as exc:
@@ -191,6 +201,11 @@ def _create(seq: Sequence | str, req: StartRequest, user: Any, kind: str) -> Ins
         raise HubError(
             409, "ALREADY_RESTARTED", f"Instance {req.restarted_from} was restarted already"
         ) from None
+
+
+def create_row(seq: Sequence | str, req: StartRequest, user: Any, kind: str) -> Instance:
+    """The row of a start, without pushing it (restart policies push it themselves)."""
+    return _create(seq, req, user, kind)
 
 
 def effective_args(args: list[Any], seq: Sequence) -> list[Any]:
@@ -541,17 +556,26 @@ def info(instance: Instance) -> dict[str, Any]:
         "restartedFrom": instance.restarted_from_id,
         # Annotated by `with_links`; an instance read some other way shows none.
         "restartedAs": getattr(instance, "restarted_as", None),
+        "restart": {**restart_policy_of(instance).to_json(), "count": instance.restart_count},
     }
     if instance.exit_code is not None or instance.status == InstanceStatus.LOST:
         data["terminated"] = {"exitcode": instance.exit_code, "reason": instance.reason}
     return data
 
 
+def restart_policy_of(instance: Instance) -> RestartPolicy:
+    """The restart policy its start gave (never, for an instance made before policies)."""
+    if instance.restart_policy == NEVER.policy:
+        return NEVER
+    return RestartPolicy(instance.restart_policy, instance.restart_max, instance.restart_backoff)
+
+
 async def restart(iid: str, user: Any) -> Instance:
     """Start the sequence of instance `iid` again with its args, appConfig and limits, as a
     new instance linked to it (`restarted_from`); a live `iid` is killed first, and its end
     awaited, so the two never run together. An instance is restarted once: restart the new
-    one next time.
+    one next time. The copy keeps the restart policy, with its count back at 0: a restart
+    asked for by an operator starts a new chain.
     """
     old = await aget_instance(iid)
     if old.kind != "sequence":
@@ -570,6 +594,7 @@ async def restart(iid: str, user: Any) -> Instance:
         input_topic=old.input_topic,
         restarted_from=old.id,
         placement=placement.parse_placement(old.placement or None),
+        restart=restart_policy_of(old),
     )
     if old.is_live:
         try:

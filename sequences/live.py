@@ -306,6 +306,17 @@ def async_client() -> aredis.Redis:
     return client
 
 
+async def close_async_client() -> None:
+    """Close and forget the running loop's client: for a loop that ends after its work (each
+    `async_to_sync` call from plain code runs a new one), so a later loop given the same id
+    does not get a client whose connections belong to a closed loop."""
+    import asyncio
+
+    client = _async_clients.pop(id(asyncio.get_running_loop()), None)
+    if client is not None:
+        await client.aclose()
+
+
 # -- what the hub's clients read back --------------------------------------------------------
 # redis-py annotates each reply for every client configuration: str or bytes values, RESP2 or
 # RESP3 shapes. The clients above decode nothing and speak RESP2, so every value read back is

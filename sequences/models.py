@@ -99,6 +99,14 @@ class Instance(models.Model):
     restarted_from = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="restart"
     )
+    # The start's restart policy (`restart` in the start body, sequences/restarts.py): when it
+    # ends lost or failed ("always": also completed), beat starts a copy linked by
+    # `restarted_from`, after `restart_backoff` s doubled per restart, at most `restart_max`
+    # times in a row; `restart_count` is how many restarts of the chain this one is.
+    restart_policy = models.CharField(max_length=12, default="never", db_index=True)
+    restart_max = models.IntegerField(default=0)
+    restart_backoff = models.FloatField(default=0)
+    restart_count = models.IntegerField(default=0)
 
     class Meta:
         ordering = ["-created"]
@@ -181,6 +189,8 @@ class SequenceComponent(models.Model):
 
     name = models.CharField(max_length=200, unique=True)
     state = models.CharField(max_length=20, default="Idle")  # Idle | Running
+    # Why it went Idle by itself (its sequencer was killed under it: worker lost or shut down).
+    reason = models.CharField(max_length=500, blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

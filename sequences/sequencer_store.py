@@ -23,7 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from sequences import live, notices
-from sequences.models import Sequencer, SequencerTransition
+from sequences.models import SequenceComponent, Sequencer, SequencerTransition
 from sequences.models import Step as StepRow
 from sequences.statemachine import (
     Error,
@@ -235,6 +235,8 @@ def apply(
         if after == before:
             return Applied(before, before, result, None)
         _save(row, before, after, reason)
+        if after.state is State.KILLED and before.state is not State.KILLED:
+            _free_component(row, reason or row.reason)
         if before.display_state != after.display_state:
             SequencerTransition.objects.create(
                 sequencer=row,
@@ -246,6 +248,39 @@ def apply(
             )
     publish_event(row.id, event_of(row, after), final=after.state is State.KILLED)
     return Applied(before, after, result, describe(row, after))
+
+
+def _free_component(row: Sequencer, reason: str) -> None:
+    """A Killed sequencer's component no longer hosts it: Running → Idle, with the reason, so
+    no component says Running beside a Killed sequencer (whatever killed it: a shutdown
+    command, its process's end, its worker lost or shut down). Only the component's newest
+    sequencer frees it: an older one killed late must not unload its successor."""
+    component_id = row.component_id
+    if component_id is None:
+        return
+    newest = (
+        Sequencer.objects.filter(component_id=component_id)
+        .order_by("-created")
+        .values_list("id", flat=True)
+        .first()
+    )
+    if newest != row.id:
+        return
+    freed = SequenceComponent.objects.filter(pk=component_id, state="Running").update(
+        state="Idle", reason=f"sequencer {row.prefix} was killed: {reason}"[:500]
+    )
+    if freed:
+        transaction.on_commit(lambda: _announce_component(component_id))
+
+
+def _announce_component(component_id: int) -> None:
+    name = SequenceComponent.objects.filter(pk=component_id).values_list("name", flat=True).first()
+    if name is None:
+        return
+    try:
+        notices.send({"type": notices.COMPONENTS_CHANGED, "name": name}, notices.COMPONENTS)
+    except Exception:
+        log.exception("could not announce a change of component %s", name)
 
 
 def record_transition(

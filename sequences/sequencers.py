@@ -430,13 +430,25 @@ def hosted_sequencer(comp: SequenceComponent) -> Sequencer | None:
     return None if row is None else heal([row])[0]
 
 
+def hosted_now(comp: SequenceComponent) -> Sequencer | None:
+    """`hosted_sequencer` for readers: a sequencer found dead just now (healed) freed its
+    component (sequencer_store.apply), so `comp` is read again and hosts nothing."""
+    hosted = hosted_sequencer(comp)
+    if hosted is not None and hosted.state == State.KILLED:
+        comp.refresh_from_db()
+        hosted = hosted_sequencer(comp)
+    return hosted
+
+
 def component_json(comp: SequenceComponent) -> dict[str, Any]:
     """`{name, state, sequencer}` (GetStatus and the component list)."""
-    hosted = hosted_sequencer(comp)
+    hosted = hosted_now(comp)
     return {
         "name": comp.name,
         "state": comp.state,
         "sequencer": None if hosted is None else store.describe(hosted),
+        # Why it went Idle by itself (its sequencer was killed: worker lost or shut down).
+        "reason": comp.reason,
     }
 
 
@@ -540,8 +552,10 @@ async def _restart(comp: SequenceComponent, user: Any) -> tuple[dict[str, Any], 
 def _finish(
     comp: SequenceComponent, state: ComponentState, response: ComponentResponse | None
 ) -> tuple[dict[str, Any], int]:
-    if comp.state != state:
-        SequenceComponent.objects.filter(pk=comp.pk).update(state=str(state))
+    if comp.state != state or state is ComponentState.RUNNING:
+        # Written even when it looks unchanged: the sequencer a restart unloaded freed the
+        # row (Idle) under this lock. A command's outcome clears why it last went Idle.
+        SequenceComponent.objects.filter(pk=comp.pk).update(state=str(state), reason="")
         comp.state = str(state)
     if not isinstance(response, ComponentUnhandled):
         announce_component(comp.name)  # its state or its sequencer changed

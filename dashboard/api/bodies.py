@@ -80,6 +80,13 @@ class Placement(Schema):
     worker: str | SkipJsonSchema[None] = Field(None, description="the worker's name")
 
 
+class Restart(Schema):
+    # sequences/restart_policy.py decides; docs/api.md and docs/operations.md say when.
+    policy: Literal["never", "on-failure", "always"] = "never"
+    max: int = Field(3, ge=0, le=100, description="restarts in a row, at most")
+    backoff: float = Field(1, ge=0, le=300, description="seconds before the first, doubling")
+
+
 class StartBody(Schema):
     appConfig: dict[str, Any] = {}
     args: list[Any] = []
@@ -90,6 +97,7 @@ class StartBody(Schema):
     placement: Placement | SkipJsonSchema[None] = Field(
         None, description="which workers may run it (HUB_WORKER_LABELS, worker names)"
     )
+    restart: Restart | SkipJsonSchema[None] = None
 
 
 class ControlBody(Schema):

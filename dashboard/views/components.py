@@ -21,7 +21,7 @@ def list_context() -> dict[str, Any]:
     comps = sequencers.list_components()
     rows = []
     for comp in comps:
-        rows.append({"comp": comp, "hosted": sequencers.hosted_sequencer(comp)})
+        rows.append({"comp": comp, "hosted": sequencers.hosted_now(comp)})
     scripts = Sequence.objects.filter(language="python").values_list("id", "name", "version")
     return {"components": rows, "scripts": list(scripts[:200])}
 

@@ -31,8 +31,11 @@ def overview_context() -> dict[str, Any]:
         shown = "Processing" if processing else state
         sequencer_states[shown] = sequencer_states.get(shown, 0) + 1
     fresh = timezone.now() - timedelta(seconds=settings.HUB_LOST_AFTER * 2)
+    # Gone workers age out: stopped ones (orderly stop, or marked by detect_lost), and, should
+    # beat not run, any silent for a minute or more.
+    recent = timezone.now() - timedelta(seconds=max(60, 4 * settings.HUB_LOST_AFTER))
     workers = list(
-        Worker.objects.filter(stopped__isnull=True)
+        Worker.objects.filter(stopped__isnull=True, last_seen__gte=recent)
         .annotate(alive=ExpressionWrapper(Q(last_seen__gte=fresh), output_field=BooleanField()))
         .order_by("name")
     )

@@ -395,7 +395,7 @@ def test_components_and_their_sequencer(host: HostClient) -> None:
     name = unique("TST.comp")
     comp = host.create_component(name)
     assert isinstance(comp, ComponentClient) and comp.name == name
-    assert comp.get_status() == {"name": name, "state": "Idle", "sequencer": None}
+    assert comp.get_status() == {"name": name, "state": "Idle", "sequencer": None, "reason": ""}
     assert name in {c["name"] for c in host.list_components()}
     prefix = unique("TST.seq")
     located = comp.load_script(script.id, prefix)

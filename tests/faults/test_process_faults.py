@@ -251,3 +251,40 @@ def test_stop_process_helper_is_gentle_first(tmp_path):
     proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
     stop_process(proc, timeout=5)
     assert proc.returncode == -signal.SIGTERM
+
+
+def test_an_orderly_worker_stop_is_an_event_not_a_mystery(private_hub):
+    """What a hub restart does to its worker (runhub stopped with SIGINT or SIGTERM stops the
+    worker in order): its instances end `completed · 137` saying "worker shutdown", its
+    sequencers are Killed saying so and their components are Idle saying why, one audit entry
+    names all it ended, and the worker leaves the lists at once."""
+    from accounts.models import AuditEntry
+    from core.protocol import WORKER_SHUTDOWN
+    from dashboard.views.overview import overview_context
+    from sequences.models import Worker
+    from tests.sequences.sequencer_kit import Kit
+
+    hub = private_hub()
+    kit = Kit(hub.api, hub.api)
+    comp = kit.component()
+    sequencer = kit.load(component=comp)
+    seq = upload(hub.api, python_package(FOREVER))
+    ids = [start(hub.api, seq) for _ in range(3)]
+    name = info(hub.api, ids[0])["worker"]
+    stop_process(hub.workers[0].proc)  # SIGTERM, then waits
+    for iid in ids:
+        data = info(hub.api, iid)
+        assert data["status"] == "completed", data
+        assert data["terminated"] == {"exitcode": 137, "reason": WORKER_SHUTDOWN.reason}
+    gone = kit.get(sequencer["id"])
+    assert gone["state"] == "Killed" and "worker shutdown" in gone["reason"], gone
+    status = hub.api.get(f"/component/{comp}/status").json()
+    assert status["state"] == "Idle" and status["sequencer"] is None, status
+    assert "worker shutdown" in status["reason"] and sequencer["prefix"] in status["reason"]
+    entry = AuditEntry.objects.get(action="worker.shutdown", target=name)
+    assert entry.actor == "hub" and entry.via == "hub"
+    assert entry.detail["instances"] == 4
+    assert set(entry.detail["ended"]) == {*ids, sequencer["instance"]}
+    assert entry.detail["sequencers"] == [sequencer["prefix"]]
+    assert Worker.objects.get(name=name).stopped is not None
+    assert name not in [w.name for w in overview_context()["workers"]]

@@ -235,11 +235,12 @@ def test_a_process_killed_mid_step_makes_the_sequencer_killed_with_a_reason(kit)
     final = kit.operator.get(f"/sequencer/{sid}/queryFinal/{run_id}", params={"timeout": 5})
     assert final.json()["type"] == "Error"
     assert kit.send(sid, "stop", expect=409)["state"] == KILLED
-    # The component shows its dead sequencer until it is unloaded or restarted.
+    # The component no longer hosts its dead sequencer: Idle, saying why, and free to load.
     status = kit.operator.get(f"/component/{comp}/status").json()
-    assert status["state"] == "Running" and status["sequencer"]["state"] == KILLED
-    restarted = kit.admin.post(f"/component/{comp}/restart")
-    assert restarted.status_code == 200 and restarted.json()["sequencer"]["state"] == IDLE
+    assert status["state"] == "Idle" and status["sequencer"] is None
+    assert status["reason"] == f"sequencer {gone['prefix']} was killed: {gone['reason']}"
+    again = kit.load(component=comp, prefix=gone["prefix"])
+    assert again["state"] == IDLE
 
 
 def test_a_script_that_kills_its_own_process_in_a_step_is_killed_not_running(kit):

@@ -153,3 +153,69 @@ def test_commands_for_the_test_suite_exist():
     assert (BIN / "celery").exists() and (BIN / "daphne").exists()
     assert (ROOT / "manage.py").exists()
     assert hub_env()["HUB_LOST_AFTER"] == "6"
+
+
+def test_a_lost_worker_kills_its_sequencers_frees_their_components_and_is_audited(
+    private_hub, tmp_path
+):
+    """The host vanishes (its process group SIGKILLed): within HUB_LOST_AFTER and a beat, its
+    instances are lost, its sequencers Killed, their components Idle saying why (never Running
+    beside a Killed sequencer), the worker leaves the lists, and the audit log has the loss."""
+    from accounts.models import AuditEntry
+    from dashboard.views.overview import overview_context
+    from runner.tasks import detect_lost
+    from sequences.models import Worker
+    from tests.sequences.sequencer_kit import Kit
+
+    hub = private_hub()
+    kit = Kit(hub.api, hub.api)
+    comp = kit.component()
+    sequencer = kit.load(component=comp)
+    seq = upload(hub.api, python_package(FOREVER))
+    iid = _start(hub.api, seq)
+    name = _status(hub.api, iid)["worker"]
+    assert name in [w.name for w in overview_context()["workers"]]
+    victim = hub.workers[0].proc
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    killed_at = time.monotonic()
+    while time.monotonic() - killed_at < 30 and _status(hub.api, iid)["status"] != "lost":
+        detect_lost()
+        time.sleep(0.5)
+    # HUB_LOST_AFTER is 6 s here, beat runs every 5 s: lost within both, with room for a slow box.
+    assert time.monotonic() - killed_at < 6 + 5 + 5
+    gone = kit.get(sequencer["id"])
+    assert gone["state"] == "Killed"
+    assert gone["reason"] == f"process lost: worker {name} stopped answering"
+    status = hub.api.get(f"/component/{comp}/status").json()
+    assert status["state"] == "Idle" and status["sequencer"] is None
+    assert sequencer["prefix"] in status["reason"] and "stopped answering" in status["reason"]
+    entry = AuditEntry.objects.get(action="worker.lost", target=name)
+    assert entry.actor == "hub" and entry.via == "hub"
+    assert set(entry.detail["ended"]) == {iid, sequencer["instance"]}
+    assert entry.detail["sequencers"] == [sequencer["prefix"]]
+    assert Worker.objects.get(name=name).stopped is not None
+    assert name not in [w.name for w in overview_context()["workers"]]
+    # The component takes a script again, on a new worker.
+    hub.workers.append(start_worker(tmp_path, "worker2", HUB_QUEUE=hub.queue))
+    kit.load(component=comp, prefix=sequencer["prefix"])
+    kit.cleanup()
+
+
+def test_a_silent_worker_without_instances_ages_out_of_the_lists(private_hub):
+    from dashboard.views.overview import overview_context
+    from runner.tasks import detect_lost
+    from sequences.models import Worker
+
+    hub = private_hub()
+    wait_for(lambda: Worker.objects.filter(stopped__isnull=True).exists(), what="registered")
+    name = Worker.objects.get(stopped__isnull=True).name
+    os.killpg(hub.workers[0].proc.pid, signal.SIGKILL)
+    hub.workers[0].proc.wait()
+    wait_for(
+        lambda: detect_lost() is not None and Worker.objects.get(name=name).stopped,
+        timeout=20,
+        interval=0.5,
+        what="the silent worker marked stopped",
+    )
+    assert name not in [w.name for w in overview_context()["workers"]]

@@ -626,8 +626,9 @@ def test_components_create_list_and_status(kit):
         "name": name,
         "state": "Idle",
         "sequencer": None,
+        "reason": "",
     }
-    assert {"name": name, "state": "Idle", "sequencer": None} in kit.operator.get(
+    assert {"name": name, "state": "Idle", "sequencer": None, "reason": ""} in kit.operator.get(
         "/components"
     ).json()
     assert kit.operator.get("/component/NO.such/status").status_code == 404
@@ -655,6 +656,7 @@ def test_component_lifecycle_load_unhandled_unload_and_idle_unload(kit):
         "name": comp,
         "state": "Idle",
         "sequencer": None,
+        "reason": "",
     }
     assert kit.get(loaded["id"])["state"] == "Killed"
     unload_idle = kit.admin.post(f"/component/{comp}/unload-script")
