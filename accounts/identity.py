@@ -23,7 +23,6 @@ from accounts.models import hash_token
 from core.db_threads import db_call
 from sequences import live
 
-GENERATION_KEY = "hub:auth:generation"
 # A remembered token is looked up again after this long, which also keeps its last_used fresh.
 REMEMBER_SECONDS = 30.0
 MAX_REMEMBERED = 10_000
@@ -72,7 +71,7 @@ async def current_generation() -> bytes | None:
     if _redis_paused():
         return None
     try:
-        return live.as_bytes(await live.async_client().get(GENERATION_KEY)) or b"0"
+        return live.as_bytes(await live.async_client().get(live.auth_generation_key())) or b"0"
     except (RedisError, OSError):
         _redis_failed()
         return None
@@ -83,7 +82,7 @@ def _current_generation_sync() -> bytes | None:
     if _redis_paused():
         return None
     try:
-        return live.as_bytes(live.sync_client().get(GENERATION_KEY)) or b"0"
+        return live.as_bytes(live.sync_client().get(live.auth_generation_key())) or b"0"
     except (RedisError, OSError):
         _redis_failed()
         return None
@@ -144,7 +143,7 @@ def bump_generation() -> None:
 def _bump_now() -> None:
 
     try:
-        live.sync_client().incr(GENERATION_KEY)
+        live.sync_client().incr(live.auth_generation_key())
     except (RedisError, OSError):
         # A cache that missed the change would keep serving it, so no cache at all until
         # Redis answers again: identity_for_token finds no counter and asks the database.

@@ -8,6 +8,15 @@ import django
 
 django.setup(set_prefix=False)  # as get_asgi_application does; before the ORM's users
 
+import logging  # noqa: E402
+
+from sequences import hubs  # noqa: E402
+
+# The hub id names every Redis key (sequences/live.py): read before anything uses one, and
+# say when another hub uses the same Redis database.
+for _warning in hubs.at_start():
+    logging.getLogger("sequences.hubs").warning(_warning)
+
 from dashboard.api_handler import ApiHandler, PagesHandler, split_api  # noqa: E402
 from dashboard.daphne_streaming import install as stream_request_bodies  # noqa: E402
 

@@ -177,7 +177,8 @@ if HUB_EMBEDDED_REDIS:
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # channels_redis's layer with its keys in the hub's namespace (sequences/live.py).
+        "BACKEND": "sequences.live.ChannelLayer",
         "CONFIG": {
             # redis-py 8 reads with a 5 s timeout by default, exactly the time channels_redis
             # blocks in BZPOPMIN waiting for a message: a consumer whose groups stayed quiet
@@ -190,7 +191,7 @@ CHANNEL_LAYERS = {
                     "health_check_interval": 30,
                 }
             ],
-            "prefix": env.str("HUB_REDIS_PREFIX", default="hub"),
+            "prefix": "asgi",
         },
     }
 }
@@ -212,6 +213,7 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 4
 CELERY_TASK_DEFAULT_QUEUE = env.str("HUB_QUEUE", default="hub")
+# Celery's keys go under the hub's namespace: dashboard/celery.py sets kombu's global_keyprefix.
 CELERY_BEAT_SCHEDULE = {
     "detect-lost": {"task": "runner.tasks.detect_lost", "schedule": 5.0},
     "prune-ended": {"task": "runner.tasks.prune_ended", "schedule": 60.0},
@@ -287,6 +289,8 @@ HUB_LOGIN_ATTEMPTS = env.int("HUB_LOGIN_ATTEMPTS", default=10)
 # may take before it answers with what it found so far.
 HUB_SEARCH_CONCURRENCY = env.int("HUB_SEARCH_CONCURRENCY", default=2)
 HUB_SEARCH_SECONDS = env.float("HUB_SEARCH_SECONDS", default=10.0)
+# The namespace of the hub's Redis keys; unset, the id kept in the database (sequences/hubs.py).
+HUB_ID = env.str("HUB_ID", default="")
 
 
 def _networks(name: str) -> list[str]:
@@ -334,7 +338,8 @@ CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": env.str("HUB_REDIS_PREFIX", default="hub"),
+        # Its keys in the hub's namespace (sequences/live.py).
+        "KEY_FUNCTION": "sequences.live.cache_key",
         # JSON, not Django's default pickle: a value planted in Redis must not run code here.
         "OPTIONS": {"serializer": "dashboard.cache_json.JSONSerializer"},
     }

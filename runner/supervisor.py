@@ -40,7 +40,7 @@ from runner.forkserver import ForkServer, ParentEnds, close_fds, make_child_fds
 from runner.outbox import Outbox
 from runner.outcomes import Notifier
 from runner.packagecache import cache_root
-from sequences import live, placement
+from sequences import hubs, live, placement
 from sequences.errors import HubError
 from sequences.instances import clean_limits, record_failed_start
 from sequences.models import Instance, InstanceStatus, Sequence, Worker
@@ -253,6 +253,7 @@ class Supervisor:
                     live.worker_key(self.name), len(self.children), ex=int(settings.HUB_LOST_AFTER)
                 )
                 await self._write_room()
+                await hubs.announce_async(self.redis)  # this hub is alive (sequences/hubs.py)
                 self.writer.call(
                     functools.partial(self._record_beat, len(self.children), timezone.now())
                 )
@@ -414,7 +415,7 @@ class Supervisor:
         line = json.dumps(
             {"ts": int(time.time() * 1000), "level": "INFO", "from": self.name, "msg": msg, **data}
         )
-        self.outbox.add(live.HOST_LOG, {"d": line + "\n"})
+        self.outbox.add(live.host_log_key(), {"d": line + "\n"})
 
     # -- control from the child -----------------------------------------------------------
     async def _control_from_child(self, child: Child, reader: asyncio.StreamReader) -> None:
@@ -487,6 +488,9 @@ class Supervisor:
                 continue
             try:
                 header, payload = live.decode_control(key, raw)
+            except live.OtherHub as exc:
+                log.warning("ignored a control message: %s", exc)
+                continue
             except (live.Forged, ValueError):
                 log.warning("dropped a control message on %s that the hub did not write", key)
                 continue
@@ -529,6 +533,9 @@ class Supervisor:
             if took is not None:
                 try:
                     header, _ = live.decode_control(*took)
+                except live.OtherHub as exc:
+                    log.warning("ignored a start request: %s", exc)
+                    continue
                 except (live.Forged, ValueError):
                     log.warning("dropped a start request that the hub did not write")
                     continue

@@ -1,39 +1,53 @@
 """Redis: key names and clients shared by the web and the workers.
 
-Live data goes worker → Redis → web; the database holds the durable copy.
-- `hub:s:<iid>:<stream>`  Redis stream of chunks `{s: seq, d: bytes}`, then `{eof: 1, n: chunks}`
+Every key a hub keeps in Redis is under its namespace `hub:<hub id>:` (`key()`), the hub id
+being made at its first start and kept in its database (`sequences.hubs`), so hubs that share a
+Redis database never see each other's keys. Django's cache (`cache_key`), the channel layer
+(`ChannelLayer`) and Celery's broker keys (`celery_prefix`, set by dashboard/celery.py) go under
+it too. The one key outside is `hub:hubs` (`REGISTRY`), where each hub says it is alive, so a
+hub learns at start that it shares its Redis (`sequences.hubs`).
+
+Live data goes worker → Redis → web; the database holds the durable copy. Under the namespace:
+- `s:<iid>:<stream>`      Redis stream of chunks `{s: seq, d: bytes}`, then `{eof: 1, n: chunks}`
                           with the outcome when a worker ends it (status, exitcode, reason, ended)
-- `hub:ev:<iid>`          Redis stream of events emitted by the sequence `{n: name, m: json}`
-- `hub:evlast:<iid>`      hash: last message per event name
-- `hub:ctl:<worker>`      list: control messages for one worker's supervisor
-- `hub:start:<queue>`     list: start requests any supervisor serving that queue takes
-- `hub:startto:<queue>:<worker>`  list: start requests the web placed on one worker (it pops
+- `ev:<iid>`              Redis stream of events emitted by the sequence `{n: name, m: json}`
+- `evlast:<iid>`          hash: last message per event name
+- `ctl:<worker>`          list: control messages for one worker's supervisor
+- `start:<queue>`         list: start requests any supervisor serving that queue takes
+- `startto:<queue>:<worker>`  list: start requests the web placed on one worker (it pops
                           this list before the shared one; the web takes back what it leaves)
-- `hub:owner:<iid>`       the worker that just started an instance, until its row says so
-- `hub:reply:<token>`     list: one reply to a request that waits for it
-- `hub:claim:<iid>`       the worker that took an instance's start: a replayed start finds it
-- `hub:worker:<name>`     heartbeat key, expires when the worker stops answering
-- `hub:room:<queue>`      hash: worker name -> "<free places> <unix time it lapses> <json>", the
+- `owner:<iid>`           the worker that just started an instance, until its row says so
+- `reply:<token>`         list: one reply to a request that waits for it
+- `claim:<iid>`           the worker that took an instance's start: a replayed start finds it
+- `worker:<name>`         heartbeat key, expires when the worker stops answering
+- `room:<queue>`          hash: worker name -> "<free places> <unix time it lapses> <json>", the
                           JSON `{"labels": [...], "mem": MiB available, "host": name}` (and
                           `"draining": true`, with 0 free places, while the worker drains),
                           written by each worker serving the queue when its room changes and at
                           each beat (an entry without the JSON: a worker that reads only the
                           shared list)
-- `hub:log`               Redis stream of host log lines
-- `hub:stats:stream-bytes`  hash: stream name -> bytes of output workers have streamed, counted
+- `log`                   Redis stream of host log lines
+- `stats:stream-bytes`    hash: stream name -> bytes of output workers have streamed, counted
                           as they write them (the web's /metrics reads it)
-- `hub:auth:generation`   counter that token, user and group changes bump (accounts.identity)
-- `hub:topic:<name>`      Redis stream of a topic's chunks `{d: bytes}`, and signed end entries
+- `auth:generation`       counter that token, user and group changes bump (accounts.identity)
+- `topic:<name>`          Redis stream of a topic's chunks `{d: bytes}`, and signed end entries
                           `{eof: 1}` (sequences/topics.py)
-- `hub:topicmeta:<name>`  hash: a topic's content type, created, origin, totals, last end's id
-- `hub:topicpeers:<name>:<role>`  sorted set: a topic's producers or consumers, scored by when
+- `topicmeta:<name>`      hash: a topic's content type, created, origin, totals, last end's id
+- `topicpeers:<name>:<role>`  sorted set: a topic's producers or consumers, scored by when
                           each registration lapses
-- `hub:topics`            set: the names of the topics
+- `topics`                set: the names of the topics
+- `seqev:<sequencer id>`  Redis stream of a sequencer's change notices
+                          (sequences/sequencer_store.py)
+- `complock:<name>`, `seqprefix:<prefix>`  locks: one command per component, one sequencer
+                          per prefix (sequences/sequencers.py)
+- `cache:...`, `asgi...`, `celery:...`  Django's cache, the channel layer, Celery's broker
 
 Nothing read from Redis is trusted because it arrived: start requests, control messages,
 replies and the end entries of streams carry a MAC made with a key derived from SECRET_KEY
 (which sequence code cannot read), bound to the key they were written under, so a message
-cannot be forged, nor moved from one list or stream to another.
+cannot be forged, nor moved from one list or stream to another. Messages also name the hub
+they are for (`encode_control`): a message for another hub is refused (`OtherHub`) even where
+two hubs share a SECRET_KEY.
 """
 
 from __future__ import annotations
@@ -41,7 +55,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import socket
+import threading
 import uuid
 from dataclasses import dataclass, replace
 from functools import cache
@@ -49,6 +65,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 import redis.asyncio as aredis
+from channels_redis.core import RedisChannelLayer
 from django.conf import settings
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
@@ -65,42 +82,71 @@ if TYPE_CHECKING:
         XReadResponse,
     )
 
-HOST_LOG = "hub:log"
+# -- the hub's namespace ----------------------------------------------------------------------
+
+# A hub id: what `HUB_ID` may be set to, and what `sequences.hubs` makes.
+HUB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,40}")
+# Where each hub on this Redis database says it is alive (sequences/hubs.py): the only key
+# outside any hub's namespace, read by every hub to learn whether it shares its Redis.
+REGISTRY = "hub:hubs"
+
+_hub_id: str | None = None
+_hub_id_lock = threading.Lock()
+
+
+def hub_id() -> str:
+    """This hub's id: HUB_ID when set, else the one kept in the database (made there on first
+    use). Read once per process; the web and the workers read it at start (dashboard/asgi.py,
+    dashboard/celery.py), so no async code path waits for the database here."""
+    global _hub_id
+    if _hub_id is None:
+        with _hub_id_lock:
+            if _hub_id is None:
+                from sequences.hubs import load_hub_id
+
+                _hub_id = load_hub_id()
+    return _hub_id
+
+
+def key(*parts: str) -> str:
+    """A key in this hub's namespace: every key name below is made here."""
+    return ":".join(("hub", hub_id(), *parts))
+
+
+def host_log_key() -> str:
+    return key("log")
 
 
 def stream_key(iid: str, stream: str) -> str:
-    return f"hub:s:{iid}:{stream}"
+    return key("s", iid, stream)
 
 
 def events_key(iid: str) -> str:
-    return f"hub:ev:{iid}"
+    return key("ev", iid)
 
 
 def last_events_key(iid: str) -> str:
-    return f"hub:evlast:{iid}"
+    return key("evlast", iid)
 
 
 def control_key(worker: str) -> str:
-    return f"hub:ctl:{worker}"
+    return key("ctl", worker)
 
 
 def start_key(queue: str) -> str:
-    return f"hub:start:{queue}"
+    return key("start", queue)
 
 
 def room_key(queue: str) -> str:
-    return f"hub:room:{queue}"
-
-
-STREAM_BYTES = "hub:stats:stream-bytes"
+    return key("room", queue)
 
 
 def stream_bytes_key() -> str:
-    return STREAM_BYTES
+    return key("stats", "stream-bytes")
 
 
 def placed_start_key(queue: str, worker: str) -> str:
-    return f"hub:startto:{queue}:{worker}"
+    return key("startto", queue, worker)
 
 
 def room_value(
@@ -111,7 +157,7 @@ def room_value(
     host: str = "",
     draining: bool = False,
 ) -> str:
-    """A worker's entry in `hub:room:<queue>`. With `labels` (even none) the entry says the
+    """A worker's entry in `room:<queue>`. With `labels` (even none) the entry says the
     worker reads its own start list (placed_start_key) and checks placements; a draining
     worker's says 0 free places and why."""
     if draining:
@@ -146,7 +192,7 @@ class WorkerRoom:
 
 
 def live_rooms(entries: dict[bytes, bytes], now: float) -> list[WorkerRoom]:
-    """The entries of a `hub:room:<queue>` hash that have not lapsed (a worker that died stops
+    """The entries of a `room:<queue>` hash that have not lapsed (a worker that died stops
     refreshing its entry), by worker name; malformed ones are left out."""
     rooms: list[WorkerRoom] = []
     for name, value in entries.items():
@@ -175,7 +221,7 @@ def live_rooms(entries: dict[bytes, bytes], now: float) -> list[WorkerRoom]:
 
 
 def live_room(entries: dict[bytes, bytes], now: float, draining: bool = True) -> dict[str, int]:
-    """The free places of each worker whose entry in a `hub:room:<queue>` hash has not lapsed
+    """The free places of each worker whose entry in a `room:<queue>` hash has not lapsed
     (a worker that died stops refreshing its entry). A draining worker says 0; `draining=False`
     leaves it out: it is going away, so it is neither room nor a reason to call the cluster
     full (a start waits for the worker that takes its place)."""
@@ -188,34 +234,69 @@ OWNER_TTL = 120  # seconds; the worker's batched database write lands long befor
 
 
 def owner_key(iid: str) -> str:
-    return f"hub:owner:{iid}"
+    return key("owner", iid)
 
 
 def claim_key(iid: str) -> str:
-    return f"hub:claim:{iid}"
+    return key("claim", iid)
 
 
 def reply_key(token: str) -> str:
-    return f"hub:reply:{token}"
+    return key("reply", token)
 
 
 def worker_key(name: str) -> str:
-    return f"hub:worker:{name}"
+    return key("worker", name)
 
 
-TOPICS = "hub:topics"
+def auth_generation_key() -> str:
+    return key("auth", "generation")
+
+
+def topics_key() -> str:
+    return key("topics")
 
 
 def topic_key(name: str) -> str:
-    return f"hub:topic:{name}"
+    return key("topic", name)
 
 
 def topic_meta_key(name: str) -> str:
-    return f"hub:topicmeta:{name}"
+    return key("topicmeta", name)
 
 
 def topic_peers_key(name: str, role: str) -> str:
-    return f"hub:topicpeers:{name}:{role}"
+    return key("topicpeers", name, role)
+
+
+def sequencer_events_key(sequencer_id: str) -> str:
+    return key("seqev", sequencer_id)
+
+
+def component_lock_key(name: str) -> str:
+    return key("complock", name)
+
+
+def sequencer_prefix_lock_key(prefix: str) -> str:
+    return key("seqprefix", prefix)
+
+
+def celery_prefix() -> str:
+    """Kombu's `global_keyprefix`: Celery's queues, bindings and fan-out channels."""
+    return key("celery", "")
+
+
+def cache_key(name: str, key_prefix: str, version: int) -> str:
+    """Django's cache KEY_FUNCTION: the cache's keys in the hub's namespace."""
+    return key("cache", key_prefix, str(version), name)
+
+
+class ChannelLayer(RedisChannelLayer):
+    """The channel layer, its channels and groups in the hub's namespace (its `prefix` option
+    goes under it)."""
+
+    def __init__(self, *args: Any, prefix: str = "asgi", **kwargs: Any) -> None:
+        super().__init__(*args, prefix=key(prefix), **kwargs)
 
 
 def instance_keys(iid: str) -> list[str]:
@@ -368,15 +449,22 @@ def _mac(where: str, *parts: bytes) -> bytes:
     return mac.hexdigest()[:32].encode()
 
 
+class OtherHub(Forged):
+    """A message signed for the list it came from, but for another hub (two hubs with one
+    SECRET_KEY on one Redis): not this hub's to act on."""
+
+
 def encode_control(dest: str, header: dict[str, Any], payload: bytes = b"") -> bytes:
-    """A message for the list `dest`: a MAC line, one JSON line, then raw payload bytes."""
+    """A message for the list `dest`: a MAC line, one JSON line, then raw payload bytes. The
+    header names this hub (`hub`) unless it names one already."""
+    header = {"hub": hub_id(), **header}
     head = json.dumps(header, separators=(",", ":")).encode()
     return _mac(dest, head, payload) + b"\n" + head + b"\n" + payload
 
 
 def decode_control(dest: str, raw: bytes) -> tuple[dict[str, Any], bytes]:
     """The header and payload of a message popped from `dest`; Forged if the hub did not
-    write it for `dest`."""
+    write it for `dest`, OtherHub if it is for another hub."""
     mac, _, rest = raw.partition(b"\n")
     head, _, payload = rest.partition(b"\n")
     if not hmac.compare_digest(mac, _mac(dest, head, payload)):
@@ -384,6 +472,8 @@ def decode_control(dest: str, raw: bytes) -> tuple[dict[str, Any], bytes]:
     header = json.loads(head)
     if not isinstance(header, dict):
         raise Forged(f"message on {dest} is not an object")
+    if header.get("hub") != hub_id():
+        raise OtherHub(f"message on {dest} is for hub {header.get('hub')!r}, not {hub_id()!r}")
     return header, payload
 
 

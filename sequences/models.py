@@ -158,6 +158,19 @@ class InstanceEvent(models.Model):
         return f"{self.instance_id} {self.direction} {self.name}"
 
 
+class HubIdentity(models.Model):
+    """The hub's id, one row made at its first start (sequences/hubs.py): the namespace of
+    everything the hub keeps in Redis, kept with the database because every web and worker
+    process of the hub shares the database (not the data folder)."""
+
+    key = models.PositiveSmallIntegerField(primary_key=True, default=1)  # the one row: 1
+    hub_id = models.CharField(max_length=40, unique=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.hub_id
+
+
 class Worker(models.Model):
     """A worker node's supervisor, as last seen through its heartbeat."""
 

@@ -4,8 +4,9 @@ Shared by the worker's sequencer actors and the web (which only ever marks a seq
 when its process is gone). Every change goes through `apply`, which re-reads the row under a
 row lock, so two writers (two workers, or a worker and the web) can never interleave: each
 change is decided on the state the previous one left. After the commit the change is appended
-to the Redis stream `hub:seqev:<id>` (durable enough for readers that reconnect: events ndjson,
-queryFinal) and the caller fans it out on the channel layer (at-most-once, for pages).
+to the Redis stream `seqev:<id>` (sequences/live.py), durable enough for readers that
+reconnect (events ndjson, queryFinal), and the caller fans it out on the channel layer
+(at-most-once, for pages).
 
 Synchronous on purpose: the actor calls it from a thread, the web through `sync_to_async`.
 """
@@ -43,7 +44,7 @@ EVENTS_MAXLEN = 1000  # change notices kept per sequencer; readers fall back to 
 
 def events_key(sequencer_id: str) -> str:
     """Redis stream of change notices `{d: json}` for one sequencer."""
-    return f"hub:seqev:{sequencer_id}"
+    return live.sequencer_events_key(sequencer_id)
 
 
 # -- snapshot ⇄ rows -----------------------------------------------------------------------

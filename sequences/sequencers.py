@@ -463,7 +463,7 @@ class _ComponentLock:
     def __init__(self, name: str) -> None:
         wait = settings.HUB_START_TIMEOUT + SHUTDOWN_WAIT + 30
         self.lock = live.async_client().lock(
-            f"hub:complock:{name}", timeout=LOCK_TTL, blocking_timeout=wait
+            live.component_lock_key(name), timeout=LOCK_TTL, blocking_timeout=wait
         )
         self.name = name
 
@@ -573,7 +573,7 @@ async def _load(
             "(main.py defining script(sequencer))",
         )
     lock = live.async_client().lock(
-        f"hub:seqprefix:{prefix}", timeout=LOCK_TTL, blocking_timeout=LOCK_TTL
+        live.sequencer_prefix_lock_key(prefix), timeout=LOCK_TTL, blocking_timeout=LOCK_TTL
     )
     async with lock:
         clash = await sync_to_async(_prefix_holder)(prefix)

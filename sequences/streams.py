@@ -336,17 +336,18 @@ async def host_log(backlog: int = 100) -> AsyncIterator[bytes]:
     away it yields nothing (b"", which keeps the response open) and retries, backing off; the
     lines logged meanwhile are lost with it, the ones after come."""
     client = live.async_client()
+    key = live.host_log_key()
     last_id: str | bytes | None = None
     backoff = Backoff()
     while True:
         try:
             if last_id is None:
-                recent = live.range_entries(await client.xrevrange(live.HOST_LOG, count=backlog))
+                recent = live.range_entries(await client.xrevrange(key, count=backlog))
                 for _entry_id, fields in reversed(recent):
                     yield fields[b"d"]
                 last_id = recent[0][0] if recent else await _host_log_end(client)
             reply = await blocking_read(
-                client.xread({live.HOST_LOG: last_id}, count=200, block=HOST_LOG_BLOCK_MS),
+                client.xread({key: last_id}, count=200, block=HOST_LOG_BLOCK_MS),
                 HOST_LOG_BLOCK_MS,
             )
         except REDIS_AWAY:
@@ -363,7 +364,8 @@ async def host_log(backlog: int = 100) -> AsyncIterator[bytes]:
 
 
 async def _host_log_end(client: Any) -> str | bytes:
-    if not await client.exists(live.HOST_LOG):
+    key = live.host_log_key()
+    if not await client.exists(key):
         return "0-0"
-    info = await client.xinfo_stream(live.HOST_LOG)
+    info = await client.xinfo_stream(key)
     return info["last-generated-id"] if info else "0-0"

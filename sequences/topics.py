@@ -119,7 +119,7 @@ async def ensure(
     now = time.time()
     script = client.register_script(_CREATE)
     existing = await script(
-        keys=[live.topic_meta_key(name), live.TOPICS], args=[kind, repr(now), origin, name]
+        keys=[live.topic_meta_key(name), live.topics_key()], args=[kind, repr(now), origin, name]
     )
     if existing is None:
         return Topic(name, kind, now, origin), True
@@ -163,7 +163,7 @@ async def delete(name: str) -> None:
         live.topic_peers_key(name, PRODUCER),
         live.topic_peers_key(name, CONSUMER),
     )
-    pipe.srem(live.TOPICS, name)
+    pipe.srem(live.topics_key(), name)
     existed, *_ = await pipe.execute()
     if not existed:
         raise HubError(404, "NOT_FOUND", f"Topic {name} not found")
@@ -209,7 +209,7 @@ async def list_topics() -> list[dict[str, Any]]:
 
 
 async def _names(client: aredis.Redis) -> list[str]:
-    return _valid_names(cast("set[bytes]", await client.smembers(live.TOPICS)))
+    return _valid_names(cast("set[bytes]", await client.smembers(live.topics_key())))
 
 
 def _valid_names(members: set[bytes]) -> list[str]:
@@ -533,6 +533,6 @@ def trim_all() -> int:
     to, an idle one only here. The number of chunks removed."""
     client = live.sync_client()
     pipe = client.pipeline(transaction=False)
-    for name in _valid_names(cast("set[bytes]", client.smembers(live.TOPICS))):
+    for name in _valid_names(cast("set[bytes]", client.smembers(live.topics_key()))):
         pipe.xtrim(live.topic_key(name), minid=_trim_id(), approximate=True)
     return sum(int(n) for n in pipe.execute())

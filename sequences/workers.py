@@ -33,7 +33,7 @@ STATES = ("live", "draining", "silent", "drained", "stopped")
 
 
 def worker_not_found(name: str) -> HubError:
-    return HubError(404, "WORKER_NOT_FOUND", f"no worker named {name!r}: see GET /workers")
+    return HubError(404, "NOT_FOUND", f"no worker named {name!r}: see GET /workers")
 
 
 def list_workers() -> list[Worker]:

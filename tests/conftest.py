@@ -55,7 +55,11 @@ def _before_settings(config: pytest.Config) -> None:
     DJANGO_SETTINGS_MODULE is set here rather than in pytest's configuration for this: with it
     there, pytest-django reads settings before any conftest is loaded; without, it sets Django
     up after this hook (its own pytest_configure runs last).
+
+    The suite's hubs share one hub id (HUB_ID, sequences/hubs.py), this run's own: the tests
+    empty the database between them, and with it the row a hub would keep its id in.
     """
+    os.environ["HUB_ID"] = QUEUE
     if os.environ.get("REDIS_URL"):
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
         return

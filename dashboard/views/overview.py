@@ -16,6 +16,7 @@ from accounts.access import has_role
 from accounts.models import AuditEntry
 from dashboard.exposure import exposure_warnings, worker_warnings
 from dashboard.views.common import role_page
+from sequences import hubs
 from sequences.models import LIVE_STATUSES, Instance, Sequence, Sequencer, Worker
 
 SEQUENCER_STATES = ("Idle", "Loaded", "Running", "Processing", "Offline", "Killed")
@@ -63,4 +64,6 @@ def overview(request: HttpRequest) -> HttpResponse:
     # Admins can fix the configuration, so they are told where sequence code could get in.
     admin = has_role(request.user, "admin")
     context["exposure"] = exposure_warnings() + worker_warnings() if admin else []
+    # And when another hub uses the same Redis database (sequences/hubs.py).
+    context["shared_redis"] = hubs.shared_redis_warnings() if admin else []
     return render(request, "overview.html", context)

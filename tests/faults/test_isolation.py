@@ -80,7 +80,14 @@ def isolated_hub(private_hub, data_dir: Path, **worker_env: str):
     return private_hub(web_env=env, worker_env={**env, **worker_env})
 
 
-HUB_VARIABLES = ("SECRET_KEY", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "HUB_QUEUE")
+HUB_VARIABLES = (
+    "SECRET_KEY",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "HUB_QUEUE",
+    "HUB_ID",
+)
 
 
 def probe(api, seq: str, **targets: list) -> dict:

@@ -233,15 +233,19 @@ def test_readers_follow_through_a_redis_restart(private_hub, private_redis: Priv
 def forget_workers(server: PrivateRedis) -> None:
     import redis
 
+    from sequences import live
+
     client = redis.Redis(port=server.port)
-    for key in client.keys("hub:worker:*"):
+    for key in client.keys(live.worker_key("*")):
         client.delete(key)
 
 
 def private_redis_has_worker(server: PrivateRedis) -> bool:
     import redis
 
-    return bool(redis.Redis(port=server.port).keys("hub:worker:*"))
+    from sequences import live
+
+    return bool(redis.Redis(port=server.port).keys(live.worker_key("*")))
 
 
 def test_stop_process_helper_is_gentle_first(tmp_path):

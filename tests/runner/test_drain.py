@@ -119,7 +119,7 @@ def _check_refusals(hub, name: str, people, si) -> None:
     an operator; none of them drains anything."""
     response = hub.api.post("/worker/nobody-here/drain", json={"deadline": "soon"})
     assert response.status_code == 404, response.text
-    assert response.json()["code"] == "WORKER_NOT_FOUND"
+    assert response.json()["code"] == "NOT_FOUND"
     assert hub.api.get("/worker/nobody-here").status_code == 404
     for bad in ("soon", -1, True, 1e12):
         response = hub.api.post(f"/worker/{name}/drain", json={"deadline": bad})
@@ -135,7 +135,7 @@ def _check_refusals(hub, name: str, people, si) -> None:
     listed = json.loads(si("--json", "worker", "ls").stdout)
     assert [w["state"] for w in listed if w["name"] == name] == ["live"]
     result = si("worker", "drain", "nobody-here", check=False)
-    assert result.returncode == 1 and b"WORKER_NOT_FOUND" in result.stderr + result.stdout
+    assert result.returncode == 1 and b"NOT_FOUND" in result.stderr + result.stdout
     result = si("worker", "drain", name, "--deadline", "soon", check=False)
     assert result.returncode == 2 and b"seconds" in result.stderr
     shown = hub.api.get(f"/worker/{name}").json()

@@ -10,6 +10,7 @@ import os
 import secrets
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management import call_command
@@ -18,6 +19,8 @@ from django.core.management.base import BaseCommand, CommandError
 from accounts.access import ensure_groups
 from dashboard.data_dir import prepare_data_dir
 from dashboard.package_storage import StorageSettingError, check_reachable
+from sequences import live
+from sequences.models import HubIdentity
 
 
 class Command(BaseCommand):
@@ -38,6 +41,11 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         call_command("migrate", interactive=False, verbosity=verbosity)
         ensure_groups()
+        # The hub id, made here the first time: the namespace of its Redis keys.
+        made = not HubIdentity.objects.exists()
+        hub_id = live.hub_id()
+        if made and verbosity and not settings.HUB_ID:
+            self.stdout.write(f"Made the hub id {hub_id}: its Redis keys are under {live.key('')}")
         users = get_user_model().objects
         if users.exists():
             return

@@ -24,6 +24,7 @@ from dashboard.processes import (
     web_argv,
     worker_argv,
 )
+from sequences import hubs, live
 
 
 class Command(BaseCommand):
@@ -49,6 +50,10 @@ class Command(BaseCommand):
             os.execv(sys.executable, sys.orig_argv)
         call_command("hub_init", verbosity=0)
         for warning in exposure_warnings():
+            self.stderr.write(self.style.WARNING(f"WARNING: {warning}"))
+        # The pieces read the hub id from the database themselves, as on other machines.
+        shared = hubs.at_start() if not settings.HUB_EMBEDDED_REDIS else []
+        for warning in shared:
             self.stderr.write(self.style.WARNING(f"WARNING: {warning}"))
         procs: dict[str, subprocess.Popen] = {}
         # The web, worker and beat find the embedded Redis and its password from settings
@@ -94,6 +99,7 @@ class Command(BaseCommand):
             procs[name] = subprocess.Popen(argv, env=env, start_new_session=True)
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
         self.stdout.write(self.style.SUCCESS(f"Sequence Hub is running at http://{shown}:{port}/"))
+        self.stdout.write(f"Hub id: {live.hub_id()} (its Redis keys are under {live.key('')})")
         self.stdout.write(f"API: http://{shown}:{port}/api/v1/  (docs at /api/v1/docs)")
         self.stdout.write(
             "Log in with the admin account printed when it was created "
