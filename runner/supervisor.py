@@ -561,6 +561,17 @@ class Supervisor:
             return
         if float(req.get("expires", 0)) < time.time():
             return  # the web stopped waiting and recorded the failure itself
+        # One start per request, claimed first: a replay (the same signed request pushed
+        # again, by an attacker or by the web placing a start it thought swallowed) finds the
+        # claim taken, and is dropped without an answer: the worker holding the claim answers.
+        # A request the web signed always has its row; should the row be missing, the writer
+        # finds out at the "starting" update and the child is killed.
+        claimed = iid not in self.children and await self.redis.set(
+            live.claim_key(iid), self.name, nx=True, ex=int(settings.HUB_START_TIMEOUT) + 60
+        )
+        if not claimed:
+            log.warning("dropped a start for %s: it was claimed already", iid)
+            return
         kind = str(req.get("kind", "sequence"))
         # The web chose this worker for the placement; it is checked here again, as every
         # field is, and a start this worker may not run is refused, never run.
@@ -569,7 +580,7 @@ class Supervisor:
         )
         if misfit is not None:
             reason = f"{misfit}: not started"
-            # Only a waiting row: the same signed request replayed later finds it started.
+            # Only a waiting row (a start placed again elsewhere may have run meanwhile).
             self.writer.call(
                 functools.partial(record_failed_start, iid, Exit.REFUSED, reason, waiting_only=True)
             )
@@ -580,24 +591,6 @@ class Supervisor:
             return
         try:
             self.check_capacity()
-            # One start per request: a replay (the same signed request pushed again) finds
-            # the claim taken. A request the web signed always has its row; should the row be
-            # missing, the writer finds out at the "starting" update and the child is killed.
-            claimed = iid not in self.children and await self.redis.set(
-                live.claim_key(iid), self.name, nx=True, ex=int(settings.HUB_START_TIMEOUT) + 60
-            )
-            if not claimed:
-                log.warning("refused a start for %s: it was started already", iid)
-                await self.reply(
-                    token,
-                    {
-                        "ok": False,
-                        "status": 404,
-                        "code": "NOT_FOUND",
-                        "error": f"Instance {iid} is not waiting to start",
-                    },
-                )
-                return
             if kind in LAUNCHERS:
                 answer = await LAUNCHERS[kind](self, req)
             else:

@@ -368,8 +368,39 @@ async def _offer(
         _placing[worker] -= 1
         if _placing[worker] <= 0:
             del _placing[worker]
-    remaining = deadline - time.monotonic()
-    return True, (await wait_reply(token, remaining) if remaining > 0 else None)
+    answer = await _await_claimed(str(header["id"]), token, deadline)
+    if answer is SWALLOWED:
+        log.warning(
+            "start %s was popped from %s and never claimed: placing it again", header["id"], worker
+        )
+        return False, None
+    return True, cast("dict[str, Any] | None", answer)
+
+
+# A start popped but not claimed (`claim:<iid>`) within this many seconds was swallowed: a
+# worker's connection that died with its blocking pop still open on Redis (a host gone
+# without closing its sockets) takes the next item pushed, and nothing will ever run it.
+CLAIM_WAIT = 3.0
+SWALLOWED = object()
+
+
+async def _await_claimed(iid: str, token: str, deadline: float) -> object:
+    """The answer to a start that a worker popped (None at the deadline), or SWALLOWED when
+    no worker claimed it within CLAIM_WAIT. Placing it again is safe: a start runs only
+    where its claim is taken (SET NX), so should the slow taker wake up after all, one of
+    the two finds the claim held and drops its copy without answering."""
+    popped = time.monotonic()
+    client = live.async_client()
+    while (remaining := deadline - time.monotonic()) > 0:
+        answer = await wait_reply(token, min(0.5, remaining))
+        if answer is not None:
+            return answer
+        if time.monotonic() - popped >= CLAIM_WAIT:
+            if not await client.exists(live.claim_key(iid)):
+                return SWALLOWED
+            remaining = deadline - time.monotonic()
+            return await wait_reply(token, remaining) if remaining > 0 else None
+    return None
 
 
 async def _push_shared(
@@ -393,6 +424,15 @@ async def _push_shared(
         # (redis-py types the value as str; it sends bytes as they are.)
         if full is not None and await client.lrem(dest, 1, cast(str, request)):
             return await _refuse_full(instance, full)
+        if await client.lpos(dest, cast(str, request)) is None:
+            # Popped: wait for its answer, or push it again if it was swallowed.
+            answer = await _await_claimed(instance.id, token, deadline)
+            if answer is not SWALLOWED:
+                return cast("dict[str, Any] | None", answer)
+            log.warning(
+                "start %s was popped from %s and never claimed: pushing it again", instance.id, dest
+            )
+            await client.rpush(dest, request)
     return None
 
 

@@ -280,3 +280,51 @@ def test_a_start_offered_to_a_dead_worker_is_taken_back_and_placed_on_another(
     assert _worker(hub.api, iid) == alive
     assert live.sync_client().llen(live.placed_start_key(hub.queue, dead)) == 0
     _kill_all(hub.api, [iid])
+
+
+def test_a_start_swallowed_by_a_dead_connection_is_placed_again(private_hub):
+    """A host that vanished without closing its sockets leaves its worker's blocking pop open
+    on Redis, which takes the next start pushed on its list, and nothing ever runs it. The web
+    sees the start popped but never claimed, and places it on another worker; the copy that
+    went into the void cannot run twice (the claim decides)."""
+    import threading
+
+    from sequences import live
+
+    hub = private_hub()
+    (alive,) = _names(hub.queue, 1)
+    seq = upload(hub.api, python_package(FOREVER))
+    # The vanished worker: its room says it has the most places and reads its own list...
+    ghost = "ghost@gone"
+    lapses = time.time() + 60
+    client = live.sync_client()
+    client.hset(live.room_key(hub.queue), ghost, live.room_value(1000, lapses, [], 1 << 20))
+    # ... and its dead connection's pop is still open: the first start pushed there is lost.
+    swallowed: list[bytes] = []
+    pop = threading.Thread(
+        target=lambda: swallowed.append(
+            live.sync_client().blpop([live.placed_start_key(hub.queue, ghost)], timeout=30)
+        )
+    )
+    pop.start()
+    try:
+        began = time.monotonic()
+        iid = _start(hub.api, seq)
+        took = time.monotonic() - began
+        pop.join(1)
+        assert swallowed and swallowed[0] is not None, "the ghost did not pop the start"
+        assert took < 10, took
+        assert _worker(hub.api, iid) == alive
+        # The swallowed copy, pushed again where a worker pops it, is dropped: one process.
+        header, _ = live.decode_control(live.placed_start_key(hub.queue, ghost), swallowed[0][1])
+        mine = live.placed_start_key(hub.queue, alive)
+        client.rpush(mine, live.encode_control(mine, header))
+        wait_for(
+            lambda: f"dropped a start for {iid}: it was claimed already" in hub.workers[0].output(),
+            what="the swallowed copy dropped",
+        )
+        assert hub.api.get(f"/instance/{iid}").json()["status"] == "running"
+    finally:
+        client.hdel(live.room_key(hub.queue), ghost)
+        pop.join(30)
+    _kill_all(hub.api, [iid])
