@@ -368,13 +368,13 @@ async def _offer(
         _placing[worker] -= 1
         if _placing[worker] <= 0:
             del _placing[worker]
-    answer = await _await_claimed(str(header["id"]), token, deadline)
-    if answer is SWALLOWED:
+    taken = await _await_claimed(str(header["id"]), token, deadline)
+    if taken is SWALLOWED:
         log.warning(
             "start %s was popped from %s and never claimed: placing it again", header["id"], worker
         )
         return False, None
-    return True, cast("dict[str, Any] | None", answer)
+    return True, cast("dict[str, Any] | None", taken)
 
 
 # A start popped but not claimed (`claim:<iid>`) within this many seconds was swallowed: a
@@ -426,9 +426,9 @@ async def _push_shared(
             return await _refuse_full(instance, full)
         if await client.lpos(dest, cast(str, request)) is None:
             # Popped: wait for its answer, or push it again if it was swallowed.
-            answer = await _await_claimed(instance.id, token, deadline)
-            if answer is not SWALLOWED:
-                return cast("dict[str, Any] | None", answer)
+            taken = await _await_claimed(instance.id, token, deadline)
+            if taken is not SWALLOWED:
+                return cast("dict[str, Any] | None", taken)
             log.warning(
                 "start %s was popped from %s and never claimed: pushing it again", instance.id, dest
             )
