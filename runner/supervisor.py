@@ -255,15 +255,38 @@ class Supervisor:
                 await self._write_room()
                 await hubs.announce_async(self.redis)  # this hub is alive (sequences/hubs.py)
                 self.writer.call(
-                    functools.partial(self._record_beat, len(self.children), timezone.now())
+                    functools.partial(
+                        self._record_beat, len(self.children), timezone.now(), list(self.children)
+                    )
                 )
             except Exception:
                 log.exception("heartbeat failed")
             await asyncio.sleep(max(1.0, settings.HUB_LOST_AFTER / 4))
 
-    def _record_beat(self, running: int, now: datetime) -> None:
+    def _record_beat(self, running: int, now: datetime, children: list[str]) -> None:
         # `stopped` cleared: a worker that beat detect_lost took for gone (a long stall) is back.
         Worker.objects.filter(name=self.name).update(last_seen=now, running=running, stopped=None)
+        # Children the hub gave up while this worker was cut off (a partition, a long stall):
+        # beat marked them lost and no request reaches them any more (the instance is not
+        # live), so they would run on out of the hub's control, holding places. Killed here.
+        given_up = list(
+            Instance.objects.filter(id__in=children, status=InstanceStatus.LOST).values_list(
+                "id", flat=True
+            )
+        )
+        if given_up:
+            self.loop.call_soon_threadsafe(self._kill_given_up, given_up)
+
+    def _kill_given_up(self, ids: list[str]) -> None:
+        for iid in ids:
+            child = self.children.get(iid)
+            if child is not None and child.exit_code is None:
+                log.warning("killing instance %s: the hub marked it lost while cut off", iid)
+                self.host_log(
+                    f"instance {iid} killed: the hub marked it lost while its worker was cut off"
+                )
+                child.killed = True
+                self.kill_tree(child)
 
     # -- room -----------------------------------------------------------------------------
     def free_places(self) -> int:

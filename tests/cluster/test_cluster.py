@@ -198,11 +198,11 @@ def test_starts_go_to_hosts_with_free_places_and_507_only_when_all_are_full(clus
 # -- 4: a host cut from the network, and back ---------------------------------------------------
 
 
-def test_a_partitioned_host_is_lost_and_its_instance_stays_lost_when_it_is_back(
+def test_a_partitioned_host_is_lost_and_its_given_up_child_killed_when_it_is_back(
     cluster: Cluster,
 ):
-    """What a partition does today, asserted, gap included (docs/operations.md, "A worker's
-    host is cut off")."""
+    """A partition (docs/operations.md, "A worker's host is cut off"): the cut host's instance
+    is lost; back on the network, its worker kills the child the hub gave up."""
     bed = cluster
     needs_netns(bed)
     cut, other = bed.add_hosts(2, HUB_WORKER_CAPACITY="1")
@@ -233,12 +233,11 @@ def test_a_partitioned_host_is_lost_and_its_instance_stays_lost_when_it_is_back(
         text = r.read().decode()
     assert f"alive {written_before}\n" in text
     assert info(bed.api, kept)["status"] == "running"
-    # The gap (issue 16, node loss): nothing tells the worker that its instance was given up.
-    # The child runs on and holds the host's only place, and the hub no longer controls it
-    # (a kill answers 409, the instance not being live). When the worker learns to end such
-    # instances, these three flip.
-    assert psutil.pid_exists(child)
-    assert bed.free_places()[cut.worker_name] == 0
+    # The worker learns at its next beat that the hub gave the instance up, and kills the
+    # child, which held the host's only place: the place is free again.
+    wait_for(lambda: not psutil.pid_exists(child), timeout=30, what="the given-up child killed")
+    wait_for(lambda: bed.free_places().get(cut.worker_name) == 1, timeout=30, what="its place free")
+    assert info(bed.api, away)["status"] == "lost"
     assert bed.api.post(f"/instance/{away}/_kill", json={}).status_code == 409
     kill_all(bed.api, [kept])
 
