@@ -187,7 +187,10 @@ def _hub_env(data_dir: Path, queue: str, extra: dict[str, str]) -> dict[str, str
     env.update(
         DJANGO_SETTINGS_MODULE="dashboard.settings",
         HUB_DATA_DIR=str(data_dir),
-        DATABASE_URL=f"sqlite:///{data_dir / 'hub.sqlite3'}",
+        # BENCH_DATABASE_URL: a PostgreSQL database of the bench's own, as a hub of many
+        # instances runs on; SQLite in the bench's folder otherwise.
+        DATABASE_URL=os.environ.get("BENCH_DATABASE_URL")
+        or f"sqlite:///{data_dir / 'hub.sqlite3'}",
         REDIS_URL=REDIS_URL,
         HUB_QUEUE=queue,
         HUB_REDIS_PREFIX=f"bench-{queue}",

@@ -17,7 +17,6 @@ query at all: the floor of a request here). Target: under 150 ms each at 100 000
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import time
 from datetime import timedelta
@@ -127,10 +126,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=int, default=1_000)
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
-    extra = {}
-    if os.environ.get("BENCH_DATABASE_URL"):
-        extra["DATABASE_URL"] = os.environ["BENCH_DATABASE_URL"]
-    with running_hub("console_lists", **extra) as hub:
+    with running_hub("console_lists") as hub:  # on BENCH_DATABASE_URL when it is set
         cookies = {"sessionid": hub.session_cookie}
         with httpx.Client(base_url=hub.url, cookies=cookies, timeout=60) as client:
             fill(args.baseline, 0)
