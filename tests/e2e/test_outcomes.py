@@ -128,7 +128,16 @@ def test_each_ending_has_its_own_badge_and_filter(hub, people, browser, ended, s
         for iid in ended.values():
             expect(page.locator(f"#ov-ended a[href='/instances/{iid}/']")).to_be_visible()
         expect(page.locator("#ov-ended .badge.o-killed").first).to_have_text("killed")
+        # The recent activity and the audit log say how the stop and the kill ended.
+        expect(
+            page.locator("#ov-recent li:has-text('instance.kill') [data-ended]").first
+        ).to_have_text("killed")
         shoot(page, "overview", size)
+        page.goto(hub.url + "/audit/")
+        for outcome in ("killed", "stopped"):
+            entry = page.locator(f"tr:has-text('{ended[outcome]}') [data-ended]")
+            expect(entry).to_have_text(outcome)
+        shoot(page, "audit", size)
         assert not errors, errors
     finally:
         context.close()
