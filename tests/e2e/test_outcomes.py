@@ -200,3 +200,33 @@ def test_a_sequencer_run_says_paused_before_step_n_then_aborted(hub, people, bro
                 context.close()
     finally:
         admin_api.post(f"/component/{comp}/unload-script", json={})
+
+
+@pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["1280", "390"])
+def test_kill_from_the_page_turns_the_badge_killed_live(hub, people, browser, admin_api, size):
+    seq = upload(admin_api, python_package(SEQUENCE))
+    iid = start(admin_api, seq, ["wait"])
+    wait_running(admin_api, iid)
+    admin = people["admin"].username
+    context, page, errors = log_in(browser, hub.url, people["admin"], size)
+    page.on("dialog", lambda dialog: dialog.accept())
+    try:
+        page.goto(f"{hub.url}/instances/{iid}/")
+        badge = page.locator("#inst-status h2 .badge")
+        expect(badge).to_have_text("running")
+        page.click("#inst-status button.danger:text('Kill')")
+        # The socket pushes the new status region: no reload.
+        expect(badge).to_have_text("killed")
+        expect(badge).to_have_attribute("data-outcome", "killed")
+        expect(page.locator("#inst-status [data-ended-by]")).to_have_text(
+            f"Ended: killed at {admin}'s request"
+        )
+        expect(page.locator("#inst-feedback")).to_contain_text("it ended killed")
+        shoot(page, "instance-killed-from-page", size)
+        from accounts.models import AuditEntry
+
+        entry = AuditEntry.objects.get(action="instance.kill", target=iid)
+        assert (entry.actor, entry.via, entry.detail["ended"]) == (admin, "web", "killed")
+        assert not errors, errors
+    finally:
+        context.close()
