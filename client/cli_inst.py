@@ -23,6 +23,15 @@ def _exit(info: dict[str, Any]) -> str:
     return "" if term.get("exitcode") is None else str(term["exitcode"])
 
 
+def _how(info: dict[str, Any]) -> str:
+    """How it ended (the hub's `outcome`) and who or what ended it, or "" while it runs."""
+    outcome = info.get("outcome")
+    if not outcome:
+        return ""
+    text = (info.get("endedBy") or {}).get("text")
+    return f"{outcome} ({text})" if text else str(outcome)
+
+
 def inst_ls(ctx: Context) -> None:
     def human(items: list[dict[str, Any]]) -> str:
         rows = [
@@ -33,10 +42,11 @@ def inst_ls(ctx: Context) -> None:
                 short_time(i.get("started") or i.get("created")),
                 short_time(i.get("ended")),
                 _exit(i),
+                _how(i),
             ]
             for i in items
         ]
-        return table(rows, ["ID", "SEQUENCE", "STATUS", "STARTED", "ENDED", "EXIT"])
+        return table(rows, ["ID", "SEQUENCE", "STATUS", "STARTED", "ENDED", "EXIT", "OUTCOME"])
 
     ctx.out.show(ctx.host.list_instances(), human)
 
@@ -58,6 +68,8 @@ def inst_info(ctx: Context) -> None:
                 "started",
                 "ended",
                 "terminated",
+                "outcome",
+                "endedBy",
                 "worker",
                 "pid",
                 "restartedFrom",
@@ -96,7 +108,8 @@ def inst_stdin(ctx: Context) -> None:
 def _ended(info: dict[str, Any]) -> str:
     term = info.get("terminated") or {}
     tail = f": {term.get('reason')} (exit {term.get('exitcode')})" if term else ""
-    return f"{info.get('id')} {info.get('status')}{tail}"
+    how = f" [{_how(info)}]" if info.get("outcome") else ""
+    return f"{info.get('id')} {info.get('status')}{tail}{how}"
 
 
 def inst_stop(ctx: Context) -> None:

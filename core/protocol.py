@@ -118,3 +118,61 @@ def outcome(code: int, killed: bool, stopped: bool) -> Outcome:
         hint = " (out of memory?)" if sig == signal.SIGKILL else ""
         return Outcome(True, f"Killed by signal {name}{hint}")
     return Outcome(True, f"Runner failed with exit code {code}")
+
+
+class Ending:
+    """How an ended instance ended, machine-readable (the API's `outcome`, the console's badge
+    and list filter). Derived from what the hub records, the status, exit code and reason
+    (`ending`), so rows written before outcomes existed get one too."""
+
+    COMPLETED = "completed"  # its code finished (exit 0)
+    FAILED = "failed"  # errored: its code raised, a bad main, a signal, a start that failed
+    STOPPED = "stopped"  # a stop request: its stop handlers ran (138), or the stop timeout hit
+    KILLED = "killed"  # a kill request, a worker shutdown, or a drain deadline
+    LOST = "lost"  # its worker stopped answering
+    REFUSED = "refused"  # never ran: no worker had room for it (REFUSED, 24)
+
+    ALL = (COMPLETED, FAILED, STOPPED, KILLED, LOST, REFUSED)
+
+
+class EndedBy:
+    """Who or what ended an instance (`endedBy.kind` in the API)."""
+
+    SEQUENCE = "sequence"  # its own code: finished, or raised
+    USER = "user"  # a stop or kill request (the user named where the hub knows it)
+    TIMEOUT = "timeout"  # a stop request whose stop handlers overran the timeout
+    SIGNAL = "signal"  # a signal nobody at the hub sent (out of memory?)
+    WORKER_LOST = "workerLost"
+    SHUTDOWN = "shutdown"  # core.protocol.WORKER_SHUTDOWN
+    DRAIN = "drain"  # core.protocol.DRAINED
+    HUB = "hub"  # the hub or a worker never started it (launch failed, refused)
+
+
+def ending(status: str, exit_code: int | None, reason: str) -> tuple[str, str] | None:
+    """(outcome, ended by) of an instance from its recorded status, exit code and reason (an
+    `Ending` and an `EndedBy` name), or None while it has not ended."""
+    if status == "lost":
+        return Ending.LOST, EndedBy.WORKER_LOST
+    if status == "errored":
+        if exit_code == Exit.REFUSED:
+            return Ending.REFUSED, EndedBy.HUB
+        if exit_code in (Exit.LAUNCH_FAILED, UNKNOWN_EXIT, None):
+            return Ending.FAILED, EndedBy.HUB
+        if exit_code is not None and exit_code > SIGNAL_BASE:
+            return Ending.FAILED, EndedBy.SIGNAL
+        return Ending.FAILED, EndedBy.SEQUENCE
+    if status != "completed":
+        return None
+    # A stop that overran its timeout ends killed (137) but is a stop: its reason says so.
+    stopped = exit_code == Exit.STOPPED or reason.startswith(EXIT_REASONS[Exit.STOPPED].reason)
+    if reason.endswith(DRAINED):
+        return (Ending.STOPPED if stopped else Ending.KILLED), EndedBy.DRAIN
+    if reason == WORKER_SHUTDOWN.reason:
+        return Ending.KILLED, EndedBy.SHUTDOWN
+    if exit_code == Exit.KILLED and reason.startswith(STOP_TIMEOUT.reason):
+        return Ending.STOPPED, EndedBy.TIMEOUT
+    if stopped:
+        return Ending.STOPPED, EndedBy.USER
+    if exit_code == Exit.KILLED:
+        return Ending.KILLED, EndedBy.USER
+    return Ending.COMPLETED, EndedBy.SEQUENCE

@@ -207,7 +207,7 @@ class OverviewConsumer(LiveConsumer):
 
     def fragments(self) -> str:
         context = {**overview.overview_context(), **self.base_context()}
-        names = ("counts", "running", "sequencers", "workers", "recent")
+        names = ("counts", "running", "ended", "sequencers", "workers", "recent")
         return render_fragments([(f"overview.html#{n}", context) for n in names])
 
 

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from core.db_threads import db_call
 from core.protocol import Exit
-from sequences import live, placement, start_watch, topics
+from sequences import live, outcomes, placement, start_watch, topics
 from sequences.catalog import get_sequence
 from sequences.errors import HubError, not_found
 from sequences.models import (
@@ -600,6 +600,8 @@ def info(instance: Instance) -> dict[str, Any]:
     }
     if instance.exit_code is not None or instance.status == InstanceStatus.LOST:
         data["terminated"] = {"exitcode": instance.exit_code, "reason": instance.reason}
+    # How it ended, machine-readable, and who or what ended it (sequences/outcomes.py).
+    data.update(outcomes.outcome_json(instance))
     return data
 
 
@@ -610,12 +612,12 @@ def restart_policy_of(instance: Instance) -> RestartPolicy:
     return RestartPolicy(instance.restart_policy, instance.restart_max, instance.restart_backoff)
 
 
-async def restart(iid: str, user: Any) -> Instance:
+async def restart(iid: str, user: Any, by: str = "") -> Instance:
     """Start the sequence of instance `iid` again with its args, appConfig and limits, as a
     new instance linked to it (`restarted_from`); a live `iid` is killed first, and its end
     awaited, so the two never run together. An instance is restarted once: restart the new
     one next time. The copy keeps the restart policy, with its count back at 0: a restart
-    asked for by an operator starts a new chain.
+    asked for by an operator starts a new chain. `by`: the username of who asks.
     """
     old = await aget_instance(iid)
     if old.kind != "sequence":
@@ -638,7 +640,7 @@ async def restart(iid: str, user: Any) -> Instance:
     )
     if old.is_live:
         try:
-            await kill(old)
+            await kill(old, by=by)
         except HubError as exc:
             if exc.code != "NOT_RUNNING":  # it ended meanwhile: nothing to kill
                 raise
@@ -703,16 +705,25 @@ def parse_control_body(raw: bytes, code: int) -> dict[str, Any]:
     return body
 
 
-async def stop(instance: Instance, timeout_ms: int, can_keepalive: bool) -> Instance:
-    """Ask the sequence to stop; answer after it ended or `timeout` passed, as STH does."""
+def _record_requester(iid: str, username: str) -> None:
+    """Remember who asked for the end (the worker cannot know): its outcome names them."""
+    if username:
+        Instance.objects.filter(pk=iid, status__in=LIVE_STATUSES).update(ended_by=username[:150])
+
+
+async def stop(instance: Instance, timeout_ms: int, can_keepalive: bool, by: str = "") -> Instance:
+    """Ask the sequence to stop; answer after it ended or `timeout` passed, as STH does.
+    `by`: the username of who asks."""
     require_live(instance)
+    await db_call(_record_requester, instance.id, by)
     await send_control(
         instance, {"op": "stop", "timeout": timeout_ms, "canCallKeepalive": can_keepalive}
     )
     return await wait_until_ended(instance.id, timeout_ms / 1000 + 1.0)
 
 
-async def kill(instance: Instance, remove_immediately: bool = False) -> None:
+async def kill(instance: Instance, remove_immediately: bool = False, by: str = "") -> None:
+    """Kill the instance's process tree; `by`: the username of who asks."""
     if not instance.is_live:
         if remove_immediately:
             await sync_to_async(_remove)(instance.id)
@@ -720,6 +731,7 @@ async def kill(instance: Instance, remove_immediately: bool = False) -> None:
         raise HubError(
             409, "NOT_RUNNING", f"Instance {instance.id} is not running (status {instance.status})"
         )
+    await db_call(_record_requester, instance.id, by)
     await send_control(instance, {"op": "kill", "removeImmediately": remove_immediately})
 
 
@@ -735,6 +747,16 @@ async def wait_until_ended(iid: str, timeout: float) -> Instance:
         if not instance.is_live or time.monotonic() >= deadline:
             return instance
         await asyncio.sleep(0.05)
+
+
+async def outcome_after(iid: str, wait: float) -> str:
+    """The outcome of `iid` (a core.protocol.Ending name) once it ended, waiting up to `wait`
+    s; its status if it has not ended by then, "removed" if its row is gone."""
+    try:
+        instance = await wait_until_ended(iid, wait)
+    except HubError:
+        return "removed"
+    return instance.outcome or instance.status
 
 
 def kill_and_wait(instance_ids: list[str], timeout: float = 15.0) -> None:

@@ -5,6 +5,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from core import protocol
+
 
 def new_id() -> str:
     return str(uuid.uuid4())
@@ -87,6 +89,9 @@ class Instance(models.Model):
     pid = models.IntegerField(null=True, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
     reason = models.CharField(max_length=500, blank=True)
+    # The user whose stop or kill request was sent last (its username, kept if the user goes):
+    # the worker that ends the instance does not know users, the web does (sequences/outcomes).
+    ended_by = models.CharField(max_length=150, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -123,6 +128,12 @@ class Instance(models.Model):
     @property
     def is_live(self) -> bool:
         return self.status in LIVE_STATUSES
+
+    @property
+    def outcome(self) -> str | None:
+        """How it ended (a core.protocol.Ending name), or None while it runs."""
+        found = protocol.ending(self.status, self.exit_code, self.reason)
+        return found[0] if found else None
 
 
 class StreamChunk(models.Model):
@@ -231,6 +242,8 @@ class Sequencer(models.Model):
     processing = models.CharField(max_length=40, blank=True)  # command whose handler runs
     run_id = models.CharField(max_length=64, blank=True)
     run_result = models.JSONField(null=True, blank=True)
+    # How the last run was cut short, statemachine.RUN_ABORTED or RUN_STOPPED, else "".
+    run_end = models.CharField(max_length=12, blank=True)
     has_step_list = models.BooleanField(default=False)
     reason = models.CharField(max_length=500, blank=True)
     # The handler call in progress (statemachine.PendingCall as JSON): survives a restart.

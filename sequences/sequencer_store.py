@@ -27,10 +27,12 @@ from sequences import live, notices
 from sequences.models import SequenceComponent, Sequencer, SequencerTransition
 from sequences.models import Step as StepRow
 from sequences.statemachine import (
+    KILLED_MID_RUN,
     Error,
     PendingCall,
     Snapshot,
     State,
+    run_outcome,
     run_result_from_json,
 )
 from sequences.steplist import Step, StepList, StepStatus, StepType
@@ -61,7 +63,7 @@ def snapshot_of(row: Sequencer) -> Snapshot:
     state = State(row.state)
     if state is State.PROCESSING:  # never stored, but a hand-edited row must not break reads
         state = State.IDLE
-    return Snapshot(state, steps, row.run_id or None, result, pending)
+    return Snapshot(state, steps, row.run_id or None, result, pending, row.run_end)
 
 
 def _step_of(row: StepRow) -> Step:
@@ -84,6 +86,7 @@ def _save(row: Sequencer, before: Snapshot, after: Snapshot, reason: str | None)
     row.pending = after.pending.to_json() if after.pending else None
     row.run_id = after.run_id or ""
     row.run_result = after.run_result.to_json() if after.run_result else None
+    row.run_end = after.run_end
     row.has_step_list = after.steps is not None
     row.version += 1
     if after.state is State.KILLED and before.state is not State.KILLED:
@@ -167,6 +170,8 @@ def describe(row: Sequencer, snapshot: Snapshot | None = None) -> dict[str, Any]
         "state": str(snap.display_state),
         "runId": snap.run_id,
         "runResult": snap.run_result.to_json() if snap.run_result else None,
+        # How the run ended, for people (Completed, Failed at step N, Aborted, Stopped, ...).
+        "runOutcome": _run_outcome_json(snap),
         "isOnline": snap.is_online,
         "isAvailable": snap.is_available,
         "processing": str(snap.pending.command) if snap.pending else None,
@@ -181,6 +186,11 @@ def describe(row: Sequencer, snapshot: Snapshot | None = None) -> dict[str, Any]
         "ended": row.ended.isoformat() if row.ended else None,
         "stepList": snap.steps.to_json() if snap.steps is not None else None,
     }
+
+
+def _run_outcome_json(snapshot: Snapshot) -> dict[str, Any] | None:
+    found = run_outcome(snapshot)
+    return found.to_json() if found else None
 
 
 def event_of(row: Sequencer, snapshot: Snapshot) -> dict[str, Any]:
@@ -312,9 +322,7 @@ def killed(snapshot: Snapshot, reason: str) -> Snapshot:
         steps = steps.mark_failure(steps.in_flight.id, reason)
     result = snapshot.run_result
     if snapshot.state is State.RUNNING and snapshot.run_id and result is None:
-        result = Error(
-            snapshot.run_id, f"Sequencer was killed before the sequence finished: {reason}"
-        )
+        result = Error(snapshot.run_id, f"{KILLED_MID_RUN} before the sequence finished: {reason}")
     return replace(snapshot, state=State.KILLED, steps=steps, run_result=result, pending=None)
 
 

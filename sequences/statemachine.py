@@ -29,6 +29,7 @@ from sequences.steplist import (
     Step,
     StepList,
     StepNotEditableError,
+    StepStatus,
     UnknownStepError,
     commands_from_json,
 )
@@ -439,6 +440,9 @@ class Snapshot:
     run_id: str | None = None
     run_result: RunResult | None = None
     pending: PendingCall | None = None
+    # How the run was cut short: RUN_ABORTED or RUN_STOPPED, else "" (its result says the
+    # rest). ESW answers Completed for an aborted run; people need to see it was aborted.
+    run_end: str = ""
 
     @property
     def display_state(self) -> State:
@@ -462,6 +466,7 @@ class Snapshot:
             "runId": self.run_id,
             "runResult": None if self.run_result is None else self.run_result.to_json(),
             "pending": None if self.pending is None else self.pending.to_json(),
+            "runEnd": self.run_end,
         }
 
     @classmethod
@@ -476,6 +481,7 @@ class Snapshot:
             run_id=value.get("runId"),
             run_result=None if result is None else run_result_from_json(result),
             pending=None if pending is None else PendingCall.from_json(pending),
+            run_end=str(value.get("runEnd") or ""),
         )
 
 
@@ -635,7 +641,9 @@ def _after_submit(base: Snapshot, call: PendingCall, ok: bool, error: str) -> Do
 
 def _begin_run(base: Snapshot, call: PendingCall, steps: StepList) -> Done:
     run_id = call.run_id or _new_id()
-    running = replace(base, state=State.RUNNING, steps=steps, run_id=run_id, run_result=None)
+    running = replace(
+        base, state=State.RUNNING, steps=steps, run_id=run_id, run_result=None, run_end=""
+    )
     return Done(Started(run_id), _settle(running))
 
 
@@ -661,6 +669,9 @@ def _after_mode(failed: type[HookFailed], default: str) -> _Outcome:
 
 def _after_abort(base: Snapshot, call: PendingCall, ok: bool, error: str) -> Done:
     # The hook's failure is ignored: pending steps go anyway; an in-flight step finishes.
+    if base.state is State.RUNNING:
+        how = RUN_ABORTED if call.command is CommandName.ABORT_SEQUENCE else RUN_STOPPED
+        base = replace(base, run_end=how)
     return _edit(base, StepList.discard_pending)
 
 
@@ -669,7 +680,7 @@ def _after_shutdown(base: Snapshot, call: PendingCall, ok: bool, error: str) -> 
     # queryFinal waiter is answered instead of waiting forever.
     result = base.run_result
     if base.state is State.RUNNING and base.run_id is not None:
-        result = Error(base.run_id, "Sequencer was shut down before the sequence finished")
+        result = Error(base.run_id, f"{SHUT_DOWN_MID_RUN} before the sequence finished")
     return Done(Ok(), replace(base, state=State.KILLED, run_result=result))
 
 
@@ -749,3 +760,58 @@ def query_final(snapshot: Snapshot, run_id: str) -> QueryResponse | None:
     the next change."""
     answer = query(snapshot, run_id)
     return None if isinstance(answer, Started) else answer
+
+
+# -- how a run ended, for people ----------------------------------------------------------
+
+RUN_ABORTED = "aborted"  # abortSequence while Running
+RUN_STOPPED = "stopped"  # stop while Running
+# The start of the Error message of a run its sequencer's end cut short (a shutdown, or its
+# process gone: sequencer_store.killed).
+SHUT_DOWN_MID_RUN = "Sequencer was shut down"
+KILLED_MID_RUN = "Sequencer was killed"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """The console's word for the last run: `outcome` is completed, failed, aborted, stopped,
+    killed, paused or running; `step` the 1-based step it failed at or waits before."""
+
+    outcome: str
+    label: str
+    step: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, "label": self.label, "step": self.step}
+
+
+def run_outcome(snapshot: Snapshot) -> RunOutcome | None:
+    """How the last run ended (or where it stands), or None when there was no run. Derived
+    from the run's result, its step list and `run_end`; a run from before `run_end` existed
+    that was aborted shows Completed, as ESW answers."""
+    if snapshot.run_id is None:
+        return None
+    steps = list(snapshot.steps or ())
+    result = snapshot.run_result
+    if result is None:
+        if snapshot.state is not State.RUNNING:
+            return None
+        if not any(s.status is StepStatus.IN_FLIGHT for s in steps):
+            for number, step in enumerate(steps, 1):
+                if step.is_pending:
+                    if step.has_breakpoint:
+                        return RunOutcome("paused", f"Paused before step {number}", number)
+                    break
+        return RunOutcome("running", "Running")
+    if isinstance(result, Error):
+        if result.msg.startswith((SHUT_DOWN_MID_RUN, KILLED_MID_RUN)):
+            return RunOutcome("killed", "Killed")
+        failed = next((n for n, s in enumerate(steps, 1) if s.status is StepStatus.FAILURE), None)
+        if failed is None:
+            return RunOutcome("failed", "Failed")
+        return RunOutcome("failed", f"Failed at step {failed}", failed)
+    if snapshot.run_end == RUN_ABORTED:
+        return RunOutcome("aborted", "Aborted")
+    if snapshot.run_end == RUN_STOPPED:
+        return RunOutcome("stopped", "Stopped")
+    return RunOutcome("completed", "Completed")

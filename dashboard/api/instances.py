@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 from django.core.exceptions import RequestAborted
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
-from accounts.access import audit, audit_soon
+from accounts.access import actor_name, audit, audit_soon
 from dashboard.api.auth import ApiRequest, HubRouter, Role
 from dashboard.api.bodies import (
     ControlBody,
@@ -31,6 +31,7 @@ from sequences.models import Instance
 router = HubRouter(tags=["instances"])
 log = logging.getLogger(__name__)
 aaudit = sync_to_async(audit)
+KILL_AUDIT_WAIT = 3.0  # s the kill routes wait for the end, to audit the outcome
 
 # Raw bytes, not JSON: forwarded to the instance as they come, with their content type.
 RAW_BODY = {
@@ -244,7 +245,7 @@ def _log_failure(task: asyncio.Future[Any]) -> None:
 async def restart(request: ApiRequest, iid: str) -> HttpResponse:
     user = request.auth
     try:
-        instance = await instances.restart(iid, user)
+        instance = await instances.restart(iid, user, by=actor_name(user))
     except HubError as exc:
         if exc.code != "NOT_FOUND":
             await aaudit(
@@ -291,8 +292,12 @@ async def stop(request: ApiRequest, iid: str) -> HttpResponse:
     instance = await instances.aget_instance(iid)
     body = await _control_body(request, StopBody)
     timeout_ms = int(min(body.timeout, 3_600_000))
-    instance = await instances.stop(instance, timeout_ms, body.canCallKeepalive)
-    await aaudit(request.auth, "instance.stop", iid, via="api", timeout=body.timeout)
+    instance = await instances.stop(
+        instance, timeout_ms, body.canCallKeepalive, by=actor_name(request.auth)
+    )
+    # The audit entry says how it ended (or its status, when it outlived the timeout).
+    ended = instance.outcome or instance.status
+    await aaudit(request.auth, "instance.stop", iid, via="api", timeout=body.timeout, ended=ended)
     return JsonResponse(instances.info(instance), status=202)
 
 
@@ -305,9 +310,16 @@ async def stop(request: ApiRequest, iid: str) -> HttpResponse:
 async def kill(request: ApiRequest, iid: str) -> HttpResponse:
     instance = await instances.aget_instance(iid)
     body = await _control_body(request, KillBody)
-    await instances.kill(instance, body.removeImmediately)
+    await instances.kill(instance, body.removeImmediately, by=actor_name(request.auth))
+    # A kill ends it in milliseconds: wait that long, so the audit entry says the outcome.
+    ended = await instances.outcome_after(iid, KILL_AUDIT_WAIT)
     await aaudit(
-        request.auth, "instance.kill", iid, via="api", removeImmediately=body.removeImmediately
+        request.auth,
+        "instance.kill",
+        iid,
+        via="api",
+        removeImmediately=body.removeImmediately,
+        ended=ended,
     )
     return JsonResponse(instances.info(instance), status=202)
 

@@ -88,3 +88,61 @@ def when(value: datetime | str | None, fmt: str = "Y-m-d H:i") -> str:
         date_format(local, "Y-m-d H:i:s T"),
         date_format(local, f"{fmt} T"),
     )
+
+
+@register.simple_tag
+def state_badge(instance: Any, big: bool = False) -> str:
+    """An instance's badge: its outcome once it ended (colour and word: completed, failed,
+    stopped, killed, lost, refused; the title says who or what ended it), else its status."""
+    from django.utils.html import format_html
+
+    from sequences import outcomes
+
+    size = " big" if big else ""
+    found = outcomes.ended(instance)
+    if found is None:
+        status = str(instance.status)
+        return format_html(
+            '<span class="badge{} {}" data-status="{}">{}</span>',
+            size,
+            _status_class(status),
+            status,
+            status,
+        )
+    return format_html(
+        '<span class="badge{} o-{}" data-status="{}" data-outcome="{}" title="{}">{}</span>',
+        size,
+        found.outcome,
+        instance.status,
+        found.outcome,
+        found.text,
+        outcomes.LABELS[found.outcome],
+    )
+
+
+@register.filter
+def ending(instance: Any) -> Any:
+    """How an instance ended (sequences.outcomes.Ended: outcome, kind, user, text), or None."""
+    from sequences import outcomes
+
+    return outcomes.ended(instance)
+
+
+@register.simple_tag
+def run_badge(sequencer: Any, running_too: bool = False) -> str:
+    """The badge of a sequencer's last run: Completed, Failed at step N, Aborted, Stopped,
+    Killed, or "Paused before step N" while it waits at a breakpoint (Running alone would hide
+    that nothing runs); "" when there was no run (or it runs, unless `running_too`)."""
+    from django.utils.html import format_html
+
+    from sequences import sequencer_store, statemachine
+
+    found = statemachine.run_outcome(sequencer_store.snapshot_of(sequencer))
+    if found is None or (found.outcome == "running" and not running_too):
+        return ""
+    return format_html(
+        '<span class="badge o-{}" data-run-outcome="{}">{}</span>',
+        found.outcome,
+        found.outcome,
+        found.label,
+    )

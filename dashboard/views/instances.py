@@ -19,19 +19,22 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import push_url
 
-from accounts.access import audit
+from accounts.access import actor_name, audit
+from core.protocol import Ending
 from dashboard import logs, search
 from dashboard.forms import EventForm, InputForm, StopForm, first_error
 from dashboard.paging import keyset_page
 from dashboard.views.common import HtmxHttpRequest, feedback, role_page
-from sequences import instances
+from sequences import instances, outcomes
 from sequences.errors import HubError
 from sequences.models import LIVE_STATUSES, Instance, InstanceEvent, InstanceStatus, Sequence
 
 LIST_LIMIT = 100
-LIST_PARAMS = ("status", "sequence", "q", "order", "next", "prev")
+KILL_AUDIT_WAIT = 3.0  # s the kill waits for the end, to audit the outcome
+LIST_PARAMS = ("status", "outcome", "sequence", "q", "order", "next", "prev")
 LIST_COLUMNS: tuple[str, ...] = ("id", "sequence", "sequence_name", "kind", "status")
-LIST_COLUMNS += ("exit_code", "created", "started", "ended")
+# exit code, reason and ended_by: a row's outcome badge is derived from them.
+LIST_COLUMNS += ("exit_code", "reason", "ended_by", "created", "started", "ended")
 
 
 def list_params(query: Any) -> dict[str, str]:
@@ -53,6 +56,11 @@ def list_context(params: dict[str, str]) -> dict[str, Any]:
         rows = rows.filter(status__in=LIVE_STATUSES)
     elif status:
         rows = rows.filter(status=status)
+    outcome = params.get("outcome", "")
+    if outcome in Ending.ALL:
+        rows = rows.filter(outcomes.outcome_q(outcome))
+    else:
+        outcome = ""  # an outcome the hub does not know filters nothing (as the form shows)
     if sequence:
         rows = rows.filter(Q(sequence_id=sequence) | Q(sequence_name=sequence))
     if q:
@@ -65,11 +73,13 @@ def list_context(params: dict[str, str]) -> dict[str, Any]:
         "page": page,
         "limit": LIST_LIMIT,
         "status": status,
+        "outcome": outcome,
+        "outcomes": Ending.ALL,
         "sequence": sequence,
         "q": q,
         "order": "oldest" if oldest else "newest",
         "query": urlencode({k: v for k, v in params.items() if v}),
-        "filtered": bool(status or sequence or q),
+        "filtered": bool(status or outcome or sequence or q),
         "statuses": ["live", *InstanceStatus.values],
         "sequences": list(Sequence.objects.order_by("name").values_list("id", "name")[:500]),
     }
@@ -287,14 +297,16 @@ async def instance_stop(request: HtmxHttpRequest, iid: str) -> HttpResponse:
     timeout = 7000 if timeout is None else timeout
     user = await request.auser()
     try:
-        after = await instances.stop(found, timeout, bool(form.cleaned_data["keepalive"]))
+        after = await instances.stop(
+            found, timeout, bool(form.cleaned_data["keepalive"]), by=actor_name(user)
+        )
     except HubError as exc:
         return await _afeedback(request, iid, "error", exc.message, exc.status)
-    await _aaudit(user, "instance.stop", iid, timeout=timeout)
+    await _aaudit(user, "instance.stop", iid, timeout=timeout, ended=after.outcome or after.status)
     if after.is_live:
         text = f"Asked it to stop; after {timeout} ms it is {after.status}."
     else:
-        text = f"Stopped: {after.status} ({after.reason or 'no reason given'})."
+        text = f"Ended {after.outcome}: {after.reason or 'no reason given'}."
     return await _afeedback(request, iid, "ok", text)
 
 
@@ -306,8 +318,12 @@ async def instance_kill(request: HtmxHttpRequest, iid: str) -> HttpResponse:
         return found
     user = await request.auser()
     try:
-        await instances.kill(found)
+        await instances.kill(found, by=actor_name(user))
     except HubError as exc:
         return await _afeedback(request, iid, "error", exc.message, exc.status)
-    await _aaudit(user, "instance.kill", iid)
-    return await _afeedback(request, iid, "ok", "Killed: SIGKILL sent to its whole process group.")
+    # A kill ends it in milliseconds: wait that long, so the audit entry says the outcome.
+    ended = await instances.outcome_after(iid, KILL_AUDIT_WAIT)
+    await _aaudit(user, "instance.kill", iid, ended=ended)
+    return await _afeedback(
+        request, iid, "ok", f"Killed: SIGKILL sent to its whole process group; it ended {ended}."
+    )

@@ -17,8 +17,18 @@ from accounts.models import AuditEntry
 from dashboard.exposure import exposure_warnings, worker_warnings
 from dashboard.views.common import role_page
 from sequences import hubs
-from sequences.models import LIVE_STATUSES, Instance, Sequence, Sequencer, Worker
+from sequences.models import (
+    ENDED_STATUSES,
+    LIVE_STATUSES,
+    Instance,
+    Sequence,
+    Sequencer,
+    Worker,
+)
 
+ENDED_SHOWN = 8
+ENDED_COLUMNS: tuple[str, ...] = ("id", "sequence_name", "status", "exit_code", "reason")
+ENDED_COLUMNS += ("ended_by", "worker", "created", "started", "ended")
 SEQUENCER_STATES = ("Idle", "Loaded", "Running", "Processing", "Offline", "Killed")
 
 
@@ -50,6 +60,12 @@ def overview_context() -> dict[str, Any]:
         },
         "running": list(
             Instance.objects.filter(status__in=LIVE_STATUSES).order_by("-created")[:20]
+        ),
+        # The newest ended ones, with their outcome badges (the status index serves it).
+        "ended": list(
+            Instance.objects.filter(status__in=ENDED_STATUSES)
+            .only(*ENDED_COLUMNS)
+            .order_by("-created")[:ENDED_SHOWN]
         ),
         "sequencer_states": sequencer_states,
         "workers": workers,

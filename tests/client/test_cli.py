@@ -136,11 +136,14 @@ def test_lists_as_tables_and_json(si, tmp_path: Path) -> None:
 
 def test_streams_and_input(si, tmp_path: Path) -> None:
     si("seq", "send", str(write_package(tmp_path, STREAMS)))
-    si("seq", "start", "-")
+    iid = out(si("seq", "start", "-")).strip()
     assert out(si("inst", "output", "-")) == "to output"
     assert out(si("inst", "stdout", "-")) == "to stdout\n"
     assert out(si("inst", "stderr", "-")) == "to stderr\n"
     assert "to log" in out(si("inst", "log", "-"))
+    # The list says how it ended, and who or what ended it.
+    row = next(line for line in out(si("inst", "ls")).splitlines() if line.startswith(iid))
+    assert row.endswith("completed (the sequence finished)"), row
 
     si("seq", "send", str(write_package(tmp_path, ECHO, "echo.tar.gz")))
     si("seq", "start", "-")

@@ -174,7 +174,14 @@ async def test_the_overview_socket_sends_its_regions(cookies, live_instance):
     comm = communicator("/ws/overview/", cookies["viewer"])
     assert (await comm.connect())[0]
     snapshot = await comm.receive_from(timeout=10)
-    for region in ("ov-counts", "ov-running", "ov-sequencers", "ov-workers", "ov-recent"):
+    for region in (
+        "ov-counts",
+        "ov-running",
+        "ov-ended",
+        "ov-sequencers",
+        "ov-workers",
+        "ov-recent",
+    ):
         assert f'id="{region}"' in snapshot
     assert live_instance.id[:10] in snapshot
     await comm.disconnect()

@@ -188,6 +188,8 @@ def test_deadline_stops_instances_and_sequencers_and_a_waiting_start_goes_to_the
     assert ended["status"] == "completed"
     reason = ended["terminated"]["reason"]
     assert "drained" in reason and name in reason, ended
+    # Its outcome: stopped, by the drain's deadline (issue 17, item 1).
+    assert (ended["outcome"], ended["endedBy"]["kind"]) == ("stopped", "drain"), ended
     killed = wait_for(
         lambda: (
             (s := hub.api.get(f"/sequencer/{sequencer['id']}").json())["state"] == "Killed" and s

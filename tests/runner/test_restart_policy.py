@@ -291,6 +291,8 @@ def test_instances_ended_by_a_worker_shutdown_say_so_and_are_restarted_elsewhere
         data = _info(hub.api, iid)
         assert data["status"] == "completed", data
         assert data["terminated"] == {"exitcode": 137, "reason": WORKER_SHUTDOWN.reason}
+        # Killed, by the worker's shutdown: not a user's request (issue 17, item 1).
+        assert (data["outcome"], data["endedBy"]["kind"]) == ("killed", "shutdown"), data
     entry = AuditEntry.objects.get(action="worker.shutdown", target=worker_a)
     assert entry.actor == "hub" and set(entry.detail["ended"]) == {kept, plain}
     assert entry.detail["instances"] == 2

@@ -58,6 +58,7 @@ def test_a_worker_killed_with_sigkill_leaves_its_instances_lost_and_no_orphans(
         data = _status(hub.api, iid)
         assert data["status"] == "lost"
         assert "stopped answering" in data["terminated"]["reason"]
+        assert (data["outcome"], data["endedBy"]["kind"]) == ("lost", "workerLost"), data
         # A reader of a lost instance gets what was written, then the stream ends.
         assert b"alive" in hub.api.get(f"/instance/{iid}/stdout").content
     # A new worker takes new starts.
@@ -96,6 +97,9 @@ def test_over_the_worker_capacity_start_answers_507(private_hub):
     assert response.status_code == 507
     assert response.json()["code"] == "INSUFFICIENT_RESOURCES"
     assert "capacity" in response.json()["error"]
+    # The refused start's row says so: outcome refused (issue 17, item 1).
+    others = [i for i in hub.api.get("/instances").json() if i["id"] != first]
+    assert [(i["outcome"], i["terminated"]["exitcode"]) for i in others] == [("refused", 24)]
     hub.api.post(f"/instance/{first}/_kill", json={})
 
 
