@@ -143,7 +143,8 @@ def accepted_commands(row: Sequencer) -> list[str]:
 
 
 def transitions(row: Sequencer, limit: int = 200) -> list[dict[str, Any]]:
-    """The newest `limit` transitions, oldest first: `{from, to, command, user, response, time}`."""
+    """The newest `limit` transitions, oldest first: `{from, to, command, user, upstream,
+    response, time}`."""
     qs = SequencerTransition.objects.filter(sequencer=row).select_related("user")
     # Ids follow commit order: each sequencer's changes are made one at a time under its lock.
     rows = list(qs.order_by("-id")[:limit])
@@ -154,11 +155,31 @@ def transitions(row: Sequencer, limit: int = 200) -> list[dict[str, Any]]:
             "to": t.to_state,
             "command": t.command,
             "user": t.user.get_username() if t.user else None,
+            # The sequencer whose script sent the command: {id, prefix, runId, step}.
+            "upstream": t.upstream,
             "response": t.response,
             "time": t.created.isoformat(),
         }
         for t in rows
     ]
+
+
+def links(row: Sequencer) -> dict[str, Any]:
+    """`{upstream, downstreams}`: the sequencer whose script last commanded this one, and the
+    live sequencers this one's script commanded, each `{id, prefix, state}`."""
+
+    def short(other: Sequencer) -> dict[str, Any]:
+        return {"id": other.id, "prefix": other.prefix, "state": other.shown_state}
+
+    upstream = None
+    if row.upstream_id:
+        found = Sequencer.objects.filter(pk=row.upstream_id).first()
+        upstream = short(heal([found])[0]) if found is not None else None
+    downstreams = heal(list(Sequencer.objects.filter(upstream_id=row.id).order_by("prefix")))
+    return {
+        "upstream": upstream,
+        "downstreams": [short(d) for d in downstreams if d.state != State.KILLED],
+    }
 
 
 def _worker_beats(client: redis.Redis, name: str) -> bool:
@@ -305,6 +326,7 @@ async def command(
     body: Any,
     user: Any,
     timeout: float = COMMAND_TIMEOUT,
+    upstream: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Send one command to a sequencer (a row read just now, or an id or prefix); returns its
     typed answer (docs/architecture.md) and HTTP status. 400/404 HubError for a bad command or body,
@@ -312,6 +334,9 @@ async def command(
 
     Answers come from the sequencer's actor, which serialises commands. A sequencer with no
     process (Killed, or lost just now) answers from the table: Unhandled in Killed.
+
+    `upstream` is set when another sequencer's script sends the command (its supervisor calls
+    this, runner/upstream.py): `{id, prefix, runId, step, chain}`, recorded in place of a user.
     """
     request = parse_command(name, body)
     row = sequencer if isinstance(sequencer, Sequencer) else await aget_sequencer(sequencer)
@@ -330,6 +355,8 @@ async def command(
         "user": _user_id(user),
         "reply": token,
     }
+    if upstream is not None:
+        header["upstream"] = upstream
     client = live.async_client()
     dest = live.control_key(instance.worker)
     await client.rpush(dest, live.encode_control(dest, header))
