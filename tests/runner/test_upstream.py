@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for
-from tests.sequences.test_api_access import session_client
 from tests.packaging import python_package, upload
 from tests.sequences import sequencer_kit
 from tests.sequences.sequencer_kit import Kit, setup, unique
+from tests.sequences.test_api_access import session_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 kit = sequencer_kit.kit  # the fixture
@@ -448,3 +448,38 @@ def test_a_waiting_upstream_does_not_block_its_own_commands(kit):
     assert kit.get(up["id"])["stepList"][1]["status"] == "Pending"  # paused before it
     kit.send(up["id"], "resume")
     kit.wait_state(up["id"], "Idle")
+
+
+# -- whichever workers they run on --------------------------------------------------------------
+
+
+def test_an_upstream_commands_a_downstream_on_another_worker(private_hub, tmp_path):
+    from tests.conftest import start_worker
+    from tests.runner.test_drain import _name_of
+
+    hub = private_hub()
+    k = Kit(hub.api, hub.api)
+    try:
+        first = _name_of(hub.api, hub.workers[0])
+        down = k.load()
+        assert k.get(down["id"])["worker"] == first
+        hub.workers.append(start_worker(tmp_path, "worker2", HUB_QUEUE=hub.queue))
+        second = _name_of(hub.api, hub.workers[1])
+        up = None
+        for _ in range(6):  # placement prefers the emptier worker: the new one
+            candidate = load_conductor(k)
+            if k.get(candidate["id"])["worker"] == second:
+                up = candidate
+                break
+        assert up is not None, "no sequencer was placed on the second worker"
+        steps = [
+            drive(down["prefix"], "submit_and_wait", [setup("move")]),
+            drive(down["prefix"], "go_offline"),
+        ]
+        final = run(k, up["id"], steps)
+        assert final["type"] == "Completed", k.get(up["id"])["stepList"]
+        assert k.get(down["id"])["state"] == "Offline"
+        offline = [t for t in k.transitions(down["id"]) if t["command"] == "goOffline"]
+        assert offline and offline[-1]["upstream"]["prefix"] == up["prefix"]
+    finally:
+        k.cleanup()
