@@ -111,6 +111,9 @@ class Upstream:
 
     async def _serve(self, req: Any, data: dict[str, Any]) -> None:
         command = data.get("command")
+        # Only a known name reaches the audit log: what a hostile script sends is not ours
+        # to record verbatim.
+        name = command if isinstance(command, str) and command in ALL else "request"
         target = data.get("target")
         row: Sequencer | None = None
         try:
@@ -121,8 +124,9 @@ class Upstream:
             log.exception("sequencer %s: a script's request failed", self.actor.id)
             answer = refused(500, "SEQUENCER_ERROR", f"{type(exc).__name__}: {exc}")
         self._send(req, answer)
-        if command not in READS | {QUERY_FINAL}:
-            await self._audit(str(command), row, str(target), answer)
+        if name not in READS | {QUERY_FINAL}:
+            shown = target if isinstance(target, str) else ""
+            await self._audit(name, row, shown[:MAX_TARGET], answer)
 
     async def _handle(self, data: dict[str, Any]) -> tuple[Sequencer | None, dict[str, Any]]:
         command, target, body = data.get("command"), data.get("target"), data.get("body")

@@ -483,3 +483,54 @@ def test_an_upstream_commands_a_downstream_on_another_worker(private_hub, tmp_pa
         assert offline and offline[-1]["upstream"]["prefix"] == up["prefix"]
     finally:
         k.cleanup()
+
+
+HOSTILE = """
+import json
+
+
+def script(sequencer):
+    @sequencer.on_setup("garbage")
+    async def garbage(step):
+        # Straight onto the control socket, past the handle: what hostile code could send.
+        runtime = sequencer._runtime
+        for junk in [
+            {"req": 1001, "command": [1], "target": "x"},
+            {"req": 1002, "command": None},
+            {"req": 1003, "command": "getState", "target": {"a": 1}},
+            {"req": 1004, "command": "submitAndWait", "target": step.params["target"],
+             "body": {"commands": []}, "timeout": "forever"},
+            {"req": 1005, "command": "x" * 5000, "target": "y" * 5000},
+            "not even a dict",
+        ]:
+            runtime.control.send(3022, junk)
+        answers = []
+        for junk in [
+            {"command": "queryFinal", "target": step.params["target"], "runId": 7},
+            {"command": "submit", "target": step.params["target"], "body": {"commands": 5}},
+        ]:
+            answers.append(await runtime.request_sequencer(junk))
+        print("JUNK " + json.dumps([a.get("code") for a in answers]), flush=True)
+        state = await sequencer.sequencer(step.params["target"]).get_state()
+        print("STATE " + json.dumps(state), flush=True)
+"""
+
+
+def test_garbage_requests_are_refused_and_harm_neither_sequencer(kit):
+    from accounts.models import AuditEntry
+
+    seq_id = upload(kit.admin, python_package(HOSTILE))
+    comp = kit.component()
+    up = kit.admin.post(
+        f"/component/{comp}/load-script", json={"sequence": seq_id, "prefix": unique("ESW.bad")}
+    ).json()["sequencer"]
+    kit.instances.append(up["instance"])
+    down = kit.load()
+    final = run(kit, up["id"], [setup("garbage", target=down["prefix"])])
+    assert final["type"] == "Completed", kit.get(up["id"])["stepList"]
+    assert last(kit, up["id"], "JUNK") == ["INVALID_REQUEST", "INVALID_REQUEST"]
+    assert last(kit, up["id"], "STATE") == "Idle"
+    assert kit.get(down["id"])["state"] == "Idle" and kit.get(up["id"])["state"] == "Idle"
+    actions = set(AuditEntry.objects.filter(actor=up["prefix"]).values_list("action", flat=True))
+    assert actions <= {"sequencer.request", "sequencer.submitAndWait", "sequencer.submit"}
+    assert kit.send(down["id"], "goOffline") == {"type": "Ok"}  # the worker still serves
