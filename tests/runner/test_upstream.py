@@ -299,6 +299,22 @@ def test_missing_killed_and_offline_downstreams_are_typed_errors_in_the_script(k
     assert kit.get(offline["id"])["state"] == "Offline"
 
 
+def test_a_downstream_killed_while_the_upstream_waits_fails_its_step_with_the_error(kit):
+    down = kit.load()
+    up = load_conductor(kit)
+    waiting = drive(down["prefix"], "submit_and_wait", [setup("wait", sleep=30)])
+    run_id = kit.send(up["id"], "submit", {"commands": [waiting]})["runId"]
+    kit.wait(down["id"], lambda s: (s["stepList"] or [{}])[0].get("status") == "InFlight")
+    assert kit.send(down["id"], "shutdown") == {"type": "Ok"}
+    final = kit.operator.get(
+        f"/sequencer/{up['id']}/queryFinal/{run_id}", params={"timeout": 15}
+    ).json()
+    assert final["type"] == "Error" and "before the sequence finished" in final["msg"]
+    refused = last(kit, up["id"], "REFUSED")
+    assert refused["response"]["type"] == "Error"
+    assert kit.get(up["id"])["state"] == "Idle"
+
+
 def test_submit_and_wait_timing_out_fails_the_step_and_the_downstream_run_goes_on(kit):
     down = kit.load()
     up = load_conductor(kit)
