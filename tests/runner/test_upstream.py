@@ -185,7 +185,7 @@ def test_submit_query_and_query_final_and_offline_online(kit):
 # -- item 2: recorded and visible -------------------------------------------------------------
 
 
-def test_the_downstream_history_and_the_audit_name_the_upstream_run_and_step(kit):
+def test_the_downstream_history_and_the_audit_name_the_upstream_run_and_step(kit, tmp_path):
     from accounts.models import AuditEntry
 
     down = kit.load()
@@ -220,6 +220,24 @@ def test_the_downstream_history_and_the_audit_name_the_upstream_run_and_step(kit
     assert page["downstreams"] == [{"id": down["id"], "prefix": down["prefix"], "state": "Idle"}]
     back = kit.operator.get(f"/sequencer/{down['id']}/links").json()
     assert back["upstream"]["prefix"] == up["prefix"] and back["downstreams"] == []
+    # The Python client reads the same.
+    from client.sync import HostClient
+
+    base = str(kit.operator.base_url).removesuffix("/api/v1").removesuffix("/api/v1/")
+    token = kit.operator.headers["Authorization"].removeprefix("Bearer ")
+    with HostClient(base, token=token) as host:
+        seqr = host.get_sequencer_client(up["prefix"])
+        assert seqr.get_links()["downstreams"][0]["prefix"] == down["prefix"]
+        theirs = host.get_sequencer_client(down["id"]).get_transitions()
+        assert any((t["upstream"] or {}).get("prefix") == up["prefix"] for t in theirs)
+    # And `si`: the links table, and BY naming the upstream in the history.
+    from tests.client.conftest import Si
+
+    si = Si(tmp_path, str(kit.operator.base_url), token)
+    links_out = si("sequencer", "links", up["prefix"]).stdout.decode()
+    assert "downstream" in links_out and down["prefix"] in links_out
+    history_out = si("sequencer", "transitions", down["id"]).stdout.decode()
+    assert "BY" in history_out.splitlines()[0] and up["prefix"] in history_out
 
 
 def test_a_refusal_from_the_downstream_fails_the_upstreams_step_with_its_message(kit):
