@@ -177,15 +177,24 @@ HUB_ACTOR = "hub"  # the actor of what the hub did by itself (no user asked)
 
 
 def audit_hub_event(
-    sender: object, action: str, target: str, detail: dict[str, Any], **_: Any
+    sender: object,
+    action: str,
+    target: str,
+    detail: dict[str, Any],
+    actor: str | None = None,
+    via: str = "hub",
+    outcome: str = "ok",
+    **_: Any,
 ) -> None:
-    """The receiver of sequences.hub_events: one audit entry, by the hub, via "hub"."""
+    """The receiver of sequences.hub_events: one audit entry, by the hub, via "hub" (or by
+    a sequencer, via "sequencer", when a script commanded another sequencer)."""
     AuditEntry.objects.create(
         user=None,
-        actor=HUB_ACTOR,
-        action=action,
+        actor=(actor or HUB_ACTOR)[:150],
+        action=action[:60],
         target=str(target)[:200],
-        via="hub",
+        outcome=outcome[:20],
+        via=via[:10],
         detail=detail,
     )
 

@@ -436,8 +436,12 @@ class AsyncSequencerClient(SequencerCalls):
 
     async def get_transitions(self, limit: int = 200) -> list[dict[str, Any]]:
         """The newest `limit` state transitions, oldest first: `{from, to, command, user,
-        response, time}`."""
+        upstream, response, time}` (`upstream`: the sequencer whose script sent it)."""
         return await self.host.transport.call(self._transitions(limit))
+
+    async def get_links(self) -> dict[str, Any]:
+        """`{upstream, downstreams}`: who commanded it last, and whom its script commanded."""
+        return await self.host.transport.call(self._links())
 
     def get_events(self) -> AsyncIterator[dict[str, Any]]:
         """`{state, stepList}` now, then one value per change."""

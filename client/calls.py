@@ -307,6 +307,9 @@ class SequencerCalls:
     def _transitions(self, limit: int) -> Call:
         return Call("GET", self._path("/transitions"), params={"limit": str(limit)})
 
+    def _links(self) -> Call:
+        return Call("GET", self._path("/links"))
+
 
 class ComponentCalls:
     """Routes of one sequence component (named like `ESW.primary`)."""

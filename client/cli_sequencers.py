@@ -159,13 +159,22 @@ def sequencer_transitions(ctx: Context) -> None:
                 t.get("from"),
                 t.get("to"),
                 _answer_type(t.get("response")),
-                t.get("user") or "",
+                (t.get("upstream") or {}).get("prefix") or t.get("user") or "",
             ]
             for t in items
         ]
-        return table(rows, ["TIME", "COMMAND", "FROM", "TO", "ANSWER", "USER"])
+        return table(rows, ["TIME", "COMMAND", "FROM", "TO", "ANSWER", "BY"])
 
     ctx.out.show(_seqr(ctx).get_transitions(ctx.args.limit), human)
+
+
+def sequencer_links(ctx: Context) -> None:
+    def human(links: dict[str, Any]) -> str:
+        rows = [["upstream", u["prefix"], u["state"]] for u in [links.get("upstream")] if u]
+        rows += [["downstream", d["prefix"], d["state"]] for d in links.get("downstreams", [])]
+        return table(rows, ["LINK", "PREFIX", "STATE"]) if rows else "no upstream, no downstreams"
+
+    ctx.out.show(_seqr(ctx).get_links(), human)
 
 
 def sequencer_events(ctx: Context) -> None:
@@ -283,6 +292,8 @@ def register(root: Commands) -> None:
     p = sq.add("transitions", sequencer_transitions, "the state transition history")
     p.add_argument("id", metavar="ID|PREFIX")
     p.add_argument("--limit", type=int, default=200, help="how many, newest (default 200)")
+    p = sq.add("links", sequencer_links, "its upstream and downstreams, with their states")
+    p.add_argument("id", metavar="ID|PREFIX")
     p = sq.add("events", sequencer_events, "follow state and step changes (Ctrl-C to stop)")
     p.add_argument("id", metavar="ID|PREFIX")
 

@@ -45,6 +45,7 @@ class Message(IntEnum):
     PANG = 3012  # the topics it declares: {provides?, requires?, contentType?} (a request)
     CALL_DONE = 3020  # script mode: a handler call finished
     SCRIPT_LOADED = 3021  # script mode: handlers registered; sent just before PING
+    SEQ_REQUEST = 3022  # script mode: a command for another sequencer (a request only)
     # both ways: an event from the sequence, or into it
     EVENT = 5001
     # supervisor -> child
@@ -53,6 +54,7 @@ class Message(IntEnum):
     HEALTH_CHECK = 4004
     DECLARED = 4005  # a PANG applied: {provides, requires} as granted; output may flow
     CALL = 6001  # script mode: run a handler
+    SEQ_ANSWER = 6002  # script mode: the answer to a SEQ_REQUEST
 
 
 class Exit(IntEnum):

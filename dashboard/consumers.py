@@ -394,14 +394,19 @@ class SequencerConsumer(LiveConsumer):
         except HubError:
             raise LookupError(ident) from None
         self.sid = row.id
+        # Its upstream and downstreams as the page opens: their state changes redraw the
+        # links too (a link made later shows with this sequencer's next change).
+        links = await database_sync_to_async(sequencers.links)(row)
+        linked = [links["upstream"]] if links["upstream"] else []
+        self.linked = [d["id"] for d in linked + links["downstreams"]]
 
     def watch_groups(self) -> list[str]:
-        return [notices.sequencer_group(self.sid)]
+        return [notices.sequencer_group(s) for s in [self.sid, *self.linked]]
 
     def fragments(self) -> str:
         row = sequencers.get_sequencer(self.sid)
         context = {**sequencer_pages.detail_context(row), **self.base_context(), "oob": True}
-        names = ["state", "steps", "history"]
+        names = ["state", "steps", "history", "links"]
         if context["can_operate"]:
             names += ["step-select", "editor-buttons"]  # only operators have the editor
         return render_fragments([(f"sequencers/detail.html#{n}", context) for n in names])

@@ -817,16 +817,177 @@ class Step:
         return f"Step(id={self.id!r}, type={self.type!r}, command={self.command!r})"
 
 
+class SequencerError(Exception):
+    """Another sequencer refused a command or its run failed (docs/scripts.md).
+
+    `response` is its typed answer as the API gives it (`{"type": "Unhandled", "state", ...}`,
+    `{"type": "Error", "runId", "msg"}`, ...), or None when the hub refused the request itself;
+    then `code` says why (NOT_FOUND, CYCLE, FORBIDDEN, INVALID_REQUEST, TIMEOUT, ...). Not caught,
+    it fails the step (or hook) with its message, as ESW raises a negative SubmitResponse."""
+
+    def __init__(
+        self,
+        message: str,
+        response: Answer | None = None,
+        code: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.response = response
+        self.code = code or (response.get("type") if response else None)
+        self.status = status
+
+
+class SequencerTimeout(SequencerError):
+    """`submit_and_wait` / `query_final` reached its timeout; the downstream's run goes on."""
+
+
+class Answer(dict):
+    """A typed answer, the API's JSON: `answer["type"]`, or `answer.type`, `answer.run_id`,
+    `answer.msg`, `answer.state` (snake_case names read the camelCase keys; None if absent)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        head, *rest = name.split("_")
+        return self.get(head + "".join(part.capitalize() for part in rest))
+
+
+# Answers that are success: anything else raises SequencerError in the script.
+_POSITIVE = frozenset({"Ok", "Started", "Completed", "State"})
+
+
+class SequencerHandle:
+    """Another sequencer, as a script commands it: `sequencer.sequencer("IRIS.darknight")`.
+
+    Every method is async and answers the typed response the API gives; a refusal or a failed
+    run raises SequencerError (carrying that response). The script's own supervisor sends the
+    command, recorded as this sequencer (its run and step), never as a user."""
+
+    def __init__(self, runtime: Runtime, target: str) -> None:
+        self._runtime = runtime
+        self.target = target
+
+    def __repr__(self) -> str:
+        return f"SequencerHandle({self.target!r})"
+
+    async def _call(self, command: str, body: Any = None, **extra: Any) -> Answer:
+        data = await self._runtime.request_sequencer(
+            {"target": self.target, "command": command, "body": body, **extra}
+        )
+        if not data.get("ok"):
+            code, error = data.get("code"), data.get("error") or "refused"
+            raise SequencerError(f"{self.target}: {error}", None, code, data.get("status"))
+        answer = Answer(data.get("response") or {})
+        if data.get("timedOut"):
+            raise SequencerTimeout(
+                f"{self.target}: run {answer.get('runId')} did not finish within "
+                f"{extra.get('timeout')} s (it goes on)",
+                answer,
+                "TIMEOUT",
+                504,
+            )
+        if command != "query" and answer.get("type") not in _POSITIVE:
+            msg = answer.get("msg") or answer.get("type") or "refused"
+            raise SequencerError(f"{self.target}: {msg}", answer, None, data.get("status"))
+        return answer
+
+    @staticmethod
+    def _steps(steps: Any) -> Any:
+        return {"commands": steps} if isinstance(steps, list | tuple) else steps
+
+    async def submit_and_wait(self, steps: Any, timeout: float = 60.0) -> Answer:
+        """Submit a step list and wait for its run's end: Completed, or SequencerError
+        (Error naming the failing step, Unhandled, ...); SequencerTimeout after `timeout` s."""
+        return await self._call("submitAndWait", self._steps(steps), timeout=timeout)
+
+    async def submit(self, steps: Any) -> Answer:
+        """Load and start a step list: Started (`.run_id`)."""
+        return await self._call("submit", self._steps(steps))
+
+    async def query(self, run_id: str) -> Answer:
+        """A run's answer now: Started, Completed, Error or Invalid (never raises for these)."""
+        return await self._call("query", runId=run_id)
+
+    async def query_final(self, run_id: str, timeout: float = 60.0) -> Answer:
+        """A run's final answer (Completed, else SequencerError), waiting up to `timeout` s."""
+        return await self._call("queryFinal", runId=run_id, timeout=timeout)
+
+    async def load_sequence(self, steps: Any) -> Answer:
+        return await self._call("loadSequence", self._steps(steps))
+
+    async def start_sequence(self) -> Answer:
+        return await self._call("startSequence")
+
+    async def add(self, steps: Any) -> Answer:
+        return await self._call("add", self._steps(steps))
+
+    async def prepend(self, steps: Any) -> Answer:
+        return await self._call("prepend", self._steps(steps))
+
+    async def reset(self) -> Answer:
+        return await self._call("reset")
+
+    async def pause(self) -> Answer:
+        return await self._call("pause")
+
+    async def resume(self) -> Answer:
+        return await self._call("resume")
+
+    async def abort_sequence(self) -> Answer:
+        return await self._call("abortSequence")
+
+    async def stop(self) -> Answer:
+        return await self._call("stop")
+
+    async def go_online(self) -> Answer:
+        return await self._call("goOnline")
+
+    async def go_offline(self) -> Answer:
+        return await self._call("goOffline")
+
+    async def diagnostic_mode(self, start_time: Any = None, hint: str = "") -> Answer:
+        when = start_time or datetime.datetime.now(datetime.UTC)
+        text = when.isoformat() if isinstance(when, datetime.datetime) else str(when)
+        return await self._call("diagnosticMode", {"startTime": text, "hint": hint})
+
+    async def operations_mode(self) -> Answer:
+        return await self._call("operationsMode")
+
+    async def get_state(self) -> str:
+        """Its state now: Idle, Loaded, Running, Offline, Processing or Killed."""
+        return str((await self._call("getState")).get("state"))
+
+    async def command(self, name: str, body: Any = None) -> Answer:
+        """Any other sequencer command by its API name (`insertAfter`, `addBreakpoint`, ...)."""
+        return await self._call(name, body)
+
+
 class Sequencer:
     """The `sequencer` argument of `script(sequencer)`: registers step handlers and hooks."""
 
-    def __init__(self, logger: logging.Logger, config: Any, prefix: str) -> None:
+    # A script catches these as `sequencer.SequencerError` (it cannot import the runtime).
+    SequencerError = SequencerError
+    SequencerTimeout = SequencerTimeout
+
+    def __init__(
+        self, logger: logging.Logger, config: Any, prefix: str, runtime: Runtime | None = None
+    ) -> None:
         self.logger = logger
         self.config = config
         self.prefix = prefix
+        self._runtime = runtime
         self.setup_handlers: dict[str, Callable[..., Any]] = {}
         self.observe_handlers: dict[str, Callable[..., Any]] = {}
         self.hooks: dict[str, Callable[..., Any]] = {}
+
+    def sequencer(self, prefix: str) -> SequencerHandle:
+        """A handle on another sequencer of the hub, by prefix (or id), to command it."""
+        if not isinstance(prefix, str) or not prefix:
+            raise TypeError("sequencer() needs a prefix, e.g. sequencer.sequencer('IRIS.x')")
+        if self._runtime is None:
+            raise RuntimeError("this sequencer cannot command others (no runtime)")
+        return SequencerHandle(self._runtime, prefix)
 
     def on_setup(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         return self._command_decorator(self.setup_handlers, "on_setup", name)
@@ -927,6 +1088,8 @@ class Runtime:
         self._calls: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._module: ModuleType | None = None
         self._declared: asyncio.Future[Any] | None = None  # the supervisor's DECLARED
+        self._requests: dict[int, asyncio.Future[dict[str, Any]]] = {}  # SEQ_REQUEST → answer
+        self._next_request = 0
 
     # -- top level ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -1145,7 +1308,9 @@ class Runtime:
             sys.stderr.write("Failed on start: the main module defines no script(sequencer)\n")
             raise LoadFailed(Exit.FAILED_ON_START)
         config = self.spec.get("app_config") or {}
-        self.sequencer = Sequencer(self.logger, config, str(self.spec.get("prefix") or ""))
+        self.sequencer = Sequencer(
+            self.logger, config, str(self.spec.get("prefix") or ""), runtime=self
+        )
         try:
             result = script(self.sequencer)
             if inspect.isawaitable(result):
@@ -1211,6 +1376,18 @@ class Runtime:
             return handler, (_parse_time(args.get("startTime")), str(args.get("hint", "")))
         return handler, ()
 
+    async def request_sequencer(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Ask the supervisor to command another sequencer; its answer (SEQ_ANSWER)."""
+        self._next_request += 1
+        req = self._next_request
+        answer: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        self._requests[req] = answer
+        self.control.send(Message.SEQ_REQUEST, {**payload, "req": req})
+        try:
+            return await answer
+        finally:
+            self._requests.pop(req, None)
+
     # -- control ---------------------------------------------------------------------------
     def _dispatch(self, code: int, data: Any) -> None:
         if code == Message.STOP:
@@ -1224,6 +1401,10 @@ class Runtime:
                 self._declared.set_result(data)
         elif code == Message.CALL:
             self._calls.put_nowait(data if isinstance(data, dict) else {})
+        elif code == Message.SEQ_ANSWER and isinstance(data, dict):
+            waiting = self._requests.get(data.get("req"))  # type: ignore[arg-type]
+            if waiting is not None and not waiting.done():
+                waiting.set_result(data)
 
     def _on_control_eof(self) -> None:
         if self._exiting:

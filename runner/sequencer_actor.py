@@ -30,6 +30,7 @@ from core.db_threads import db_call_retrying
 from core.protocol import Message
 from runner import control
 from runner.supervisor import Child, Supervisor, register_launcher
+from runner.upstream import Upstream
 from sequences import sequencer_store as store
 from sequences.models import Sequencer
 from sequences.sequencers import claim_start
@@ -41,6 +42,7 @@ from sequences.statemachine import (
     Response,
     RunHandler,
     Snapshot,
+    Started,
     State,
     complete_handler,
     decide,
@@ -78,6 +80,8 @@ class _Command:
     body: Any
     user_id: int | None
     reply: str | None = None
+    # Set when another sequencer's script sent it (signed by that sequencer's supervisor).
+    upstream: dict[str, Any] | None = None
 
 
 @dataclass
@@ -121,6 +125,7 @@ class SequencerActor:
         self.handlers: dict[str, Any] = {}
         self.loaded: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self.exited = False
+        self.upstream = Upstream(self)  # this script's commands to other sequencers
         child.on_message = self._on_message
         child.on_exit = self._on_exit
         self.task = self.loop.create_task(self._run())
@@ -132,6 +137,8 @@ class SequencerActor:
         elif code == Message.PING:
             if not self.loaded.done():
                 self.loaded.set_result(self.handlers)
+        elif code == Message.SEQ_REQUEST:
+            self.upstream.request(data)
         elif code == Message.CALL_DONE and isinstance(data, dict):
             error = data.get("error")
             self.queue.put_nowait(
@@ -144,8 +151,20 @@ class SequencerActor:
         self.queue.put_nowait(_Exited(code, status, reason))
 
     # -- from the web ----------------------------------------------------------------------
-    def submit(self, name: str, body: Any, user_id: int | None, reply: str | None) -> None:
-        self.queue.put_nowait(_Command(name, body, user_id, reply))
+    def submit(
+        self,
+        name: str,
+        body: Any,
+        user_id: int | None,
+        reply: str | None,
+        upstream: dict[str, Any] | None = None,
+    ) -> None:
+        self.queue.put_nowait(_Command(name, body, user_id, reply, upstream))
+
+    def step_in_flight(self) -> str | None:
+        """The id of the step whose handler runs now, if any."""
+        entry = self.calls.get(self.step_call) if self.step_call else None
+        return entry.step_id if isinstance(entry, _StepCall) else None
 
     # -- the loop --------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -185,9 +204,10 @@ class SequencerActor:
         user_id: int | None = None,
         response: Callable[[T], dict[str, Any] | None] | None = None,
         reason: str | None = None,
+        upstream: dict[str, Any] | None = None,
     ) -> store.Applied[T]:
         applied = await self._db(
-            lambda: store.apply(self.id, change, command, user_id, response, reason)
+            lambda: store.apply(self.id, change, command, user_id, response, reason, upstream)
         )
         self.snapshot = applied.after
         if applied.view is not None:
@@ -195,6 +215,8 @@ class SequencerActor:
         return applied
 
     async def _answer(self, command: _Command, response: Response) -> None:
+        if isinstance(response, Started):
+            self.upstream.run_started(response.run_id, command.upstream)
         if command.reply:
             await self.sup.reply(
                 command.reply,
@@ -217,7 +239,9 @@ class SequencerActor:
             decision = decide(snapshot, request)
             return decision.snapshot, decision
 
-        applied = await self._apply(change, item.name, item.user_id, _decision_json)
+        applied = await self._apply(
+            change, item.name, item.user_id, _decision_json, upstream=_recorded(item.upstream)
+        )
         decision = applied.result
         if isinstance(decision, Done):
             await self._answer(item, decision.response)
@@ -268,7 +292,12 @@ class SequencerActor:
             return after, done
 
         applied = await self._apply(
-            change, entry.command.name, entry.command.user_id, _done_json, reason
+            change,
+            entry.command.name,
+            entry.command.user_id,
+            _done_json,
+            reason,
+            _recorded(entry.command.upstream),
         )
         await self._answer(entry.command, applied.result.response)
         if applied.after.state is State.KILLED:
@@ -319,6 +348,7 @@ class SequencerActor:
     async def _exit(self, item: _Exited) -> None:
         self.exited = True
         ACTORS.pop(self.id, None)
+        self.upstream.cancel()  # its waits on other sequencers end with it; their runs go on
         if not self.loaded.done():
             why = f"the script failed to load: {item.reason} (exit code {item.code})"
         elif self.child.end_note:
@@ -339,6 +369,13 @@ class SequencerActor:
 
     async def record_loaded(self, handlers: dict[str, Any]) -> None:
         await self._db(lambda: Sequencer.objects.filter(pk=self.id).update(handlers=handlers))
+
+
+def _recorded(upstream: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a transition keeps of the upstream: who, which run and which step."""
+    if not upstream:
+        return None
+    return {k: upstream.get(k) for k in ("id", "prefix", "runId", "step")}
 
 
 def _decision_json(decision: Decision) -> dict[str, Any] | None:
@@ -412,7 +449,9 @@ async def _drained(actor: SequencerActor) -> None:
 
 @control.op("seqcmd")
 async def seqcmd(sup: Supervisor, header: dict[str, Any], payload: bytes) -> None:
-    """Control op `seqcmd`: `{id, command, body, user, reply}` → the actor's queue."""
+    """Control op `seqcmd`: `{id, command, body, user, reply, upstream?}` → the actor's queue.
+    `upstream` names the sequencer whose script sent it (runner/upstream.py); the message is
+    signed, so a child cannot forge one."""
     actor = ACTORS.get(str(header.get("id")))
     if actor is None:
         if header.get("reply"):
@@ -427,11 +466,13 @@ async def seqcmd(sup: Supervisor, header: dict[str, Any], payload: bytes) -> Non
             )
         return
     user = header.get("user")
+    upstream = header.get("upstream")
     actor.submit(
         str(header.get("command", "")),
         header.get("body"),
         user if isinstance(user, int) else None,
         header.get("reply"),
+        upstream if isinstance(upstream, dict) else None,
     )
 
 

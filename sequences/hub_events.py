@@ -20,11 +20,28 @@ log = logging.getLogger(__name__)
 hub_event = Signal()
 
 
-def record(action: str, target: str, **detail: Any) -> None:
+def record(
+    action: str,
+    target: str,
+    *,
+    actor: str | None = None,
+    via: str = "hub",
+    outcome: str = "ok",
+    **detail: Any,
+) -> None:
     """Announce one event of the hub's own doing. Never raises: losing an audit entry must
-    not stop the loss, shutdown or restart it describes (the failure is logged)."""
+    not stop the loss, shutdown or restart it describes (the failure is logged).
+
+    `actor` names who acted when it is not the hub itself: a sequencer whose script sent a
+    command to another (its prefix, `via="sequencer"`; runner/upstream.py)."""
     for _receiver, result in hub_event.send_robust(
-        sender=None, action=action, target=target, detail=detail
+        sender=None,
+        action=action,
+        target=target,
+        detail=detail,
+        actor=actor,
+        via=via,
+        outcome=outcome,
     ):
         if isinstance(result, Exception):
             log.error("could not record %s %s: %r", action, target, result)

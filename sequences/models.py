@@ -252,6 +252,11 @@ class Sequencer(models.Model):
     version = models.IntegerField(default=0)
     # What `script(sequencer)` registered (child message 3021): setup, observe, hooks.
     handlers = models.JSONField(default=dict, blank=True)
+    # The sequencer whose script last commanded this one (docs/scripts.md): with the reverse
+    # `downstreams`, what the sequencer page lists as its upstream and downstreams.
+    upstream = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="downstreams"
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -304,6 +309,9 @@ class SequencerTransition(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
+    # Set instead of `user` when another sequencer's script sent the command:
+    # `{"id", "prefix", "runId", "step"}` of the upstream, as its supervisor signed it.
+    upstream = models.JSONField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -182,6 +182,7 @@ def describe(row: Sequencer, snapshot: Snapshot | None = None) -> dict[str, Any]
         "handlers": row.handlers or {},
         "reason": row.reason,
         "version": row.version,
+        "upstream": row.upstream_id,
         "created": row.created.isoformat() if row.created else None,
         "ended": row.ended.isoformat() if row.ended else None,
         "stepList": snap.steps.to_json() if snap.steps is not None else None,
@@ -227,11 +228,13 @@ def apply(
     user_id: int | None = None,
     response: Callable[[T], dict[str, Any] | None] | None = None,
     reason: str | None = None,
+    upstream: dict[str, Any] | None = None,
 ) -> Applied[T]:
     """Decide and persist one change of a sequencer under its row lock.
 
     `change` gets the current snapshot and returns the new one and a result. When the shown
-    state moves, a transition row records `command`, `user_id` and `response(result)`.
+    state moves, a transition row records `command`, `user_id` (or `upstream`, the sequencer
+    whose script sent the command) and `response(result)`.
     """
     with transaction.atomic():
         # Lock the sequencer row only: the joined rows are nullable (PostgreSQL refuses FOR
@@ -243,8 +246,9 @@ def apply(
         )
         before = snapshot_of(row)
         after, result = change(before)
+        linked = _link_upstream(row, upstream)
         if after == before:
-            return Applied(before, before, result, None)
+            return Applied(before, before, result, describe(row, after) if linked else None)
         _save(row, before, after, reason)
         if after.state is State.KILLED and before.state is not State.KILLED:
             _free_component(row, reason or row.reason)
@@ -256,9 +260,22 @@ def apply(
                 command=command[:40],
                 response=response(result) if response else None,
                 user_id=user_id,
+                upstream=upstream,
             )
     publish_event(row.id, event_of(row, after), final=after.state is State.KILLED)
     return Applied(before, after, result, describe(row, after))
+
+
+def _link_upstream(row: Sequencer, upstream: dict[str, Any] | None) -> bool:
+    """Remember which sequencer commanded this one last (its page lists the link); whether
+    the link changed."""
+    if not upstream or row.upstream_id == upstream.get("id"):
+        return False
+    if not Sequencer.objects.filter(pk=upstream.get("id")).exists():
+        return False
+    Sequencer.objects.filter(pk=row.pk).update(upstream_id=upstream["id"])
+    row.upstream_id = upstream["id"]
+    return True
 
 
 def _free_component(row: Sequencer, reason: str) -> None:

@@ -143,7 +143,8 @@ def accepted_commands(row: Sequencer) -> list[str]:
 
 
 def transitions(row: Sequencer, limit: int = 200) -> list[dict[str, Any]]:
-    """The newest `limit` transitions, oldest first: `{from, to, command, user, response, time}`."""
+    """The newest `limit` transitions, oldest first: `{from, to, command, user, upstream,
+    response, time}`."""
     qs = SequencerTransition.objects.filter(sequencer=row).select_related("user")
     # Ids follow commit order: each sequencer's changes are made one at a time under its lock.
     rows = list(qs.order_by("-id")[:limit])
@@ -154,11 +155,31 @@ def transitions(row: Sequencer, limit: int = 200) -> list[dict[str, Any]]:
             "to": t.to_state,
             "command": t.command,
             "user": t.user.get_username() if t.user else None,
+            # The sequencer whose script sent the command: {id, prefix, runId, step}.
+            "upstream": t.upstream,
             "response": t.response,
             "time": t.created.isoformat(),
         }
         for t in rows
     ]
+
+
+def links(row: Sequencer) -> dict[str, Any]:
+    """`{upstream, downstreams}`: the sequencer whose script last commanded this one, and the
+    live sequencers this one's script commanded, each `{id, prefix, state}`."""
+
+    def short(other: Sequencer) -> dict[str, Any]:
+        return {"id": other.id, "prefix": other.prefix, "state": other.shown_state}
+
+    upstream = None
+    if row.upstream_id:
+        found = Sequencer.objects.filter(pk=row.upstream_id).first()
+        upstream = short(heal([found])[0]) if found is not None else None
+    downstreams = heal(list(Sequencer.objects.filter(upstream_id=row.id).order_by("prefix")))
+    return {
+        "upstream": upstream,
+        "downstreams": [short(d) for d in downstreams if d.state != State.KILLED],
+    }
 
 
 def _worker_beats(client: redis.Redis, name: str) -> bool:
@@ -214,12 +235,15 @@ async def query_final(row: Sequencer, run_id: str, timeout: float = 60.0) -> dic
     client = live.async_client()
     key = store.events_key(row.id)
     cursor: str | bytes = await _stream_end(client, key)
+    look = True
     while True:
-        current = await aget_sequencer(row.id)
-        snapshot = await sync_to_async(store.snapshot_of)(current)
-        answer: QueryResponse | None = query_final_snapshot(snapshot, run_id)
-        if answer is not None:
-            return answer.to_json()
+        if look:
+            current = await aget_sequencer(row.id)
+            snapshot = await sync_to_async(store.snapshot_of)(current)
+            answer: QueryResponse | None = query_final_snapshot(snapshot, run_id)
+            if answer is not None:
+                return answer.to_json()
+        look = True
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return Started(run_id).to_json()
@@ -234,6 +258,29 @@ async def query_final(row: Sequencer, run_id: str, timeout: float = 60.0) -> dic
         entries = live.read_entries(reply)
         if entries:
             cursor = entries[-1][0]
+            # The notices are written after their commit and carry the run's result: the
+            # common case (this run's steps moving on, then its end) needs no database read.
+            final, look = _final_in(entries, run_id)
+            if final is not None:
+                return final
+
+
+def _final_in(entries: list[tuple[Any, Any]], run_id: str) -> tuple[dict[str, Any] | None, bool]:
+    """The run's final answer if a notice has it; else whether the database must be read
+    (a notice about another run, a Killed sequencer, or one that cannot be read)."""
+    for _, fields in entries:
+        try:
+            event = json.loads(fields[b"d"])
+        except (KeyError, TypeError, ValueError):
+            return None, True
+        if not isinstance(event, dict) or event.get("runId") != run_id:
+            return None, True
+        if event.get("state") == State.KILLED:
+            return None, True
+        result = event.get("runResult")
+        if isinstance(result, dict) and result.get("runId") == run_id:
+            return result, False
+    return None, False
 
 
 async def _stream_end(client: aredis.Redis, key: str) -> str:
@@ -305,6 +352,7 @@ async def command(
     body: Any,
     user: Any,
     timeout: float = COMMAND_TIMEOUT,
+    upstream: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Send one command to a sequencer (a row read just now, or an id or prefix); returns its
     typed answer (docs/architecture.md) and HTTP status. 400/404 HubError for a bad command or body,
@@ -312,6 +360,9 @@ async def command(
 
     Answers come from the sequencer's actor, which serialises commands. A sequencer with no
     process (Killed, or lost just now) answers from the table: Unhandled in Killed.
+
+    `upstream` is set when another sequencer's script sends the command (its supervisor calls
+    this, runner/upstream.py): `{id, prefix, runId, step, chain}`, recorded in place of a user.
     """
     request = parse_command(name, body)
     row = sequencer if isinstance(sequencer, Sequencer) else await aget_sequencer(sequencer)
@@ -330,6 +381,8 @@ async def command(
         "user": _user_id(user),
         "reply": token,
     }
+    if upstream is not None:
+        header["upstream"] = upstream
     client = live.async_client()
     dest = live.control_key(instance.worker)
     await client.rpush(dest, live.encode_control(dest, header))

@@ -105,6 +105,15 @@ def get_sequencer(request: HttpRequest, sid: str) -> dict[str, Any]:
 
 
 @router.get(
+    "/sequencer/{sid}/links",
+    auth=Role("viewer"),
+    summary="Its upstream (the sequencer whose script last commanded it) and its downstreams",
+)
+def get_links(request: HttpRequest, sid: str) -> dict[str, Any]:
+    return sequencers.links(sequencers.get_sequencer(sid))
+
+
+@router.get(
     "/sequencer/{sid}/transitions",
     auth=Role("viewer"),
     summary="The sequencer's transition history",

@@ -131,6 +131,7 @@ def detail_context(row: Sequencer) -> dict[str, Any]:
         "can_edit": "add" in accepted,
         "can_load": "loadSequence" in accepted,
         "history": sequencers.transitions(row, limit=100)[::-1],
+        "links": sequencers.links(row),
     }
 
 

@@ -19,7 +19,13 @@ from core.protocol import Exit, Fd, Message
 ROOT = Path(__file__).resolve().parents[2]
 NODE_RUNTIME = ROOT / "runner" / "node_runtime.js"
 # The Node runtime runs sequences only: it has no script-mode messages.
-SCRIPT_ONLY = {Message.CALL, Message.CALL_DONE, Message.SCRIPT_LOADED}
+SCRIPT_ONLY = {
+    Message.CALL,
+    Message.CALL_DONE,
+    Message.SCRIPT_LOADED,
+    Message.SEQ_REQUEST,
+    Message.SEQ_ANSWER,
+}
 # What a script may import from its package's __pypackages__ (the runtime wraps input in it).
 PACKAGE_IMPORTS = {"scramjet.streams"}
 
