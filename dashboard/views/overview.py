@@ -1,7 +1,10 @@
-"""The overview: counts, running instances, sequencers by state, workers, recent activity."""
+"""The overview: counts, trends of the runs, running instances, sequencers by state, workers
+(with their load), recent activity."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -14,12 +17,56 @@ from django.views.decorators.http import require_GET
 
 from accounts.access import has_role
 from accounts.models import AuditEntry
+from dashboard import charts
 from dashboard.exposure import exposure_warnings, worker_warnings
 from dashboard.views.common import role_page
-from sequences import hubs
+from sequences import hubs, trends
 from sequences.models import LIVE_STATUSES, Instance, Sequence, Sequencer, Worker
 
 SEQUENCER_STATES = ("Idle", "Loaded", "Running", "Processing", "Offline", "Killed")
+# The trends are aggregated over the last 24 h: worked out at most this often per process, so a
+# burst of instance changes (each redraws the overview of every open page) costs one query.
+TRENDS_SECONDS = 10.0
+_trends_lock = threading.Lock()
+_trends_memo: tuple[float, trends.Trends] | None = None
+
+
+def current_trends() -> trends.Trends:
+    global _trends_memo
+    with _trends_lock:
+        if _trends_memo is None or time.monotonic() - _trends_memo[0] > TRENDS_SECONDS:
+            _trends_memo = (time.monotonic(), trends.trends())
+        return _trends_memo[1]
+
+
+def forget_trends() -> None:
+    """For tests: the next overview works the trends out again."""
+    global _trends_memo
+    with _trends_lock:
+        _trends_memo = None
+
+
+def trends_context(data: trends.Trends | None = None) -> dict[str, Any]:
+    """The overview's charts: runs per hour by ending, failure rate, durations per sequence."""
+    data = data or current_trends()
+    longest = max((d.p95 for d in data.durations), default=0.0)
+    rate = data.failure_rate
+    return {
+        "trends": data,
+        "failure_rate": "—" if rate is None else f"{rate * 100:.1f} %",
+        "failure_bad": bool(rate and rate >= 0.05),
+        "runs_chart": charts.stacked_bars(data.hours, trends.ENDINGS, "Runs per hour, 24 h"),
+        "runs_legend": charts.legend(trends.ENDINGS, data.totals),
+        "durations": [
+            {
+                "row": d,
+                "p50": charts.fmt_seconds(d.p50),
+                "p95": charts.fmt_seconds(d.p95),
+                "meter": charts.durations_meter(d.p50, d.p95, longest),
+            }
+            for d in data.durations
+        ],
+    }
 
 
 def overview_context() -> dict[str, Any]:
@@ -40,7 +87,10 @@ def overview_context() -> dict[str, Any]:
         .annotate(alive=ExpressionWrapper(Q(last_seen__gte=fresh), output_field=BooleanField()))
         .order_by("name")
     )
+    for worker in workers:
+        worker.load = charts.load_meter(worker.running, worker.capacity)  # type: ignore[attr-defined]
     return {
+        **trends_context(),
         "counts": {
             "sequences": Sequence.objects.count(),
             "instances": sum(by_status.values()),
