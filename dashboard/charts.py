@@ -9,6 +9,7 @@ its figures in words, and draws something readable for no data at all. Text is e
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.utils import timezone
@@ -73,35 +74,53 @@ def _nice_max(value: float) -> float:
     return 10 * step
 
 
-def _svg(css: str, width: int, height: int, label: str, body: str) -> SafeString:
+def _svg(
+    css: str, width: int, height: int, label: str, body: str, stretch: bool = False
+) -> SafeString:
+    # `stretch`: the drawing fills its box at any width (a chart without text in it).
+    aspect = ' preserveAspectRatio="none"' if stretch else ""
     return mark_safe(  # every value in `body` was escaped or is a number
-        f'<svg class="chart {escape(css)}" viewBox="0 0 {width} {height}" '
+        f'<svg class="chart {escape(css)}" viewBox="0 0 {width} {height}"{aspect} '
         f'role="img" aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">'
         f"<title>{escape(label)}</title>{body}</svg>"
     )
 
 
-SPARK_W, SPARK_H, SPARK_TOP = 300, 72, 14
+SPARK_W, SPARK_H, SPARK_TOP = 300, 60, 2
+
+
+@dataclass(frozen=True)
+class Spark:
+    """A resource chart: the SVG (geometry only: it stretches to its box, so it carries no
+    text that would stretch with it) and its caption in HTML (the figures, in words)."""
+
+    svg: SafeString
+    caption: SafeString
 
 
 def sparkline(
     samples: Sequence[Sample], what: str, css: str = "cpu", unit: str = "percent"
-) -> SafeString:
+) -> Spark:
     """One resource over the instance's life: `what` is "cpu" or "rss" of each sample."""
     fmt = fmt_percent if unit == "percent" else fmt_bytes
     name = "CPU" if what == "cpu" else "Memory"
     values = [float(getattr(s, what)) for s in samples]
+    bottom = SPARK_H - 1
+    frame = (
+        f'<line class="chart-grid" x1="0" y1="{SPARK_TOP}" x2="{SPARK_W}" y2="{SPARK_TOP}"/>'
+        f'<line class="chart-axis" x1="0" y1="{bottom}" x2="{SPARK_W}" y2="{bottom}"/>'
+    )
     if not values:
-        body = (
-            f'<text class="chart-empty" x="{SPARK_W / 2}" y="{SPARK_H / 2 + 4}" '
-            f'text-anchor="middle">no samples</text>'
+        label = f"{name}: no samples"
+        return Spark(
+            _svg(f"spark {css} empty", SPARK_W, SPARK_H, label, frame, stretch=True),
+            format_html('<b>{}</b> <span class="muted">no samples</span>', name),
         )
-        return _svg(f"spark {css} empty", SPARK_W, SPARK_H, f"{name}: no samples", body)
     peak = max(values)
     top = _nice_max(peak * 1.05 if unit != "percent" else max(peak, 10))
     t0, t1 = samples[0].at, samples[-1].at
     span = max(t1 - t0, 1e-9)
-    plot_h = SPARK_H - SPARK_TOP - 2
+    plot_h = bottom - SPARK_TOP
 
     def xy(sample: Sample, value: float) -> str:
         x = 0.0 if len(samples) == 1 else (sample.at - t0) / span * SPARK_W
@@ -112,24 +131,24 @@ def sparkline(
     if len(samples) == 1:  # a single sample: a flat line across, so it shows
         y = line.split(",")[1]
         line = f"0,{y} {SPARK_W},{y}"
-    bottom = SPARK_TOP + plot_h
-    area = f"0,{_num(bottom)} {line} {SPARK_W},{_num(bottom)}"
+    area = f"0,{bottom} {line} {SPARK_W},{bottom}"
     last = values[-1]
     when = timezone.localtime(datetime.fromtimestamp(t1, tz=timezone.get_current_timezone()))
-    label = (
-        f"{name}: now {fmt(last)}, peak {fmt(peak)}, {len(values)} samples up to {when:%H:%M:%S}"
-    )
+    count = f"{len(values)} sample{'s' if len(values) != 1 else ''}"
+    label = f"{name}: now {fmt(last)}, peak {fmt(peak)}, {count} up to {when:%H:%M:%S}"
     body = (
-        f'<line class="chart-grid" x1="0" y1="{SPARK_TOP}" x2="{SPARK_W}" y2="{SPARK_TOP}"/>'
-        f'<line class="chart-axis" x1="0" y1="{_num(bottom)}" x2="{SPARK_W}" '
-        f'y2="{_num(bottom)}"/>'
-        f'<polygon class="chart-area" points="{area}"/>'
+        frame + f'<polygon class="chart-area" points="{area}"/>'
         f'<polyline class="chart-line" points="{line}"/>'
-        f'<text class="chart-label" x="2" y="10">{escape(fmt(top))}</text>'
-        f'<text class="chart-label chart-now" x="{SPARK_W - 2}" y="10" text-anchor="end">'
-        f"{escape(name)} {escape(fmt(last))} · peak {escape(fmt(peak))}</text>"
     )
-    return _svg(f"spark {css}", SPARK_W, SPARK_H, label, body)
+    caption = format_html(
+        '<b>{}</b> <span class="chart-now">{}</span> '
+        '<span class="muted">· peak {} · scale 0 to {}</span>',
+        name,
+        fmt(last),
+        fmt(peak),
+        fmt(top),
+    )
+    return Spark(_svg(f"spark {css}", SPARK_W, SPARK_H, label, body, stretch=True), caption)
 
 
 BARS_W, BARS_H, BARS_LEFT, BARS_BOTTOM, BARS_TOP = 480, 150, 28, 18, 8

@@ -133,10 +133,10 @@ def resources_context(
     if instance.started:
         end = instance.ended or timezone.now()
         uptime = charts.fmt_uptime((end - instance.started).total_seconds())
-    if samples:
-        note = f"{len(samples)} samples"
-        if len(samples) > 1:
-            note += f", one every {charts.fmt_seconds(_gap(samples))} or so"
+    if len(samples) == 1:
+        note = "1 sample so far"
+    elif samples:
+        note = f"{len(samples)} samples, one every {charts.fmt_seconds(_gap(samples))} or so"
     elif instance.is_live:
         note = "The first sample comes within a few seconds of the start."
     else:
@@ -144,8 +144,8 @@ def resources_context(
     return {
         "instance": instance,
         "uptime": uptime,
-        "cpu_chart": charts.sparkline(samples, "cpu", "cpu", "percent"),
-        "rss_chart": charts.sparkline(samples, "rss", "rss", "bytes"),
+        "cpu": charts.sparkline(samples, "cpu", "cpu", "percent"),
+        "rss": charts.sparkline(samples, "rss", "rss", "bytes"),
         "samples": samples,
         "samples_note": note,
     }

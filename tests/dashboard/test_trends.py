@@ -153,19 +153,28 @@ def test_sparkline_shows_the_last_and_the_peak():
         Sample(now + 5, 42.5, 30 << 20),
         Sample(now + 10, 12.0, 20 << 20),
     ]
-    cpu = str(charts.sparkline(samples, "cpu", "cpu", "percent"))
-    assert "CPU: now 12.0 %, peak 42.5 %, 3 samples" in cpu
-    assert re.search(r'<polyline class="chart-line" points="0,[\d.]+ 150,[\d.]+ 300,[\d.]+"', cpu)
-    rss = str(charts.sparkline(samples, "rss", "rss", "bytes"))
-    assert "Memory: now 20.0 MiB, peak 30.0 MiB" in rss
-    assert "style=" not in cpu + rss
+    cpu = charts.sparkline(samples, "cpu", "cpu", "percent")
+    assert "CPU: now 12.0 %, peak 42.5 %, 3 samples" in cpu.svg
+    assert re.search(
+        r'<polyline class="chart-line" points="0,[\d.]+ 150,[\d.]+ 300,[\d.]+"', cpu.svg
+    )
+    # The scale's top is a round 50 %, at y 2; 0 % is at y 59: 42.5 % is 85 % of the way up.
+    assert '<polyline class="chart-line" points="0,53.3 150,10.6 300,45.3"/>' in cpu.svg
+    assert (
+        ">12.0 %<" in cpu.caption and "peak 42.5 %" in cpu.caption and "0 to 50.0 %" in cpu.caption
+    )
+    rss = charts.sparkline(samples, "rss", "rss", "bytes")
+    assert "Memory: now 20.0 MiB, peak 30.0 MiB" in rss.svg
+    assert "<text" not in cpu.svg + rss.svg  # a stretched drawing carries no text
+    assert "style=" not in cpu.svg + rss.svg
 
 
 def test_sparkline_of_one_sample_and_of_none():
-    one = str(charts.sparkline([Sample(1_700_000_000.0, 3.0, 2048)], "rss", "rss", "bytes"))
-    assert "now 2.0 KiB" in one and 'points="0,' in one
-    empty = str(charts.sparkline([], "cpu"))
-    assert "no samples" in empty and "<polyline" not in empty
+    one = charts.sparkline([Sample(1_700_000_000.0, 3.0, 2048)], "rss", "rss", "bytes")
+    assert "now 2.0 KiB" in one.svg and "1 sample up" in one.svg and 'points="0,' in one.svg
+    empty = charts.sparkline([], "cpu")
+    assert "no samples" in empty.caption and "no samples" in empty.svg
+    assert "<polyline" not in empty.svg and 'class="chart spark cpu empty"' in empty.svg
 
 
 def test_chart_text_is_escaped():
@@ -253,6 +262,7 @@ def test_the_instance_page_draws_its_samples_and_uptime(clients):
         client.delete(key)
     section = html[html.index('id="inst-resources"') :]
     assert "CPU: now 75.0 %, peak 75.0 %, 2 samples" in section
+    assert "2 samples, one every 5.0 s or so" in section
     assert "Memory: now 60.0 MiB" in section
     assert re.search(
         r'<time class="uptime" data-uptime datetime="[^"]+">1 min \d\d s</time>', section
