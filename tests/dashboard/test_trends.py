@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from datetime import timedelta
 from html import unescape
 
@@ -15,6 +16,7 @@ from runner import sampler
 from sequences import live, resources, trends
 from sequences.models import Instance, InstanceStatus
 from sequences.resources import RING, Sample
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -274,3 +276,19 @@ def test_an_ended_instance_without_samples_says_they_are_gone(clients, ended_ins
     section = html[html.index('id="inst-resources"') :]
     assert "no samples" in section and "No samples kept" in section
     assert "data-uptime" not in section
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_overview_serves_the_last_trends_while_a_thread_works_out_the_next():
+    make_run("memo", "completed", 0, timedelta(minutes=1), 1)
+    first = overview.current_trends()
+    assert first.totals == {"completed": 1}
+    make_run("memo", "errored", 23, timedelta(minutes=1), 1)
+    assert overview.current_trends() is first  # fresh enough: not worked out again
+    # Once stale, the page gets the last result at once, and the next one soon after.
+    overview._trends_memo = (time.monotonic() - overview.TRENDS_SECONDS - 1, first)
+    assert overview.current_trends() is first
+    renewed = wait_for(
+        lambda: (t := overview.current_trends()) is not first and t, what="the refresh"
+    )
+    assert renewed.totals == {"completed": 1, "failed": 1}
