@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import psutil
+import redis
 from django.conf import settings
 
 from sequences import resources
@@ -86,10 +87,17 @@ def ttl(ring: Ring) -> int:
 
 async def sample_loop(sup: Supervisor) -> None:
     interval = settings.HUB_SAMPLE_SECONDS
-    while True:
+    away = False  # Redis is away: said once, not every tick
+    while not sup.stopping:
         await asyncio.sleep(interval)
         try:
             await sample_once(sup)
+            away = False
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The samples of the outage are lost (live data only); the rings go on after it.
+            if not away:
+                log.warning("resource samples not written, Redis is away: %s", exc)
+            away = True
         except Exception:
             log.exception("sampling the instances' resources failed")
 

@@ -167,6 +167,11 @@ class Supervisor:
         self.draining = False
 
     # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        """The worker is shutting down: its loops end."""
+        return self._stopping
+
     def start(self) -> None:
         self._thread.start()
         if not self._ready.wait(30):
