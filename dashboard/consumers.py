@@ -23,6 +23,7 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from django.template.loader import render_to_string
 
 from accounts.access import RANK, user_role
@@ -34,7 +35,7 @@ from dashboard.views import overview
 from dashboard.views import sequencers as sequencer_pages
 from dashboard.views import topics as topic_pages
 from dashboard.views import workers as worker_pages
-from sequences import notices, sequencers, streams, topics
+from sequences import notices, resources, sequencers, streams, topics
 from sequences.errors import HubError
 from sequences.instances import get_instance
 from sequences.models import Instance
@@ -207,7 +208,7 @@ class OverviewConsumer(LiveConsumer):
 
     def fragments(self) -> str:
         context = {**overview.overview_context(), **self.base_context()}
-        names = ("counts", "running", "ended", "sequencers", "workers", "recent")
+        names = ("counts", "trends", "running", "ended", "sequencers", "workers", "recent")
         return render_fragments([(f"overview.html#{n}", context) for n in names])
 
 
@@ -283,9 +284,36 @@ class InstanceConsumer(LiveConsumer):
                 instance.exit_code = self.overlay["exitcode"]
             instance.reason = self.overlay.get("reason", instance.reason)
         context = {**instance_pages.status_context(instance), **self.base_context()}
+        context.update(instance_pages.resources_context(instance))
         return render_fragments(
-            [("instances/detail.html#status", context), ("instances/detail.html#events", context)]
+            [
+                ("instances/detail.html#status", context),
+                ("instances/detail.html#resources", context),
+                ("instances/detail.html#events", context),
+            ]
         )
+
+    def resources_fragment(self, samples: list[resources.Sample]) -> str:
+        context = instance_pages.resources_context(get_instance(self.iid), samples)
+        return render_to_string("instances/detail.html#resources", context)
+
+    async def resource_loop(self) -> None:
+        """While the instance runs, redraw its charts when the worker added a sample (the
+        status snapshot redraws them on every change besides)."""
+        seen: tuple[int, float] | None = None
+        while not all(f.done for f in self.followers.values()):
+            await asyncio.sleep(max(1.0, settings.HUB_SAMPLE_SECONDS))
+            try:
+                samples = await resources.aread_samples(self.iid)
+                mark = (len(samples), samples[-1].at if samples else 0.0)
+                if mark != seen:
+                    seen = mark
+                    html = await database_sync_to_async(self.resources_fragment)(samples)
+                    await self.send(text_data=html)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("redrawing the resources of %s failed", self.iid)
 
     def fragments(self) -> str:
         return "" if self.logs_only else self.status_fragments()
@@ -319,6 +347,8 @@ class InstanceConsumer(LiveConsumer):
         for stream, window in windows.items():
             self.tasks.append(asyncio.ensure_future(self.follow(stream, window.next_seq)))
         self.tasks.append(asyncio.ensure_future(self.flush_loop()))
+        if not self.logs_only:
+            self.tasks.append(asyncio.ensure_future(self.resource_loop()))
 
     async def follow(self, stream: str, cursor: int) -> None:
         follower = self.followers[stream]

@@ -284,6 +284,12 @@ HUB_PACKAGE_MAX_BYTES = env.int("HUB_PACKAGE_MAX_BYTES", default=512 * 1024 * 10
 HUB_UPLOAD_MAX_BYTES = env.int("HUB_UPLOAD_MAX_BYTES", default=256 * 1024 * 1024)
 HUB_START_TIMEOUT = env.float("HUB_START_TIMEOUT", default=30.0)
 HUB_LOST_AFTER = env.float("HUB_LOST_AFTER", default=15.0)
+# Resource samples (sequences/resources.py): how often a worker samples each instance's CPU and
+# memory, and how long the samples stay after the instance ended.
+HUB_SAMPLE_SECONDS = env.float("HUB_SAMPLE_SECONDS", default=5.0)
+if not 0.2 <= HUB_SAMPLE_SECONDS <= 3600:
+    raise ValueError("HUB_SAMPLE_SECONDS must be between 0.2 and 3600 seconds")
+HUB_RESOURCE_RETENTION = parse_duration(env.str("HUB_RESOURCE_RETENTION", default="1h"))
 HUB_LOGIN_ATTEMPTS = env.int("HUB_LOGIN_ATTEMPTS", default=10)
 # Console log search (dashboard/search.py): searches at once per web process, and the time one
 # may take before it answers with what it found so far.

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from core import protocol
 from core.protocol import STREAMS
-from runner import cgroups, topic_links
+from runner import cgroups, sampler, topic_links
 from sequences import live, notices
 from sequences.instances import record_failed_start
 from sequences.models import Instance, InstanceStatus
@@ -80,6 +80,7 @@ async def finish(sup: Supervisor, child: Child) -> None:
     sup.children.pop(child.iid, None)
     sup.room_changed()
     child.finished = True
+    sampler.ended(sup, child)
     now = timezone.now()
     _end_streams(sup, child, status, code, reason, now)
     sup.host_log(f"instance {child.iid} ended: {reason}", exitcode=code)

@@ -34,7 +34,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from core.protocol import STREAMS, WORKER_SHUTDOWN, Exit, Message, Outcome
-from runner import cgroups, control, isolation, launch, outcomes, topic_links
+from runner import cgroups, control, isolation, launch, outcomes, sampler, topic_links
 from runner.dbwriter import DbWriter
 from runner.forkserver import ForkServer, ParentEnds, close_fds, make_child_fds
 from runner.outbox import Outbox
@@ -101,6 +101,8 @@ class Child:
     # Why the hub killed it, when not on a request made on it (a worker shutdown): the outcome
     # recorded if it dies of that kill (runner/outcomes.py).
     end_reason: Outcome | None = None
+    # Its CPU and memory samples (runner/sampler.py); made at the fork, the CPU baseline.
+    ring: sampler.Ring = field(default_factory=sampler.Ring)
 
 
 class Pump(asyncio.Protocol):
@@ -165,6 +167,11 @@ class Supervisor:
         self.draining = False
 
     # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        """The worker is shutting down: its loops end."""
+        return self._stopping
+
     def start(self) -> None:
         self._thread.start()
         if not self._ready.wait(30):
@@ -192,6 +199,7 @@ class Supervisor:
         self.loop.create_task(self._control_loop())
         self.loop.create_task(self._start_loop())
         self.loop.create_task(self._heartbeat_loop())
+        self.loop.create_task(sampler.sample_loop(self))
 
     def run(self, coro: Coroutine[Any, Any, Any], timeout: float | None = 30) -> Any:
         """Run a coroutine on the supervisor's loop from another thread and wait for it."""
@@ -387,6 +395,7 @@ class Supervisor:
             raise
         finally:
             close_fds(child_fds)
+        child.ring = sampler.Ring()  # CPU time counts from the fork
         self.children[iid] = child
         self.by_pid[child.pid] = child
         self.room_changed()

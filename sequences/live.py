@@ -12,6 +12,8 @@ Live data goes worker → Redis → web; the database holds the durable copy. Un
                           with the outcome when a worker ends it (status, exitcode, reason, ended)
 - `ev:<iid>`              Redis stream of events emitted by the sequence `{n: name, m: json}`
 - `evlast:<iid>`          hash: last message per event name
+- `res:<iid>`             list: the instance's CPU and memory samples, "<time> <cpu %> <rss>",
+                          at most 120 spanning its life (sequences/resources.py)
 - `ctl:<worker>`          list: control messages for one worker's supervisor
 - `start:<queue>`         list: start requests any supervisor serving that queue takes
 - `startto:<queue>:<worker>`  list: start requests the web placed on one worker (it pops
@@ -305,6 +307,7 @@ def instance_keys(iid: str) -> list[str]:
         events_key(iid),
         last_events_key(iid),
         claim_key(iid),
+        key("res", iid),  # its resource samples (sequences/resources.py)
     ]
 
 

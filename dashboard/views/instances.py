@@ -16,16 +16,17 @@ from django.http import (
 from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import push_url
 
 from accounts.access import actor_name, audit
 from core.protocol import Ending
-from dashboard import logs, search
+from dashboard import charts, logs, search
 from dashboard.forms import EventForm, InputForm, StopForm, first_error
 from dashboard.paging import keyset_page
 from dashboard.views.common import HtmxHttpRequest, feedback, role_page
-from sequences import instances, outcomes
+from sequences import instances, outcomes, resources
 from sequences.errors import HubError
 from sequences.models import LIVE_STATUSES, Instance, InstanceEvent, InstanceStatus, Sequence
 
@@ -132,6 +133,39 @@ def status_context(instance: Instance) -> dict[str, Any]:
     }
 
 
+def resources_context(
+    instance: Instance, samples: list[resources.Sample] | None = None
+) -> dict[str, Any]:
+    """The instance's CPU and memory charts and its uptime (the page and its socket)."""
+    if samples is None:
+        samples = resources.read_samples(instance.id)
+    uptime = ""
+    if instance.started:
+        end = instance.ended or timezone.now()
+        uptime = charts.fmt_uptime((end - instance.started).total_seconds())
+    if len(samples) == 1:
+        note = "1 sample so far"
+    elif samples:
+        note = f"{len(samples)} samples, one every {charts.fmt_seconds(_gap(samples))} or so"
+    elif instance.is_live:
+        note = "The first sample comes within a few seconds of the start."
+    else:
+        note = "No samples kept: they go an hour after the instance ends (HUB_RESOURCE_RETENTION)."
+    return {
+        "instance": instance,
+        "uptime": uptime,
+        "cpu": charts.sparkline(samples, "cpu", "cpu", "percent"),
+        "rss": charts.sparkline(samples, "rss", "rss", "bytes"),
+        "samples": samples,
+        "samples_note": note,
+    }
+
+
+def _gap(samples: list[resources.Sample]) -> float:
+    recent = samples[-10:]
+    return (recent[-1].at - recent[0].at) / max(len(recent) - 1, 1)
+
+
 @require_GET
 @role_page("viewer")
 def instance_detail(request: HttpRequest, iid: str) -> HttpResponse:
@@ -139,6 +173,7 @@ def instance_detail(request: HttpRequest, iid: str) -> HttpResponse:
     if instance is None:
         return render(request, "404.html", {"what": f"Instance {iid}"}, status=404)
     context = status_context(instance)
+    context.update(resources_context(instance))
     context.update(
         panes=stream_windows(iid),
         search_streams=logs.STREAMS,

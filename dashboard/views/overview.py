@@ -1,11 +1,16 @@
-"""The overview: counts, running instances, sequencers by state, workers, recent activity."""
+"""The overview: counts, trends of the runs, running instances, sequencers by state, workers
+(with their load), recent activity."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import BooleanField, Count, ExpressionWrapper, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -14,9 +19,10 @@ from django.views.decorators.http import require_GET
 
 from accounts.access import has_role
 from accounts.models import AuditEntry
+from dashboard import charts
 from dashboard.exposure import exposure_warnings, worker_warnings
 from dashboard.views.common import role_page
-from sequences import hubs
+from sequences import hubs, trends
 from sequences.models import (
     ENDED_STATUSES,
     LIVE_STATUSES,
@@ -29,7 +35,78 @@ from sequences.models import (
 ENDED_SHOWN = 8
 ENDED_COLUMNS: tuple[str, ...] = ("id", "sequence_name", "status", "exit_code", "reason")
 ENDED_COLUMNS += ("ended_by", "worker", "created", "started", "ended")
+
+log = logging.getLogger(__name__)
+
 SEQUENCER_STATES = ("Idle", "Loaded", "Running", "Processing", "Offline", "Killed")
+# The trends are aggregated over the last 24 h, a query of a few hundred ms with 100 000 runs in
+# the window: a web process keeps the last result and serves it while a thread works out the
+# next one once it is TRENDS_SECONDS old, so no page waits for the query but the process's first.
+TRENDS_SECONDS = 10.0
+_trends_lock = threading.Lock()
+_trends_memo: tuple[float, trends.Trends] | None = None
+_trends_refreshing = False
+
+
+def _refresh_trends() -> None:
+    global _trends_memo, _trends_refreshing
+    try:
+        fresh = trends.trends()
+        with _trends_lock:
+            _trends_memo = (time.monotonic(), fresh)
+    except Exception:
+        log.exception("working out the overview's trends failed; the last ones stay")
+    finally:
+        _trends_refreshing = False
+        connection.close()  # this thread's own connection: it ends here
+
+
+def current_trends() -> trends.Trends:
+    global _trends_memo, _trends_refreshing
+    with _trends_lock:
+        memo = _trends_memo
+        stale = memo is None or time.monotonic() - memo[0] > TRENDS_SECONDS
+        start = stale and memo is not None and not _trends_refreshing
+        if start:
+            _trends_refreshing = True
+    if memo is None:
+        fresh = trends.trends()
+        with _trends_lock:
+            _trends_memo = (time.monotonic(), fresh)
+        return fresh
+    if start:
+        threading.Thread(target=_refresh_trends, name="overview-trends", daemon=True).start()
+    return memo[1]
+
+
+def forget_trends() -> None:
+    """For tests: the next overview works the trends out again, at once."""
+    global _trends_memo
+    with _trends_lock:
+        _trends_memo = None
+
+
+def trends_context(data: trends.Trends | None = None) -> dict[str, Any]:
+    """The overview's charts: runs per hour by ending, failure rate, durations per sequence."""
+    data = data or current_trends()
+    longest = max((d.p95 for d in data.durations), default=0.0)
+    rate = data.failure_rate
+    return {
+        "trends": data,
+        "failure_rate": "—" if rate is None else f"{rate * 100:.1f} %",
+        "failure_bad": bool(rate and rate >= 0.05),
+        "runs_chart": charts.stacked_bars(data.hours, trends.ENDINGS, "Runs per hour, 24 h"),
+        "runs_legend": charts.legend(trends.ENDINGS, data.totals),
+        "durations": [
+            {
+                "row": d,
+                "p50": charts.fmt_seconds(d.p50),
+                "p95": charts.fmt_seconds(d.p95),
+                "meter": charts.durations_meter(d.p50, d.p95, longest),
+            }
+            for d in data.durations
+        ],
+    }
 
 
 def overview_context() -> dict[str, Any]:
@@ -50,7 +127,10 @@ def overview_context() -> dict[str, Any]:
         .annotate(alive=ExpressionWrapper(Q(last_seen__gte=fresh), output_field=BooleanField()))
         .order_by("name")
     )
+    for worker in workers:
+        worker.load = charts.load_meter(worker.running, worker.capacity)  # type: ignore[attr-defined]
     return {
+        **trends_context(),
         "counts": {
             "sequences": Sequence.objects.count(),
             "instances": sum(by_status.values()),

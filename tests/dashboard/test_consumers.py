@@ -350,3 +350,37 @@ async def test_the_tail_socket_follows_escaped_and_ends_on_delete(cookies, topic
     await topics.delete(topic_name)
     assert "deleted" in await receive_until(comm, 'id="topic-ended"', timeout=15)
     await comm.disconnect()
+
+
+async def test_the_instance_socket_redraws_its_charts_when_a_sample_comes(
+    cookies, live_instance, settings
+):
+    from django.utils import timezone
+
+    from sequences import resources
+
+    settings.HUB_SAMPLE_SECONDS = 0.2  # the socket looks every second at the most often
+    comm = communicator(f"/ws/instances/{live_instance.id}/", cookies["viewer"])
+    assert (await comm.connect())[0]
+    snapshot = await receive_until(comm, 'id="inst-resources"')
+    assert 'data-samples="0"' in snapshot and "no samples" in snapshot
+    # What a worker writes (runner/sampler.py): the page redraws with it, unasked.
+    sample = resources.Sample(timezone.now().timestamp(), 37.5, 5 << 20)
+    await sync_to_async(live.sync_client().rpush)(
+        resources.resources_key(live_instance.id), resources.encode(sample)
+    )
+    redrawn = await receive_until(comm, 'data-samples="1"')
+    assert "CPU: now 37.5 %" in redrawn and "Memory: now 5.0 MiB" in redrawn
+    await comm.disconnect()
+
+
+async def test_the_overview_socket_sends_the_trends(cookies, live_instance):
+    from dashboard.views import overview
+
+    overview.forget_trends()  # this process's last trends may be an earlier test's
+    comm = communicator("/ws/overview/", cookies["viewer"])
+    assert (await comm.connect())[0]
+    snapshot = await comm.receive_from(timeout=10)
+    assert 'id="ov-trends"' in snapshot and '<svg class="chart bars"' in snapshot
+    assert 'class="end-running"' in snapshot  # the running instance, in the current hour
+    await comm.disconnect()
