@@ -18,6 +18,7 @@ from dashboard.exposure import exposure_warnings, worker_warnings
 from dashboard.views.common import role_page
 from sequences import hubs
 from sequences.models import LIVE_STATUSES, Instance, Sequence, Sequencer, Worker
+from sequences.sequencers import heal
 
 SEQUENCER_STATES = ("Idle", "Loaded", "Running", "Processing", "Offline", "Killed")
 
@@ -28,8 +29,10 @@ def overview_context() -> dict[str, Any]:
         Instance.objects.values_list("status").annotate(n=Count("*")).values_list("status", "n")
     )
     sequencer_states = dict.fromkeys(SEQUENCER_STATES, 0)
-    for state, processing in Sequencer.objects.values_list("state", "processing"):
-        shown = "Processing" if processing else state
+    # Healed as the sequencer list is (a sequencer whose process is gone counts as Killed), so
+    # the counts agree with the rows that list shows.
+    for row in heal(list(Sequencer.objects.select_related("instance"))):
+        shown = "Processing" if row.processing else row.state
         sequencer_states[shown] = sequencer_states.get(shown, 0) + 1
     fresh = timezone.now() - timedelta(seconds=settings.HUB_LOST_AFTER * 2)
     # Gone workers age out: stopped ones (orderly stop, or marked by detect_lost), and, should
