@@ -31,7 +31,11 @@ def overview_context() -> dict[str, Any]:
     sequencer_states = dict.fromkeys(SEQUENCER_STATES, 0)
     # Healed as the sequencer list is (a sequencer whose process is gone counts as Killed), so
     # the counts agree with the rows that list shows.
-    for row in heal(list(Sequencer.objects.select_related("instance"))):
+    # Only the ones not Killed yet are read (Killed ones pile up with every load and restart):
+    # those already Killed are counted first, the ones healing kills now in the loop.
+    sequencer_states["Killed"] = Sequencer.objects.filter(state="Killed").count()
+    alive = Sequencer.objects.exclude(state="Killed").select_related("instance")
+    for row in heal(list(alive)):
         shown = "Processing" if row.processing else row.state
         sequencer_states[shown] = sequencer_states.get(shown, 0) + 1
     fresh = timezone.now() - timedelta(seconds=settings.HUB_LOST_AFTER * 2)

@@ -205,6 +205,7 @@ def test_overview_counts_agree_with_the_list_rows(clients, live_instance):
     Sequencer.objects.create(prefix="ESW.orphan", instance=live_instance, state="Running")
     html = clients["viewer"].get("/").content.decode()
     assert re.search(r"<b>0</b><span>sequencers</span>", html)
+    assert re.search(r">Killed</span> <b>1</b>", html)  # counted once, as the list shows it
     assert 'href="/instances/?status=live"><b>1</b><span>live</span>' in html
     listing = clients["viewer"].get("/instances/?status=live").content.decode()
     assert live_instance.id in listing
