@@ -334,3 +334,52 @@ def test_the_banner_holds_actions_while_the_web_is_down_and_lines_survive(
         admin_api.post(f"/instance/{iid}/_kill", json={})
         screen.context.close()
         stop_process(web.proc)
+
+
+# 50 000 lines as fast as print goes, then a marker.
+FLOOD = r"""
+import sys
+
+
+async def run(context, input, *args):
+    for i in range(50_000):
+        sys.stdout.write(f"flood line {i:05d} with some words to make it a real line\n")
+    sys.stdout.write("flood done\n")
+    sys.stdout.flush()
+    context.logger.info("flood done")
+    async for _ in input:
+        pass
+"""
+
+LONG_TASKS = """() => {
+  window.__longest = 0;
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) window.__longest = Math.max(window.__longest, e.duration);
+  }).observe({ type: "longtask", buffered: false });
+}"""
+
+
+def test_fifty_thousand_lines_with_times_keep_the_page_responsive(hub, people, browser, admin_api):
+    """The gutter and the rows add no per-line work in the browser: while 50 000 lines arrive
+    with times shown, no main-thread task is long enough for a user to feel (the bound is
+    generous: the test machine is shared)."""
+    screen = Page(browser, hub.url, people["operator"])
+    page = screen.page
+    sid = upload(admin_api, python_package(FLOOD))
+    try:
+        # Open on an instance that is waiting, then start the flood in view.
+        screen.go("/instances/")
+        iid = admin_api.post(f"/sequence/{sid}/start", json={}).json()["id"]
+        screen.go(f"/instances/{iid}/")
+        page.check("[data-times]")
+        page.evaluate(LONG_TASKS)
+        expect(page.locator("#log-stdout-lines")).to_contain_text("flood done", timeout=60_000)
+        longest = page.evaluate("window.__longest")
+        line = page.locator("#log-stdout-lines .l").last
+        assert CLOCK.match(screen.gutter(line) or "")
+        print(f"longest main-thread task while 50 000 lines arrived: {longest:.0f} ms")
+        assert longest < 500, f"a {longest:.0f} ms task: the page froze while lines arrived"
+        screen.shoot("flood-with-times", DESKTOP)
+    finally:
+        admin_api.post(f"/instance/{iid}/_kill", json={})
+        screen.context.close()
