@@ -301,7 +301,15 @@ def test_the_banner_holds_actions_while_the_web_is_down_and_lines_survive(
         send = page.locator("form.send[data-clear-on-send] button")
         expect(kill).to_be_enabled()
 
+        # Another live page in the same browser: every live page shows the banner.
+        listing = screen.context.new_page()
+        listing.goto(url + "/sequencers/")
+        expect(listing.locator("[data-live].ws-open")).to_have_count(1)
+        expect(listing.locator("#ws-banner")).to_be_hidden()
+
         stop_process(web.proc)
+        expect(listing.locator("#ws-banner")).to_contain_text("Reconnecting", timeout=15_000)
+        expect(listing.locator("[data-live].ws-closed .live-dot")).to_be_visible()
         expect(banner).to_be_visible(timeout=15_000)
         expect(banner).to_contain_text("Reconnecting")
         expect(kill).to_be_disabled()
@@ -313,6 +321,8 @@ def test_the_banner_holds_actions_while_the_web_is_down_and_lines_survive(
 
         web = start_web(tmp_path / "b", port)
         expect(banner).to_be_hidden(timeout=90_000)
+        expect(listing.locator("#ws-banner")).to_be_hidden(timeout=90_000)
+        expect(listing.locator("[data-live].ws-open .live-dot")).to_be_visible()
         expect(kill).to_be_enabled()
         expect(send).to_be_enabled()
         # What the reader loaded with "load earlier" is still there, in order, no line twice.
