@@ -36,7 +36,7 @@ async def run(context, input, *args):
     context.logger.debug("probing the mount")
     context.logger.info("mount ready", extra={"data": {"az": 12.5}})
     context.logger.warning("wind is rising")
-    context.logger.error("dome stuck")
+    context.logger.getChild("dome").error("dome stuck")
     async for line in input:
         text = line.decode() if isinstance(line, bytes) else str(line)
         print("got:", text.strip(), flush=True)
@@ -149,6 +149,7 @@ def test_log_rows_level_filter_time_gutter_and_live_events(hub, people, browser,
                 expect(row.locator(".m")).to_contain_text(text)
                 assert CLOCK.match(screen.gutter(row) or ""), screen.gutter(row)
             expect(page.locator("#log-log-lines .lv-info .lv")).to_have_text("INFO")
+            expect(page.locator("#log-log-lines .lv-error .lg")).to_have_text("dome")
             expect(page.locator("#log-log-lines .lv-info .ld")).to_contain_text('"az": 12.5')
             # Level colours: errors red, warnings amber, each at a glance.
             assert screen.colour("#log-log-lines .lv-error .lv") == "rgb(255, 107, 107)"
