@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 from collections import deque
 from typing import Any
@@ -25,6 +26,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.template.loader import render_to_string
+from django.utils import timezone
 
 from accounts.access import RANK, user_role
 from accounts.identity import current_generation
@@ -228,13 +230,25 @@ class InstanceListConsumer(LiveConsumer):
 class StreamFollower:
     """One stream of one instance: the lines read but not sent yet, and how many were left out."""
 
-    def __init__(self, name: str, splitter: logs.LineSplitter) -> None:
+    def __init__(
+        self,
+        name: str,
+        splitter: logs.LineSplitter,
+        times: dict[int, datetime.datetime | None] | None = None,
+    ) -> None:
         self.name = name
         self.splitter = splitter
         self.lines: deque[tuple[logs.Place, bytes]] = deque(maxlen=MAX_LINES_PER_FLUSH)
         self.skipped = 0
         self.partial_sent: bytes = splitter.current
         self.done = False
+        # When each chunk arrived, by number, for the time gutter: the database's times for
+        # the chunk the unfinished line started in, this process's clock for what follows.
+        self.times: dict[int, datetime.datetime | None] = dict(times or {})
+
+    def feed(self, chunk: bytes) -> None:
+        self.times[self.splitter.seq] = timezone.now()
+        self.add(self.splitter.feed(chunk))
 
     def add(self, lines: list[tuple[logs.Place, bytes]]) -> None:
         overflow = len(self.lines) + len(lines) - MAX_LINES_PER_FLUSH
@@ -246,14 +260,21 @@ class StreamFollower:
         """The fragment for the lines gathered since the last flush ('' when nothing changed)."""
         parts: list[tuple[str, dict[str, Any]]] = []
         if self.lines or self.skipped:
-            pane: dict[str, Any] = {"name": self.name, "lines": logs.render_lines(list(self.lines))}
+            rendered = logs.render_lines(list(self.lines), self.times, self.name)
+            pane: dict[str, Any] = {"name": self.name, "lines": rendered}
             parts.append((f"{PANE}#new-lines", {"pane": pane, "skipped": self.skipped}))
             self.lines.clear()
             self.skipped = 0
+            # Only the unfinished line's chunk can still be asked for.
+            start = self.splitter.start[0]
+            self.times = {start: self.times.get(start)}
         current = self.splitter.current
         if current != self.partial_sent:
             # The unfinished last line (a prompt, a progress bar) shows too, replaced in place.
-            line = logs.render_lines([(self.splitter.start, current)])[0] if current else None
+            place = self.splitter.start
+            line = (
+                logs.render_lines([(place, current)], self.times, self.name)[0] if current else None
+            )
             pane = {"name": self.name, "partial": line}
             parts.append((f"{PANE}#partial-line", {"pane": pane, "oob": True}))
             self.partial_sent = current
@@ -338,7 +359,9 @@ class InstanceConsumer(LiveConsumer):
         # First connect: the last lines of each stream, then follow each from where they end.
         html, windows = await database_sync_to_async(self.log_snapshot)()
         for stream, window in windows.items():
-            follower = StreamFollower(stream, logs.LineSplitter(window.next_seq, window.pending))
+            splitter = logs.LineSplitter(window.next_seq, window.pending)
+            times = {splitter.start[0]: window.times.get(splitter.start[0])}
+            follower = StreamFollower(stream, splitter, times)
             follower.partial_sent = b""  # the snapshot did not draw it: the first flush does
             self.followers[stream] = follower
         await self.send(text_data=html)
@@ -354,7 +377,7 @@ class InstanceConsumer(LiveConsumer):
         follower = self.followers[stream]
         try:
             async for chunk in streams.follow(self.iid, stream, cursor):
-                follower.add(follower.splitter.feed(chunk))
+                follower.feed(chunk)
                 self.lines_ready.set()
             follower.add(follower.splitter.finish())
         except asyncio.CancelledError:

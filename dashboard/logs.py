@@ -9,13 +9,17 @@ stay untouched in storage, in downloads and in the API.
 
 from __future__ import annotations
 
+import datetime
 import html
+import json
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from ansi2html import Ansi2HTMLConverter
 from django.conf import settings
+from django.utils import timezone
 
 from core.protocol import STREAMS as STREAMS  # what the consoles show: every stream
 from sequences.models import StreamChunk
@@ -45,6 +49,73 @@ def parse_place(text: str) -> Place | None:
 class Line:
     at: str
     html: str
+    time: str = ""  # the gutter: when the chunk the line starts in arrived ('' unknown)
+    level: str = ""  # `log` rows only: debug, info, warn, error ('' for a line that is not JSON)
+
+
+# The `log` stream's levels (Python's and the Node runtime's names) as the four the filter
+# offers; anything else counts as info.
+LEVELS = {
+    "TRACE": "debug",
+    "DEBUG": "debug",
+    "INFO": "info",
+    "WARN": "warn",
+    "WARNING": "warn",
+    "ERROR": "error",
+    "FATAL": "error",
+    "CRITICAL": "error",
+}
+LOG_STREAM = "log"
+
+
+def clock(when: datetime.datetime) -> str:
+    """A line's time in the hub's zone, to the millisecond (the zone is in the pane's head)."""
+    return timezone.localtime(when).strftime("%H:%M:%S.%f")[:-3]
+
+
+def log_row(text: str) -> tuple[str, str, str] | None:
+    """A `log` stream line (`{"ts", "level", "msg", "from"?, "data"?, "exc"?}`) as
+    (time, level class, HTML of level, logger and message); None when it is not such a line."""
+    if not text.startswith("{"):
+        return None
+    try:
+        entry = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or "msg" not in entry:
+        return None
+    raw_level = str(entry.get("level") or "INFO").upper()
+    level = LEVELS.get(raw_level, "info")
+    when = ""
+    ts = entry.get("ts")
+    if isinstance(ts, int | float) and not isinstance(ts, bool):
+        try:
+            when = clock(datetime.datetime.fromtimestamp(ts / 1000, tz=datetime.UTC))
+        except (ValueError, OverflowError, OSError):
+            when = ""  # out of range: the row shows no time rather than failing the page
+    logger = entry.get("from") or entry.get("logger") or entry.get("name") or ""
+    message = entry.get("msg")
+    parts = [
+        f'<span class="lv">{html.escape(raw_level[:8])}</span>',
+        f'<span class="lg">{html.escape(str(logger)[:80])}</span>',
+        f'<span class="m">{html.escape(text_of(message))}',
+    ]
+    extra = {
+        k: v
+        for k, v in entry.items()
+        if k not in ("ts", "level", "msg", "from", "logger", "name", "exc")
+    }
+    if extra:
+        data = json.dumps(extra.get("data") if list(extra) == ["data"] else extra, default=str)
+        parts.append(f' <span class="ld">{html.escape(data[:MAX_LINE_CHARS])}</span>')
+    if entry.get("exc"):
+        parts.append(f'\n<span class="lx">{html.escape(str(entry["exc"])[:MAX_LINE_CHARS])}</span>')
+    parts.append("</span>")
+    return when, level, "".join(parts)
+
+
+def text_of(message: Any) -> str:
+    return message if isinstance(message, str) else json.dumps(message, default=str)
 
 
 # Operating system commands, ESC ] ... ended by BEL or ESC \ (or cut short by the next escape
@@ -54,13 +125,31 @@ class Line:
 OSC = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\|(?=\x1b)|$)")
 
 
-def render_lines(raw_lines: Iterable[tuple[Place, bytes]]) -> list[Line]:
+def render_lines(
+    raw_lines: Iterable[tuple[Place, bytes]],
+    times: Mapping[int, datetime.datetime | None] | None = None,
+    stream: str = "",
+) -> list[Line]:
     """HTML for each line: escaped, ANSI colours as classes, OSC sequences (hyperlinks)
-    dropped, very long lines cut."""
+    dropped, very long lines cut. `times`: when each chunk arrived (by number), for the
+    gutter; the `log` stream's JSON lines become rows (time, level, logger, message)."""
     converter: Ansi2HTMLConverter | None = None
     out = []
+    clocks: dict[int, str] = {}
     for place, raw in raw_lines:
         text = raw.decode("utf-8", "replace").rstrip("\r")
+        when = ""
+        if times:
+            seq = place[0]
+            if seq not in clocks:
+                arrived = times.get(seq)
+                clocks[seq] = clock(arrived) if arrived is not None else ""
+            when = clocks[seq]
+        if stream == LOG_STREAM:
+            row = log_row(text)
+            if row is not None:
+                out.append(Line(place_text(place), row[2], row[0] or when, row[1]))
+                continue
         if len(text) > MAX_LINE_CHARS:
             text = text[:MAX_LINE_CHARS] + f" … ({len(text) - MAX_LINE_CHARS} more characters)"
         if "\x1b" in text:
@@ -71,7 +160,7 @@ def render_lines(raw_lines: Iterable[tuple[Place, bytes]]) -> list[Line]:
             body = converter.convert(text, full=False)
         else:
             body = html.escape(text)
-        out.append(Line(place_text(place), body))
+        out.append(Line(place_text(place), body, when))
     return out
 
 
@@ -120,11 +209,16 @@ def _collect_backwards(
     return pieces, at_start
 
 
-def _chunks_desc(iid: str, stream: str, before: int | None) -> Iterator[tuple[int, bytes]]:
+def _chunks_desc(
+    iid: str, stream: str, before: int | None, times: dict[int, datetime.datetime | None]
+) -> Iterator[tuple[int, bytes]]:
+    """Chunks newest first; notes in `times` when each one read arrived."""
     rows = StreamChunk.objects.filter(instance_id=iid, stream=stream)
     if before is not None:
         rows = rows.filter(seq__lt=before)
-    for seq, data in rows.order_by("-seq").values_list("seq", "data").iterator(chunk_size=64):
+    fields = ("seq", "data", "created")
+    for seq, data, created in rows.order_by("-seq").values_list(*fields).iterator(chunk_size=64):
+        times[seq] = created
         yield seq, bytes(data)
 
 
@@ -134,12 +228,14 @@ class Window:
     earlier: Place | None  # where "load earlier" starts; None at the stream's start
     next_seq: int  # the first chunk not read yet (to follow from)
     pending: tuple[Place, bytes]  # the unfinished last line
+    times: dict[int, datetime.datetime | None] = field(default_factory=dict)  # chunk arrivals
 
 
 def tail(iid: str, stream: str, n: int | None = None) -> Window:
     """The last n complete lines of a stream as the database holds it now."""
     n = n or window_lines()
-    chunks = _chunks_desc(iid, stream, None)
+    times: dict[int, datetime.datetime | None] = {}
+    chunks = _chunks_desc(iid, stream, None, times)
     pieces, at_start = _collect_backwards(chunks, None, n)
     if not pieces:
         return Window([], None, 0, ((0, 0), b""))
@@ -148,7 +244,7 @@ def tail(iid: str, stream: str, n: int | None = None) -> Window:
     earlier = None
     if shown and not (at_start and len(lines) <= n):
         earlier = shown[0][0]
-    return Window(shown, earlier, pieces[-1][0] + 1, pending)
+    return Window(shown, earlier, pieces[-1][0] + 1, pending, times)
 
 
 def earlier(iid: str, stream: str, before: Place, n: int | None = None) -> Window:
@@ -156,15 +252,17 @@ def earlier(iid: str, stream: str, before: Place, n: int | None = None) -> Windo
     n = n or window_lines()
     seq, off = before
     first = None
+    times: dict[int, datetime.datetime | None] = {}
     if off > 0:
         row = StreamChunk.objects.filter(instance_id=iid, stream=stream, seq=seq).first()
         if row is not None:
             first = (seq, 0, bytes(row.data)[:off])
-    pieces, at_start = _collect_backwards(_chunks_desc(iid, stream, seq), first, n)
+            times[seq] = row.created
+    pieces, at_start = _collect_backwards(_chunks_desc(iid, stream, seq, times), first, n)
     lines, _ = split_pieces(pieces, at_start)
     shown = lines[-n:]
     more = shown[0][0] if shown and not (at_start and len(lines) <= n) else None
-    return Window(shown, more, seq, ((0, 0), b""))
+    return Window(shown, more, seq, ((0, 0), b""), times)
 
 
 def raw_chunks(iid: str, stream: str) -> Iterator[bytes]:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, connection, transaction
+from django.utils import timezone
 
 from sequences.models import Instance, InstanceEvent, StreamChunk
 
@@ -49,7 +50,8 @@ class DbWriter:
     def chunk(self, iid: str, stream: str, seq: int, data: bytes) -> None:
         with self._lock:
             self.pending_bytes += len(data)
-        self._queue.put(("chunk", (iid, stream, seq, data)))
+        # The arrival time, taken now: the batched write may land a while later.
+        self._queue.put(("chunk", (iid, stream, seq, data, timezone.now())))
 
     def update(self, iid: str, **fields: Any) -> None:
         self._queue.put(("update", (iid, fields)))
@@ -158,8 +160,10 @@ class DbWriter:
         updates: dict[str, dict[str, Any]] = {}
         for kind, item in items:
             if kind == "chunk":
-                iid, stream, seq, data = item
-                chunks.append(StreamChunk(instance_id=iid, stream=stream, seq=seq, data=data))
+                iid, stream, seq, data, arrived = item
+                chunks.append(
+                    StreamChunk(instance_id=iid, stream=stream, seq=seq, data=data, created=arrived)
+                )
             elif kind == "update":
                 iid, fields = item
                 updates.setdefault(iid, {}).update(fields)

@@ -419,11 +419,13 @@ def _parse_control(line: bytes) -> tuple[int, Any] | None:
 
 
 class JsonLineHandler(logging.Handler):
-    """Writes each record as `{"ts", "level", "msg", "data"?, "exc"?}` on the log stream."""
+    """Writes each record as `{"ts", "level", "msg", "from"?, "data"?, "exc"?}` on the log
+    stream; `from` names a child of the context logger (`context.logger.getChild("mount")`)."""
 
-    def __init__(self, writer: FdWriter) -> None:
+    def __init__(self, writer: FdWriter, base: str = "") -> None:
         super().__init__(logging.DEBUG)
         self._writer = writer
+        self._prefix = base + "." if base else ""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -432,6 +434,8 @@ class JsonLineHandler(logging.Handler):
                 "level": record.levelname,
                 "msg": record.getMessage(),
             }
+            if self._prefix and record.name.startswith(self._prefix):
+                entry["from"] = record.name[len(self._prefix) :]
             data = getattr(record, "data", None)
             if data is not None:
                 entry["data"] = data
@@ -445,7 +449,7 @@ class JsonLineHandler(logging.Handler):
 
 def make_logger(name: str, writer: FdWriter) -> logging.Logger:
     logger = logging.getLogger(name)
-    logger.handlers[:] = [JsonLineHandler(writer)]
+    logger.handlers[:] = [JsonLineHandler(writer, name)]
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     return logger

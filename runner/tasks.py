@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import shared_task
@@ -178,6 +178,15 @@ def mark_lost(worker: str, reason: str) -> int:
     return len(ids)
 
 
+def entry_time(entry_id: bytes | str) -> datetime | None:
+    """When Redis took a stream entry: its id is `<milliseconds>-<n>`."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    millis = text.partition("-")[0]
+    if not millis.isdigit():
+        return None
+    return datetime.fromtimestamp(int(millis) / 1000, tz=UTC)
+
+
 def keep_live_tail(ids: list[str]) -> int:
     """Write to the database the chunks a dead worker had put in Redis but not yet in the
     database (its writer batches); the number written.
@@ -201,10 +210,14 @@ def keep_live_tail(ids: list[str]) -> int:
         key, before = live.stream_key(iid, stream), b"+"
         while True:
             page = live.range_entries(client.xrevrange(key, max=before, count=64))
-            chunks = {int(f[b"s"]): f[b"d"] for _, f in page if b"s" in f and b"d" in f}
+            chunks = {
+                int(f[b"s"]): (f[b"d"], entry_time(entry_id))
+                for entry_id, f in page
+                if b"s" in f and b"d" in f
+            }
             missing += [
-                StreamChunk(instance_id=iid, stream=stream, seq=seq, data=data)
-                for seq, data in chunks.items()
+                StreamChunk(instance_id=iid, stream=stream, seq=seq, data=data, created=at)
+                for seq, (data, at) in chunks.items()
                 if seq > last
             ]
             if len(page) < 64 or (chunks and min(chunks) <= last):

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from core.db_threads import db_call
 from core.protocol import Exit
-from sequences import live, outcomes, placement, start_watch, topics
+from sequences import live, notices, outcomes, placement, start_watch, topics
 from sequences.catalog import get_sequence
 from sequences.errors import HubError, not_found
 from sequences.models import (
@@ -821,6 +821,11 @@ async def send_event(instance: Instance, name: str, message: Any) -> None:
     await send_control(instance, {"op": "event", "eventName": name, "message": message})
     await sync_to_async(InstanceEvent.objects.create)(
         instance_id=instance.id, direction="in", name=name, message=message
+    )
+    # The instance's open pages show it in their Events card (emitted events are announced by
+    # the worker; events sent in are stored here, so they are announced here).
+    await notices.asend(
+        {"type": notices.INSTANCE_CHANGED, "id": instance.id}, notices.instance_group(instance.id)
     )
 
 

@@ -143,6 +143,9 @@ class StreamChunk(models.Model):
     stream = models.CharField(max_length=10)
     seq = models.IntegerField()
     data = models.BinaryField()
+    # When the worker read the chunk from the child (the console's per-line time gutter);
+    # empty for chunks stored before the hub recorded it.
+    created = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

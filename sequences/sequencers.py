@@ -716,7 +716,10 @@ async def _stderr_text(iid: str, wait: float = 5.0, limit: int = 20000) -> str:
 def _attach(sequencer_id: str, comp: SequenceComponent, user_id: int | None) -> dict[str, Any]:
     Sequencer.objects.filter(pk=sequencer_id).update(component=comp)
     store.record_transition(sequencer_id, "", State.IDLE, "LoadScript", user_id)
-    return store.describe(_rows().get(pk=sequencer_id))
+    view = store.describe(_rows().get(pk=sequencer_id))
+    # A new sequencer (LoadScript, RestartScript): open sequencer lists show it at once.
+    store.fan_out(view)
+    return view
 
 
 async def _shutdown_hosted(comp: SequenceComponent, user: Any) -> None:

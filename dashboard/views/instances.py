@@ -113,17 +113,27 @@ def stream_windows(iid: str) -> list[dict[str, Any]]:
     panes = []
     for stream in logs.STREAMS:
         window = logs.tail(iid, stream)
-        pending = logs.render_lines([window.pending]) if window.pending[1] else []
+        pending = (
+            logs.render_lines([window.pending], window.times, stream) if window.pending[1] else []
+        )
         panes.append(
             {
                 "name": stream,
-                "lines": logs.render_lines(window.lines),
+                "lines": logs.render_lines(window.lines, window.times, stream),
                 "earlier": logs.place_text(window.earlier) if window.earlier else "",
                 "partial": pending[0] if pending else None,
                 "window": window,
             }
         )
     return panes
+
+
+def first_with_lines(panes: list[dict[str, Any]]) -> str:
+    """The tab the page opens on: the first stream that has something to show."""
+    for pane in panes:
+        if pane["lines"] or pane["partial"]:
+            return str(pane["name"])
+    return str(panes[0]["name"]) if panes else ""
 
 
 def status_context(instance: Instance) -> dict[str, Any]:
@@ -174,9 +184,12 @@ def instance_detail(request: HttpRequest, iid: str) -> HttpResponse:
         return render(request, "404.html", {"what": f"Instance {iid}"}, status=404)
     context = status_context(instance)
     context.update(resources_context(instance))
+    panes = stream_windows(iid)
     context.update(
-        panes=stream_windows(iid),
+        panes=panes,
+        open_pane=first_with_lines(panes),
         search_streams=logs.STREAMS,
+        zone=timezone.get_current_timezone_name(),
     )
     return render(request, "instances/detail.html", context)
 
@@ -195,7 +208,7 @@ def log_earlier(request: HtmxHttpRequest, iid: str, stream: str) -> HttpResponse
     context = {
         "instance": instance,
         "stream": stream,
-        "lines": logs.render_lines(window.lines),
+        "lines": logs.render_lines(window.lines, window.times, stream),
         "earlier": logs.place_text(window.earlier) if window.earlier else "",
     }
     if request.htmx:

@@ -31,6 +31,7 @@ from sequences.models import (
     Sequencer,
     Worker,
 )
+from sequences.sequencers import heal
 
 ENDED_SHOWN = 8
 ENDED_COLUMNS: tuple[str, ...] = ("id", "sequence_name", "status", "exit_code", "reason")
@@ -115,8 +116,14 @@ def overview_context() -> dict[str, Any]:
         Instance.objects.values_list("status").annotate(n=Count("*")).values_list("status", "n")
     )
     sequencer_states = dict.fromkeys(SEQUENCER_STATES, 0)
-    for state, processing in Sequencer.objects.values_list("state", "processing"):
-        shown = "Processing" if processing else state
+    # Healed as the sequencer list is (a sequencer whose process is gone counts as Killed), so
+    # the counts agree with the rows that list shows.
+    # Only the ones not Killed yet are read (Killed ones pile up with every load and restart):
+    # those already Killed are counted first, the ones healing kills now in the loop.
+    sequencer_states["Killed"] = Sequencer.objects.filter(state="Killed").count()
+    alive = Sequencer.objects.exclude(state="Killed").select_related("instance")
+    for row in heal(list(alive)):
+        shown = "Processing" if row.processing else row.state
         sequencer_states[shown] = sequencer_states.get(shown, 0) + 1
     fresh = timezone.now() - timedelta(seconds=settings.HUB_LOST_AFTER * 2)
     # Gone workers age out: stopped ones (orderly stop, or marked by detect_lost), and, should

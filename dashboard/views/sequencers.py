@@ -12,12 +12,13 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.access import audit
 from dashboard.forms import StepsForm, first_error
 from dashboard.views.common import HtmxHttpRequest, feedback, role_page
-from dashboard.views.instances import stream_windows
+from dashboard.views.instances import first_with_lines, stream_windows
 from sequences import sequencers
 from sequences.errors import HubError
 from sequences.models import Sequencer
@@ -151,6 +152,8 @@ def sequencer_detail(request: HttpRequest, ident: str) -> HttpResponse:
     context = detail_context(row)
     if row.instance_id:
         context["panes"] = stream_windows(row.instance_id)
+        context["open_pane"] = first_with_lines(context["panes"])
+        context["zone"] = timezone.get_current_timezone_name()
         context["instance"] = row.instance
     return render(request, "sequencers/detail.html", context)
 

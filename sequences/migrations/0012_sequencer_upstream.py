@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('sequences', '0010_hubidentity'),
+        ('sequences', '0011_instance_outcome'),
     ]
 
     operations = [

@@ -200,6 +200,80 @@
     }
   });
 
+  // -- log panes: the time gutter (remembered) and the log stream's level filter ----------------
+  function timesWanted() {
+    try { return window.localStorage.getItem("hub-log-times") === "1"; } catch (err) { return false; }
+  }
+  function showTimes(on) {
+    $all("[data-times]").forEach(function (box) {
+      box.checked = on;
+      var logs = box.closest(".logs");
+      if (logs) logs.classList.toggle("show-times", on); // one class: CSS shows every gutter
+    });
+  }
+  function filterLevel(select) {
+    var pane = select.closest("[data-pane]");
+    if (!pane) return;
+    ["info", "warn", "error"].forEach(function (level) {
+      pane.classList.toggle("min-" + level, select.value === level); // CSS hides the rows below
+    });
+  }
+  document.addEventListener("change", function (e) {
+    if (e.target.matches("[data-times]")) {
+      try { window.localStorage.setItem("hub-log-times", e.target.checked ? "1" : "0"); } catch (err) { /* private mode */ }
+      showTimes(e.target.checked);
+    } else if (e.target.matches("[data-level-filter]")) {
+      filterLevel(e.target);
+    }
+  });
+
+  // -- a reconnecting page keeps its lines ----------------------------------------------------
+  // On every (re)connect the socket sends each stream's last lines again. Replacing the pane with
+  // them would drop what the reader loaded with "load earlier": instead only the lines after the
+  // newest one shown are added; the pane's "load earlier" link stays as it is.
+  function place(line) {
+    var parts = (line.getAttribute("data-at") || "0:0").split(":");
+    return [Number(parts[0]), Number(parts[1])];
+  }
+  function after(a, b) { return a[0] > b[0] || (a[0] === b[0] && a[1] > b[1]); }
+  function lastLine(holder) {
+    var line = holder.lastElementChild;
+    while (line && !line.hasAttribute("data-at")) line = line.previousElementSibling;
+    return line;
+  }
+  document.addEventListener("htmx:oobBeforeSwap", function (e) {
+    var target = e.detail && e.detail.target;
+    var fragment = e.detail && e.detail.fragment;
+    if (!target || !target.id || !fragment || !fragment.querySelectorAll) return;
+    var lines = /^log-(.+)-lines$/.exec(target.id);
+    if (lines) {
+      var newest = lastLine(target);
+      if (!newest) return; // nothing shown yet: take the snapshot as it is
+      var shownTo = place(newest);
+      var incoming = Array.prototype.slice.call(fragment.querySelectorAll(".l[data-at]"));
+      var add = incoming.filter(function (line) { return after(place(line), shownTo); });
+      if (add.length && add.length === incoming.length) {
+        // No overlap: more was written while the page was away than one snapshot holds.
+        var gap = document.createElement("div");
+        gap.className = "l skipped";
+        gap.textContent = "… lines written while the page was reconnecting may be missing here: search the log or download it for every line";
+        target.appendChild(gap);
+      }
+      add.forEach(function (line) { target.appendChild(document.importNode(line, true)); });
+      e.detail.shouldSwap = false;
+      target._hubMerged = true;
+      return;
+    }
+    var earlier = /^log-(.+)-earlier$/.exec(target.id);
+    if (earlier) {
+      var holder = document.getElementById("log-" + earlier[1] + "-lines");
+      if (holder && holder._hubMerged) {
+        holder._hubMerged = false;
+        e.detail.shouldSwap = false; // still right for the first line shown
+      }
+    }
+  });
+
   // -- connection state shown as a dot: green live, red reconnecting ---------------------------
   function setLive(e, state) {
     var holder = e.target.closest("[data-live]") || e.target;
@@ -209,6 +283,69 @@
   document.addEventListener("htmx:wsOpen", function (e) { setLive(e, "ws-open"); });
   document.addEventListener("htmx:wsClose", function (e) { setLive(e, "ws-closed"); });
   document.addEventListener("htmx:wsError", function (e) { setLive(e, "ws-closed"); });
+
+  // -- ...and as a banner: while a socket is down, actions wait for the page to be current ------
+  // A button pressed on a stale page acts on a state the user no longer sees. From the drop
+  // until the first message after the reconnect (the server's snapshot) the page says so and
+  // its action buttons are disabled; buttons the snapshot redraws come back as the server says.
+  var RETRIED = [1006, 1011, 1012, 1013]; // the codes htmx's ws extension reconnects after
+  var ACTIONS = "main button, main input[type=submit]";
+
+  function holdActions(hold) {
+    if (hold) {
+      $all(ACTIONS).forEach(function (button) {
+        var form = button.closest("form");
+        var reads = form && (form.getAttribute("method") || "get").toLowerCase() === "get" && !form.hasAttribute("hx-post");
+        if (button.disabled || reads || button.closest("[data-tabs], .ws-banner")) return;
+        button.disabled = true;
+        button.setAttribute("data-ws-held", "");
+      });
+    } else {
+      $all("[data-ws-held]").forEach(function (button) {
+        button.disabled = false;
+        button.removeAttribute("data-ws-held");
+      });
+    }
+  }
+
+  function updateBanner() {
+    var banner = document.getElementById("ws-banner");
+    if (!banner) return;
+    var down = $all("[ws-connect]").filter(function (elt) { return elt._hubDown; });
+    if (!down.length) {
+      banner.hidden = true;
+      document.body.classList.remove("ws-down");
+      holdActions(false);
+      return;
+    }
+    var gone = down.some(function (elt) { return elt._hubDown === "closed"; });
+    banner.textContent = gone
+      ? "The live connection was closed. Reload the page to see the current state."
+      : "Reconnecting… this page may be out of date; actions are disabled until it is current again.";
+    banner.hidden = false;
+    document.body.classList.add("ws-down");
+    holdActions(true);
+  }
+
+  document.addEventListener("htmx:wsClose", function (e) {
+    var elt = e.target;
+    if (elt._hubPaused) return; // a hidden tab stopped listening on purpose
+    var code = e.detail && e.detail.event ? e.detail.event.code : 1006;
+    elt._hubDown = RETRIED.indexOf(code) >= 0 ? "retrying" : "closed";
+    updateBanner();
+  });
+  document.addEventListener("htmx:wsError", function (e) {
+    if (e.target._hubPaused) return;
+    if (!e.target._hubDown) e.target._hubDown = "retrying";
+    updateBanner();
+  });
+  document.addEventListener("htmx:wsAfterMessage", function (e) {
+    var elt = e.target.closest("[ws-connect]") || e.target;
+    if (elt._hubDown) {
+      elt._hubDown = false;
+      updateBanner();
+    }
+  });
 
   // -- a hidden tab stops listening after a minute; coming back reconnects and heals ----------
   // (A tab left open in the background should not keep drawing a busy log for nobody.)
@@ -461,6 +598,8 @@
       var link = pane.querySelector("a[data-earlier]");
       if (link) pane.setAttribute("data-earlier-base", link.getAttribute("data-earlier"));
     });
+    if (timesWanted()) showTimes(true);
+    $all("[data-level-filter]").forEach(filterLevel); // a value the browser kept on reload
     var hash = (location.hash || "").replace("#pane-", "");
     if (hash && document.querySelector('[data-tab="' + hash + '"]')) showPane(hash);
     scrollLogs(true);

@@ -103,7 +103,8 @@ async def test_new_lines_are_followed_and_the_end_is_shown(cookies, live_instanc
     await client.xadd(key, {"s": 3, "d": b" line\nfresh \x1b[32mgreen\x1b[0m\n"})
     pushed = await receive_until(comm, "green")
     assert 'hx-swap-oob="beforeend:#log-stdout-lines"' in pushed
-    assert 'data-at="2:16">last line</div>' in pushed  # the partial line completed
+    # The partial line completed (with the time its first chunk arrived, for the gutter).
+    assert re.search(r'data-at="2:16"( data-t="[\d:.]+")?>last line</div>', pushed)
     await client.xadd(key, {"s": 4, "d": b"the very last words"})
     await sync_to_async(_end)(iid)
     for stream in live.STREAMS:
@@ -111,7 +112,10 @@ async def test_new_lines_are_followed_and_the_end_is_shown(cookies, live_instanc
         await client.xadd(key, live.sign_end(key, {"eof": 1}))
     final = await receive_until(comm, 'data-status="completed"')
     # The unfinished last line is flushed as a line before the final status.
-    assert re.search(r'beforeend:#log-stdout-lines"><div class="l"[^>]*>the very last words', final)
+    assert re.search(
+        r'beforeend:#log-stdout-lines"><div class="l"[^>]*>the very last words',
+        final,
+    )
     await comm.disconnect()
 
 

@@ -223,6 +223,7 @@ async def test_stdout_output_log_and_stderr_stay_separate(start: Start) -> None:
             sys.stdout.buffer.write(b"raw stdout\\n")
             print("to stderr", file=sys.stderr)
             context.logger.warning("to log", extra={"data": {"k": 1}})
+            context.logger.getChild("mount").info("from a part")
             return "to output\\n"
         """
     )
@@ -230,9 +231,12 @@ async def test_stdout_output_log_and_stderr_stay_separate(start: Start) -> None:
     assert child.stdout == b"to stdout\nraw stdout\n"
     assert child.stderr == b"to stderr\n"
     assert child.output == b"to output\n"
-    [entry] = child.log_entries()
+    entry, part = child.log_entries()
     assert entry["level"] == "WARNING" and entry["msg"] == "to log"
     assert entry["data"] == {"k": 1} and isinstance(entry["ts"], int)
+    assert "from" not in entry  # the context logger itself: no name to show
+    # A child logger's lines say which part of the sequence wrote them (the console's column).
+    assert part["from"] == "mount" and part["msg"] == "from a part"
 
 
 async def test_stdin_reaches_sys_stdin_and_log_records_carry_exceptions(start: Start) -> None:
