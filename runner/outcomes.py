@@ -82,8 +82,13 @@ async def finish(sup: Supervisor, child: Child) -> None:
     child.finished = True
     sampler.ended(sup, child)
     now = timezone.now()
-    _end_streams(sup, child, status, code, reason, now)
     sup.host_log(f"instance {child.iid} ended: {reason}", exitcode=code)
+    if child.given_up:
+        # The hub marked it lost (and closed its streams) while this worker was cut off:
+        # that outcome stands, the kill that followed is not a new one.
+        _cleanup(sup, child, code, status, reason)
+        return
+    _end_streams(sup, child, status, code, reason, now)
     fields: dict[str, Any] = {
         "status": status,
         "exit_code": code,
@@ -97,6 +102,10 @@ async def finish(sup: Supervisor, child: Child) -> None:
     if child.remove_immediately:
         sup.writer.call(lambda: _delete_instance(child.iid))
     sup.notifier.changed(child.iid, status=status, exitcode=code, reason=reason)
+    _cleanup(sup, child, code, status, reason)
+
+
+def _cleanup(sup: Supervisor, child: Child, code: int, status: str, reason: str) -> None:
     if child.on_exit is not None:
         try:
             child.on_exit(code, status, reason)

@@ -98,6 +98,8 @@ class Child:
     cgroups: list[str] = field(default_factory=list)  # its groups, for limits.cpu and .pids
     links: topic_links.Links | None = None  # the topics it publishes to and reads from
     end_note: str = ""  # why the hub ended it, added to its outcome's reason (a drain)
+    # The hub marked it lost while this worker was cut off: its end is not recorded again.
+    given_up: bool = False
     # Why the hub killed it, when not on a request made on it (a worker shutdown): the outcome
     # recorded if it dies of that kill (runner/outcomes.py).
     end_reason: Outcome | None = None
@@ -294,6 +296,7 @@ class Supervisor:
                     f"instance {iid} killed: the hub marked it lost while its worker was cut off"
                 )
                 child.killed = True
+                child.given_up = True
                 self.kill_tree(child)
 
     # -- room -----------------------------------------------------------------------------
