@@ -155,19 +155,25 @@ class Hub:
             times = proc.cpu_times()
             return times.user + times.system
 
-        result = {"web": own(psutil.Process(self.procs["web"].pid))}
-        worker = psutil.Process(self.worker_pid)
-        result["worker"] = own(worker)
+        result = {"web": own(psutil.Process(self.procs["web"].pid)), "worker": 0.0}
         children = 0.0
-        for child in worker.children(recursive=True):
-            try:
-                times = child.cpu_times()
-                children += times.user + times.system + times.children_user
-                children += times.children_system
-            except psutil.Error:
-                pass
+        for which in self.worker_procs:
+            worker = psutil.Process(self.procs[which].pid)
+            result["worker"] += own(worker)
+            for child in worker.children(recursive=True):
+                try:
+                    times = child.cpu_times()
+                    children += times.user + times.system + times.children_user
+                    children += times.children_system
+                except psutil.Error:
+                    pass
         result["instances"] = children
         return result
+
+    @property
+    def worker_procs(self) -> list[str]:
+        """The names in `procs` of the hub's workers (one unless `running_hub(workers=N)`)."""
+        return [which for which in self.procs if which.startswith("worker")]
 
     def log_tail(self, which: str, size: int = 3000) -> str:
         path = self.data_dir / f"{which}.log"
@@ -277,13 +283,13 @@ def _wait(what: str, check: Callable[[], bool], hub: Hub, timeout: float = 60) -
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def _worker_ready() -> bool:
+def _worker_ready(count: int = 1) -> bool:
     from django.db import close_old_connections
 
     from sequences.models import Worker
 
     close_old_connections()
-    return Worker.objects.filter(stopped__isnull=True).exists()
+    return Worker.objects.filter(stopped__isnull=True).count() >= count
 
 
 def _web_ready(url: str) -> bool:
@@ -295,9 +301,10 @@ def _web_ready(url: str) -> bool:
 
 @contextlib.contextmanager
 def running_hub(
-    name: str, worker_threads: int = 16, keep: bool = False, **extra_env: str
+    name: str, worker_threads: int = 16, keep: bool = False, workers: int = 1, **extra_env: str
 ) -> Iterator[Hub]:
-    """A fresh hub for one benchmark: migrate, admin token, worker, daphne; stopped after."""
+    """A fresh hub for one benchmark: migrate, admin token, worker(s), daphne; stopped after.
+    `workers`: how many worker processes serve its queue (`procs` "worker", "worker2", ...)."""
     data_dir = VAR / f"{name}-{os.getpid()}"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
@@ -307,30 +314,31 @@ def running_hub(
     hub = Hub(name=name, data_dir=data_dir, env=env, port=free_port())
     hub.token, hub.session_cookie = _make_admin()
     try:
-        _spawn(
-            hub,
-            "worker",
-            worker_argv(
-                BIN,
-                queue,
-                worker_threads,
-                "--without-heartbeat",
-                "-l",
-                "WARNING",
-                "-n",
-                f"{queue}@%h",
-            ),
-        )
+        for index in range(workers):
+            _spawn(
+                hub,
+                "worker" if index == 0 else f"worker{index + 1}",
+                worker_argv(
+                    BIN,
+                    queue,
+                    worker_threads,
+                    "--without-heartbeat",
+                    "-l",
+                    "WARNING",
+                    "-n",
+                    f"{queue}@%h" if index == 0 else f"{queue}-{index + 1}@%h",
+                ),
+            )
         _spawn(
             hub,
             "web",
             web_argv(BIN, "127.0.0.1", hub.port),
         )
-        _wait("the worker's supervisor", _worker_ready, hub)
+        _wait("the workers' supervisors", lambda: _worker_ready(workers), hub)
         _wait("daphne", lambda: _web_ready(hub.url), hub)
         yield hub
     finally:
-        for which in ("web", "worker"):
+        for which in ("web", *hub.worker_procs):
             proc = hub.procs.get(which)
             if proc is not None:
                 stop_process(proc)

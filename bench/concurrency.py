@@ -97,21 +97,45 @@ async def follow(hub: Any, iid: str, sink: list[float], window: dict) -> None:
         writer.close()
 
 
+async def redis_probe(keys: list[str], sink: list[float], window: dict) -> None:
+    """Reads a few instances' live streams straight from Redis: the line's time to Redis (the
+    worker's share), to set against its time to the HTTP reader (the web's share on top)."""
+    import redis.asyncio as aredis
+
+    from bench.common import REDIS_URL
+
+    client = aredis.Redis.from_url(REDIS_URL)
+    last = dict.fromkeys(keys, "$")
+    try:
+        while True:
+            reply = await client.xread(last, block=5000)
+            now = time.time()
+            for key, entries in reply or []:
+                for entry_id, fields in entries:
+                    last[key.decode()] = entry_id
+                    if b"d" in fields:
+                        sink.extend(line_latencies(fields[b"d"], now, window["since"]))
+    finally:
+        await client.aclose()
+
+
 async def _bounded(sem: asyncio.Semaphore, coro: Any) -> Any:
     async with sem:
         return await coro
 
 
-def hub_run(n: int, window: float, concurrency: int) -> dict[str, Any]:
+def hub_run(n: int, window: float, concurrency: int, profile: bool = False) -> dict[str, Any]:
     # The hub is booted outside the event loop: its setup uses the ORM, which refuses async code.
     # The hub's limits let N run (their defaults stop at 1 000).
     room = str(n + 50)
     with running_hub("concurrency", HUB_MAX_INSTANCES=room, HUB_WORKER_CAPACITY=room) as hub:
         seq = hub.upload(TICKER)
-        return asyncio.run(_hub_run(hub, seq, n, window, concurrency))
+        return asyncio.run(_hub_run(hub, seq, n, window, concurrency, profile))
 
 
-async def _hub_run(hub: Any, seq: str, n: int, window: float, concurrency: int) -> dict[str, Any]:
+async def _hub_run(
+    hub: Any, seq: str, n: int, window: float, concurrency: int, profile: bool = False
+) -> dict[str, Any]:
     latencies: list[float] = []
     ids: list[str] = []
     readers: list[asyncio.Future] = []
@@ -129,12 +153,28 @@ async def _hub_run(hub: Any, seq: str, n: int, window: float, concurrency: int) 
         results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
         start_s = time.perf_counter() - t0
         errors = [repr(r) for r in results if isinstance(r, BaseException)]
+        from sequences import live
+
+        to_redis: list[float] = []
+        probe = asyncio.ensure_future(
+            redis_probe([live.stream_key(i, "stdout") for i in ids[:50]], to_redis, clock)
+        )
         # Steady state: only lines printed after every start count (all N are running).
         clock["since"] = time.time()
+        spies = _profile_start(hub) if profile else []
+        cpu_before = hub.cpu_seconds()
         await asyncio.sleep(window)
+        cpu_after = hub.cpu_seconds()
+        _profile_stop(spies)
         window_latencies = list(latencies)
+        probe.cancel()
+        window_to_redis = list(to_redis)
         window_s = time.time() - clock["since"]
         usage = _worker_usage(hub.worker_pid)
+        # What N running instances cost while they print: CPU per second of each process.
+        usage["cpu_ms_per_s"] = {
+            k: (cpu_after[k] - cpu_before[k]) * 1000 / window_s for k in cpu_before
+        }
         # Then every instance's health, while they keep printing: the burst of N requests
         # through the web shows in the latency of the lines printed meanwhile (reported apart).
         latencies.clear()
@@ -174,10 +214,32 @@ async def _hub_run(hub: Any, seq: str, n: int, window: float, concurrency: int) 
         # Lines printed in the window but still in flight at its end are not counted.
         "lines_expected_in_window": int(len(ids) * (window_s - 1)),
         "latency": _summary(window_latencies),
+        "latency_to_redis": _summary(window_to_redis),
         "health_seconds": health_s,
         "latency_during_health_checks": _summary(health_latencies),
         "worker": usage,
     }
+
+
+def _profile_start(hub: Any) -> list[Any]:
+    """py-spy on web and worker for the steady window (bench/results/concurrency-<which>.txt)."""
+    from bench.common import RESULTS
+    from bench.profile import record
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    return [
+        record(hub.procs[w].pid, RESULTS / f"concurrency-{w}.txt", False, False)
+        for w in ("web", "worker")
+    ]
+
+
+def _profile_stop(spies: list[Any]) -> None:
+    import signal
+
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        spy.wait(30)
 
 
 def _worker_usage(pid: int) -> dict[str, Any]:
@@ -237,6 +299,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--window", type=float, default=10.0, help="seconds measured")
     parser.add_argument("--start-concurrency", type=int, default=16)
     parser.add_argument(
+        "--profile", action="store_true", help="py-spy on web and worker in the steady window"
+    )
+    parser.add_argument(
         "--baseline-instances",
         type=int,
         default=100,
@@ -244,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     args = parser.parse_args(argv)
     bare = asyncio.run(bare_run(args.baseline_instances, args.window))
-    hub = hub_run(args.instances, args.window, args.start_concurrency)
+    hub = hub_run(args.instances, args.window, args.start_concurrency, args.profile)
     lat, worker = hub["latency"], hub["worker"]
     met = (
         hub["started"] >= TARGET_INSTANCES
@@ -278,6 +343,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ),
             ("lines within 0.1 s", f"{lat['within_target'] * 100:.2f} %"),
             (
+                "  printed → Redis (50 of them) p50 / p99",
+                f"{ms(hub['latency_to_redis']['p50_s'])} / {ms(hub['latency_to_redis']['p99_s'])}",
+            ),
+            (
                 "  while the N health checks ran: p50 / p99",
                 f"{ms(hub['latency_during_health_checks']['p50_s'])} / "
                 f"{ms(hub['latency_during_health_checks']['p99_s'])}",
@@ -286,6 +355,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "worker RSS / fds / threads",
                 f"{worker.get('worker_rss_mib', 0):.0f} MiB / {worker.get('worker_fds')}"
                 f" / {worker.get('worker_threads')}",
+            ),
+            (
+                "CPU in the window, ms/s: web / worker / instances",
+                " / ".join(f"{v:.0f}" for v in worker.get("cpu_ms_per_s", {}).values()),
             ),
             (
                 f"baseline: {args.baseline_instances} bare pipes p50 / p99",
@@ -298,6 +371,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ],
     )
     write_result("concurrency", result)
+    if args.profile:
+        from bench.common import RESULTS
+        from bench.profile import top
+
+        for which in ("web", "worker"):
+            path = RESULTS / f"concurrency-{which}.txt"
+            if path.exists():
+                print(f"\n== {which}")
+                print("\n".join(top(path, 20)))
     return result
 
 

@@ -30,7 +30,9 @@ def _py_spy() -> str:
     return found
 
 
-def record(pid: int, out: Path, idle: bool) -> subprocess.Popen:
+def record(pid: int, out: Path, idle: bool, subprocesses: bool = True) -> subprocess.Popen:
+    """py-spy on `pid` (and its descendants with `subprocesses`: not with hundreds of
+    instances running, whose sampling would take the cores being measured)."""
     argv = [
         _py_spy(),
         "record",
@@ -40,7 +42,10 @@ def record(pid: int, out: Path, idle: bool) -> subprocess.Popen:
         "raw",
         "--rate",
         "250",
-        "--subprocesses",
+        *(["--subprocesses"] if subprocesses else []),
+        # Without it py-spy stops the process for every sample: at 250 Hz on a loaded machine
+        # that slowed the web it measured (a profiled 1 000-instance run lagged by seconds).
+        "--nonblocking",
         "--threads",
         "-o",
         str(out),

@@ -80,9 +80,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--max-starts", type=int, default=5000)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes serving the hub's queue"
+    )
     args = parser.parse_args(argv)
     baseline = bare_rate(min(args.seconds, 5.0))
-    with running_hub("start_rate") as hub:
+    with running_hub("start_rate", workers=args.workers) as hub:
         seq = hub.upload(SHORT)
         asyncio.run(_drive(hub, seq, 4, 1.0, 50))  # warm-up: package unpacked, connections open
         cpu_before = hub.cpu_seconds()
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "target_per_s": TARGET_PER_SECOND,
         "clients": args.clients,
+        "workers": args.workers,
         "seconds": run["elapsed"],
         "started": len(run["ids"]),
         "failures": len(run["failures"]),
@@ -121,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "met": met,
     }
     print_table(
-        f"starts per second, {args.clients} clients for {args.seconds:.0f} s",
+        f"starts per second, {args.clients} clients for {args.seconds:.0f} s, "
+        f"{args.workers} worker(s)",
         [
             (
                 "hub starts/s",
@@ -137,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{cpu_ms['web']:.1f} / {cpu_ms['worker']:.1f} / {cpu_ms['instances']:.1f} ms",
             ),
             ("CPU per start of the bench's own clients", f"{cpu_ms['bench_clients']:.1f} ms"),
+            ("load average at the end", " ".join(f"{x:.1f}" for x in os.getloadavg())),
             ("bare `python -c` starts/s (one per core)", f"{baseline:.1f}"),
             ("ratio hub / bare", f"{result['ratio_to_baseline']:.2f}"),
             ("target", f"≥ {TARGET_PER_SECOND}/s: {'met' if met else 'NOT met'}"),

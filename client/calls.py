@@ -68,7 +68,7 @@ def step_commands(steps: Steps) -> list[dict[str, Any]]:
 
 class HostCalls:
     """Host-level routes: version, load, log, sequences, instances, topics, workers,
-    sequencers, components."""
+    sequencers, components, observing modes."""
 
     def _version(self) -> Call:
         return Call("GET", "/version")
@@ -153,6 +153,39 @@ class HostCalls:
 
     def _create_component(self, name: str) -> Call:
         return Call("POST", "/components", json={"name": name})
+
+    # observing modes (docs/api.md, "Observing modes")
+    def _modes_config(self) -> Call:
+        return Call("GET", "/modes/config")
+
+    def _set_modes_config(self, config: str | dict[str, Any], fmt: str | None) -> Call:
+        if isinstance(config, dict):
+            return Call("PUT", "/modes/config", json=config)
+        kind = {"yaml": "application/yaml", "json": "application/json"}.get(fmt or "", "text/plain")
+        return Call(
+            "PUT",
+            "/modes/config",
+            content=config.encode(),
+            headers={"Content-Type": f"{kind}; charset=utf-8"},
+        )
+
+    def _modes(self) -> Call:
+        return Call("GET", "/modes")
+
+    def _mode(self, name: str) -> Call:
+        return Call("GET", f"/mode/{seg(name)}")
+
+    def _configure_mode(self, name: str) -> Call:
+        return Call("POST", f"/mode/{seg(name)}/configure", timeout=WAIT)
+
+    def _shutdown_mode(self, name: str) -> Call:
+        return Call("POST", f"/mode/{seg(name)}/shutdown", timeout=WAIT)
+
+    def _restart_mode_sequencer(self, prefix: str) -> Call:
+        return Call("POST", f"/modes/sequencer/{seg(prefix)}/restart", timeout=WAIT)
+
+    def _resources(self) -> Call:
+        return Call("GET", "/resources")
 
 
 class SequenceCalls:

@@ -101,7 +101,7 @@ class Commands:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from client import cli_hub, cli_inst, cli_sequencers, cli_topic, cli_worker
+    from client import cli_hub, cli_inst, cli_modes, cli_sequencers, cli_topic, cli_worker
 
     common = common_options()
     parser = argparse.ArgumentParser(
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_inst.register(root)
     cli_topic.register(root)
     cli_sequencers.register(root)
+    cli_modes.register(root)
     cli_worker.register(root)
     return parser
 

@@ -180,6 +180,42 @@ class HostClient(HostCalls):
         """A client for a sequence component (no request is made)."""
         return ComponentClient(name, self)
 
+    # observing modes
+    def get_modes_config(self) -> dict[str, Any]:
+        """The observing modes configuration: `{source, format, modes, updated, updatedBy}`."""
+        return self.transport.call(self._modes_config())
+
+    def set_modes_config(
+        self, config: str | dict[str, Any], fmt: str | None = None
+    ) -> dict[str, Any]:
+        """Replace the configuration (admin): a dict, or JSON or YAML text (`fmt` "json" or
+        "yaml"; without it the hub tells them apart). 422 INVALID_CONFIG names each problem."""
+        return self.transport.call(self._set_modes_config(config, fmt))
+
+    def list_modes(self) -> list[dict[str, Any]]:
+        """Every mode: `{name, status: Configured|Configurable|NonConfigurable, reasons,
+        resources, sequencers}`."""
+        return self.transport.call(self._modes())
+
+    def get_mode(self, name: str) -> dict[str, Any]:
+        return self.transport.call(self._mode(name))
+
+    def configure_mode(self, name: str) -> dict[str, Any]:
+        """Bring a mode's sequencers up (operator); answers each one's location."""
+        return self.transport.call(self._configure_mode(name))
+
+    def shutdown_mode(self, name: str) -> dict[str, Any]:
+        """Shut a configured mode's sequencers down and free its resources (operator)."""
+        return self.transport.call(self._shutdown_mode(name))
+
+    def restart_mode_sequencer(self, prefix: str) -> dict[str, Any]:
+        """Restart one sequencer of a configured mode (operator): `{mode, sequencer}`."""
+        return self.transport.call(self._restart_mode_sequencer(prefix))
+
+    def list_resources(self) -> list[dict[str, Any]]:
+        """Every resource: `{name, status: InUse|Available, mode, modes}`."""
+        return self.transport.call(self._resources())
+
 
 class SequenceClient(SequenceCalls):
     """One uploaded sequence."""

@@ -88,6 +88,18 @@ def _timeout(call: Call, default: float) -> httpx.Timeout:
     return httpx.Timeout(read, connect=CONNECT_TIMEOUT)
 
 
+def _request(call: Call, base: str, timeout: float) -> dict[str, Any]:
+    """httpx's request arguments for a call, for the sync and async transports alike."""
+    return {
+        "method": call.method,
+        "url": base + call.path,
+        "params": call.params or None,
+        "headers": call.headers,
+        "timeout": _timeout(call, timeout),
+        **call.body_kwargs(),
+    }
+
+
 def _no_answer(exc: httpx.HTTPError, base: str) -> HubClientError:
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return HubClientError(0, CANNOT_CONNECT, f"cannot connect to {base}: {exc}")
@@ -180,14 +192,7 @@ class Transport:
     def call(self, call: Call) -> Any:
         """Run a call and return its decoded answer, or raise HubClientError."""
         try:
-            response = self.http.request(
-                call.method,
-                self.base + call.path,
-                params=call.params or None,
-                headers=call.headers,
-                timeout=_timeout(call, self.timeout),
-                **call.body_kwargs(),
-            )
+            response = self.http.request(**_request(call, self.base, self.timeout))
         except httpx.HTTPError as exc:
             raise _no_answer(exc, self.base) from None
         if response.status_code >= 400:
@@ -200,14 +205,7 @@ class Transport:
         state = _Resume(call, self.base)
         while True:
             try:
-                with self.http.stream(
-                    call.method,
-                    self.base + call.path,
-                    params=call.params or None,
-                    headers=call.headers,
-                    timeout=_timeout(call, self.timeout),
-                    **call.body_kwargs(),
-                ) as response:
+                with self.http.stream(**_request(call, self.base, self.timeout)) as response:
                     if state.opened(response):
                         if response.status_code >= 400:
                             raise error_from_answer(
@@ -244,14 +242,7 @@ class AsyncTransport:
     async def call(self, call: Call) -> Any:
         """Run a call and return its decoded answer, or raise HubClientError."""
         try:
-            response = await self.http.request(
-                call.method,
-                self.base + call.path,
-                params=call.params or None,
-                headers=call.headers,
-                timeout=_timeout(call, self.timeout),
-                **call.body_kwargs(),
-            )
+            response = await self.http.request(**_request(call, self.base, self.timeout))
         except httpx.HTTPError as exc:
             raise _no_answer(exc, self.base) from None
         if response.status_code >= 400:
@@ -264,14 +255,7 @@ class AsyncTransport:
         state = _Resume(call, self.base)
         while True:
             try:
-                async with self.http.stream(
-                    call.method,
-                    self.base + call.path,
-                    params=call.params or None,
-                    headers=call.headers,
-                    timeout=_timeout(call, self.timeout),
-                    **call.body_kwargs(),
-                ) as response:
+                async with self.http.stream(**_request(call, self.base, self.timeout)) as response:
                     if state.opened(response):
                         if response.status_code >= 400:
                             raise error_from_answer(

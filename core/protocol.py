@@ -96,6 +96,9 @@ EXIT_REASONS: dict[int, Outcome] = {
     Exit.REFUSED: Outcome(True, "Refused for resources"),
 }
 STOP_TIMEOUT = Outcome(False, "Instance stopped: killed after the stop timeout")
+UNASKED_KILL = Outcome(
+    True, "Killed by signal SIGKILL that nobody at the hub sent (out of memory?)"
+)
 # A drained worker stops what still runs at the drain's deadline (its instances: the reason
 # of their outcome is followed by this; its sequencers are Killed with it as their reason).
 DRAINED = "was drained and the drain's deadline passed"
@@ -112,6 +115,10 @@ def outcome(code: int, killed: bool, stopped: bool) -> Outcome:
     request; `stopped`: it was asked to stop (a kill after the stop timeout is a stop)."""
     if code == Exit.KILLED and stopped and not killed:
         return STOP_TIMEOUT
+    if code == Exit.KILLED and not killed:
+        # Nobody at the hub sent it (no kill request, no shutdown): the kernel's OOM killer,
+        # or the sequence itself. Not "Instance killed", which reads as someone's request.
+        return UNASKED_KILL
     if code in EXIT_REASONS:
         return EXIT_REASONS[code]
     if code > SIGNAL_BASE and not killed:

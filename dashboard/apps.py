@@ -12,8 +12,15 @@ HUB_SERVERS = WEB_SERVERS | {"celery"}
 
 def _running(programs: set[str]) -> bool:
     program = Path(sys.argv[0] if sys.argv else "")
-    return program.name in programs or (
-        program.name == "__main__.py" and program.parent.name in programs
+    return (
+        program.name in programs
+        or (program.name == "__main__.py" and program.parent.name in programs)
+        # `python -m dashboard.serve`: daphne on uvloop (dashboard/processes.py:web_argv)
+        or (
+            program.name == "serve.py"
+            and program.parent.name == "dashboard"
+            and "daphne" in programs
+        )
     )
 
 

@@ -39,3 +39,15 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+import gc  # noqa: E402
+
+# What was loaded to serve (Django, the hub's modules, the URL conf) lives as long as the
+# process: out of the collector's sight, a full collection walks only what requests and
+# followers made since. With a thousand followers a full collection of everything held the
+# event loop for 0.3-0.5 s every few seconds, and every followed line waited behind it
+# (bench/README.md, session 8). Fewer young collections, too: each walked the followers'
+# young objects once per 700 allocations.
+gc.collect()
+gc.freeze()
+gc.set_threshold(20_000, 20, 20)

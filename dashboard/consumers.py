@@ -33,6 +33,7 @@ from accounts.identity import current_generation
 from dashboard import logs
 from dashboard.views import components as component_pages
 from dashboard.views import instances as instance_pages
+from dashboard.views import modes as mode_pages
 from dashboard.views import overview
 from dashboard.views import sequencers as sequencer_pages
 from dashboard.views import topics as topic_pages
@@ -477,6 +478,38 @@ class ComponentListConsumer(LiveConsumer):
     def fragments(self) -> str:
         context = {**component_pages.list_context(), **self.base_context()}
         return render_to_string("components/list.html#table", context)
+
+
+class ObservationsConsumer(LiveConsumer):
+    """Modes, their sequencers' states and current steps: sequencer changes (SEQUENCERS) and
+    mode operations (MODES) redraw it."""
+
+    def watch_groups(self) -> list[str]:
+        return [notices.SEQUENCERS, notices.COMPONENTS, notices.MODES]
+
+    async def components_changed(self, event: dict[str, Any]) -> None:
+        self.refresh_soon()
+
+    async def modes_changed(self, event: dict[str, Any]) -> None:
+        self.refresh_soon()
+
+    def fragments(self) -> str:
+        context = {**mode_pages.observations_context(), **self.base_context()}
+        return render_to_string("modes/observations.html#modes", context)
+
+
+class ResourcesConsumer(LiveConsumer):
+    """Resources change with mode operations (MODES)."""
+
+    def watch_groups(self) -> list[str]:
+        return [notices.MODES]
+
+    async def modes_changed(self, event: dict[str, Any]) -> None:
+        self.refresh_soon()
+
+    def fragments(self) -> str:
+        context = {**mode_pages.resources_context(), **self.base_context()}
+        return render_to_string("modes/resources.html#table", context)
 
 
 class TopicListConsumer(LiveConsumer):

@@ -38,6 +38,15 @@ class StartForm(forms.Form):
     )
     args_json = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
     app_config = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 4}))
+    # Placement and restart policy, as the API's `placement` and `restart` (docs/api.md).
+    labels = forms.CharField(required=False, max_length=1000)
+    worker = forms.CharField(required=False, max_length=200)
+    restart_policy = forms.ChoiceField(
+        choices=[("never", "never"), ("on-failure", "on failure"), ("always", "always")],
+        required=False,
+    )
+    restart_max = forms.IntegerField(required=False)
+    restart_backoff = forms.FloatField(required=False)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -70,14 +79,46 @@ class StartForm(forms.Form):
                 body["appConfig"] = json.loads(text)
             except ValueError as exc:
                 self.add_error("app_config", f"appConfig is not valid JSON: {exc}")
+        placement: dict[str, Any] = {}
+        labels = [w for w in (data.get("labels") or "").replace(",", " ").split() if w]
+        if labels:
+            placement["labels"] = labels
+        if (data.get("worker") or "").strip():
+            placement["worker"] = data["worker"].strip()
+        if placement:
+            body["placement"] = placement
+        policy = data.get("restart_policy") or "never"
+        if policy != "never":
+            restart: dict[str, Any] = {"policy": policy}
+            if data.get("restart_max") is not None:
+                restart["max"] = data["restart_max"]
+            if data.get("restart_backoff") is not None:
+                restart["backoff"] = data["restart_backoff"]
+            body["restart"] = restart
         if not self.errors:
             try:
                 # The API's own validation, so the page and the API refuse the same things.
                 self.start_request = parse_start(json.dumps(body).encode())
             except HubError as exc:
-                field = "app_config" if "appConfig" in exc.message else "args_json"
-                self.add_error(field, exc.message)
+                self.add_error(_field_of(exc.message), exc.message)
         return data
+
+
+def _field_of(message: str) -> str:
+    """The start form's field that a start refusal (the API's message) is about."""
+    if "appConfig" in message:
+        return "app_config"
+    if "placement.worker" in message:
+        return "worker"
+    if "placement" in message:
+        return "labels"
+    if "restart.max" in message:
+        return "restart_max"
+    if "restart.backoff" in message:
+        return "restart_backoff"
+    if "restart" in message:
+        return "restart_policy"
+    return "args_json"
 
 
 class InputForm(forms.Form):

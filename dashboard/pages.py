@@ -7,6 +7,7 @@ from dashboard.views import (
     auth,
     components,
     instances,
+    modes,
     overview,
     sequencers,
     sequences,
@@ -70,6 +71,12 @@ urlpatterns += [
         components.component_action,
         name="component-action",
     ),
+    # observing modes
+    path("observations/", modes.observations, name="observations"),
+    path("observations/config/", modes.config_save, name="modes-config"),
+    path("observations/sequencer/<str:prefix>/restart/", modes.mode_restart, name="mode-restart"),
+    path("observations/<str:name>/<str:action>/", modes.mode_action, name="mode-action"),
+    path("resources/", modes.resources_page, name="resources"),
     # topics
     path("topics/", topics.topic_list, name="topics"),
     path("topics/<str:name>/", topics.topic_detail, name="topic"),

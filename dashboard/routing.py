@@ -18,6 +18,8 @@ websocket_urlpatterns: list = [
     _ws("ws/sequencers/", consumers.SequencerListConsumer),
     _ws("ws/sequencers/<str:ident>/", consumers.SequencerConsumer),
     _ws("ws/components/", consumers.ComponentListConsumer),
+    _ws("ws/observations/", consumers.ObservationsConsumer),
+    _ws("ws/resources/", consumers.ResourcesConsumer),
     _ws("ws/topics/", consumers.TopicListConsumer),
     _ws("ws/topics/<str:name>/", consumers.TopicTailConsumer),
     _ws("ws/workers/", consumers.WorkerListConsumer),

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 EVENT_NOTIFY_SECONDS = 0.2
 LIST_NOTIFY_SECONDS = 0.1  # at most this often a "look again" to the instance list pages
 CGROUP_RETRY_SECONDS = 2.0
+# How long the answer to a failed start waits for its record (the database may be away).
+FAILED_START_WAIT = 5.0
 
 
 def outcome(code: int, killed: bool, stopped: bool) -> tuple[str, str]:
@@ -45,10 +47,25 @@ def outcome(code: int, killed: bool, stopped: bool) -> tuple[str, str]:
     return (InstanceStatus.ERRORED if failed else InstanceStatus.COMPLETED), reason
 
 
-def failed_start(sup: Supervisor, iid: str, code: int, reason: str) -> None:
+async def failed_start(sup: Supervisor, iid: str, code: int, reason: str) -> None:
     """Record a start that failed before its child ran; through the writer, after the updates
-    queued for the instance before it."""
-    sup.writer.call(lambda: record_failed_start(iid, code, reason))
+    queued for the instance before it. Returns once it is written (or after FAILED_START_WAIT
+    with the database away), so that the client answered next finds the row already ended."""
+    written = sup.loop.create_future()
+
+    def done() -> None:
+        if not written.done():
+            written.set_result(None)
+
+    def record() -> None:
+        try:
+            record_failed_start(iid, code, reason)
+        finally:
+            sup.loop.call_soon_threadsafe(done)
+
+    sup.writer.call(record)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(written, FAILED_START_WAIT)
 
 
 async def finish(sup: Supervisor, child: Child) -> None:

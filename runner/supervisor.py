@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import psutil
+import uvloop
 from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
@@ -105,6 +106,9 @@ class Child:
     end_reason: Outcome | None = None
     # Its CPU and memory samples (runner/sampler.py); made at the fork, the CPU baseline.
     ring: sampler.Ring = field(default_factory=sampler.Ring)
+    # Events it emitted: each live entry carries its number, so a reader that asked "from
+    # now" while Redis was away can tell the older ones the outbox held from those after.
+    events_out: int = 0
 
 
 class Pump(asyncio.Protocol):
@@ -141,7 +145,9 @@ class Supervisor:
         self.host = socket.gethostname()  # a placement may name it instead of the worker
         self.children: dict[str, Child] = {}
         self.by_pid: dict[int, Child] = {}
-        self.loop = asyncio.new_event_loop()
+        # uvloop: the loop reads every child's pipes and writes every line to Redis; its
+        # callbacks cost a fraction of asyncio's per read (bench/README.md, session 8).
+        self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         self.writer = DbWriter()
         self.writer.on_missing = self._row_missing
         sandbox = launch.sandbox_config()
@@ -193,6 +199,12 @@ class Supervisor:
         # does: out of the collector's sight, a full collection with hundreds of children's
         # objects around stays short instead of stalling the loop that pumps their streams.
         gc.freeze()
+        # Its children's pipes, transports, tasks and rings (~75 objects each) are not frozen,
+        # and a full collection walks them all: with 2 000 children, 20-27 of them a run, each
+        # holding the loop 0.1-0.5 s on a busy machine, and lines reached Redis late (p99 0.12-
+        # 0.14 s). Fewer young collections (one per 20 000 allocations, as the web's) make full
+        # ones rare: none over 10 ms in the same run, p99 29 ms (bench/README.md, session 9).
+        gc.set_threshold(20_000, 20, 20)
         self.redis = live.async_client()
         self.outbox = Outbox(self.loop, self.redis, self.writer, self._set_reading)
         self._register_worker()
@@ -237,22 +249,22 @@ class Supervisor:
 
     def _register_worker(self) -> None:
         now = timezone.now()
+        self.writer.call(lambda: self._write_worker_row(now, running=0))
 
-        def register() -> None:
-            Worker.objects.update_or_create(
-                name=self.name,
-                defaults={
-                    "hostname": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "capacity": self.capacity,
-                    "last_seen": now,
-                    "running": 0,
-                    "sandbox": self.sandbox,
-                    "labels": self.labels,
-                },
-            )
-
-        self.writer.call(register)
+    def _write_worker_row(self, now: datetime, running: int) -> None:
+        Worker.objects.update_or_create(
+            name=self.name,
+            defaults={
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "capacity": self.capacity,
+                "last_seen": now,
+                "running": running,
+                "stopped": None,
+                "sandbox": self.sandbox,
+                "labels": self.labels,
+            },
+        )
 
     async def _heartbeat_loop(self) -> None:
         # Not once stopping: a beat after the shutdown deleted the key would list the worker
@@ -275,7 +287,11 @@ class Supervisor:
 
     def _record_beat(self, running: int, now: datetime, children: list[str]) -> None:
         # `stopped` cleared: a worker that beat detect_lost took for gone (a long stall) is back.
-        Worker.objects.filter(name=self.name).update(last_seen=now, running=running, stopped=None)
+        beat = Worker.objects.filter(name=self.name)
+        if not beat.update(last_seen=now, running=running, stopped=None):
+            # Its row is gone: aged out after a day taken for stopped (a long partition), or
+            # deleted by hand. Written again, or the worker would stay off the Workers page.
+            self._write_worker_row(now, running)
         # Children the hub gave up while this worker was cut off (a partition, a long stall):
         # beat marked them lost and no request reaches them any more (the instance is not
         # live), so they would run on out of the hub's control, holding places. Killed here.
@@ -497,7 +513,8 @@ class Supervisor:
     def _on_event(self, child: Child, data: dict) -> None:
         name = str(data.get("eventName", ""))
         message = json.dumps(data.get("message"))
-        self.outbox.add(live.events_key(child.iid), {"n": name, "m": message})
+        number, child.events_out = child.events_out, child.events_out + 1
+        self.outbox.add(live.events_key(child.iid), {"n": name, "m": message, "i": number})
         self.loop.create_task(self._keep_last_event(child.iid, name, message))
         self.writer.event(child.iid, "out", name, data.get("message"))
         self.notifier.events_soon(child.iid)
@@ -648,13 +665,13 @@ class Supervisor:
             )
             return
         except cgroups.CgroupError as exc:
-            outcomes.failed_start(self, iid, Exit.LAUNCH_FAILED, f"Failed to start: {exc}")
+            await outcomes.failed_start(self, iid, Exit.LAUNCH_FAILED, f"Failed to start: {exc}")
             await self.reply(
                 token, {"ok": False, "status": 422, "code": "INVALID_CONFIG", "error": str(exc)}
             )
             return
         except Refused as exc:
-            outcomes.failed_start(self, iid, Exit.REFUSED, str(exc))
+            await outcomes.failed_start(self, iid, Exit.REFUSED, str(exc))
             await self.reply(
                 token,
                 {"ok": False, "status": 507, "code": "INSUFFICIENT_RESOURCES", "error": str(exc)},
@@ -662,7 +679,7 @@ class Supervisor:
             return
         except Exception as exc:
             log.exception("could not start instance %s", iid)
-            outcomes.failed_start(self, iid, Exit.LAUNCH_FAILED, f"Failed to start: {exc}")
+            await outcomes.failed_start(self, iid, Exit.LAUNCH_FAILED, f"Failed to start: {exc}")
             await self.reply(
                 token,
                 {

@@ -28,6 +28,9 @@ Live data goes worker → Redis → web; the database holds the durable copy. Un
                           written by each worker serving the queue when its room changes and at
                           each beat (an entry without the JSON: a worker that reads only the
                           shared list)
+- `wake:<token>`          Redis stream a web process's fan-out reader reads along with the
+                          streams it follows, so that a new follower can end its blocked read
+                          (sequences/fanout.py); expires an hour after its last entry
 - `log`                   Redis stream of host log lines
 - `stats:stream-bytes`    hash: stream name -> bytes of output workers have streamed, counted
                           as they write them (the web's /metrics reads it)
@@ -42,6 +45,7 @@ Live data goes worker → Redis → web; the database holds the durable copy. Un
                           (sequences/sequencer_store.py)
 - `complock:<name>`, `seqprefix:<prefix>`  locks: one command per component, one sequencer
                           per prefix (sequences/sequencers.py)
+- `modeslock:`            lock: one observing-mode operation at a time (sequences/modes.py)
 - `cache:...`, `asgi...`, `celery:...`  Django's cache, the channel layer, Celery's broker
 
 Nothing read from Redis is trusted because it arrived: start requests, control messages,
@@ -121,6 +125,10 @@ def host_log_key() -> str:
 
 def stream_key(iid: str, stream: str) -> str:
     return key("s", iid, stream)
+
+
+def wake_key(token: str) -> str:
+    return key("wake", token)
 
 
 def events_key(iid: str) -> str:
@@ -281,6 +289,11 @@ def component_lock_key(name: str) -> str:
 
 def sequencer_prefix_lock_key(prefix: str) -> str:
     return key("seqprefix", prefix)
+
+
+def modes_lock_key() -> str:
+    """One observing-mode operation at a time (configure, shutdown, restart: sequences/modes.py)."""
+    return key("modeslock", "")
 
 
 def celery_prefix() -> str:

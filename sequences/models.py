@@ -322,3 +322,43 @@ class SequencerTransition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.from_state} -> {self.to_state} on {self.command}"
+
+
+class ObservingModesConfig(models.Model):
+    """The observing modes configuration (docs/scripts.md, "Observing modes"): one row, the
+    source as the admin wrote it (JSON or YAML, comments kept for the editor) and its
+    validated form, which is what configure reads."""
+
+    key = models.PositiveSmallIntegerField(primary_key=True, default=1)  # the one row: 1
+    source = models.TextField()
+    format = models.CharField(max_length=4)  # json | yaml
+    # [{name, sequencers: [{prefix, script}], resources}]: a list, as PostgreSQL's jsonb would
+    # not keep the order of a mapping's keys, and the pages list modes in the config's order.
+    modes = models.JSONField(default=list)
+    updated = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    def __str__(self) -> str:
+        return f"observing modes ({len(self.modes)})"
+
+
+class ConfiguredMode(models.Model):
+    """A configured observing mode: what configure brought up, kept until shutdown. Its
+    resources are in use while the row exists, whatever became of its sequencers."""
+
+    name = models.CharField(max_length=200, unique=True)
+    resources = models.JSONField(default=list)
+    # [{prefix, script: {id, name}, sequencer: id, component: name}], in the config's order.
+    sequencers = models.JSONField(default=list)
+    configured_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

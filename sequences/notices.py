@@ -1,7 +1,7 @@
 """Live-UI notices: the channel-layer groups console pages join and the messages they hear.
 
 A page joins one group per object it watches (`instance_group`, `sequencer_group`) or list it
-shows (INSTANCES, SEQUENCERS, COMPONENTS). A notice only says "look again": the channel layer
+shows (INSTANCES, SEQUENCERS, COMPONENTS, MODES). A notice only says "look again": the channel layer
 is at-most-once, so pages re-read the database and a lost notice only delays them. Channels
 hands a message of type `a.b` to the consumer method `a_b`.
 
@@ -22,11 +22,13 @@ from channels.layers import get_channel_layer
 INSTANCES = "instances"
 SEQUENCERS = "sequencers"
 COMPONENTS = "components"
+MODES = "modes"  # the Observations and Resources pages (sequences/modes.py)
 
 # Message types.
 INSTANCE_CHANGED = "instance.changed"
 SEQUENCER_CHANGED = "sequencer.changed"
 COMPONENTS_CHANGED = "components.changed"
+MODES_CHANGED = "modes.changed"
 
 
 def instance_group(iid: str) -> str:

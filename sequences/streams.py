@@ -19,7 +19,7 @@ from asgiref.sync import sync_to_async
 from django.db import InterfaceError, OperationalError
 
 from core.db_threads import db_call
-from sequences import live
+from sequences import fanout, live
 from sequences.models import LIVE_STATUSES, Instance, InstanceEvent, StreamChunk
 
 DB_BATCH = 256
@@ -156,61 +156,69 @@ def _db_chunk_count(iid: str, stream: str) -> int:
 
 
 async def _follow_redis(iid: str, stream: str, cursor: int) -> AsyncIterator[bytes]:
-    client = live.async_client()
+    # One reader per process reads every followed stream (sequences/fanout.py): a follower
+    # costs no connection and no round trip of its own.
     key = live.stream_key(iid, stream)
     last_id: str | bytes = "0-0"
     delay = REDIS_RETRY_FIRST
-    while True:
-        try:
-            reply = await blocking_read(
-                client.xread({key: last_id}, count=REDIS_BATCH, block=FOLLOW_BLOCK_MS),
-                FOLLOW_BLOCK_MS,
-            )
-        except REDIS_AWAY:
-            # Redis is away (the client's own quick retries are spent). The database has every
-            # chunk, written in order: give what it has from the cursor on, and end if the row
-            # said "ended" before we read (then the database had everything). Otherwise wait,
-            # longer each time, and try Redis again.
-            ended = not await ais_live(iid)
-            async for seq, data in _db_from(iid, stream, cursor):
-                yield data
-                cursor = seq + 1
-            if ended:
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, REDIS_RETRY_CAP)
-            # A restarted Redis holds a new stream whose entry ids may be below the last one
-            # read: read it from the start; entries before the cursor are skipped by number.
-            last_id = "0-0"
-            continue
-        delay = REDIS_RETRY_FIRST
-        if not reply:
-            # Silence: the end always comes as an eof entry (the worker's, or detect_lost's
-            # for a dead worker), so the database is asked only now and then. (An eof entry
-            # written while Redis was away is lost: this is how such a reader ends.)
-            if not await ais_live(iid):
-                async for data in _rest_from_database(iid, stream, cursor, None):
+    sub: fanout.Subscription | None = None
+    try:
+        while True:
+            try:
+                if sub is None:
+                    sub = fanout.subscribe(key, last_id)
+                entries = await sub.get(FOLLOW_BLOCK_MS / 1000)
+            except REDIS_AWAY:
+                sub = None  # the reader closed it
+                # Redis is away. The database has every chunk, written in order: give what it
+                # has from the cursor on, and end if the row said "ended" before we read (then
+                # the database had everything). Otherwise wait, longer each time, and try Redis
+                # again.
+                ended = not await ais_live(iid)
+                async for seq, data in _db_from(iid, stream, cursor):
                     yield data
-                return
-            continue
-        for entry_id, fields in live.read_entries(reply):
-            last_id = entry_id
-            if b"eof" in fields:
-                if not live.is_end(key, fields):
-                    continue  # not the hub's: a forged end must not cut a reader off
-                total = int(fields[b"n"]) if b"n" in fields else None
-                async for data in _rest_from_database(iid, stream, cursor, total):
-                    yield data
-                return
-            seq = int(fields[b"s"])
-            if seq < cursor:
+                    cursor = seq + 1
+                if ended:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REDIS_RETRY_CAP)
+                # A restarted Redis holds a new stream whose entry ids may be below the last
+                # one read: read it from the start; entries before the cursor are skipped by
+                # number.
+                last_id = "0-0"
                 continue
-            if seq > cursor:
-                async for data in _fill_gap(iid, stream, cursor, seq):
-                    yield data
-                cursor = seq
-            yield fields[b"d"]
-            cursor = seq + 1
+            delay = REDIS_RETRY_FIRST
+            if not entries:
+                # Silence: the end always comes as an eof entry (the worker's, or
+                # detect_lost's for a dead worker), so the database is asked only now and
+                # then. (An eof entry written while Redis was away is lost: this is how such a
+                # reader ends.)
+                if not await ais_live(iid):
+                    async for data in _rest_from_database(iid, stream, cursor, None):
+                        yield data
+                    return
+                continue
+            for entry_id, fields in entries:
+                last_id = entry_id
+                if b"eof" in fields:
+                    if not live.is_end(key, fields):
+                        continue  # not the hub's: a forged end must not cut a reader off
+                    total = int(fields[b"n"]) if b"n" in fields else None
+                    async for data in _rest_from_database(iid, stream, cursor, total):
+                        yield data
+                    return
+                seq = int(fields[b"s"])
+                if seq < cursor:
+                    continue
+                if seq > cursor:
+                    async for data in _fill_gap(iid, stream, cursor, seq):
+                        yield data
+                    cursor = seq
+                yield fields[b"d"]
+                cursor = seq + 1
+    finally:
+        if sub is not None:
+            sub.close()
 
 
 async def _db_from(iid: str, stream: str, cursor: int) -> AsyncIterator[tuple[int, bytes]]:
@@ -287,16 +295,26 @@ async def last_event(iid: str, name: str) -> tuple[bool, Any]:
     return await alast_event(iid, name)
 
 
+def _events_out(iid: str) -> int:
+    return InstanceEvent.objects.filter(instance_id=iid, direction="out").count()
+
+
 async def events(iid: str, name: str, since: str = "$") -> AsyncIterator[Any]:
     """Messages of the named event emitted from now on, until the instance ends.
 
     While Redis is away the reader retries, backing off, and ends if the instance ends. It
-    keeps its place: entry ids are times, so what a restarted Redis receives after the outage
-    (the worker's outbox holds what it could not send) comes after it. Events a restart took
-    before this reader read them are not seen; `last_event` finds them in the database."""
+    keeps its place: each entry carries its number among the instance's events (the worker's),
+    so entries written again (what a pipeline cut off midway had sent) are skipped, and a reader
+    that asked "from now" while Redis was away takes the database's count as its "now": what
+    the worker's outbox held through the outage and writes to the restarted Redis comes in one
+    batch, older events first, and those emitted before the reader asked are skipped by number.
+    (The database's count may lag the worker's by its last batch: such a reader may get an
+    event emitted just before it asked, never miss one after.) Events a restart took before
+    this reader read them are not seen; `last_event` finds them in the database."""
     client = live.async_client()
     key = live.events_key(iid)
     last_id: str | bytes | None = None if since == "$" else since
+    next_number = 0  # entries numbered below it are before the reader's "now" or already read
     backoff = Backoff()
     while True:
         try:
@@ -307,6 +325,15 @@ async def events(iid: str, name: str, since: str = "$") -> AsyncIterator[Any]:
                 client.xread({key: last_id}, count=100, block=BLOCK_MS), BLOCK_MS
             )
         except REDIS_AWAY:
+            if last_id is None:
+                # "Now" cannot be read from Redis: the number of events emitted so far can,
+                # from the database; the restarted stream is then read from its start.
+                next_number = await _db_read(_events_out, iid)
+                last_id = "0-0"
+            elif next_number:
+                # A restarted Redis's stream may hold ids below the last one read (another
+                # clock): read it from its start, skipping by number what was read.
+                last_id = "0-0"
             if not await ais_live(iid):
                 return
             await backoff.wait()
@@ -318,6 +345,11 @@ async def events(iid: str, name: str, since: str = "$") -> AsyncIterator[Any]:
             continue
         for entry_id, fields in live.read_entries(reply):
             last_id = entry_id
+            if b"i" in fields:  # (entries of a worker from before the numbers have none)
+                number = int(fields[b"i"])
+                if number < next_number:
+                    continue
+                next_number = number + 1
             if fields.get(b"n", b"").decode() == name:
                 yield json.loads(fields[b"m"])
 

@@ -5,10 +5,10 @@ Everything is aggregated by the database (a GROUP BY over the window's rows, fou
 index on `created`), never by reading every row into Python: the overview stays fast with
 100 000 instances (bench/console_lists.py).
 
-How a run ended is decided in one place, `ending_expression()`: today from the status and the
-exit code (killed 137 and stopped 138 count as `completed` in STH's status, and are told apart
-here by their code). When instances carry an `outcome` of their own, that function returns it
-instead and nothing else changes.
+How a run ended is decided in one place, `ending_expression()`: the instance's outcome
+(core.protocol.Ending), in the database as `sequences.outcomes.outcome_q` selects it, so the
+charts count what the badges show (a stop that overran its timeout is stopped, not killed; a
+worker's shutdown or drain deadline killed; a run no worker had room for refused).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import (
     Aggregate,
+    BooleanField,
     Case,
     CharField,
     Count,
@@ -34,19 +35,22 @@ from django.db.models.expressions import Combinable
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
-from core.protocol import Exit
-from sequences.models import LIVE_STATUSES, Instance, InstanceStatus
+from core.protocol import Ending
+from sequences.models import LIVE_STATUSES, Instance
+from sequences.outcomes import outcome_q
 
-# How a run ended, in the order the charts stack them (bottom first), with what each means.
+# How a run ended (a core.protocol.Ending, or not yet), in the order the charts stack them
+# (bottom first), with what each means.
 ENDINGS: tuple[tuple[str, str], ...] = (
-    ("completed", "completed (exit 0)"),
-    ("stopped", "stopped (exit 138)"),
-    ("killed", "killed (exit 137)"),
-    ("failed", "failed (errored)"),
-    ("lost", "lost (its worker died)"),
+    (Ending.COMPLETED, "completed"),
+    (Ending.STOPPED, "stopped"),
+    (Ending.KILLED, "killed"),
+    (Ending.FAILED, "failed"),
+    (Ending.REFUSED, "refused (no room to run)"),
+    (Ending.LOST, "lost (its worker died)"),
     ("running", "not ended yet"),
 )
-FAILED_ENDINGS = ("failed", "lost")  # what the failure rate counts
+FAILED_ENDINGS = (Ending.FAILED, Ending.LOST)  # what the failure rate counts
 UNENDED = "running"
 WINDOW_HOURS = 24
 TOP_SEQUENCES = 8  # sequences in the durations chart: the ones with the most ended runs
@@ -55,14 +59,13 @@ SQLITE_DURATION_ROWS = 20_000
 
 
 def ending_expression() -> Case:
-    """The one place that says how a run ended, as an SQL expression over an instance row."""
+    """The one place that says how a run ended, as an SQL expression over an instance row: its
+    outcome (the badge's word), or `running` while it has not ended. An ended row outside
+    every outcome (none is: a test holds them together) would count as not ended."""
     return Case(
         When(status__in=LIVE_STATUSES, then=Value(UNENDED)),
-        When(status=InstanceStatus.ERRORED, then=Value("failed")),
-        When(status=InstanceStatus.LOST, then=Value("lost")),
-        When(exit_code=Exit.KILLED, then=Value("killed")),
-        When(exit_code=Exit.STOPPED, then=Value("stopped")),
-        default=Value("completed"),
+        *(When(outcome_q(name), then=Value(name)) for name in Ending.ALL),
+        default=Value(UNENDED),
         output_field=CharField(),
     )
 
@@ -164,7 +167,9 @@ def durations_per_sequence(since: datetime, top: int = TOP_SEQUENCES) -> list[Se
     ran = Instance.objects.filter(
         created__gte=since, ended__isnull=False, started__isnull=False
     ).annotate(took=ExpressionWrapper(F("ended") - F("started"), output_field=DurationField()))
-    failed = Q(status__in=(InstanceStatus.ERRORED, InstanceStatus.LOST))
+    failed = Q()
+    for name in FAILED_ENDINGS:
+        failed |= outcome_q(name)
     if connection.vendor == "postgresql":
         rows = (
             ran.values("sequence_name")
@@ -189,11 +194,17 @@ def durations_per_sequence(since: datetime, top: int = TOP_SEQUENCES) -> list[Se
     # SQLite (a small hub): the same figures from a bounded read.
     per: dict[str, list[float]] = {}
     bad: dict[str, int] = {}
-    for name, took, status in ran.order_by("-created").values_list(
-        "sequence_name", "took", "status"
-    )[:SQLITE_DURATION_ROWS]:
+    for name, took, bad_run in (
+        ran.annotate(
+            bad_run=Case(
+                When(failed, then=Value(True)), default=Value(False), output_field=BooleanField()
+            )
+        )
+        .order_by("-created")
+        .values_list("sequence_name", "took", "bad_run")[:SQLITE_DURATION_ROWS]
+    ):
         per.setdefault(name, []).append(took.total_seconds())
-        if status in (InstanceStatus.ERRORED, InstanceStatus.LOST):
+        if bad_run:
             bad[name] = bad.get(name, 0) + 1
     busiest = sorted(per.items(), key=lambda item: (-len(item[1]), item[0]))[:top]
     return [

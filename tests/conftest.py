@@ -46,6 +46,11 @@ def pytest_configure(config: pytest.Config) -> None:
         # started by the suite read, as the next run will.
         settings.SECRET_KEY = key_file.read_text().strip()
     _retry_flush_on_deadlock()
+    if not os.environ.get("PYTEST_XDIST_WORKER") and getattr(config.option, "numprocesses", 0):
+        # The processes pytest-xdist starts inherit this environment: without the settings
+        # module in it, each reads settings only in its own _before_settings (its data folder,
+        # its hub id), not in pytest-django's early read of the controller's.
+        os.environ.pop("DJANGO_SETTINGS_MODULE", None)
 
 
 def _before_settings(config: pytest.Config) -> None:
@@ -60,6 +65,12 @@ def _before_settings(config: pytest.Config) -> None:
     empty the database between them, and with it the row a hub would keep its id in.
     """
     os.environ["HUB_ID"] = QUEUE
+    xdist = os.environ.get("PYTEST_XDIST_WORKER")
+    if xdist:
+        # One of several processes running the suite (make test): a data folder of its own
+        # (pytest-django gives it a database of its own; its hubs' Redis keys carry its HUB_ID).
+        base = Path(os.environ.get("HUB_DATA_DIR") or ROOT / "var")
+        os.environ["HUB_DATA_DIR"] = str(base / f"tests-{xdist}")
     if os.environ.get("REDIS_URL"):
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
         return

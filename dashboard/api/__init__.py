@@ -91,11 +91,20 @@ def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return JsonResponse({"error": str(exc), "code": "REQUEST_ERROR"}, status=exc.status_code)
 
 
-from dashboard.api import hub, instances, sequencers, sequences, topics, workers  # noqa: E402
+from dashboard.api import (  # noqa: E402
+    hub,
+    instances,
+    modes,
+    sequencers,
+    sequences,
+    topics,
+    workers,
+)
 
 api.add_router("", hub.router)
 api.add_router("", sequences.router)
 api.add_router("", instances.router)
 api.add_router("", sequencers.router)
+api.add_router("", modes.router)
 api.add_router("", topics.router)
 api.add_router("", workers.router)

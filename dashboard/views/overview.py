@@ -139,7 +139,10 @@ def overview_context() -> dict[str, Any]:
     return {
         **trends_context(),
         "counts": {
-            "sequences": Sequence.objects.count(),
+            # Names, as the sequences list groups them (every upload of a name is a version),
+            # so the figure is the rows the link opens; the uploads are in the title.
+            "sequences": Sequence.objects.values("name").distinct().count(),
+            "uploads": Sequence.objects.count(),
             "instances": sum(by_status.values()),
             "running": sum(by_status.get(s, 0) for s in LIVE_STATUSES),
             "errored": by_status.get("errored", 0),

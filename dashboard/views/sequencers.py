@@ -19,7 +19,7 @@ from accounts.access import audit
 from dashboard.forms import StepsForm, first_error
 from dashboard.views.common import HtmxHttpRequest, feedback, role_page
 from dashboard.views.instances import first_with_lines, stream_windows
-from sequences import sequencers
+from sequences import modes, sequencers
 from sequences.errors import HubError
 from sequences.models import Sequencer
 from sequences.statemachine import CommandName
@@ -133,6 +133,7 @@ def detail_context(row: Sequencer) -> dict[str, Any]:
         "can_load": "loadSequence" in accepted,
         "history": sequencers.transitions(row, limit=100)[::-1],
         "links": sequencers.links(row),
+        "mode": modes.mode_of(row.id),
     }
 
 

@@ -21,7 +21,7 @@ from dashboard.forms import StartForm, UploadForm
 from dashboard.views.common import HtmxHttpRequest, feedback, role_page
 from sequences import catalog, instances
 from sequences.errors import HubError
-from sequences.models import LIVE_STATUSES, Instance, Sequence
+from sequences.models import LIVE_STATUSES, Instance, Sequence, Worker
 
 GROUPS_PAGE = 50
 
@@ -158,6 +158,12 @@ def _detail_context(seq: Sequence, form: StartForm | None = None) -> dict[str, A
         "live": catalog.live_instance_ids(seq),
         "form": form or StartForm(),
         "arg_slots": [*form.arg_values, ""] if form is not None else slots,
+        # For the start form's worker field: the names of the live workers.
+        "workers": list(
+            Worker.objects.filter(stopped__isnull=True)
+            .order_by("name")
+            .values_list("name", flat=True)
+        ),
     }
 
 
@@ -170,13 +176,21 @@ def sequence_detail(request: HttpRequest, seq_id: str) -> HttpResponse:
     form = None
     again = seq.instances.filter(pk=request.GET.get("again", "")).first()
     if again is not None:
-        # "Run again": the start form filled with that instance's args and appConfig, to read
-        # (and change) before pressing Start.
+        # "Run again": the start form filled with that instance's args, appConfig, placement
+        # and restart policy, to read (and change) before pressing Start.
+        placed = again.placement or {}
         form = StartForm(
             initial={
                 "args_mode": "json",
                 "args_json": json.dumps(again.args),
                 "app_config": json.dumps(again.app_config) if again.app_config else "",
+                "labels": " ".join(placed.get("labels") or []),
+                "worker": placed.get("worker") or "",
+                "restart_policy": again.restart_policy or "never",
+                "restart_max": again.restart_max if again.restart_policy != "never" else None,
+                "restart_backoff": (
+                    again.restart_backoff if again.restart_policy != "never" else None
+                ),
             }
         )
     return render(request, "sequences/detail.html", _detail_context(seq, form))

@@ -247,21 +247,38 @@
     if (!target || !target.id || !fragment || !fragment.querySelectorAll) return;
     var lines = /^log-(.+)-lines$/.exec(target.id);
     if (lines) {
+      // A snapshot replaces the holder (hx-swap-oob="true": the fragment holds an element of
+      // the holder's id); the lines that follow it are appended ("beforeend:#log-…-lines", the
+      // fragment is the batch). Both are added here, as plain nodes: htmx's own swap processes
+      // every added element (hundreds a batch under a flood, bench/console_mainthread.py).
+      // Only a snapshot can leave a gap: a batch follows the lines before it by construction,
+      // and its notes of coalesced lines (no data-at) are kept as they come.
+      var whole = fragment.nodeType === 11 && fragment.firstElementChild &&
+        fragment.firstElementChild.id === target.id;
       var newest = lastLine(target);
-      if (!newest) return; // nothing shown yet: take the snapshot as it is
-      var shownTo = place(newest);
-      var incoming = Array.prototype.slice.call(fragment.querySelectorAll(".l[data-at]"));
-      var add = incoming.filter(function (line) { return after(place(line), shownTo); });
-      if (add.length && add.length === incoming.length) {
+      if (whole && !newest) return; // nothing shown yet: take the snapshot as it is
+      var shownTo = newest ? place(newest) : null;
+      var batch = whole ? fragment.firstElementChild : fragment;
+      var nodes = Array.prototype.slice.call(batch.children);
+      var incoming = 0;
+      var keep = nodes.filter(function (node) {
+        if (!node.hasAttribute("data-at")) return !whole; // a batch's "not shown live" note
+        incoming += 1;
+        return !shownTo || after(place(node), shownTo);
+      });
+      var added = keep.filter(function (node) { return node.hasAttribute("data-at"); }).length;
+      if (whole && added && added === incoming) {
         // No overlap: more was written while the page was away than one snapshot holds.
         var gap = document.createElement("div");
         gap.className = "l skipped";
         gap.textContent = "… lines written while the page was reconnecting may be missing here: search the log or download it for every line";
         target.appendChild(gap);
       }
-      add.forEach(function (line) { target.appendChild(document.importNode(line, true)); });
+      var add = document.createDocumentFragment();
+      keep.forEach(function (node) { add.appendChild(document.importNode(node, true)); });
+      target.appendChild(add);
       e.detail.shouldSwap = false;
-      target._hubMerged = true;
+      if (whole) target._hubMerged = true;
       return;
     }
     var earlier = /^log-(.+)-earlier$/.exec(target.id);

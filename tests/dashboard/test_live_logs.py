@@ -16,6 +16,7 @@ from django.utils import timezone
 from dashboard import logs
 from dashboard.views.instances import first_with_lines
 from sequences import live
+from tests.conftest import wait_for
 from tests.dashboard.test_consumers import communicator, cookies, receive_until  # noqa: F401
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -123,6 +124,32 @@ def test_the_database_writer_keeps_when_each_chunk_arrived(ended_instance):
     writer.flush()
     row = StreamChunk.objects.get(instance=ended_instance, stream="stderr", seq=0)
     assert row.created is not None and before <= row.created <= timezone.now()
+
+
+def test_the_writer_batches_chunks_but_writes_a_status_change_at_once(ended_instance, monkeypatch):
+    """Chunks wait out the writer's gap between transactions; a status change (a start's
+    worker and pid, which a stop right after the start is routed by) does not."""
+    import time
+
+    from runner import dbwriter
+    from sequences.models import Instance, StreamChunk
+
+    monkeypatch.setattr(dbwriter, "WRITE_GAP_S", 3.0)
+    writer = dbwriter.DbWriter()
+    writer.flush()  # a transaction just now: the next waits out the gap
+    queued = time.monotonic()
+    writer.chunk(ended_instance.id, "stderr", 0, b"later\n")
+    time.sleep(0.5)
+    assert not StreamChunk.objects.filter(instance=ended_instance, stream="stderr").exists()
+    writer.update(ended_instance.id, status="running", worker="w-now", pid=4242)
+    wait_for(
+        lambda: Instance.objects.get(pk=ended_instance.id).worker == "w-now",
+        timeout=2,
+        what="the status change written",
+    )
+    assert time.monotonic() - queued < 2.5
+    # The chunk queued before it went in the same transaction: the order holds.
+    assert StreamChunk.objects.filter(instance=ended_instance, stream="stderr").exists()
 
 
 def test_chunks_saved_from_a_dead_workers_stream_keep_redis_times(live_instance):

@@ -33,6 +33,8 @@ def read_pages(sequence, instance) -> list[str]:
         f"/instances/{instance.id}/log/stdout/download/",
         "/sequencers/",
         "/components/",
+        "/observations/",
+        "/resources/",
         "/audit/",
         "/tokens/",
     ]
@@ -351,6 +353,41 @@ def test_argument_fields_keep_json_types():
     assert form.is_valid(), form.errors
     assert form.start_request.args == [42, "hello", "42", True]
     assert form.start_request.app_config == {"k": [1]}
+
+
+def test_the_start_form_takes_placement_and_a_restart_policy():
+    from django.http import QueryDict
+
+    from dashboard.forms import StartForm
+
+    data = QueryDict(mutable=True)
+    data.update({"labels": "gpu, zone=a", "worker": "node7", "restart_policy": "on-failure"})
+    data.update({"restart_max": "5", "restart_backoff": "0.5"})
+    form = StartForm(data)
+    assert form.is_valid(), form.errors
+    req = form.start_request
+    assert req.placement.labels == ("gpu", "zone=a") and req.placement.worker == "node7"
+    assert (req.restart.policy, req.restart.max, req.restart.backoff) == ("on-failure", 5, 0.5)
+    plain = StartForm(QueryDict("restart_policy=never&restart_max=5"))
+    assert plain.is_valid(), plain.errors
+    assert plain.start_request.restart.policy == "never" and not plain.start_request.placement
+
+
+def test_a_bad_placement_or_restart_is_refused_beside_its_field(clients, sequence):
+    from sequences.models import Instance
+
+    url = f"/sequences/{sequence.id}/start/"
+    bad = {"labels": "gpu!!", "restart_policy": "always", "restart_max": "500"}
+    response = clients["operator"].post(url, {"arg": ["x"], **bad})
+    html = unescape(response.content.decode())
+    assert response.status_code == 422
+    assert "placement.labels[0] 'gpu!!' is not a label" in html, html
+    assert Instance.objects.filter(sequence=sequence).count() == 0
+    response = clients["operator"].post(url, {"restart_policy": "always", "restart_max": "500"})
+    html = unescape(response.content.decode())
+    assert response.status_code == 422 and "restart.max" in html
+    # Beside its field: the open "Placement and restarts" section keeps what was typed.
+    assert '<details class="start-more" open>' in html and 'value="500"' in html
 
 
 # -- instance actions ------------------------------------------------------------------------
@@ -734,6 +771,21 @@ def test_run_again_fills_the_start_form_with_the_instances_args_and_app_config(
     form = unescape(clients["operator"].get(link.split("#")[0]).content.decode())
     assert '>["a", 1]</textarea>' in form and '>{"k": [1, 2]}</textarea>' in form
     assert 'value="json" checked' in form
+    assert '<details class="start-more">' in form  # nothing to show: closed
+
+
+def test_run_again_keeps_placement_and_restart_policy(clients, ended_instance):
+    ended_instance.placement = {"labels": ["gpu", "zone=a"], "worker": "node7"}
+    ended_instance.restart_policy, ended_instance.restart_max = "on-failure", 4
+    ended_instance.restart_backoff = 2.5
+    ended_instance.save()
+    url = f"/sequences/{ended_instance.sequence_id}/?again={ended_instance.id}"
+    form = unescape(clients["operator"].get(url).content.decode())
+    assert '<details class="start-more" open>' in form
+    assert 'name="labels" value="gpu zone=a"' in form and 'name="worker" value="node7"' in form
+    assert '<option value="on-failure" selected>' in form
+    assert 'name="restart_max" type="number" min="0" max="100" value="4"' in form
+    assert 'value="2.5"' in form
 
 
 def test_step_through_and_reload_are_offered_only_where_they_apply():

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -54,6 +56,76 @@ def settings_in(data_dir, **extra: str) -> dict:
     out = run_in(data_dir, [sys.executable, "-c", SHOW], **extra)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class RunHub:
+    """`manage.py runhub` (what `make run` starts) in a data folder of its own."""
+
+    proc: subprocess.Popen
+    url: str
+    log: Path
+    env: dict[str, str]
+
+    def token(self) -> str:
+        return subprocess.run(
+            [sys.executable, "manage.py", "hub_token", "admin"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.strip()
+
+    def api(self, timeout: float = 60) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url + "/api/v1",
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {self.token()}"},
+        )
+
+
+def launch_runhub(data_dir: Path, password: str) -> RunHub:
+    """Migrate, then start runhub; returns once it printed its URL (daphne may not answer yet).
+    The caller stops it."""
+    port = free_port()
+    env = clean_env(data_dir, HUB_ADMIN_PASSWORD=password, HUB_PORT=str(port))
+    manage = [sys.executable, "manage.py"]
+    subprocess.run(
+        [*manage, "migrate", "--noinput"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    log = data_dir / "runhub.log"
+    proc = subprocess.Popen(
+        [*manage, "runhub"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    hub = RunHub(proc, f"http://localhost:{port}", log, env)
+    try:
+        wait_for(lambda: f"running at {hub.url}/" in log.read_text(), timeout=60, what="the URL")
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return hub
+
+
+def stop_runhub(hub: RunHub) -> None:
+    """Ctrl-C, as a person stops `make run`; it must stop within 40 s."""
+    hub.proc.send_signal(signal.SIGINT)
+    try:
+        hub.proc.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        os.killpg(hub.proc.pid, signal.SIGKILL)
+        pytest.fail("runhub did not stop on Ctrl-C")
 
 
 def test_defaults_are_sqlite_under_the_data_dir_and_an_embedded_redis(tmp_path):
@@ -167,60 +239,22 @@ def test_a_bad_anonymous_role_stops_the_hub_with_a_clear_error(tmp_path):
 
 def test_runhub_starts_everything_with_an_embedded_redis_and_runs_an_upload(tmp_path):
     """What `make run` does on a machine with no Redis: one command, then upload and run."""
-    port = free_port()
-    env = clean_env(tmp_path, HUB_ADMIN_PASSWORD="smoke-pass-1", HUB_PORT=str(port))
-    manage = [sys.executable, "manage.py"]
-    subprocess.run(
-        [*manage, "migrate", "--noinput"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    log = tmp_path / "runhub.log"
-    proc = subprocess.Popen(
-        [*manage, "runhub"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    hub = launch_runhub(tmp_path, "smoke-pass-1")
     try:
-        url = f"http://localhost:{port}"
-        wait_for(lambda: f"running at {url}/" in log.read_text(), timeout=60, what="the URL")
-        text = log.read_text()
+        text = hub.log.read_text()
         assert "Created the admin account: user admin" in text
         assert "embedded Redis" in text
         assert "WARNING" not in text  # SQLite and the embedded Redis: nothing exposed
-        wait_for(lambda: _answers(url), timeout=30, what="daphne")
+        wait_for(lambda: _answers(hub.url), timeout=30, what="daphne")
         _check_the_embedded_redis_is_closed(tmp_path)
-        token = subprocess.run(
-            [*manage, "hub_token", "admin"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout.strip()
-        api = httpx.Client(
-            base_url=url + "/api/v1", timeout=60, headers={"Authorization": f"Bearer {token}"}
-        )
-        code = "def run(context, input, n):\n    return f'smoke {n}'\n"
-        seq = api.post("/sequence", content=python_package(code)).json()["id"]
-        iid = api.post(f"/sequence/{seq}/start", json={"args": [42]}).json()["id"]
-        assert api.get(f"/instance/{iid}/output").content == b"smoke 42"
-        api.close()
+        with hub.api() as api:
+            code = "def run(context, input, n):\n    return f'smoke {n}'\n"
+            seq = api.post("/sequence", content=python_package(code)).json()["id"]
+            iid = api.post(f"/sequence/{seq}/start", json={"args": [42]}).json()["id"]
+            assert api.get(f"/instance/{iid}/output").content == b"smoke 42"
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("runhub did not stop on Ctrl-C")
-    assert "Sequence Hub stopped." in log.read_text()
+        stop_runhub(hub)
+    assert "Sequence Hub stopped." in hub.log.read_text()
     time.sleep(0.2)
     sock = tmp_path / "redis" / "redis.sock"
     assert not sock.exists() or _no_redis(sock)
@@ -261,3 +295,39 @@ def _no_redis(sock) -> bool:
         except OSError:
             return True
     return False
+
+
+def test_runhub_killed_with_sigkill_takes_every_part_of_the_hub_with_it(tmp_path):
+    """`kill -9` of `make run`: its web, worker, beat and Redis get SIGTERM from the kernel
+    (PR_SET_PDEATHSIG) and stop as on Ctrl-C: nothing of the hub runs on unsupervised, and
+    the worker records the end of the instance it ran."""
+    import sqlite3
+
+    import psutil
+
+    hub = launch_runhub(tmp_path, "smoke-pass-1")
+    try:
+        wait_for(lambda: _answers(hub.url), timeout=30, what="daphne")
+        parts = psutil.Process(hub.proc.pid).children()
+        assert len(parts) == 4, parts  # redis, web, worker, beat
+        with hub.api() as api:
+            code = "import time\ndef run(context, input):\n    time.sleep(600)\n"
+            seq = api.post("/sequence", content=python_package(code)).json()["id"]
+            iid = api.post(f"/sequence/{seq}/start", json={}).json()["id"]
+            pid = wait_for(lambda: api.get(f"/instance/{iid}").json().get("pid"), what="a pid")
+        everything = [*parts, psutil.Process(pid)]
+    finally:
+        os.kill(hub.proc.pid, signal.SIGKILL)
+        hub.proc.wait()
+    _gone, alive = psutil.wait_procs(everything, timeout=40)
+    if alive:
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        pytest.fail(f"left running after runhub's SIGKILL: {alive}")
+    with contextlib.closing(sqlite3.connect(tmp_path / "hub.sqlite3")) as db:
+        status, reason = db.execute(
+            "select status, reason from sequences_instance where id in (?, ?)",
+            (iid, iid.replace("-", "")),
+        ).fetchone()
+    assert status == "completed" and reason == "Instance killed: worker shutdown"

@@ -117,6 +117,25 @@ def test_ending_is_decided_in_one_expression():
     assert list(ending) == ["killed"]
 
 
+def test_trends_count_each_run_as_its_badge_shows_it():
+    from tests.sequences.test_outcomes import CASES
+
+    for status, code, reason, _, _ in CASES:
+        Instance.objects.create(sequence_name="x", status=status, exit_code=code, reason=reason)
+    Instance.objects.create(sequence_name="x", status=InstanceStatus.RUNNING)
+    rows = Instance.objects.annotate(e=trends.ending_expression())
+    for row in rows:
+        assert row.e == (row.outcome or trends.UNENDED), (row.status, row.exit_code, row.reason)
+    # A stop that overran its timeout is a stop, a drain deadline a kill, a refusal its own.
+    totals = trends.trends().totals
+    want: dict[str, int] = {}
+    for row in rows:
+        want[row.outcome or trends.UNENDED] = want.get(row.outcome or trends.UNENDED, 0) + 1
+    assert totals == want
+    assert {"stopped", "killed", "refused", "lost", "failed", "completed"} <= set(totals)
+    assert set(totals) <= {name for name, _ in trends.ENDINGS}
+
+
 def test_quantile_interpolates_like_percentile_cont():
     assert trends._quantile([], 0.5) == 0.0
     assert trends._quantile([4.0], 0.95) == 4.0

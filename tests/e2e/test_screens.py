@@ -168,8 +168,11 @@ def pages(data) -> list[tuple[str, str]]:
         ("sequencers", "/sequencers/"),
         ("sequencer", f"/sequencers/{data['sequencer']}/"),
         ("components", "/components/"),
+        ("observations", "/observations/"),
+        ("resources", "/resources/"),
         ("topics", "/topics/"),
         ("topic", f"/topics/{data['topic']}/"),
+        ("workers", "/workers/"),
         ("audit", "/audit/"),
         ("tokens", "/tokens/"),
         ("users", "/users/"),
@@ -181,10 +184,15 @@ def test_every_page_fits_a_phone_and_a_desktop_light_and_dark(hub, people, brows
     page = screen.page
 
     def luminance(selector: str, prop: str = "backgroundColor") -> float:
-        # A canvas reads any CSS colour syntax the browser may answer with as RGB.
-        value = page.eval_on_selector(selector, LUMINANCE, prop)
-        assert value is not None, f"no colour for {selector} {prop}"
-        return value
+        # A canvas reads any CSS colour syntax the browser may answer with as RGB. A live page
+        # may swap the element out between finding and reading it (a detached element has no
+        # computed style): read again.
+        for _ in range(20):
+            value = page.eval_on_selector(selector, LUMINANCE, prop)
+            if value is not None:
+                return value
+            page.wait_for_timeout(100)
+        raise AssertionError(f"no colour for {selector} {prop}")
 
     for scheme in ("light", "dark"):
         page.emulate_media(color_scheme=scheme)

@@ -108,12 +108,16 @@ def real_ids(admin_api: httpx.Client, kit: Kit) -> Iterator[dict[str, str]]:  # 
         "sid": sequencer["id"],
         "name": kit.components[-1],
         "run_id": "no-such-run",
+        "prefix": sequencer["prefix"],
     }
+
+
+PATH_PARAMETERS = ("seq_id", "iid", "sid", "name", "run_id", "prefix")
 
 
 def fill(template: str, ids: dict[str, str] | None) -> str:
     path = template
-    for key in ("seq_id", "iid", "sid", "name", "run_id"):
+    for key in PATH_PARAMETERS:
         path = path.replace("{" + key + "}", (ids or {}).get(key, UNKNOWN))
     assert "{" not in path, f"a path parameter this test does not know: {template}"
     return path
@@ -221,7 +225,7 @@ def test_nul_characters_are_refused_on_every_route(admin_api, routes, body_route
         if "{" not in template:
             continue
         path = template
-        for key in ("seq_id", "iid", "sid", "name", "run_id"):
+        for key in PATH_PARAMETERS:
             path = path.replace("{" + key + "}", "%00")
         for method in allowed:
             response = admin_api.request(method, path, content=b"{}")

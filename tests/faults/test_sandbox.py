@@ -221,6 +221,8 @@ def test_a_replayed_sequencer_start_runs_nothing_twice(kit):
     loaded = kit.load()
     row = Sequencer.objects.select_related("instance__sequence").get(pk=loaded["id"])
     instance = row.instance
+    # The worker records the pid in its next batched write, a few ms after the load answers.
+    wait_for(lambda: Instance.objects.get(pk=instance.id).pid is not None, what="the pid recorded")
     before = Instance.objects.get(pk=instance.id)
     queue_key = live.start_key(settings.CELERY_TASK_DEFAULT_QUEUE)
     client = live.sync_client()

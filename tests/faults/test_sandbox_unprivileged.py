@@ -65,7 +65,7 @@ def test_an_unprivileged_workers_children_are_confined():
         "open_port": "ok",
         "tmp": "denied",
     }
-    assert data["orphans_left"] == [], data
+    assert data["orphans_left"] == [] and data["orphans_left_isolated"] == [], data
     isolated = data["isolated"]
     assert isinstance(isolated, dict), isolated  # else: the child's stderr
     assert isolated["uid"] == NOBODY and isolated["open_port"] != "ok", isolated

@@ -97,12 +97,15 @@ async def probe(work: Path) -> dict:
         second = await Harness(server).start(boxed)
         await second.end_input()
         boxed_code = await second.wait_exit()
+        await asyncio.sleep(0.5)  # its daemon too, before the server closes
+        left_boxed = _children_of(server.pid)
         return {
             "code": code,
             "report": json.loads(child.output) if code == 0 else None,
             "stderr": child.stderr.decode(errors="replace"),
             "orphans_at_exit": sorted(before),
             "orphans_left": sorted(left),
+            "orphans_left_isolated": sorted(left_boxed),
             "isolated": json.loads(second.output) if boxed_code == 0 else second.stderr.decode(),
             "me": os.getuid(),
         }

@@ -258,43 +258,12 @@ def test_rolling_restart_under_load_loses_no_start_and_no_line(private_hub, tmp_
 def test_runhub_replaces_a_drained_worker(tmp_path):
     """`make run` on one machine: draining its only worker is a rolling restart of it; a start
     sent meanwhile waits for the replacement rather than failing."""
-    import os
-    import signal
-    import subprocess
-    import sys
+    from tests.dashboard.test_settings_and_runhub import launch_runhub, stop_runhub
 
-    from tests.conftest import ROOT, free_port
-    from tests.dashboard.test_settings_and_runhub import clean_env
-
-    port = free_port()
-    env = clean_env(tmp_path, HUB_ADMIN_PASSWORD="drain-pass-1", HUB_PORT=str(port))
-    manage = [sys.executable, "manage.py"]
-    subprocess.run(
-        [*manage, "migrate", "--noinput"], cwd=ROOT, env=env, check=True, capture_output=True
-    )
-    log = tmp_path / "runhub.log"
-    proc = subprocess.Popen(
-        [*manage, "runhub"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    hub = launch_runhub(tmp_path, "drain-pass-1")
+    proc, log = hub.proc, hub.log
     try:
-        url = f"http://localhost:{port}"
-        wait_for(lambda: "running at" in log.read_text(), timeout=60, what="runhub")
-        token = subprocess.run(
-            [*manage, "hub_token", "admin"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        api = httpx.Client(
-            base_url=url + "/api/v1", timeout=120, headers={"Authorization": f"Bearer {token}"}
-        )
+        api = hub.api(timeout=120)
         live = lambda: [w for w in api.get("/workers").json() if w["state"] == "live"]  # noqa: E731
         old = wait_for(live, timeout=60, what="runhub's worker")[0]["name"]
         seq = upload(api, python_package(COUNTER))
@@ -312,9 +281,4 @@ def test_runhub_replaces_a_drained_worker(tmp_path):
         assert proc.poll() is None
         api.close()
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("runhub did not stop on Ctrl-C")
+        stop_runhub(hub)

@@ -17,9 +17,11 @@ from tests.runner.test_instances_api import info, start, wait_ended
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SEQUENCE = """
-import asyncio, time
+import asyncio, os, signal, time
 
 async def run(context, input, mode="finish"):
+    if mode == "oom":  # as the kernel's OOM killer does: SIGKILL that nobody at the hub sent
+        os.kill(os.getpid(), signal.SIGKILL)
     if mode == "fail":
         raise RuntimeError("on purpose")
     if mode == "slow-stop":
@@ -137,3 +139,16 @@ def test_each_ending_gets_its_outcome_badge_filter_and_audit(hub, admin_api, ope
         assert f'id="row-{done}"' in browser.get("/instances/?outcome=exploded").text
         overview = browser.get("/").text
         assert f"/instances/{failed}/" in overview and 'data-outcome="failed"' in overview
+
+
+def test_a_sigkill_nobody_asked_for_is_a_failure_by_signal(hub, admin_api):
+    """The OOM killer's SIGKILL (here the sequence's own) is not "killed" at someone's request:
+    it fails, ended by a signal, and says what probably happened."""
+    seq = upload(admin_api, python_package(SEQUENCE))
+    iid = start(admin_api, seq, ["oom"])
+    data = wait_ended(admin_api, iid)
+    assert data["status"] == "errored" and data["outcome"] == "failed", data
+    assert data["endedBy"]["kind"] == "signal" and data["endedBy"]["user"] is None, data
+    assert data["terminated"]["exitcode"] == 137, data
+    assert "SIGKILL" in data["terminated"]["reason"], data
+    assert "out of memory?" in data["terminated"]["reason"], data

@@ -134,7 +134,8 @@ def test_a_worker_killed_with_its_process_group_has_its_instance_restarted_on_an
     seq = upload(hub.api, python_package(FOREVER))
     plain = _start(hub.api, seq, {})
     old = _start(hub.api, seq, {"restart": ON_FAILURE, "args": ["a"]})
-    first = _info(hub.api, old)
+    # The worker is recorded by the worker's writer, just after the start answered.
+    first = wait_for(lambda: (d := _info(hub.api, old))["worker"] and d, what="the worker recorded")
     assert first["restart"] == {**ON_FAILURE, "backoff": 0.0, "count": 0}
     worker_a = first["worker"]
     # A second worker, started after: the instance runs on the first.
@@ -171,7 +172,12 @@ def test_a_worker_killed_with_its_process_group_has_its_instance_restarted_on_an
     assert b"alive" in _read_some(hub.api, copy)
     assert not [p for p in processes if _alive(p)]
     # The loss and the restart are in the audit log, by the hub.
-    loss = AuditEntry.objects.get(action="worker.lost", target=worker_a)
+    # (Recorded by the beat that marked the loss, which may still be finishing its pass.)
+    loss = wait_for(
+        AuditEntry.objects.filter(action="worker.lost", target=worker_a).first,
+        timeout=15,
+        what="the worker.lost entry",
+    )
     assert loss.actor == "hub" and loss.via == "hub"
     assert set(loss.detail["ended"]) == {old, plain}
     restart = AuditEntry.objects.get(action="instance.restart", target=copy)

@@ -75,8 +75,10 @@ def test_restart_kills_the_old_and_starts_the_same_sequence_args_and_config(admi
     assert new != old and response.json()["restartedFrom"] == old
 
     assert ended(admin_api, old)["terminated"]["exitcode"] == 137
-    after = info(admin_api, new)
-    assert after["status"] == "running"
+    # Running once the child says it is ready, not when the start answers.
+    after = wait_for(
+        lambda: (d := info(admin_api, new))["status"] == "running" and d, what="the copy running"
+    )
     assert (after["sequence"]["id"], after["args"], after["appConfig"]) == (
         seq,
         [1, "two"],

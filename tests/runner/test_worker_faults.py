@@ -114,6 +114,9 @@ def test_ended_instances_are_pruned_after_retention(private_hub):
     iid = _start(hub.api, seq)
     assert hub.api.get(f"/instance/{iid}/output").content == b"kept"
     wait_for(lambda: _status(hub.api, iid)["status"] == "completed", what="completed")
+    # The end reaches readers through Redis first; the row and its chunks follow in the
+    # writer's next batch.
+    wait_for(lambda: Instance.objects.get(pk=iid).remove_at is not None, what="the end recorded")
     assert StreamChunk.objects.filter(instance_id=iid).exists()
     wait_for(lambda: Instance.objects.get(pk=iid).remove_at <= timezone.now(), what="expiry")
     assert prune_ended() >= 1
@@ -212,8 +215,10 @@ def test_a_silent_worker_without_instances_ages_out_of_the_lists(private_hub):
     from sequences.models import Worker
 
     hub = private_hub()
-    wait_for(lambda: Worker.objects.filter(stopped__isnull=True).exists(), what="registered")
-    name = Worker.objects.get(stopped__isnull=True).name
+    # The session's shared hub writes its own row back at its beats: pick this hub's by pid.
+    mine = Worker.objects.filter(stopped__isnull=True, pid=hub.workers[0].proc.pid)
+    wait_for(mine.exists, what="registered")
+    name = mine.get().name
     os.killpg(hub.workers[0].proc.pid, signal.SIGKILL)
     hub.workers[0].proc.wait()
     wait_for(
@@ -223,3 +228,21 @@ def test_a_silent_worker_without_instances_ages_out_of_the_lists(private_hub):
         what="the silent worker marked stopped",
     )
     assert name not in [w.name for w in overview_context()["workers"]]
+
+
+def test_a_worker_whose_row_was_deleted_writes_it_again_at_its_next_beat(private_hub):
+    """A row aged out (a day taken for stopped: a long partition) or deleted by hand: the
+    worker, still alive, puts itself back on the Workers page at its next beat."""
+    from sequences.models import Worker
+
+    hub = private_hub()
+    mine = Worker.objects.filter(stopped__isnull=True, pid=hub.workers[0].proc.pid)
+    wait_for(mine.exists, what="registered")
+    row = mine.get()
+    Worker.objects.filter(pk=row.pk).delete()
+    back = wait_for(
+        lambda: Worker.objects.filter(name=row.name).first(), timeout=20, what="the row back"
+    )
+    assert back.stopped is None and back.capacity == row.capacity
+    assert back.hostname == row.hostname and back.labels == row.labels
+    assert hub.api.get(f"/worker/{row.name}").status_code == 200

@@ -45,13 +45,14 @@ def fill(template: str) -> str:
 
 
 def least_role(method: str, path: str) -> str:
-    """The policy docs/api.md states: viewers read; operators run and steer; admins manage
-    sequences, components and workers. A route that should differ says so here, on purpose."""
+    """The policy docs/api.md states: viewers read; operators run and steer (and configure
+    observing modes); admins manage sequences, components, workers and the modes' configuration.
+    A route that should differ says so here, on purpose."""
     if method == "GET":
         return "viewer"
     if path.startswith(("/component", "/components", "/worker/")):
         return "admin"
-    if path in ("/sequence", "/sequence/{seq_id}"):
+    if path in ("/sequence", "/sequence/{seq_id}", "/modes/config"):
         return "admin"
     return "operator"
 

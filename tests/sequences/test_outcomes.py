@@ -64,6 +64,8 @@ CASES = [
     ("errored", 20, "no worker answered the start request", Ending.FAILED, EndedBy.HUB),
     ("errored", UNKNOWN_EXIT, "Runner failed with exit code -1", Ending.FAILED, EndedBy.HUB),
     ("errored", 137 + 2, outcome(139, False, False).reason, Ending.FAILED, EndedBy.SIGNAL),
+    # SIGKILL that no request, shutdown or drain sent: the OOM killer, or the code itself.
+    ("errored", 137, outcome(137, False, False).reason, Ending.FAILED, EndedBy.SIGNAL),
     ("errored", 24, "every worker is full: not started", Ending.REFUSED, EndedBy.HUB),
     ("lost", None, WORKER_LOST.format(worker="w1"), Ending.LOST, EndedBy.WORKER_LOST),
     # Rows written before exit codes and reasons were all recorded.

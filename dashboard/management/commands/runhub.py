@@ -19,6 +19,7 @@ from dashboard.data_dir import prepare_data_dir
 from dashboard.exposure import exposure_warnings
 from dashboard.processes import (
     RedisDidNotStart,
+    die_with_parent,
     start_redis,
     stop_process,
     web_argv,
@@ -96,7 +97,9 @@ class Command(BaseCommand):
             ],
         }
         for name, argv in commands.items():
-            procs[name] = subprocess.Popen(argv, env=env, start_new_session=True)
+            procs[name] = subprocess.Popen(
+                argv, env=env, start_new_session=True, preexec_fn=die_with_parent()
+            )
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
         self.stdout.write(self.style.SUCCESS(f"Sequence Hub is running at http://{shown}:{port}/"))
         self.stdout.write(f"Hub id: {live.hub_id()} (its Redis keys are under {live.key('')})")
@@ -127,7 +130,9 @@ class Command(BaseCommand):
                 if name == "worker" and _drained(proc.pid):
                     # `si worker drain`: a rolling restart of this hub's worker.
                     self.stdout.write("The worker was drained: starting its replacement")
-                    procs["worker"] = subprocess.Popen(worker, env=env, start_new_session=True)
+                    procs["worker"] = subprocess.Popen(
+                        worker, env=env, start_new_session=True, preexec_fn=die_with_parent()
+                    )
                     continue
                 failed = f"{name} exited with code {proc.returncode}"
                 stopping = True
