@@ -20,6 +20,7 @@ import httpx
 import pytest
 import redis
 from django.conf import settings
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
 from dashboard.processes import stop_process
 from dashboard.views.auth import _attempts_key
@@ -50,8 +51,11 @@ def web(tmp_path) -> Iterator:
 
 @pytest.fixture
 def user(django_user_model) -> str:
+    # Hashed with the hub's own hasher, not the test process's PASSWORD_HASHERS: a web refuses
+    # a hash it has no hasher for (MD5, which tests/dashboard uses) as a wrong password.
     name = f"target-{uuid.uuid4().hex[:6]}"
-    django_user_model.objects.create_user(name, password=PASSWORD)
+    hasher = PBKDF2PasswordHasher()
+    django_user_model.objects.create(username=name, password=hasher.encode(PASSWORD, hasher.salt()))
     return name
 
 
