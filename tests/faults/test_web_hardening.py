@@ -76,6 +76,18 @@ def log_in(client: httpx.Client, name: str, password: str, forwarded: str = "") 
     return response.status_code
 
 
+def refused_why(web, name: str) -> str:
+    """What a failed right-password log-in leaves to go on: the stored hash's algorithm, the
+    database the web was given, and the web's log."""
+    from django.contrib.auth.models import User
+
+    from tests.conftest import database_url
+
+    stored = User.objects.filter(username=name).values_list("password", flat=True).first()
+    algorithm = (stored or "no such user").split("$")[0]
+    return f"hash {algorithm}, database {database_url()}\n{web.started[-1].output()[-3000:]}"
+
+
 def test_rotating_x_forwarded_for_does_not_bypass_the_login_limit(web, user):
     base = web()
     with browser(base) as attacker:
@@ -91,7 +103,7 @@ def test_failures_forged_with_a_victims_address_do_not_lock_the_victim(web, user
         tries = [log_in(attacker, user, "wrong", "127.0.0.2") for _ in range(4)]
         assert tries == [401, 401, 401, 429]  # the attacker locked itself out
     with browser(base, "127.0.0.2") as victim:
-        assert log_in(victim, user, PASSWORD) == 302
+        assert log_in(victim, user, PASSWORD) == 302, refused_why(web, user)
 
 
 def test_a_trusted_proxy_forwarded_for_is_believed(web, user):
@@ -103,10 +115,10 @@ def test_a_trusted_proxy_forwarded_for_is_believed(web, user):
         # The left part was written by the client: changing it changes nothing.
         assert log_in(proxy, user, PASSWORD, "10.1.1.1, 198.51.100.7") == 429
         # Another client behind the same proxy is not locked out.
-        assert log_in(proxy, user, PASSWORD, "198.51.100.8") == 302
+        assert log_in(proxy, user, PASSWORD, "198.51.100.8") == 302, refused_why(web, user)
     with browser(base, "127.0.0.2") as direct:
         # Not a trusted proxy: its header is ignored, and its own address is not locked.
-        assert log_in(direct, user, PASSWORD, "198.51.100.7") == 302
+        assert log_in(direct, user, PASSWORD, "198.51.100.7") == 302, refused_why(web, user)
 
 
 class Payload:
