@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import subprocess
 import sys
@@ -162,9 +163,11 @@ async def _hub_run(
         # Steady state: only lines printed after every start count (all N are running).
         clock["since"] = time.time()
         spies = _profile_start(hub) if profile else []
-        cpu_before = hub.cpu_seconds()
+        cpu_before = {**hub.cpu_seconds(), **_bench_and_machine()}
+        pauses = _CollectorPauses()
         await asyncio.sleep(window)
-        cpu_after = hub.cpu_seconds()
+        pauses.stop()
+        cpu_after = {**hub.cpu_seconds(), **_bench_and_machine()}
         _profile_stop(spies)
         window_latencies = list(latencies)
         probe.cancel()
@@ -215,6 +218,7 @@ async def _hub_run(
         "lines_expected_in_window": int(len(ids) * (window_s - 1)),
         "latency": _summary(window_latencies),
         "latency_to_redis": _summary(window_to_redis),
+        "bench_collections": pauses.summary(),
         "health_seconds": health_s,
         "latency_during_health_checks": _summary(health_latencies),
         "worker": usage,
@@ -240,6 +244,58 @@ def _profile_stop(spies: list[Any]) -> None:
         spy.send_signal(signal.SIGINT)
     for spy in spies:
         spy.wait(30)
+
+
+class _CollectorPauses:
+    """This process's own garbage collections while it measures: a reader held up by one adds
+    its pause to the latency of every line it has not read yet."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._started = 0.0
+        gc.callbacks.append(self._on_collection)
+
+    def _on_collection(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append(time.perf_counter() - self._started)
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._on_collection)
+
+    def summary(self) -> dict[str, float]:
+        return {"count": len(self.pauses), "longest_s": max(self.pauses, default=0.0)}
+
+
+def _bench_and_machine() -> dict[str, float]:
+    """CPU seconds of Redis and PostgreSQL (every process of theirs on this machine), this
+    process (the readers: part of every line's measured time) and the whole machine (every
+    core, busy), to read the hub's share against the rest."""
+    import redis
+
+    from bench.common import REDIS_URL
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    postgres = 0.0
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] and proc.info["name"].startswith("postgres"):
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                postgres += times.user + times.system
+    own = psutil.Process().cpu_times()
+    m = psutil.cpu_times()
+    busy = m.user + m.nice + m.system + sum(getattr(m, f, 0.0) for f in ("irq", "softirq", "steal"))
+    return {
+        "redis": info["used_cpu_user"] + info["used_cpu_sys"],
+        "postgres": postgres,
+        "bench": own.user + own.system,
+        "machine": busy,
+    }
 
 
 def _worker_usage(pid: int) -> dict[str, Any]:
@@ -357,7 +413,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f" / {worker.get('worker_threads')}",
             ),
             (
-                "CPU in the window, ms/s: web / worker / instances",
+                "the bench's own collections in the window: count / longest",
+                f"{hub['bench_collections']['count']} / "
+                f"{ms(hub['bench_collections']['longest_s'])}",
+            ),
+            (
+                "CPU, ms/s: web / worker / instances / redis / postgres / bench / machine",
                 " / ".join(f"{v:.0f}" for v in worker.get("cpu_ms_per_s", {}).values()),
             ),
             (

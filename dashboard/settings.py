@@ -289,6 +289,12 @@ HUB_LOST_AFTER = env.float("HUB_LOST_AFTER", default=15.0)
 HUB_SAMPLE_SECONDS = env.float("HUB_SAMPLE_SECONDS", default=5.0)
 if not 0.2 <= HUB_SAMPLE_SECONDS <= 3600:
     raise ValueError("HUB_SAMPLE_SECONDS must be between 0.2 and 3600 seconds")
+# The scheduling priority (nice, 0 to 19) of every instance and sequencer child: under load the
+# hub's own processes (the web serving streams and pages, the worker moving lines) run before
+# sequence code, and a child cannot raise its own priority back (runner/forkserver.py).
+HUB_CHILD_NICE = env.int("HUB_CHILD_NICE", default=10)
+if not 0 <= HUB_CHILD_NICE <= 19:
+    raise ValueError("HUB_CHILD_NICE must be between 0 and 19")
 HUB_RESOURCE_RETENTION = parse_duration(env.str("HUB_RESOURCE_RETENTION", default="1h"))
 HUB_LOGIN_ATTEMPTS = env.int("HUB_LOGIN_ATTEMPTS", default=10)
 # Console log search (dashboard/search.py): searches at once per web process, and the time one

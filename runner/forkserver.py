@@ -272,6 +272,10 @@ class Zygote:
             if run_as:
                 isolation.own_workdir(workdir, run_as)
         cgroups.join(spec.get("cgroups") or [])
+        if spec.get("nice"):
+            # Below the hub's own processes when the cores are busy. Single-threaded here, so
+            # every thread it makes inherits it; lowering it back needs CAP_SYS_NICE.
+            os.setpriority(os.PRIO_PROCESS, 0, int(spec["nice"]))
         if spec.get("isolate_network"):
             isolation.isolate_network()
         if run_as:

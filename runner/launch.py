@@ -100,6 +100,7 @@ def build_spec(instance: Instance, mode: str = "sequence", extra: dict | None = 
         "language": seq.language,
         "run_as": run_as(),
         "isolate_network": settings.HUB_SANDBOX_NETWORK == "isolated",
+        "nice": settings.HUB_CHILD_NICE,
     }
     library = python_library()
     if seq.language == "python" and library is not None:

@@ -548,6 +548,23 @@ def test_limits_pids_and_cpu_are_applied_and_shown(private_hub):
     wait_for(lambda: not list(groups.glob(f"*/sequence-hub/{iid}")), what="its cgroups removed")
 
 
+def test_sequence_code_runs_below_the_hub_and_cannot_raise_itself(admin_api):
+    """When the cores are busy the web and the worker run first (HUB_CHILD_NICE, 10 by
+    default): 2 000 children printing must not hold back the lines the hub carries for them.
+    A child cannot take its priority back."""
+    result = run_attack(
+        admin_api,
+        """
+def run(context, input):
+    return json.dumps({
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
+        "raised": attempt(lambda: os.setpriority(os.PRIO_PROCESS, 0, 0)),
+    })
+""",
+    )
+    assert result == {"nice": 10, "raised": "denied"}
+
+
 @pytest.mark.parametrize(
     "limits, field",
     [
