@@ -112,6 +112,7 @@ class Outbox:
                 batch_bytes = self._bytes  # counted until Redis has them
                 pipe = self.redis.pipeline(transaction=False)
                 streamed: dict[str, int] = {}  # bytes per stream name, for /metrics
+                moved: list[str] = []  # the streams written, for the webs' fan-out readers
                 for key, fields in batch:
                     if fields is None:
                         pipe.expire(key, ENDED_STREAM_TTL)
@@ -119,11 +120,13 @@ class Outbox:
                         topics.queue_publish(pipe, key, [fields])
                     else:
                         pipe.xadd(key, fields, maxlen=REDIS_MAXLEN, approximate=True)
+                        moved.append(key)
                         if "s" in fields and isinstance(data := fields.get("d"), bytes):
                             stream = key.rsplit(":", 1)[1]  # stream_key ends with it
                             streamed[stream] = streamed.get(stream, 0) + len(data)
                 for stream, size in streamed.items():
                     pipe.hincrby(live.stream_bytes_key(), stream, size)
+                live.note_moved(pipe, moved)
                 try:
                     await pipe.execute()
                 except (redis.ConnectionError, redis.TimeoutError):

@@ -158,10 +158,10 @@ def mark_lost(worker: str, reason: str) -> int:
     keep_live_tail(ids)
     client = live.sync_client()
     pipe = client.pipeline(transaction=False)
-    for iid in ids:
-        for stream in STREAMS:
-            key = live.stream_key(iid, stream)
-            pipe.xadd(key, live.sign_end(key, {"eof": 1, "lost": 1}))
+    ended_keys = [live.stream_key(iid, stream) for iid in ids for stream in STREAMS]
+    for key in ended_keys:
+        pipe.xadd(key, live.sign_end(key, {"eof": 1, "lost": 1}))
+    live.note_moved(pipe, ended_keys)
     pipe.execute()
     prefixes: list[str] = []
     if ids:

@@ -13,6 +13,16 @@ after which it falls back to the database and subscribes again, as before. A fol
 not keep up stops being read for (its queue holds at most QUEUE_LIMIT entries) until it has
 taken them, so a slow client neither grows the process nor holds the others back.
 
+The reader does not name every followed stream in each read. Workers add a notice to the
+hub's `moved` stream after each flush, naming the streams it wrote (`live.note_moved`); the
+reader blocks on that stream (and its wake stream), and reads only the streams the notices name
+that someone here follows, plus streams it has reason to look at: a new subscription, a
+follower that had run out of room and has some again, a stream that returned a full COUNT (more
+may wait) and a follower that heard nothing for its silence timeout (`Subscription.get`: a
+notice lost to trimming, or a worker that writes none, costs that delay, never a line). Naming
+all 2 000 followed streams in every read cost Redis ~140 µs of CPU per line carried and the web
+~160 KB sent per read (bench/README.md, session 10).
+
 A new subscription must join a read that is already blocked: the reader also reads a wake
 stream of its own (`live.wake_key`), to which a subscribing follower adds an entry when the
 reader is blocked (one write per follower, not per line).
@@ -91,6 +101,7 @@ class Subscription:
             finally:
                 timer.cancel()
             if not self.entries and self.error is None:
+                self.fanout.look_at(self.key)  # in case a notice of it was missed
                 return []
         if self.error is not None:
             self.close()
@@ -151,6 +162,10 @@ class Fanout:
         self.wake_sent = False
         self.wake_key = live.wake_key(uuid.uuid4().hex)
         self.wake_id: Id = (0, 0)
+        self.moved_key = live.moved_key()
+        self.moved_id: Id | None = None  # None: read the stream's last id first
+        # Followed streams to read in the next XREAD (besides the notices and the wake).
+        self.dirty: set[str] = set()
         self.conn: Any = None
         self.reads = 0  # for tests and benches: how many XREADs this reader sent
 
@@ -161,6 +176,7 @@ class Fanout:
             watch = self.watches[key] = _Watch(key)
         watch.subs.append(sub)
         self._refresh(watch)
+        self.dirty.add(key)  # what it has after `after` is read at once, notice or not
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._run())
         else:
@@ -181,7 +197,13 @@ class Fanout:
         watch = self.watches.get(sub.key)
         if watch is not None:
             self._refresh(watch)
-        self.wake()
+        self.look_at(sub.key)
+
+    def look_at(self, key: str) -> None:
+        """Read `key` in the next XREAD, notice or not."""
+        if key in self.watches:
+            self.dirty.add(key)
+            self.wake()
 
     def wake(self) -> None:
         if self.blocking and not self.wake_sent:
@@ -206,10 +228,14 @@ class Fanout:
         else:
             self._args[watch.key] = (watch.key_bulk, _bulk(b"%d-%d" % start))
 
-    def _command(self) -> tuple[bytes, int]:
+    def _command(self) -> tuple[bytes, list[str]]:
+        """The XREAD to send, and the followed streams it reads."""
         # Packed from what `_refresh` keeps: a read costs a join, not a pass over every
         # follower (2 000 of them took ~10 ms of packing under load).
-        pairs = list(self._args.values())
+        read = [key for key in self.dirty if key in self._args]
+        pairs = [self._args[key] for key in read]
+        moved_id = self.moved_id or (0, 0)
+        pairs.append((_bulk(self.moved_key.encode()), _bulk(b"%d-%d" % moved_id)))
         pairs.append((_bulk(self.wake_key.encode()), _bulk(b"%d-%d" % self.wake_id)))
         head = [b"XREAD", b"COUNT", b"%d" % COUNT, b"BLOCK", b"%d" % BLOCK_MS, b"STREAMS"]
         argc = len(head) + 2 * len(pairs)
@@ -221,7 +247,7 @@ class Fanout:
                 *(start for _, start in pairs),
             ]
         )
-        return packed, len(pairs)
+        return packed, read
 
     async def _xread(self, packed: bytes) -> Any:
         if self.conn is None:
@@ -231,6 +257,13 @@ class Fanout:
             self.conn = conn
         await self.conn.send_packed_command(packed, check_health=False)
         return await self.conn.read_response(disable_decoding=True)
+
+    async def _last_moved_id(self) -> Id:
+        """Where to read notices from: after the newest (what a follower's stream holds from
+        before is read because it is new, not because of a notice)."""
+        newest = await live.async_client().xrevrange(self.moved_key, count=1)
+        entry_id = newest[0][0] if newest else None
+        return parse_id(entry_id) if entry_id is not None else (0, 0)
 
     async def _drop_connection(self) -> None:
         conn, self.conn = self.conn, None
@@ -250,9 +283,14 @@ class Fanout:
                     if not self.watches:
                         break
                     continue
-                packed, _ = self._command()
                 self.blocking, self.wake_sent = True, False
                 try:
+                    if self.moved_id is None:
+                        self.moved_id = await self._last_moved_id()
+                    packed, read = self._command()
+                    # Read now. (Marked again while the read is out, by a follower that
+                    # subscribed or made room, it is read again after.)
+                    self.dirty.difference_update(read)
                     self.reads += 1
                     reply = await asyncio.wait_for(
                         self._xread(packed), BLOCK_MS / 1000 + READ_GRACE
@@ -289,6 +327,8 @@ class Fanout:
         """Every follower falls back (to the database) and subscribes again after its pause."""
         watches, self.watches = self.watches, {}
         self._args.clear()
+        self.dirty.clear()
+        self.moved_id = None  # a restarted Redis has a new stream of notices
         for watch in watches.values():
             for sub in watch.subs:
                 sub.closed = True
@@ -309,9 +349,19 @@ class Fanout:
                 if raw_entries:
                     self.wake_id = parse_id(raw_entries[-1][0])
                 continue
+            if key == self.moved_key:
+                if raw_entries:
+                    self.moved_id = parse_id(raw_entries[-1][0])
+                for _, fields in entries:
+                    for name in fields.get(b"k", b"").decode(errors="replace").split("\n"):
+                        if name in self.watches:
+                            self.dirty.add(name)
+                continue
             watch = self.watches.get(key)
             if watch is None or not entries:
                 continue
+            if len(raw_entries) >= COUNT:
+                self.dirty.add(key)  # more may wait
             got = True
             for sub in list(watch.subs):
                 if not sub.full:

@@ -31,6 +31,10 @@ Live data goes worker → Redis → web; the database holds the durable copy. Un
 - `wake:<token>`          Redis stream a web process's fan-out reader reads along with the
                           streams it follows, so that a new follower can end its blocked read
                           (sequences/fanout.py); expires an hour after its last entry
+- `moved`                 Redis stream of notices `{k: "<key>\n<key>..."}`, one per worker
+                          flush (and per lost-instance sweep), naming the streams it just wrote:
+                          a fan-out reader reads those, not every stream it follows; a hint
+                          only (a forged notice costs a read), at most MOVED_MAXLEN kept
 - `log`                   Redis stream of host log lines
 - `stats:stream-bytes`    hash: stream name -> bytes of output workers have streamed, counted
                           as they write them (the web's /metrics reads it)
@@ -65,6 +69,7 @@ import re
 import socket
 import threading
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import cache
 from typing import TYPE_CHECKING, Any, cast
@@ -129,6 +134,25 @@ def stream_key(iid: str, stream: str) -> str:
 
 def wake_key(token: str) -> str:
     return key("wake", token)
+
+
+# Notices kept: at a few hundred flushes a second, a minute of them (a reader further behind
+# than that finds a stream's data at its next notice, or when its follower has heard nothing for
+# a while: sequences/fanout.py).
+MOVED_MAXLEN = 20_000
+
+
+def moved_key() -> str:
+    return key("moved")
+
+
+def note_moved(pipe: Any, keys: Iterable[str]) -> None:
+    """Queue on `pipe`, after the writes it names, a notice of the streams they went to.
+
+    Redis runs a pipeline in order, so a reader that sees the notice finds the entries."""
+    names = "\n".join(dict.fromkeys(keys))
+    if names:
+        pipe.xadd(moved_key(), {"k": names}, maxlen=MOVED_MAXLEN, approximate=True)
 
 
 def events_key(iid: str) -> str:

@@ -1,7 +1,11 @@
 """The per-process fan-out reader of live streams (sequences/fanout.py): every follower gets
 its stream's entries in order, each once, from one XREAD for all of them; a follower that joins
 while the read is blocked is served at once; a slow one is not read for until it takes what it
-has, and loses nothing; Redis going away reaches every follower as REDIS_AWAY."""
+has, and loses nothing; Redis going away reaches every follower as REDIS_AWAY. A read names the
+streams a worker's notice says moved, not every followed one; a missed notice costs a
+follower its silence timeout, not a line.
+
+The tests write as a worker's outbox does: the entries, then a notice naming their streams."""
 
 from __future__ import annotations
 
@@ -15,6 +19,16 @@ import redis
 from sequences import fanout, live
 
 pytestmark = pytest.mark.django_db
+
+
+async def write(client, entries: list[tuple[str, dict]], notice: bool = True) -> list[bytes]:
+    """XADD each (key, fields), then, as a worker's flush does, a notice naming the keys."""
+    pipe = client.pipeline(transaction=False)
+    for key, fields in entries:
+        pipe.xadd(key, fields)
+    if notice:
+        live.note_moved(pipe, [key for key, _ in entries])
+    return (await pipe.execute())[: len(entries)]
 
 
 def _keys(n: int) -> list[str]:
@@ -38,10 +52,7 @@ def test_many_followers_one_reader_in_order_each_once():
         subs = [fanout.subscribe(key) for key in keys]
         reader = fanout.for_loop()
         for i in range(20):
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                pipe.xadd(key, {"s": i, "d": f"{key} {i}".encode()})
-            await pipe.execute()
+            await write(client, [(key, {"s": i, "d": f"{key} {i}".encode()}) for key in keys])
         results = await asyncio.gather(*(_collect(s, 20) for s in subs))
         for key, got in zip(keys, results, strict=True):
             assert got == [f"{key} {i}".encode() for i in range(20)]
@@ -62,13 +73,13 @@ def test_a_follower_joining_a_blocked_read_is_served_at_once():
         client = live.async_client()
         a = fanout.subscribe(first)
         await asyncio.sleep(0.2)  # the reader is now blocked on `first` alone
-        await client.xadd(second, {"s": 0, "d": b"old"})
+        await write(client, [(second, {"s": 0, "d": b"old"})])
         t0 = time.monotonic()
         b = fanout.subscribe(second)
         got = await _collect(b, 1)
         assert got == [b"old"]
         assert time.monotonic() - t0 < 1.0  # not the reader's 5 s block
-        await client.xadd(second, {"s": 1, "d": b"new"})
+        await write(client, [(second, {"s": 1, "d": b"new"})])
         assert await _collect(b, 1) == [b"new"]
         a.close()
         b.close()
@@ -83,7 +94,7 @@ def test_a_subscription_starts_after_the_id_it_names():
 
     async def main() -> None:
         client = live.async_client()
-        ids = [await client.xadd(key, {"s": i, "d": b"%d" % i}) for i in range(5)]
+        ids = [(await write(client, [(key, {"s": i, "d": b"%d" % i})]))[0] for i in range(5)]
         sub = fanout.subscribe(key, ids[2])
         assert await _collect(sub, 2) == [b"3", b"4"]
         sub.close()
@@ -102,10 +113,10 @@ def test_a_slow_follower_loses_nothing_and_holds_no_one_back(monkeypatch):
         slow = fanout.subscribe(slow_key)
         fast = fanout.subscribe(fast_key)
         for i in range(35):
-            await client.xadd(slow_key, {"s": i, "d": b"%d" % i})
+            await write(client, [(slow_key, {"s": i, "d": b"%d" % i})])
         await asyncio.sleep(0.3)
         assert len(slow.entries) == 10  # at its limit: no longer read for
-        await client.xadd(fast_key, {"s": 0, "d": b"fast"})
+        await write(client, [(fast_key, {"s": 0, "d": b"fast"})])
         assert await _collect(fast, 1) == [b"fast"]
         got = await _collect(slow, 35)
         assert got == [b"%d" % i for i in range(35)]
@@ -138,7 +149,7 @@ def test_redis_away_reaches_every_follower(monkeypatch):
         # Subscribing again works once Redis answers.
         client = live.async_client()
         again = fanout.subscribe(keys[0])
-        await client.xadd(keys[0], {"s": 0, "d": b"back"})
+        await write(client, [(keys[0], {"s": 0, "d": b"back"})])
         assert await _collect(again, 1) == [b"back"]
         again.close()
         await client.delete(*keys)
@@ -159,10 +170,93 @@ def test_a_follower_after_the_last_one_left_is_served():
         reader.wake()  # the read ends; nobody is left: the reader lets its connection go
         await asyncio.sleep(0)
         b = fanout.subscribe(second)  # while it closes, or after
-        await client.xadd(second, {"s": 0, "d": b"late"})
+        await write(client, [(second, {"s": 0, "d": b"late"})])
         assert await _collect(b, 1) == [b"late"]
         b.close()
         await client.delete(first, second)
+        await live.close_async_client()
+
+    asyncio.run(main())
+
+
+async def settle(client) -> None:
+    """Let the reader's current read end (a notice of a stream nobody here follows) and the
+    next one block on the notices alone: a read that named a stream sees its new entries,
+    notice or not."""
+    await write(client, [(live.stream_key(uuid.uuid4().hex, "stdout"), {"s": 0, "d": b""})])
+    await asyncio.sleep(0.2)
+
+
+def test_a_notice_brings_a_line_at_once():
+    (key,) = _keys(1)
+
+    async def main() -> None:
+        client = live.async_client()
+        sub = fanout.subscribe(key)
+        await asyncio.sleep(0.2)
+        await settle(client)
+        t0 = time.monotonic()
+        await write(client, [(key, {"s": 0, "d": b"now"})])
+        got = await sub.get(5)  # its silence timeout is 5 s: the notice, not it, brings it
+        assert [fields[b"d"] for _, fields in got] == [b"now"]
+        assert time.monotonic() - t0 < 1.0
+        sub.close()
+        await client.delete(key)
+        await live.close_async_client()
+
+    asyncio.run(main())
+
+
+def test_a_read_names_only_the_streams_that_moved(monkeypatch):
+    keys = _keys(40)
+
+    async def main() -> None:
+        client = live.async_client()
+        reader = fanout.for_loop()
+        sent: list[bytes] = []
+        xread = reader._xread
+
+        async def recording(packed: bytes):
+            sent.append(packed)
+            return await xread(packed)
+
+        monkeypatch.setattr(reader, "_xread", recording)
+        subs = [fanout.subscribe(key) for key in keys]
+        await asyncio.sleep(0.2)  # the first read names every new subscription
+        assert sum(key.encode() in sent[0] for key in keys) == 40
+        await settle(client)
+        sent.clear()
+        await write(client, [(keys[7], {"s": 0, "d": b"seven"})])
+        got = await subs[7].get(5)
+        assert [fields[b"d"] for _, fields in got] == [b"seven"]
+        named = [[key for key in keys if key.encode() in packed] for packed in sent]
+        # The read that got the notice named none; the next, the one stream it named.
+        assert [keys[7]] in named, named
+        assert all(n in ([], [keys[7]]) for n in named), named
+        for sub in subs:
+            sub.close()
+        await client.delete(*keys)
+        await live.close_async_client()
+
+    asyncio.run(main())
+
+
+def test_a_missed_notice_costs_the_follower_its_silence_not_a_line():
+    (key,) = _keys(1)
+
+    async def main() -> None:
+        client = live.async_client()
+        sub = fanout.subscribe(key)
+        await asyncio.sleep(0.2)
+        await settle(client)
+        # Written by something that sends no notice (a worker from before them; a notice
+        # trimmed away before this reader got to it).
+        await write(client, [(key, {"s": 0, "d": b"quiet"})], notice=False)
+        assert await sub.get(0.5) == []  # not read: nothing said it moved
+        got = await sub.get(2)  # its silence made the reader look at it
+        assert [fields[b"d"] for _, fields in got] == [b"quiet"]
+        sub.close()
+        await client.delete(key)
         await live.close_async_client()
 
     asyncio.run(main())
