@@ -53,16 +53,21 @@ for i in range({lines}):
 """
 
 
-def line_latencies(data: bytes, now: float, since: float) -> list[float]:
-    """Latency of each line printed after `since` (earlier ones are replayed, not live)."""
+def line_times(data: bytes, now: float, since: float) -> list[tuple[float, float]]:
+    """(printed, latency) of each line printed after `since` (earlier ones are replayed, not
+    live)."""
     out = []
     for line in data.splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[0] == b"tick":
             printed = float(parts[2])
             if printed >= since:
-                out.append(now - printed)
+                out.append((printed, now - printed))
     return out
+
+
+def line_latencies(data: bytes, now: float, since: float) -> list[float]:
+    return [latency for _, latency in line_times(data, now, since)]
 
 
 async def follow(hub: Any, iid: str, sink: list[float], window: dict) -> None:
@@ -93,7 +98,10 @@ async def follow(hub: Any, iid: str, sink: list[float], window: dict) -> None:
             data = tail + chunk
             cut = data.rfind(b"\n") + 1
             tail = data[cut:]
-            sink.extend(line_latencies(data[:cut], now, window["since"]))
+            times = line_times(data[:cut], now, window["since"])
+            sink.extend(latency for _, latency in times)
+            if "timeline" in window:
+                window["timeline"].extend(times)
     finally:
         writer.close()
 
@@ -125,17 +133,25 @@ async def _bounded(sem: asyncio.Semaphore, coro: Any) -> Any:
         return await coro
 
 
-def hub_run(n: int, window: float, concurrency: int, profile: bool = False) -> dict[str, Any]:
+def hub_run(
+    n: int, window: float, concurrency: int, profile: bool = False, settle: float = 5.0
+) -> dict[str, Any]:
     # The hub is booted outside the event loop: its setup uses the ORM, which refuses async code.
     # The hub's limits let N run (their defaults stop at 1 000).
     room = str(n + 50)
     with running_hub("concurrency", HUB_MAX_INSTANCES=room, HUB_WORKER_CAPACITY=room) as hub:
         seq = hub.upload(TICKER)
-        return asyncio.run(_hub_run(hub, seq, n, window, concurrency, profile))
+        return asyncio.run(_hub_run(hub, seq, n, window, concurrency, profile, settle))
 
 
 async def _hub_run(
-    hub: Any, seq: str, n: int, window: float, concurrency: int, profile: bool = False
+    hub: Any,
+    seq: str,
+    n: int,
+    window: float,
+    concurrency: int,
+    profile: bool = False,
+    settle: float = 5.0,
 ) -> dict[str, Any]:
     latencies: list[float] = []
     ids: list[str] = []
@@ -160,23 +176,33 @@ async def _hub_run(
         probe = asyncio.ensure_future(
             redis_probe([live.stream_key(i, "stdout") for i in ids[:50]], to_redis, clock)
         )
-        # Steady state: only lines printed after every start count (all N are running).
-        clock["since"] = time.time()
+        # Steady state: only lines printed after every start, and after `settle` more
+        # seconds, count (all N are running, and the web is done with the burst of starts).
+        await asyncio.sleep(settle)
         spies = _profile_start(hub) if profile else []
+        # The CPU snapshots walk every process (with 2 000 children, ~0.5 s in which this
+        # loop reads nothing): taken outside the window, or the lines printed meanwhile count
+        # as late (until session 10 they did: bench/README.md).
         cpu_before = {**hub.cpu_seconds(), **_bench_and_machine()}
+        cpu_t0 = time.monotonic()
         pauses = _CollectorPauses()
+        clock["since"] = time.time()
+        clock["timeline"] = []
         await asyncio.sleep(window)
-        pauses.stop()
-        cpu_after = {**hub.cpu_seconds(), **_bench_and_machine()}
-        _profile_stop(spies)
         window_latencies = list(latencies)
-        probe.cancel()
+        timeline = clock.pop("timeline")
         window_to_redis = list(to_redis)
         window_s = time.time() - clock["since"]
+        clock_since = clock["since"]
+        pauses.stop()
+        cpu_after = {**hub.cpu_seconds(), **_bench_and_machine()}
+        cpu_s = time.monotonic() - cpu_t0
+        _profile_stop(spies)
+        probe.cancel()
         usage = _worker_usage(hub.worker_pid)
         # What N running instances cost while they print: CPU per second of each process.
         usage["cpu_ms_per_s"] = {
-            k: (cpu_after[k] - cpu_before[k]) * 1000 / window_s for k in cpu_before
+            k: (cpu_after[k] - cpu_before[k]) * 1000 / cpu_s for k in cpu_before
         }
         # Then every instance's health, while they keep printing: the burst of N requests
         # through the web shows in the latency of the lines printed meanwhile (reported apart).
@@ -217,6 +243,8 @@ async def _hub_run(
         # Lines printed in the window but still in flight at its end are not counted.
         "lines_expected_in_window": int(len(ids) * (window_s - 1)),
         "latency": _summary(window_latencies),
+        "settle_s": settle,
+        "p99_by_second": _by_second(timeline, clock_since),
         "latency_to_redis": _summary(window_to_redis),
         "bench_collections": pauses.summary(),
         "health_seconds": health_s,
@@ -311,6 +339,15 @@ def _worker_usage(pid: int) -> dict[str, Any]:
     return {}
 
 
+def _by_second(timeline: list[tuple[float, float]], since: float) -> list[float]:
+    """The p99 latency of the lines printed in each second of the window: a tail at its start
+    is the burst of starts before it, one all along is the steady state."""
+    seconds: dict[int, list[float]] = {}
+    for printed, latency in timeline:
+        seconds.setdefault(int(printed - since), []).append(latency)
+    return [percentile(seconds[s], 99) for s in sorted(seconds)]
+
+
 def _summary(latencies: list[float]) -> dict[str, float]:
     return {
         "count": len(latencies),
@@ -353,6 +390,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--instances", type=int, default=TARGET_INSTANCES)
     parser.add_argument("--window", type=float, default=10.0, help="seconds measured")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=5.0,
+        help="seconds between the last start and the window (0: the window opens at once)",
+    )
     parser.add_argument("--start-concurrency", type=int, default=16)
     parser.add_argument(
         "--profile", action="store_true", help="py-spy on web and worker in the steady window"
@@ -365,7 +408,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     args = parser.parse_args(argv)
     bare = asyncio.run(bare_run(args.baseline_instances, args.window))
-    hub = hub_run(args.instances, args.window, args.start_concurrency, args.profile)
+    hub = hub_run(args.instances, args.window, args.start_concurrency, args.profile, args.settle)
     lat, worker = hub["latency"], hub["worker"]
     met = (
         hub["started"] >= TARGET_INSTANCES
@@ -373,12 +416,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         and hub["lines_in_window"] >= hub["lines_expected_in_window"] * 0.95
         and lat["max_s"] <= TARGET_LATENCY_S
     )
+    # Issue 16's target at 2 000: all healthy and the line's p99 (not its max) within 0.1 s.
+    p99_met = (
+        hub["healthy"] == hub["started"] == args.instances
+        and hub["lines_in_window"] >= hub["lines_expected_in_window"] * 0.95
+        and lat["p99_s"] <= TARGET_LATENCY_S
+    )
     result = {
         "target_instances": TARGET_INSTANCES,
         "target_latency_s": TARGET_LATENCY_S,
         **hub,
         "baseline": bare,
         "met": met,
+        "p99_met": p99_met,
     }
     print_table(
         f"{args.instances} instances printing a line a second, {args.window:.0f} s measured",
@@ -398,6 +448,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{ms(lat['p50_s'])} / {ms(lat['p99_s'])} / {ms(lat['max_s'])}",
             ),
             ("lines within 0.1 s", f"{lat['within_target'] * 100:.2f} %"),
+            (
+                f"p99 by second printed (window opened {hub['settle_s']:g} s after the starts)",
+                " ".join(f"{v * 1000:.0f}" for v in hub["p99_by_second"]) + " ms",
+            ),
             (
                 "  printed → Redis (50 of them) p50 / p99",
                 f"{ms(hub['latency_to_redis']['p50_s'])} / {ms(hub['latency_to_redis']['p99_s'])}",
@@ -428,6 +482,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             (
                 "target",
                 f"≥ {TARGET_INSTANCES}, all healthy, ≤ 0.1 s: {'met' if met else 'NOT met'}",
+            ),
+            (
+                "target: all healthy, p99 ≤ 0.1 s",
+                "met" if p99_met else "NOT met",
             ),
         ],
     )
