@@ -151,7 +151,8 @@ def pipeline(rows: list[dict[str, Any]], linked: list[dict[str, Any]]) -> dict[s
             x1, y1 = src.x + NODE_W, src.y + NODE_H // 2
             x2, y2 = node.x, node.y + NODE_H // 2
             bend = max(40, abs(x2 - x1) // 2)
-            edges.append(f"M{x1},{y1} C{x1 + bend},{y1} {x2 - bend},{y2} {x2},{y2}")
+            path = f"M{x1},{y1} C{x1 + bend},{y1} {x2 - bend},{y2} {x2},{y2}"
+            edges.append({"d": path, "source": key, "target": node.key})
     width = PAD * 2 + (max(columns, default=0)) * COLUMN + NODE_W
     height = PAD * 2 + max((len(c) for c in columns.values()), default=0) * ROW
     return {

@@ -13,6 +13,7 @@ from django.test import Client
 
 from dashboard.asgi import application
 from sequences import live, notices
+from tests.live_writes import awrite
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -98,18 +99,16 @@ async def test_new_lines_are_followed_and_the_end_is_shown(cookies, live_instanc
     assert (await comm.connect())[0]
     snapshot = await receive_until(comm, 'id="log-stdout-lines"')
     assert "Kill</button>" in snapshot  # operators get the controls
-    client = live.async_client()
     key = live.stream_key(iid, "stdout")
-    await client.xadd(key, {"s": 3, "d": b" line\nfresh \x1b[32mgreen\x1b[0m\n"})
+    await awrite([(key, {"s": 3, "d": b" line\nfresh \x1b[32mgreen\x1b[0m\n"})])
     pushed = await receive_until(comm, "green")
     assert 'hx-swap-oob="beforeend:#log-stdout-lines"' in pushed
     # The partial line completed (with the time its first chunk arrived, for the gutter).
     assert re.search(r'data-at="2:16"( data-t="[\d:.]+")?>last line</div>', pushed)
-    await client.xadd(key, {"s": 4, "d": b"the very last words"})
+    await awrite([(key, {"s": 4, "d": b"the very last words"})])
     await sync_to_async(_end)(iid)
-    for stream in live.STREAMS:
-        key = live.stream_key(iid, stream)
-        await client.xadd(key, live.sign_end(key, {"eof": 1}))
+    ends = [live.stream_key(iid, stream) for stream in live.STREAMS]
+    await awrite([(key, live.sign_end(key, {"eof": 1})) for key in ends])
     final = await receive_until(comm, 'data-status="completed"')
     # The unfinished last line is flushed as a line before the final status.
     assert re.search(
@@ -136,16 +135,13 @@ async def test_a_flood_of_lines_is_coalesced(cookies, live_instance):
     assert (await comm.connect())[0]
     await receive_until(comm, 'id="log-stdout-lines"')
     await receive_until(comm, "last")
-    client = live.async_client()
-    pipe = client.pipeline(transaction=False)
+    flood = []
     lines = 0
     for seq in range(3, 103):
-        pipe.xadd(
-            live.stream_key(iid, "stdout"),
-            {"s": seq, "d": b"".join(b"flood line %d\n" % (lines + i) for i in range(1000))},
-        )
+        data = b"".join(b"flood line %d\n" % (lines + i) for i in range(1000))
+        flood.append((live.stream_key(iid, "stdout"), {"s": seq, "d": data}))
         lines += 1000
-    await pipe.execute()
+    await awrite(flood)
     messages = []
     while True:
         message = await comm.receive_from(timeout=10)

@@ -18,6 +18,7 @@ from dashboard.views.instances import first_with_lines
 from sequences import live
 from tests.conftest import wait_for
 from tests.dashboard.test_consumers import communicator, cookies, receive_until  # noqa: F401
+from tests.live_writes import awrite
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -197,7 +198,7 @@ async def test_live_lines_carry_the_time_they_arrived(cookies, live_instance):  
     assert (await comm.connect())[0]
     await receive_until(comm, "last")
     key = live.stream_key(live_instance.id, "stdout")
-    await live.async_client().xadd(key, {"s": 3, "d": b"!\nfresh\n"})
+    await awrite([(key, {"s": 3, "d": b"!\nfresh\n"})])
     pushed = await receive_until(comm, "fresh")
     assert re.search(r'data-at="3:2" data-t="\d\d:\d\d:\d\d\.\d{3}">fresh</div>', pushed)
     await comm.disconnect()

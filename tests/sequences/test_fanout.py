@@ -17,18 +17,9 @@ import pytest
 import redis
 
 from sequences import fanout, live
+from tests.live_writes import awrite
 
 pytestmark = pytest.mark.django_db
-
-
-async def write(client, entries: list[tuple[str, dict]], notice: bool = True) -> list[bytes]:
-    """XADD each (key, fields), then, as a worker's flush does, a notice naming the keys."""
-    pipe = client.pipeline(transaction=False)
-    for key, fields in entries:
-        pipe.xadd(key, fields)
-    if notice:
-        live.note_moved(pipe, [key for key, _ in entries])
-    return (await pipe.execute())[: len(entries)]
 
 
 def _keys(n: int) -> list[str]:
@@ -52,7 +43,7 @@ def test_many_followers_one_reader_in_order_each_once():
         subs = [fanout.subscribe(key) for key in keys]
         reader = fanout.for_loop()
         for i in range(20):
-            await write(client, [(key, {"s": i, "d": f"{key} {i}".encode()}) for key in keys])
+            await awrite([(key, {"s": i, "d": f"{key} {i}".encode()}) for key in keys])
         results = await asyncio.gather(*(_collect(s, 20) for s in subs))
         for key, got in zip(keys, results, strict=True):
             assert got == [f"{key} {i}".encode() for i in range(20)]
@@ -73,13 +64,13 @@ def test_a_follower_joining_a_blocked_read_is_served_at_once():
         client = live.async_client()
         a = fanout.subscribe(first)
         await asyncio.sleep(0.2)  # the reader is now blocked on `first` alone
-        await write(client, [(second, {"s": 0, "d": b"old"})])
+        await awrite([(second, {"s": 0, "d": b"old"})])
         t0 = time.monotonic()
         b = fanout.subscribe(second)
         got = await _collect(b, 1)
         assert got == [b"old"]
         assert time.monotonic() - t0 < 1.0  # not the reader's 5 s block
-        await write(client, [(second, {"s": 1, "d": b"new"})])
+        await awrite([(second, {"s": 1, "d": b"new"})])
         assert await _collect(b, 1) == [b"new"]
         a.close()
         b.close()
@@ -94,7 +85,7 @@ def test_a_subscription_starts_after_the_id_it_names():
 
     async def main() -> None:
         client = live.async_client()
-        ids = [(await write(client, [(key, {"s": i, "d": b"%d" % i})]))[0] for i in range(5)]
+        ids = [(await awrite([(key, {"s": i, "d": b"%d" % i})]))[0] for i in range(5)]
         sub = fanout.subscribe(key, ids[2])
         assert await _collect(sub, 2) == [b"3", b"4"]
         sub.close()
@@ -113,10 +104,10 @@ def test_a_slow_follower_loses_nothing_and_holds_no_one_back(monkeypatch):
         slow = fanout.subscribe(slow_key)
         fast = fanout.subscribe(fast_key)
         for i in range(35):
-            await write(client, [(slow_key, {"s": i, "d": b"%d" % i})])
+            await awrite([(slow_key, {"s": i, "d": b"%d" % i})])
         await asyncio.sleep(0.3)
         assert len(slow.entries) == 10  # at its limit: no longer read for
-        await write(client, [(fast_key, {"s": 0, "d": b"fast"})])
+        await awrite([(fast_key, {"s": 0, "d": b"fast"})])
         assert await _collect(fast, 1) == [b"fast"]
         got = await _collect(slow, 35)
         assert got == [b"%d" % i for i in range(35)]
@@ -149,7 +140,7 @@ def test_redis_away_reaches_every_follower(monkeypatch):
         # Subscribing again works once Redis answers.
         client = live.async_client()
         again = fanout.subscribe(keys[0])
-        await write(client, [(keys[0], {"s": 0, "d": b"back"})])
+        await awrite([(keys[0], {"s": 0, "d": b"back"})])
         assert await _collect(again, 1) == [b"back"]
         again.close()
         await client.delete(*keys)
@@ -170,7 +161,7 @@ def test_a_follower_after_the_last_one_left_is_served():
         reader.wake()  # the read ends; nobody is left: the reader lets its connection go
         await asyncio.sleep(0)
         b = fanout.subscribe(second)  # while it closes, or after
-        await write(client, [(second, {"s": 0, "d": b"late"})])
+        await awrite([(second, {"s": 0, "d": b"late"})])
         assert await _collect(b, 1) == [b"late"]
         b.close()
         await client.delete(first, second)
@@ -183,7 +174,7 @@ async def settle(client) -> None:
     """Let the reader's current read end (a notice of a stream nobody here follows) and the
     next one block on the notices alone: a read that named a stream sees its new entries,
     notice or not."""
-    await write(client, [(live.stream_key(uuid.uuid4().hex, "stdout"), {"s": 0, "d": b""})])
+    await awrite([(live.stream_key(uuid.uuid4().hex, "stdout"), {"s": 0, "d": b""})])
     await asyncio.sleep(0.2)
 
 
@@ -196,7 +187,7 @@ def test_a_notice_brings_a_line_at_once():
         await asyncio.sleep(0.2)
         await settle(client)
         t0 = time.monotonic()
-        await write(client, [(key, {"s": 0, "d": b"now"})])
+        await awrite([(key, {"s": 0, "d": b"now"})])
         got = await sub.get(5)  # its silence timeout is 5 s: the notice, not it, brings it
         assert [fields[b"d"] for _, fields in got] == [b"now"]
         assert time.monotonic() - t0 < 1.0
@@ -226,7 +217,7 @@ def test_a_read_names_only_the_streams_that_moved(monkeypatch):
         assert sum(key.encode() in sent[0] for key in keys) == 40
         await settle(client)
         sent.clear()
-        await write(client, [(keys[7], {"s": 0, "d": b"seven"})])
+        await awrite([(keys[7], {"s": 0, "d": b"seven"})])
         got = await subs[7].get(5)
         assert [fields[b"d"] for _, fields in got] == [b"seven"]
         named = [[key for key in keys if key.encode() in packed] for packed in sent]
@@ -251,7 +242,7 @@ def test_a_missed_notice_costs_the_follower_its_silence_not_a_line():
         await settle(client)
         # Written by something that sends no notice (a worker from before them; a notice
         # trimmed away before this reader got to it).
-        await write(client, [(key, {"s": 0, "d": b"quiet"})], notice=False)
+        await awrite([(key, {"s": 0, "d": b"quiet"})], notice=False)
         assert await sub.get(0.5) == []  # not read: nothing said it moved
         got = await sub.get(2)  # its silence made the reader look at it
         assert [fields[b"d"] for _, fields in got] == [b"quiet"]
