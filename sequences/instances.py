@@ -566,6 +566,16 @@ async def aget_instance(iid: str) -> Instance:
     return await db_call(get_instance, iid)
 
 
+def get_reported(iid: str) -> Instance:
+    """The instance as GET /instance reports it: with the outcome its worker already reported
+    (a client told "completed" must not then have its input taken while the row catches up)."""
+    return with_reported_ends([get_instance(iid)])[0]
+
+
+async def aget_reported(iid: str) -> Instance:
+    return await db_call(get_reported, iid)
+
+
 def with_reported_ends(rows: list[Instance]) -> list[Instance]:
     """The instances, with the outcome their worker already reported where a row still says
     live (one Redis round trip for them all).

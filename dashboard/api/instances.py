@@ -98,8 +98,7 @@ def list_instances(request: HttpRequest) -> list[dict[str, Any]]:
 
 @router.get("/instance/{iid}", auth=Role("viewer"), summary="Instance info")
 def get_instance(request: HttpRequest, iid: str) -> dict[str, Any]:
-    (instance,) = instances.with_reported_ends([instances.get_instance(iid)])
-    return instances.info(instance)
+    return instances.info(instances.get_reported(iid))
 
 
 async def _headers_first(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -178,7 +177,7 @@ async def _send_body(
 
 
 async def _downstream(request: ApiRequest, iid: str, stream: str) -> HttpResponse:
-    instance = await instances.aget_instance(iid)
+    instance = await instances.aget_reported(iid)
     check_declared_length(request)
     instances.check_input(instance, stream)
     size, end = await _send_body(request, instance, stream, f"instance.{stream}")
@@ -202,7 +201,7 @@ async def send_input(request: ApiRequest, iid: str) -> HttpResponse:
     openapi_extra=RAW_BODY,
 )
 async def inout(request: ApiRequest, iid: str) -> StreamingHttpResponse:
-    instance = await instances.aget_instance(iid)
+    instance = await instances.aget_reported(iid)
     check_declared_length(request)
     instances.check_input(instance, "input")
     # Where the output is before the input goes in: what the sequence answers to this body

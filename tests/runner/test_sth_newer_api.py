@@ -253,6 +253,23 @@ def test_inout_of_an_ended_instance_is_refused(admin_api):
     assert response.status_code == 409
 
 
+def test_input_is_refused_once_the_end_is_reported_though_the_row_lags(admin_api):
+    """GET /instance says "completed" as soon as the worker's signed end is in Redis, a moment
+    before its batched write reaches the row: input sent then is refused as it would be after."""
+    from sequences.models import Instance
+
+    iid = start(admin_api, upload(admin_api, python_package(COUNT)))
+    ended(admin_api, iid)
+    wait_for(lambda: not Instance.objects.get(pk=iid).is_live, what="the row to say it ended")
+    Instance.objects.filter(pk=iid).update(status="running")  # the row, a moment earlier
+    assert admin_api.get(f"/instance/{iid}").json()["status"] == "completed"
+    for route in ("input", "inout"):
+        response = admin_api.post(
+            f"/instance/{iid}/{route}", content=b"x\n", headers={"Content-Type": "text/plain"}
+        )
+        assert response.status_code == 409, (route, response.text)
+
+
 # -- entities ---------------------------------------------------------------------------------
 
 
