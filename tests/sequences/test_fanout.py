@@ -26,6 +26,14 @@ def _keys(n: int) -> list[str]:
     return [live.stream_key(uuid.uuid4().hex, "stdout") for _ in range(n)]
 
 
+async def finish(subs: list[fanout.Subscription], keys: list[str]) -> None:
+    """Close the subscriptions, delete the streams, let the client go."""
+    for sub in subs:
+        sub.close()
+    await live.async_client().delete(*keys)
+    await live.close_async_client()
+
+
 async def _collect(sub: fanout.Subscription, want: int, timeout: float = 5) -> list[bytes]:
     got: list[bytes] = []
     deadline = time.monotonic() + timeout
@@ -39,7 +47,6 @@ def test_many_followers_one_reader_in_order_each_once():
     keys = _keys(50)
 
     async def main() -> None:
-        client = live.async_client()
         subs = [fanout.subscribe(key) for key in keys]
         reader = fanout.for_loop()
         for i in range(20):
@@ -49,10 +56,7 @@ def test_many_followers_one_reader_in_order_each_once():
             assert got == [f"{key} {i}".encode() for i in range(20)]
         # 50 followers of 20 entries each: a few reads serve them all, not 1 000.
         assert reader.reads < 100
-        for sub in subs:
-            sub.close()
-        await client.delete(*keys)
-        await live.close_async_client()
+        await finish(subs, keys)
 
     asyncio.run(main())
 
@@ -61,7 +65,6 @@ def test_a_follower_joining_a_blocked_read_is_served_at_once():
     first, second = _keys(2)
 
     async def main() -> None:
-        client = live.async_client()
         a = fanout.subscribe(first)
         await asyncio.sleep(0.2)  # the reader is now blocked on `first` alone
         await awrite([(second, {"s": 0, "d": b"old"})])
@@ -72,10 +75,7 @@ def test_a_follower_joining_a_blocked_read_is_served_at_once():
         assert time.monotonic() - t0 < 1.0  # not the reader's 5 s block
         await awrite([(second, {"s": 1, "d": b"new"})])
         assert await _collect(b, 1) == [b"new"]
-        a.close()
-        b.close()
-        await client.delete(first, second)
-        await live.close_async_client()
+        await finish([a, b], [first, second])
 
     asyncio.run(main())
 
@@ -84,13 +84,10 @@ def test_a_subscription_starts_after_the_id_it_names():
     (key,) = _keys(1)
 
     async def main() -> None:
-        client = live.async_client()
         ids = [(await awrite([(key, {"s": i, "d": b"%d" % i})]))[0] for i in range(5)]
         sub = fanout.subscribe(key, ids[2])
         assert await _collect(sub, 2) == [b"3", b"4"]
-        sub.close()
-        await client.delete(key)
-        await live.close_async_client()
+        await finish([sub], [key])
 
     asyncio.run(main())
 
@@ -100,7 +97,6 @@ def test_a_slow_follower_loses_nothing_and_holds_no_one_back(monkeypatch):
     slow_key, fast_key = _keys(2)
 
     async def main() -> None:
-        client = live.async_client()
         slow = fanout.subscribe(slow_key)
         fast = fanout.subscribe(fast_key)
         for i in range(35):
@@ -111,10 +107,7 @@ def test_a_slow_follower_loses_nothing_and_holds_no_one_back(monkeypatch):
         assert await _collect(fast, 1) == [b"fast"]
         got = await _collect(slow, 35)
         assert got == [b"%d" % i for i in range(35)]
-        slow.close()
-        fast.close()
-        await client.delete(slow_key, fast_key)
-        await live.close_async_client()
+        await finish([slow, fast], [slow_key, fast_key])
 
     asyncio.run(main())
 
@@ -138,13 +131,10 @@ def test_redis_away_reaches_every_follower(monkeypatch):
         assert not reader.watches
         monkeypatch.undo()
         # Subscribing again works once Redis answers.
-        client = live.async_client()
         again = fanout.subscribe(keys[0])
         await awrite([(keys[0], {"s": 0, "d": b"back"})])
         assert await _collect(again, 1) == [b"back"]
-        again.close()
-        await client.delete(*keys)
-        await live.close_async_client()
+        await finish([again], keys)
 
     asyncio.run(main())
 
@@ -153,7 +143,6 @@ def test_a_follower_after_the_last_one_left_is_served():
     first, second = _keys(2)
 
     async def main() -> None:
-        client = live.async_client()
         reader = fanout.for_loop()
         a = fanout.subscribe(first)
         await asyncio.sleep(0.1)
@@ -163,14 +152,12 @@ def test_a_follower_after_the_last_one_left_is_served():
         b = fanout.subscribe(second)  # while it closes, or after
         await awrite([(second, {"s": 0, "d": b"late"})])
         assert await _collect(b, 1) == [b"late"]
-        b.close()
-        await client.delete(first, second)
-        await live.close_async_client()
+        await finish([b], [first, second])
 
     asyncio.run(main())
 
 
-async def settle(client) -> None:
+async def settle() -> None:
     """Let the reader's current read end (a notice of a stream nobody here follows) and the
     next one block on the notices alone: a read that named a stream sees its new entries,
     notice or not."""
@@ -182,18 +169,15 @@ def test_a_notice_brings_a_line_at_once():
     (key,) = _keys(1)
 
     async def main() -> None:
-        client = live.async_client()
         sub = fanout.subscribe(key)
         await asyncio.sleep(0.2)
-        await settle(client)
+        await settle()
         t0 = time.monotonic()
         await awrite([(key, {"s": 0, "d": b"now"})])
         got = await sub.get(5)  # its silence timeout is 5 s: the notice, not it, brings it
         assert [fields[b"d"] for _, fields in got] == [b"now"]
         assert time.monotonic() - t0 < 1.0
-        sub.close()
-        await client.delete(key)
-        await live.close_async_client()
+        await finish([sub], [key])
 
     asyncio.run(main())
 
@@ -202,7 +186,6 @@ def test_a_read_names_only_the_streams_that_moved(monkeypatch):
     keys = _keys(40)
 
     async def main() -> None:
-        client = live.async_client()
         reader = fanout.for_loop()
         sent: list[bytes] = []
         xread = reader._xread
@@ -215,7 +198,7 @@ def test_a_read_names_only_the_streams_that_moved(monkeypatch):
         subs = [fanout.subscribe(key) for key in keys]
         await asyncio.sleep(0.2)  # the first read names every new subscription
         assert sum(key.encode() in sent[0] for key in keys) == 40
-        await settle(client)
+        await settle()
         sent.clear()
         await awrite([(keys[7], {"s": 0, "d": b"seven"})])
         got = await subs[7].get(5)
@@ -224,10 +207,7 @@ def test_a_read_names_only_the_streams_that_moved(monkeypatch):
         # The read that got the notice named none; the next, the one stream it named.
         assert [keys[7]] in named, named
         assert all(n in ([], [keys[7]]) for n in named), named
-        for sub in subs:
-            sub.close()
-        await client.delete(*keys)
-        await live.close_async_client()
+        await finish(subs, keys)
 
     asyncio.run(main())
 
@@ -236,18 +216,15 @@ def test_a_missed_notice_costs_the_follower_its_silence_not_a_line():
     (key,) = _keys(1)
 
     async def main() -> None:
-        client = live.async_client()
         sub = fanout.subscribe(key)
         await asyncio.sleep(0.2)
-        await settle(client)
+        await settle()
         # Written by something that sends no notice (a worker from before them; a notice
         # trimmed away before this reader got to it).
         await awrite([(key, {"s": 0, "d": b"quiet"})], notice=False)
         assert await sub.get(0.5) == []  # not read: nothing said it moved
         got = await sub.get(2)  # its silence made the reader look at it
         assert [fields[b"d"] for _, fields in got] == [b"quiet"]
-        sub.close()
-        await client.delete(key)
-        await live.close_async_client()
+        await finish([sub], [key])
 
     asyncio.run(main())
