@@ -131,6 +131,18 @@ class Pump(asyncio.Protocol):
             self.child.pumps_done.set()
 
 
+def pipe_file(loop: asyncio.AbstractEventLoop, fd: int, mode: str) -> Any:
+    """A file object to hand `loop` for a pipe transport on `fd`, which the transport then owns.
+
+    uvloop's pipe transports close the descriptor themselves (libuv) and then close the file
+    object too: a second close of a number that a pipe made meanwhile may hold
+    (MagicStack/uvloop#763). Under 200 starts at once, new children's pipes were closed under
+    them ("Bad file descriptor", "File exists"). So under uvloop the file object does not own
+    the descriptor; under asyncio's loop the transport closes only the file, which does.
+    """
+    return os.fdopen(fd, mode, buffering=0, closefd=not isinstance(loop, uvloop.Loop))
+
+
 class Supervisor:
     def __init__(
         self, name: str | None = None, capacity: int | None = None, queues: list[str] | None = None
@@ -433,15 +445,29 @@ class Supervisor:
         return child
 
     async def _attach(self, child: Child, ends: ParentEnds) -> None:
-        # The transports own the ends from here: each closes its file when it closes.
+        # The transports own the ends from here: each closes its descriptor when it closes.
         readers = ends.readers()
         child.open_pumps = len(STREAMS)
-        for stream in STREAMS:
-            pipe = os.fdopen(readers[stream], "rb", buffering=0)
-            await self.loop.connect_read_pipe(functools.partial(Pump, self, child, stream), pipe)
-        stdin, input_ = (os.fdopen(fd, "wb", buffering=0) for fd in (ends.stdin, ends.input))
-        child.stdin, _ = await self.loop.connect_write_pipe(asyncio.Protocol, stdin)
-        child.input, _ = await self.loop.connect_write_pipe(asyncio.Protocol, input_)
+        pending = [readers[stream] for stream in STREAMS] + [ends.stdin, ends.input]
+        try:
+            for stream in STREAMS:
+                pipe = pipe_file(self.loop, pending[0], "rb")
+                await self.loop.connect_read_pipe(
+                    functools.partial(Pump, self, child, stream), pipe
+                )
+                pending.pop(0)
+            child.stdin, _ = await self.loop.connect_write_pipe(
+                asyncio.Protocol, pipe_file(self.loop, pending[0], "wb")
+            )
+            pending.pop(0)
+            child.input, _ = await self.loop.connect_write_pipe(
+                asyncio.Protocol, pipe_file(self.loop, pending[0], "wb")
+            )
+            pending.pop(0)
+        except BaseException:
+            close_fds(pending)  # those no transport took; the rest close with theirs
+            ends.control.close()
+            raise
         reader, writer = await asyncio.open_unix_connection(sock=ends.control, limit=1 << 24)
         child.ctl_writer = writer
         child.ctl_task = self.loop.create_task(self._control_from_child(child, reader))
