@@ -274,7 +274,7 @@ async def send_stdin(request: ApiRequest, iid: str) -> HttpResponse:
     openapi_extra=json_body(EventBody),
 )
 async def send_event(request: ApiRequest, iid: str) -> HttpResponse:
-    instance = await instances.aget_instance(iid)
+    instance = await instances.aget_reported(iid)
     body = await _control_body(request, EventBody)
     await instances.send_event(instance, body.eventName, body.message)
     await aaudit(request.auth, "instance.event", iid, via="api", event=body.eventName)
@@ -288,7 +288,7 @@ async def send_event(request: ApiRequest, iid: str) -> HttpResponse:
     openapi_extra=json_body(StopBody),
 )
 async def stop(request: ApiRequest, iid: str) -> HttpResponse:
-    instance = await instances.aget_instance(iid)
+    instance = await instances.aget_reported(iid)
     body = await _control_body(request, StopBody)
     timeout_ms = int(min(body.timeout, 3_600_000))
     instance = await instances.stop(
@@ -307,7 +307,7 @@ async def stop(request: ApiRequest, iid: str) -> HttpResponse:
     openapi_extra=json_body(KillBody),
 )
 async def kill(request: ApiRequest, iid: str) -> HttpResponse:
-    instance = await instances.aget_instance(iid)
+    instance = await instances.aget_reported(iid)
     body = await _control_body(request, KillBody)
     await instances.kill(instance, body.removeImmediately, by=actor_name(request.auth))
     # A kill ends it in milliseconds: wait that long, so the audit entry says the outcome.

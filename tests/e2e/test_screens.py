@@ -92,21 +92,34 @@ def pack_dir(path: Path) -> bytes:
     return buf.getvalue()
 
 
+CSP_DETAILS = """
+document.addEventListener("securitypolicyviolation", (e) => {
+  const el = e.target instanceof Element ? e.target : null;
+  const what = el ? `<${el.tagName.toLowerCase()} id=${el.id} class=${el.className}>` : "";
+  console.error(`CSP ${e.violatedDirective} blocked ${e.blockedURI} in ${e.sourceFile}:` +
+    `${e.lineNumber} ${what} ${e.sample}`);
+}, true);
+"""
+
+
 class Screen:
     """One logged-in page of one browser context; errors of the page are collected."""
 
     def __init__(self, browser, url: str, person, **context) -> None:
         self.url = url
         self.context = browser.new_context(viewport=DESKTOP, **context)
+        # Chromium's CSP message names neither the page's element nor the script that styled
+        # it: the violation event does, and says so in the errors collected below.
+        self.context.add_init_script(CSP_DETAILS)
         self.page = self.context.new_page()
         self.page.set_default_timeout(20_000)
         self.errors: list[str] = []
         self.wide: list[str] = []
-        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        self.page.on("pageerror", lambda exc: self.errors.append(f"{self.page.url}: {exc}"))
         self.page.on(
             "console",
             lambda m: (
-                self.errors.append(m.text)
+                self.errors.append(f"{self.page.url}: {m.text}")
                 if m.type == "error" and "Failed to load resource" not in m.text
                 else None
             ),

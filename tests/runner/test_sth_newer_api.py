@@ -255,7 +255,8 @@ def test_inout_of_an_ended_instance_is_refused(admin_api):
 
 def test_input_is_refused_once_the_end_is_reported_though_the_row_lags(admin_api):
     """GET /instance says "completed" as soon as the worker's signed end is in Redis, a moment
-    before its batched write reaches the row: input sent then is refused as it would be after."""
+    before its batched write reaches the row: input, events, stop and kill sent then are
+    refused as they would be after."""
     from sequences.models import Instance
 
     iid = start(admin_api, upload(admin_api, python_package(COUNT)))
@@ -268,6 +269,11 @@ def test_input_is_refused_once_the_end_is_reported_though_the_row_lags(admin_api
             f"/instance/{iid}/{route}", content=b"x\n", headers={"Content-Type": "text/plain"}
         )
         assert response.status_code == 409, (route, response.text)
+    # Nor is an event, a stop or a kill taken (each answered as if the instance still ran).
+    for route, body in (("_event", {"eventName": "e"}), ("_stop", {}), ("_kill", {})):
+        response = admin_api.post(f"/instance/{iid}/{route}", json=body)
+        assert response.status_code == 409, (route, response.text)
+        assert response.json()["code"] == "NOT_RUNNING", (route, response.text)
 
 
 # -- entities ---------------------------------------------------------------------------------
