@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import InterfaceError, OperationalError, connection, models, transaction
 from django.utils import timezone
 
 from sequences.models import Instance, InstanceEvent, StreamChunk
@@ -193,12 +193,34 @@ class DbWriter:
         if events:
             InstanceEvent.objects.bulk_create(events)
         for iid, fields in updates.items():
-            found = Instance.objects.filter(pk=iid).update(**fields)
+            found = update_instance(iid, fields)
             if not found and "worker" in fields and self.on_missing is not None:
                 self.on_missing(iid)
 
 
 _COLUMNS = "(instance_id, stream, seq, data, created)"
+
+
+def update_instance(iid: str, fields: dict[str, Any]) -> int:
+    """`Instance.objects.filter(pk=iid).update(**fields)` (plain values only), without the
+    ORM building the query: a start costs the writer four updates, and compiling each took
+    ~70 % of it. The values are prepared by the fields themselves, as update() does."""
+    opts = Instance._meta
+    quote = connection.ops.quote_name
+    columns, params = [], []
+    for name, value in fields.items():
+        field = opts.get_field(name)
+        if not isinstance(field, models.Field) or field.column is None:
+            raise ValueError(f"{name} is not a column of the instance table")
+        columns.append(f"{quote(field.column)} = %s")
+        params.append(field.get_db_prep_save(value, connection))
+    params.append(opts.pk.get_db_prep_value(iid, connection))
+    sql = (
+        f"UPDATE {quote(opts.db_table)} SET {', '.join(columns)} WHERE {quote(opts.pk.column)} = %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
 
 
 def insert_chunks(rows: list[tuple[str, str, int, bytes, datetime]]) -> None:

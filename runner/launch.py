@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,25 @@ def run_root() -> Path:
     return root
 
 
+# Whether children get a user of their own rests on the permissions of the standard library
+# and the data folder up to /: a stat of every folder above them, ~5 % of a start's time on
+# the supervisor's loop when made for each. Decided again at most this often, so that an
+# operator who opens them up is obeyed within seconds without a restart.
+RUN_AS_SECONDS = 5.0
+_run_as: tuple[float, tuple[str, Path], dict[str, Any] | None] | None = None
+
+
 def run_as() -> dict[str, Any] | None:
-    user = isolation.run_as_for(settings.HUB_RUN_AS, settings.HUB_DATA_DIR)
+    global _run_as
+    now, key = time.monotonic(), (settings.HUB_RUN_AS, settings.HUB_DATA_DIR)
+    if _run_as is not None and _run_as[1] == key and now - _run_as[0] < RUN_AS_SECONDS:
+        user = _run_as[2]
+    else:
+        user = isolation.run_as_for(settings.HUB_RUN_AS, settings.HUB_DATA_DIR)
+        _run_as = (now, key, user)
     if user is None and settings.HUB_RUN_AS == "auto" and os.geteuid() == 0:
         _warn_unisolated()
-    return user
+    return dict(user) if user is not None else None
 
 
 @functools.cache

@@ -237,3 +237,30 @@ def test_overview_counts_agree_with_the_list_rows(clients, live_instance):
     assert 'href="/instances/?status=live"><b>1</b><span>live</span>' in html
     listing = clients["viewer"].get("/instances/?status=live").content.decode()
     assert live_instance.id in listing
+
+
+def test_the_writers_update_stores_what_the_orms_would(ended_instance):
+    """The writer's UPDATE is written without the ORM's query building (runner/dbwriter.py:
+    update_instance); every kind of value it is given is stored as update() stores it."""
+    from runner.dbwriter import update_instance
+    from sequences.models import Instance, InstanceStatus
+
+    at = timezone.now().replace(microsecond=123456)
+    fields = {
+        "status": InstanceStatus.ERRORED,
+        "exit_code": 137,
+        "reason": "Killed by 'x' \"y\"; --",
+        "ended": at,
+        "remove_at": at + datetime.timedelta(days=1),
+        "worker": "w-ünïcode",
+        "pid": None,
+    }
+    assert update_instance(ended_instance.id, fields) == 1
+    ours = Instance.objects.values(*fields).get(pk=ended_instance.id)
+    Instance.objects.filter(pk=ended_instance.id).update(status="running", pid=1, ended=None)
+    Instance.objects.filter(pk=ended_instance.id).update(**fields)
+    assert Instance.objects.values(*fields).get(pk=ended_instance.id) == ours
+    assert ours["ended"] == at and ours["pid"] is None
+    assert update_instance("no-such-instance", {"pid": 1}) == 0
+    with pytest.raises(Exception, match="no_such_field|has no field"):
+        update_instance(ended_instance.id, {"no_such_field": 1})
