@@ -262,5 +262,5 @@ def test_the_writers_update_stores_what_the_orms_would(ended_instance):
     assert Instance.objects.values(*fields).get(pk=ended_instance.id) == ours
     assert ours["ended"] == at and ours["pid"] is None
     assert update_instance("no-such-instance", {"pid": 1}) == 0
-    with pytest.raises(Exception, match="no_such_field|has no field"):
+    with pytest.raises(Exception, match=r"no_such_field"):
         update_instance(ended_instance.id, {"no_such_field": 1})
