@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 EVENT_NOTIFY_SECONDS = 0.2
 LIST_NOTIFY_SECONDS = 0.1  # at most this often a "look again" to the instance list pages
+INSTANCE_NOTIFY_SECONDS = 0.02  # an instance's changes within this are told its page at once
 CGROUP_RETRY_SECONDS = 2.0
 # How long the answer to a failed start waits for its record (the database may be away).
 FAILED_START_WAIT = 5.0
@@ -195,13 +196,22 @@ class Notifier:
         self._list_change: dict[str, Any] | None = None
         self._list_due = False
         self._events_due: set[str] = set()
+        self._instance_changes: dict[str, dict[str, Any]] = {}  # not yet sent, by instance
 
     def changed(self, iid: str, **change: Any) -> None:
-        """The instance's own group hears every change at once. The list pages' group only
-        means "look again" (they re-read the database), so its sends are coalesced to one per
-        LIST_NOTIFY_SECONDS: a burst of starts costs one send there, not one per change."""
+        """The instance's own group hears its changes within INSTANCE_NOTIFY_SECONDS, those
+        of one moment merged in one send (the latest value of each field): a short run's
+        "running" and its end are one send, not two, and a send costs the worker two Redis
+        round trips even when no page watches (bench/README.md, session 11). The list pages'
+        group only means "look again" (they re-read the database), so its sends are coalesced
+        to one per LIST_NOTIFY_SECONDS: a burst of starts costs one send there."""
         message = {"type": notices.INSTANCE_CHANGED, "id": iid, **change}
-        self.loop.create_task(notices.asend(message, notices.instance_group(iid)))
+        pending = self._instance_changes.get(iid)
+        if pending is None:
+            self._instance_changes[iid] = dict(message)
+            self.loop.call_later(INSTANCE_NOTIFY_SECONDS, self._instance, iid)
+        else:
+            pending.update(change)
         self._list_change = message
         if not self._list_due:
             self._list_due = True
@@ -220,6 +230,11 @@ class Notifier:
             self.loop.create_task(notices.asend(message, notices.instance_group(iid)))
 
         self.loop.call_later(EVENT_NOTIFY_SECONDS, fire)
+
+    def _instance(self, iid: str) -> None:
+        message = self._instance_changes.pop(iid, None)
+        if message is not None:
+            self.loop.create_task(notices.asend(message, notices.instance_group(iid)))
 
     def _lists(self) -> None:
         self._list_due = False

@@ -152,3 +152,40 @@ def test_a_sigkill_nobody_asked_for_is_a_failure_by_signal(hub, admin_api):
     assert data["terminated"]["exitcode"] == 137, data
     assert "SIGKILL" in data["terminated"]["reason"], data
     assert "out of memory?" in data["terminated"]["reason"], data
+
+
+async def test_an_instances_changes_of_one_moment_reach_its_page_in_one_notice():
+    """A short run's "running" and its end, told the instance's group within
+    INSTANCE_NOTIFY_SECONDS, are one message with the latest of each field; a later change is
+    a message of its own."""
+    import asyncio
+    import uuid
+
+    from channels.layers import get_channel_layer
+
+    from runner.outcomes import INSTANCE_NOTIFY_SECONDS, Notifier
+    from sequences import notices
+
+    layer = get_channel_layer()
+    iid = f"notify-{uuid.uuid4().hex[:8]}"
+    channel = await layer.new_channel()
+    await layer.group_add(notices.instance_group(iid), channel)
+    try:
+        notifier = Notifier(asyncio.get_running_loop())
+        notifier.changed(iid, status="running")
+        notifier.changed(iid, status="completed", exitcode=0, reason="Instance completed")
+        first = await asyncio.wait_for(layer.receive(channel), 5)
+        assert first == {
+            "type": notices.INSTANCE_CHANGED,
+            "id": iid,
+            "status": "completed",
+            "exitcode": 0,
+            "reason": "Instance completed",
+        }
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(layer.receive(channel), INSTANCE_NOTIFY_SECONDS * 10)
+        notifier.changed(iid, status="killing")
+        second = await asyncio.wait_for(layer.receive(channel), 5)
+        assert second["status"] == "killing" and "exitcode" not in second
+    finally:
+        await layer.group_discard(notices.instance_group(iid), channel)
