@@ -185,6 +185,7 @@ class Supervisor:
         self._room = asyncio.Event()  # set when a place may have come free
         self._room_dirty = False
         self._room_task: asyncio.Task | None = None
+        self._room_closed = False  # set by the shutdown once the room is taken away
         self._memory_available = 0
         self._memory_read_at = -MEMORY_READ_SECONDS
         # Set by a drain (runner/drain.py): no more starts; the worker exits once empty.
@@ -255,6 +256,12 @@ class Supervisor:
             await asyncio.sleep(0.05)
         await self.forkserver.close()
         await self.redis.delete(live.worker_key(self.name))
+        # No room write after the one deleted below: a pending one (coalescing the children's
+        # ends) would put this worker back among the rooms, full, until it lapsed.
+        self._room_closed = True
+        if self._room_task is not None and not self._room_task.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._room_task, 2)
         for queue in self.queues:
             await cast("Awaitable[int]", self.redis.hdel(live.room_key(queue), self.name))
         # Gone from the lists of workers at once, not after HUB_LOST_AFTER.
@@ -368,6 +375,8 @@ class Supervisor:
             # for them. A web that read the room meanwhile is refused by a full worker (which
             # does not pop) and places the start again, so a late room costs nothing lost.
             await asyncio.sleep(ROOM_COALESCE_SECONDS)
+            if self._room_closed:
+                return  # the shutdown took this worker's room away: not written back
             self._room_dirty = False
             try:
                 await self._write_room()
