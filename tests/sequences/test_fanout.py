@@ -165,13 +165,19 @@ async def settle() -> None:
     await asyncio.sleep(0.2)
 
 
+async def settled_subscription(key: str) -> fanout.Subscription:
+    """A follower of `key` whose first read is done and whose reader waits on notices alone."""
+    sub = fanout.subscribe(key)
+    await asyncio.sleep(0.2)
+    await settle()
+    return sub
+
+
 def test_a_notice_brings_a_line_at_once():
     (key,) = _keys(1)
 
     async def main() -> None:
-        sub = fanout.subscribe(key)
-        await asyncio.sleep(0.2)
-        await settle()
+        sub = await settled_subscription(key)
         t0 = time.monotonic()
         await awrite([(key, {"s": 0, "d": b"now"})])
         got = await sub.get(5)  # its silence timeout is 5 s: the notice, not it, brings it
@@ -216,9 +222,7 @@ def test_a_missed_notice_costs_the_follower_its_silence_not_a_line():
     (key,) = _keys(1)
 
     async def main() -> None:
-        sub = fanout.subscribe(key)
-        await asyncio.sleep(0.2)
-        await settle()
+        sub = await settled_subscription(key)
         # Written by something that sends no notice (a worker from before them; a notice
         # trimmed away before this reader got to it).
         await awrite([(key, {"s": 0, "d": b"quiet"})], notice=False)
