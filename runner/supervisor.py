@@ -475,26 +475,25 @@ class Supervisor:
         # The transports own the ends from here: each closes its descriptor when it closes.
         readers = ends.readers()
         child.open_pumps = len(STREAMS)
-        pending = [readers[stream] for stream in STREAMS] + [ends.stdin, ends.input]
+        fds = [readers[stream] for stream in STREAMS] + [ends.stdin, ends.input]
+        taken = 0  # how many of `fds` a transport owns so far
         try:
             for stream in STREAMS:
-                pipe = pipe_file(self.loop, pending[0], "rb")
-                await self.loop.connect_read_pipe(
-                    functools.partial(Pump, self, child, stream), pipe
+                protocol = functools.partial(Pump, self, child, stream)
+                await self.loop.connect_read_pipe(protocol, pipe_file(self.loop, fds[taken], "rb"))
+                taken += 1
+            writers = []
+            for fd in fds[taken:]:
+                transport, _ = await self.loop.connect_write_pipe(
+                    asyncio.Protocol, pipe_file(self.loop, fd, "wb")
                 )
-                pending.pop(0)
-            child.stdin, _ = await self.loop.connect_write_pipe(
-                asyncio.Protocol, pipe_file(self.loop, pending[0], "wb")
-            )
-            pending.pop(0)
-            child.input, _ = await self.loop.connect_write_pipe(
-                asyncio.Protocol, pipe_file(self.loop, pending[0], "wb")
-            )
-            pending.pop(0)
+                writers.append(transport)
+                taken += 1
         except BaseException:
-            close_fds(pending)  # those no transport took; the rest close with theirs
+            close_fds(fds[taken:])  # those no transport took; the rest close with theirs
             ends.control.close()
             raise
+        child.stdin, child.input = writers
         reader, writer = await asyncio.open_unix_connection(sock=ends.control, limit=1 << 24)
         child.ctl_writer = writer
         child.ctl_task = self.loop.create_task(self._control_from_child(child, reader))
