@@ -13,6 +13,7 @@ from django.core.exceptions import RequestAborted
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
 from accounts.access import actor_name, audit, audit_soon
+from core.protocol import STREAMS
 from dashboard.api.auth import ApiRequest, HubRouter, Role
 from dashboard.api.bodies import (
     ControlBody,
@@ -113,13 +114,18 @@ def _stream_response(
     iid: str, stream: str, is_live: bool | None = None, cursor: int = 0
 ) -> StreamingHttpResponse:
     chunks = streams.follow(iid, stream, cursor, live_hint=is_live)
-    response = StreamingHttpResponse(_headers_first(chunks), content_type=TEXT_STREAM)
+    return _live_response(_headers_first(chunks))
+
+
+def _live_response(chunks: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    """A text stream sent as it comes: no caching, no buffering by a proxy in between."""
+    response = StreamingHttpResponse(chunks, content_type=TEXT_STREAM)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
 
 
-for _name in ("stdout", "stderr", "output", "log"):
+for _name in STREAMS:
 
     def _make(stream: str) -> Any:
         async def read_stream(request: HttpRequest, iid: str) -> StreamingHttpResponse:
@@ -208,13 +214,7 @@ async def inout(request: ApiRequest, iid: str) -> StreamingHttpResponse:
     # comes after it, however fast it answers.
     cursor = await streams.next_chunk(iid, "output")
     output = streams.follow(iid, "output", cursor, live_hint=True)
-    response = StreamingHttpResponse(
-        _duplex(_send_body(request, instance, "input", "instance.inout"), output),
-        content_type=TEXT_STREAM,
-    )
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return _live_response(_duplex(_send_body(request, instance, "input", "instance.inout"), output))
 
 
 async def _duplex(sending: Awaitable[Any], output: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -376,4 +376,4 @@ async def event_stream(request: HttpRequest, iid: str, name: str) -> StreamingHt
 
 @router.get("/log", auth=Role("viewer"), summary="The hub's own log (endless)")
 async def host_log(request: HttpRequest) -> StreamingHttpResponse:
-    return StreamingHttpResponse(_headers_first(streams.host_log()), content_type=TEXT_STREAM)
+    return _live_response(_headers_first(streams.host_log()))

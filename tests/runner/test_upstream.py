@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from core.protocol import Message
 from tests.conftest import wait_for
 from tests.packaging import python_package, upload
 from tests.sequences import sequencer_kit
@@ -537,7 +538,7 @@ def script(sequencer):
             {"req": 1005, "command": "x" * 5000, "target": "y" * 5000},
             "not even a dict",
         ]:
-            runtime.control.send(3022, junk)
+            runtime.control.send(SEQ_REQUEST, junk)
         answers = []
         for junk in [
             {"command": "queryFinal", "target": step.params["target"], "runId": 7},
@@ -553,7 +554,8 @@ def script(sequencer):
 def test_garbage_requests_are_refused_and_harm_neither_sequencer(kit):
     from accounts.models import AuditEntry
 
-    seq_id = upload(kit.admin, python_package(HOSTILE))
+    hostile = HOSTILE.replace("SEQ_REQUEST", str(int(Message.SEQ_REQUEST)))
+    seq_id = upload(kit.admin, python_package(hostile))
     comp = kit.component()
     up = kit.admin.post(
         f"/component/{comp}/load-script", json={"sequence": seq_id, "prefix": unique("ESW.bad")}
