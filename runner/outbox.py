@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 import redis
 import redis.asyncio as aredis
@@ -48,6 +48,19 @@ HOLD_SECONDS = 30.0
 FLUSH_GAP_S = 0.005
 
 
+class TopicChunk(NamedTuple):
+    data: bytes
+    kind: str  # the topic's content type, as the producer was granted it
+
+
+class TopicChunks(NamedTuple):
+    kind: str
+    data: list[bytes]
+
+
+Entry: TypeAlias = "dict[FieldT, EncodableT] | TopicChunk | None"
+
+
 class Outbox:
     def __init__(
         self,
@@ -60,9 +73,9 @@ class Outbox:
         self.loop, self.redis, self.writer = loop, redis, writer
         self._set_reading = set_reading
         self.paused = False
-        # XADD (key, fields), EXPIRE (key, None) or a topic's chunk (name, bytes), in the
+        # XADD (key, fields), EXPIRE (key, None) or a topic's chunk (name, TopicChunk), in the
         # order they were queued.
-        self._entries: list[tuple[str, dict[FieldT, EncodableT] | bytes | None]] = []
+        self._entries: list[tuple[str, Entry]] = []
         self._bytes = 0
         self._flushing = False
         self._away_since: float | None = None
@@ -78,9 +91,10 @@ class Outbox:
         if size and not self.paused and self.waiting_bytes() > PAUSE_BYTES:
             self._pause(True)
 
-    def publish(self, topic: str, chunk: bytes) -> None:
-        """Queue a chunk of a child's output for the topic it publishes to; counted, as above."""
-        self._entries.append((topic, chunk))
+    def publish(self, topic: str, chunk: bytes, kind: str) -> None:
+        """Queue a chunk of a child's output for the topic it publishes to, whose content type
+        is `kind` (it is made again with it if deleted meanwhile); counted, as above."""
+        self._entries.append((topic, TopicChunk(chunk, kind)))
         self._bytes += len(chunk)
         self._schedule_flush()
         if not self.paused and self.waiting_bytes() > PAUSE_BYTES:
@@ -113,17 +127,23 @@ class Outbox:
                 pipe = self.redis.pipeline(transaction=False)
                 streamed: dict[str, int] = {}  # bytes per stream name, for /metrics
                 moved: list[str] = []  # the streams written, for the webs' fan-out readers
+                # A topic's chunks of one flush in one append (their order kept; a topic's
+                # end is not written here, so nothing else orders against them).
+                published: dict[str, TopicChunks] = {}
                 for key, fields in batch:
                     if fields is None:
                         pipe.expire(key, ENDED_STREAM_TTL)
-                    elif isinstance(fields, bytes):
-                        topics.queue_publish(pipe, key, [fields])
+                    elif isinstance(fields, TopicChunk):
+                        chunks = published.setdefault(key, TopicChunks(fields.kind, []))
+                        chunks.data.append(fields.data)
                     else:
                         pipe.xadd(key, fields, maxlen=REDIS_MAXLEN, approximate=True)
                         moved.append(key)
                         if "s" in fields and isinstance(data := fields.get("d"), bytes):
                             stream = key.rsplit(":", 1)[1]  # stream_key ends with it
                             streamed[stream] = streamed.get(stream, 0) + len(data)
+                for name, chunks in published.items():
+                    topics.queue_publish(pipe, name, chunks.data, chunks.kind)
                 for stream, size in streamed.items():
                     pipe.hincrby(live.stream_bytes_key(), stream, size)
                 live.note_moved(pipe, moved)
@@ -154,7 +174,7 @@ class Outbox:
         if self.paused:
             self.loop.call_later(RESUME_CHECK_SECONDS, self._check_resume)
 
-    def _hold(self, batch: list[tuple[str, dict[FieldT, EncodableT] | bytes | None]]) -> bool:
+    def _hold(self, batch: list[tuple[str, Entry]]) -> bool:
         """After a failed write: put `batch` back in front, to be tried again, unless Redis has
         been away for HOLD_SECONDS (then it is dropped: the caller logs it)."""
         now = time.monotonic()

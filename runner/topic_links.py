@@ -90,7 +90,7 @@ def output(sup: Supervisor, child: Child, data: bytes) -> bool:
         return False
     chunk = links.aligner.feed(data)
     if chunk:
-        sup.outbox.publish(links.output_topic, chunk)
+        sup.outbox.publish(links.output_topic, chunk, links.aligner.kind)
     return True
 
 
@@ -175,7 +175,8 @@ async def _feed_input(child: Child, name: str) -> None:
     pipe.write(f"Content-Type: {kind}\r\n\r\n".encode())
     child.input_header_sent = True
     # A topic the start named is read from where it stood at the start (input_from); one the
-    # code declared (the only other kind: a second one is refused), from its last end.
+    # code declared (the only other kind: a second one is refused), from the start of its
+    # current stream (topics.read).
     async for chunk in topics.read(name, since="start", after=links.input_from or None):
         if pipe.is_closing():
             return
@@ -207,7 +208,7 @@ async def finish(sup: Supervisor, child: Child) -> None:
     if links.output_topic and links.aligner is not None:
         rest = links.aligner.rest()
         if rest:
-            sup.outbox.publish(links.output_topic, rest)
+            sup.outbox.publish(links.output_topic, rest, links.aligner.kind)
     for task in links.tasks:
         task.cancel()
     for name, role, member in links.members:

@@ -43,12 +43,15 @@ CHUNK = 64 * 1024
 PEER_TTL = 60.0  # seconds a registration lasts unless refreshed
 PEER_REFRESH = 20.0
 BLOCK_MS = 5000
+GONE_CHECK_SECONDS = 2.0  # a reader of a topic that keeps receiving looks this often if it is gone
 READ_BATCH = 200
 SHARED_BATCH = 16  # a group's readers take few chunks at a time, so the work spreads
 PRODUCER, CONSUMER = "producers", "consumers"
 
+# Metadata without a type (left by counters a delete raced with) counts as no topic.
 _CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGET', KEYS[1], 'type') end
+local kind = redis.call('HGET', KEYS[1], 'type')
+if kind then return kind end
 redis.call('HSET', KEYS[1], 'type', ARGV[1], 'created', ARGV[2], 'origin', ARGV[3],
            'chunks', 0, 'bytes', 0)
 redis.call('SADD', KEYS[2], ARGV[4])
@@ -242,6 +245,7 @@ class LineAligner:
     producers interleave between lines, never inside one. Raw bytes pass as they come."""
 
     def __init__(self, kind: str) -> None:
+        self.kind = kind
         self.by_lines = kind != "application/octet-stream"
         self._rest = b""
 
@@ -271,10 +275,18 @@ def _trim_id() -> str:
     return f"{int((time.time() - settings.HUB_TOPIC_RETENTION) * 1000)}-0"
 
 
-def queue_publish(pipe: Any, name: str, chunks: list[bytes]) -> None:
+def queue_publish(pipe: Any, name: str, chunks: list[bytes], kind: str) -> None:
     """Queue on `pipe` the commands that append `chunks` to the topic (trimmed by size, then
-    by age) and count them: one place for the web and the worker."""
+    by age) and count them: one place for the web and the worker.
+
+    A topic deleted while its producer sends is made again with the producer's type `kind`
+    (HSETNX: a topic that exists keeps its own), listed, and new to readers that followed the
+    deleted one (its `created` changes), so they end."""
     key, meta = live.topic_key(name), live.topic_meta_key(name)
+    pipe.hsetnx(meta, "type", kind)
+    pipe.hsetnx(meta, "created", repr(time.time()))
+    pipe.hsetnx(meta, "origin", "producer")
+    pipe.sadd(live.topics_key(), name)
     for chunk in chunks:
         pipe.xadd(key, {"d": chunk}, maxlen=settings.HUB_TOPIC_MAX_CHUNKS, approximate=True)
     pipe.xtrim(key, minid=_trim_id(), approximate=True)
@@ -282,11 +294,16 @@ def queue_publish(pipe: Any, name: str, chunks: list[bytes]) -> None:
     pipe.hincrby(meta, "bytes", sum(len(c) for c in chunks))
 
 
-async def publish(name: str, chunks: list[bytes], client: aredis.Redis | None = None) -> None:
+async def publish(
+    name: str,
+    chunks: list[bytes],
+    kind: str = DEFAULT_CONTENT_TYPE,
+    client: aredis.Redis | None = None,
+) -> None:
     if not chunks:
         return
     pipe = (client or live.async_client()).pipeline(transaction=False)
-    queue_publish(pipe, name, chunks)
+    queue_publish(pipe, name, chunks, kind)
     await pipe.execute()
 
 
@@ -308,13 +325,13 @@ async def publish_body(
             if chunk:
                 batch.append(chunk)
                 sent += len(chunk)
-        await publish(name, batch)
+        await publish(name, batch, kind)
         if member and time.monotonic() - refreshed > PEER_REFRESH:
             await refresh(name, PRODUCER, member)
             refreshed = time.monotonic()
     rest = aligner.rest()
     if rest:
-        await publish(name, [rest])
+        await publish(name, [rest], kind)
         sent += len(rest)
     return sent
 
@@ -324,30 +341,42 @@ async def end(name: str, client: aredis.Redis | None = None) -> None:
     starts later begins after it (what is sent next is a new stream)."""
     client = client or live.async_client()
     key = live.topic_key(name)
+    previous = await _ended(client, name)
     entry_id = await client.xadd(key, live.sign_end(key, {"eof": 1, "at": repr(time.time())}))
-    await client.hset(live.topic_meta_key(name), "ended", entry_id)
+    await client.hset(
+        live.topic_meta_key(name), mapping={"ended": entry_id, "ended_before": previous or b""}
+    )
 
 
 # -- reading ---------------------------------------------------------------------------------
 
 
 async def _start_id(client: aredis.Redis, name: str, since: str) -> bytes | str:
+    """Where a reader begins: after the newest chunk ("now"), or at the start of the topic's
+    current stream ("start"): after its last end when something was sent since, else the
+    stream that end closed (from the end before it), so a reader that comes after a producer
+    sent and ended reads what was sent, then ends, as a reader of a file would."""
     key = live.topic_key(name)
     if since == "now":
         newest = live.range_entries(await client.xrevrange(key, count=1))
         return newest[0][0] if newest else "0-0"
     # Only an end the hub wrote moves a reader's start: a forged id would skip data.
-    return await _ended(client, name) or "0-0"
+    ended = await _ended(client, name)
+    if ended is None:
+        return "0-0"
+    if await client.xrange(key, b"(" + ended, "+", count=1):
+        return ended
+    return await _ended(client, name, "ended_before") or "0-0"
 
 
 ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 async def start_cursor(name: str) -> str:
-    """Where a reader `since="start"` would begin now (after the topic's last end), as an
-    entry id: a reader that starts later from it misses nothing sent in between."""
-    ended = await _ended(live.async_client(), check_name(name))
-    return ended.decode() if ended else "0-0"
+    """Where a reader `since="start"` would begin now, as an entry id: a reader that starts
+    later from it misses nothing sent in between."""
+    start = await _start_id(live.async_client(), check_name(name), "start")
+    return start.decode() if isinstance(start, bytes) else start
 
 
 async def read(
@@ -437,7 +466,7 @@ async def _follow(
     key = live.topic_key(name)
     ended_before = await _ended(client, name)
     member = await attach(name, CONSUMER, client)
-    refreshed = time.monotonic()
+    refreshed = looked = time.monotonic()
     backoff = Backoff()
     away = False
     try:
@@ -452,10 +481,15 @@ async def _follow(
                     backoff.reset()
                     topic, _ = await ensure(name, topic.content_type, topic.origin, client)
                     await refresh(name, CONSUMER, member, client)
-                if not entries:
+                # Deleted (and perhaps made again by a producer still sending): this reader's
+                # topic is gone. Looked at when a read comes back empty, and every few seconds
+                # while data flows, which a deleted topic's producer keeps doing.
+                if not entries or time.monotonic() - looked > GONE_CHECK_SECONDS:
+                    looked = time.monotonic()
                     now = await get(name, client)
                     if now is None or now.created != topic.created:
-                        return  # deleted (and perhaps made again): this reader's topic is gone
+                        return
+                if not entries:
                     if await _ended(client, name) != ended_before:
                         return
                     continue
@@ -476,10 +510,11 @@ async def _follow(
             await detach(name, CONSUMER, member, client)
 
 
-async def _ended(client: aredis.Redis, name: str) -> bytes | None:
-    """The id of the topic's last end, when the hub wrote it (a forged mark counts for none)."""
+async def _ended(client: aredis.Redis, name: str, mark: str = "ended") -> bytes | None:
+    """The id of the topic's last end (`mark` "ended_before": the end before it), when the
+    hub wrote it (a forged mark counts for none)."""
     key = live.topic_key(name)
-    ended = live.as_bytes(await client.hget(live.topic_meta_key(name), "ended"))
+    ended = live.as_bytes(await client.hget(live.topic_meta_key(name), mark))
     if not ended:
         return None
     entries = live.range_entries(await client.xrange(key, ended, ended))

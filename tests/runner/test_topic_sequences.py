@@ -4,6 +4,7 @@ topics named in the start body, what the worker refuses, and /input refused with
 from __future__ import annotations
 
 import textwrap
+import time
 import uuid
 
 import httpx
@@ -156,3 +157,35 @@ def test_the_starters_topic_wins_and_bad_declarations_are_refused(admin_api):
     assert wait_ended(admin_api, iid)["status"] == "completed"
     assert "topic declaration refused" in read(admin_api, iid, "log").decode()
     assert read(admin_api, iid, "output") == b'{"n": 0}\n{"n": 1}\n'
+
+
+PY_ENDLESS = """
+import asyncio
+
+async def run(context, input):
+    n = 0
+    while True:
+        yield f"line {n}\\n"
+        n += 1
+        await asyncio.sleep(0.02)
+"""
+
+
+def test_a_topic_deleted_under_a_producing_sequence_is_made_again_and_its_readers_end(admin_api):
+    name = topic_name()
+    pid = run(admin_api, python_package(PY_ENDLESS), [], outputTopic=name)
+    try:
+        with admin_api.stream("GET", f"/topic/{name}", timeout=30) as following:
+            lines = following.iter_lines()
+            assert next(lines).startswith("line ")
+            assert admin_api.delete(f"/topics/{name}").status_code == 200
+            deleted = time.monotonic()
+            for _ in lines:  # the sequence keeps publishing; the reader must still end
+                assert time.monotonic() - deleted < 8, "the reader follows a deleted topic"
+        # The worker made it again with the producer's type, and a new reader gets new lines.
+        listed = {t["topic"]: t for t in admin_api.get("/topics").json()}
+        assert listed[name]["contentType"] == "application/x-ndjson"
+        with admin_api.stream("GET", f"/topic/{name}", timeout=30) as again:
+            assert next(again.iter_lines()).startswith("line ")
+    finally:
+        admin_api.post(f"/instance/{pid}/_kill", json={})
