@@ -96,9 +96,9 @@ def log_row(text: str) -> tuple[str, str, str] | None:
     logger = entry.get("from") or entry.get("logger") or entry.get("name") or ""
     message = entry.get("msg")
     parts = [
-        f'<span class="lv">{html.escape(raw_level[:8])}</span>',
-        f'<span class="lg">{html.escape(str(logger)[:80])}</span>',
-        f'<span class="m">{html.escape(text_of(message))}',
+        f'<span class="lv">{plain(raw_level[:8])}</span>',
+        f'<span class="lg">{plain(str(logger)[:80])}</span>',
+        f'<span class="m">{plain(text_of(message))}',
     ]
     extra = {
         k: v
@@ -107,22 +107,51 @@ def log_row(text: str) -> tuple[str, str, str] | None:
     }
     if extra:
         data = json.dumps(extra.get("data") if list(extra) == ["data"] else extra, default=str)
-        parts.append(f' <span class="ld">{html.escape(data[:MAX_LINE_CHARS])}</span>')
+        parts.append(f' <span class="ld">{plain(data[:MAX_LINE_CHARS])}</span>')
     if entry.get("exc"):
-        parts.append(f'\n<span class="lx">{html.escape(str(entry["exc"])[:MAX_LINE_CHARS])}</span>')
+        parts.append(f'\n<span class="lx">{plain(str(entry["exc"])[:MAX_LINE_CHARS])}</span>')
     parts.append("</span>")
     return when, level, "".join(parts)
+
+
+def plain(text: str) -> str:
+    """HTML for a `log` row's field: rows draw no colours, so every escape sequence goes."""
+    return html.escape(strip_escapes(text, keep_colours=False))
 
 
 def text_of(message: Any) -> str:
     return message if isinstance(message, str) else json.dumps(message, default=str)
 
 
-# Operating system commands, ESC ] ... ended by BEL or ESC \ (or cut short by the next escape
-# or the line's end): OSC 8 hyperlinks, window titles. ansi2html would turn OSC 8 into a live
-# <a href> of the sequence's choosing; they are dropped, and a link's visible text stays as
-# plain text (docs/console.md).
-OSC = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\|(?=\x1b)|$)")
+# Escape sequences, one alternative per form, tried in this order at every ESC or C1 control
+# (U+0080-U+009F, the 8-bit forms: U+009B is CSI, U+009D OSC, U+009C ST):
+#   1. SGR, `ESC [ digits;: m`: colours, the only sequence kept (ansi2html draws them);
+#   2. any other CSI (cursor moves, erase, `ESC [ ? 25 l`), complete or cut short;
+#   3. string controls, OSC (`ESC ]`: OSC 8 hyperlinks, window titles), DCS, SOS, PM and APC,
+#      with their contents, up to BEL or ST, or cut short by the next ESC/C1 or the line's end.
+#      ansi2html would turn OSC 8 into a live <a href> of the sequence's choosing; they are
+#      dropped, and a link's visible text stays as plain text (docs/console.md);
+#   4. any other ESC sequence (`ESC ( 0`, `ESC 7`), or a lone ESC / C1 control.
+# It is one left-to-right pass in which every ESC and C1 character is part of some match, so
+# what is left holds no ESC but the kept SGR ones, each followed by `[`: removing a sequence
+# cannot join its neighbours into a new one (`ESC ESC ] BEL ]8;;url` stays text, not a link).
+ESCAPES = re.compile(
+    r"(?P<sgr>\x1b\[[0-9;:]*m)"
+    r"|(?:\x1b\[|\x9b)[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x80-\x9f]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[\x20-\x2f]*[\x30-\x7e]?"
+    r"|[\x80-\x9f]"
+)
+HAS_ESCAPES = re.compile(r"[\x1b\x80-\x9f]")
+
+
+def strip_escapes(text: str, keep_colours: bool = True) -> str:
+    """`text` without escape sequences or C1 controls; SGR (colours) kept if `keep_colours`."""
+    if not HAS_ESCAPES.search(text):
+        return text
+    if keep_colours:
+        return ESCAPES.sub(lambda m: m.group("sgr") or "", text)
+    return ESCAPES.sub("", text)
 
 
 def render_lines(
@@ -150,10 +179,12 @@ def render_lines(
             if row is not None:
                 out.append(Line(place_text(place), row[2], row[0] or when, row[1]))
                 continue
+        more = ""
         if len(text) > MAX_LINE_CHARS:
-            text = text[:MAX_LINE_CHARS] + f" … ({len(text) - MAX_LINE_CHARS} more characters)"
-        if "\x1b" in text:
-            text = OSC.sub("", text)
+            more = f" … ({len(text) - MAX_LINE_CHARS} more characters)"
+            text = text[:MAX_LINE_CHARS]
+        # The note goes on after stripping, so a sequence cut short by the cut cannot swallow it.
+        text = strip_escapes(text) + more
         if "\x1b" in text:
             # One converter per batch: ansi2html keeps state between calls of one converter.
             converter = converter or Ansi2HTMLConverter(inline=False, escaped=True)

@@ -1091,6 +1091,12 @@ class Runtime:
         self._exiting = False
         self._calls: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._module: ModuleType | None = None
+        # The input handed to `run`, held for the child's life. Lent scramjet's Stream reads it
+        # in a task of its own that waits on the stream's own future until something reads
+        # from it, and the loop keeps only weak references to tasks: once `run` drops an input
+        # it never read, that task would be unreachable garbage, and the collector, whenever
+        # it runs, destroys it with "Task was destroyed but it is pending!" on stderr.
+        self._input: Any = None
         self._declared: asyncio.Future[Any] | None = None  # the supervisor's DECLARED
         self._requests: dict[int, asyncio.Future[dict[str, Any]]] = {}  # SEQ_REQUEST → answer
         self._next_request = 0
@@ -1196,7 +1202,8 @@ class Runtime:
         if not isinstance(args, list):
             args = [args]
         try:
-            result = run(self.context, self._make_input(), *args)
+            self._input = self._make_input()
+            result = run(self.context, self._input, *args)
             await self._declare_output(result)
             await self._pump(result)
             self.output.flush()

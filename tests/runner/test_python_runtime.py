@@ -789,6 +789,46 @@ async def test_input_is_a_scramjet_stream_lent_by_the_hub(start: Start, lent: Pa
     assert child.stdout == b"consumer got: a\n\nconsumer got: b\n\n"
 
 
+async def test_a_returned_scramjet_stream_ends_cleanly_without_a_word_on_stderr(
+    start: Start, lent: Path
+) -> None:
+    """A `run` returning a Stream and never reading its input: the task in which scramjet
+    reads that input stays referenced, not destroyed by the collector with a message."""
+    sources = (
+        """
+        from scramjet.streams import Stream
+
+        def run(context, input):
+            return Stream.read_from(["a\\n", "b\\n"])
+        """,
+        """
+        from scramjet.streams import Stream
+
+        async def run(context, input):
+            return Stream.read_from(["a\\n", "b\\n"])
+        """,
+        # Whether the message shows depends on when the collector runs: here it surely does,
+        # after `run` returned and dropped its input.
+        """
+        import gc
+        from scramjet.streams import Stream
+
+        def lines():
+            gc.collect()
+            yield from ["a\\n", "b\\n"]
+
+        def run(context, input):
+            return Stream.read_from(lines())
+        """,
+    )
+    for source in sources:
+        child = await start(source, python_path=[str(lent)])
+        assert await finished(child) == 0, child.stderr
+        assert child.output == b"a\nb\n"
+        assert child.stderr == b""
+        assert child.codes() == [Message.PING, Message.COMPLETED]
+
+
 async def test_a_package_shipping_its_own_scramjet_gets_its_own(start: Start, lent: Path) -> None:
     own = """
         class Stream:
