@@ -10,6 +10,7 @@ overview shows them to admins. It judges the configuration only: it does not con
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -23,11 +24,15 @@ NETWORK_FIX = "HUB_SANDBOX_NETWORK=isolated (no network for sequence code)"
 
 
 def _network_closed() -> bool:
-    """TCP services are out of reach of children: they get no network at all, or (the
-    default) the workers' Landlock layer closes the ports of the hub's services. Unix sockets,
-    which are files, are not closed either way. Whether each worker really has Landlock is
-    what it reports in its row: `worker_warnings()`."""
-    return settings.HUB_SANDBOX_NETWORK == "isolated" or settings.HUB_SANDBOX
+    """TCP services are out of reach of children: they get no network at all, or the workers'
+    Landlock layer closes the ports of the hub's services, which it does when children run as
+    user ids of their own (a root worker, HUB_RUN_AS=auto: runner/landlock.py says why only
+    then). Unix sockets, which are files, are not closed either way. Judged from this
+    process's user, as the hub's processes run as one; whether each worker really closed them
+    is what it reports in its row: `worker_warnings()`."""
+    if settings.HUB_SANDBOX_NETWORK == "isolated":
+        return True
+    return settings.HUB_SANDBOX and settings.HUB_RUN_AS == "auto" and os.geteuid() == 0
 
 
 def _open_tcp_services() -> dict[int, str]:

@@ -327,6 +327,11 @@ HUB_METRICS_ALLOW = _networks("HUB_METRICS_ALLOW")
 # as a user id of its own when the worker is root; "none" keeps the worker's user; a user name
 # runs every child as that user.
 HUB_RUN_AS = env.str("HUB_RUN_AS", default="auto")
+# The folders children must reach (their own, unpacked packages, what the worker lends them)
+# live in the data folder, unless a root worker's data folder is closed to other users: then in
+# HUB_CHILDREN_ROOT/<a hash of the data folder>, or in HUB_CHILDREN_DIR if set (runner/places.py).
+HUB_CHILDREN_DIR = Path(_d).resolve() if (_d := env.str("HUB_CHILDREN_DIR", default="")) else None
+HUB_CHILDREN_ROOT = Path(env.str("HUB_CHILDREN_ROOT", default="/var/lib/sequence-hub"))
 HUB_RUN_UID_BASE = env.int("HUB_RUN_UID_BASE", default=1_900_000_000)
 HUB_RUN_UID_COUNT = env.int("HUB_RUN_UID_COUNT", default=1 << 24)
 # Network of a child: "host" (the machine's, but no TCP connection to the ports of the hub's

@@ -289,6 +289,8 @@ class Zygote:
                 # an instance of a worker that died. kill(-1) spares only ourselves.
                 with contextlib.suppress(OSError):
                     os.kill(-1, signal.SIGKILL)
+        if os.geteuid() == 0:
+            isolation.drop_capabilities()  # a child that stays root keeps none of its powers
         if self.sandbox is not None:
             # Before install_fds, which closes the shared rules' descriptors.
             own = [(str(spec["package_dir"]), landlock.READ)] if spec.get("package_dir") else []

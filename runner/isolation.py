@@ -31,6 +31,13 @@ from typing import Any
 from runner import landlock
 
 PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_SECUREBITS = 28
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+# SECBIT_NOROOT, SECBIT_NO_SETUID_FIXUP and SECBIT_NO_CAP_AMBIENT_RAISE on, SECBIT_KEEP_CAPS off,
+# each locked (bits 0-7: a setting and its lock, in pairs).
+SECUREBITS_LOCKED_NOROOT = 0b1110_1111
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 
@@ -238,6 +245,31 @@ def drop_privileges(run_as: dict[str, Any]) -> None:
     # Changing user made the process non-dumpable, which hands /proc/self/fd to root; the
     # runtime and subprocess read it. The new user owns nothing a dump could leak.
     _libc().prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+
+
+def drop_capabilities() -> None:
+    """For a child that stays root (HUB_RUN_AS=none, or a user id of 0): no capability now or
+    after an exec. uid 0 without capabilities still owns root's files, which Landlock hides;
+    what it loses is everything else root may do (load modules, change users, mount, trace,
+    configure the network, pass file permissions). Raises OSError when it cannot."""
+    libc = _libc()
+    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    for cap in range(last + 1):  # the bounding set: what an exec could grant back
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            _raise("dropping a capability from the bounding set")
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    # Locked: root regains nothing by an exec, and the bits cannot be changed back.
+    if libc.prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_NOROOT, 0, 0, 0) != 0:
+        _raise("setting the secure bits")
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable: all empty, twice
+    if libc.capset(header, data) != 0:
+        _raise("clearing the capabilities")
+
+
+def _raise(what: str) -> None:
+    errno = ctypes.get_errno()
+    raise OSError(errno, f"{what} failed: {os.strerror(errno)}")
 
 
 def isolate_network() -> None:

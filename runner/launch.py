@@ -8,7 +8,9 @@ import logging
 import os
 import re
 import shutil
+import site
 import sys
+import sysconfig
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,11 @@ from django.conf import settings
 
 from runner import cgroups, isolation, landlock
 from runner.lent import lent_library
-from runner.packagecache import cache_root, ensure_unpacked
+from runner.packagecache import ensure_unpacked
+from runner.places import cache_root, children_root, library_root, node_runtime, run_root
 from sequences.models import Instance
 from sequences.services import tcp_services
 
-RUNTIME_DIR = Path(__file__).resolve().parent
 log = logging.getLogger(__name__)
 
 
@@ -33,16 +35,6 @@ def workdir_for(iid: str) -> Path:
     if not ID_PATTERN.fullmatch(iid):
         raise ValueError(f"instance id {iid!r} is not 1 to 64 letters, digits, '-' or '_'")
     return run_root() / iid
-
-
-@functools.cache
-def run_root() -> Path:
-    """Instances' folders live here; others may pass through (to their own) but not list it."""
-    root = settings.HUB_DATA_DIR / "run"
-    root.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):
-        root.chmod(0o711)
-    return root
 
 
 # Whether children get a user of their own rests on the permissions of the standard library
@@ -59,7 +51,7 @@ def run_as() -> dict[str, Any] | None:
     if _run_as is not None and _run_as[1] == key and now - _run_as[0] < RUN_AS_SECONDS:
         user = _run_as[2]
     else:
-        user = isolation.run_as_for(settings.HUB_RUN_AS, settings.HUB_DATA_DIR)
+        user = isolation.run_as_for(settings.HUB_RUN_AS, children_root())
         _run_as = (now, key, user)
     if user is None and settings.HUB_RUN_AS == "auto" and os.geteuid() == 0:
         _warn_unisolated()
@@ -127,7 +119,7 @@ def build_spec(instance: Instance, mode: str = "sequence", extra: dict | None = 
 @functools.cache
 def python_library() -> Path | None:
     """The folder of the library lent to Python sequences (runner/lent.py)."""
-    return lent_library(settings.HUB_DATA_DIR / "lib")
+    return lent_library(library_root())
 
 
 def node_limits(limits: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +136,7 @@ def node_argv(node: str, limits: dict[str, Any]) -> list[str]:
     argv = [node]
     if limits.get("node_heap_mb"):
         argv.append(f"--max-old-space-size={limits['node_heap_mb']}")
-    return [*argv, str(RUNTIME_DIR / "node_runtime.js")]
+    return [*argv, str(node_runtime())]
 
 
 def exec_argv(spec: dict) -> list[str] | None:
@@ -169,9 +161,12 @@ def sandbox_config() -> dict[str, Any] | None:
     if not settings.HUB_SANDBOX:
         return None
     hidden = [str(settings.BASE_DIR), sys.prefix, str(settings.HUB_DATA_DIR)]
+    # The hub's own packages, wherever pip put them: in a container image they are in the
+    # system interpreter's site-packages, inside the standard library folder children read.
+    hidden += site_packages()
     if settings.HUB_STORAGE_DIR is not None:  # a package folder outside the data folder
         hidden.append(str(settings.HUB_STORAGE_DIR))
-    files = [str(RUNTIME_DIR / "node_runtime.js")]
+    files = [str(node_runtime())]
     library = python_library()
     if library is not None:
         files.append(str(library))  # read only; why a copy and not site-packages: runner/lent.py
@@ -188,6 +183,15 @@ def sandbox_config() -> dict[str, Any] | None:
                 shared.append((str(base), rights))
         config.update(shared=shared, ports=service_ports())
     return config
+
+
+def site_packages() -> list[str]:
+    """The folders this interpreter imports installed packages from (Django, redis, the hub)."""
+    paths = sysconfig.get_paths()
+    found = [paths["purelib"], paths["platlib"], *site.getsitepackages()]
+    with contextlib.suppress(AttributeError):
+        found.append(site.getusersitepackages())
+    return list(dict.fromkeys(found))
 
 
 def sandbox_report(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -221,7 +225,9 @@ def sandbox_summary(config: dict[str, Any] | None) -> str:
             f"Landlock ABI {abi} (files; {net}; signals {'scoped' if abi >= 6 else 'NOT scoped'})"
         )
     user = run_as()
-    if user is None:
+    if user is None and os.geteuid() == 0:
+        parts.append("children run as root, without capabilities (HUB_RUN_AS)")
+    elif user is None:
         parts.append("children run as the worker's user")
     elif user.get("lease"):
         parts.append("a user id per instance")

@@ -14,21 +14,12 @@ from pathlib import Path
 
 from django.conf import settings
 
+from runner.places import cache_root
 from sequences import catalog
 from sequences.models import Sequence
 from sequences.packages import PackageError, extract_package, inspect_package
 
 _lock = threading.Lock()
-
-
-def cache_root() -> Path:
-    """Unpacked packages: children pass through to their own package, but may not list it
-    (mode 0711 from the moment it exists, not from the next time settings load)."""
-    root = settings.HUB_DATA_DIR / "cache"
-    if not root.is_dir():
-        root.mkdir(mode=0o711, parents=True, exist_ok=True)
-        root.chmod(0o711)  # mkdir's mode is masked by the umask
-    return root
 
 
 def ensure_unpacked(seq: Sequence) -> Path:

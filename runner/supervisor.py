@@ -40,7 +40,7 @@ from runner.dbwriter import DbWriter
 from runner.forkserver import ForkServer, ParentEnds, close_fds, make_child_fds
 from runner.outbox import Outbox
 from runner.outcomes import Notifier
-from runner.packagecache import cache_root
+from runner.places import cache_root
 from sequences import hubs, live, placement
 from sequences.errors import HubError
 from sequences.instances import clean_limits, record_failed_start

@@ -166,12 +166,21 @@ def test_a_database_without_a_password_is_named_with_its_fix(monkeypatch):
 
 
 def test_with_landlock_tcp_services_are_left_to_the_workers_reports(monkeypatch):
-    """With the sandbox on, the workers close the ports of password-less TCP services; the
-    configuration alone then warns only of what Landlock cannot close (Unix sockets)."""
+    """With the sandbox on and children run as user ids of their own (a root worker), the
+    workers close the ports of password-less TCP services; the configuration alone then warns
+    only of what Landlock cannot close (Unix sockets)."""
     monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setattr("dashboard.exposure.os.geteuid", lambda: 0)
     assert warnings_for("redis://127.0.0.1:6379/0", POSTGRES, sandbox=True) == []
     (warning,) = warnings_for("unix:///run/redis.sock?db=0", sandbox=True)
     assert "socket /run/redis.sock" in warning
+    # Children sharing the worker's user id keep their ports open: warned at start.
+    with override_settings(HUB_RUN_AS="none"):
+        (warning,) = warnings_for("redis://127.0.0.1:6379/0", sandbox=True)
+    assert "Redis at 127.0.0.1:6379 takes commands without a password" in warning
+    monkeypatch.setattr("dashboard.exposure.os.geteuid", lambda: 1000)
+    (redis_warning, db_warning) = warnings_for("redis://127.0.0.1:6379/0", POSTGRES, sandbox=True)
+    assert "Redis at 127.0.0.1:6379" in redis_warning and "postgresql" in db_warning
 
 
 @pytest.mark.django_db
