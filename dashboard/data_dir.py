@@ -78,6 +78,11 @@ def prepare_data_dir() -> bool:
         close(settings.HUB_STORAGE_DIR, 0o700)
 
     env_closed = close_env_file(settings.BASE_DIR / ".env")
+    # Beat's schedule (its files, made 0644 before beat ran with a umask of its own): the hub's.
+    for path in Path(settings.CELERY_BEAT_SCHEDULE_FILENAME).parent.glob(
+        Path(settings.CELERY_BEAT_SCHEDULE_FILENAME).name + "*"
+    ):
+        close(path, 0o600)
 
     if settings.SECRET_KEY_FILE is not None:
         write_secret(settings.SECRET_KEY_FILE, secrets.token_urlsafe(50))

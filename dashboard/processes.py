@@ -40,6 +40,17 @@ def die_with_parent() -> Callable[[], None]:
     return arm
 
 
+def private_files(preexec: Callable[[], None]) -> Callable[[], None]:
+    """`preexec`, then a umask that keeps what the process writes to its own user (beat's
+    schedule, a shelve of pickles, is made 0600 instead of 0644)."""
+
+    def run() -> None:
+        preexec()
+        os.umask(0o077)
+
+    return run
+
+
 def web_argv(bin_dir: Path, host: str, port: int, *options: str) -> list[str]:
     """The daphne command line that serves the hub on host:port.
 

@@ -252,6 +252,10 @@ def test_runhub_starts_everything_with_an_embedded_redis_and_runs_an_upload(tmp_
             seq = api.post("/sequence", content=python_package(code)).json()["id"]
             iid = api.post(f"/sequence/{seq}/start", json={"args": [42]}).json()["id"]
             assert api.get(f"/instance/{iid}/output").content == b"smoke 42"
+        # Beat's schedule (a shelve of pickles) is the hub's alone, not 0644.
+        wait_for(lambda: list(tmp_path.glob("celerybeat-schedule*")), what="beat's schedule")
+        for path in tmp_path.glob("celerybeat-schedule*"):
+            assert path.stat().st_mode & 0o777 == 0o600, path
     finally:
         stop_runhub(hub)
     assert "Sequence Hub stopped." in hub.log.read_text()

@@ -20,6 +20,7 @@ from dashboard.exposure import exposure_warnings
 from dashboard.processes import (
     RedisDidNotStart,
     die_with_parent,
+    private_files,
     start_redis,
     stop_process,
     web_argv,
@@ -97,8 +98,12 @@ class Command(BaseCommand):
             ],
         }
         for name, argv in commands.items():
+            preexec = die_with_parent()
             procs[name] = subprocess.Popen(
-                argv, env=env, start_new_session=True, preexec_fn=die_with_parent()
+                argv,
+                env=env,
+                start_new_session=True,
+                preexec_fn=private_files(preexec) if name == "beat" else preexec,
             )
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
         self.stdout.write(self.style.SUCCESS(f"Sequence Hub is running at http://{shown}:{port}/"))
