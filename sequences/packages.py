@@ -26,6 +26,7 @@ Design notes (the "why"):
 
 from __future__ import annotations
 
+import copy as copy_module
 import hashlib
 import io
 import json
@@ -1260,6 +1261,9 @@ def _extract_into(path: str | os.PathLike[str], staging: Path, info: PackageInfo
             relative = _strip_root(member_path, info.root)
             if not relative:
                 continue
+            if not HAS_FILTERS:
+                tar.extract(_filtered_by_hand(relative, member, info.root), staging)
+                continue
             try:
                 tar.extract(member, staging, filter=_data_filter(relative, member, info.root))
             except tarfile.FilterError as exc:  # pragma: no cover - the scanner refuses first
@@ -1310,6 +1314,28 @@ def _data_filter(relative: str, member: tarfile.TarInfo, root: str) -> Any:
         return tarfile.data_filter(tarinfo.replace(**changes, deep=False), dest)
 
     return apply
+
+
+# tarfile's extraction filters came in Python 3.11.4 (and 3.12); Debian 12's Python is 3.11.2.
+HAS_FILTERS = hasattr(tarfile, "data_filter")
+
+
+def _filtered_by_hand(relative: str, member: tarfile.TarInfo, root: str) -> tarfile.TarInfo:
+    """What `_data_filter` makes of a member, for Pythons without tarfile's filters: its checked
+    name and link, no owner (the unpacking user's), no setuid, setgid, sticky or group and
+    other write bits, files readable and writable by their owner. The scanner has refused
+    everything else the data filter refuses (absolute names, escapes, devices, links out)."""
+    copy = copy_module.copy(member)
+    copy.name = relative
+    if member.islnk():
+        copy.linkname = _strip_root(_member_path(member.linkname), root)
+    elif member.issym():
+        copy.linkname = _symlink_target(relative, member.linkname)[0]
+    copy.uid = copy.gid = os.geteuid() if hasattr(os, "geteuid") else 0
+    copy.uname = copy.gname = ""
+    owner = 0o700 if member.isdir() else 0o600 if member.isreg() or member.islnk() else 0
+    copy.mode = member.mode & 0o755 | owner
+    return copy
 
 
 def publish_folder(staging: Path, dest: Path) -> None:
