@@ -121,11 +121,25 @@ def parse_start(raw: bytes) -> StartRequest:
     )
 
 
+# The fewest processes and threads (`limits.pids`) an instance can start with: below it the
+# runtime itself cannot, whatever the sequence does. Measured as root by starting a trivial
+# sequence of each language with every value from 1 (tests/faults/test_sandbox.py starts both
+# with MIN_PIDS): the Python runtime runs 3 threads (its main thread, a helper thread and the
+# input reader), and with fewer ends "Runner failed with exit code 20" (can't start new
+# thread); Node 20 runs 7 (main, 4 V8 platform workers, 2 more of its own), with 1 is
+# aborted, with 2 to 5 never leaves "starting" and with 6 prints pthread_create errors. A Node
+# sequence that reads files, resolves names or hashes also needs libuv's 4 pool threads (11
+# in all), else it is aborted: docs/python.md says so rather than refuse 7 to 10, which suit
+# sequences that do none of that.
+MIN_PIDS = 7
+
 # name: (smallest, largest, unit for the error, a whole number)
 LIMITS: dict[str, tuple[float, float, str, bool]] = {
-    "memory": (16, MAX_MEMORY_MB, "a number of megabytes", True),
+    # Megabytes, whole: the row and the info show the number the worker applies, and half a
+    # megabyte more or less is no limit anyone means (a fraction was silently cut before).
+    "memory": (16, MAX_MEMORY_MB, "a whole number of megabytes", True),
     "cpu": (0.01, 1024, "a number of CPUs (0.5 is half of one)", False),
-    "pids": (1, 1 << 20, "a whole number of processes and threads", True),
+    "pids": (MIN_PIDS, 1 << 20, "a whole number of processes and threads", True),
 }
 
 
@@ -135,7 +149,7 @@ def _shown(number: float) -> str:
 
 def clean_limits(limits: Any) -> dict[str, Any]:
     """`{"memory": MB, "cpu": CPUs, "pids": n}`, each optional; INVALID_CONFIG naming the
-    field otherwise. Memory and pids become whole numbers."""
+    field otherwise. Memory and pids must be whole numbers (`2.0` is, and becomes 2)."""
     if not isinstance(limits, dict):
         raise invalid('limits must be a JSON object like {"memory": 256, "cpu": 0.5, "pids": 64}')
     if limits.get("gpu") not in (None, False):
@@ -153,10 +167,23 @@ def clean_limits(limits: Any) -> dict[str, Any]:
             isinstance(value, bool)
             or not isinstance(value, int | float)
             or not low <= value <= high
+            or (whole and not float(value).is_integer())
         ):
-            raise invalid(f"limits.{name} must be {unit} from {_shown(low)} to {_shown(high)}")
+            raise invalid(_limit_error(name, value, low, high, unit))
         clean[name] = int(value) if whole else float(value)
     return clean
+
+
+def _limit_error(name: str, value: Any, low: float, high: float, unit: str) -> str:
+    message = f"limits.{name} must be {unit} from {_shown(low)} to {_shown(high)}"
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if name == "pids" and number and value < MIN_PIDS:
+        # The minimum is not arbitrary: say why, so nobody takes it for a typo in the range.
+        message += (
+            f"; {MIN_PIDS} is the fewest the Python and Node runtimes start with "
+            "(a Node sequence that reads files needs 11)"
+        )
+    return message
 
 
 # The HUB_MAX_INSTANCES check: counting every live row at every start cost more the more

@@ -9,14 +9,16 @@ trace any process outside its own tree. Everything it starts dies with it. Whate
 hub's Redis anyway is not believed: start requests, control messages, replies and stream ends
 carry a MAC (sequences/live.py) and a start is checked field by field against a waiting row.
 
-The non-root half of the model (a worker that cannot change user) is played at the fork-server
-level in test_sandbox_unprivileged.py.
+The non-root half of the model (a hub run as an ordinary user, whose children share its user
+id) is played in test_sandbox_unprivileged.py; a root worker's children that stay root, in
+test_root_children.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -25,12 +27,14 @@ import psutil
 import pytest
 from django.conf import settings
 
+from runner import cgroups
 from sequences import live
-from sequences.instances import start_request
+from sequences.errors import HubError
+from sequences.instances import MIN_PIDS, clean_limits, start_request
 from sequences.models import Instance, Sequencer
 from tests.conftest import wait_for
 from tests.faults.conftest import ATTEMPT, FOREVER, info, needs_root, start, status, wait_ended
-from tests.packaging import python_package, upload
+from tests.packaging import package_bytes, python_package, upload
 from tests.sequences import sequencer_kit
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -531,7 +535,9 @@ def run(context, input, n):
     for p in started:
         p.kill()
         p.wait()
-    return json.dumps({"started": len(started), "refused": refused})
+    with open("/proc/self/cgroup") as f:
+        groups = [line.split(":", 2)[2].strip() for line in f if ":pids:" in line]
+    return json.dumps({"started": len(started), "refused": refused, "groups": groups})
 """
 
 
@@ -542,10 +548,34 @@ def test_limits_pids_and_cpu_are_applied_and_shown(private_hub):
     iid = start(hub.api, seq, {"args": [20], "limits": {"pids": 8, "cpu": 0.5, "memory": 256}})
     result = json.loads(hub.api.get(f"/instance/{iid}/output", timeout=60).text)
     assert result["started"] < 8 and result["refused"] > 0, result
+    # In this hub's folder: another hub on the machine may run an instance of the same id.
+    assert result["groups"] == [f"/sequence-hub/{live.hub_id()}/{iid}"], result
     data = wait_ended(hub.api, iid)
     assert data["limits"] == {"pids": 8, "cpu": 0.5, "memory": 256}
     groups = Path("/sys/fs/cgroup")
-    wait_for(lambda: not list(groups.glob(f"*/sequence-hub/{iid}")), what="its cgroups removed")
+    wait_for(lambda: not list(groups.glob(f"*/sequence-hub/*/{iid}")), what="its cgroups removed")
+
+
+def js_package(code: str) -> bytes:
+    meta = {"name": "js-seq", "version": "1.0.0", "main": "index.js", "engines": {"node": ">=18"}}
+    return package_bytes({"index.js": code}, package_json=meta)
+
+
+@needs_root
+def test_the_fewest_pids_allowed_start_python_and_node(private_hub):
+    """MIN_PIDS is what the runtimes need (sequences/instances.py says how it was found): a
+    trivial sequence of each language starts and completes with it, not "can't start new
+    thread" (Python, with fewer) nor a start that never ends (Node)."""
+    hub = private_hub()
+    python = upload(hub.api, python_package("def run(context, input):\n    return 'ok'\n"))
+    node = upload(hub.api, js_package("module.exports = async function* () { yield 'ok'; };\n"))
+    for seq in (python, node):
+        iid = start(hub.api, seq, {"limits": {"pids": MIN_PIDS}})
+        assert hub.api.get(f"/instance/{iid}/output", timeout=60).text.strip() == "ok"
+        ended = wait_ended(hub.api, iid)
+        stderr = hub.api.get(f"/instance/{iid}/stderr").text
+        assert ended["status"] == "completed", (ended, stderr)
+        assert "thread" not in stderr, stderr
 
 
 def test_sequence_code_runs_below_the_hub_and_cannot_raise_itself(admin_api):
@@ -572,6 +602,13 @@ def run(context, input):
         ({"cpu": "half"}, "limits.cpu"),
         ({"pids": 0}, "limits.pids"),
         ({"pids": 1.5e9}, "limits.pids"),
+        # Once cut to 1 and 256 without a word.
+        ({"pids": 8.5}, "limits.pids"),
+        ({"pids": 1.5}, "limits.pids"),
+        ({"memory": 256.5}, "limits.memory"),
+        # Too few for the runtimes to start (MIN_PIDS): they failed or hung instead.
+        ({"pids": 1}, "limits.pids"),
+        ({"pids": MIN_PIDS - 1}, "limits.pids"),
         ({"memory": True}, "limits.memory"),
         ({"disk": 5}, "limits.disk"),
         ({"gpu": True}, "limits.gpu"),
@@ -584,6 +621,143 @@ def test_malformed_limits_are_invalid_config_naming_the_field(admin_api, limits,
     body = response.json()
     assert body.get("code") == "INVALID_CONFIG" or "INVALID_CONFIG" in response.text
     assert field in response.text
+
+
+@pytest.mark.parametrize("pids", [1, 2, MIN_PIDS - 1])
+def test_too_few_pids_are_refused_naming_the_minimum(pids):
+    with pytest.raises(HubError) as refused:
+        clean_limits({"pids": pids})
+    assert refused.value.status == 422 and refused.value.code == "INVALID_CONFIG"
+    assert "limits.pids" in refused.value.message
+    assert f"from {MIN_PIDS} to" in refused.value.message
+    assert f"{MIN_PIDS} is the fewest" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "limits, field",
+    [
+        ({"pids": 7.5}, "limits.pids"),
+        ({"pids": 64.01}, "limits.pids"),
+        ({"memory": 16.5}, "limits.memory"),
+    ],
+)
+def test_fractional_pids_and_memory_are_refused_not_cut(limits, field):
+    with pytest.raises(HubError) as refused:
+        clean_limits(limits)
+    assert refused.value.code == "INVALID_CONFIG" and field in refused.value.message
+    assert "whole number" in refused.value.message
+
+
+def test_whole_limits_are_kept_and_cpu_may_be_a_fraction():
+    # 64.0 is whole (JSON does not tell 64 from 64.0 for every client); cpu is a share.
+    assert clean_limits({"pids": 64.0, "memory": 256.0, "cpu": 0.25}) == {
+        "pids": 64,
+        "memory": 256,
+        "cpu": 0.25,
+    }
+    assert clean_limits({"pids": MIN_PIDS}) == {"pids": MIN_PIDS}
+
+
+# -- cgroups: a folder per hub, a group per instance made afresh ---------------------------------
+
+
+@pytest.fixture
+def fake_cgroups(tmp_path: Path, monkeypatch):
+    """A v1 hierarchy for pids and cpu under tmp_path, as root would see it, for hub "hub-a"
+    (`hub.id` changes the hub)."""
+    for controller in ("pids", "cpu"):
+        (tmp_path / controller).mkdir()
+        (tmp_path / controller / "cgroup.procs").write_text("")
+    hub = type("FakeHub", (), {"id": "hub-a", "root": tmp_path})()
+    monkeypatch.setattr(cgroups, "ROOT", tmp_path)
+    monkeypatch.setattr(cgroups.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(cgroups, "hub_folder", lambda: hub.id)
+    cgroups.base_for.cache_clear()
+    yield hub
+    cgroups.base_for.cache_clear()
+
+
+def test_each_hub_has_a_folder_of_its_own_for_the_same_instance_id(fake_cgroups):
+    made_a = cgroups.create("same-id", {"pids": 16, "cpu": 0.5})
+    assert made_a == [
+        str(fake_cgroups.root / "cpu/sequence-hub/hub-a/same-id"),
+        str(fake_cgroups.root / "pids/sequence-hub/hub-a/same-id"),
+    ]
+    assert cgroups.base_for("pids") == fake_cgroups.root / "pids/sequence-hub/hub-a"
+    # A second hub on the machine: the same client-chosen id, another group, its own limit.
+    fake_cgroups.id = "hub-b"
+    cgroups.base_for.cache_clear()
+    made_b = cgroups.create("same-id", {"pids": 32})
+    assert made_b == [str(fake_cgroups.root / "pids/sequence-hub/hub-b/same-id")]
+    assert (Path(made_a[1]) / "pids.max").read_text() == "16"
+    assert (Path(made_b[0]) / "pids.max").read_text() == "32"
+
+
+def test_a_group_left_empty_by_an_earlier_instance_is_made_afresh(fake_cgroups):
+    base = cgroups.base_for("pids")
+    assert base is not None
+    (base / "old-id").mkdir()  # empty: no process in it (rmdir succeeds)
+    assert cgroups.create("old-id", {"pids": 16}) == [str(base / "old-id")]
+    assert (base / "old-id" / "pids.max").read_text() == "16"
+
+
+def test_a_group_still_in_use_is_not_shared_with_a_new_instance(fake_cgroups):
+    base = cgroups.base_for("pids")
+    assert base is not None
+    (base / "busy-id").mkdir()
+    (base / "busy-id" / "pids.max").write_text("9")  # rmdir refuses it, as a group in use
+    with pytest.raises(cgroups.CgroupError, match="still in use"):
+        cgroups.create("busy-id", {"pids": 16})
+    assert (base / "busy-id" / "pids.max").read_text() == "9"  # not taken over, not removed
+
+
+def test_a_hub_folder_removed_under_a_worker_refuses_the_start_clearly(fake_cgroups):
+    base = cgroups.base_for("pids")
+    assert base is not None
+    base.rmdir()
+    with pytest.raises(cgroups.CgroupError, match="start the worker again"):
+        cgroups.create("some-id", {"pids": 16})
+
+
+@pytest.mark.parametrize("iid", ["..", "a/b", ""])
+def test_an_instance_id_cannot_name_a_folder_outside_the_hubs(fake_cgroups, iid):
+    with pytest.raises(cgroups.CgroupError):
+        cgroups.create(iid, {"pids": 16})
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/sys/fs/cgroup/pids/cgroup.procs").exists(),
+    reason="real v1 pids groups need root and the pids hierarchy",
+)
+def test_a_real_group_with_a_process_in_it_refuses_the_start(monkeypatch):
+    """On the machine's hierarchy: a group an earlier instance's process still holds is left
+    alone; once it is gone, the next start removes the empty group and makes its own."""
+    monkeypatch.setattr(cgroups, "hub_folder", lambda: f"test-{uuid.uuid4().hex[:8]}")
+    cgroups.base_for.cache_clear()
+    base = cgroups.base_for("pids")
+    assert base is not None
+    iid = "stale-instance"
+    sleeper = None
+    try:
+        (base / iid).mkdir()
+        (base / iid / "pids.max").write_text("50")
+        sleeper = subprocess.Popen(["sleep", "60"])
+        (base / iid / "cgroup.procs").write_text(str(sleeper.pid))
+        with pytest.raises(cgroups.CgroupError, match="still in use"):
+            cgroups.create(iid, {"pids": 16})
+        assert (base / iid / "pids.max").read_text().strip() == "50"
+        sleeper.kill()
+        sleeper.wait()
+        wait_for(lambda: not (base / iid / "cgroup.procs").read_text().strip(), what="empty")
+        assert cgroups.create(iid, {"pids": 16}) == [str(base / iid)]
+        assert (base / iid / "pids.max").read_text().strip() == "16"
+    finally:
+        if sleeper is not None and sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
+        cgroups.remove([str(base / iid)])
+        cgroups.remove([str(base)])
+        cgroups.base_for.cache_clear()
 
 
 def test_a_worker_reports_its_sandbox_in_its_row(private_hub):

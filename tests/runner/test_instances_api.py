@@ -394,6 +394,8 @@ def test_failures_end_errored_with_their_exit_code(admin_api, files, code, needl
         ({"appConfig": [1]}, 422, "appConfig must be a JSON object"),
         ([1, 2], 422, "start body must be a JSON object"),
         ({"limits": {"memory": "lots"}}, 422, "limits.memory"),
+        ({"limits": {"pids": 1.5}}, 422, "limits.pids must be a whole number"),
+        ({"limits": {"pids": 2}}, 422, "7 is the fewest the Python and Node runtimes start"),
         ({"instanceId": "../etc"}, 422, "instanceId"),
     ],
 )
