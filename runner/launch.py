@@ -67,10 +67,24 @@ def _warn_unisolated() -> None:
     )
 
 
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@functools.cache
+def child_path() -> str:
+    """The system's folders, and Node's where it is elsewhere: not the worker's own PATH,
+    which names the hub's folders (a virtual environment, a user's tool folders)."""
+    folders = SYSTEM_PATH.split(":")
+    node = shutil.which("node")
+    if node and os.path.dirname(node) not in folders:
+        folders.append(os.path.dirname(node))
+    return ":".join(folders)
+
+
 def child_env(iid: str, package_dir: Path, workdir: Path) -> dict[str, str]:
     """A clean environment: nothing of the hub's settings or secrets reaches user code."""
     return {
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "PATH": child_path(),
         "HOME": str(workdir),
         "TMPDIR": str(workdir),
         "LANG": "C.UTF-8",

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from tests.conftest import wait_for
+from tests.conftest import BIN, wait_for
 from tests.faults.conftest import ATTEMPT, FOREVER, needs_root, start, wait_ended
 from tests.packaging import python_package, upload
 
@@ -114,6 +114,9 @@ def test_the_environment_carries_no_hub_variable(private_hub):
         assert name not in env, name
     assert {k for k in env if k.startswith(("HUB_", "DJANGO", "CELERY"))} == {"HUB_INSTANCE_ID"}
     assert result["own"] == "own folder"
+    # PATH names the system's folders, not the worker's (its virtual environment, /root's).
+    assert str(BIN) not in env["PATH"] and "/root" not in env["PATH"], env["PATH"]
+    assert "/usr/bin" in env["PATH"].split(":")
 
 
 @needs_root
