@@ -223,20 +223,8 @@ class AsyncHostClient(HostCalls):
         return await self.transport.call(self._resources())
 
 
-class AsyncSequenceClient(SequenceCalls):
+class AsyncSequenceClient(SequenceCalls[AsyncHostClient]):
     """One uploaded sequence."""
-
-    def __init__(self, seq_id: str, host: AsyncHostClient) -> None:
-        self.id = seq_id
-        self.host = host
-
-    @classmethod
-    def from_id(cls, seq_id: str, host: AsyncHostClient) -> AsyncSequenceClient:
-        """A client for the sequence `seq_id` on `host` (no request is made)."""
-        return cls(seq_id, host)
-
-    def __repr__(self) -> str:
-        return f"AsyncSequenceClient({self.id!r})"
 
     async def start(
         self,
@@ -275,20 +263,8 @@ class AsyncSequenceClient(SequenceCalls):
         return AsyncSequenceClient(answer["id"], self.host)
 
 
-class AsyncInstanceClient(InstanceCalls):
+class AsyncInstanceClient(InstanceCalls[AsyncHostClient]):
     """One running (or ended) instance."""
-
-    def __init__(self, iid: str, host: AsyncHostClient) -> None:
-        self.id = iid
-        self.host = host
-
-    @classmethod
-    def from_id(cls, iid: str, host: AsyncHostClient) -> AsyncInstanceClient:
-        """A client for the instance `iid` on `host` (no request is made)."""
-        return cls(iid, host)
-
-    def __repr__(self) -> str:
-        return f"AsyncInstanceClient({self.id!r})"
 
     async def get_info(self) -> dict[str, Any]:
         """Status, args, appConfig, sequence, created/started/ended, `terminated`."""
@@ -359,21 +335,10 @@ class AsyncInstanceClient(InstanceCalls):
         return await self.host.transport.call(self._kill(remove_immediately))
 
 
-class AsyncSequencerClient(SequencerCalls):
+class AsyncSequencerClient(SequencerCalls[AsyncHostClient]):
     """One sequencer, by id or prefix. Commands answer typed bodies (`{"type": "Ok"}`,
     `{"type": "Started", "runId"}`, ...); refusals (Unhandled, IdDoesNotExist, hook failures)
     raise HubClientError whose `body` is the typed answer."""
-
-    def __init__(self, ident: str, host: AsyncHostClient) -> None:
-        self.id = ident
-        self.host = host
-
-    @classmethod
-    def from_id(cls, ident: str, host: AsyncHostClient) -> AsyncSequencerClient:
-        return cls(ident, host)
-
-    def __repr__(self) -> str:
-        return f"AsyncSequencerClient({self.id!r})"
 
     async def _run(self, name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         return await self.host.transport.call(self._command(name, body))
@@ -484,19 +449,8 @@ class AsyncSequencerClient(SequencerCalls):
         return aiter_json(self.host.transport.stream(self._events()))
 
 
-class AsyncComponentClient(ComponentCalls):
+class AsyncComponentClient(ComponentCalls[AsyncHostClient]):
     """One sequence component: a named slot hosting at most one sequencer."""
-
-    def __init__(self, name: str, host: AsyncHostClient) -> None:
-        self.name = name
-        self.host = host
-
-    @classmethod
-    def from_name(cls, name: str, host: AsyncHostClient) -> AsyncComponentClient:
-        return cls(name, host)
-
-    def __repr__(self) -> str:
-        return f"AsyncComponentClient({self.name!r})"
 
     async def get_status(self) -> dict[str, Any]:
         """`{name, state: Idle|Running, sequencer or None}`."""

@@ -1,7 +1,9 @@
 """What each API route looks like on the wire, as `Call`s, shared by the sync and async clients.
 
-Each `*Calls` base class builds requests only; the clients in `client.sync` and `client.aio`
-run them. Paths follow docs/api.md and Scramjet Transform Hub's API v1.
+Each `*Calls` base class builds requests and, for one sequence, instance, sequencer or
+component, holds its id and its host client (sync or async: the type parameter `H`); the clients
+in `client.sync` and `client.aio` run the requests. Paths follow docs/api.md and Scramjet
+Transform Hub's API v1.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import io
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Generic, Self, TypeVar
 
 from client.transport import WAIT, Body, Call, seg
 
@@ -18,6 +20,7 @@ STREAMS = ("stdout", "stderr", "output", "log")
 PackageSource = bytes | str | os.PathLike[str] | IO[bytes]
 InputData = bytes | str | Iterable[bytes] | IO[bytes]
 Steps = list[dict[str, Any]] | dict[str, Any]
+H = TypeVar("H")  # the host client a sequence, instance, ... client runs its calls with
 
 
 def package_bytes(source: PackageSource) -> bytes:
@@ -188,10 +191,20 @@ class HostCalls:
         return Call("GET", "/resources")
 
 
-class SequenceCalls:
+class SequenceCalls(Generic[H]):
     """Routes of one sequence."""
 
-    id: str
+    def __init__(self, seq_id: str, host: H) -> None:
+        self.id = seq_id
+        self.host = host
+
+    @classmethod
+    def from_id(cls, seq_id: str, host: H) -> Self:
+        """A client for the sequence `seq_id` on `host` (no request is made)."""
+        return cls(seq_id, host)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.id!r})"
 
     def _info(self) -> Call:
         return Call("GET", f"/sequence/{seg(self.id)}")
@@ -232,10 +245,20 @@ class SequenceCalls:
         )
 
 
-class InstanceCalls:
+class InstanceCalls(Generic[H]):
     """Routes of one instance."""
 
-    id: str
+    def __init__(self, iid: str, host: H) -> None:
+        self.id = iid
+        self.host = host
+
+    @classmethod
+    def from_id(cls, iid: str, host: H) -> Self:
+        """A client for the instance `iid` on `host` (no request is made)."""
+        return cls(iid, host)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.id!r})"
 
     def _path(self, tail: str = "") -> str:
         return f"/instance/{seg(self.id)}" + tail
@@ -298,10 +321,20 @@ class InstanceCalls:
         return Call("POST", self._path("/_kill"), json={"removeImmediately": remove_immediately})
 
 
-class SequencerCalls:
+class SequencerCalls(Generic[H]):
     """Routes of one sequencer (`id` is its id or its prefix, such as `ESW.darknight`)."""
 
-    id: str
+    def __init__(self, ident: str, host: H) -> None:
+        self.id = ident
+        self.host = host
+
+    @classmethod
+    def from_id(cls, ident: str, host: H) -> Self:
+        """A client for the sequencer `ident` (id or prefix) on `host` (no request is made)."""
+        return cls(ident, host)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.id!r})"
 
     def _path(self, tail: str = "") -> str:
         return f"/sequencer/{seg(self.id)}" + tail
@@ -344,10 +377,20 @@ class SequencerCalls:
         return Call("GET", self._path("/links"))
 
 
-class ComponentCalls:
+class ComponentCalls(Generic[H]):
     """Routes of one sequence component (named like `ESW.primary`)."""
 
-    name: str
+    def __init__(self, name: str, host: H) -> None:
+        self.name = name
+        self.host = host
+
+    @classmethod
+    def from_name(cls, name: str, host: H) -> Self:
+        """A client for the component `name` on `host` (no request is made)."""
+        return cls(name, host)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
 
     def _path(self, tail: str = "") -> str:
         return f"/component/{seg(self.name)}" + tail

@@ -217,20 +217,8 @@ class HostClient(HostCalls):
         return self.transport.call(self._resources())
 
 
-class SequenceClient(SequenceCalls):
+class SequenceClient(SequenceCalls[HostClient]):
     """One uploaded sequence."""
-
-    def __init__(self, seq_id: str, host: HostClient) -> None:
-        self.id = seq_id
-        self.host = host
-
-    @classmethod
-    def from_id(cls, seq_id: str, host: HostClient) -> SequenceClient:
-        """A client for the sequence `seq_id` on `host` (no request is made)."""
-        return cls(seq_id, host)
-
-    def __repr__(self) -> str:
-        return f"SequenceClient({self.id!r})"
 
     def start(
         self,
@@ -269,20 +257,8 @@ class SequenceClient(SequenceCalls):
         return SequenceClient(answer["id"], self.host)
 
 
-class InstanceClient(InstanceCalls):
+class InstanceClient(InstanceCalls[HostClient]):
     """One running (or ended) instance."""
-
-    def __init__(self, iid: str, host: HostClient) -> None:
-        self.id = iid
-        self.host = host
-
-    @classmethod
-    def from_id(cls, iid: str, host: HostClient) -> InstanceClient:
-        """A client for the instance `iid` on `host` (no request is made)."""
-        return cls(iid, host)
-
-    def __repr__(self) -> str:
-        return f"InstanceClient({self.id!r})"
 
     def get_info(self) -> dict[str, Any]:
         """Status, args, appConfig, sequence, created/started/ended, `terminated`."""
@@ -351,21 +327,10 @@ class InstanceClient(InstanceCalls):
         return self.host.transport.call(self._kill(remove_immediately))
 
 
-class SequencerClient(SequencerCalls):
+class SequencerClient(SequencerCalls[HostClient]):
     """One sequencer, by id or prefix. Commands answer typed bodies (`{"type": "Ok"}`,
     `{"type": "Started", "runId"}`, ...); refusals (Unhandled, IdDoesNotExist, hook failures)
     raise HubClientError whose `body` is the typed answer."""
-
-    def __init__(self, ident: str, host: HostClient) -> None:
-        self.id = ident
-        self.host = host
-
-    @classmethod
-    def from_id(cls, ident: str, host: HostClient) -> SequencerClient:
-        return cls(ident, host)
-
-    def __repr__(self) -> str:
-        return f"SequencerClient({self.id!r})"
 
     def _run(self, name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         return self.host.transport.call(self._command(name, body))
@@ -476,19 +441,8 @@ class SequencerClient(SequencerCalls):
         return iter_json(self.host.transport.stream(self._events()))
 
 
-class ComponentClient(ComponentCalls):
+class ComponentClient(ComponentCalls[HostClient]):
     """One sequence component: a named slot hosting at most one sequencer."""
-
-    def __init__(self, name: str, host: HostClient) -> None:
-        self.name = name
-        self.host = host
-
-    @classmethod
-    def from_name(cls, name: str, host: HostClient) -> ComponentClient:
-        return cls(name, host)
-
-    def __repr__(self) -> str:
-        return f"ComponentClient({self.name!r})"
 
     def get_status(self) -> dict[str, Any]:
         """`{name, state: Idle|Running, sequencer or None}`."""

@@ -109,6 +109,9 @@ def _no_answer(exc: httpx.HTTPError, base: str) -> HubClientError:
 
 
 def _decode(call: Call, response: httpx.Response) -> Any:
+    """The answer of a call, read in full: decoded, or raised as HubClientError if refused."""
+    if response.status_code >= 400:
+        raise error_from_answer(response.status_code, response.content, response.reason_phrase)
     if call.answer == "none" or not response.content.strip():
         return None
     try:
@@ -195,8 +198,6 @@ class Transport:
             response = self.http.request(**_request(call, self.base, self.timeout))
         except httpx.HTTPError as exc:
             raise _no_answer(exc, self.base) from None
-        if response.status_code >= 400:
-            raise error_from_answer(response.status_code, response.content, response.reason_phrase)
         return _decode(call, response)
 
     def stream(self, call: Call) -> Iterator[bytes]:
@@ -245,8 +246,6 @@ class AsyncTransport:
             response = await self.http.request(**_request(call, self.base, self.timeout))
         except httpx.HTTPError as exc:
             raise _no_answer(exc, self.base) from None
-        if response.status_code >= 400:
-            raise error_from_answer(response.status_code, response.content, response.reason_phrase)
         return _decode(call, response)
 
     async def stream(self, call: Call) -> AsyncIterator[bytes]:

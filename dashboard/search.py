@@ -82,6 +82,23 @@ class SearchResult:
         return len(self.found) >= MAX_RESULTS
 
 
+def _take_line(found: Found, text: str, at: int, room: int) -> int | None:
+    """Add to `found` what of `text` from `at` is still on its line, up to `room` characters:
+    None once the line is done (its end seen, or cut at `room`), else the room left, for
+    the next piece (a line may go on across pieces)."""
+    piece = text[at : at + room + 1]
+    end = piece.find("\n")
+    if end >= 0:
+        found.text += piece[:end]
+        return None
+    if len(piece) > room:
+        found.text += piece[:room]
+        found.cut_after = True
+        return None
+    found.text += piece
+    return room - len(piece)
+
+
 class Scanner:
     """Feeds of a stream's bytes in order; the lines that contain `needle`, found in one pass.
 
@@ -175,33 +192,19 @@ class Scanner:
     def _tail(self, found: Found, match_head: str, text: str, at: int) -> None:
         """The match and what follows it on its line, up to `context` characters."""
         room = len(self.needle) + self.context - len(match_head)
-        piece = text[at : at + room + 1]
-        end = piece.find("\n")
         found.text += match_head
-        if end >= 0:
-            found.text += piece[:end]
-        elif len(piece) > room:
-            found.text += piece[:room]
-            found.cut_after = True
-        else:
-            found.text += piece
-            self._open, self._open_room = found, room - len(piece)
+        left = _take_line(found, text, at, room)
+        if left is not None:
+            self._open, self._open_room = found, left
 
     def _extend_open(self, text: str) -> None:
-        found, room = self._open, self._open_room
+        found = self._open
         assert found is not None
-        piece = text[: room + 1]
-        end = piece.find("\n")
-        if end >= 0:
-            found.text += piece[:end]
-        elif len(piece) > room:
-            found.text += piece[:room]
-            found.cut_after = True
+        left = _take_line(found, text, 0, self._open_room)
+        if left is None:
+            self._open = None
         else:
-            found.text += piece
-            self._open_room = room - len(piece)
-            return
-        self._open = None
+            self._open_room = left
 
     def _advance(self, text: str, low: str, counted: int) -> None:
         """Past this piece: count its remaining lines, keep what the next piece needs."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from asgiref.sync import sync_to_async
+from django import forms
 from django.db.models import Q
 from django.http import (
     HttpRequest,
@@ -269,6 +270,7 @@ def _search_lines(found: list[search.Found]) -> list[dict[str, Any]]:
 
 _aget = sync_to_async(_get)
 _aaudit = sync_to_async(audit)
+_F = TypeVar("_F", bound=forms.Form)
 
 
 async def _afeedback(
@@ -286,15 +288,26 @@ async def _instance_or_404(request: HtmxHttpRequest, iid: str) -> Instance | Htt
     return instance
 
 
-@require_POST
-@role_page("operator")
-async def instance_input(request: HtmxHttpRequest, iid: str) -> HttpResponse:
+async def _instance_and_form(
+    request: HtmxHttpRequest, iid: str, form_class: type[_F]
+) -> tuple[Instance, _F] | HttpResponse:
+    """The instance and its posted form, valid; or the feedback saying what is wrong."""
     found = await _instance_or_404(request, iid)
     if isinstance(found, HttpResponse):
         return found
-    form = InputForm(request.POST)
+    form = form_class(request.POST)
     if not form.is_valid():
         return await _afeedback(request, iid, "error", first_error(form), 400)
+    return found, form
+
+
+@require_POST
+@role_page("operator")
+async def instance_input(request: HtmxHttpRequest, iid: str) -> HttpResponse:
+    posted = await _instance_and_form(request, iid, InputForm)
+    if isinstance(posted, HttpResponse):
+        return posted
+    found, form = posted
     stream = form.cleaned_data["stream"]
     text = form.cleaned_data["text"] or ""
     if form.cleaned_data["newline"] and text and not text.endswith("\n"):
@@ -315,12 +328,10 @@ async def instance_input(request: HtmxHttpRequest, iid: str) -> HttpResponse:
 @require_POST
 @role_page("operator")
 async def instance_event(request: HtmxHttpRequest, iid: str) -> HttpResponse:
-    found = await _instance_or_404(request, iid)
-    if isinstance(found, HttpResponse):
-        return found
-    form = EventForm(request.POST)
-    if not form.is_valid():
-        return await _afeedback(request, iid, "error", first_error(form), 400)
+    posted = await _instance_and_form(request, iid, EventForm)
+    if isinstance(posted, HttpResponse):
+        return posted
+    found, form = posted
     name = form.cleaned_data["name"]
     user = await request.auser()
     try:
@@ -335,12 +346,10 @@ async def instance_event(request: HtmxHttpRequest, iid: str) -> HttpResponse:
 @role_page("operator")
 async def instance_stop(request: HtmxHttpRequest, iid: str) -> HttpResponse:
     """Waits (async) until the instance ended or the timeout passed, then says which."""
-    found = await _instance_or_404(request, iid)
-    if isinstance(found, HttpResponse):
-        return found
-    form = StopForm(request.POST)
-    if not form.is_valid():
-        return await _afeedback(request, iid, "error", first_error(form), 400)
+    posted = await _instance_and_form(request, iid, StopForm)
+    if isinstance(posted, HttpResponse):
+        return posted
+    found, form = posted
     timeout = form.cleaned_data["timeout"]
     timeout = 7000 if timeout is None else timeout
     user = await request.auser()
