@@ -53,18 +53,30 @@ def run_as() -> dict[str, Any] | None:
     else:
         user = isolation.run_as_for(settings.HUB_RUN_AS, children_root())
         _run_as = (now, key, user)
-    if user is None and settings.HUB_RUN_AS == "auto" and os.geteuid() == 0:
-        _warn_unisolated()
+    if as_root(user):
+        _warn_as_root()
     return dict(user) if user is not None else None
 
 
+ROOT_REFUSED = (
+    "sequence code would run as root, and a root worker never lets it: HUB_RUN_AS=none or a "
+    "user of id 0, or no interpreter that other users may run (docs/operations.md, "
+    "Isolation). Set HUB_RUN_AS=auto or an ordinary user's name"
+)
+
+
+def as_root(user: dict[str, Any] | None) -> bool:
+    """Whether a child with this `run_as` would be uid 0. Refused: uid 0 without capabilities
+    still owns root's files, and may chmod, chown back or set attributes on them, which
+    Landlock does not govern (a setuid shell would be one chmod away)."""
+    if user is None:
+        return os.geteuid() == 0
+    return not user.get("lease") and int(user["uid"]) == 0
+
+
 @functools.cache
-def _warn_unisolated() -> None:
-    log.warning(
-        "sequence code runs as root, not as a user of its own: HUB_DATA_DIR (%s) or the "
-        "runtime's standard library is closed to other users (docs/operations.md, Isolation)",
-        settings.HUB_DATA_DIR,
-    )
+def _warn_as_root() -> None:
+    log.error("every start will be refused: %s", ROOT_REFUSED)
 
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -101,6 +113,9 @@ def build_spec(instance: Instance, mode: str = "sequence", extra: dict | None = 
     seq = instance.sequence
     if seq is None:
         raise ValueError("the instance's sequence was deleted")
+    user = run_as()
+    if as_root(user):
+        raise ValueError(ROOT_REFUSED)
     package_dir = ensure_unpacked(seq)
     workdir = workdir_for(instance.id)
     limits = dict(instance.limits or {})
@@ -119,7 +134,7 @@ def build_spec(instance: Instance, mode: str = "sequence", extra: dict | None = 
         "limits": limits,
         "package": seq.config,
         "language": seq.language,
-        "run_as": run_as(),
+        "run_as": user,
         "isolate_network": settings.HUB_SANDBOX_NETWORK == "isolated",
         "nice": settings.HUB_CHILD_NICE,
     }
@@ -239,8 +254,8 @@ def sandbox_summary(config: dict[str, Any] | None) -> str:
             f"Landlock ABI {abi} (files; {net}; signals {'scoped' if abi >= 6 else 'NOT scoped'})"
         )
     user = run_as()
-    if user is None and os.geteuid() == 0:
-        parts.append("children run as root, without capabilities (HUB_RUN_AS)")
+    if as_root(user):
+        parts.append("children would run as root: every start is REFUSED (HUB_RUN_AS)")
     elif user is None:
         parts.append("children run as the worker's user")
     elif user.get("lease"):

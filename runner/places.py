@@ -45,11 +45,26 @@ def _children_root(data: Path, chosen: Path | None, base: Path, euid: int, run_a
         root = base / hashlib.sha256(str(data).encode()).hexdigest()[:16]
     for folder in [*reversed(root.relative_to(root.anchor).parents), root.relative_to(root.anchor)]:
         path = Path(root.anchor) / folder
-        if not path.is_dir():
-            path.mkdir(mode=0o711, exist_ok=True)
-            with contextlib.suppress(OSError):
-                path.chmod(0o711)  # mkdir's mode is masked by the umask
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o711)
+            path.chmod(0o711)  # mkdir's mode is masked by the umask
+        _check_safe(path)
     return root
+
+
+def _check_safe(path: Path) -> None:
+    """Refuse a folder on the way to the children's root that someone other than root (or
+    the hub's user) could have made or could change: what it holds (packages, the lent
+    library, the Node runtime) runs in every instance. Checked after making it, so a folder
+    planted in a race by another user is caught too. A world-writable folder is passed only
+    when sticky (/tmp): others cannot replace what root made in it, and the next is checked."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise ValueError(f"{path} (on the way to HUB_CHILDREN_ROOT) is not a plain folder")
+    if info.st_uid not in (0, os.geteuid()):
+        raise ValueError(f"{path} (on the way to HUB_CHILDREN_ROOT) is not root's nor the hub's")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+        raise ValueError(f"{path} (on the way to HUB_CHILDREN_ROOT) is writable by others")
 
 
 def _passable_folder(path: Path) -> Path:

@@ -11,6 +11,8 @@ socket). So:
 * `socket(AF_INET or AF_INET6, ..., IPPROTO_MPTCP)` fails with EACCES;
 * io_uring fails with ENOSYS (its operations do not go through this filter; libuv and others
   fall back to plain system calls);
+* `prlimit64` on another process, and `setpriority` of anything but itself, fail with EPERM
+  (a child sharing the worker's user id could otherwise set the worker's limits or priority);
 * system calls of another architecture (32-bit ones on x86_64, x32) fail with ENOSYS, so none
   of the above has a second door.
 
@@ -44,8 +46,11 @@ ARCHES = {
     "x86_64": (0xC000003E, 41, 425, 426, 427),
     "aarch64": (0xC00000B7, 198, 425, 426, 427),
 }
-# struct seccomp_data: nr (int), arch (u32), instruction_pointer (u64), args[6] (u64)
-NR, ARCH, ARG0, ARG2 = 0, 4, 16, 32
+# machine: (prlimit64, setpriority)
+TARGETED = {"x86_64": (302, 141), "aarch64": (261, 140)}
+# struct seccomp_data: nr (int), arch (u32), instruction_pointer (u64), args[6] (u64); the
+# low half of an argument (little-endian machines only, as both above are).
+NR, ARCH, ARG0, ARG1, ARG2 = 0, 4, 16, 24, 32
 
 
 class _Fprog(ctypes.Structure):
@@ -63,7 +68,9 @@ def program() -> bytes | None:
     if arch is None:
         return None
     audit, socket_nr, *uring = arch
+    prlimit_nr, setpriority_nr = TARGETED[platform.machine()]
     eacces, enosys = RET_ERRNO | errno.EACCES, RET_ERRNO | errno.ENOSYS
+    eperm = RET_ERRNO | errno.EPERM
     code = [
         _insn(LD_W_ABS, ARCH),
         _insn(JEQ, audit, 1, 0),  # 1
@@ -75,16 +82,31 @@ def program() -> bytes | None:
         _insn(JEQ, uring[1], 1, 0),  # 7 -> 9
         _insn(JEQ, uring[2], 0, 1),  # 8 -> 9 / 10
         _insn(RET, enosys),  # 9: io_uring
-        _insn(JEQ, socket_nr, 1, 0),  # 10 -> 12
-        _insn(RET, RET_ALLOW),  # 11
-        _insn(LD_W_ABS, ARG0),  # 12: socket(domain, type, protocol)
-        _insn(JEQ, AF_UNIX, 4, 0),  # 13 -> 18
-        _insn(JEQ, AF_INET, 1, 0),  # 14 -> 16
-        _insn(JEQ, AF_INET6, 0, 3),  # 15 -> 16 / 19
-        _insn(LD_W_ABS, ARG2),  # 16
-        _insn(JEQ, IPPROTO_MPTCP, 0, 1),  # 17 -> 18 / 19
-        _insn(RET, eacces),  # 18
-        _insn(RET, RET_ALLOW),  # 19
+        # Limits and priority of another process: Landlock scopes signals, not these, and a
+        # child sharing the worker's user id could set the worker's RLIMIT_CPU (the kernel
+        # then kills it) or renice it. Only the child's own (pid 0) pass.
+        _insn(JEQ, prlimit_nr, 0, 4),  # 10 -> 11 / 15
+        _insn(LD_W_ABS, ARG0),  # 11: prlimit64(pid, ...)
+        _insn(JEQ, 0, 1, 0),  # 12 -> 14 / 13
+        _insn(RET, eperm),  # 13
+        _insn(RET, RET_ALLOW),  # 14
+        _insn(JEQ, setpriority_nr, 0, 6),  # 15 -> 16 / 22
+        _insn(LD_W_ABS, ARG0),  # 16: setpriority(which, who, prio): PRIO_PROCESS (0) only,
+        _insn(JEQ, 0, 0, 2),  # 17 -> 18 / 20   (PRIO_PGRP and PRIO_USER reach others)
+        _insn(LD_W_ABS, ARG1),  # 18: and who = 0, itself
+        _insn(JEQ, 0, 1, 0),  # 19 -> 21 / 20
+        _insn(RET, eperm),  # 20
+        _insn(RET, RET_ALLOW),  # 21
+        _insn(JEQ, socket_nr, 1, 0),  # 22 -> 24
+        _insn(RET, RET_ALLOW),  # 23
+        _insn(LD_W_ABS, ARG0),  # 24: socket(domain, type, protocol)
+        _insn(JEQ, AF_UNIX, 4, 0),  # 25 -> 30
+        _insn(JEQ, AF_INET, 1, 0),  # 26 -> 28
+        _insn(JEQ, AF_INET6, 0, 3),  # 27 -> 28 / 31
+        _insn(LD_W_ABS, ARG2),  # 28
+        _insn(JEQ, IPPROTO_MPTCP, 0, 1),  # 29 -> 30 / 31
+        _insn(RET, eacces),  # 30
+        _insn(RET, RET_ALLOW),  # 31
     ]
     return b"".join(code)
 

@@ -1331,7 +1331,7 @@ def _filtered_by_hand(relative: str, member: tarfile.TarInfo, root: str) -> tarf
         copy.linkname = _strip_root(_member_path(member.linkname), root)
     elif member.issym():
         copy.linkname = _symlink_target(relative, member.linkname)[0]
-    copy.uid = copy.gid = os.geteuid() if hasattr(os, "geteuid") else 0
+    copy.uid, copy.gid = os.geteuid(), os.getegid()
     copy.uname = copy.gname = ""
     owner = 0o700 if member.isdir() else 0o600 if member.isreg() or member.islnk() else 0
     copy.mode = member.mode & 0o755 | owner

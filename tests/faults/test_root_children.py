@@ -4,7 +4,8 @@ Children of a root worker run as user ids of their own (runner/isolation.py). Tw
 to leave them root with every capability: HUB_RUN_AS=none, and a data folder other users
 cannot pass through (a checkout under /root), where a child of its own user id could not reach
 its folder. Now the folders children need move to a place of the hub's own
-(runner/places.py), and a child that stays root drops every capability before user code runs.
+(runner/places.py), a root worker refuses any start that would run as uid 0, and a child that
+is root anyway drops every capability before user code runs.
 In a container image the hub's packages sit in the interpreter's site-packages, inside the
 standard library folder children read: they are hidden too.
 """
@@ -21,35 +22,68 @@ from pathlib import Path
 import pytest
 
 from runner import isolation, launch, places
-from tests.faults.conftest import ATTEMPT, needs_root, start, wait_ended
+from tests.faults.conftest import needs_root, wait_ended
 from tests.packaging import python_package, upload
 
 POWERS = """
 def run(context, input):
-    status = dict(
-        line.split(":\\t", 1) for line in open("/proc/self/status").read().splitlines()
-        if ":\\t" in line
-    )
-    return json.dumps({
-        "uid": os.getuid(),
-        "effective": status["CapEff"].strip(),
-        "bounding": status["CapBnd"].strip(),
-        "setuid": attempt(lambda: os.setuid(4321)),
-        "chown": attempt(lambda: os.chown(os.environ["HOME"], 4321, 4321)),
-    })
+    return "it ran"
 """
 
 
 @needs_root
 @pytest.mark.django_db(transaction=True)
-def test_a_child_that_stays_root_has_no_capabilities(private_hub):
+def test_a_root_worker_refuses_to_run_sequence_code_as_root(private_hub):
+    """uid 0 without capabilities still owns root's files: it could chmod /bin/bash setuid,
+    which Landlock does not govern. So HUB_RUN_AS=none on a root worker refuses every start,
+    saying why, and runs nothing."""
     hub = private_hub(worker_env={"HUB_RUN_AS": "none"})
-    iid = start(hub.api, upload(hub.api, python_package(ATTEMPT + POWERS)), {})
-    result = json.loads(hub.api.get(f"/instance/{iid}/output", timeout=60).text)
-    assert wait_ended(hub.api, iid)["status"] == "completed"
-    assert result["uid"] == 0  # as asked: the worker's user
-    assert result["effective"] == result["bounding"] == "0000000000000000", result
-    assert result["setuid"] == result["chown"] == "denied", result
+    seq = upload(hub.api, python_package(POWERS))
+    answer = hub.api.post(f"/sequence/{seq}/start", json={})
+    assert answer.status_code == 400, answer.text
+    assert "would run as root" in answer.json()["error"] and "HUB_RUN_AS" in answer.json()["error"]
+    iid = hub.api.get(f"/sequence/{seq}/instances").json()[0]
+    ended = wait_ended(hub.api, iid)
+    assert ended["status"] == "errored", ended
+    assert hub.api.get(f"/instance/{iid}/output").content == b""
+
+
+@needs_root
+def test_a_child_left_root_has_no_capabilities():
+    """The second lock, in the fork server: a child that is still uid 0 when its code would
+    run (the worker refuses to get there) holds no capability, now or after an exec."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running pytest's exit handlers
+        try:
+            os.close(read)
+            isolation.drop_capabilities()
+            status = dict(
+                line.split(":\t", 1)
+                for line in Path("/proc/self/status").read_text().splitlines()
+                if ":\t" in line
+            )
+            try:
+                os.setuid(4321)
+                setuid = "ok"
+            except PermissionError:
+                setuid = "denied"
+            report = {k: status[k].strip() for k in ("CapEff", "CapPrm", "CapBnd", "CapAmb")}
+            os.write(write, json.dumps({**report, "setuid": setuid}).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        report = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    zero = "0000000000000000"
+    assert report == {
+        "CapEff": zero,
+        "CapPrm": zero,
+        "CapBnd": zero,
+        "CapAmb": zero,
+        "setuid": "denied",
+    }, report
 
 
 @needs_root
@@ -79,6 +113,22 @@ def test_a_closed_data_folder_moves_the_childrens_folders_not_their_user(tmp_pat
     assert places._children_root(open_data, None, base, 0, "auto") == open_data
     assert places._children_root(data, None, base, 1000, "auto") == data
     assert places._children_root(data, None, base, 0, "none") == data
+    # A folder on the way that another user made, or may write to, is refused: what the
+    # children's root holds runs in every instance.
+    planted = outside / "planted"
+    planted.mkdir()
+    os.chown(planted, 4321, 4321)
+    with pytest.raises(ValueError, match="not root's"):
+        places._children_root(data, None, planted, 0, "auto")
+    open_to_all = outside / "open-to-all"
+    open_to_all.mkdir()
+    open_to_all.chmod(0o777)
+    with pytest.raises(ValueError, match="writable by others"):
+        places._children_root(data, None, open_to_all, 0, "auto")
+    link = outside / "link"
+    link.symlink_to(outside / "open")
+    with pytest.raises(ValueError, match="not a plain folder"):
+        places._children_root(data, link / "x", base, 0, "auto")
     # HUB_CHILDREN_DIR names it outright.
     chosen = outside / "chosen" / "here"
     assert places._children_root(data, chosen, base, 0, "auto") == chosen

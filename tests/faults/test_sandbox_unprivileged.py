@@ -102,6 +102,11 @@ def run(context, input, data_dir, worker_pid):
         "environ": attempt(lambda: read(f"/proc/{worker_pid}/environ")),
         "signal": attempt(lambda: os.kill(worker_pid, 0)),
         "unix_socket": attempt(lambda: socket.socket(socket.AF_UNIX).close()),
+        # The worker shares this user id: its limits and priority are the next door.
+        "worker_rlimit": attempt(lambda: __import__("resource").prlimit(worker_pid, 0, (1, 1))),
+        "worker_nice": attempt(lambda: os.setpriority(os.PRIO_PROCESS, worker_pid, 19)),
+        "users_nice": attempt(lambda: os.setpriority(os.PRIO_USER, 0, 19)),
+        "own_nice": attempt(lambda: os.setpriority(os.PRIO_PROCESS, 0, 19)),
     })
 """.replace("CHECKOUT", repr(str(ROOT)))
 )
@@ -191,6 +196,10 @@ def test_a_hub_run_as_an_ordinary_user_confines_its_children(tmp_path, people):
         "environ": "denied",
         "signal": "denied",
         "unix_socket": "denied",  # seccomp: no Unix socket, so none by path
+        "worker_rlimit": "denied",  # seccomp: RLIMIT_CPU of 1 s would have killed the worker
+        "worker_nice": "denied",
+        "users_nice": "denied",
+        "own_nice": "ok",
     }, report
 
 

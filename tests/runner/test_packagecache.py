@@ -23,6 +23,8 @@ pytestmark = pytest.mark.django_db
 def own_cache(settings, tmp_path: Path) -> Path:
     """This node's data folder, so its cache, is a fresh one (the storage stays the suite's)."""
     settings.HUB_DATA_DIR = tmp_path
+    # pytest's folder is closed to other users: the children's folders would move out of it.
+    settings.HUB_CHILDREN_DIR = tmp_path
     (tmp_path / "tmp").mkdir()
     return tmp_path / "cache"
 
