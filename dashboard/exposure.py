@@ -53,6 +53,13 @@ def worker_warnings() -> list[str]:
         if not report:
             continue  # a worker from before sandbox reports
         problems = []
+        if "REFUSED" in str(report.get("summary", "")):
+            # runner/launch.py: a root worker that would run sequence code as root.
+            found.append(
+                f"Worker {worker.name}: it refuses every start, since its children would run "
+                "as root. Set HUB_RUN_AS=auto (a user id per instance) or an ordinary user's "
+                "name for it."
+            )
         if not report.get("landlock"):
             problems.append("it has no Landlock, so its children are confined by user ids only")
         if report.get("network") != "isolated":

@@ -198,10 +198,18 @@ def test_a_worker_without_landlock_or_with_a_port_open_is_named():
     worker("good", landlock=7, closed_ports=[6379, 5432], network="host", summary="ok")
     worker("old-kernel", landlock=0, closed_ports=[], network="host", summary="no Landlock")
     worker("boxed", landlock=0, closed_ports=[], network="isolated", summary="isolated")
+    worker(
+        "as-root",
+        landlock=7,
+        closed_ports=[],
+        network="isolated",
+        summary="children would run as root: every start is REFUSED (HUB_RUN_AS)",
+    )
     plain, secret = "redis://127.0.0.1:6379/0", "redis://:pw@127.0.0.1:6379/0"
     with override_settings(REDIS_URL=plain, CELERY_BROKER_URL=plain, DATABASES=SQLITE):
         found = worker_warnings()
-    assert len(found) == 2, found
+    assert len(found) == 3, found
+    assert "refuses every start" in next(w for w in found if "as-root" in w)
     old = next(w for w in found if "old-kernel" in w)
     assert "no Landlock" in old and "connect to Redis at 127.0.0.1:6379" in old
     assert "connect to" not in next(w for w in found if "boxed" in w)
