@@ -21,6 +21,7 @@ from ninja.errors import ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
 from core.protocol import Message
+from sequences.instances import MIN_PIDS
 
 S = TypeVar("S", bound=Schema)
 
@@ -69,9 +70,11 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
 # Described only, as are the sequencer bodies below (see the module's docstring). A docstring
 # here would show in the document: comments only. `SkipJsonSchema[None]`: left out, not null.
 class Limits(Schema):
-    memory: int | SkipJsonSchema[None] = Field(None, description="MB")
+    memory: int | SkipJsonSchema[None] = Field(None, description="MB, a whole number")
     cpu: float | SkipJsonSchema[None] = Field(None, description="CPUs")
-    pids: int | SkipJsonSchema[None] = Field(None, description="processes")
+    pids: int | SkipJsonSchema[None] = Field(
+        None, description=f"processes and threads, at least {MIN_PIDS}"
+    )
     gpu: bool = False
 
 
