@@ -3,7 +3,9 @@
 The address is the peer's own (`client_ip`: X-Forwarded-For counts only from
 HUB_TRUSTED_PROXIES), so a client can neither spread its guesses over made-up addresses nor
 spend someone else's attempts: failures from one address never lock the same username out
-from another. The counters are plain integers in the cache (JSON, never pickle).
+from another. From this machine's loopback, the local user that opened the connection counts
+too (`limit_address`), so sequence code on 127.0.0.1 cannot lock out an operator there.
+The counters are plain integers in the cache (JSON, never pickle).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.access import audit
+from dashboard.local_peers import peer_uid
 from dashboard.views.common import client_ip
 
 LOCKOUT_SECONDS = 15 * 60
@@ -29,6 +32,19 @@ def _attempts_key(username: str, ip: str) -> str:
     # Hashed so odd usernames make valid, bounded cache keys.
     digest = hashlib.sha256(f"{username.lower()}\0{ip}".encode()).hexdigest()[:32]
     return f"login-fail:{digest}"
+
+
+def limit_address(request: HttpRequest) -> str:
+    """Whom the login limit counts an attempt against: the client's address and, for a
+    connection from this machine's loopback, the local user that opened it (sequence code
+    runs here as user ids of its own, and must not spend the attempts of an operator's
+    browser on 127.0.0.1: dashboard/local_peers.py)."""
+    address = client_ip(request)
+    if address == request.META.get("REMOTE_ADDR"):  # the peer itself, not a proxied client
+        uid = peer_uid(address, request.META.get("REMOTE_PORT"))
+        if uid is not None:
+            return f"{address} uid {uid}"
+    return address
 
 
 def _safe_next(request: HttpRequest, target: str) -> str:
@@ -47,7 +63,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
     status = 200
     if request.method == "POST":
         username = request.POST.get("username", "")
-        address = client_ip(request)
+        address = limit_address(request)
         key = _attempts_key(username, address)
         try:
             failures = cache.get(key, 0)

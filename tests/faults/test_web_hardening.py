@@ -11,6 +11,8 @@ Clients choose their source address among 127.0.0.0/8 (every one of them is this
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
 import re
 import uuid
@@ -25,6 +27,8 @@ from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from dashboard.processes import stop_process
 from dashboard.views.auth import _attempts_key
 from tests.conftest import free_port, start_web
+from tests.faults.conftest import needs_root, start, wait_ended
+from tests.packaging import python_package, upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -121,6 +125,43 @@ def test_a_trusted_proxy_forwarded_for_is_believed(web, user):
         assert log_in(direct, user, PASSWORD, "198.51.100.7") == 302, refused_why(web, user)
 
 
+GUESSER = """
+import http.cookiejar, json, re, urllib.error, urllib.parse, urllib.request
+
+def run(context, input, port, name):
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    base = f"http://127.0.0.1:{port}/login/"
+    answers = []
+    for _ in range(5):
+        page = opener.open(base, timeout=10).read().decode()
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)[1]
+        body = urllib.parse.urlencode(
+            {"username": name, "password": "a guess", "csrfmiddlewaretoken": token}
+        ).encode()
+        try:
+            answers.append(opener.open(base, body, timeout=10).status)
+        except urllib.error.HTTPError as exc:
+            answers.append(exc.code)
+    return json.dumps(answers)
+"""
+
+
+@needs_root
+def test_a_sequence_cannot_lock_an_operator_on_the_same_machine_out(private_hub, user):
+    """Sequence code reaches the web from 127.0.0.1, as an operator's browser on that machine
+    does. Its guesses count against its own user id (the kernel's owner of its socket), so it
+    locks out only itself."""
+    hub = private_hub(web_env={"HUB_LOGIN_ATTEMPTS": "3"})
+    seq = upload(hub.api, python_package(GUESSER))
+    iid = start(hub.api, seq, {"args": [hub.web.port, user]})
+    answers = json.loads(hub.api.get(f"/instance/{iid}/output", timeout=60).text)
+    assert wait_ended(hub.api, iid)["status"] == "completed"
+    assert answers == [401, 401, 401, 429, 429]  # the sequence locked itself out
+    with browser(f"http://127.0.0.1:{hub.web.port}", "127.0.0.1") as operator:
+        assert log_in(operator, user, PASSWORD) == 302
+
+
 class Payload:
     def __init__(self, marker: str) -> None:
         self.marker = marker
@@ -135,7 +176,8 @@ def test_a_pickle_planted_under_the_login_limit_key_is_not_run(web, user, tmp_pa
 
     base = web()
     marker = tmp_path / "pwned"
-    key = cache.make_key(_attempts_key(user, "127.0.0.1"))
+    # This client is on the web's machine: its attempts count under its user id too.
+    key = cache.make_key(_attempts_key(user, f"127.0.0.1 uid {os.getuid()}"))
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.set(key, pickle.dumps(Payload(str(marker))), ex=60)
     try:
