@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,13 +26,22 @@ from sequences.instances import record_failed_start
 from sequences.models import LIVE_STATUSES, Instance, InstanceStatus, Sequencer, StreamChunk, Worker
 
 log = logging.getLogger(__name__)
+SUPERVISOR_FAILED = 3  # the worker's exit status when its supervisor cannot start
 # Imported for their control operations ("drain", "seqcmd"), registered at import.
 CONTROL_MODULES = (drain, sequencer_actor)
 
 
 @worker_ready.connect
 def _start_supervisor(sender: object = None, **_: object) -> None:
-    get_supervisor(_queue_names(sender))
+    try:
+        get_supervisor(_queue_names(sender))
+    except Exception as exc:
+        # Celery only logs what a signal handler raises and serves on: a worker without its
+        # supervisor takes no start and says nothing more. Stop it, loudly, so runhub (or
+        # systemd, Kubernetes) shows why.
+        log.critical("the worker stops: its supervisor could not start: %s", exc, exc_info=True)
+        logging.shutdown()
+        os._exit(SUPERVISOR_FAILED)
     # What a worker killed before this one left (its instances lost), not the restarts: they
     # would hold the worker's start on their answers; the next beat makes them.
     detect_lost(restart=False)

@@ -21,7 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from dashboard.processes import stop_process
 from runner import isolation, launch, places
+from runner.tasks import SUPERVISOR_FAILED
+from tests.conftest import start_worker
 from tests.faults.conftest import needs_root, wait_ended
 from tests.packaging import python_package, upload
 
@@ -166,3 +169,21 @@ def test_the_node_runtime_is_copied_where_children_can_read_it(tmp_path, monkeyp
     assert copy.read_text() == "// the runtime\n"
     assert stat.S_IMODE(copy.stat().st_mode) == 0o444
     assert Path(copy).parent.stat().st_mode & stat.S_IXOTH
+
+
+@needs_root
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_with_an_unsafe_childrens_folder_stops_saying_why(tmp_path, request):
+    """A children's folder other users may write to would let them plant what every instance
+    runs: the worker does not serve on without its supervisor, it stops with the reason."""
+    open_to_all = Path(tempfile.mkdtemp(prefix="hub-unsafe-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(open_to_all, ignore_errors=True))
+    open_to_all.chmod(0o777)
+    worker = start_worker(tmp_path, "unsafe", HUB_CHILDREN_DIR=str(open_to_all / "children"))
+    try:
+        assert worker.proc.wait(timeout=60) == SUPERVISOR_FAILED
+    finally:
+        stop_process(worker.proc)
+    assert f"{open_to_all} (on the way to HUB_CHILDREN_ROOT) is writable by others" in (
+        worker.log.read_text(errors="replace")
+    )
