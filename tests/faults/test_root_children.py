@@ -89,12 +89,16 @@ def test_a_child_left_root_has_no_capabilities():
     }, report
 
 
+def closed_folder(path: Path) -> Path:
+    """A folder only its owner may enter (as a checkout under /root is)."""
+    path.mkdir(mode=0o700)
+    path.chmod(0o700)  # mkdir's mode is masked by the umask
+    return path
+
+
 @needs_root
 def test_a_closed_data_folder_moves_the_childrens_folders_not_their_user(tmp_path, request):
-    closed = tmp_path / "private"
-    closed.mkdir(mode=0o700)
-    closed.chmod(0o700)
-    data = closed / "data"
+    data = closed_folder(tmp_path / "private") / "data"
     data.mkdir()
     # Where the relocated folders go must itself be passable: /tmp is, pytest's folder not.
     outside = Path(tempfile.mkdtemp(prefix="hub-children-", dir="/tmp"))
@@ -152,10 +156,7 @@ def test_the_hubs_installed_packages_are_hidden_from_children():
 
 @needs_root
 def test_the_node_runtime_is_copied_where_children_can_read_it(tmp_path, monkeypatch):
-    closed = tmp_path / "checkout"
-    closed.mkdir(mode=0o700)
-    closed.chmod(0o700)
-    source = closed / "node_runtime.js"
+    source = closed_folder(tmp_path / "checkout") / "node_runtime.js"
     source.write_text("// the runtime\n")
     children = tmp_path / "children"
     monkeypatch.setattr(places, "NODE_RUNTIME", source)
