@@ -72,14 +72,16 @@ def _passable_folder(path: Path) -> Path:
     but may not list it (from the moment it exists, not from the next time settings load)."""
     if not path.is_dir():
         path.mkdir(mode=0o711, parents=True, exist_ok=True)
-    if stat.S_IMODE(path.stat().st_mode) != 0o711:
-        path.chmod(0o711)
+        path.chmod(0o711)  # mkdir's mode is masked by the umask
     return path
 
 
 @functools.cache
 def _run_root(root: Path) -> Path:
-    return _passable_folder(root / "run")
+    run = _passable_folder(root / "run")
+    with contextlib.suppress(OSError):
+        run.chmod(0o711)  # once a process: also one an older hub made with another mode
+    return run
 
 
 def run_root() -> Path:

@@ -1302,13 +1302,19 @@ def _strip_root(path: str, root: str) -> str:
     return path[len(root) + 1 :]
 
 
-def _data_filter(relative: str, member: tarfile.TarInfo, root: str) -> Any:
-    """Write the member under its checked, normalised name, then apply tarfile's data filter."""
+def _checked_names(relative: str, member: tarfile.TarInfo, root: str) -> dict[str, Any]:
+    """The member's checked, normalised name, and its link's for a link."""
     changes: dict[str, Any] = {"name": relative}
     if member.islnk():
         changes["linkname"] = _strip_root(_member_path(member.linkname), root)
     elif member.issym():
         changes["linkname"] = _symlink_target(relative, member.linkname)[0]
+    return changes
+
+
+def _data_filter(relative: str, member: tarfile.TarInfo, root: str) -> Any:
+    """Write the member under its checked, normalised name, then apply tarfile's data filter."""
+    changes = _checked_names(relative, member, root)
 
     def apply(tarinfo: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
         return tarfile.data_filter(tarinfo.replace(**changes, deep=False), dest)
@@ -1326,11 +1332,8 @@ def _filtered_by_hand(relative: str, member: tarfile.TarInfo, root: str) -> tarf
     other write bits, files readable and writable by their owner. The scanner has refused
     everything else the data filter refuses (absolute names, escapes, devices, links out)."""
     copy = copy_module.copy(member)
-    copy.name = relative
-    if member.islnk():
-        copy.linkname = _strip_root(_member_path(member.linkname), root)
-    elif member.issym():
-        copy.linkname = _symlink_target(relative, member.linkname)[0]
+    for name, value in _checked_names(relative, member, root).items():
+        setattr(copy, name, value)
     copy.uid, copy.gid = os.geteuid(), os.getegid()
     copy.uname = copy.gname = ""
     owner = 0o700 if member.isdir() else 0o600 if member.isreg() or member.islnk() else 0
